@@ -1,0 +1,63 @@
+"""Shared test fixtures.
+
+The real-data tests read ``../shared/data`` (or ``$RESMLP_DATA``). Where it is absent they are
+skipped with a reason, except when ``RESMLP_REQUIRE_DATA=1`` (set by ``.ci/run``), where a
+missing folder fails the run instead of silently skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RESMLP_DATA", REPO.parent / "shared" / "data"))
+
+# One thread per test worker, and for every command a test starts: the suite runs 2 workers
+# on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+try:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _data_dir(name: str) -> Path:
+    path = DATA / name
+    if not path.is_dir():
+        msg = f"real data folder {path} not found (set RESMLP_DATA to the folder holding {name}/)"
+        if os.environ.get("RESMLP_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def multi30k_dir() -> Path:
+    return _data_dir("multi30k")
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    return _data_dir("cifar10")
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample_dir() -> Path:
+    return _data_dir("imagenet-sample")
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    """The folder of the running interpreter's console scripts (fairseq-train, ...)."""
+    return Path(sys.executable).parent

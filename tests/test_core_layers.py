@@ -1,0 +1,76 @@
+"""The shared operators: Affine and the cross-token linear layer."""
+
+import pytest
+import torch
+
+from resmlp_core import Affine, CrossTokenLinear
+
+
+def test_affine_is_per_channel_scale_and_shift():
+    aff = Affine(4)
+    with torch.no_grad():
+        aff.alpha.copy_(torch.tensor([1.0, 2.0, -1.0, 0.5]).view(1, 1, 4))
+        aff.beta.copy_(torch.tensor([0.0, 1.0, 2.0, -3.0]).view(1, 1, 4))
+    x = torch.randn(5, 3, 4)
+    expected = x * torch.tensor([1.0, 2.0, -1.0, 0.5]) + torch.tensor([0.0, 1.0, 2.0, -3.0])
+    torch.testing.assert_close(aff(x), expected)
+
+
+def test_cross_token_linear_matches_linear_on_transposed_tokens():
+    """(L, B, C) layout gives what nn.Linear(L, L) on the transposed (B, C, L) input gives."""
+    torch.manual_seed(0)
+    mixer = CrossTokenLinear(7)
+    with torch.no_grad():
+        mixer.bias.normal_()
+    ref = torch.nn.Linear(7, 7)
+    ref.load_state_dict(mixer.state_dict())
+    x = torch.randn(7, 2, 5)  # (L, B, C)
+    expected = ref(x.permute(1, 2, 0)).permute(2, 0, 1)
+    torch.testing.assert_close(mixer(x), expected)
+
+
+def test_shorter_sequence_uses_top_left_block():
+    torch.manual_seed(0)
+    mixer = CrossTokenLinear(10)
+    x = torch.randn(4, 3, 2)
+    expected = torch.einsum("ij,jbc->ibc", mixer.weight[:4, :4], x) + mixer.bias[:4, None, None]
+    torch.testing.assert_close(mixer(x), expected)
+
+
+def test_causal_output_ignores_future_tokens():
+    torch.manual_seed(0)
+    mixer = CrossTokenLinear(8, causal=True)
+    with torch.no_grad():
+        mixer.weight.normal_()  # a full matrix: causality must come from the layer, not the init
+    x = torch.randn(8, 2, 3)
+    y = mixer(x)
+    x2 = x.clone()
+    x2[5:] = torch.randn(3, 2, 3)
+    y2 = mixer(x2)
+    torch.testing.assert_close(y[:5], y2[:5])
+    assert not torch.allclose(y[5:], y2[5:])
+
+
+def test_causal_init_has_empty_upper_triangle():
+    mixer = CrossTokenLinear(6, causal=True)
+    assert torch.count_nonzero(mixer.weight.triu(1)) == 0
+    assert torch.count_nonzero(mixer.weight.tril()) > 0
+
+
+def test_forward_last_equals_full_forward():
+    torch.manual_seed(0)
+    mixer = CrossTokenLinear(9, causal=True)
+    with torch.no_grad():
+        mixer.bias.normal_()
+    x = torch.randn(6, 2, 3)
+    full = mixer(x)
+    for t in range(6):
+        torch.testing.assert_close(mixer.forward_last(x[: t + 1]), full[t : t + 1])
+
+
+def test_too_long_input_names_the_limit():
+    mixer = CrossTokenLinear(4)
+    with pytest.raises(ValueError, match="5 tokens is longer than .* supports \\(4\\)"):
+        mixer(torch.randn(5, 1, 2))
+    with pytest.raises(ValueError, match="longer than"):
+        CrossTokenLinear(4, causal=True).forward_last(torch.randn(5, 1, 2))
