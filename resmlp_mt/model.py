@@ -1,0 +1,441 @@
+"""The ResMLP encoder-decoder for translation (Touvron et al. 2021, §2 and §3.6).
+
+"We follow the general encoder-decoder architecture from Vaswani et al., where we replace the
+self-attention sublayers by the residual multi-perceptron layer. In the decoder, we adapt the
+linear sublayers to the task of language modeling by constraining the matrix A to be
+triangular [...]. In the decoder, we keep the cross-attention sublayers."
+
+* Encoder: token embeddings, then N layers of [cross-token linear] and [channel MLP]
+  (:class:`~resmlp_mt.modules.ResMLPEncoderLayer`), then a final norm.
+* Decoder: token embeddings, then N layers of [causal cross-token linear], [encoder-decoder
+  attention] and [channel MLP] (:class:`~resmlp_mt.modules.ResMLPDecoderLayer`), a final norm
+  and the output projection (optionally tied to the embeddings).
+
+Positions. The cross-token matrix ``A`` is indexed by absolute positions: row ``i`` of ``A``
+holds the weights with which token ``i`` reads every other position, so the layer is not
+permutation-equivariant and already knows where each token is. No positional embedding is
+added by default (``--positional-embeddings none``); the paper drops them from the vision
+model and reports that removing them "does not change the results" (Appendix A). Sinusoidal
+or learned embeddings can be added for ablations.
+
+Padding. ``A`` must see each sentence at the same positions whatever its batch, so both stacks
+first move every sentence's tokens to the front (fairseq left-pads sources by default), zero
+the padding, use ``A[:L, :L]`` for the batch's longest sentence ``L``, and put the results
+back in the caller's padding layout. A sentence's encoder output and translation are therefore
+the same whether it is left- or right-padded and whichever sentences share its batch.
+
+Lengths. ``A`` is ``--max-source-positions`` (encoder) or ``--max-target-positions``
+(decoder) square per layer; longer training sentences are skipped by fairseq with a count in
+the log, and a longer input at generation raises an error naming the flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, List, Optional
+
+import torch
+from fairseq import utils
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.models.transformer import TransformerEncoderBase
+from fairseq.modules import FairseqDropout, PositionalEmbedding
+from torch import Tensor, nn
+
+from .modules import NORMS, ResMLPDecoderLayer, ResMLPEncoderLayer, build_norm
+
+logger = logging.getLogger(__name__)
+
+POSITIONAL_EMBEDDINGS = ("none", "sinusoidal", "learned")
+
+
+def left_align(padding_mask: Tensor) -> Tensor:
+    """Gather indices that move each row's non-padding entries to its front, in order.
+
+    ``padding_mask``: ``(B, T)`` bool. Returns ``(B, T)`` long ``order`` such that
+    ``tokens.gather(1, order)`` is right-padded, whatever padding side (or mix) came in.
+    """
+    return torch.sort(padding_mask.to(torch.uint8), dim=1, stable=True).indices
+
+
+def restore_order(x: Tensor, order: Tensor) -> Tensor:
+    """Inverse of :func:`left_align` for time-first states: ``x`` ``(T, B, C)`` in aligned
+    order goes back to the caller's layout, ``out[order[b, i], b] = x[i, b]``."""
+    index = order.t().unsqueeze(-1).expand_as(x)
+    return torch.empty_like(x).scatter_(0, index, x)
+
+
+def build_embedding(dictionary, dim: int) -> nn.Embedding:
+    """Token embeddings initialised as fairseq's Transformer: N(0, dim^-0.5), zero padding row."""
+    embedding = nn.Embedding(len(dictionary), dim, padding_idx=dictionary.pad())
+    nn.init.normal_(embedding.weight, mean=0, std=dim**-0.5)
+    nn.init.zeros_(embedding.weight[dictionary.pad()])
+    return embedding
+
+
+def build_positions(args, max_positions: int, dim: int, padding_idx: int) -> Optional[nn.Module]:
+    if args.positional_embeddings == "none":
+        return None
+    return PositionalEmbedding(
+        max_positions, dim, padding_idx, learned=args.positional_embeddings == "learned"
+    )
+
+
+class ResMLPEncoder(FairseqEncoder):
+    """Embeddings, ``--encoder-layers`` ResMLP layers, final norm.
+
+    :meth:`forward` takes ``src_tokens`` ``(B, S)`` (either padding side) and returns fairseq's
+    encoder-output dict: ``encoder_out`` ``[(S, B, C)]`` (zero at padding positions, in the
+    layout of ``src_tokens``), ``encoder_padding_mask`` ``[(B, S)]``, ``encoder_embedding``
+    ``[(B, S, C)]``, ``encoder_states`` (every layer's output if ``return_all_hiddens``),
+    ``src_tokens`` ``[]`` and ``src_lengths`` ``[(B, 1)]``.
+    """
+
+    def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        dim = embed_tokens.embedding_dim
+        self.padding_idx = embed_tokens.padding_idx
+        self.max_source_positions = args.max_source_positions
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
+        self.embed_positions = build_positions(args, args.max_source_positions, dim, self.padding_idx)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.layers = nn.ModuleList(
+            [ResMLPEncoderLayer(args, args.max_source_positions) for _ in range(args.encoder_layers)]
+        )
+        self.final_norm = build_norm(args.norm, dim)
+
+    def forward(
+        self,
+        src_tokens: Tensor,
+        src_lengths: Optional[Tensor] = None,
+        return_all_hiddens: bool = False,
+        token_embeddings: Optional[Tensor] = None,
+    ) -> Dict[str, List[Tensor]]:
+        if token_embeddings is not None:
+            raise NotImplementedError("ResMLPEncoder embeds its own tokens")
+        length = src_tokens.size(1)
+        if length > self.max_source_positions:
+            raise ValueError(
+                f"source sentence of {length} tokens is longer than the model's "
+                f"--max-source-positions {self.max_source_positions} (the size of its cross-token "
+                "matrices): skip such sentences with --skip-invalid-size-inputs-valid-test, or "
+                "train a model with a larger --max-source-positions"
+            )
+        padding_mask = src_tokens.eq(self.padding_idx)
+        order = left_align(padding_mask) if padding_mask.any() else None
+        tokens = src_tokens if order is None else src_tokens.gather(1, order)
+        aligned_mask = tokens.eq(self.padding_idx)
+
+        embedding = self.embed_scale * self.embed_tokens(tokens)
+        x = embedding
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(tokens)
+        x = self.dropout_module(x).transpose(0, 1)  # B x S x C -> S x B x C
+        state_mask = aligned_mask.t().unsqueeze(-1) if order is not None else None
+
+        states = []
+        for layer in self.layers:
+            x = layer(x, state_mask)
+            if return_all_hiddens:
+                states.append(x)
+        x = self.final_norm(x)
+        if state_mask is not None:
+            x = x.masked_fill(state_mask, 0.0)
+            x = restore_order(x, order)
+            embedding = restore_order(embedding.transpose(0, 1), order).transpose(0, 1)
+            states = [restore_order(s, order) for s in states]
+
+        if src_lengths is None:
+            src_lengths = (~padding_mask).sum(dim=1, keepdim=True)
+        return {
+            "encoder_out": [x],
+            "encoder_padding_mask": [padding_mask],
+            "encoder_embedding": [embedding],
+            "encoder_states": states,
+            "src_tokens": [],
+            "src_lengths": [src_lengths],
+        }
+
+    # The output dict has the Transformer encoder's format; so does its reordering.
+    reorder_encoder_out = TransformerEncoderBase.reorder_encoder_out
+
+    def max_positions(self) -> int:
+        return self.max_source_positions
+
+
+class ResMLPDecoder(FairseqIncrementalDecoder):
+    """Embeddings, ``--decoder-layers`` causal ResMLP layers with encoder-decoder attention,
+    final norm, output projection.
+
+    :meth:`forward` takes ``prev_output_tokens`` ``(B, T)`` and the encoder-output dict and
+    returns ``(logits (B, T, V), {"attn": [cross-attention of the alignment layer (B, T, S)
+    or None], "inner_states": [(T, B, C), ...]})``. With ``incremental_state`` only the last
+    position is computed (``T = 1``) from per-layer buffers of past inputs.
+    """
+
+    def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        dim = embed_tokens.embedding_dim
+        self.padding_idx = embed_tokens.padding_idx
+        self.max_target_positions = args.max_target_positions
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
+        self.embed_positions = build_positions(args, args.max_target_positions, dim, self.padding_idx)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.layers = nn.ModuleList(
+            [ResMLPDecoderLayer(args, args.max_target_positions) for _ in range(args.decoder_layers)]
+        )
+        self.final_norm = build_norm(args.norm, dim)
+        self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+        if args.share_decoder_input_output_embed:
+            self.output_projection.weight = embed_tokens.weight
+        else:
+            nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        features_only: bool = False,
+        alignment_layer: Optional[int] = None,
+        src_lengths: Optional[Any] = None,
+        return_all_hiddens: bool = False,
+        **unused,
+    ):
+        x, extra = self.extract_features(
+            prev_output_tokens, encoder_out, incremental_state, alignment_layer=alignment_layer
+        )
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        alignment_layer: Optional[int] = None,
+        **unused,
+    ):
+        if encoder_out is None or len(encoder_out["encoder_out"]) == 0:
+            raise ValueError("ResMLPDecoder needs the encoder output (it keeps cross-attention)")
+        length = prev_output_tokens.size(1)
+        if length > self.max_target_positions:
+            raise ValueError(
+                f"target prefix of {length} tokens is longer than the model's "
+                f"--max-target-positions {self.max_target_positions}"
+            )
+        positions = None
+        if self.embed_positions is not None:
+            positions = self.embed_positions(prev_output_tokens, incremental_state=incremental_state)
+
+        order = None
+        state_mask = None
+        if incremental_state is not None:
+            tokens = prev_output_tokens[:, -1:]
+            if positions is not None:
+                positions = positions[:, -1:]
+        else:
+            padding_mask = prev_output_tokens.eq(self.padding_idx)
+            if padding_mask.any():
+                order = left_align(padding_mask)
+                tokens = prev_output_tokens.gather(1, order)
+                state_mask = tokens.eq(self.padding_idx).t().unsqueeze(-1)
+                if positions is not None:
+                    positions = positions.gather(1, order.unsqueeze(-1).expand_as(positions))
+            else:
+                tokens = prev_output_tokens
+
+        x = self.embed_scale * self.embed_tokens(tokens)
+        if positions is not None:
+            x = x + positions
+        x = self.dropout_module(x).transpose(0, 1)  # B x T x C -> T x B x C
+
+        enc = encoder_out["encoder_out"][0]
+        enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else None
+        if enc_mask is not None and not enc_mask.any():
+            enc_mask = None
+        if alignment_layer is None:
+            alignment_layer = len(self.layers) - 1
+        attn: Optional[Tensor] = None
+        inner_states: List[Optional[Tensor]] = [x]
+        for idx, layer in enumerate(self.layers):
+            need_attn = idx == alignment_layer and not self.training
+            x, layer_attn = layer(x, enc, enc_mask, state_mask, incremental_state, need_attn=need_attn)
+            inner_states.append(x)
+            if need_attn and layer_attn is not None:
+                attn = layer_attn.float()
+        x = self.final_norm(x)
+        if order is not None:
+            x = restore_order(x, order)
+            inner_states = [restore_order(s, order) for s in inner_states]
+            if attn is not None:
+                attn = attn.gather(1, _inverse(order).unsqueeze(-1).expand_as(attn))
+        return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return self.output_projection(features)
+
+    def max_positions(self) -> int:
+        return self.max_target_positions
+
+
+def _inverse(order: Tensor) -> Tensor:
+    """Inverse permutation of each row of ``order`` ``(B, T)``."""
+    return torch.argsort(order, dim=1)
+
+
+@register_model("resmlp_mt")
+class ResMLPTranslationModel(FairseqEncoderDecoderModel):
+    """ResMLP encoder-decoder (paper §3.6). Archs: ``resmlp_mt`` (ResMLP-6), ``resmlp_mt_12``
+    (ResMLP-12), ``resmlp_mt_small`` (for Multi30k-size data on a CPU)."""
+
+    @staticmethod
+    def add_args(parser):
+        # fmt: off
+        parser.add_argument("--encoder-embed-dim", type=int, metavar="N",
+                            help="encoder embedding and residual width d")
+        parser.add_argument("--encoder-ffn-embed-dim", type=int, metavar="N",
+                            help="hidden size of the encoder's channel MLP (4d in the paper)")
+        parser.add_argument("--encoder-layers", type=int, metavar="N",
+                            help="number of encoder layers")
+        parser.add_argument("--decoder-embed-dim", type=int, metavar="N",
+                            help="decoder embedding and residual width")
+        parser.add_argument("--decoder-ffn-embed-dim", type=int, metavar="N",
+                            help="hidden size of the decoder's channel MLP")
+        parser.add_argument("--decoder-layers", type=int, metavar="N",
+                            help="number of decoder layers")
+        parser.add_argument("--decoder-attention-heads", type=int, metavar="N",
+                            help="heads of the encoder-decoder attention")
+        parser.add_argument("--dropout", type=float, metavar="D",
+                            help="dropout on embeddings and on every residual branch")
+        parser.add_argument("--attention-dropout", type=float, metavar="D",
+                            help="dropout on encoder-decoder attention weights")
+        parser.add_argument("--activation-dropout", type=float, metavar="D",
+                            help="dropout after the channel MLP's activation")
+        parser.add_argument("--activation-fn", choices=utils.get_available_activation_fns(),
+                            help="activation of the channel MLP (GELU in the paper)")
+        parser.add_argument("--layerscale-init", type=float, metavar="F",
+                            help="initial value of every LayerScale vector (0.2 in the paper)")
+        parser.add_argument("--norm", choices=NORMS,
+                            help="pre-normalisation of each residual branch: affine (the paper: "
+                                 "alpha * x + beta, no statistics) or layernorm")
+        parser.add_argument("--positional-embeddings", choices=POSITIONAL_EMBEDDINGS,
+                            help="added to the token embeddings; none by default since the "
+                                 "cross-token matrix A is indexed by absolute position")
+        parser.add_argument("--no-scale-embedding", action="store_true",
+                            help="do not multiply token embeddings by sqrt(d)")
+        parser.add_argument("--share-decoder-input-output-embed", action="store_true",
+                            help="tie the decoder's input embeddings and output projection")
+        parser.add_argument("--share-all-embeddings", action="store_true",
+                            help="tie encoder and decoder embeddings and the output projection "
+                                 "(needs a joined dictionary, e.g. fairseq-preprocess --joined-dictionary)")
+        # fmt: on
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        if args.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise ValueError("--share-all-embeddings needs a joined dictionary (fairseq-preprocess --joined-dictionary)")
+            if args.encoder_embed_dim != args.decoder_embed_dim:
+                raise ValueError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
+            encoder_embed = decoder_embed = build_embedding(src_dict, args.encoder_embed_dim)
+            args.share_decoder_input_output_embed = True
+        else:
+            encoder_embed = build_embedding(src_dict, args.encoder_embed_dim)
+            decoder_embed = build_embedding(tgt_dict, args.decoder_embed_dim)
+        encoder = ResMLPEncoder(args, src_dict, encoder_embed)
+        decoder = ResMLPDecoder(args, tgt_dict, decoder_embed)
+        model = cls(encoder, decoder)
+        mixer_params = sum(
+            p.numel() for n, p in model.named_parameters() if ".token_mixer." in n
+        )
+        logger.info(
+            "ResMLP token mixers sized for %d source / %d target positions: %d parameters "
+            "(set --max-source-positions/--max-target-positions to the longest sentences you need)",
+            args.max_source_positions, args.max_target_positions, mixer_params,
+        )
+        return model
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Load parameters, with a message that names what differs when the checkpoint is not
+        a ResMLP translation model of the same shape."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        mismatched = sorted(
+            f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in set(own) & set(state_dict)
+            if state_dict[k].shape != own[k].shape
+        )
+        if strict and (missing or unexpected or mismatched):
+            looks_like = "a ResMLP translation model" if any(".token_mixer." in k for k in state_dict) else "not a ResMLP translation model"
+            lines = [f"checkpoint does not fit this {type(self).__name__} (the checkpoint is {looks_like}):"]
+            for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+                if keys:
+                    shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                    lines.append(f"  {title} keys: {shown}")
+            if any("token_mixer" in k for k in mismatched):
+                lines.append(
+                    "  the cross-token matrices differ in size: use the checkpoint's "
+                    "--max-source-positions/--max-target-positions"
+                )
+            raise RuntimeError("\n".join(lines))
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+def _set_default(args, name: str, value) -> None:
+    if getattr(args, name, None) is None:
+        setattr(args, name, value)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt")
+def base_architecture(args):
+    """ResMLP-6 (paper §3.6): 6 + 6 layers, d = 512, MLP 2048, LayerScale init 0.2."""
+    _set_default(args, "encoder_embed_dim", 512)
+    _set_default(args, "encoder_ffn_embed_dim", 4 * args.encoder_embed_dim)
+    _set_default(args, "encoder_layers", 6)
+    _set_default(args, "decoder_embed_dim", args.encoder_embed_dim)
+    _set_default(args, "decoder_ffn_embed_dim", 4 * args.decoder_embed_dim)
+    _set_default(args, "decoder_layers", args.encoder_layers)
+    _set_default(args, "decoder_attention_heads", 8)
+    _set_default(args, "dropout", 0.1)
+    _set_default(args, "attention_dropout", 0.0)
+    _set_default(args, "activation_dropout", 0.0)
+    _set_default(args, "activation_fn", "gelu")
+    _set_default(args, "layerscale_init", 0.2)
+    _set_default(args, "norm", "affine")
+    _set_default(args, "positional_embeddings", "none")
+    _set_default(args, "no_scale_embedding", False)
+    _set_default(args, "share_decoder_input_output_embed", False)
+    _set_default(args, "share_all_embeddings", False)
+    _set_default(args, "max_source_positions", 1024)
+    _set_default(args, "max_target_positions", 1024)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt_12")
+def resmlp_mt_12(args):
+    """ResMLP-12 (paper §3.6): 12 + 12 layers, d = 512, MLP 2048."""
+    _set_default(args, "encoder_layers", 12)
+    _set_default(args, "decoder_layers", 12)
+    base_architecture(args)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt_small")
+def resmlp_mt_small(args):
+    """A small model for Multi30k-size data on a CPU: 3 + 3 layers, d = 256, MLP 1024,
+    4 cross-attention heads. Same block design as ResMLP-6."""
+    _set_default(args, "encoder_embed_dim", 256)
+    _set_default(args, "encoder_layers", 3)
+    _set_default(args, "decoder_attention_heads", 4)
+    base_architecture(args)

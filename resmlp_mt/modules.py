@@ -1,0 +1,204 @@
+"""Layers of the ResMLP encoder-decoder for translation.
+
+All tensors are time-first, ``T x B x C``, as everywhere in fairseq's sequence models.
+
+Every residual branch has the same shape (paper Eqs. 2-3)::
+
+    x = x + dropout(layer_scale * sublayer(norm(x)))
+
+with ``norm`` an Affine layer (``--norm affine``, the paper) or LayerNorm (``--norm layernorm``,
+the paper's Table 3 ablation), and ``layer_scale`` a per-channel vector initialised to
+``--layerscale-init`` (0.2 in the paper's translation models).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from fairseq import utils
+from fairseq.incremental_decoding_utils import with_incremental_state
+from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
+from torch import Tensor, nn
+
+from resmlp_core import Affine, CrossTokenLinear
+
+NORMS = ("affine", "layernorm")
+
+
+def build_norm(kind: str, dim: int) -> nn.Module:
+    """The pre-normalisation of every residual branch: ``affine`` (the paper) or ``layernorm``."""
+    if kind == "affine":
+        return Affine(dim)
+    if kind == "layernorm":
+        return LayerNorm(dim)
+    raise ValueError(f"--norm must be one of {', '.join(NORMS)}, got {kind!r}")
+
+
+def xavier_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A Linear layer initialised as fairseq's Transformer initialises its own."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ChannelMLP(nn.Module):
+    """The cross-channel MLP: Linear(C, H), activation, dropout, Linear(H, C) (paper Eq. 3).
+
+    Shapes: ``(T, B, C) -> (T, B, C)``.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, activation_fn: str, activation_dropout: float):
+        super().__init__()
+        self.fc1 = xavier_linear(dim, hidden_dim)
+        self.activation_fn = utils.get_activation_fn(activation_fn)
+        self.activation_dropout = FairseqDropout(activation_dropout, module_name=type(self).__name__)
+        self.fc2 = xavier_linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation_dropout(self.activation_fn(self.fc1(x))))
+
+
+def layer_scale(dim: int, init: float) -> nn.Parameter:
+    """A LayerScale vector: per-channel multipliers of a residual branch, all ``init`` at start."""
+    return nn.Parameter(torch.full((dim,), float(init)))
+
+
+@with_incremental_state
+class CausalTokenMixer(CrossTokenLinear):
+    """The decoder's cross-token linear layer: lower-triangular ``A`` with incremental decoding.
+
+    Full pass: ``(T, B, C) -> (T, B, C)`` with ``out[t] = sum_{j<=t} A[t, j] x[j] + b[t]``.
+
+    Incremental pass (``incremental_state`` given, one new position per call): ``(1, B, C) ->
+    (1, B, C)``. The layer keeps the inputs of all past positions in a ``(t, B, C)`` buffer,
+    so step ``t`` costs one ``1 x (t+1)`` by ``(t+1) x BC`` product, O(t). Beam search reorders
+    the buffer along the batch dimension (:meth:`reorder_incremental_state`).
+    """
+
+    def __init__(self, max_tokens: int):
+        super().__init__(max_tokens, causal=True)
+
+    def forward(
+        self, x: Tensor, incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None
+    ) -> Tensor:
+        if incremental_state is None:
+            return super().forward(x)
+        if x.size(0) != 1:
+            raise ValueError(f"incremental decoding takes one position at a time, got {x.size(0)}")
+        saved = self.get_incremental_state(incremental_state, "history")
+        history = x if saved is None else torch.cat([saved["inputs"], x], dim=0)
+        self.set_incremental_state(incremental_state, "history", {"inputs": history})
+        return self.forward_last(history)
+
+    def reorder_incremental_state(
+        self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor
+    ) -> None:
+        saved = self.get_incremental_state(incremental_state, "history")
+        if saved is not None:
+            saved = {"inputs": saved["inputs"].index_select(1, new_order)}
+            self.set_incremental_state(incremental_state, "history", saved)
+
+
+class ResMLPEncoderLayer(nn.Module):
+    """One encoder layer: the cross-token linear sublayer, then the channel MLP.
+
+    Args of :meth:`forward`:
+        x: ``(T, B, C)``, sequences aligned to the left (position 0 is each sentence's first
+            token), padding at the end.
+        padding_mask: ``(T, B, 1)`` bool, True at padding positions, or None.
+
+    The normalised input is zeroed at padding positions before token mixing, so padding
+    contributes nothing to real tokens (paper: "padding with zeros and extracting the
+    submatrix A corresponding to the longest sequence in a batch").
+    """
+
+    def __init__(self, args, max_tokens: int):
+        super().__init__()
+        dim = args.encoder_embed_dim
+        self.token_norm = build_norm(args.norm, dim)
+        self.token_mixer = CrossTokenLinear(max_tokens)
+        self.token_scale = layer_scale(dim, args.layerscale_init)
+        self.channel_norm = build_norm(args.norm, dim)
+        self.channel_mlp = ChannelMLP(
+            dim, args.encoder_ffn_embed_dim, args.activation_fn, args.activation_dropout
+        )
+        self.channel_scale = layer_scale(dim, args.layerscale_init)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+        h = self.token_norm(x)
+        if padding_mask is not None:
+            h = h.masked_fill(padding_mask, 0.0)
+        x = x + self.dropout_module(self.token_scale * self.token_mixer(h))
+        x = x + self.dropout_module(self.channel_scale * self.channel_mlp(self.channel_norm(x)))
+        return x
+
+
+class ResMLPDecoderLayer(nn.Module):
+    """One decoder layer: causal cross-token linear, encoder-decoder attention, channel MLP.
+
+    The paper keeps the Transformer's encoder-decoder attention and replaces only the
+    self-attention sublayer; the order follows the Transformer decoder layer.
+
+    Args of :meth:`forward`:
+        x: ``(T, B, C)`` decoder states (``T = 1`` when decoding incrementally).
+        encoder_out: ``(S, B, C_enc)``; encoder_padding_mask: ``(B, S)`` bool or None.
+        padding_mask: ``(T, B, 1)`` bool, True at target padding positions, or None.
+        incremental_state: fairseq's incremental decoding state, or None for a full pass.
+
+    Returns ``(x, attn)``: new states ``(T, B, C)`` and, if ``need_attn``, the cross-attention
+    weights averaged over heads ``(B, T, S)``.
+    """
+
+    def __init__(self, args, max_tokens: int):
+        super().__init__()
+        dim = args.decoder_embed_dim
+        self.token_norm = build_norm(args.norm, dim)
+        self.token_mixer = CausalTokenMixer(max_tokens)
+        self.token_scale = layer_scale(dim, args.layerscale_init)
+        self.cross_attn_norm = build_norm(args.norm, dim)
+        self.cross_attn = MultiheadAttention(
+            dim,
+            args.decoder_attention_heads,
+            kdim=args.encoder_embed_dim,
+            vdim=args.encoder_embed_dim,
+            dropout=args.attention_dropout,
+            encoder_decoder_attention=True,
+        )
+        self.cross_attn_scale = layer_scale(dim, args.layerscale_init)
+        self.channel_norm = build_norm(args.norm, dim)
+        self.channel_mlp = ChannelMLP(
+            dim, args.decoder_ffn_embed_dim, args.activation_fn, args.activation_dropout
+        )
+        self.channel_scale = layer_scale(dim, args.layerscale_init)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+
+    def forward(
+        self,
+        x: Tensor,
+        encoder_out: Tensor,
+        encoder_padding_mask: Optional[Tensor],
+        padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_attn: bool = False,
+    ):
+        h = self.token_norm(x)
+        if padding_mask is not None:
+            h = h.masked_fill(padding_mask, 0.0)
+        x = x + self.dropout_module(self.token_scale * self.token_mixer(h, incremental_state))
+
+        h, attn = self.cross_attn(
+            query=self.cross_attn_norm(x),
+            key=encoder_out,
+            value=encoder_out,
+            key_padding_mask=encoder_padding_mask,
+            incremental_state=incremental_state,
+            static_kv=True,
+            need_weights=need_attn,
+        )
+        x = x + self.dropout_module(self.cross_attn_scale * h)
+
+        x = x + self.dropout_module(self.channel_scale * self.channel_mlp(self.channel_norm(x)))
+        return x, attn

@@ -1,0 +1,158 @@
+"""Properties of the ResMLP translation model, on tiny random models.
+
+Causality, incremental decoding (also after a beam reorder), padding invariance of the encoder
+and of beam-search translations, gradients, and the error messages of bad input.
+"""
+
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+
+from mt_helpers import random_tokens, tiny_model
+
+VARIANTS = [
+    dict(),
+    dict(norm="layernorm"),
+    dict(positional_embeddings="learned"),
+    dict(positional_embeddings="sinusoidal", share_all_embeddings=True),
+]
+
+
+def pad_batch(sentences, pad, left):
+    """(B, max_len) batch of 1-D token tensors, padded on the left or the right."""
+    width = max(len(s) for s in sentences)
+    out = torch.full((len(sentences), width), pad, dtype=torch.long)
+    for i, s in enumerate(sentences):
+        if left:
+            out[i, width - len(s):] = s
+        else:
+            out[i, : len(s)] = s
+    return out
+
+
+def with_eos(tokens, eos):
+    return torch.cat([tokens, torch.full((tokens.size(0), 1), eos)], dim=1)
+
+
+def prev_output(tokens, eos):
+    return torch.cat([torch.full((tokens.size(0), 1), eos), tokens], dim=1)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_decoder_is_causal(overrides):
+    model = tiny_model(**overrides)
+    eos = model.decoder.dictionary.eos()
+    src = with_eos(random_tokens(2, 6), eos)
+    enc = model.encoder(src)
+    tgt = prev_output(random_tokens(2, 9), eos)
+    out, _ = model.decoder(tgt, enc)
+    for t in range(tgt.size(1) - 1):
+        changed = tgt.clone()
+        changed[:, t + 1 :] = random_tokens(2, tgt.size(1) - t - 1)
+        out2, _ = model.decoder(changed, enc)
+        torch.testing.assert_close(out2[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :]), "later positions must depend on later tokens"
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_incremental_decoding_equals_full_forward_also_after_beam_reorder(overrides):
+    model = tiny_model(**overrides)
+    eos = model.decoder.dictionary.eos()
+    # two source sentences, beam 2: rows 0-1 are beams of sentence 0, rows 2-3 of sentence 1
+    src = with_eos(random_tokens(2, 7), eos).repeat_interleave(2, dim=0)
+    enc = model.encoder(src)
+    tgt = prev_output(random_tokens(4, 9), eos)
+    full, _ = model.decoder(tgt, enc)
+
+    state = {}
+    # as beam search does: each sentence's hypotheses are reordered among themselves
+    reorder_at, new_order = 4, torch.tensor([1, 0, 3, 3])
+    for t in range(tgt.size(1)):
+        if t == reorder_at:
+            model.decoder.reorder_incremental_state_scripting(state, new_order)
+            enc = model.encoder.reorder_encoder_out(enc, new_order)
+            tgt = tgt.index_select(0, new_order)
+            full, _ = model.decoder(tgt, enc)
+        step, _ = model.decoder(tgt[:, : t + 1], enc, incremental_state=state)
+        assert step.shape == (4, 1, full.size(-1))
+        torch.testing.assert_close(step[:, 0], full[:, t], rtol=0, atol=1e-5, msg=f"step {t}")
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_encoder_output_does_not_depend_on_padding_side_or_batch(overrides):
+    model = tiny_model(**overrides)
+    d = model.encoder.dictionary
+    g = torch.Generator().manual_seed(1)
+    sentence = with_eos(random_tokens(1, 4, g), d.eos())[0]
+    others = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (9, 6)]
+    alone = model.encoder(sentence[None])["encoder_out"][0][:, 0]  # (5, C)
+    assert alone.abs().sum() > 0
+    for left in (True, False):
+        batch = pad_batch([others[0], sentence, others[1]], d.pad(), left=left)
+        out = model.encoder(batch)
+        states, mask = out["encoder_out"][0][:, 1], out["encoder_padding_mask"][0][1]
+        torch.testing.assert_close(states[~mask], alone, rtol=0, atol=1e-5)
+        assert torch.all(states[mask] == 0), "padding positions are zero"
+        # the other sentences are unaffected by the padding too
+        alone0 = model.encoder(others[0][None])["encoder_out"][0][:, 0]
+        torch.testing.assert_close(out["encoder_out"][0][:, 0], alone0, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS[:2], ids=["default", "layernorm"])
+def test_translation_does_not_depend_on_padding_side_or_batch(overrides):
+    model = tiny_model(**overrides)
+    d = model.decoder.dictionary
+    generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=8)
+    g = torch.Generator().manual_seed(2)
+    sentences = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (3, 8, 5)]
+
+    def translate(batch):
+        lengths = batch.ne(d.pad()).sum(1)
+        hypos = generator.generate([model], {"net_input": {"src_tokens": batch, "src_lengths": lengths}})
+        return [(h[0]["tokens"].tolist(), h[0]["score"].item()) for h in hypos]
+
+    alone = [translate(s[None])[0] for s in sentences]
+    for left in (True, False):
+        batched = translate(pad_batch(sentences, d.pad(), left=left))
+        for (tokens, score), (ref_tokens, ref_score) in zip(batched, alone):
+            assert tokens == ref_tokens
+            assert score == pytest.approx(ref_score, abs=1e-5)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_training_step_gives_every_parameter_a_gradient_and_no_nan(overrides):
+    model = tiny_model(dropout=0.1, activation_dropout=0.1, attention_dropout=0.1, **overrides).train()
+    d = model.decoder.dictionary
+    g = torch.Generator().manual_seed(3)
+    src = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (5, 9, 3)], d.pad(), left=True)
+    tgt = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (4, 7, 6)], d.pad(), left=False)
+    prev = torch.roll(tgt, 1, dims=1)
+    prev[:, 0] = d.eos()
+    prev[tgt.eq(d.pad())] = d.pad()
+    logits, _ = model(src, src.ne(d.pad()).sum(1), prev)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=d.pad()
+    )
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_source_longer_than_max_positions_names_the_flag():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="longer than the model's --max-source-positions 12"):
+        model.encoder(random_tokens(1, 13))
+
+
+def test_checkpoint_of_another_shape_lists_the_differences():
+    small = tiny_model()
+    other = tiny_model(max_source_positions=20)
+    with pytest.raises(RuntimeError, match=r"(?s)shape mismatch keys: encoder\.layers\.0\.token_mixer\.bias.*--max-source-positions"):
+        small.load_state_dict(other.state_dict())
+    transformer_like = {"encoder.layers.0.self_attn.k_proj.weight": torch.zeros(1)}
+    with pytest.raises(RuntimeError, match="not a ResMLP translation model(?s:.*)unexpected keys: encoder.layers.0.self_attn"):
+        small.load_state_dict(transformer_like)
+
