@@ -1,0 +1,605 @@
+"""Train an image classifier with the DeiT recipe, through timm's own building blocks.
+
+    python -m vision.train --config imagenet_s12 --data-dir /data/imagenet --output runs/s12
+    torchrun --nproc_per_node 8 -m vision.train --config imagenet_s12 --data-dir ... --output ...
+    python -m vision.train --config cifar10_cpu --data-dir ../shared/data/cifar10 --output runs/c10
+
+timm provides the optimizer (LAMB, no weight decay on biases, Affine and LayerScale), the
+schedule (cosine with warmup), RandAugment, Mixup/CutMix, random erasing, repeated
+augmentation, label smoothing and EMA; DeiT's distillation loss is in :mod:`vision.losses`.
+
+Output folder: ``last.pth`` (every epoch, written atomically), ``best.pth`` (best top-1),
+``summary.csv`` (one row per epoch), ``log.txt``, ``args.yaml``. ``--resume auto`` (or a path)
+continues exactly where ``last.pth`` stopped: model, optimizer, schedule, sampler epoch, random
+generators, EMA and gradient scaler.
+
+A non-finite loss stops the run with a message; the last checkpoint (the end of the last
+complete epoch) is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from . import checkpoint as ckpt_io
+from .config import ParseKwargs, parse_with_config
+from .data import (
+    BadImageError,
+    ImageFolderDataset,
+    ShardSampler,
+    build_eval_transform,
+    build_train_transform,
+    build_train_sampler,
+    check_same_classes,
+    find_classes,
+)
+from .losses import DISTILLATION_TYPES, DistillationLoss
+from .resmlp import MODEL_NAMES
+
+_logger = logging.getLogger("vision.train")
+
+EXIT_NONFINITE_LOSS = 3
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m vision.train",
+        description="Train a timm image classifier (ResMLP: resmlp_s12, ...) with the DeiT recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", "-c", default=None, help="YAML file, or a name in vision/configs (its keys are these options)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None, help="ImageFolder root holding the train and val splits")
+    g.add_argument("--train-split", default="train")
+    g.add_argument("--val-split", default="val")
+    g.add_argument("--dataset-cache", default="none", choices=["none", "memory"], help="memory: decode every image once (small datasets)")
+    g.add_argument("--bad-images", default="error", choices=["error", "skip"], help="an unreadable image file: stop naming it, or skip it with a warning")
+    g.add_argument("--max-per-class", type=int, default=None, help="use the first K training images of each class")
+    g.add_argument("--val-max-per-class", type=int, default=None, help="use the first K validation images of each class")
+    g.add_argument("--workers", "-j", type=int, default=4, help="data loader processes per training process")
+    g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="resmlp_s12", help="timm model name (ResMLP: " + ", ".join(MODEL_NAMES) + ")")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="extra create_model arguments, key=value")
+    g.add_argument("--img-size", type=int, default=224, help="input resolution (passed to ResMLP models, which need it)")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout before the classifier")
+    g.add_argument("--drop-path", type=float, default=0.05, help="stochastic depth rate (ResMLP: the same at every depth)")
+    g.add_argument("--initial-checkpoint", default=None, help="start from these weights (vision.train, timm or DeiT checkpoint)")
+    g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("optimizer and schedule")
+    g.add_argument("--opt", default="lamb", help="timm optimizer name")
+    g.add_argument("--opt-eps", type=float, default=None)
+    g.add_argument("--opt-betas", type=float, nargs=2, default=None)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.2)
+    g.add_argument("--clip-grad", type=float, default=None)
+    g.add_argument("--lr", type=float, default=5e-3)
+    g.add_argument(
+        "--lr-scale",
+        default="none",
+        choices=["none", "linear"],
+        help="linear: use lr * global_batch / lr-base-size (DeiT's main.py in 2021); none: --lr is the rate used",
+    )
+    g.add_argument("--lr-base-size", type=int, default=512)
+    g.add_argument("--sched", default="cosine")
+    g.add_argument("--epochs", type=int, default=400)
+    g.add_argument("--warmup-epochs", type=float, default=5)
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=False, help="update the lr every step, not every epoch")
+    g = p.add_argument_group("augmentation and regularisation")
+    g.add_argument("--train-crop", default="rrc", choices=["rrc", "pad"], help="rrc: RandomResizedCrop (DeiT); pad: pad-and-crop (small images)")
+    g.add_argument("--crop-pad", type=int, default=4, help="padding of --train-crop pad")
+    g.add_argument("--hflip", type=float, default=0.5)
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment string; 'none' for none")
+    g.add_argument("--color-jitter", type=float, default=0.3)
+    g.add_argument("--train-interpolation", default="bicubic")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--remode", default="pixel")
+    g.add_argument("--recount", type=int, default=1)
+    g.add_argument("--repeated-aug", type=int, default=3, help="repeated augmentation: repeats per image (0 or 1: off)")
+    g.add_argument("--mixup", type=float, default=0.8)
+    g.add_argument("--cutmix", type=float, default=1.0)
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-mode", default="batch")
+    g.add_argument("--smoothing", type=float, default=0.1)
+    g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--model-ema-decay", type=float, default=0.99996)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--crop-pct", type=float, default=0.9, help="eval: resize to img_size / crop_pct, centre crop")
+    g.add_argument("--interpolation", default="bicubic", help="eval resize interpolation")
+    g.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
+    g.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
+    g.add_argument("--eval-interval", type=int, default=1, help="evaluate every N epochs (and after the last)")
+    g.add_argument("--batch-size-eval", type=int, default=None)
+    g = p.add_argument_group("distillation")
+    g.add_argument("--distillation-type", default="none", choices=DISTILLATION_TYPES)
+    g.add_argument("--teacher-model", default=None, help="timm model name of the teacher (e.g. regnety_160)")
+    g.add_argument("--teacher-path", default=None, help="teacher weights: a vision.train checkpoint, or a timm-format file")
+    g.add_argument("--teacher-pretrained", action="store_true", help="download timm's pretrained teacher weights")
+    g.add_argument("--distillation-alpha", type=float, default=0.5)
+    g.add_argument("--distillation-tau", type=float, default=1.0)
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", "-b", type=int, default=64, help="per process")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--output", required=False, default=None, help="output folder (checkpoints, logs)")
+    g.add_argument("--resume", default=None, help="a checkpoint to continue from, or 'auto' (OUTPUT/last.pth if present)")
+    g.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (0-based) although the schedule spans --epochs")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA (no effect on the CPU)")
+    g.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    g.add_argument("--log-interval", type=int, default=50)
+    return p
+
+
+# --------------------------------------------------------------------------------------
+# Set-up helpers
+# --------------------------------------------------------------------------------------
+
+
+def check_model_name(name: str, parser: Optional[argparse.ArgumentParser] = None) -> None:
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, list(MODEL_NAMES) + timm.list_models(), n=5, cutoff=0.6)
+    msg = f"unknown model {name!r}. ResMLP models: {', '.join(MODEL_NAMES)}"
+    if close:
+        msg += f"; did you mean: {', '.join(close)}?"
+    msg += " (all names: timm.list_models())"
+    if parser is not None:
+        parser.error(msg)
+    raise ValueError(msg)
+
+
+def model_create_kwargs(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments of this run (stored in checkpoints)."""
+    kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
+    if args.model in MODEL_NAMES:
+        kwargs["img_size"] = args.img_size
+    kwargs.update(args.model_kwargs or {})
+    return kwargs
+
+
+def setup_logging(output: Optional[Path], primary: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if output is not None and primary:
+        handlers.append(logging.FileHandler(output / "log.txt"))
+    logging.basicConfig(
+        level=logging.INFO if primary else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def init_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int, bool]:
+    """``(device, rank, world_size, distributed)``; torchrun's environment starts DDP (nccl on
+    CUDA, gloo on the CPU)."""
+    from timm.utils.distributed import init_distributed_device_so
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = init_distributed_device_so(device=device)
+    return torch.device(info["device"]), info["global_rank"], info["world_size"], info["distributed"]
+
+
+def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.device) -> Optional[nn.Module]:
+    import timm
+
+    if args.distillation_type == "none":
+        return None
+    if args.teacher_path and ckpt_io.is_training_checkpoint(ckpt_io.load(args.teacher_path)):
+        teacher, _ = ckpt_io.create_model_from_checkpoint(args.teacher_path)
+    elif args.teacher_model:
+        check_model_name(args.teacher_model)
+        teacher = timm.create_model(args.teacher_model, pretrained=args.teacher_pretrained, num_classes=num_classes)
+        if args.teacher_path:
+            ckpt_io.load_weights(teacher, ckpt_io.state_dict_of(ckpt_io.load(args.teacher_path)), what=f"teacher weights {args.teacher_path}")
+        elif not args.teacher_pretrained:
+            raise ValueError("the teacher has no weights: give --teacher-path FILE or --teacher-pretrained")
+    else:
+        raise ValueError(f"{args.distillation_type} distillation needs --teacher-path (a vision.train checkpoint) or --teacher-model")
+    teacher_classes = getattr(teacher, "num_classes", num_classes)
+    if teacher_classes != num_classes:
+        raise ValueError(f"the teacher predicts {teacher_classes} classes, the data has {num_classes}")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+def autocast_context(args: argparse.Namespace, device: torch.device):
+    if args.amp and device.type == "cuda":
+        dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+        return lambda: torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext
+
+
+# --------------------------------------------------------------------------------------
+# Train / evaluate
+# --------------------------------------------------------------------------------------
+
+
+def all_reduce_sum(values: list[float], device: torch.device, distributed: bool) -> list[float]:
+    if not distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, autocast, distributed: bool, desc: str = "eval") -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and cross-entropy over the whole loader (all ranks)."""
+    from tqdm import tqdm
+
+    model.eval()
+    correct1 = correct5 = loss_sum = count = 0.0
+    primary = not distributed or dist.get_rank() == 0
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not primary, mininterval=5, dynamic_ncols=True):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast():
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5.eq(labels[:, None])
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        count += labels.numel()
+    correct1, correct5, loss_sum, count = all_reduce_sum([correct1, correct5, loss_sum, count], device, distributed)
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count, "count": int(count)}
+
+
+def train_one_epoch(
+    epoch: int,
+    model: nn.Module,
+    unwrapped_model: nn.Module,
+    criterion: nn.Module,
+    loader,
+    optimizer,
+    scheduler,
+    mixup_fn,
+    model_ema,
+    scaler,
+    autocast,
+    num_updates: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    distributed: bool,
+    primary: bool,
+) -> tuple[Dict[str, float], int]:
+    from timm.utils import dispatch_clip_grad
+    from tqdm import tqdm
+
+    model.train()
+    loss_sum, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not primary, mininterval=5, dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            images, labels = mixup_fn(images, labels)
+        with autocast():
+            outputs = model(images)
+            loss = criterion(images, outputs, labels)
+        loss_value = loss.item()
+        bad = not math.isfinite(loss_value)
+        if distributed:  # every rank stops together
+            bad = bool(all_reduce_sum([float(bad)], device, True)[0])
+        if bad:
+            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step} (update {num_updates})")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad:
+            scaler.unscale_(optimizer)
+            dispatch_clip_grad(model.parameters(), args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        num_updates += 1
+        if model_ema is not None:
+            model_ema.update(unwrapped_model, step=num_updates)
+        scheduler.step_update(num_updates=num_updates)
+        loss_sum += loss_value * images.shape[0]
+        seen += images.shape[0]
+        if primary and (step % args.log_interval == 0):
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    elapsed = time.perf_counter() - start
+    loss_total, seen_total = all_reduce_sum([loss_sum, float(seen)], device, distributed)
+    return {"loss": loss_total / max(seen_total, 1), "img_per_s": seen_total / elapsed, "minutes": elapsed / 60}, num_updates
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    if args.data_dir is None:
+        parser.error("--data-dir is required (or data_dir in the config)")
+    if args.output is None:
+        parser.error("--output is required (the folder for checkpoints and logs)")
+    check_model_name(args.model, parser)
+    if args.teacher_model:
+        check_model_name(args.teacher_model, parser)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device, rank, world_size, distributed = init_distributed(args)
+    primary = rank == 0
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    setup_logging(output, primary)
+    try:
+        return _run(args, device, rank, world_size, distributed, primary, output)
+    except NonFiniteLossError as err:
+        last = output / "last.pth"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written before it"
+        _logger.error(f"stopping: {err}; {kept} (left unchanged). Lower the learning rate or check the data.")
+        return EXIT_NONFINITE_LOSS
+    except (BadImageError, ValueError, FileNotFoundError) as err:
+        # Bad input (data, checkpoint, option): the message names it; the traceback goes to log.txt.
+        _logger.error(f"error: {err}")
+        if primary:
+            with open(output / "log.txt", "a") as fh:
+                traceback.print_exc(file=fh)
+        return 2
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args, device, rank, world_size, distributed, primary, output: Path) -> int:
+    import timm
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, update_summary
+
+    torch.manual_seed(args.seed + rank)
+    import random
+
+    import numpy as np
+
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+
+    # ---- data
+    root = Path(args.data_dir)
+    train_root, val_root = root / args.train_split, root / args.val_split
+    classes = find_classes(train_root)
+    check_same_classes(classes, find_classes(val_root), train_root, val_root)
+    num_classes = len(classes)
+    aa = None if str(args.aa).lower() in ("none", "", "null") else args.aa
+    train_tf = build_train_transform(
+        args.img_size,
+        train_crop=args.train_crop,
+        pad=args.crop_pad,
+        hflip=args.hflip,
+        auto_augment=aa,
+        color_jitter=args.color_jitter,
+        interpolation=args.train_interpolation,
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=args.recount,
+        mean=args.mean,
+        std=args.std,
+    )
+    eval_tf = build_eval_transform(args.img_size, args.crop_pct, args.interpolation, args.mean, args.std)
+    train_set = ImageFolderDataset(
+        train_root, train_tf, classes, cache=args.dataset_cache, bad_images=args.bad_images,
+        max_per_class=args.max_per_class, cache_threads=max(1, args.workers),
+    )
+    val_set = ImageFolderDataset(
+        val_root, eval_tf, classes, cache=args.dataset_cache, bad_images=args.bad_images,
+        max_per_class=args.val_max_per_class, cache_threads=max(1, args.workers),
+    )
+    sampler = build_train_sampler(train_set, args.repeated_aug, rank, world_size, args.seed)
+    loader_kw = dict(num_workers=args.workers, pin_memory=args.pin_mem and device.type == "cuda", persistent_workers=False)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_kw)
+    val_loader = torch.utils.data.DataLoader(
+        val_set, batch_size=args.batch_size_eval or args.batch_size, sampler=ShardSampler(len(val_set), rank, world_size), **loader_kw
+    )
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(sampler)} training images per process is less than one batch of {args.batch_size}")
+    _logger.info(
+        f"data: {len(train_set)} training images ({train_root}), {len(val_set)} validation images ({val_root}), "
+        f"{num_classes} classes; {world_size} process(es) on {device}, {len(train_loader)} steps per epoch"
+    )
+
+    # ---- model
+    model_kwargs = model_create_kwargs(args, num_classes)
+    model = timm.create_model(args.model, **model_kwargs)
+    if args.initial_checkpoint:
+        ckpt_io.load_weights(model, ckpt_io.state_dict_of(ckpt_io.load(args.initial_checkpoint)), what=f"initial checkpoint {args.initial_checkpoint}")
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    _logger.info(f"model: {args.model} {model_kwargs}, {n_params:,} parameters")
+    teacher = build_teacher(args, num_classes, device)
+
+    global_batch = args.batch_size * world_size
+    lr = args.lr * global_batch / args.lr_base_size if args.lr_scale == "linear" else args.lr
+    opt_kwargs = {}
+    if args.opt_eps is not None:
+        opt_kwargs["eps"] = args.opt_eps
+    if args.opt_betas is not None:
+        opt_kwargs["betas"] = tuple(args.opt_betas)
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=args.sched,
+        num_epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.warmup_lr,
+        min_lr=args.min_lr,
+        step_on_epochs=not args.sched_on_updates,
+        updates_per_epoch=len(train_loader),
+    )
+    _logger.info(f"optimizer: {args.opt}, lr {lr:.3g} (global batch {global_batch}, lr scale {args.lr_scale}), weight decay {args.weight_decay}")
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda" and args.amp_dtype == "float16")
+    autocast = autocast_context(args, device)
+    model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+
+    mixup_active = args.mixup > 0 or args.cutmix > 0
+    mixup_fn = None
+    if mixup_active:
+        if args.batch_size % 2:
+            raise ValueError(f"Mixup/CutMix need an even batch size, got --batch-size {args.batch_size}")
+        mixup_fn = Mixup(
+            mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob, switch_prob=args.mixup_switch_prob,
+            mode=args.mixup_mode, label_smoothing=args.smoothing, num_classes=num_classes,
+        )
+        base_criterion: nn.Module = SoftTargetCrossEntropy()
+    elif args.smoothing > 0:
+        base_criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        base_criterion = nn.CrossEntropyLoss()
+    criterion = DistillationLoss(base_criterion, teacher, args.distillation_type, args.distillation_alpha, args.distillation_tau)
+
+    # ---- resume
+    start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
+    resume_path = ckpt_io.latest(output) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    resume_state = None
+    if resume_path is not None:
+        state = ckpt_io.load(resume_path)
+        if not ckpt_io.is_training_checkpoint(state):
+            raise ValueError(f"--resume {resume_path}: not a vision.train checkpoint (use --initial-checkpoint for weights only)")
+        if state["model_name"] != args.model:
+            raise ValueError(f"--resume {resume_path}: the checkpoint is of model {state['model_name']}, this run trains {args.model}")
+        if state.get("classes") != classes:
+            raise ValueError(f"--resume {resume_path}: the checkpoint was trained on other classes than {train_root}")
+        ckpt_io.load_weights(model, state["model"], what=f"resumed checkpoint {resume_path}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if model_ema is not None:
+            if state.get("model_ema") is None:
+                raise ValueError(f"--resume {resume_path}: --model-ema is on but the checkpoint has no EMA weights")
+            model_ema.module.load_state_dict(state["model_ema"])
+        start_epoch, num_updates = state["epoch"] + 1, state["num_updates"]
+        best = state.get("best", best)
+        resume_state = state["rng"]
+        _logger.info(f"resumed from {resume_path}: epoch {state['epoch']} done, {num_updates} updates")
+
+    if args.compile:
+        model = torch.compile(model)
+    train_model = model
+    if distributed:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if primary:
+        with open(output / "args.yaml", "w") as fh:
+            yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": world_size}, fh, sort_keys=False)
+    summary_csv = output / "summary.csv"
+    if primary:
+        from timm.utils.summary import trim_summary
+
+        trim_summary(str(summary_csv), start_epoch)
+
+    if resume_state is not None:
+        if isinstance(resume_state, list):  # saved by a distributed run: one state per rank
+            if len(resume_state) != world_size:
+                _logger.warning(f"the checkpoint was written by {len(resume_state)} processes, this run has {world_size}: random streams differ")
+            resume_state = resume_state[rank % len(resume_state)]
+        ckpt_io.set_rng_state(resume_state)
+
+    last_epoch = args.epochs - 1 if args.stop_after_epoch is None else min(args.epochs - 1, args.stop_after_epoch)
+    for epoch in range(start_epoch, last_epoch + 1):
+        sampler.set_epoch(epoch)
+        train_metrics, num_updates = train_one_epoch(
+            epoch, train_model, model, criterion, train_loader, optimizer, scheduler, mixup_fn, model_ema, scaler, autocast,
+            num_updates, args, device, distributed, primary,
+        )
+        scheduler.step(epoch + 1)
+        metrics: Dict[str, float] = {}
+        if (epoch + 1) % args.eval_interval == 0 or epoch == args.epochs - 1 or epoch == last_epoch:
+            metrics = evaluate(model, val_loader, device, autocast, distributed)
+            if model_ema is not None:
+                ema_metrics = evaluate(model_ema.module, val_loader, device, autocast, distributed, desc="eval ema")
+                metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "count"})
+        lr_now = optimizer.param_groups[0]["lr"]
+        msg = f"epoch {epoch}: train loss {train_metrics['loss']:.4f}, {train_metrics['img_per_s']:.1f} img/s, {train_metrics['minutes']:.2f} min"
+        if metrics:
+            msg += f"; val top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f} loss {metrics['loss']:.4f}"
+            if "ema_top1" in metrics:
+                msg += f"; EMA top-1 {metrics['ema_top1']:.2f}"
+        _logger.info(msg + f"; lr {lr_now:.3g}")
+
+        # Every rank's generator states (they differ: seeds are offset by rank).
+        rng = ckpt_io.rng_state()
+        if distributed:
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        if primary:
+            is_best = bool(metrics) and metrics["top1"] > best["top1"]
+            if is_best:
+                best = {"top1": metrics["top1"], "epoch": epoch}
+            state = {
+                "format": ckpt_io.FORMAT,
+                "model_name": args.model,
+                "model_kwargs": model_kwargs,
+                "classes": classes,
+                "data_config": {
+                    "input_size": (3, args.img_size, args.img_size),
+                    "crop_pct": args.crop_pct,
+                    "interpolation": args.interpolation,
+                    "mean": tuple(args.mean),
+                    "std": tuple(args.std),
+                },
+                "model": _unwrap(model).state_dict(),
+                "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "num_updates": num_updates,
+                "rng": rng,
+                "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+                "metrics": metrics,
+                "best": best,
+            }
+            ckpt_io.save_atomic(state, output / "last.pth")
+            if is_best:
+                ckpt_io.save_atomic(state, output / "best.pth")
+            eval_row = {k: v for k, v in metrics.items() if k != "count"}
+            update_summary(epoch, train_metrics, eval_row, str(summary_csv), lr=lr_now)
+        if distributed:
+            dist.barrier()
+    if primary:
+        _logger.info(f"done: best top-1 {best['top1']:.2f} at epoch {best['epoch']}; checkpoints in {output}")
+    return 0
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
