@@ -249,7 +249,7 @@ def build_train_transform(
     from timm.data import create_transform
     from timm.data.auto_augment import rand_augment_transform
     from timm.data.random_erasing import RandomErasing
-    from timm.data.transforms import str_to_interp_mode
+    from timm.data.transforms import str_to_pil_interp
 
     if auto_augment:
         _install_posterize_compat()
@@ -276,7 +276,7 @@ def build_train_transform(
         hparams = dict(
             translate_const=int(img_size * 0.45),
             img_mean=tuple(round(255 * x) for x in mean),
-            interpolation=str_to_interp_mode(interpolation),
+            interpolation=str_to_pil_interp(interpolation),
         )
         tfl.append(rand_augment_transform(auto_augment, hparams))
     tfl += [T.ToTensor(), T.Normalize(mean, std)]

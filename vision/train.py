@@ -442,6 +442,11 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     n_params = sum(p.numel() for p in model.parameters())
     _logger.info(f"model: {args.model} {model_kwargs}, {n_params:,} parameters")
     teacher = build_teacher(args, num_classes, device)
+    if teacher is not None:
+        _logger.info(
+            f"distillation: {args.distillation_type} (alpha {args.distillation_alpha}, tau {args.distillation_tau}), teacher "
+            f"{type(teacher).__name__} from {args.teacher_path or args.teacher_model}, {sum(p.numel() for p in teacher.parameters()):,} parameters"
+        )
 
     global_batch = args.batch_size * world_size
     lr = args.lr * global_batch / args.lr_base_size if args.lr_scale == "linear" else args.lr
