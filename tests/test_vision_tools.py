@@ -16,7 +16,7 @@ from vision.config import CONFIG_DIR, available_configs, load_config
 from vision.plot import cross_patch_montage
 from vision.train import build_parser
 
-from .test_vision_train import FAST, TINY_MODEL, make_slice, run_train
+from test_vision_train import FAST, TINY_MODEL, make_slice, run_train
 
 
 def test_every_config_uses_known_options_and_imagenet_configs_follow_the_paper():
