@@ -26,5 +26,9 @@ test:
 test-fast:
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow" tests
 
+# The main job: Multi30k En-De, small ResMLP trained on the CPU (about 30 minutes).
+multi30k:
+	scripts/run_multi30k.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info
