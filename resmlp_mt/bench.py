@@ -58,33 +58,37 @@ def parse_json_log(text: str) -> Dict[str, List[dict]]:
     return records
 
 
+_BEGIN = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| fairseq.trainer \| begin training epoch 1$", re.M)
+
+
 def training_figures(log_text: str) -> dict:
-    """Words/s, updates and the validation curve of one fairseq-train run (json log)."""
+    """Words/s, updates and the validation curve of one fairseq-train run (json log).
+
+    fairseq's per-epoch ``train`` records hold each epoch's tokens per batch, updates and
+    ``train_wall`` (time in training steps, without validation and checkpointing); the last
+    one covers the part of the last epoch done before the time budget ran out.
+    """
     records = parse_json_log(log_text)
-    inner = records.get("train_inner", [])
-    valid = records.get("valid", [])
-    if not inner:
+    epochs = records.get("train", [])
+    begin = _BEGIN.search(log_text)
+    if not epochs or begin is None:
         raise RuntimeError("no training records in the fairseq-train log (was --log-format json used?)")
-    # train_inner records cover the updates since the previous record: their wpb and
-    # train_wall are per interval (fairseq resets that meter at each log)
-    words, train_wall, previous = 0.0, 0.0, 0
-    for r in inner:
-        updates = int(r["num_updates"])
-        words += (updates - previous) * float(r["wpb"])
-        train_wall += float(r["train_wall"])
-        previous = updates
-    summary = records.get("train", [{}])[-1]
-    updates = int(summary.get("train_num_updates", previous))
-    start = inner[0]["time"] - float(inner[0]["wall"])
+    words, train_wall, updates = 0.0, 0.0, 0
+    for r in epochs:
+        done = int(r["train_num_updates"])
+        words += (done - updates) * float(r["train_wpb"])
+        train_wall += float(r["train_train_wall"])
+        updates = done
+    start = datetime.strptime(begin.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
     curve = [
         {"minutes": round((v["time"] - start) / 60, 2), "num_updates": int(v["valid_num_updates"]), "valid_loss": float(v["valid_loss"])}
-        for v in valid
+        for v in records.get("valid", [])
     ]
     return {
         "updates": updates,
         "target_tokens": int(words),
-        "train_wall_seconds_logged": round(train_wall, 1),
-        "seconds_per_update": round(train_wall / max(previous, 1), 4),
+        "train_wall_seconds": round(train_wall, 1),
+        "seconds_per_update": round(train_wall / max(updates, 1), 4),
         "words_per_second": round(words / train_wall, 1),
         "best_valid_loss": min((c["valid_loss"] for c in curve), default=float("nan")),
         "valid_curve": curve,

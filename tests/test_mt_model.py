@@ -156,3 +156,18 @@ def test_checkpoint_of_another_shape_lists_the_differences():
     with pytest.raises(RuntimeError, match="not a ResMLP translation model(?s:.*)unexpected keys: encoder.layers.0.self_attn"):
         small.load_state_dict(transformer_like)
 
+
+
+def test_decoder_output_does_not_depend_on_target_padding_side():
+    """fairseq right-pads targets; --left-pad-target True left-pads them: same outputs."""
+    model = tiny_model()
+    d = model.decoder.dictionary
+    g = torch.Generator().manual_seed(4)
+    src = with_eos(random_tokens(3, 6, g), d.eos())
+    enc = model.encoder(src)
+    prefixes = [prev_output(random_tokens(1, n, g), d.eos())[0] for n in (3, 7, 5)]
+    right, _ = model.decoder(pad_batch(prefixes, d.pad(), left=False), enc)
+    left, _ = model.decoder(pad_batch(prefixes, d.pad(), left=True), enc)
+    for i, p in enumerate(prefixes):
+        n = len(p)
+        torch.testing.assert_close(left[i, left.size(1) - n :], right[i, :n], rtol=0, atol=1e-5)

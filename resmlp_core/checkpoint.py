@@ -1,0 +1,48 @@
+"""Comparing a checkpoint's state dict with a model's, for error messages that name what differs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, List, Mapping, Tuple
+
+import torch
+
+
+@dataclass
+class StateDictDiff:
+    """Keys only the model has, keys only the checkpoint has, and keys whose shapes differ
+    as ``(key, checkpoint_shape, model_shape)``; all sorted."""
+
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def lines(self, checkpoint: str = "checkpoint", model: str = "model", limit: int = 8) -> List[str]:
+        """Human-readable lines, at most ``limit`` keys per kind."""
+        out = []
+        shapes = [f"{k}: {checkpoint} {c} vs {model} {m}" for k, c, m in self.mismatched]
+        for title, keys in (("missing keys", self.missing), ("unexpected keys", self.unexpected), ("shape mismatch keys", shapes)):
+            if keys:
+                shown = ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+                out.append(f"  {title}: {shown}")
+        return out
+
+
+def compare_state_dicts(
+    model_state: Mapping[str, torch.Tensor], checkpoint_state: Mapping[str, torch.Tensor], ignore_shapes: Iterable[str] = ()
+) -> StateDictDiff:
+    """What differs between ``model_state`` and ``checkpoint_state`` (shapes of the keys in
+    ``ignore_shapes`` are not compared)."""
+    ignore = set(ignore_shapes)
+    return StateDictDiff(
+        missing=sorted(set(model_state) - set(checkpoint_state)),
+        unexpected=sorted(set(checkpoint_state) - set(model_state)),
+        mismatched=sorted(
+            (k, tuple(checkpoint_state[k].shape), tuple(model_state[k].shape))
+            for k in set(model_state) & set(checkpoint_state)
+            if k not in ignore and tuple(checkpoint_state[k].shape) != tuple(model_state[k].shape)
+        ),
+    )
