@@ -21,10 +21,10 @@ install:
 	$(PY) -c 'import fairseq, timm, torchvision, resmlp_core, vision; print("installed: fairseq", fairseq.__version__, "timm", timm.__version__, "torch", __import__("torch").__version__)'
 
 test:
-	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15 tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-fast:
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow" tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 # The main job: Multi30k En-De, small ResMLP trained on the CPU (about 30 minutes).
 multi30k:
