@@ -24,10 +24,7 @@ $PY -m vision.train --config cifar10_student "${COMMON[@]}" --output "$OUT/stude
 $PY -m vision.train --config cifar10_student "${COMMON[@]}" --output "$OUT/student_hard" --threads 1 \
   --distillation-type hard --teacher-path "$OUT/teacher/best.pth" > "$OUT/student_hard.out" 2>&1 &
 wait
-for run in teacher student_none student_hard; do
-  $PY - "$OUT/$run/last.pth" "$run" <<'PYEOF'
-import sys, torch
-state = torch.load(sys.argv[1], weights_only=True)
-print(f"{sys.argv[2]:13s} top-1 after epoch {state['epoch']}: {state['metrics']['top1']:.2f} (best {state['best']['top1']:.2f})")
-PYEOF
-done
+$PY -m vision.report --name "${REPORT:-vision_distill_cifar10}" --run teacher="$OUT/teacher" --run student_none="$OUT/student_none" \
+  --run student_hard="$OUT/student_hard" --command "scripts/distill_cifar10.sh --data $DATA --output $OUT" \
+  --note "Teacher: RegNetY-400MF trained by vision.train; students: the same ResMLP for the same epochs, without a teacher and with hard distillation."
+cat "results/${REPORT:-vision_distill_cifar10}.md"

@@ -76,6 +76,11 @@ def test_evaluate_and_plot_a_trained_checkpoint(cifar10_dir, tmp_path):
     (other / "test" / "truck").rename(other / "test" / "lorry")
     bad = run_train("--checkpoint", str(ckpt), "--data-dir", str(other / "test"), "--bench-batch", "0", module="vision.evaluate", check=False)
     assert bad.returncode == 2 and "only in validation: ['lorry']" in bad.stderr
+    # the published summary of the run
+    run_train("--name", "vision_test", "--run", f"tiny={tmp_path / 'run'}", "--command", "test", "--results-dir", str(tmp_path / "results"), module="vision.report")
+    summary = json.loads((tmp_path / "results" / "vision_test.json").read_text())
+    assert summary["runs"]["tiny"]["final"]["top1"] == pytest.approx(trained["top1"]) and summary["runs"]["tiny"]["epochs"] == 1
+    assert "| tiny | resmlp_s12 (" in (tmp_path / "results" / "vision_test.md").read_text()
     # the plot
     png = tmp_path / "cross_patch.png"
     run_train("--checkpoint", str(ckpt), "--out", str(png), module="vision.plot")

@@ -25,12 +25,14 @@ import difflib
 import logging
 import math
 import os
+import random
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -381,10 +383,6 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     from timm.utils import ModelEmaV3, update_summary
 
     torch.manual_seed(args.seed + rank)
-    import random
-
-    import numpy as np
-
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
 
@@ -412,11 +410,11 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     eval_tf = build_eval_transform(args.img_size, args.crop_pct, args.interpolation, args.mean, args.std)
     train_set = ImageFolderDataset(
         train_root, train_tf, classes, cache=args.dataset_cache, bad_images=args.bad_images,
-        max_per_class=args.max_per_class, cache_threads=max(1, args.workers),
+        max_per_class=args.max_per_class, cache_threads=min(8, os.cpu_count() or 1),
     )
     val_set = ImageFolderDataset(
         val_root, eval_tf, classes, cache=args.dataset_cache, bad_images=args.bad_images,
-        max_per_class=args.val_max_per_class, cache_threads=max(1, args.workers),
+        max_per_class=args.val_max_per_class, cache_threads=min(8, os.cpu_count() or 1),
     )
     sampler = build_train_sampler(train_set, args.repeated_aug, rank, world_size, args.seed)
     loader_kw = dict(num_workers=args.workers, pin_memory=args.pin_mem and device.type == "cuda", persistent_workers=False)
