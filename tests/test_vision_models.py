@@ -312,6 +312,20 @@ def test_folded_block_matches_block_including_pre_affine_shift(batch):
     torch.testing.assert_close(folded(x), block(x), atol=1e-5, rtol=1e-5)
 
 
+def test_folded_model_runs_in_bfloat16_and_under_autocast():
+    torch.manual_seed(0)
+    model = perturb_(timm.create_model("resmlp_s12", num_classes=10, **SMALL)).eval()
+    folded = reparameterize_model(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = folded(x)
+        pure = copy.deepcopy(folded).to(torch.bfloat16)(x.to(torch.bfloat16))
+    for out in (auto, pure):
+        assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 0.05
+
+
 def test_folding_without_head_and_on_224_images():
     torch.manual_seed(0)
     model = perturb_(timm.create_model("resmlp_s12", num_classes=0)).eval()

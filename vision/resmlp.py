@@ -183,21 +183,29 @@ class FoldedResMLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         num_tokens, batch, dim = x.shape
-        w1t, w2t = self.fc1.weight.t(), self.fc2.weight.t()
-        t = torch.mm(self.token_weight, x.reshape(num_tokens, batch * dim)).view(num_tokens, batch, dim)
+        # One compute dtype for every operand (the in-place GEMM below is not autocast):
+        # autocast's dtype when autocast is on (CUDA bf16), else the input's.
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        A, scale, const, w1, b1, w2 = (
+            p if p.dtype == dtype else p.to(dtype)
+            for p in (self.token_weight, self.token_scale, self.token_const, self.fc1.weight, self.fc1.bias, self.fc2.weight)
+        )
+        x = x.to(dtype)
+        t = torch.mm(A, x.reshape(num_tokens, batch * dim)).view(num_tokens, batch, dim)
         if torch.is_grad_enabled() and (x.requires_grad or self.token_weight.requires_grad):
             # autograd: out of place (in-place updates would overwrite saved activations)
-            z = (torch.addcmul(x, t, self.token_scale) + self.token_const).view(num_tokens * batch, dim)
-            h = self.act(torch.addmm(self.fc1.bias, z, w1t))
-            return torch.addmm(z, h, w2t).view(num_tokens, batch, dim)
-        z = torch.addcmul(x, t, self.token_scale, out=t)  # t is dead after this: reuse its memory
-        z += self.token_const
+            z = (torch.addcmul(x, t, scale) + const).view(num_tokens * batch, dim)
+            h = self.act(torch.addmm(b1, z, w1.t()))
+            return torch.addmm(z, h, w2.t()).view(num_tokens, batch, dim)
+        z = torch.addcmul(x, t, scale, out=t)  # t is dead after this: reuse its memory
+        z += const
         # The channel MLP in row chunks, updating z in place. The hidden activations (4x wider
         # than the stream) then stay small: no fresh multi-MB buffer per block (page faults),
         # and fc2 reads them back from the cache.
         for rows in z.view(num_tokens * batch, dim).split(self.mlp_chunk_rows):
-            h = self._act_(torch.addmm(self.fc1.bias, rows, w1t))
-            rows.addmm_(h, w2t)
+            h = self._act_(torch.addmm(b1, rows, w1.t()))
+            rows.addmm_(h, w2.t())
         return z
 
 
