@@ -4,7 +4,7 @@ All tensors are time-first, ``T x B x C``, as everywhere in fairseq's sequence m
 
 Every residual branch has the same shape (paper Eqs. 2-3)::
 
-    x = x + dropout(layer_scale * sublayer(norm(x)))
+    x = x + layer_scale * dropout(sublayer(norm(x)))      # one addcmul for the scale and the add
 
 with ``norm`` an Affine layer (``--norm affine``, the paper) or LayerNorm (``--norm layernorm``,
 the paper's Table 3 ablation), and ``layer_scale`` a per-channel vector initialised to
@@ -131,8 +131,8 @@ class ResMLPEncoderLayer(nn.Module):
         h = self.token_norm(x)
         if padding_mask is not None:
             h = h.masked_fill(padding_mask, 0.0)
-        x = x + self.dropout_module(self.token_scale * self.token_mixer(h))
-        x = x + self.dropout_module(self.channel_scale * self.channel_mlp(self.channel_norm(x)))
+        x = torch.addcmul(x, self.dropout_module(self.token_mixer(h)), self.token_scale)
+        x = torch.addcmul(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
         return x
 
 
@@ -187,7 +187,7 @@ class ResMLPDecoderLayer(nn.Module):
         h = self.token_norm(x)
         if padding_mask is not None:
             h = h.masked_fill(padding_mask, 0.0)
-        x = x + self.dropout_module(self.token_scale * self.token_mixer(h, incremental_state))
+        x = torch.addcmul(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
 
         h, attn = self.cross_attn(
             query=self.cross_attn_norm(x),
@@ -198,7 +198,7 @@ class ResMLPDecoderLayer(nn.Module):
             static_kv=True,
             need_weights=need_attn,
         )
-        x = x + self.dropout_module(self.cross_attn_scale * h)
+        x = torch.addcmul(x, self.dropout_module(h), self.cross_attn_scale)
 
-        x = x + self.dropout_module(self.channel_scale * self.channel_mlp(self.channel_norm(x)))
+        x = torch.addcmul(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
         return x, attn
