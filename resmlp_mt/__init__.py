@@ -14,7 +14,13 @@ import torch
 
 # torch >= 2.6 unpickles checkpoints with weights_only=True; fairseq stores its legacy
 # configuration as an argparse.Namespace. Allow that one class and keep safe loading on.
-torch.serialization.add_safe_globals([argparse.Namespace])
+# The class is registered twice on purpose: scoped allow-lists such as timm's checkpoint
+# loader (`with torch.serialization.safe_globals([argparse.Namespace])`) remove the plain
+# entry when they exit, which would silently revoke ours in a process that also loads a timm
+# checkpoint. The (class, "module.name") entry is a distinct element of torch's allow-list
+# that such a context does not remove.
+FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace, (argparse.Namespace, "argparse.Namespace")]
+torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
 
 from .model import ResMLPDecoder, ResMLPEncoder, ResMLPTranslationModel  # noqa: E402
 

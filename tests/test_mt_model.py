@@ -171,3 +171,20 @@ def test_decoder_output_does_not_depend_on_target_padding_side():
     for i, p in enumerate(prefixes):
         n = len(p)
         torch.testing.assert_close(left[i, left.size(1) - n :], right[i, :n], rtol=0, atol=1e-5)
+
+
+def test_fairseq_checkpoints_stay_loadable_after_a_scoped_allow_list(tmp_path):
+    """timm loads its checkpoints inside ``safe_globals([argparse.Namespace])``; leaving that
+    context removes argparse.Namespace from torch's allow-list. A fairseq checkpoint (legacy
+    config stored as a Namespace) must still load weights-only afterwards in the same process
+    (the CI failure of a suite that ran vision and translation tests in one worker)."""
+    import argparse
+
+    import resmlp_mt  # noqa: F401
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"args": argparse.Namespace(arch="resmlp_mt_small"), "model": {}}, path)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        pass
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    assert loaded["args"].arch == "resmlp_mt_small"
