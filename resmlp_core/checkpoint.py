@@ -20,14 +20,15 @@ class StateDictDiff:
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.mismatched)
 
-    def lines(self, checkpoint: str = "checkpoint", model: str = "model", limit: int = 8) -> List[str]:
-        """Human-readable lines, at most ``limit`` keys per kind."""
+    def lines(self, checkpoint: str = "checkpoint", model: str = "model", limit: int = 20) -> List[str]:
+        """One line per kind of difference, with its count and at most ``limit`` keys, e.g.
+        ``shape mismatches (1): blocks.0.ls1: (96,) in the checkpoint, (64,) in the model``."""
         out = []
-        shapes = [f"{k}: {checkpoint} {c} vs {model} {m}" for k, c, m in self.mismatched]
-        for title, keys in (("missing keys", self.missing), ("unexpected keys", self.unexpected), ("shape mismatch keys", shapes)):
+        shapes = [f"{k}: {c} in the {checkpoint}, {m} in the {model}" for k, c, m in self.mismatched]
+        for title, keys in (("missing keys", self.missing), ("unexpected keys", self.unexpected), ("shape mismatches", shapes)):
             if keys:
-                shown = ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-                out.append(f"  {title}: {shown}")
+                shown = keys[:limit] + ([f"... and {len(keys) - limit} more"] if len(keys) > limit else [])
+                out.append(f"{title} ({len(keys)}): " + ", ".join(shown))
         return out
 
 

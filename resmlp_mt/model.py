@@ -372,7 +372,7 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         diff = compare_state_dicts(self.state_dict(), state_dict)
         if strict and diff:
             kind = "a ResMLP translation model" if any(".token_mixer." in k for k in state_dict) else "not a ResMLP translation model"
-            lines = [f"checkpoint does not fit this {type(self).__name__} (the checkpoint is {kind}):", *diff.lines()]
+            lines = [f"checkpoint does not fit this {type(self).__name__} (the checkpoint is {kind}):", *("  " + line for line in diff.lines())]
             if any(".token_mixer." in k for k, _, _ in diff.mismatched):
                 lines.append(
                     "  the cross-token matrices differ in size: use the checkpoint's "

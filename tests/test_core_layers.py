@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from resmlp_core import Affine, CrossTokenLinear
+from resmlp_core import Affine, CrossTokenLinear, compare_state_dicts
 
 
 def test_affine_is_per_channel_scale_and_shift():
@@ -74,3 +74,18 @@ def test_too_long_input_names_the_limit():
         mixer(torch.randn(5, 1, 2))
     with pytest.raises(ValueError, match="longer than"):
         CrossTokenLinear(4, causal=True).forward_last(torch.randn(5, 1, 2))
+
+
+def test_state_dict_comparison_names_every_difference_with_counts():
+    model = {"a": torch.zeros(2), "b": torch.zeros(3), "head.weight": torch.zeros(4, 2)}
+    checkpoint = {"b": torch.zeros(5), "c": torch.zeros(1), "head.weight": torch.zeros(10, 2)}
+    diff = compare_state_dicts(model, checkpoint, ignore_shapes=["head.weight"])
+    assert diff.missing == ["a"] and diff.unexpected == ["c"] and diff.mismatched == [("b", (5,), (3,))]
+    assert diff.lines(checkpoint="file") == [
+        "missing keys (1): a",
+        "unexpected keys (1): c",
+        "shape mismatches (1): b: (5,) in the file, (3,) in the model",
+    ]
+    assert not compare_state_dicts(model, dict(model))
+    many = compare_state_dicts({}, {f"k{i}": torch.zeros(1) for i in range(5)})
+    assert many.lines(limit=2) == ["unexpected keys (5): k0, k1, ... and 3 more"]

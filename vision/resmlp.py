@@ -34,7 +34,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models.mlp_mixer import checkpoint_filter_fn as timm_resmlp_filter_fn
 from torch import nn
 
-from resmlp_core import Affine, CrossTokenLinear
+from resmlp_core import Affine, CrossTokenLinear, compare_state_dicts
 
 __all__ = [
     "ResMLP",
@@ -382,27 +382,11 @@ def check_state_dict_matches(state_dict: Dict[str, torch.Tensor], model: nn.Modu
     Lists missing keys, unexpected keys and shape mismatches. The classifier is left out of
     the shape check (timm drops a head of another size when ``num_classes`` differs).
     """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(
-        f"{k}: {tuple(state_dict[k].shape)} in the {what}, {tuple(expected[k].shape)} in the model"
-        for k in set(expected) & set(state_dict)
-        if k not in CLASSIFIER_KEYS and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    )
-    if not (missing or unexpected or mismatched):
+    diff = compare_state_dicts(model.state_dict(), state_dict, ignore_shapes=CLASSIFIER_KEYS)
+    if not diff:
         return
     arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-    lines = [f"the {what} does not fit {arch} (another architecture or size?)"]
-
-    def _listing(title: str, items: list[str]) -> None:
-        if items:
-            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-            lines.append(f"{title} ({len(items)}): " + ", ".join(shown))
-
-    _listing("missing keys", missing)
-    _listing("unexpected keys", unexpected)
-    _listing("shape mismatches", mismatched)
+    lines = [f"the {what} does not fit {arch} (another architecture or size?)", *diff.lines(checkpoint=what)]
     raise ValueError("\n  ".join(lines))
 
 
