@@ -30,5 +30,13 @@ test-fast:
 multi30k:
 	scripts/run_multi30k.sh
 
+# The benchmarks (results/ files; see README, "Results"): about 85 minutes (18 minutes of
+# training per system; MINUTES=10 makes it about 50) and about 10 minutes on 2 cores.
+bench-mt:
+	$(PY) scripts/bench_mt.py $(if $(MINUTES),--minutes $(MINUTES))
+
+bench-vision:
+	scripts/bench_vision.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info
