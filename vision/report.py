@@ -21,6 +21,9 @@ import torch
 import yaml
 
 
+BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
+
+
 def summarize_run(folder: Path) -> Dict[str, Any]:
     folder = Path(folder)
     with open(folder / "summary.csv") as fh:
@@ -28,7 +31,8 @@ def summarize_run(folder: Path) -> Dict[str, Any]:
     with open(folder / "args.yaml") as fh:
         args = yaml.safe_load(fh)
     last = torch.load(folder / "last.pth", map_location="cpu", weights_only=True)
-    n_params = sum(v.numel() for v in last["model"].values())
+    # parameters only: a state dict also holds buffers (BatchNorm statistics of a convnet teacher)
+    n_params = sum(v.numel() for k, v in last["model"].items() if not k.endswith(BUFFER_SUFFIXES))
     train_minutes = sum(r["train_minutes"] for r in rows)
     log = (folder / "log.txt").read_text().splitlines() if (folder / "log.txt").exists() else []
     stamps = [line.split()[0] for line in log if line[:2].isdigit() and line[2] == ":"]
