@@ -22,6 +22,14 @@ import torch
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace, (argparse.Namespace, "argparse.Namespace")]
 torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
 
+# Checkpoints never run code, and a kill never leaves an unusable run (checkpoint_safety.py).
+from . import checkpoint_safety  # noqa: E402
+
+checkpoint_safety.install()
+
 from .model import ResMLPDecoder, ResMLPEncoder, ResMLPTranslationModel  # noqa: E402
 
 __all__ = ["ResMLPEncoder", "ResMLPDecoder", "ResMLPTranslationModel"]
+
+from .interactive_input import install as _install_interactive  # noqa: E402  (per-line input errors)
+_install_interactive()

@@ -359,6 +359,7 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         mixer_params = sum(
             p.numel() for n, p in model.named_parameters() if ".token_mixer." in n
         )
+        logger.disabled = False  # fairseq-train's logging.config.dictConfig disables earlier loggers
         logger.info(
             "ResMLP token mixers sized for %d source / %d target positions: %d parameters "
             "(set --max-source-positions/--max-target-positions to the longest sentences you need)",

@@ -1,0 +1,252 @@
+"""Drills on translation checkpoints (issue 12): crafted configuration strings never run code,
+through every loader the project offers or plugs into; torn ``checkpoint_last.pt`` files never
+make a run unrecoverable; foreign files get an error naming them.
+
+Runs on a corpus the test writes (no shared data), with fairseq's own command-line tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import resmlp_mt  # noqa: F401  (installs the guards, allows argparse.Namespace)
+from resmlp_mt import checkpoint_safety
+from conftest import REPO
+
+USER_DIR = str(REPO / "resmlp_mt")
+WORDS = [f"w{i}" for i in range(30)]
+TRANSFORMER = [
+    "--arch", "transformer", "--encoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+    "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-attention-heads", "2",
+    "--decoder-attention-heads", "2", "--share-all-embeddings",
+]
+TRAIN = [
+    "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500", "--no-progress-bar",
+    "--log-interval", "1", "--num-workers", "0", "--seed", "1", "--required-batch-size-multiple", "1",
+    "--no-epoch-checkpoints",
+]
+
+
+def run(args, check=True, **kwargs):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=REPO, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def tool(name):
+    return str(Path(sys.executable).parent / name)
+
+
+def write_corpus(folder: Path, sizes=(("train", 200), ("valid", 10), ("test", 10))) -> None:
+    """A toy task (the target is the source reversed), space-tokenized, in fairseq's raw layout."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes:
+        src = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))) for _ in range(n)]
+        (folder / f"{split}.en").write_text("\n".join(src) + "\n")
+        (folder / f"{split}.de").write_text("\n".join(" ".join(reversed(s.split())) for s in src) + "\n")
+
+
+@pytest.fixture(scope="module")
+def transformer_run(tmp_path_factory):
+    """A fairseq ``transformer`` trained for 2 updates on a written corpus, and its data folder
+    laid out as scripts/prepare_*.py lay it out (prep.json and raw references)."""
+    root = tmp_path_factory.mktemp("drills_ckpt")
+    write_corpus(root / "raw")
+    data = root / "data"
+    run([tool("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de", "--trainpref", root / "raw" / "train",
+         "--validpref", root / "raw" / "valid", "--testpref", root / "raw" / "test", "--destdir", data,
+         "--joined-dictionary", "--workers", "1"])
+    (data / "ref").mkdir()
+    for split in ("valid", "test"):
+        for lang in ("en", "de"):
+            (data / "ref" / f"{split}.{lang}").write_text((root / "raw" / f"{split}.{lang}").read_text())
+    (data / "prep.json").write_text(json.dumps({"src_lang": "en", "tgt_lang": "de"}))
+    ckpt = root / "ckpt"
+    run([tool("fairseq-train"), data, "--user-dir", USER_DIR, *TRANSFORMER, *TRAIN, "--save-dir", ckpt, "--max-update", "2"])
+    return {"root": root, "data": data, "ckpt": ckpt}
+
+
+def crafted_checkpoint(source: Path, dest: Path, marker: Path) -> Path:
+    """``source`` with ``adaptive_softmax_cutoff`` set to a string that, if evaluated, creates
+    ``marker`` and still yields a valid cutoff list (the exploit of issue 12). The file holds no
+    pickled code: torch's weights-only loading accepts it."""
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state["cfg"]["model"].adaptive_softmax_cutoff = f"[__import__('os').system('touch {marker}') + 500]"
+    torch.save(state, dest)
+    torch.load(dest, map_location="cpu", weights_only=True)  # still "safe" for torch
+    return dest
+
+
+@pytest.fixture
+def crafted(transformer_run, tmp_path):
+    marker = tmp_path / "PWNED"
+    path = crafted_checkpoint(transformer_run["ckpt"] / "checkpoint_best.pt", tmp_path / "crafted.pt", marker)
+    return path, marker
+
+
+def assert_refused(result, crafted_path, marker):
+    out = result.stdout + result.stderr
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert result.returncode != 0
+    assert "adaptive_softmax_cutoff" in out and str(crafted_path) in out and "refusing to load" in out, out[-2000:]
+
+
+@pytest.mark.slow
+def test_crafted_checkpoint_runs_no_code_in_fairseq_generate(transformer_run, crafted):
+    path, marker = crafted
+    result = run([tool("fairseq-generate"), transformer_run["data"], "--user-dir", USER_DIR, "--path", path,
+                  "--gen-subset", "test", "--beam", "2", "--batch-size", "4"], check=False)
+    assert_refused(result, path, marker)
+
+
+@pytest.mark.slow
+def test_crafted_checkpoint_runs_no_code_in_fairseq_interactive(transformer_run, crafted):
+    path, marker = crafted
+    result = run([tool("fairseq-interactive"), transformer_run["data"], "--user-dir", USER_DIR, "--path", path,
+                  "--source-lang", "en", "--target-lang", "de"], check=False, input="w1 w2\n")
+    assert_refused(result, path, marker)
+
+
+@pytest.mark.slow
+def test_crafted_checkpoint_runs_no_code_in_the_evaluation_script(transformer_run, crafted):
+    path, marker = crafted
+    result = run([sys.executable, "scripts/evaluate_mt.py", transformer_run["data"], "--path", path], check=False)
+    assert_refused(result, path, marker)
+
+
+@pytest.mark.slow
+def test_crafted_checkpoint_runs_no_code_when_training_resumes_or_finetunes(transformer_run, crafted, tmp_path):
+    path, marker = crafted
+    for flags in (["--restore-file", path], ["--finetune-from-model", path]):
+        result = run([tool("fairseq-train"), transformer_run["data"], "--user-dir", USER_DIR, *TRANSFORMER, *TRAIN,
+                      "--save-dir", tmp_path / "resume", "--max-update", "3", *flags], check=False)
+        assert_refused(result, path, marker)
+
+
+def test_crafted_checkpoint_runs_no_code_in_python_loaders(transformer_run, crafted):
+    from fairseq import checkpoint_utils
+    from fairseq.models.transformer import TransformerModel
+
+    path, marker = crafted
+    for load in (
+        lambda: checkpoint_utils.load_model_ensemble_and_task([str(path)]),
+        lambda: TransformerModel.from_pretrained(str(path.parent), checkpoint_file=path.name,
+                                                 data_name_or_path=str(transformer_run["data"])),
+    ):
+        with pytest.raises(checkpoint_safety.UnsafeCheckpointError, match="adaptive_softmax_cutoff"):
+            load()
+        assert not marker.exists()
+
+
+def test_direct_eval_sites_are_covered_too(tmp_path):
+    """fconv and wav2vec call eval() on their options themselves, not through fairseq's helpers:
+    the configuration check refuses the file before any model is built."""
+    marker = tmp_path / "PWNED"
+    args = argparse.Namespace(arch="fconv", task="translation", encoder_layers=f"[(__import__('os').system('touch {marker}'), 3)]")
+    path = tmp_path / "fconv.pt"
+    torch.save({"args": args, "model": {}}, path)
+    from fairseq import checkpoint_utils
+
+    with pytest.raises(checkpoint_safety.UnsafeCheckpointError, match=r"args\.encoder_layers"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert not marker.exists()
+
+
+def test_fairseq_eval_helpers_accept_literals_only(tmp_path):
+    from fairseq import options, utils
+
+    marker = tmp_path / "PWNED"
+    payload = f"[__import__('os').system('touch {marker}') + 500]"
+    for module in (utils, options):
+        with pytest.raises(ValueError, match="not a Python literal"):
+            module.eval_str_list(payload, type=int)
+        with pytest.raises(ValueError, match="not a Python literal"):
+            module.eval_str_dict(f"{{'a': {payload}}}")
+        with pytest.raises(ValueError, match="not a Python literal"):
+            module.eval_bool(payload)
+    assert not marker.exists()
+    # what fairseq's own options hold still parses
+    assert utils.eval_str_list("[10000, 20000]", type=int) == [10000, 20000]
+    assert utils.eval_str_list("[(512, 3)] * 2", type=tuple) == [(512, 3), (512, 3)]
+    assert utils.eval_str_list("0.25") == [0.25]
+    assert utils.eval_str_dict("{'beta': -0.5}") == {"beta": -0.5}
+    assert utils.eval_bool("True") is True and utils.eval_bool(None, default=True) is True
+
+
+def test_configuration_check_passes_real_checkpoints_and_names_every_bad_option(transformer_run):
+    state = torch.load(transformer_run["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    checkpoint_safety.check_checkpoint_config(state)  # a real checkpoint passes
+    state["cfg"]["model"].encoder_layers_to_keep = "exec('x')"
+    state["cfg"]["task"]["data"] = "(lambda: 0)"
+    with pytest.raises(checkpoint_safety.UnsafeCheckpointError) as error:
+        checkpoint_safety.check_checkpoint_config(state, source="ck.pt")
+    message = str(error.value)
+    assert "ck.pt" in message and "2 option(s)" in message
+    assert "cfg.model.encoder_layers_to_keep" in message and "cfg.task.data" in message
+
+
+def test_foreign_files_are_named_with_what_was_expected(tmp_path):
+    from fairseq import checkpoint_utils
+
+    text = tmp_path / "notes.pt"
+    text.write_text("this is not a checkpoint\n")
+    vision_like = tmp_path / "vision.pth"
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 3}, vision_like)
+    with pytest.raises(checkpoint_safety.NotAFairseqCheckpointError, match=f"{text}.*not a torch checkpoint"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(text))
+    with pytest.raises(checkpoint_safety.NotAFairseqCheckpointError, match=f"{vision_like}.*not a fairseq checkpoint.*epoch, model"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(vision_like))
+
+
+def test_checkpoint_copies_are_atomic(tmp_path, monkeypatch):
+    """A copy that dies half-way leaves the old checkpoint_last.pt whole and no temporary file."""
+    from fairseq import checkpoint_utils
+
+    src, dst = tmp_path / "checkpoint_3_30.pt", tmp_path / "checkpoint_last.pt"
+    src.write_bytes(b"new" * 100000)
+    dst.write_bytes(b"old checkpoint")
+
+    def dies_half_way(inp, out, length=0):
+        out.write(inp.read(1000))
+        raise KeyboardInterrupt  # as a kill would stop the copy
+
+    monkeypatch.setattr(checkpoint_safety.shutil, "copyfileobj", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"old checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_3_30.pt", "checkpoint_last.pt"]
+    monkeypatch.undo()
+    assert checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == src.read_bytes()
+    assert dst.stat().st_mode == src.stat().st_mode
+
+
+@pytest.mark.slow
+def test_restart_after_a_torn_checkpoint_last_reaches_max_update(transformer_run, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    common = [tool("fairseq-train"), transformer_run["data"], "--user-dir", USER_DIR, *TRANSFORMER, *TRAIN,
+              "--save-dir", ckpt, "--save-interval-updates", "2"]
+    run([*common, "--max-update", "4"])
+    last = ckpt / "checkpoint_last.pt"
+    whole = last.read_bytes()
+    last.write_bytes(whole[: len(whole) // 7])  # what a kill during fairseq's copy left behind
+    result = run([*common, "--max-update", "6"])
+    log = result.stdout + result.stderr
+    assert re.search(rf"{re.escape(str(last))} was unreadable .*resuming from .*checkpoint_\d+_4\.pt", log), "\n".join(
+        line for line in log.splitlines() if "heckpoint" in line or "unreadable" in line)
+    assert "num_updates=5" in log.replace(" ", "")  # resumed at 4, not from scratch
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["optimizer_history"][-1]["num_updates"] == 6
+    kept = list(ckpt.glob("checkpoint_last.pt.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == whole[: len(whole) // 7]  # nothing deleted
