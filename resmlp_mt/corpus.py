@@ -4,7 +4,10 @@ The pipeline behind ``scripts/prepare_multi30k.py`` and ``scripts/prepare_wmt14.
 
 1. check every input before anything is written: each file exists, the source and target
    files of a pair have the same number of lines (otherwise the error names both files and
-   both counts);
+   both counts), each file is text (a file where more than ``max_non_text`` of the lines hold
+   undecodable bytes or control characters is refused, with the fraction) and valid UTF-8
+   (otherwise the error names the file, line, byte and what was found; with
+   ``invalid_utf8="replace"`` the bytes become U+FFFD and the lines are counted per file);
 2. stream every split through Moses punctuation normalisation and control-character removal
    (sacremoses; ``normalize-punctuation.perl`` and ``remove-non-printing-char.perl`` in
    fairseq's ``prepare-wmt14en2de.sh``), dropping and counting the pairs with an empty side,
@@ -14,7 +17,12 @@ The pipeline behind ``scripts/prepare_multi30k.py`` and ``scripts/prepare_wmt14.
    it to every split. SentencePiece models whitespace itself, so the text is not
    Moses-tokenized first: decoding the pieces gives untokenized text back, with no lossy Moses
    detokenization. Moses tokenization is used where it belongs, in tokenized BLEU
-   (:mod:`resmlp_mt.evaluate`);
+   (:mod:`resmlp_mt.evaluate`). With ``max_positions``, the length fairseq sees (pieces plus
+   the end-of-sentence token) is checked against the model's ``--max-source-positions`` /
+   ``--max-target-positions``: longer training pairs are dropped and counted (already before
+   SentencePiece when the word count alone is too many), and a longer valid or test line is
+   an error naming the file and line, since references must keep every line (fairseq-train
+   would stop at validation on it);
 4. ``fairseq-preprocess --joined-dictionary`` into the destination folder, which also keeps the
    SentencePiece model (``spm.model``), the original reference and source lines of the valid
    and test splits (``ref/<split>.<lang>``, the kept pairs only, in order) and ``prep.json``
@@ -49,8 +57,13 @@ logger = logging.getLogger(__name__)
 CHUNK = 2000  # lines per unit of work for the normalisation workers
 
 
+INVALID_UTF8 = ("strict", "replace")
+MAX_NON_TEXT = 0.1  # default largest fraction of lines with undecodable bytes or control characters
+
+
 class CorpusError(ValueError):
-    """Bad input corpus: a missing, empty or misaligned file."""
+    """Bad input corpus: a missing, empty, misaligned, undecodable or non-text file, or a
+    reference line too long for the model."""
 
 
 @dataclass
@@ -59,7 +72,7 @@ class Split:
 
     ``name`` is fairseq's split name (``train``, ``valid``, ``test``); ``files`` lists one or
     more ``(source_file, target_file)`` pairs, concatenated in order; ``clean`` is
-    ``(max_words, max_ratio)`` for clean-corpus-n style filtering, or None.
+    ``(max_words, max_ratio)`` for clean-corpus-n style filtering (either may be None), or None.
     """
 
     name: str
@@ -72,7 +85,10 @@ class SplitStats:
     kept: int = 0
     dropped_empty: int = 0
     dropped_clean: int = 0
+    dropped_long: int = 0
     empty_examples: List[str] = field(default_factory=list)
+    long_examples: List[str] = field(default_factory=list)
+    replaced_utf8: Dict[str, int] = field(default_factory=dict)  # file -> lines with U+FFFD put in
 
 
 def count_lines(path: Path) -> int:
@@ -80,11 +96,81 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def check_splits(splits: Sequence[Split]) -> None:
-    """Raise :class:`CorpusError` naming the file(s) if an input is missing, empty or misaligned."""
+# C0/C1 control characters other than tab and newline (a carriage return only before a
+# newline: CRLF files), and U+FFFD, the mark of an earlier lossy decoding.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]|\r(?!\n)")
+_MAYBE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")  # a fast first look (any \r)
+_CONTROL_LINE = re.compile(r"^[^\n]*?(?:[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]|\r(?!\n))", re.M)
+
+
+@dataclass
+class FileScan:
+    """What :func:`scan_file` found in one file."""
+
+    path: Path
+    lines: int = 0
+    bad_utf8_lines: int = 0  # lines with bytes that are not UTF-8
+    non_text_lines: int = 0  # lines with undecodable bytes or control characters
+    first_bad_utf8: Optional[str] = None  # "line L, byte B (...): b'..' (reason) after '...'"
+
+    @property
+    def non_text_fraction(self) -> float:
+        return self.non_text_lines / self.lines if self.lines else 0.0
+
+
+def scan_file(path: Path, block: int = 1 << 22) -> FileScan:
+    """Count the lines of ``path`` and those that are not valid UTF-8 or hold control
+    characters, streaming (blocks of whole lines are decoded at once; only a block that fails
+    is decoded line by line)."""
+    scan = FileScan(Path(path))
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            lines = f.readlines(block)
+            if not lines:
+                break
+            data = b"".join(lines)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                line_offset = offset
+                for i, line in enumerate(lines):
+                    try:
+                        text = line.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        scan.bad_utf8_lines += 1
+                        scan.non_text_lines += 1
+                        if scan.first_bad_utf8 is None:
+                            before = line[max(0, e.start - 30):e.start].decode("utf-8", errors="replace")
+                            scan.first_bad_utf8 = (
+                                f"line {scan.lines + i + 1}, byte {e.start + 1} (offset {line_offset + e.start} "
+                                f"in the file): {line[e.start:e.end]!r} ({e.reason}) after {before!r}"
+                            )
+                    else:
+                        if _CONTROL.search(text):
+                            scan.non_text_lines += 1
+                    line_offset += len(line)
+            else:
+                if _MAYBE_CONTROL.search(text):
+                    scan.non_text_lines += len(_CONTROL_LINE.findall(text))
+            scan.lines += len(lines)
+            offset += len(data)
+    return scan
+
+
+def check_splits(
+    splits: Sequence[Split], invalid_utf8: str = "strict", max_non_text: float = MAX_NON_TEXT
+) -> Dict[Path, FileScan]:
+    """Raise :class:`CorpusError` naming the file(s) if an input is missing, empty, misaligned,
+    not text (more than ``max_non_text`` of its lines with undecodable bytes or control
+    characters) or, unless ``invalid_utf8`` is ``"replace"``, not valid UTF-8. Returns each
+    file's :class:`FileScan`."""
+    if invalid_utf8 not in INVALID_UTF8:
+        raise ValueError(f"invalid_utf8 must be one of {INVALID_UTF8}, got {invalid_utf8!r}")
     names = [s.name for s in splits]
     if "train" not in names:
         raise CorpusError(f"a 'train' split is required (got {', '.join(names)})")
+    scans: Dict[Path, FileScan] = {}
     for split in splits:
         if not split.files:
             raise CorpusError(f"{split.name}: no corpus files given")
@@ -92,7 +178,16 @@ def check_splits(splits: Sequence[Split]) -> None:
             for path in (src_file, tgt_file):
                 if not Path(path).is_file():
                     raise CorpusError(f"{split.name}: corpus file not found: {path}")
-            n_src, n_tgt = count_lines(src_file), count_lines(tgt_file)
+            for path in (src_file, tgt_file):
+                scan = scans[Path(path)] = scan_file(path)
+                if scan.non_text_fraction > max_non_text:
+                    raise CorpusError(
+                        f"{split.name}: {path} does not look like text: {scan.non_text_lines} of its "
+                        f"{scan.lines} lines ({scan.non_text_fraction:.1%}) hold undecodable bytes or "
+                        f"control characters, more than --max-non-text-fraction {max_non_text:g}"
+                        + (f"; the first undecodable byte is at {scan.first_bad_utf8}" if scan.first_bad_utf8 else "")
+                    )
+            n_src, n_tgt = scans[Path(src_file)].lines, scans[Path(tgt_file)].lines
             if n_src != n_tgt:
                 raise CorpusError(
                     f"{split.name}: misaligned parallel files: {src_file} has {n_src} lines "
@@ -100,6 +195,16 @@ def check_splits(splits: Sequence[Split]) -> None:
                 )
             if n_src == 0:
                 raise CorpusError(f"{split.name}: {src_file} and {tgt_file} are empty")
+            for path in (src_file, tgt_file):
+                scan = scans[Path(path)]
+                if scan.bad_utf8_lines and invalid_utf8 == "strict":
+                    raise CorpusError(
+                        f"{split.name}: {path} is not valid UTF-8 at {scan.first_bad_utf8}; "
+                        f"{scan.bad_utf8_lines} of its {scan.lines} lines hold undecodable bytes. Convert "
+                        "the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or pass --invalid-utf8 replace "
+                        "to replace them with U+FFFD (counted per file in the log and prep.json)"
+                    )
+    return scans
 
 
 # --- normalisation (runs in worker processes) ------------------------------------------------
@@ -122,13 +227,42 @@ def _normalize_chunk(args):
     return [(normalize(s, src_lang), normalize(t, tgt_lang), s.strip(), t.strip()) for s, t in pairs]
 
 
-def _read_pairs(split: Split) -> Iterator[Tuple[str, str]]:
-    for src_file, tgt_file in split.files:
-        with open(src_file, encoding="utf-8", errors="replace") as fs, open(
-            tgt_file, encoding="utf-8", errors="replace"
-        ) as ft:
-            for s, t in zip(fs, ft):
-                yield s.rstrip("\n"), t.rstrip("\n")
+def _decode_line(line: bytes, errors: str) -> str:
+    """One line read in binary (lines end at a newline only, as :func:`count_lines` counts
+    them), without its line ending (newline or carriage return + newline)."""
+    line = line[:-1] if line.endswith(b"\n") else line
+    line = line[:-1] if line.endswith(b"\r") else line
+    return line.decode("utf-8", errors=errors)
+
+
+def _read_pairs(split: Split, errors: str = "strict") -> Iterator[Tuple[Tuple[int, int], Tuple[str, str]]]:
+    """``((file_index, line_number), (source_line, target_line))`` for every line, 1-based."""
+    for index, (src_file, tgt_file) in enumerate(split.files):
+        with open(src_file, "rb") as fs, open(tgt_file, "rb") as ft:
+            for line_no, (s, t) in enumerate(zip(fs, ft), 1):
+                yield (index, line_no), (_decode_line(s, errors), _decode_line(t, errors))
+
+
+def _where(split: Split, loc: Tuple[int, int], side: Optional[int] = None) -> str:
+    """``line L of FILE`` (the source file, the target file, or both)."""
+    index, line_no = loc
+    files = split.files[index] if side is None else (split.files[index][side],)
+    return f"line {line_no} of {' / '.join(str(f) for f in files)}"
+
+
+def _too_long_error(split: Split, too_long, max_positions: int, measured) -> CorpusError:
+    """``too_long``: ``[(positions, location, side)]``, in order; ``measured(positions)``: how."""
+    positions, loc, side = too_long[0]
+    longest = max(p for p, _, _ in too_long)
+    more = (f"; {len(too_long)} lines of {split.name} are too long, the longest {longest} positions"
+            if len(too_long) > 1 else "")
+    return CorpusError(
+        f"{split.name}: {_where(split, loc, side)} is too long for --max-positions {max_positions}: "
+        f"{measured(positions)}{more}. fairseq-train would stop at validation on it (and "
+        "--skip-invalid-size-inputs-valid-test would leave it out of the scores): reference lines are "
+        "never dropped, so shorten or remove the pair in the raw files, or raise --max-positions and "
+        "train with --max-source-positions/--max-target-positions at least as large"
+    )
 
 
 def _chunks(iterator, size):
@@ -140,56 +274,152 @@ def _chunks(iterator, size):
 
 
 def normalize_split(
-    split: Split, src_lang: str, tgt_lang: str, outdir: Path, pool: Optional[Pool]
+    split: Split,
+    src_lang: str,
+    tgt_lang: str,
+    outdir: Path,
+    pool: Optional[Pool],
+    scans: Optional[Dict[Path, FileScan]] = None,
+    invalid_utf8: str = "strict",
+    max_positions: Optional[int] = None,
 ) -> SplitStats:
-    """Write ``outdir/<name>.norm.<lang>`` (normalised) and ``outdir/<name>.raw.<lang>``
-    (original lines) for the kept pairs of ``split``; return the counts."""
+    """Write ``outdir/<name>.norm.<lang>`` (normalised), ``outdir/<name>.raw.<lang>``
+    (original lines) and ``outdir/<name>.lines`` (their file index and line number) for the
+    kept pairs of ``split``; return the counts. ``scans`` (from :func:`check_splits`) gives the
+    line counts and undecodable lines. With ``max_positions``, a pair with more words than that
+    (each word is one SentencePiece piece or more, plus end-of-sentence) is dropped from
+    ``train`` and an error elsewhere; :func:`limit_positions` checks the exact lengths later."""
     from tqdm import tqdm
 
+    scans = scans or {}
     stats = SplitStats()
-    total = sum(count_lines(s) for s, _ in split.files)
-    jobs = ((chunk, src_lang, tgt_lang) for chunk in _chunks(_read_pairs(split), CHUNK))
-    results = pool.imap(_normalize_chunk, jobs) if pool is not None else map(_normalize_chunk, jobs)
+    total = sum(scans[Path(s)].lines if Path(s) in scans else count_lines(s) for s, _ in split.files)
+    errors = "replace" if invalid_utf8 == "replace" else "strict"
+    jobs = (
+        ([p for _, p in chunk], src_lang, tgt_lang, [loc for loc, _ in chunk])
+        for chunk in _chunks(_read_pairs(split, errors), CHUNK)
+    )
+    results = pool.imap(_normalize_located, jobs) if pool is not None else map(_normalize_located, jobs)
     paths = [outdir / f"{split.name}.{kind}.{lang}" for kind in ("norm", "raw") for lang in (src_lang, tgt_lang)]
     files = [open(p, "w", encoding="utf-8") for p in paths]
-    line_no = 0
+    lines_file = open(outdir / f"{split.name}.lines", "w")
+    too_long = []  # (words + 1, location, side) of valid/test lines
+    max_words, ratio = split.clean if split.clean is not None else (None, None)
     try:
         with tqdm(total=total, desc=f"normalise {split.name}", unit=" pairs", mininterval=2) as bar:
-            for chunk in results:
-                for src, tgt, raw_src, raw_tgt in chunk:
-                    line_no += 1
+            for chunk, locs in results:
+                for (src, tgt, raw_src, raw_tgt), loc in zip(chunk, locs):
                     if not src or not tgt:
                         stats.dropped_empty += 1
                         if len(stats.empty_examples) < 5:
-                            stats.empty_examples.append(f"line {line_no}")
+                            stats.empty_examples.append(f"line {loc[1]}" if len(split.files) == 1 else _where(split, loc))
                         continue
-                    if split.clean is not None:
-                        max_words, ratio = split.clean
-                        ls, lt = len(src.split()), len(tgt.split())
-                        if ls > max_words or lt > max_words or ls > ratio * lt or lt > ratio * ls:
-                            stats.dropped_clean += 1
+                    ls, lt = len(src.split()), len(tgt.split())
+                    if max_positions is not None and max(ls, lt) + 1 > max_positions:
+                        if split.name == "train":
+                            stats.dropped_long += 1
+                            if len(stats.long_examples) < 5:
+                                stats.long_examples.append(_where(split, loc))
                             continue
+                        too_long += [(n + 1, loc, side) for side, n in enumerate((ls, lt)) if n + 1 > max_positions]
+                    if (max_words is not None and (ls > max_words or lt > max_words)) or (
+                        ratio is not None and (ls > ratio * lt or lt > ratio * ls)
+                    ):
+                        stats.dropped_clean += 1
+                        continue
                     for f, text in zip(files, (src, tgt, raw_src, raw_tgt)):
                         f.write(text + "\n")
+                    lines_file.write(f"{loc[0]} {loc[1]}\n")
                     stats.kept += 1
                 bar.update(len(chunk))
     finally:
         for f in files:
             f.close()
+        lines_file.close()
+    if too_long:
+        raise _too_long_error(
+            split, too_long, max_positions,
+            lambda p: f"{p - 1} words, so at least {p} positions (one SentencePiece piece or more per word, "
+                      "plus end-of-sentence)",
+        )
     where = ", ".join(f"{s} / {t}" for s, t in split.files)
+    if invalid_utf8 == "replace":
+        for path in (p for pair in split.files for p in pair):
+            scan = scans.get(Path(path))
+            if scan is not None and scan.bad_utf8_lines:
+                stats.replaced_utf8[str(path)] = scan.bad_utf8_lines
+                logger.warning(
+                    "%s: replaced undecodable bytes with U+FFFD in %d of the %d lines of %s "
+                    "(--invalid-utf8 replace; first at %s)",
+                    split.name, scan.bad_utf8_lines, scan.lines, path, scan.first_bad_utf8,
+                )
     if stats.dropped_empty:
         logger.warning(
             "%s: dropped %d sentence pairs with an empty side (%s; first at %s)",
             split.name, stats.dropped_empty, where, ", ".join(stats.empty_examples),
         )
     if stats.dropped_clean:
-        logger.info(
-            "%s: dropped %d pairs longer than %d words or with a length ratio above %g",
-            split.name, stats.dropped_clean, *split.clean,
-        )
+        limits = ([f"longer than {max_words} words"] if max_words is not None else []) + (
+            [f"with a length ratio above {ratio:g}"] if ratio is not None else [])
+        logger.info("%s: dropped %d pairs %s", split.name, stats.dropped_clean, " or ".join(limits))
     if stats.kept == 0:
         raise CorpusError(f"{split.name}: no usable sentence pairs in {where}")
     return stats
+
+
+def _normalize_located(args):
+    pairs, src_lang, tgt_lang, locs = args
+    return _normalize_chunk((pairs, src_lang, tgt_lang)), locs
+
+
+def limit_positions(
+    split: Split, text: Path, src_lang: str, tgt_lang: str, max_positions: int, stats: SplitStats
+) -> None:
+    """Check the SentencePiece-encoded ``text/<split>.<lang>`` against ``max_positions``
+    (pieces plus end-of-sentence, the size fairseq gives a sentence): for ``train``, drop the
+    pairs with a longer side (counted in ``stats.dropped_long``); for another split, raise
+    :class:`CorpusError` naming the first too-long line, as references keep every line."""
+    train = split.name == "train"
+    encoded = [text / f"{split.name}.{lang}" for lang in (src_lang, tgt_lang)]
+    inputs = [open(p, encoding="utf-8") for p in encoded] + [open(text / f"{split.name}.lines")]
+    outputs = [open(p.with_name(p.name + ".kept"), "w", encoding="utf-8") for p in encoded] if train else []
+    too_long = []
+    dropped = 0
+    try:
+        for src, tgt, loc in zip(*inputs):
+            sizes = (len(src.split()) + 1, len(tgt.split()) + 1)
+            if max(sizes) <= max_positions:
+                for f, line in zip(outputs, (src, tgt)):
+                    f.write(line)
+                continue
+            location = tuple(int(x) for x in loc.split())
+            if train:
+                dropped += 1
+                if len(stats.long_examples) < 5:
+                    stats.long_examples.append(_where(split, location))
+            else:
+                too_long += [(n, location, side) for side, n in enumerate(sizes) if n > max_positions]
+    finally:
+        for f in inputs + outputs:
+            f.close()
+    if too_long:
+        raise _too_long_error(
+            split, too_long, max_positions,
+            lambda p: f"{p - 1} SentencePiece pieces, {p} positions with the end-of-sentence token",
+        )
+    if train:
+        for p in encoded:
+            p.with_name(p.name + ".kept").replace(p)
+        stats.dropped_long += dropped
+        stats.kept -= dropped
+        if stats.dropped_long:
+            logger.warning(
+                "%s: dropped %d pairs longer than --max-positions %d (SentencePiece pieces plus "
+                "end-of-sentence; first at %s)",
+                split.name, stats.dropped_long, max_positions, ", ".join(stats.long_examples),
+            )
+        if stats.kept == 0:
+            raise CorpusError(f"{split.name}: no sentence pairs fit --max-positions {max_positions}")
 
 
 # --- SentencePiece ----------------------------------------------------------------------------
@@ -240,22 +470,35 @@ def prepare_parallel_corpus(
     force: bool = False,
     workers: int = 1,
     extra_info: Optional[dict] = None,
+    invalid_utf8: str = "strict",
+    max_non_text: float = MAX_NON_TEXT,
+    max_positions: Optional[int] = None,
 ) -> Dict[str, SplitStats]:
-    """Run the whole pipeline (module docstring); return each split's counts."""
+    """Run the whole pipeline (module docstring); return each split's counts.
+
+    ``invalid_utf8``: ``"strict"`` (undecodable bytes are an error naming file, line and byte)
+    or ``"replace"`` (U+FFFD, counted per file); ``max_non_text``: the largest fraction of a
+    file's lines with undecodable bytes or control characters; ``max_positions``: the longest
+    sentence the model will take, in pieces plus end-of-sentence (None: no limit)."""
     destdir = Path(destdir)
     if destdir.exists() and any(destdir.iterdir()) and not force:
         raise FileExistsError(
             f"{destdir} already exists and is not empty; pass --force to rebuild it "
             "(the old folder is replaced only once the new one is complete)"
         )
-    check_splits(splits)
+    if max_positions is not None and max_positions < 2:
+        raise ValueError(f"max_positions must be at least 2 (one piece and end-of-sentence), got {max_positions}")
+    scans = check_splits(splits, invalid_utf8, max_non_text)
     destdir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{destdir.name}.tmp-", dir=destdir.parent))
     try:
         text = work / "text"
         text.mkdir()
         with Pool(workers) if workers > 1 else _NoPool() as pool:
-            stats = {s.name: normalize_split(s, src_lang, tgt_lang, text, pool or None) for s in splits}
+            stats = {
+                s.name: normalize_split(s, src_lang, tgt_lang, text, pool or None, scans, invalid_utf8, max_positions)
+                for s in splits
+            }
 
         logger.info("training a joint SentencePiece BPE model, %d pieces", vocab_size)
         sp_model = train_sentencepiece(
@@ -265,6 +508,9 @@ def prepare_parallel_corpus(
         for split in splits:
             for lang in (src_lang, tgt_lang):
                 encode_file(sp_model, text / f"{split.name}.norm.{lang}", text / f"{split.name}.{lang}")
+            if max_positions is not None:
+                limit_positions(split, text, src_lang, tgt_lang, max_positions, stats[split.name])
+            for lang in (src_lang, tgt_lang):
                 if split.name != "train":
                     shutil.copy(text / f"{split.name}.raw.{lang}", work / "ref" / f"{split.name}.{lang}")
         cmd = [
@@ -283,12 +529,17 @@ def prepare_parallel_corpus(
             "src_lang": src_lang,
             "tgt_lang": tgt_lang,
             "vocab_size": vocab_size,
+            "invalid_utf8": invalid_utf8,
+            "max_non_text": max_non_text,
+            "max_positions": max_positions,
             "splits": {
                 s.name: {
                     "files": [[str(a), str(b)] for a, b in s.files],
                     "kept": stats[s.name].kept,
                     "dropped_empty": stats[s.name].dropped_empty,
                     "dropped_clean": stats[s.name].dropped_clean,
+                    "dropped_long": stats[s.name].dropped_long,
+                    "replaced_utf8": stats[s.name].replaced_utf8,
                     "clean": s.clean,
                 }
                 for s in splits

@@ -6,8 +6,15 @@ Raw text comes from ``--raw-dir`` or ``$MULTI30K_DIR`` (a folder holding
 neither, the official gzipped files are downloaded from github.com/multi30k/dataset into
 ``--download-dir``. Splits: train <- train, valid <- val, test <- test_2016_flickr.
 
-Pipeline (``resmlp_mt.corpus``): checks, Moses punctuation normalisation, empty pairs dropped
-and counted, one joint SentencePiece BPE model, ``fairseq-preprocess --joined-dictionary``.
+Pipeline (``resmlp_mt.corpus``): checks (files present, aligned, text, valid UTF-8), Moses
+punctuation normalisation, empty pairs dropped and counted, one joint SentencePiece BPE model,
+training pairs longer than ``--max-positions`` dropped and counted (a longer valid or test line
+is an error: references keep every line), ``fairseq-preprocess --joined-dictionary``.
+
+Bad input is an error that names the file and line: bytes that are not UTF-8 (or pass
+``--invalid-utf8 replace`` to turn them into U+FFFD, counted per file in the log and
+``prep.json``), a file that is mostly not text (``--max-non-text-fraction``), a valid or test
+line longer than ``--max-positions``.
 
 Example::
 
@@ -21,11 +28,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resmlp_mt.corpus import CorpusError, Split, download, extract, prepare_parallel_corpus  # noqa: E402
+from resmlp_mt.corpus import (  # noqa: E402
+    INVALID_UTF8, MAX_NON_TEXT, CorpusError, Split, download, extract, prepare_parallel_corpus,
+)
 
 OFFICIAL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}.{lang}.gz"
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 LANGS = ("en", "de", "fr", "cs")
+MAX_POSITIONS = 128  # --max-source-positions/--max-target-positions of scripts/train_multi30k.sh
 
 
 def parse_pair(text: str):
@@ -47,8 +57,25 @@ def main(argv=None):
                         help="binarized data goes to <root>/multi30k.<src>-<tgt>")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece BPE vocabulary size")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for normalisation and binarization")
+    parser.add_argument("--max-positions", type=int, default=MAX_POSITIONS,
+                        help="longest sentence the model will take, in SentencePiece pieces plus the "
+                             "end-of-sentence token: set it to the --max-source-positions/--max-target-positions "
+                             f"you train with (default: {MAX_POSITIONS}, as scripts/train_multi30k.sh; the "
+                             "plugin's models default to 1024). Longer training pairs are dropped and counted; "
+                             "a longer valid/test line is an error naming it (references keep every line)")
+    parser.add_argument("--max-ratio", type=float, default=None,
+                        help="also drop training pairs whose length ratio in words is above this "
+                             "(clean-corpus-n -ratio; default: no ratio filter)")
+    parser.add_argument("--invalid-utf8", choices=INVALID_UTF8, default="strict",
+                        help="bytes that are not UTF-8: 'strict' (default) stops with the file, line and byte; "
+                             "'replace' turns them into U+FFFD and counts the lines per file")
+    parser.add_argument("--max-non-text-fraction", type=float, default=MAX_NON_TEXT,
+                        help="refuse a file where more than this fraction of the lines hold undecodable bytes "
+                             f"or control characters (default: {MAX_NON_TEXT:g})")
     parser.add_argument("--force", action="store_true", help="rebuild a destination that already exists")
     args = parser.parse_args(argv)
+    if args.max_positions < 2:
+        parser.error(f"--max-positions must be at least 2 (one piece and end-of-sentence), got {args.max_positions}")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
     log = logging.getLogger("prepare_multi30k")
 
@@ -68,17 +95,28 @@ def main(argv=None):
         if (dest / "prep.json").exists() and not args.force:
             log.info("%s is already prepared; skipping (pass --force to rebuild)", dest)
             continue
-        splits = [Split(split, [(raw / f"{name}.{src}", raw / f"{name}.{tgt}")]) for split, name in SPLITS.items()]
+        splits = [
+            Split(split, [(raw / f"{name}.{src}", raw / f"{name}.{tgt}")],
+                  clean=(None, args.max_ratio) if split == "train" and args.max_ratio is not None else None)
+            for split, name in SPLITS.items()
+        ]
         try:
             stats = prepare_parallel_corpus(
                 splits, src, tgt, dest, args.vocab_size, force=args.force, workers=args.workers,
                 extra_info={"corpus": "multi30k task 1", "raw_dir": str(raw)},
+                invalid_utf8=args.invalid_utf8, max_non_text=args.max_non_text_fraction,
+                max_positions=args.max_positions,
             )
         except (CorpusError, FileExistsError) as e:
             log.error("%s", e)
             return 2
         for name, s in stats.items():
-            log.info("%s %s: %d pairs kept, %d dropped (empty side)", dest.name, name, s.kept, s.dropped_empty)
+            log.info(
+                "%s %s: %d pairs kept, %d dropped (empty side), %d dropped (longer than --max-positions %d)%s%s",
+                dest.name, name, s.kept, s.dropped_empty, s.dropped_long, args.max_positions,
+                f", {s.dropped_clean} dropped (length ratio above {args.max_ratio:g})" if args.max_ratio is not None else "",
+                "".join(f", {n} lines of {f} with undecodable bytes replaced" for f, n in s.replaced_utf8.items()),
+            )
         log.info("wrote %s", dest)
     return 0
 
