@@ -16,7 +16,9 @@ pickled code, so ``torch.load(weights_only=True)`` reads it):
 ``scaler``
 ``rng``            torch / CUDA / Python / NumPy generator states at the end of ``epoch``
 ``args``           the training arguments (a dict)
-``metrics``        the evaluation of ``epoch``
+``metrics``        the evaluation of ``epoch``; ``best``: ``{"top1", "epoch"}`` of the best so far
+``summary``        the ``summary.csv`` rows so far (``epoch``, ``train``, ``eval``, ``lr``), to
+                   rewrite rows lost by a kill on ``--resume``
 =================  ==========================================================================
 
 Such a file also loads the timm way:
@@ -26,10 +28,14 @@ Such a file also loads the timm way:
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import shutil
 import tempfile
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,16 +44,18 @@ from torch import nn
 FORMAT = "vision-resmlp-checkpoint/1"
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write
-    leaves the previous file intact."""
+def write_atomic(path: str | Path, fill: Callable[[Path], None]) -> None:
+    """Create ``path`` atomically: ``fill(tmp)`` writes a temporary file in the same folder
+    (``.NAME.*.tmp``), which is flushed to disk and renamed over ``path``; a crash mid-write
+    leaves the previous file intact (and at worst a temporary file, see
+    :func:`remove_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
+        fill(Path(tmp))
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
@@ -59,36 +67,159 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
-def load(path: str | Path) -> Dict[str, Any]:
-    """Read a checkpoint without unpickling code (``weights_only=True``); clear errors."""
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write
+    leaves the previous file intact."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file and a rename."""
+    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def remove_stale_temporaries(folder: str | Path, names: Sequence[str] = ("last.pth", "best.pth", "summary.csv")) -> list[Path]:
+    """Delete the temporary files ``.NAME.*.tmp`` that :func:`write_atomic` leaves behind when the
+    process is killed mid-write (a new run or a resume starts with none); returns them."""
+    folder = Path(folder)
+    stale = sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+#: What a weights file given to vision (or to ``timm.create_model`` for a ResMLP) must be.
+EXPECTED = (
+    "expected a PyTorch checkpoint written by torch.save: a state dict of a ResMLP model "
+    "(parameter name -> tensor), a {'model': state_dict} / {'state_dict': state_dict} dict "
+    "(DeiT, timm) or a vision.train checkpoint"
+)
+
+# The first bytes of a file written by torch.save(..., _use_new_zipfile_serialization=False):
+# the pickled magic number.
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+
+
+def _file_kind(path: Path) -> str:
+    """``"zip"`` (torch.save's format), ``"legacy"`` (torch.save before 1.6), ``"safetensors"``
+    or a description of what else the file looks like (for error messages)."""
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if head.startswith(_LEGACY_MAGIC):
+        return "legacy"
+    if head.startswith(b"PK\x03\x04"):
+        return "a damaged or truncated zip archive (torch.save's format)"
+    if not head:
+        return "an empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"a text file starting with {text[:32]!r}"
+    return f"a binary file starting with {head[:16]!r}"
+
+
+def _not_a_checkpoint(path: Path, detail: str) -> ValueError:
+    return ValueError(f"cannot read checkpoint {path}: {detail}; {EXPECTED}")
+
+
+def load(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint without unpickling code (``weights_only=True``); clear errors.
+
+    ``ValueError`` (naming the file and what was expected) for anything that is not a dict
+    saved by ``torch.save`` (or a ``.safetensors`` file); ``FileNotFoundError`` for a missing
+    file. ``mmap=True`` maps the tensors instead of reading them (zip-format files; cheap for
+    reading metadata such as the epoch).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a directory, not a file ({EXPECTED})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        kind = _file_kind(path)
+    except OSError as err:
+        raise _not_a_checkpoint(path, f"cannot open it ({err})") from err
+    if kind == "safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        except Exception as err:
+            raise _not_a_checkpoint(path, f"not a readable safetensors file ({type(err).__name__}: {err})") from err
+    if kind not in ("zip", "legacy"):
+        raise _not_a_checkpoint(path, f"not a PyTorch checkpoint, it is {kind}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind == "zip")
     except Exception as err:  # corrupt file, or a pickle that needs code
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        detail = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__} (truncated or damaged file?)"
+        raise _not_a_checkpoint(path, detail) from err
     if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
+        raise _not_a_checkpoint(path, f"it holds a {type(obj).__name__}, not a dict")
     return obj
+
+
+def check_state_dict(state_dict: Any, what: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """``state_dict`` if it is a non-empty mapping of names to tensors, else ``ValueError``
+    saying what was found instead."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"the {what} holds a {type(state_dict).__name__}, not a state dict; {EXPECTED}")
+    if not state_dict:
+        raise ValueError(f"the {what} holds an empty state dict; {EXPECTED}")
+    bad = [(k, v) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        shown = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"the {what} is not a state dict: {len(bad)} of its {len(state_dict)} entries are not parameter name -> tensor "
+            f"({shown}); {EXPECTED}"
+        )
+    return dict(state_dict)
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Check that ``path`` is a weights file timm can load for a ResMLP, before timm reads it:
+    ``ValueError`` naming the file and what is wrong (timm's own reader gives e.g. a bare
+    ``KeyError`` for a text file). Zip-format files are mapped, not read, so this is cheap."""
+    path = Path(path)
+    obj = load(path, mmap=True)
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # timm's load_state_dict order
+        if obj.get(key) is not None:
+            check_state_dict(obj[key], what=f"checkpoint {path} ({key!r})")
+            return
+    check_state_dict(obj, what=f"checkpoint {path}")
 
 
 def is_training_checkpoint(obj: Dict[str, Any]) -> bool:
     return obj.get("format") == FORMAT
 
 
-def state_dict_of(obj: Dict[str, Any], use_ema: bool = False) -> Dict[str, torch.Tensor]:
+def state_dict_of(obj: Dict[str, Any], use_ema: bool = False, what: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """The weights in a checkpoint dict: a training checkpoint (``model`` / ``model_ema``), a
-    DeiT-style ``{"model": ...}``, a ``{"state_dict": ...}`` or a bare state dict."""
+    DeiT-style ``{"model": ...}``, a ``{"state_dict": ...}`` or a bare state dict.
+    ``ValueError`` when what is found is not a state dict."""
     if use_ema:
         for key in ("model_ema", "state_dict_ema"):
             if obj.get(key) is not None:
-                return obj[key]
-        raise ValueError("the checkpoint has no EMA weights (trained without --model-ema)")
+                return check_state_dict(obj[key], what=f"{what} ({key!r})")
+        raise ValueError(f"the {what} has no EMA weights (trained without --model-ema)")
     for key in ("model", "state_dict"):
         if isinstance(obj.get(key), dict):
-            return obj[key]
-    return obj
+            return check_state_dict(obj[key], what=f"{what} ({key!r})")
+    return check_state_dict(obj, what=what)
+
+
+def load_state_dict(path: str | Path, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """:func:`load` then :func:`state_dict_of`; every error names ``path``."""
+    return state_dict_of(load(path), use_ema, what=f"checkpoint {path}")
+
+
+#: What every vision.train checkpoint holds (format ``FORMAT``).
+TRAINING_KEYS = ("model_name", "model_kwargs", "model", "data_config")
 
 
 def create_model_from_checkpoint(path: str | Path, use_ema: bool = False, **overrides) -> tuple[nn.Module, Dict[str, Any]]:
@@ -101,12 +232,17 @@ def create_model_from_checkpoint(path: str | Path, use_ema: bool = False, **over
     ckpt = load(path)
     if not is_training_checkpoint(ckpt):
         raise ValueError(
-            f"{path} is not a checkpoint of vision.train (no model name in it); "
-            "give the model name too (e.g. --teacher-model NAME --teacher-path FILE)"
+            f"{path} is not a checkpoint of vision.train (expected its format tag {FORMAT!r} and the model name; "
+            f"found keys: {', '.join(map(str, list(ckpt)[:8]))}{', ...' if len(ckpt) > 8 else ''}). For weights only (a state dict "
+            "of a ResMLP model) give the model name too (vision.evaluate: --model NAME --weights FILE; "
+            "vision.train: --teacher-model NAME --teacher-path FILE)"
         )
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} says it is a vision.train checkpoint but lacks {', '.join(missing)} (a damaged file?)")
     kwargs = {**ckpt["model_kwargs"], **overrides}
     model = timm.create_model(ckpt["model_name"], **kwargs)
-    load_weights(model, state_dict_of(ckpt, use_ema), what=f"checkpoint {path}")
+    load_weights(model, state_dict_of(ckpt, use_ema, what=f"checkpoint {path}"), what=f"checkpoint {path}")
     return model.eval(), ckpt
 
 
@@ -117,7 +253,7 @@ def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: st
 
     from .resmlp import ResMLP, check_state_dict_matches, timm_resmlp_filter_fn
 
-    state_dict = clean_state_dict(state_dict)  # drops DDP / torch.compile prefixes
+    state_dict = clean_state_dict(check_state_dict(state_dict, what=what))  # drops DDP / torch.compile prefixes
     if isinstance(model, ResMLP):
         state_dict = timm_resmlp_filter_fn(state_dict, model)  # DeiT -> timm names (no-op for timm)
     check_state_dict_matches(state_dict, model, what=what)

@@ -5,8 +5,11 @@ Any ``root/<class>/<image>`` tree works (ImageNet layout). Bad input is reported
 * files without an image extension (``notes.txt``) are ignored, with one warning listing them;
 * a file with an image extension that does not decode is, by default, an error naming the
   file (``bad_images="error"``); with ``bad_images="skip"`` it is skipped with a warning
-  naming it (the next readable image of the dataset is used in its place, so a batch keeps
-  its size);
+  naming it. With ``check_readable=True`` (evaluation) or ``cache="memory"`` every file is
+  decoded once up front and the unreadable ones are left out of the dataset (``skipped``
+  lists them), so nothing is counted twice; otherwise (training) the next readable image of
+  the dataset is used in its place, so a batch keeps its size;
+* any readable image works, however small (a 1x1 image is scaled up to the crop size).
 * training and validation trees with different class folders are an error listing the
   classes found in only one of them.
 
@@ -80,9 +83,15 @@ class ImageFolderDataset(Dataset):
             default: the sub-folders of ``root``. A listed class without a folder is an error.
         cache: ``"none"`` (decode on access) or ``"memory"`` (decode everything once, uint8).
         bad_images: ``"error"`` (raise :class:`BadImageError` naming the file) or ``"skip"``
-            (warn naming the file and use another image).
+            (warn naming the file and leave it out, see ``check_readable``).
         max_per_class: keep the first ``k`` files of each class (sorted by name), for quick runs.
-        cache_threads: decoding threads for ``cache="memory"``.
+        cache_threads: decoding threads for ``cache="memory"`` and ``check_readable``.
+        check_readable: with ``bad_images="skip"``, decode every file once now and leave the
+            unreadable ones out of the dataset, so that every index is a distinct readable
+            image (for evaluation: exact counts). Without it, an unreadable file found later is
+            replaced by the next readable image (training: batches keep their size).
+
+    ``skipped``: the unreadable files left out (``check_readable`` or ``cache="memory"``).
 
     Items: ``(transform(image), label)`` with ``label`` an int in ``[0, len(classes))``.
     """
@@ -96,6 +105,7 @@ class ImageFolderDataset(Dataset):
         bad_images: str = "error",
         max_per_class: Optional[int] = None,
         cache_threads: int = 2,
+        check_readable: bool = False,
     ):
         if cache not in ("none", "memory"):
             raise ValueError(f"cache must be 'none' or 'memory', got {cache!r}")
@@ -109,9 +119,12 @@ class ImageFolderDataset(Dataset):
         self.samples = self._scan(max_per_class)
         self.targets = [label for _, label in self.samples]
         self._skipped: set[str] = set()
+        self.skipped: list[str] = []
         self._images: Optional[np.ndarray | list[np.ndarray]] = None
         if cache == "memory":
             self._images = self._decode_all(cache_threads)
+        elif check_readable and bad_images == "skip":
+            self._drop_unreadable(cache_threads)
 
     def _scan(self, max_per_class: Optional[int]) -> list[tuple[str, int]]:
         samples, ignored = [], []
@@ -133,24 +146,48 @@ class ImageFolderDataset(Dataset):
         return samples
 
     def _decode_all(self, threads: int) -> np.ndarray | list[np.ndarray]:
-        def decode(path: str) -> Optional[np.ndarray]:
+        def decode(path: str) -> np.ndarray | BadImageError:
             try:
                 return np.asarray(_load_rgb(path))
             except BadImageError as err:
                 if self.bad_images == "error":
                     raise
-                warnings.warn(f"skipping {err}", stacklevel=2)
-                return None
+                return err
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
             arrays = list(pool.map(decode, (p for p, _ in self.samples), chunksize=256))
-        keep = [i for i, a in enumerate(arrays) if a is not None]
-        self.samples = [self.samples[i] for i in keep]
-        self.targets = [label for _, label in self.samples]
-        arrays = [arrays[i] for i in keep]
+        arrays = self._keep_readable(arrays)
         if len({a.shape for a in arrays}) == 1:
             return np.stack(arrays)  # one block: cheap to share with forked loader workers
         return arrays
+
+    def _drop_unreadable(self, threads: int) -> None:
+        def check(path: str) -> Optional[BadImageError]:
+            try:
+                _load_rgb(path)
+            except BadImageError as err:
+                return err
+            return None
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            results = list(pool.map(check, (p for p, _ in self.samples), chunksize=64))
+        self._keep_readable(results)
+
+    def _keep_readable(self, results: list) -> list:
+        """Drop the samples whose entry in ``results`` is a :class:`BadImageError` (one warning
+        naming them, ``self.skipped``); the other entries, in order."""
+        bad = [i for i, r in enumerate(results) if isinstance(r, BadImageError)]
+        if bad:
+            self.skipped = [self.samples[i][0] for i in bad]
+            self._skipped.update(self.skipped)
+            shown = "; ".join(str(results[i]) for i in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+            warnings.warn(f"skipping {len(bad)} unreadable image file(s) of {self.root}: {shown}", stacklevel=4)
+        drop = set(bad)
+        self.samples = [s for i, s in enumerate(self.samples) if i not in drop]
+        self.targets = [label for _, label in self.samples]
+        if not self.samples:
+            raise BadImageError(f"no readable image in {self.root} ({len(bad)} unreadable file(s))")
+        return [r for i, r in enumerate(results) if i not in drop]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -174,7 +211,12 @@ class ImageFolderDataset(Dataset):
                     warnings.warn(f"skipping {err}", stacklevel=2)
                 continue
             label = self.samples[i][1]
-            return (self.transform(img) if self.transform is not None else img), label
+            if self.transform is None:
+                return img, label
+            try:
+                return self.transform(img), label
+            except Exception as err:  # name the file: the transform's own message does not
+                raise RuntimeError(f"the transform failed on image {self.samples[i][0]} ({img.width}x{img.height}): {type(err).__name__}: {err}") from err
         raise BadImageError(f"no readable image in {self.root}")
 
 
@@ -223,6 +265,29 @@ def _install_posterize_compat() -> None:
             auto_augment.NAME_TO_OP[name] = _posterize_keep_zero_bits
 
 
+class AtLeastSize:
+    """Scale an image up, keeping its aspect ratio, until both sides are at least ``size``; an
+    image that is already large enough is returned as it is (so CIFAR's 32x32 images stay
+    bit-identical at ``size=32``). Lets pad-and-crop take a ``size`` crop of any image."""
+
+    def __init__(self, size: int, interpolation: str = "bicubic"):
+        from timm.data.transforms import str_to_pil_interp
+
+        self.size = size
+        self.interpolation = interpolation
+        self._resample = str_to_pil_interp(interpolation)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        if min(w, h) >= self.size:
+            return img
+        scale = self.size / max(1, min(w, h))
+        return img.resize((max(self.size, math.ceil(w * scale)), max(self.size, math.ceil(h * scale))), self._resample)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, interpolation={self.interpolation})"
+
+
 def build_train_transform(
     img_size: int,
     train_crop: str = "rrc",
@@ -244,7 +309,8 @@ def build_train_transform(
       when RandAugment is on), random erasing.
     * ``train_crop="pad"``: for small images (CIFAR): reflect-pad by ``pad`` pixels and take a
       random ``img_size`` crop, flip, then the same optional RandAugment and random erasing
-      (timm's implementations).
+      (timm's implementations). An image smaller than ``img_size`` (even 1x1) is first scaled
+      up to at least ``img_size`` on each side (:class:`AtLeastSize`); others are untouched.
     """
     from timm.data import create_transform
     from timm.data.auto_augment import rand_augment_transform
@@ -269,7 +335,10 @@ def build_train_transform(
         )
     if train_crop != "pad":
         raise ValueError(f"train_crop must be 'rrc' or 'pad', got {train_crop!r}")
-    tfl: list[Callable] = [T.RandomCrop(img_size, padding=pad, padding_mode="reflect") if pad else T.CenterCrop(img_size)]
+    tfl: list[Callable] = [
+        AtLeastSize(img_size, interpolation),  # a smaller image (even 1x1) is scaled up first; others are untouched
+        T.RandomCrop(img_size, padding=pad, padding_mode="reflect") if pad else T.CenterCrop(img_size),
+    ]
     if hflip > 0:
         tfl.append(T.RandomHorizontalFlip(hflip))
     if auto_augment:

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-per-class", type=int, default=None)
-    p.add_argument("--bad-images", default="error", choices=["error", "skip"])
+    p.add_argument("--bad-images", default="error", choices=["error", "skip"],
+                   help="an unreadable image file: stop naming it, or leave it out of every count and score (listed in the report)")
     p.add_argument("--no-reference", action="store_true", help="skip the folded and timm-implementation comparisons")
     p.add_argument("--bench-batch", type=int, default=32, help="batch size of the throughput measurement (0: skip)")
     p.add_argument("--bench-rounds", type=int, default=5)
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
             kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_kwargs)}
             model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
             if args.weights:
-                ckpt_io.load_weights(model, ckpt_io.state_dict_of(ckpt_io.load(args.weights), args.use_ema), what=f"weights {args.weights}")
+                ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
             elif not args.pretrained:
                 p.error("--model needs --weights FILE or --pretrained")
             data_cfg = timm.data.resolve_data_config({}, model=model)
@@ -90,7 +91,12 @@ def main(argv=None) -> int:
         if classes is not None:
             check_same_classes(classes, found, Path(args.checkpoint), root)
         transform = build_eval_transform(img_size, crop_pct, interpolation, data_cfg["mean"], data_cfg["std"])
-        dataset = ImageFolderDataset(root, transform, found, bad_images=args.bad_images, max_per_class=args.max_per_class)
+        # skip: unreadable files are left out up front (not replaced by another image), so every
+        # count and score is over the readable images only, each once
+        dataset = ImageFolderDataset(
+            root, transform, found, bad_images=args.bad_images, max_per_class=args.max_per_class,
+            cache_threads=max(1, args.workers), check_readable=True,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -107,6 +113,7 @@ def main(argv=None) -> int:
         "source": args.checkpoint or args.weights or "timm pretrained",
         "data_dir": str(root),
         "images": len(dataset),
+        "skipped_files": list(dataset.skipped),
         "preprocessing": {"img_size": img_size, "crop_pct": crop_pct, "interpolation": interpolation, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])},
         "params": sum(p.numel() for p in model.parameters()),
         "gmacs_per_image": count_flops(model, torch.randn(1, 3, img_size, img_size, device=device)) / 2e9,
@@ -132,6 +139,8 @@ def main(argv=None) -> int:
         report["throughput_batch"] = args.bench_batch
 
     print(f"{name}: {report['params']:,} params, {report['gmacs_per_image']:.3f} GMACs/image, {len(dataset)} images from {root}")
+    if dataset.skipped:
+        print(f"  skipped {len(dataset.skipped)} unreadable image file(s), left out of every count and score: {', '.join(dataset.skipped)}")
     for key, acc in report["accuracy"].items():
         ips = report["throughput_img_per_s"].get(key)
         speed = f", {ips:.1f} img/s at batch {args.bench_batch}" if ips else ""

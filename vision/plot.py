@@ -88,7 +88,7 @@ def main(argv=None) -> int:
 
         kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_kwargs)}
         model = timm.create_model(args.model, **kwargs)
-        ckpt_io.load_weights(model, ckpt_io.state_dict_of(ckpt_io.load(args.weights), args.use_ema), what=f"weights {args.weights}")
+        ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
         title = f"{args.model} ({Path(args.weights).name}): cross-patch matrices"
     else:
         p.error("give --checkpoint, or --model with --weights")

@@ -23,6 +23,7 @@ What differs from timm is the layout and the details of the official code:
 from __future__ import annotations
 
 import math
+import pickle
 from functools import partial
 from typing import Any, Dict, Optional
 
@@ -403,6 +404,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     Then every key and shape is checked against ``model``; a checkpoint of another
     architecture raises ``ValueError`` listing the keys that do not fit.
     """
+    from .checkpoint import check_state_dict
+
+    state_dict = check_state_dict(state_dict, what="pretrained weights")
     state_dict = timm_resmlp_filter_fn(state_dict, model)
     check_state_dict_matches(state_dict, model)
     return state_dict
@@ -446,15 +450,41 @@ MODEL_NAMES = tuple(_ARCHS)
 default_cfgs = generate_default_cfgs({name: _cfg() for name in _ARCHS})
 
 
+def _pretrained_file(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
+    """The local weights file timm will read for ``pretrained=True`` (``pretrained_cfg_overlay=
+    dict(file=PATH)`` or a ``pretrained_cfg`` with a ``file``), or ``None``."""
+    from timm.models import resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+    if cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir") or cfg.custom_load:
+        return None
+    return cfg.file or None
+
+
 def _create_resmlp(variant: str, pretrained: bool = False, **kwargs) -> ResMLP:
     model_args = {**_ARCHS[variant], **kwargs}  # caller's kwargs (patch_size, init_values, ...) win
-    return build_model_with_cfg(
-        ResMLP,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **model_args,
-    )
+    file = _pretrained_file(variant, kwargs) if pretrained else None
+    if file is not None:
+        from .checkpoint import EXPECTED, check_weights_file
+
+        # timm's reader gives bare errors (a text file: KeyError 544502645); name the file instead
+        check_weights_file(file)
+    try:
+        return build_model_with_cfg(
+            ResMLP,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            **model_args,
+        )
+    except ValueError as err:
+        if file is None or str(file) in str(err):
+            raise
+        raise ValueError(f"cannot load pretrained weights {file}: {err}") from err
+    except (KeyError, EOFError, RuntimeError, UnicodeDecodeError, pickle.UnpicklingError) as err:
+        if file is None:
+            raise
+        raise ValueError(f"cannot load pretrained weights {file}: {type(err).__name__}: {err}; {EXPECTED}") from err
 
 
 @register_model

@@ -8,10 +8,15 @@ timm provides the optimizer (LAMB, no weight decay on biases, Affine and LayerSc
 schedule (cosine with warmup), RandAugment, Mixup/CutMix, random erasing, repeated
 augmentation, label smoothing and EMA; DeiT's distillation loss is in :mod:`vision.losses`.
 
-Output folder: ``last.pth`` (every epoch, written atomically), ``best.pth`` (best top-1),
-``summary.csv`` (one row per epoch), ``log.txt``, ``args.yaml``. ``--resume auto`` (or a path)
-continues exactly where ``last.pth`` stopped: model, optimizer, schedule, sampler epoch, random
-generators, EMA and gradient scaler.
+Output folder: ``last.pth`` (every epoch), ``best.pth`` (best top-1), ``summary.csv`` (one row
+per epoch), ``log.txt``, ``args.yaml``. Each file is written atomically (a temporary file, then a
+rename), at the end of an epoch in this order: the ``summary.csv`` row, ``last.pth`` (which
+records the epoch, the best epoch so far and every summary row), then ``best.pth``. A run killed
+between two of them is put right by ``--resume auto``: rows past ``last.pth``'s epoch are dropped,
+missing rows are rewritten from ``last.pth``, a ``best.pth`` older than the best epoch recorded in
+``last.pth`` is rewritten from it (a warning says so), and temporary files left by a kill are
+deleted. ``--resume auto`` (or a path) continues exactly where ``last.pth`` stopped: model,
+optimizer, schedule, sampler epoch, random generators, EMA and gradient scaler.
 
 A non-finite loss stops the run with a message; the last checkpoint (the end of the last
 complete epoch) is left as it was.
@@ -26,6 +31,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import traceback
@@ -219,7 +225,7 @@ def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.devi
         check_model_name(args.teacher_model)
         teacher = timm.create_model(args.teacher_model, pretrained=args.teacher_pretrained, num_classes=num_classes)
         if args.teacher_path:
-            ckpt_io.load_weights(teacher, ckpt_io.state_dict_of(ckpt_io.load(args.teacher_path)), what=f"teacher weights {args.teacher_path}")
+            ckpt_io.load_weights(teacher, ckpt_io.load_state_dict(args.teacher_path), what=f"teacher weights {args.teacher_path}")
         elif not args.teacher_pretrained:
             raise ValueError("the teacher has no weights: give --teacher-path FILE or --teacher-pretrained")
     else:
@@ -380,7 +386,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, update_summary
+    from timm.utils import ModelEmaV3
 
     torch.manual_seed(args.seed + rank)
     random.seed(args.seed + rank)
@@ -412,10 +418,13 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         train_root, train_tf, classes, cache=args.dataset_cache, bad_images=args.bad_images,
         max_per_class=args.max_per_class, cache_threads=min(8, os.cpu_count() or 1),
     )
-    val_set = ImageFolderDataset(
+    val_set = ImageFolderDataset(  # unreadable files (skip) are left out: each image is scored once
         val_root, eval_tf, classes, cache=args.dataset_cache, bad_images=args.bad_images,
-        max_per_class=args.val_max_per_class, cache_threads=min(8, os.cpu_count() or 1),
+        max_per_class=args.val_max_per_class, cache_threads=min(8, os.cpu_count() or 1), check_readable=True,
     )
+    if val_set.skipped:
+        _logger.warning(f"validation: left out {len(val_set.skipped)} unreadable image file(s): {', '.join(val_set.skipped[:20])}"
+                        + (f" and {len(val_set.skipped) - 20} more" if len(val_set.skipped) > 20 else ""))
     sampler = build_train_sampler(train_set, args.repeated_aug, rank, world_size, args.seed)
     loader_kw = dict(num_workers=args.workers, pin_memory=args.pin_mem and device.type == "cuda", persistent_workers=False)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_kw)
@@ -433,7 +442,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     model_kwargs = model_create_kwargs(args, num_classes)
     model = timm.create_model(args.model, **model_kwargs)
     if args.initial_checkpoint:
-        ckpt_io.load_weights(model, ckpt_io.state_dict_of(ckpt_io.load(args.initial_checkpoint)), what=f"initial checkpoint {args.initial_checkpoint}")
+        ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.initial_checkpoint), what=f"initial checkpoint {args.initial_checkpoint}")
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -487,8 +496,14 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
 
     # ---- resume
     start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
+    history: list[Dict[str, Any]] = []  # the summary.csv rows so far (stored in last.pth, to repair the CSV)
+    if primary:
+        stale = ckpt_io.remove_stale_temporaries(output)
+        if stale:
+            _logger.warning(f"deleted {len(stale)} temporary file(s) left by an interrupted write: {', '.join(str(p) for p in stale)}")
     resume_path = ckpt_io.latest(output) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     resume_state = None
+    resumed_ckpt: Optional[Dict[str, Any]] = None
     if resume_path is not None:
         state = ckpt_io.load(resume_path)
         if not ckpt_io.is_training_checkpoint(state):
@@ -507,8 +522,11 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             model_ema.module.load_state_dict(state["model_ema"])
         start_epoch, num_updates = state["epoch"] + 1, state["num_updates"]
         best = state.get("best", best)
+        history = list(state.get("summary") or [])
         resume_state = state["rng"]
+        resumed_ckpt = {"epoch": state["epoch"], "best": best, "summary": state.get("summary")}
         _logger.info(f"resumed from {resume_path}: epoch {state['epoch']} done, {num_updates} updates")
+        del state
 
     if args.compile:
         model = torch.compile(model)
@@ -521,9 +539,11 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": world_size}, fh, sort_keys=False)
     summary_csv = output / "summary.csv"
     if primary:
-        from timm.utils.summary import trim_summary
-
-        trim_summary(str(summary_csv), start_epoch)
+        trim_summary_atomic(summary_csv, start_epoch)
+        if resumed_ckpt is not None and resume_path.resolve() == (output / "last.pth").resolve():
+            reconcile_outputs(output, resume_path, resumed_ckpt)
+        if resumed_ckpt is not None and best["epoch"] >= 0:
+            _logger.info(f"best so far: top-1 {best['top1']:.2f} at epoch {best['epoch']}")
 
     if resume_state is not None:
         if isinstance(resume_state, list):  # saved by a distributed run: one state per rank
@@ -564,6 +584,8 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             is_best = bool(metrics) and metrics["top1"] > best["top1"]
             if is_best:
                 best = {"top1": metrics["top1"], "epoch": epoch}
+            row = {"epoch": epoch, "train": dict(train_metrics), "eval": {k: v for k, v in metrics.items() if k != "count"}, "lr": lr_now}
+            history = [*history, row]
             state = {
                 "format": ckpt_io.FORMAT,
                 "model_name": args.model,
@@ -587,17 +609,114 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
                 "metrics": metrics,
                 "best": best,
+                "summary": history,
             }
+            # Order matters: the CSV row, then last.pth (the commit point: a resume starts from
+            # it), then best.pth (a copy of it, rebuilt from last.pth if the run dies before).
+            append_summary_atomic(summary_csv, row)
             ckpt_io.save_atomic(state, output / "last.pth")
             if is_best:
                 ckpt_io.save_atomic(state, output / "best.pth")
-            eval_row = {k: v for k, v in metrics.items() if k != "count"}
-            update_summary(epoch, train_metrics, eval_row, str(summary_csv), lr=lr_now)
         if distributed:
             dist.barrier()
     if primary:
         _logger.info(f"done: best top-1 {best['top1']:.2f} at epoch {best['epoch']}; checkpoints in {output}")
     return 0
+
+
+# --------------------------------------------------------------------------------------
+# Output folder: summary.csv written atomically, reconciled with last.pth on resume
+# --------------------------------------------------------------------------------------
+
+
+def append_summary_atomic(path: Path, row: Dict[str, Any]) -> None:
+    """Add ``row`` (``epoch``, ``train``, ``eval``, ``lr``) to ``path`` with timm's
+    ``update_summary`` (same columns and number formatting), through a copy and a rename."""
+    from timm.utils import update_summary
+
+    def fill(tmp: Path) -> None:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
+
+    ckpt_io.write_atomic(path, fill)
+
+
+def write_summary_atomic(path: Path, rows: list[Dict[str, Any]]) -> None:
+    """Write ``path`` anew from ``rows`` (as :func:`append_summary_atomic`, one at a time)."""
+    from timm.utils import update_summary
+
+    def fill(tmp: Path) -> None:
+        for row in rows:
+            update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
+
+    ckpt_io.write_atomic(path, fill)
+
+
+def trim_summary_atomic(path: Path, start_epoch: int) -> None:
+    """Drop the rows of epochs ``>= start_epoch`` (timm's ``trim_summary``), atomically."""
+    from timm.utils.summary import trim_summary
+
+    if not path.exists() or start_epoch > 0 and not any(e >= start_epoch for e in summary_epochs(path)):
+        return
+    ckpt_io.write_atomic(path, lambda tmp: (shutil.copyfile(path, tmp), trim_summary(str(tmp), start_epoch)))
+
+
+def summary_epochs(path: Path) -> list[int]:
+    """The epochs of the rows of a summary CSV (none if it is missing)."""
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    epochs = []
+    for r in rows[1:]:
+        try:
+            epochs.append(int(float(r[0])))
+        except (IndexError, ValueError):  # a header line, or a line cut short by a kill (older versions)
+            continue
+    return epochs
+
+
+def reconcile_outputs(output: Path, last_path: Path, ckpt: Dict[str, Any]) -> None:
+    """Make ``summary.csv`` and ``best.pth`` agree with ``last.pth`` (``ckpt``: its ``epoch``,
+    ``best`` and ``summary``) after a run was killed between its writes; warn about what was
+    repaired, or what could not be."""
+    done = ckpt["epoch"]
+    summary_csv = output / "summary.csv"
+    # summary.csv: a row for every finished epoch (rows past `done` were trimmed before)
+    history = ckpt.get("summary")
+    expected = [row["epoch"] for row in history] if history else list(range(done + 1))
+    present = set(summary_epochs(summary_csv))
+    missing = [e for e in expected if e not in present]
+    if missing:
+        if history:
+            write_summary_atomic(summary_csv, history)
+            _logger.warning(f"{summary_csv} lacked the rows of finished epoch(s) {missing} (a run stopped between its writes): "
+                            f"rewritten from {last_path}")
+        else:
+            _logger.warning(f"{summary_csv} lacks the rows of finished epoch(s) {missing}; {last_path} predates the stored "
+                            "rows, so they cannot be rewritten")
+    # best.pth: the checkpoint of the best epoch recorded in last.pth
+    best = ckpt["best"]
+    if best.get("epoch", -1) < 0:
+        return
+    best_path = output / "best.pth"
+    try:
+        best_epoch = ckpt_io.load(best_path, mmap=True).get("epoch") if best_path.is_file() else None
+        found = f"holds epoch {best_epoch}" if best_path.is_file() else "is missing"
+    except ValueError as err:
+        best_epoch, found = None, f"cannot be read ({err})"
+    if best_epoch == best["epoch"]:
+        return
+    if best["epoch"] == done:
+        ckpt_io.copy_atomic(last_path, best_path)
+        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {done} "
+                        f"(a run stopped between writing last.pth and best.pth): {best_path} rewritten from {last_path}")
+    else:
+        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {best['epoch']}; "
+                        f"it cannot be rebuilt ({last_path} holds epoch {done}): the next better epoch will write it")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
