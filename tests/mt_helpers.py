@@ -1,8 +1,11 @@
-"""Tiny random ResMLP translation models for the property tests."""
+"""Test helpers for the translation half: tiny random ResMLP models for the property tests,
+and tiny Multi30k-style corpora written by the tests (no shared data needed)."""
 
 from __future__ import annotations
 
 import argparse
+import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -55,3 +58,27 @@ def random_tokens(batch: int, length: int, generator=None) -> torch.Tensor:
     """(batch, length) ids of real symbols (no pad/eos/bos/unk)."""
     d = dictionary()
     return torch.randint(d.nspecial, len(d), (batch, length), generator=generator)
+
+
+EN = ("a man woman child dog girl boy two people red blue green big small young old runs walks sits "
+      "stands plays jumps on in at the park street water beach with ball bike hat shirt near").split()
+DE = ("ein mann frau kind hund mädchen junge zwei leute roter blauer grüner großer kleiner junger alter "
+      "läuft geht sitzt steht spielt springt auf im am dem park straße wasser strand mit ball rad hut hemd nahe").split()
+CORPUS_SIZES = {"train": 300, "val": 12, "test_2016_flickr": 10}
+
+
+def write_corpus(raw: Path, seed: int = 0, sizes=None) -> Path:
+    """Multi30k's file names (``train``/``val``/``test_2016_flickr`` ``.en``/``.de``), short
+    sentences over a small vocabulary; the German side translates the English word by word, so
+    a model has something to learn."""
+    rng = random.Random(seed)
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, n in (sizes or CORPUS_SIZES).items():
+        lines = {"en": [], "de": []}
+        for _ in range(n):
+            words = [rng.randrange(len(EN)) for _ in range(rng.randint(3, 12))]
+            lines["en"].append(" ".join(EN[w] for w in words).capitalize() + ".")
+            lines["de"].append(" ".join(DE[w] for w in words).capitalize() + ".")
+        for lang, text in lines.items():
+            (raw / f"{name}.{lang}").write_text("\n".join(text) + "\n", encoding="utf-8")
+    return raw

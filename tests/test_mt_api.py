@@ -1,0 +1,140 @@
+"""A model you can ship (issue 8): ``scripts/export_model.py`` writes a self-contained folder,
+``ResMLPTranslationModel.from_pretrained(folder).translate(...)`` translates from Python in a
+fresh process, with the same output as fairseq's own command-line decoding.
+
+A corpus written by the test, a tiny model trained by ``fairseq-train`` for a few updates."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import resmlp_mt  # noqa: F401
+from conftest import REPO
+from mt_helpers import write_corpus
+
+pytestmark = pytest.mark.slow
+
+USER_DIR = str(REPO / "resmlp_mt")
+TINY = [
+    "--user-dir", USER_DIR, "--arch", "resmlp_mt_small", "--encoder-embed-dim", "32", "--encoder-layers", "1",
+    "--decoder-layers", "1", "--decoder-attention-heads", "2", "--share-all-embeddings",
+    "--max-source-positions", "64", "--max-target-positions", "64", "--optimizer", "adam", "--lr", "5e-3",
+    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "1000",
+    "--no-progress-bar", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints",
+]
+SENTENCES = ["A man runs in the park.", "Two dogs play with a ball near the water.", "", "A girl sits."]
+
+
+def run(args, check=True, **kwargs):
+    kwargs.setdefault("cwd", REPO)
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def tool(name):
+    return str(Path(sys.executable).parent / name)
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mt_api")
+    raw = write_corpus(root / "raw")
+    assert _script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"),
+                                             "--vocab-size", "120", "--workers", "1"]) == 0
+    data = root / "data-bin" / "multi30k.en-de"
+    ckpt = root / "ckpt"
+    run([tool("fairseq-train"), data, *TINY, "--save-dir", ckpt, "--max-update", "30"])
+    run([sys.executable, "scripts/evaluate_mt.py", data, "--path", ckpt / "checkpoint_best.pt", "--split", "test",
+         "--batch-size", "4", "--output", ckpt / "eval_test.json"])
+    out = root / "model"
+    result = run([sys.executable, "scripts/export_model.py", ckpt / "checkpoint_best.pt", data, out])
+    assert "wrote" in result.stdout
+    return {"root": root, "data": data, "ckpt": ckpt, "model": out}
+
+
+def test_export_writes_a_self_contained_folder(exported):
+    model = exported["model"]
+    assert sorted(p.name for p in model.iterdir()) == [
+        "README.md", "dict.de.txt", "dict.en.txt", "model.pt", "model_card.json", "sentencepiece.bpe.model"]
+    state = torch.load(model / "model.pt", map_location="cpu", weights_only=True)
+    assert "last_optimizer_state" not in state and all("last_optimizer_state" not in h for h in state["optimizer_history"])
+    assert state["cfg"]["common"]["user_dir"] is None and state["cfg"]["task"]["data"] == "."
+    original = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    assert (model / "model.pt").stat().st_size < (exported["ckpt"] / "checkpoint_best.pt").stat().st_size / 2
+    for key, value in original["model"].items():
+        torch.testing.assert_close(state["model"][key], value.float(), rtol=0, atol=0)
+    card = json.loads((model / "model_card.json").read_text())
+    built = resmlp_mt.ResMLPTranslationModel.from_pretrained(str(model)).models[0]
+    assert card["parameters"] == sum(p.numel() for p in built.parameters())
+    assert card["architecture"]["arch"] == "resmlp_mt_small" and card["updates"] == original["optimizer_history"][-1]["num_updates"]
+    evaluation = json.loads((exported["ckpt"] / "eval_test.json").read_text())
+    assert card["evaluation"]["results"]["test"]["sacrebleu"] == evaluation["results"]["test"]["sacrebleu"]
+    readme = (model / "README.md").read_text()
+    assert evaluation["results"]["test"]["sacrebleu_signature"] in readme and "from_pretrained" in readme
+
+
+def test_translate_from_python_in_a_fresh_process_equals_fairseq_interactive(exported):
+    code = (
+        "import json, sys\n"
+        "from resmlp_mt import ResMLPTranslationModel\n"
+        "m = ResMLPTranslationModel.from_pretrained(sys.argv[1])\n"
+        "sentences = json.loads(sys.argv[2])\n"
+        "print(json.dumps({'list': m.translate(sentences, beam=4), 'one': m.translate(sentences[0], beam=4),\n"
+        "                  'batched': m.translate(sentences * 5, beam=4, batch_size=3)}))\n"
+    )
+    result = run([sys.executable, "-c", code, exported["model"], json.dumps(SENTENCES)], cwd="/")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["list"][2] == "" and all(out["list"][i] for i in (0, 1, 3))
+    assert out["one"] == out["list"][0] and out["batched"] == out["list"] * 5
+    assert not any("▁" in text for text in out["list"])  # SentencePiece decoded
+    fairseq_out = run([tool("fairseq-interactive"), exported["data"], "--user-dir", USER_DIR, "--path",
+                       exported["ckpt"] / "checkpoint_best.pt", "--beam", "4", "--source-lang", "en", "--target-lang",
+                       "de", "--bpe", "sentencepiece", "--sentencepiece-model", exported["data"] / "spm.model"],
+                      input="\n".join(s for s in SENTENCES if s) + "\n")
+    hyps = [line.split("\t")[2] for line in fairseq_out.stdout.splitlines() if line.startswith("D-")]
+    assert hyps == [out["list"][i] for i in (0, 1, 3)]
+
+
+def test_export_averages_checkpoints(exported, tmp_path):
+    first = exported["ckpt"] / "checkpoint_best.pt"
+    state = torch.load(first, map_location="cpu", weights_only=True)
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    second = tmp_path / "checkpoint_shifted.pt"
+    torch.save(state, second)
+    out = tmp_path / "avg"
+    run([sys.executable, "scripts/export_model.py", first, exported["data"], out, "--average", second])
+    states = [torch.load(p, map_location="cpu", weights_only=True)["model"] for p in (first, second)]
+    averaged = torch.load(out / "model.pt", map_location="cpu", weights_only=True)["model"]
+    key = "decoder.layers.0.channel_mlp.fc1.weight"
+    torch.testing.assert_close(averaged[key], (states[0][key] + states[1][key]) / 2)
+    torch.testing.assert_close(averaged[key], states[0][key] + 0.5)
+    assert len(json.loads((out / "model_card.json").read_text())["checkpoints"]) == 2
+
+
+def test_export_errors_name_the_problem_and_keep_what_exists(exported, tmp_path):
+    result = run([sys.executable, "scripts/export_model.py", exported["ckpt"] / "checkpoint_best.pt", tmp_path,
+                  tmp_path / "m"], check=False)
+    assert result.returncode == 2 and f"{tmp_path}/prep.json not found" in result.stdout
+    result = run([sys.executable, "scripts/export_model.py", exported["ckpt"] / "checkpoint_best.pt", exported["data"],
+                  exported["model"]], check=False)
+    assert result.returncode == 2 and "exists: pass --force" in result.stdout
+    assert (exported["model"] / "model.pt").is_file()
+    missing = run([sys.executable, "-c", "from resmlp_mt import ResMLPTranslationModel as M; M.from_pretrained('/nonexistent')"],
+                  check=False)
+    assert missing.returncode != 0 and "/nonexistent/model.pt not found" in missing.stderr
