@@ -1,0 +1,77 @@
+"""The lean beam search (resmlp_mt.fast_generate) returns fairseq's SequenceGenerator hypotheses
+token for token, with the same scores, whatever the padding side, beam, length penalty and
+positional embeddings; int8 quantization keeps it running and close."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+
+from mt_helpers import dictionary, random_tokens, tiny_model
+from resmlp_mt.fast_generate import generate, quantize_int8
+
+D = dictionary()
+
+
+def eos_biased_model(seed: int, strength: float, **overrides):
+    """A tiny random model whose end-of-sentence logit is raised by ``strength``, so that
+    hypotheses end at different steps (a random model otherwise runs to the maximum length).
+    Both generators compute logits through ``decoder.output_layer``."""
+    model = tiny_model(seed, **overrides)
+    output_layer = model.decoder.output_layer
+    bias = torch.zeros(len(D))
+    bias[D.eos()] = strength
+    model.decoder.output_layer = lambda features: output_layer(features) + bias
+    return model
+
+
+def source_batch(seed: int, batch: int = 6, length: int = 7, left_pad: bool = True):
+    src = random_tokens(batch, length, torch.Generator().manual_seed(seed))
+    src[:, -1] = D.eos()
+    for row, n in ((1, 3), (4, 2)):  # two shorter sentences
+        if left_pad:
+            src[row, :n] = D.pad()
+        else:
+            src[row] = torch.cat([src[row, n:], src.new_full((n,), D.pad())])
+    return src
+
+
+def fairseq_generate(model, src, beam, lenpen=1.0):
+    generator = SequenceGenerator([model], D, beam_size=beam, len_penalty=lenpen, max_len_b=200)
+    return generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": src.ne(D.pad()).sum(1)}})
+
+
+def assert_same(ours, theirs):
+    for mine, ref in zip(ours, theirs):
+        assert [h["tokens"].tolist() for h in mine] == [h["tokens"].tolist() for h in ref]
+        torch.testing.assert_close(torch.stack([h["score"] for h in mine]), torch.stack([h["score"] for h in ref]))
+
+
+@pytest.mark.parametrize("beam,lenpen,left_pad", [(4, 1.0, True), (4, 0.6, False), (1, 1.0, True), (5, 1.3, True)])
+def test_same_hypotheses_and_scores_as_fairseq(beam, lenpen, left_pad):
+    lengths = set()
+    for seed, strength in ((0, 0.0), (0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (0, 2.0)):
+        model = eos_biased_model(seed, strength)
+        src = source_batch(seed, left_pad=left_pad)
+        theirs = fairseq_generate(model, src, beam, lenpen)
+        assert_same(generate(model, src, beam=beam, lenpen=lenpen), theirs)
+        lengths.update(len(h["tokens"]) for hyps in theirs for h in hyps)
+    assert len(lengths) >= 3, f"hypotheses of too few lengths to test finishing: {sorted(lengths)}"
+
+
+def test_same_hypotheses_with_sinusoidal_positions():
+    model = eos_biased_model(3, 1.0, positional_embeddings="sinusoidal")
+    src = source_batch(3)
+    assert_same(generate(model, src, beam=4), fairseq_generate(model, src, 4))
+
+
+def test_int8_model_generates_close_to_float():
+    model = eos_biased_model(3, 1.0)
+    src = source_batch(3)
+    quantized = quantize_int8(model)
+    assert not any(type(m) is torch.nn.Linear for m in quantized.modules())
+    assert any(type(m) is torch.nn.Linear for m in model.modules())  # the float model is kept
+    ours, reference = generate(quantized, src, beam=4), generate(model, src, beam=4)
+    same = sum(a[0]["tokens"].tolist() == b[0]["tokens"].tolist() for a, b in zip(ours, reference))
+    assert same >= len(reference) // 2
