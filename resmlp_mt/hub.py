@@ -9,9 +9,10 @@
 A model folder holds ``model.pt`` (weights and configuration, no optimizer state, loadable
 weights-only), ``dict.<src>.txt`` / ``dict.<tgt>.txt``, ``sentencepiece.bpe.model`` and the model
 card ``model_card.json`` / ``README.md``. :class:`Translator` is fairseq's
-``GeneratorHubInterface`` (beam search, batching of long lists by ``batch_size``/``max_tokens``,
-SentencePiece encoding and decoding) with the input normalised as the training data was and
-empty lines translated to empty strings.
+``GeneratorHubInterface`` (SentencePiece encoding and decoding, fairseq's generator on request)
+with the input normalised as the training data was, empty lines translated to empty strings,
+long lists cut into batches of similar lengths, and the lean beam search of
+:mod:`resmlp_mt.fast_generate` by default (optionally on an int8 model, :meth:`Translator.quantize`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import json
 from pathlib import Path
 from typing import List, Sequence, Union
 
+import torch
 from fairseq.hub_utils import GeneratorHubInterface
+from torch import nn
 
 MODEL_FILE = "model.pt"
 SPM_FILE = "sentencepiece.bpe.model"  # the name fairseq's hub looks for in a model folder
@@ -35,6 +38,7 @@ class Translator(GeneratorHubInterface):
         super().__init__(cfg, task, models)
         self.card = card or {}
         self.source_lang = self.card.get("source_lang", getattr(cfg.task, "source_lang", None))
+        self.quantized = False
 
     def normalize(self, sentence: str) -> str:
         """The normalisation the training data went through (Moses punctuation, whitespace)."""
@@ -45,21 +49,77 @@ class Translator(GeneratorHubInterface):
         return normalize(sentence, self.source_lang)
 
     def translate(
-        self, sentences: Union[str, Sequence[str]], beam: int = 4, batch_size: int | None = None, **kwargs
+        self,
+        sentences: Union[str, Sequence[str]],
+        beam: int = 4,
+        batch_size: int | None = None,
+        engine: str = "fast",
+        lenpen: float = 1.0,
+        **kwargs,
     ) -> Union[str, List[str]]:
-        """Translate with beam search (``beam``, 4 as in the paper); ``batch_size`` sentences
-        per batch (default: the model card's, else fairseq's token budget)."""
+        """Translate with beam search (``beam``, 4 as in the paper), ``batch_size`` sentences
+        per batch (default: the model card's, else 64).
+
+        ``engine="fast"`` (default) runs :func:`resmlp_mt.fast_generate.generate`, the lean beam
+        search that returns fairseq's hypotheses token for token; ``engine="fairseq"`` runs
+        fairseq's generic ``SequenceGenerator`` (and accepts its other options as ``kwargs``).
+        """
         if isinstance(sentences, str):
-            return self.translate([sentences], beam=beam, batch_size=batch_size, **kwargs)[0]
+            return self.translate([sentences], beam=beam, batch_size=batch_size, engine=engine, lenpen=lenpen, **kwargs)[0]
+        if engine not in ("fast", "fairseq"):
+            raise ValueError(f"engine must be 'fast' or 'fairseq', got {engine!r}")
+        if self.quantized and engine != "fast":
+            raise ValueError("an int8-quantized model decodes with engine='fast' only")
         if batch_size is not None:
             self.cfg.dataset.batch_size = batch_size
         normalized = [self.normalize(s) for s in sentences]
         todo = [i for i, s in enumerate(normalized) if s]
         out = [""] * len(normalized)
-        if todo:
-            for i, text in zip(todo, self.sample([normalized[i] for i in todo], beam=beam, **kwargs)):
-                out[i] = text
+        if not todo:
+            return out
+        if engine == "fairseq":
+            texts = self.sample([normalized[i] for i in todo], beam=beam, lenpen=lenpen, **kwargs)
+        else:
+            if kwargs:
+                raise TypeError(f"engine='fast' takes beam, batch_size and lenpen only, not {', '.join(kwargs)}")
+            texts = self._translate_fast([normalized[i] for i in todo], beam, self.cfg.dataset.batch_size or 64, lenpen)
+        for i, text in zip(todo, texts):
+            out[i] = text
         return out
+
+    def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, lenpen: float) -> List[str]:
+        from .fast_generate import generate
+
+        encoded = [self.encode(s) for s in sentences]
+        limit = self.max_positions[0] if isinstance(self.max_positions, tuple) else self.max_positions
+        for i, tokens in enumerate(encoded):
+            if limit is not None and tokens.numel() > limit:
+                raise ValueError(
+                    f"sentence {i} is {tokens.numel()} tokens long, more than the model's "
+                    f"--max-source-positions {limit}"
+                )
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].numel())  # similar lengths together
+        pad = self.src_dict.pad()
+        results: List[str] = [""] * len(encoded)
+        model = self.models[0]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            length = max(encoded[i].numel() for i in chunk)
+            src = torch.full((len(chunk), length), pad, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                src[row, : encoded[i].numel()] = encoded[i]
+            for i, hyps in zip(chunk, generate(model, src, beam=beam, lenpen=lenpen)):
+                results[i] = self.decode(hyps[0]["tokens"])
+        return results
+
+    def quantize(self) -> "Translator":
+        """Replace the model by a dynamically int8-quantized copy of its linear layers
+        (:func:`resmlp_mt.fast_generate.quantize_int8`); decoding then uses ``engine="fast"``."""
+        from .fast_generate import quantize_int8
+
+        self.models = nn.ModuleList([quantize_int8(m) for m in self.models])
+        self.quantized = True
+        return self
 
 
 def from_pretrained(
