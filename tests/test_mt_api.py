@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,24 @@ def test_export_errors_name_the_problem_and_keep_what_exists(exported, tmp_path)
     missing = run([sys.executable, "-c", "from resmlp_mt import ResMLPTranslationModel as M; M.from_pretrained('/nonexistent')"],
                   check=False)
     assert missing.returncode != 0 and "/nonexistent/model.pt not found" in missing.stderr
+
+
+def test_token_mixing_matrices_are_rendered(exported, tmp_path):
+    out = tmp_path / "mixing.png"
+    result = run([sys.executable, "scripts/plot_mt_mixing.py", exported["ckpt"] / "checkpoint_best.pt", out, "--positions", "16"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in result.stdout
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("plot_mt_mixing", REPO / "scripts" / "plot_mt_mixing.py")
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    state = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)["model"]
+    matrices = module.mixing_matrices(state, 16)
+    assert len(matrices["encoder"]) == len(matrices["decoder"]) == 1
+    decoder = matrices["decoder"][0]
+    assert np.isnan(decoder[0, 1]) and not np.isnan(decoder[1, 0])  # the unused upper triangle is blank
+    np.testing.assert_array_equal(matrices["encoder"][0], state["encoder.layers.0.token_mixer.weight"][:16, :16].numpy())
+    vision_like = tmp_path / "vision.pth"
+    torch.save({"model": {"blocks.0.linear_tokens.weight": torch.zeros(4, 4)}}, vision_like)
+    bad = run([sys.executable, "scripts/plot_mt_mixing.py", vision_like, tmp_path / "x.png"], check=False)
+    assert bad.returncode == 2 and "not a ResMLP translation model" in bad.stderr
