@@ -216,7 +216,7 @@ class ResMLPDecoder(AlignedEmbedding, FairseqIncrementalDecoder):
             [ResMLPDecoderLayer(args, args.max_target_positions) for _ in range(args.decoder_layers)]
         )
         self.final_norm = build_norm(args.norm, dim)
-        init_final_scale(self.final_norm, args.final_norm_init, self.embed_scale)
+        init_final_scale(self.final_norm, args.final_norm_init, self.embed_scale, len(dictionary))
         self.output_scale = dim**-0.5 if args.scale_output else 1.0
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
         if args.share_decoder_input_output_embed:
@@ -291,10 +291,10 @@ class ResMLPDecoder(AlignedEmbedding, FairseqIncrementalDecoder):
         return self.max_target_positions
 
 
-FINAL_NORM_INITS = ("one", "zero", "inverse-embed-scale")
+FINAL_NORM_INITS = ("one", "zero", "inverse-embed-scale", "log-vocab")
 
 
-def init_final_scale(norm: nn.Module, how: str, embed_scale: float) -> None:
+def init_final_scale(norm: nn.Module, how: str, embed_scale: float, vocab_size: int = 2) -> None:
     """Initial per-channel scale of the decoder's final norm (``alpha`` of an Affine layer,
     ``weight`` of a LayerNorm), which sets how confident the first predictions are.
 
@@ -310,7 +310,12 @@ def init_final_scale(norm: nn.Module, how: str, embed_scale: float) -> None:
     if how not in FINAL_NORM_INITS:
         raise ValueError(f"--final-norm-init must be one of {', '.join(FINAL_NORM_INITS)}, got {how!r}")
     scale = norm.alpha if hasattr(norm, "alpha") else norm.weight
-    value = {"one": 1.0, "zero": 0.0, "inverse-embed-scale": 1.0 / embed_scale}[how]
+    value = {
+        "one": 1.0,
+        "zero": 0.0,
+        "inverse-embed-scale": 1.0 / embed_scale,
+        "log-vocab": min(1.0, (math.log(vocab_size) - 1.0) / embed_scale),
+    }[how]
     with torch.no_grad():
         scale.fill_(value)
 

@@ -29,6 +29,7 @@ VARIANTS = {
     "inverse-embed-scale (default)": ["--final-norm-init", "inverse-embed-scale"],
     "zero": ["--final-norm-init", "zero"],
     "one + --scale-output": ["--final-norm-init", "one", "--scale-output"],
+    "log-vocab": ["--final-norm-init", "log-vocab"],
 }
 VALID = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) \| nll_loss ([\d.]+) .*num_updates (\d+)")
 TRAIN = re.compile(r"\| epoch \d+:\s+(\d+) / \d+ loss=([\d.]+)")
@@ -61,11 +62,13 @@ def main(argv=None):
     p.add_argument("--updates", type=int, default=400)
     p.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each")
     p.add_argument("--work-dir", default="/tmp/resmlp_init_ablation")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="which variants to train (default: all)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "mt_init_ablation")
     args = p.parse_args(argv)
     args.data = args.data or REPO / "data-bin" / f"multi30k.{args.pair}"
     with ThreadPoolExecutor(args.parallel) as pool:
-        rows = list(pool.map(lambda item: train(item[0], item[1], args), VARIANTS.items()))
+        rows = list(pool.map(lambda name: train(name, VARIANTS[name], args), args.variants))
     lines = [f"# Initialisation of the decoder output, resmlp_mt_small, Multi30k {args.pair}, {args.updates} updates",
              "", "| variant | valid loss (bits) | valid nll (bits) | first logged train loss | minutes |",
              "|---|---:|---:|---:|---:|"]

@@ -5,9 +5,10 @@
 #   MODEL=transformer MINUTES=20 scripts/train_multi30k.sh en-fr   # the Transformer peer
 #
 # MODEL=resmlp: resmlp_mt_small (3+3 layers, d=256, MLP 1024, 4 cross-attention heads,
-#   LayerScale init 0.2, Affine pre-norms).
-# MODEL=transformer: fairseq's Transformer of the same depth, width, MLP size and heads
-#   (pre-norm, which trains stably at this learning rate), for comparisons.
+#   LayerScale init 0.5, Affine pre-norms).
+# MODEL=transformer: fairseq's Transformer of the same depth, width, MLP size and heads,
+#   pre-norm by default (TRANSFORMER_NORM=pre) or post-norm (TRANSFORMER_NORM=post, fairseq's
+#   default), for comparisons.
 # Both: shared embeddings over the joint SentencePiece vocabulary, Adam (0.9, 0.98), lr 2e-3,
 # inverse-sqrt schedule after 400 warmup updates, label smoothing 0.1, dropout 0.1, weight
 # decay 1e-4, 2048 tokens per update, checkpoints every 200 updates (last 5 kept), validation
@@ -28,9 +29,13 @@ FAIRSEQ_TRAIN=${FAIRSEQ_TRAIN:-.venv/bin/fairseq-train}
 [ -f "$DATA/dict.en.txt" ] || { echo "$DATA not found: run scripts/prepare_multi30k.py --pairs $PAIR first" >&2; exit 2; }
 case "$MODEL" in
   resmlp) MODEL_FLAGS=(--user-dir resmlp_mt --arch resmlp_mt_small) ;;
-  transformer) MODEL_FLAGS=(--arch transformer --encoder-embed-dim 256 --encoder-ffn-embed-dim 1024
-      --encoder-layers 3 --decoder-layers 3 --encoder-attention-heads 4 --decoder-attention-heads 4
-      --encoder-normalize-before --decoder-normalize-before) ;;
+  transformer) MODEL_FLAGS=(--user-dir resmlp_mt --arch transformer --encoder-embed-dim 256 --encoder-ffn-embed-dim 1024
+      --encoder-layers 3 --decoder-layers 3 --encoder-attention-heads 4 --decoder-attention-heads 4)
+    case "${TRANSFORMER_NORM:-pre}" in
+      pre) MODEL_FLAGS+=(--encoder-normalize-before --decoder-normalize-before) ;;
+      post) ;;
+      *) echo "TRANSFORMER_NORM must be pre or post, got '$TRANSFORMER_NORM'" >&2; exit 2 ;;
+    esac ;;
   *) echo "MODEL must be resmlp or transformer, got '$MODEL'" >&2; exit 2 ;;
 esac
 HOURS=$(awk -v m="$MINUTES" 'BEGIN { printf "%.6f", m / 60 }')
