@@ -129,7 +129,8 @@ def generate(
         features = decoder.final_norm(x)
         lprobs = F.log_softmax(decoder.output_layer(features).float(), dim=-1)  # (n, k, V)
 
-        lprobs[lprobs != lprobs] = -math.inf
+        # (fairseq also maps NaN to -inf here, a full pass over (n, k, V); a model in eval mode
+        # with finite weights produces none, and a NaN would surface as a NaN score)
         lprobs[:, :, pad] = -math.inf
         lprobs[:, :, unk] -= unk_penalty
         if step >= max_len:
@@ -184,11 +185,11 @@ def generate(
         beams = cand_beams.gather(1, active_hypos)  # (n, k) which hypothesis each continues
         scores = cand_scores.gather(1, active_hypos)
         next_tokens = cand_tokens.gather(1, active_hypos)
-        tokens = tokens.gather(1, beams.unsqueeze(-1).expand_as(tokens))
+        flat = (beams + torch.arange(n).unsqueeze(1) * k).view(-1)  # rows of (n * k) hypotheses
+        tokens = tokens.view(n * k, -1).index_select(0, flat).view(n, k, -1)
         tokens[:, :, step + 1] = next_tokens
-        index = beams.view(1, n, k, 1)
         for i, h in enumerate(history):
-            h[: step + 1] = h[: step + 1].gather(2, index.expand(step + 1, n, k, C))
+            h[: step + 1] = h[: step + 1].view(step + 1, n * k, C).index_select(1, flat).view(step + 1, n, k, C)
     for hyps in finalized:
         hyps.sort(key=lambda h: float(h["score"]), reverse=True)
     return finalized
