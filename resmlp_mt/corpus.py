@@ -625,8 +625,14 @@ def sgm_to_text(sgm: Path, dest: Path) -> Path:
     as fairseq's prepare-wmt14 scripts do."""
     if not Path(sgm).is_file():
         raise CorpusError(f"test set file not found: {sgm}")
-    with open(sgm, encoding="utf-8") as fin, open(dest, "w", encoding="utf-8") as fout:
-        for line in fin:
+    with open(sgm, "rb") as fin, open(dest, "w", encoding="utf-8") as fout:
+        for number, raw in enumerate(fin, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(
+                    f"{sgm} is not valid UTF-8 at line {number}, byte {e.start + 1}: {raw[e.start:e.end]!r} ({e.reason})"
+                ) from None
             match = _SEG.search(line)
             if match:
                 fout.write(match.group(1).replace("\u2019", "'") + "\n")

@@ -177,3 +177,12 @@ def test_too_long_test_line_in_pieces_is_an_error_naming_file_and_line(tmp_path,
     assert prepare(raw, tmp_path / "out", "--max-positions", "1024") == 0
     info = json.loads((tmp_path / "out" / "multi30k.en-de" / "prep.json").read_text())
     assert info["splits"]["test"]["kept"] == 10
+
+
+def test_undecodable_sgm_test_set_names_file_and_line(tmp_path):
+    from resmlp_mt.corpus import CorpusError, sgm_to_text
+
+    sgm = tmp_path / "newstest2014-deen-ref.de.sgm"
+    sgm.write_bytes(b'<refset>\n<doc>\n<seg id="1">Ein Hund.</seg>\n<seg id="2">Ein \xff Mann.</seg>\n</doc>\n')
+    with pytest.raises(CorpusError, match=r"newstest2014-deen-ref\.de\.sgm is not valid UTF-8 at line 4, byte 17: b'\\xff'"):
+        sgm_to_text(sgm, tmp_path / "out.de")
