@@ -250,3 +250,12 @@ def test_restart_after_a_torn_checkpoint_last_reaches_max_update(transformer_run
     assert state["optimizer_history"][-1]["num_updates"] == 6
     kept = list(ckpt.glob("checkpoint_last.pt.unreadable-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == whole[: len(whole) // 7]  # nothing deleted
+
+
+@pytest.mark.slow
+def test_evaluation_script_names_a_vision_checkpoint(transformer_run, tmp_path):
+    vision_like = tmp_path / "best.pth"
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 3, "model_name": "resmlp_s12"}, vision_like)
+    result = run([sys.executable, "scripts/evaluate_mt.py", transformer_run["data"], "--path", vision_like], check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and f"{vision_like}: not a fairseq checkpoint" in out and "KeyError" not in out, out[-2000:]
