@@ -45,7 +45,7 @@ def perturb_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------
-# The official code (facebookresearch/deit resmlp_models.py), re-typed from the facts doc
+# The official code (facebookresearch/deit resmlp_models.py), re-typed from that file
 # and the paper's Algorithm 1: (B, N, C) layout, transposes, DeiT parameter names.
 # --------------------------------------------------------------------------------------
 

@@ -98,6 +98,8 @@ def test_bench_quick_mode_writes_json_and_markdown(tmp_path):
     assert set(res["inference"]["float32_batch1"]) == {"timm", "ours", "ours_folded"}
     assert "speedup_vs_timm" in res["train_step"]["float32_batch2"]["ours"]
     md = (tmp_path / "bench.md").read_text()
-    assert "| S12 | inference float32 batch1 |" in md and "no GPU" in md
+    machine = report["machine"]
+    assert "| S12 | inference float32 batch1 |" in md
+    assert f"device {machine['device']}" in md and (machine["gpu"] or "no GPU on this machine") in md
     assert "S12 train step" in proc.stdout
     _ = yaml, sys  # (imported for the config test above)

@@ -321,7 +321,7 @@ def main(argv=None) -> int:
         precisions = [None, torch.bfloat16]
         bf16_note = "this CPU has native bf16: figures in fp32 and bf16 autocast"
     else:
-        bf16_note = "not measured: this CPU has no native bf16 (oneDNN reports none); no GPU on this machine"
+        bf16_note = "not measured: this CPU has no native bf16 (oneDNN reports none) and the benchmark ran on the CPU"
 
     report: Dict[str, Any] = {
         "machine": info,

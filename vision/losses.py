@@ -2,7 +2,7 @@
 
 DeiT's ``losses.DistillationLoss`` expects ``(outputs, outputs_kd)`` from a two-head model
 and raises otherwise; the released ResMLP distilled checkpoints have one head, so both terms
-use the same logits (facts doc, §3 "Distillation"):
+use the same logits (paper §3, "Distillation"; deit's losses.py):
 
 * ``none``: ``base(y, labels)``
 * ``soft``: ``(1 - alpha) base(y, labels) + alpha * tau^2 * KL(softmax(t / tau) || softmax(y / tau))``,

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     m = report["machine"]
-    lines = [f"# {args.name}", "", f"Machine: {m['cpu']} ({m['cpu_count']} cores), no GPU; torch {m['torch']}, timm {m['timm']}.", ""]
+    lines = [f"# {args.name}", "", f"Machine (where this report was written): {m['cpu']} ({m['cpu_count']} cores), {m.get('gpu') or 'no GPU'}; torch {m['torch']}, timm {m['timm']}.", ""]
     if args.note:
         lines += [args.note, ""]
     lines += ["Commands:", ""] + [f"    {c}" for c in args.command] + [""]
