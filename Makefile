@@ -10,7 +10,7 @@ FAIRSEQ := ve-fairseq==0.12.3
 # Tests run on both cores; each worker and each CLI it starts uses one thread.
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-fast multi30k bench-mt bench-vision clean
+.PHONY: install test test-fast multi30k bench-mt bench-vision bench-decode gpu-acceptance clean
 
 install:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -37,6 +37,20 @@ bench-mt:
 
 bench-vision:
 	scripts/bench_vision.sh
+
+# One GPU (H100/H200): the paper-scale paths in at most 8 minutes, results/gpu_acceptance.{json,md}
+# (scripts/gpu_acceptance.py). ARGS=--dry-run rehearses it on the CPU in under 2 minutes.
+gpu-acceptance:
+	PYTHON=$(PY) scripts/gpu_acceptance.sh $(ARGS)
+
+# Decoding speed (issue 8): ResMLP (fairseq-generate, Python API, fast path fp32/int8) against the
+# Transformer (fairseq-generate, CTranslate2 fp32/int8), batch 128 and batch 1, and at equal output
+# length; results/bench_decode.{json,md}. Reads the checkpoints of scripts/train_multi30k.sh en-de
+# (checkpoints/multi30k.en-de.{resmlp,transformer}/checkpoint_best.pt); other options go in
+# BENCH_DECODE_ARGS (e.g. "--resmlp R.pt --transformer T.pt", "--quick"). About 10 minutes on 2 cores.
+bench-decode:
+	$(PY) -m pip install --disable-pip-version-check -r requirements-bench.txt
+	$(PY) scripts/bench_decode.py $(BENCH_DECODE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -39,6 +39,7 @@ class Translator(GeneratorHubInterface):
         self.card = card or {}
         self.source_lang = self.card.get("source_lang", getattr(cfg.task, "source_lang", None))
         self.quantized = False
+        self.batch_size = cfg.dataset.batch_size or 64
 
     def normalize(self, sentence: str) -> str:
         """The normalisation the training data went through (Moses punctuation, whitespace)."""
@@ -55,39 +56,50 @@ class Translator(GeneratorHubInterface):
         batch_size: int | None = None,
         engine: str = "fast",
         lenpen: float = 1.0,
+        max_len_a: float = 0.0,
+        max_len_b: int = 200,
+        min_len: int = 1,
         **kwargs,
     ) -> Union[str, List[str]]:
         """Translate with beam search (``beam``, 4 as in the paper), ``batch_size`` sentences
-        per batch (default: the model card's, else 64).
+        per batch (default: the model card's, else 64), hypotheses of at least ``min_len`` and
+        at most ``max_len_a * source length + max_len_b`` pieces (fairseq's options).
 
         ``engine="fast"`` (default) runs :func:`resmlp_mt.fast_generate.generate`, the lean beam
         search that returns fairseq's hypotheses token for token; ``engine="fairseq"`` runs
         fairseq's generic ``SequenceGenerator`` (and accepts its other options as ``kwargs``).
+        The per-call ``batch_size`` does not change the model's default.
         """
         if isinstance(sentences, str):
-            return self.translate([sentences], beam=beam, batch_size=batch_size, engine=engine, lenpen=lenpen, **kwargs)[0]
+            return self.translate([sentences], beam=beam, batch_size=batch_size, engine=engine, lenpen=lenpen,
+                                  max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, **kwargs)[0]
         if engine not in ("fast", "fairseq"):
             raise ValueError(f"engine must be 'fast' or 'fairseq', got {engine!r}")
         if self.quantized and engine != "fast":
             raise ValueError("an int8-quantized model decodes with engine='fast' only")
-        if batch_size is not None:
-            self.cfg.dataset.batch_size = batch_size
+        batch_size = batch_size or self.batch_size
+        lengths = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len)
         normalized = [self.normalize(s) for s in sentences]
         todo = [i for i, s in enumerate(normalized) if s]
         out = [""] * len(normalized)
         if not todo:
             return out
         if engine == "fairseq":
-            texts = self.sample([normalized[i] for i in todo], beam=beam, lenpen=lenpen, **kwargs)
+            saved = (self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens)
+            self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens = batch_size, None  # batch_size sentences
+            try:
+                texts = self.sample([normalized[i] for i in todo], beam=beam, **lengths, **kwargs)
+            finally:
+                self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens = saved
         else:
             if kwargs:
-                raise TypeError(f"engine='fast' takes beam, batch_size and lenpen only, not {', '.join(kwargs)}")
-            texts = self._translate_fast([normalized[i] for i in todo], beam, self.cfg.dataset.batch_size or 64, lenpen)
+                raise TypeError(f"engine='fast' does not take {', '.join(kwargs)}")
+            texts = self._translate_fast([normalized[i] for i in todo], beam, batch_size, **lengths)
         for i, text in zip(todo, texts):
             out[i] = text
         return out
 
-    def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, lenpen: float) -> List[str]:
+    def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, **options) -> List[str]:
         from .fast_generate import generate
 
         encoded = [self.encode(s) for s in sentences]
@@ -108,7 +120,7 @@ class Translator(GeneratorHubInterface):
             src = torch.full((len(chunk), length), pad, dtype=torch.long)
             for row, i in enumerate(chunk):
                 src[row, : encoded[i].numel()] = encoded[i]
-            for i, hyps in zip(chunk, generate(model, src, beam=beam, lenpen=lenpen)):
+            for i, hyps in zip(chunk, generate(model, src, beam=beam, **options)):
                 results[i] = self.decode(hyps[0]["tokens"])
         return results
 
@@ -118,6 +130,8 @@ class Translator(GeneratorHubInterface):
         from .fast_generate import quantize_int8
 
         self.models = nn.ModuleList([quantize_int8(m) for m in self.models])
+        for module in self.models.modules():  # (fairseq replaced these models' train()/eval() for inference)
+            module.training = False
         self.quantized = True
         return self
 

@@ -1,0 +1,763 @@
+#!/usr/bin/env python
+"""Decoding benchmark (issue 8): ResMLP against a Transformer of the same size, per engine,
+at batch 128 (throughput) and batch 1 (latency), plus an equal-output-length measurement.
+
+    python scripts/bench_decode.py --resmlp checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
+        --transformer checkpoints/multi30k.en-de.transformer/checkpoint_best.pt    # or: make bench-decode
+    python scripts/bench_decode.py --resmlp R.pt --transformer T.pt --quick        # smoke test, seconds
+
+Rows (beam 4 everywhere):
+
+* ResMLP, ``fairseq-generate`` (a subprocess, :func:`resmlp_mt.evaluate.evaluate`);
+* ResMLP, Python API ``Translator.translate(engine="fairseq")`` (fairseq's SequenceGenerator);
+* ResMLP, Python API ``engine="fast"`` (:mod:`resmlp_mt.fast_generate`), float32 and int8
+  (``Translator.quantize()``);
+* Transformer, ``fairseq-generate``;
+* Transformer, CTranslate2 (converted from the fairseq checkpoint), float32 and int8.
+
+Batch 128 on the whole split (``--sentences`` to cut it); batch 1 on its first
+``--latency-sentences`` sentences for every row but the API ``engine="fairseq"`` one; then every
+system forced to emit exactly ``--equal-length`` L target tokens per sentence (fairseq:
+``--min-len L --max-len-a 0 --max-len-b L``, i.e. L pieces plus the end-of-sentence; the fast path:
+``min_len = max_len_b = L``; CTranslate2, which cannot force an end-of-sentence at a position:
+``min_decoding_length = max_decoding_length = L + 1``, the same L + 1 decoder steps), so that a
+difference in output length cannot pass for speed. The lengths are checked hypothesis by
+hypothesis. Both systems also run that through fairseq's SequenceGenerator in this process
+(warmed up, unlike a fresh fairseq-generate process), the same search code for both.
+
+Figures per row: sentences/s; generated target tokens/s, where a token is a SentencePiece piece
+of the output or its end-of-sentence, i.e. one decoder step (fairseq-generate: its own count;
+API: the tokens handed to the decoder; CTranslate2: the output pieces with ``return_end_token``);
+mean output length in tokens; sacreBLEU (signature recorded) on the sentences the row translated;
+the ratio to the CTranslate2 int8 row of the same batch size; batch-1 rows also give ms per
+sentence. Timing: fairseq-generate rows use fairseq's own generation timer (the search only:
+no process start, model or data loading); in-process rows time the call, text in to text out
+(normalisation, SentencePiece, batching, search, detokenisation). Rounds are interleaved (round 1
+runs every row, then round 2, ...) and the medians are reported. In-process rows run in this
+process with ``torch.set_num_threads(--threads)``, subprocesses get ``OMP_NUM_THREADS``,
+CTranslate2 ``intra_threads``. Run it alone on the machine.
+
+Writes ``OUT.json`` (machine, versions, settings, checkpoints with their update counts, every
+round of every row) and ``OUT.md`` (the tables), prints the tables. The ResMLP model folder
+(``scripts/export_model.py``), the CTranslate2 conversion and data subsets go to ``--work-dir``.
+Without ``ctranslate2`` (``pip install -r requirements-bench.txt``), its rows are skipped with a
+note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import resmlp_mt  # noqa: E402,F401  (registers the model; safe loading of fairseq checkpoints)
+import resmlp_mt.evaluate as mt_evaluate  # noqa: E402
+
+USER_DIR = REPO / "resmlp_mt"
+GEN_SUMMARY = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\)")
+GROUPS = {
+    "batch": "Throughput, batch {batch}",
+    "latency": "Latency, batch 1",
+    "equal": "Equal output length: every hypothesis {length} pieces + end-of-sentence",
+}
+
+
+def say(message: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def read_lines(path: Path) -> List[str]:
+    return mt_evaluate.read_lines(path)
+
+
+def checkpoint_info(path: Path) -> dict:
+    """Architecture, update count, parameters (tied tensors once) of a fairseq checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model_cfg = state["cfg"]["model"]
+    seen, params = set(), 0
+    for key, value in state["model"].items():
+        if value.is_floating_point() and not key.endswith("_float_tensor") and value.data_ptr() not in seen:
+            seen.add(value.data_ptr())
+            params += value.numel()
+    history = state.get("optimizer_history") or [{}]
+    get = (lambda k: model_cfg.get(k)) if isinstance(model_cfg, dict) else (lambda k: getattr(model_cfg, k, None))
+    return {
+        "path": str(path),
+        "arch": get("arch") or get("_name"),
+        "updates": history[-1].get("num_updates"),
+        "parameters": params,
+        "max_target_positions": get("max_target_positions"),
+        "encoder_embed_dim": get("encoder_embed_dim"),
+        "encoder_layers": get("encoder_layers"),
+        "decoder_layers": get("decoder_layers"),
+    }
+
+
+def make_subset(data: Path, split: str, n: int, dest: Path) -> Path:
+    """A data folder holding the first ``n`` sentences of ``split`` (binarized data, references,
+    dictionaries, SentencePiece model, prep.json), so that fairseq-generate translates exactly
+    the sentences the in-process rows translate. ``data`` itself when it has ``n`` or fewer."""
+    from fairseq.data import data_utils, indexed_dataset
+
+    info = json.loads((data / "prep.json").read_text())
+    src, tgt = info["src_lang"], info["tgt_lang"]
+    total = len(read_lines(data / "ref" / f"{split}.{tgt}"))
+    if n >= total:
+        return data
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "ref").mkdir(parents=True)
+    for name in ("prep.json", f"dict.{src}.txt", f"dict.{tgt}.txt", "spm.model"):
+        shutil.copyfile(data / name, dest / name)
+    for lang in (src, tgt):
+        lines = read_lines(data / "ref" / f"{split}.{lang}")[:n]
+        (dest / "ref" / f"{split}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        prefix = f"{split}.{src}-{tgt}.{lang}"
+        impl = indexed_dataset.infer_dataset_impl(str(data / prefix))
+        dataset = data_utils.load_indexed_dataset(str(data / prefix), None, dataset_impl=impl)
+        vocab = len(read_lines(data / f"dict.{lang}.txt")) + 4
+        builder = indexed_dataset.make_builder(str(dest / f"{prefix}.bin"), impl=impl, vocab_size=vocab)
+        for i in range(n):
+            builder.add_item(dataset[i])
+        builder.finalize(str(dest / f"{prefix}.idx"))
+    return dest
+
+
+@dataclass
+class TextSet:
+    """The sentences one group of rows translates: a data folder for fairseq-generate, the
+    same source lines and references for the in-process rows."""
+
+    data: Path
+    sources: List[str]
+    refs: List[str]
+
+
+def text_set(data: Path, split: str) -> TextSet:
+    info = json.loads((data / "prep.json").read_text())
+    return TextSet(data, read_lines(data / "ref" / f"{split}.{info['src_lang']}"),
+                   read_lines(data / "ref" / f"{split}.{info['tgt_lang']}"))
+
+
+# ----------------------------------------------------------------------------------------------
+# One measurement
+
+
+@dataclass
+class Measurement:
+    seconds: float  # timed part (see the module docstring)
+    hypotheses: List[str]  # detokenized, in input order
+    lengths: List[int]  # generated tokens per hypothesis (pieces + end-of-sentence), any order
+    latencies_ms: Optional[List[float]] = None  # batch 1 in process: per sentence
+    rates: Optional[Dict[str, float]] = None  # fairseq-generate's own sentences/s and tokens/s
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sentences(self) -> int:
+        return len(self.hypotheses)
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.lengths)
+
+    def summary(self) -> dict:
+        sent_s = self.rates["sentences_per_second"] if self.rates else self.sentences / self.seconds
+        tok_s = self.rates["tokens_per_second"] if self.rates else self.tokens / self.seconds
+        out = {"seconds": round(self.seconds, 4), "sentences": self.sentences, "tokens": self.tokens,
+               "sentences_per_second": sent_s, "tokens_per_second": tok_s,
+               "latency_ms_mean": 1000.0 / sent_s}
+        if self.latencies_ms:
+            out["latency_ms_median"] = statistics.median(self.latencies_ms)
+        return out
+
+
+def sacrebleu_score(hyps: Sequence[str], refs: Sequence[str]) -> dict:
+    import sacrebleu
+
+    bleu = sacrebleu.metrics.BLEU()
+    score = bleu.corpus_score(list(hyps), [list(refs)])
+    return {"sacrebleu": round(score.score, 2), "sacrebleu_signature": str(bleu.get_signature())}
+
+
+def digest(hyps: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(hyps).encode("utf-8")).hexdigest()[:16]
+
+
+@contextmanager
+def captured_generate_output():
+    """Keep the output of the fairseq-generate run that :func:`resmlp_mt.evaluate.evaluate`
+    starts (it returns the scores, not the hypotheses' tokens): ``box["run"]`` is its
+    :class:`resmlp_mt.evaluate.Measured`."""
+    original, box = mt_evaluate.run_measured, {}
+
+    def run(cmd, env=None, stream_stderr=False):
+        box["run"] = original(cmd, env=env, stream_stderr=stream_stderr)
+        return box["run"]
+
+    mt_evaluate.run_measured = run
+    try:
+        yield box
+    finally:
+        mt_evaluate.run_measured = original
+
+
+def generate_lengths(stdout: str) -> Dict[int, int]:
+    """``{sentence id: tokens of its hypothesis}`` from fairseq-generate's ``P-`` lines (one
+    positional score per token, end-of-sentence included)."""
+    lengths = {}
+    for line in stdout.splitlines():
+        if line.startswith("P-"):
+            head, _, scores = line.partition("\t")
+            lengths[int(head[2:])] = len(scores.split())
+    return lengths
+
+
+def run_fairseq_generate(ts: TextSet, checkpoint: Path, split: str, beam: int, batch: int, threads: int,
+                         extra_args: Sequence[str] = ()) -> Measurement:
+    with captured_generate_output() as box:
+        result = mt_evaluate.evaluate(ts.data, checkpoint, split=split, beam=beam, batch_size=batch, user_dir=USER_DIR,
+                                      extra_args=list(extra_args), num_samples=0, threads=threads)
+    stdout = box["run"].stdout
+    hyps_by_id = mt_evaluate.parse_generate_output(stdout)
+    lengths = generate_lengths(stdout)
+    summary = GEN_SUMMARY.search(stdout + box["run"].stderr)
+    if summary is None or set(lengths) != set(hyps_by_id):
+        raise RuntimeError(f"unexpected fairseq-generate output for {checkpoint}: no summary line or P- lines")
+    reported = int(summary.group(2).replace(",", ""))
+    if reported != sum(lengths.values()):
+        raise RuntimeError(f"fairseq-generate reports {reported} tokens, its P- lines {sum(lengths.values())}")
+    details = {k: v for k, v in mt_evaluate.result_dict(result).items() if k != "samples"}
+    details["process_seconds"] = round(box["run"].seconds, 3)
+    return Measurement(
+        seconds=result.generation_seconds,
+        hypotheses=[hyps_by_id[i] for i in range(len(hyps_by_id))],
+        lengths=[lengths[i] for i in range(len(lengths))],
+        rates={"sentences_per_second": result.sentences_per_second, "tokens_per_second": result.tokens_per_second},
+        extra={"fairseq_generate": details},
+    )
+
+
+@contextmanager
+def counting_decode(translator):
+    """Record the number of tokens (end-of-sentence included) of every hypothesis the
+    translator decodes: both engines hand each best hypothesis's tokens to ``decode``."""
+    counts: List[int] = []
+    original = translator.decode
+
+    def decode(tokens):
+        counts.append(int(tokens.numel()))
+        return original(tokens)
+
+    translator.decode = decode
+    try:
+        yield counts
+    finally:
+        del translator.decode
+
+
+def run_api(translator, sources: List[str], engine: str, batch: int, beam: int) -> Measurement:
+    with counting_decode(translator) as counts:
+        if batch == 1:
+            hyps, latencies = [], []
+            for sentence in sources:
+                start = time.perf_counter()
+                hyps.append(translator.translate([sentence], beam=beam, batch_size=1, engine=engine)[0])
+                latencies.append(1000 * (time.perf_counter() - start))
+            return Measurement(sum(latencies) / 1000, hyps, list(counts), latencies_ms=latencies)
+        start = time.perf_counter()
+        hyps = translator.translate(sources, beam=beam, batch_size=batch, engine=engine)
+        return Measurement(time.perf_counter() - start, hyps, list(counts))
+
+
+def run_generator_fixed_length(hub, sources: List[str], batch: int, beam: int, length: int,
+                               normalize: Optional[Callable[[str], str]] = None) -> Measurement:
+    """fairseq's SequenceGenerator in this process (a fairseq hub interface: the ResMLP
+    ``Translator``, which normalises itself, or the Transformer's, given ``normalize``) with
+    ``min_len = max_len_b = length``, ``max_len_a = 0``."""
+    hub.cfg.dataset.batch_size = batch
+    options = dict(beam=beam, min_len=length, max_len_a=0, max_len_b=length)
+    with counting_decode(hub) as counts:
+        start = time.perf_counter()
+        if normalize is None:
+            hyps = hub.translate(sources, batch_size=batch, engine="fairseq", **options)
+        else:
+            hyps = hub.sample([normalize(s) for s in sources], **options)
+        return Measurement(time.perf_counter() - start, hyps, list(counts))
+
+
+def run_fast_fixed_length(translator, sources: List[str], batch: int, beam: int, length: int) -> Measurement:
+    """The API's fast path with ``min_len = max_len_b = length``, ``max_len_a = 0``; checks that
+    every hypothesis has ``length`` pieces + end-of-sentence."""
+    with counting_decode(translator) as counts:
+        start = time.perf_counter()
+        hyps = translator.translate(sources, beam=beam, batch_size=batch, engine="fast",
+                                    min_len=length, max_len_a=0, max_len_b=length)
+        seconds = time.perf_counter() - start
+    if any(n != length + 1 for n in counts):
+        raise RuntimeError(f"fast path: hypotheses of {sorted(set(counts))} tokens, not {length} + end-of-sentence")
+    return Measurement(seconds, hyps, list(counts))
+
+
+class CT2System:
+    """The Transformer converted to CTranslate2, fed what fairseq is fed: the normalised source's
+    SentencePiece pieces (the converter sets ``add_source_eos``: CTranslate2 appends ``</s>``),
+    outputs detokenized as fairseq-generate does."""
+
+    EOS = "</s>"
+
+    def __init__(self, model_dir: Path, spm_model: Path, src_lang: str, compute_type: str, threads: int, max_len: int):
+        import ctranslate2
+        import sentencepiece
+
+        from resmlp_mt.corpus import normalize
+
+        self.translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
+                                                 intra_threads=threads, inter_threads=1)
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_model))
+        self.normalize = lambda s: normalize(s, src_lang)
+        self.max_len = max_len  # fairseq's: min(max_len_b, max target positions - 1) pieces, then </s>
+
+    def _translate(self, sentences: List[str], batch: int, beam: int, length: Optional[int]):
+        from fairseq.data.data_utils import post_process
+
+        pieces = [self.sp.encode(self.normalize(s), out_type=str) for s in sentences]
+        # a limit of max_len + 1 tokens: the decoder steps fairseq takes at most (its last one
+        # forced to </s>); with `length`, exactly length + 1 steps (no forced </s>, see docstring)
+        steps = self.max_len + 1 if length is None else length + 1
+        results = self.translator.translate_batch(
+            pieces, beam_size=beam, max_batch_size=batch, return_end_token=True, max_decoding_length=steps,
+            min_decoding_length=1 if length is None else steps)
+        outputs = [r.hypotheses[0] for r in results]
+        texts = [post_process(" ".join(p for p in out if p != self.EOS), "sentencepiece") for out in outputs]
+        return texts, [len(out) for out in outputs]
+
+    def run(self, sentences: List[str], batch: int, beam: int, length: Optional[int] = None) -> Measurement:
+        if batch == 1:
+            hyps, lengths, latencies = [], [], []
+            for sentence in sentences:
+                start = time.perf_counter()
+                texts, counts = self._translate([sentence], 1, beam, length)
+                latencies.append(1000 * (time.perf_counter() - start))
+                hyps += texts
+                lengths += counts
+            return Measurement(sum(latencies) / 1000, hyps, lengths, latencies_ms=latencies)
+        start = time.perf_counter()
+        hyps, lengths = self._translate(sentences, batch, beam, length)
+        measurement = Measurement(time.perf_counter() - start, hyps, lengths)
+        if length is not None and any(n != length + 1 for n in lengths):
+            raise RuntimeError(f"CTranslate2: hypotheses of {sorted(set(lengths))} tokens, not {length + 1}")
+        return measurement
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass
+class Row:
+    key: str
+    group: str  # batch | latency | equal
+    system: str
+    engine: str
+    precision: str
+    batch: int
+    texts: TextSet
+    run: Callable[[List[str]], Measurement]  # the sentences (fairseq-generate rows: the folder's, ignored)
+    rounds: List[dict] = field(default_factory=list)
+    first: Optional[Measurement] = None
+    hypotheses_stable: bool = True
+
+
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ctranslate2_version() -> Optional[str]:
+    try:
+        import ctranslate2
+    except ImportError:
+        return None
+    return ctranslate2.__version__
+
+
+def convert_ct2(checkpoint: Path, data: Path, out: Path) -> Path:
+    """``ct2-fairseq-converter --model_path CKPT --data_dir DATA --user_dir resmlp_mt --output_dir OUT``,
+    in process (float32 weights; the int8 rows quantize them on load, compute_type="int8")."""
+    from ctranslate2.converters import FairseqConverter
+
+    FairseqConverter(str(checkpoint), str(data), user_dir=str(USER_DIR)).convert(str(out), force=True)
+    return out
+
+
+def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: dict, notes: List[str]) -> List[Row]:
+    from resmlp_mt import ResMLPTranslationModel
+
+    prep = json.loads((args.data / "prep.json").read_text())
+    say(f"exporting the ResMLP checkpoint to a model folder ({work / 'resmlp-model'})")
+    export_model = load_module("export_model", REPO / "scripts" / "export_model.py")
+    folder = export_model.export(args.resmlp, args.data, work / "resmlp-model", force=True)
+    fp32 = ResMLPTranslationModel.from_pretrained(str(folder))
+    int8 = ResMLPTranslationModel.from_pretrained(str(folder)).quantize()
+
+    ct2 = {}
+    if args.equal_length > 0:
+        from fairseq.models.transformer import TransformerModel
+
+        from resmlp_mt.corpus import normalize
+
+        say("loading the Transformer for fairseq's SequenceGenerator in process")
+        transformer = TransformerModel.from_pretrained(
+            str(args.transformer.parent), checkpoint_file=args.transformer.name, data_name_or_path=str(args.data),
+            bpe="sentencepiece", sentencepiece_model=str(args.data / "spm.model"))
+        transformer.cfg.dataset.max_tokens = None
+        transformer_normalize = lambda s: normalize(s, prep["src_lang"])  # noqa: E731
+    if info["versions"]["ctranslate2"] is None:
+        notes.append("CTranslate2 is not installed (pip install -r requirements-bench.txt): its rows are skipped, "
+                     "and so are the ratios to it.")
+        say("CTranslate2 is not installed: skipping its rows (pip install -r requirements-bench.txt)")
+    else:
+        say(f"converting the Transformer checkpoint to CTranslate2 ({work / 'ct2-transformer'})")
+        ct2_dir = convert_ct2(args.transformer, args.data, work / "ct2-transformer")
+        limit = min(200, (info["checkpoints"]["transformer"]["max_target_positions"] or 1024) - 1)
+        for precision, compute_type in (("fp32", "float32"), ("int8", "int8")):
+            ct2[precision] = CT2System(ct2_dir, args.data / "spm.model", prep["src_lang"], compute_type, args.threads, limit)
+
+    beam, split, threads, B, L = args.beam, args.split, args.threads, args.batch_size, args.equal_length
+    equal_args = ["--min-len", str(L), "--max-len-a", "0", "--max-len-b", str(L)]
+    ms, ls = main_set, latency_set
+
+    def fg(ckpt, ts, batch, extra=()):
+        return lambda sources: run_fairseq_generate(ts, ckpt, split, beam, batch, threads, extra)
+
+    rows = [
+        Row("resmlp/fairseq-generate/fp32/b", "batch", "ResMLP", "fairseq-generate", "fp32", B, ms, fg(args.resmlp, ms, B)),
+        Row("resmlp/api-fairseq/fp32/b", "batch", "ResMLP", "API engine=fairseq", "fp32", B, ms,
+            lambda s: run_api(fp32, s, "fairseq", B, beam)),
+        Row("resmlp/api-fast/fp32/b", "batch", "ResMLP", "API engine=fast", "fp32", B, ms,
+            lambda s: run_api(fp32, s, "fast", B, beam)),
+        Row("resmlp/api-fast/int8/b", "batch", "ResMLP", "API engine=fast", "int8", B, ms,
+            lambda s: run_api(int8, s, "fast", B, beam)),
+        Row("transformer/fairseq-generate/fp32/b", "batch", "Transformer", "fairseq-generate", "fp32", B, ms,
+            fg(args.transformer, ms, B)),
+    ]
+    for p, system in ct2.items():
+        rows.append(Row(f"transformer/ctranslate2/{p}/b", "batch", "Transformer", "CTranslate2", p, B, ms,
+                        lambda s, c=system: c.run(s, B, beam)))
+    if args.latency_sentences > 0:
+        rows += [
+            Row("resmlp/fairseq-generate/fp32/1", "latency", "ResMLP", "fairseq-generate", "fp32", 1, ls, fg(args.resmlp, ls, 1)),
+            Row("resmlp/api-fast/fp32/1", "latency", "ResMLP", "API engine=fast", "fp32", 1, ls,
+                lambda s: run_api(fp32, s, "fast", 1, beam)),
+            Row("resmlp/api-fast/int8/1", "latency", "ResMLP", "API engine=fast", "int8", 1, ls,
+                lambda s: run_api(int8, s, "fast", 1, beam)),
+            Row("transformer/fairseq-generate/fp32/1", "latency", "Transformer", "fairseq-generate", "fp32", 1, ls,
+                fg(args.transformer, ls, 1)),
+        ]
+        for p, system in ct2.items():
+            rows.append(Row(f"transformer/ctranslate2/{p}/1", "latency", "Transformer", "CTranslate2", p, 1, ls,
+                            lambda s, c=system: c.run(s, 1, beam)))
+    if L > 0:
+        rows += [
+            Row("resmlp/fairseq-generate/fp32/L", "equal", "ResMLP", "fairseq-generate", "fp32", B, ms,
+                fg(args.resmlp, ms, B, equal_args)),
+            Row("transformer/fairseq-generate/fp32/L", "equal", "Transformer", "fairseq-generate", "fp32", B, ms,
+                fg(args.transformer, ms, B, equal_args)),
+            Row("resmlp/sequence-generator/fp32/L", "equal", "ResMLP", "SequenceGenerator in process", "fp32", B, ms,
+                lambda s: run_generator_fixed_length(fp32, s, B, beam, L)),
+            Row("transformer/sequence-generator/fp32/L", "equal", "Transformer", "SequenceGenerator in process", "fp32",
+                B, ms, lambda s: run_generator_fixed_length(transformer, s, B, beam, L, transformer_normalize)),
+            Row("resmlp/fast/fp32/L", "equal", "ResMLP", "fast path", "fp32", B, ms,
+                lambda s: run_fast_fixed_length(fp32, s, B, beam, L)),
+            Row("resmlp/fast/int8/L", "equal", "ResMLP", "fast path", "int8", B, ms,
+                lambda s: run_fast_fixed_length(int8, s, B, beam, L)),
+        ]
+        for p, system in ct2.items():
+            rows.append(Row(f"transformer/ctranslate2/{p}/L", "equal", "Transformer", "CTranslate2", p, B, ms,
+                            lambda s, c=system: c.run(s, B, beam, length=L)))
+    return rows
+
+
+def warm_up(rows: List[Row]) -> None:
+    """One untimed call per in-process row on a few sentences (lazy initialisation, allocator)."""
+    for row in rows:
+        if row.engine != "fairseq-generate":
+            row.run(row.texts.sources[:2])
+
+
+def check_equal_length(row: Row, m: Measurement, length: int) -> None:
+    if row.group == "equal" and any(n != length + 1 for n in m.lengths):
+        raise RuntimeError(f"{row.key}: hypotheses of {sorted(set(m.lengths))} tokens, expected {length} + 1 each")
+
+
+def median_summary(row: Row) -> dict:
+    keys = ("seconds", "sentences_per_second", "tokens_per_second", "latency_ms_mean", "latency_ms_median")
+    out = {k: statistics.median(r[k] for r in row.rounds) for k in keys if all(k in r for r in row.rounds)}
+    m = row.first
+    out.update({
+        "key": row.key, "group": row.group, "system": row.system, "engine": row.engine, "precision": row.precision,
+        "batch_size": row.batch, "sentences": m.sentences, "tokens": m.tokens,
+        "mean_output_tokens": m.tokens / m.sentences, "min_output_tokens": min(m.lengths),
+        "max_output_tokens": max(m.lengths), **sacrebleu_score(m.hypotheses, row.texts.refs),
+        "hypotheses_sha1": digest(m.hypotheses), "hypotheses_stable_across_rounds": row.hypotheses_stable,
+        "rounds": row.rounds,
+    })
+    out.update(m.extra)
+    return out
+
+
+def add_ratios(results: List[dict]) -> None:
+    for row in results:
+        reference = next((r for r in results if r["group"] == row["group"] and r["engine"] == "CTranslate2"
+                          and r["precision"] == "int8" and r["batch_size"] == row["batch_size"]), None)
+        for unit in ("tokens", "sentences"):
+            row[f"{unit}_per_second_vs_ct2_int8"] = (
+                row[f"{unit}_per_second"] / reference[f"{unit}_per_second"] if reference else None)
+
+
+def equal_length_ratios(results: List[dict]) -> dict:
+    def tok_s(key):
+        row = next((r for r in results if r["key"] == key), None)
+        return row["tokens_per_second"] if row else None
+
+    pairs = {
+        "fairseq-generate ResMLP / Transformer": ("resmlp/fairseq-generate/fp32/L", "transformer/fairseq-generate/fp32/L"),
+        "SequenceGenerator in process ResMLP / Transformer": ("resmlp/sequence-generator/fp32/L",
+                                                               "transformer/sequence-generator/fp32/L"),
+        "fast path fp32 / CTranslate2 fp32": ("resmlp/fast/fp32/L", "transformer/ctranslate2/fp32/L"),
+        "fast path int8 / CTranslate2 int8": ("resmlp/fast/int8/L", "transformer/ctranslate2/int8/L"),
+    }
+    out = {}
+    for name, (a, b) in pairs.items():
+        if tok_s(a) and tok_s(b):
+            out[name] = tok_s(a) / tok_s(b)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(),
+            "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def versions() -> dict:
+    import fairseq
+    import sacrebleu
+    import sentencepiece
+
+    return {"torch": torch.__version__, "fairseq": fairseq.__version__, "ctranslate2": ctranslate2_version(),
+            "sacrebleu": sacrebleu.__version__, "sentencepiece": sentencepiece.__version__,
+            "quantized_engine": torch.backends.quantized.engine}
+
+
+def _fmt(value, spec: str, missing: str = "–") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def markdown(results: dict) -> str:
+    s, m, v, c = results["settings"], results["machine"], results["versions"], results["checkpoints"]
+    lines = [
+        "# Decoding benchmark: ResMLP and a Transformer of the same size",
+        "",
+        f"{m['cpu']}, {m['cores_available']} cores available, {s['threads']} thread(s) per system; torch {v['torch']}, "
+        f"fairseq {v['fairseq']}, CTranslate2 {v['ctranslate2'] or 'not installed'}. "
+        f"Beam {s['beam']}, split `{s['split']}`, median of {s['rounds']} interleaved round(s)"
+        f"{' (--quick)' if s['quick'] else ''}.",
+        "",
+        f"* ResMLP: `{c['resmlp']['arch']}`, {c['resmlp']['parameters']:,} parameters, {c['resmlp']['updates']} updates "
+        f"(`{c['resmlp']['path']}`)",
+        f"* Transformer: `{c['transformer']['arch']}`, {c['transformer']['parameters']:,} parameters, "
+        f"{c['transformer']['updates']} updates (`{c['transformer']['path']}`)",
+        "",
+    ]
+    for group in ("batch", "latency", "equal"):
+        rows = [r for r in results["rows"] if r["group"] == group]
+        if not rows:
+            continue
+        title = GROUPS[group].format(batch=s["batch_size"], length=s["equal_length"])
+        lines += [f"## {title} ({rows[0]['sentences']} sentences)", ""]
+        latency = group == "latency"
+        head = "| system | engine | precision | batch | sentences/s | tokens/s | mean tokens | sacreBLEU |"
+        rule = "|---|---|---|---:|---:|---:|---:|---:|"
+        if latency:
+            head += " ms/sentence (median) |"
+            rule += "---:|"
+        head += " × CT2 int8 (tokens/s) | × CT2 int8 (sentences/s) |"
+        rule += "---:|---:|"
+        lines += [head, rule]
+        for r in rows:
+            line = (f"| {r['system']} | {r['engine']} | {r['precision']} | {r['batch_size']} | "
+                    f"{r['sentences_per_second']:.1f} | {r['tokens_per_second']:.0f} | {r['mean_output_tokens']:.1f} | "
+                    f"{r['sacrebleu']:.2f} |")
+            if latency:
+                line += (f" {r['latency_ms_median']:.1f} |" if "latency_ms_median" in r
+                         else f" {r['latency_ms_mean']:.1f} (mean) |")
+            line += (f" {_fmt(r['tokens_per_second_vs_ct2_int8'], '.2f')} |"
+                     f" {_fmt(r['sentences_per_second_vs_ct2_int8'], '.2f')} |")
+            lines.append(line)
+        lines.append("")
+        if group == "equal" and results["equal_length_ratios"]:
+            lines += [", ".join(f"{k}: **{val:.2f}×** tokens/s" for k, val in results["equal_length_ratios"].items()) + ".", ""]
+    same: Dict[tuple, List[str]] = {}
+    for r in results["rows"]:
+        same.setdefault((r["group"], r["hypotheses_sha1"]), []).append(f"{r['system']} {r['engine']} {r['precision']}")
+    identical = "; ".join(f"{GROUPS[group].split(':')[0].split(',')[0].lower()}: {' = '.join(names)}"
+                          for (group, _), names in same.items() if len(names) > 1)
+    signature = results["rows"][0]["sacrebleu_signature"] if results["rows"] else ""
+    lines += [
+        "Notes:",
+        "",
+        "* tokens = SentencePiece pieces of the output plus its end-of-sentence (one per decoder step), counted "
+        "alike for every row; sacreBLEU on the sentences of the row, detokenized, signature "
+        f"`{signature}`.",
+        "* fairseq-generate rows: fairseq's own generation timer (the search only: no process start, model or data "
+        "loading; latency rows give the mean), which includes the one-time warm-up of the process's first batch "
+        "(e.g. torch's first attention call in the Transformer's encoder). Other rows: wall-clock of the call, text in "
+        "to text out, after an untimed warm-up call; \"SequenceGenerator in process\" is fairseq's search as "
+        "fairseq-generate runs it, without that warm-up.",
+        f"* Equal length: fairseq `--min-len L --max-len-a 0 --max-len-b L` and the fast path `min_len = max_len_b = L` "
+        f"(L = {s['equal_length']}) give L pieces + end-of-sentence, checked for every hypothesis; CTranslate2 cannot "
+        "force an end-of-sentence, so it runs the same L + 1 decoder steps (min = max decoding length = L + 1).",
+        "* CTranslate2 int8 quantizes the converted float32 model on load (compute_type=\"int8\").",
+    ]
+    if identical:
+        lines.append(f"* Identical hypotheses (same group): {identical}.")
+    lines += [f"* {note}" for note in results["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=REPO / "data-bin" / "multi30k.en-de", help="prepared data folder")
+    p.add_argument("--resmlp", type=Path, default=REPO / "checkpoints" / "multi30k.en-de.resmlp" / "checkpoint_best.pt",
+                   help="ResMLP fairseq checkpoint")
+    p.add_argument("--transformer", type=Path,
+                   default=REPO / "checkpoints" / "multi30k.en-de.transformer" / "checkpoint_best.pt",
+                   help="fairseq `transformer` checkpoint of the same size")
+    p.add_argument("--split", default="test")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--sentences", type=int, default=0, help="translate the first N sentences of the split (0: all)")
+    p.add_argument("--latency-sentences", type=int, default=200, help="batch-1 rows translate the first N sentences (0: no batch-1 rows)")
+    p.add_argument("--equal-length", type=int, default=20, metavar="L", help="the equal-output-length rows' L (0: none)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per system")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "bench_decode", help="writes OUT.json and OUT.md")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_decode",
+                   help="model folder, CTranslate2 conversion, data subsets")
+    p.add_argument("--quick", action="store_true", help="smoke test: 16 sentences, latency on 4, 1 round")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sentences, args.latency_sentences, args.rounds = 16, 4, 1
+    for path, what in ((args.data / "prep.json", "--data"), (args.resmlp, "--resmlp"), (args.transformer, "--transformer")):
+        if not path.is_file():
+            p.error(f"{what}: {path} not found")
+    if args.rounds < 1 or args.threads < 1 or args.batch_size < 1:
+        p.error("--rounds, --threads and --batch-size must be positive")
+
+    torch.set_num_threads(args.threads)
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    info = {"machine": machine(), "versions": versions()}
+    info["checkpoints"] = {"resmlp": checkpoint_info(args.resmlp), "transformer": checkpoint_info(args.transformer)}
+    if info["checkpoints"]["transformer"]["arch"] is None or "transformer" not in str(info["checkpoints"]["transformer"]["arch"]):
+        p.error(f"--transformer: {args.transformer} is not a fairseq transformer checkpoint")
+    notes: List[str] = []
+    if info["machine"]["load_average_at_start"] and info["machine"]["load_average_at_start"][0] > 0.5:
+        notes.append(f"load average {info['machine']['load_average_at_start'][0]:.2f} at the start: "
+                     "other processes were running, timings are not clean.")
+
+    full = text_set(args.data, args.split)
+    n_main = args.sentences if 0 < args.sentences < len(full.refs) else len(full.refs)
+    main_set = text_set(make_subset(args.data, args.split, n_main, work / f"data-{args.split}-first{n_main}"), args.split)
+    n_lat = min(args.latency_sentences, n_main)
+    latency_set = text_set(make_subset(args.data, args.split, n_lat, work / f"data-{args.split}-first{n_lat}"), args.split)
+    say(f"{n_main} sentences at batch {args.batch_size}, {n_lat} at batch 1, {args.rounds} round(s), "
+        f"{args.threads} thread(s)")
+
+    rows = build_rows(args, work, main_set, latency_set, info, notes)
+    say(f"{len(rows)} rows; warming up the in-process ones")
+    warm_up(rows)
+    for rnd in range(1, args.rounds + 1):
+        for i, row in enumerate(rows, 1):
+            say(f"round {rnd}/{args.rounds}, row {i}/{len(rows)}: {row.system} {row.engine} {row.precision} "
+                f"batch {row.batch} ({len(row.texts.sources)} sentences)")
+            gc.collect()
+            time.sleep(0.3)  # let the previous row's worker threads go idle
+            m = row.run(row.texts.sources)
+            check_equal_length(row, m, args.equal_length)
+            summary = m.summary()
+            row.rounds.append(summary)
+            if row.first is None:
+                row.first = m
+            elif m.hypotheses != row.first.hypotheses:
+                row.hypotheses_stable = False
+            say(f"    {summary['sentences_per_second']:.1f} sentences/s, {summary['tokens_per_second']:.0f} tokens/s")
+
+    results_rows = [median_summary(row) for row in rows]
+    add_ratios(results_rows)
+    info["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results = {
+        **info,
+        "settings": {"data": str(args.data), "split": args.split, "beam": args.beam, "batch_size": args.batch_size,
+                     "sentences": n_main, "latency_sentences": n_lat, "equal_length": args.equal_length,
+                     "rounds": args.rounds, "threads": args.threads, "quick": args.quick,
+                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "rows": results_rows,
+        "equal_length_ratios": equal_length_ratios(results_rows),
+        "notes": notes,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    table = markdown(results)
+    md_path.write_text(table)
+    print(table)
+    say(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The decoding benchmark (issue 8, ``scripts/bench_decode.py --quick``) on two tiny models
+trained by ``fairseq-train`` for a few updates on a corpus written by the test: every row is
+there with positive speeds, the equal-length rows hold exactly L tokens + end-of-sentence per
+hypothesis, and the API's fast path translates as fairseq-generate does.
+
+CTranslate2 is optional (requirements-bench.txt): without it its rows must be skipped with a
+note, with it they must be there."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from mt_helpers import write_corpus
+
+pytestmark = pytest.mark.slow
+
+USER_DIR = str(REPO / "resmlp_mt")
+COMMON = [
+    "--user-dir", USER_DIR, "--share-all-embeddings", "--max-source-positions", "64", "--max-target-positions", "64",
+    "--optimizer", "adam", "--lr", "5e-3", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+    "--max-tokens", "1000", "--no-progress-bar", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints",
+    "--no-save-optimizer-state", "--max-update", "30",
+]
+# as tests/test_mt_api.py's TINY, and a Transformer of the same width, depth and heads
+RESMLP = ["--arch", "resmlp_mt_small", "--encoder-embed-dim", "32", "--encoder-layers", "1", "--decoder-layers", "1",
+          "--decoder-attention-heads", "2"]
+TRANSFORMER = ["--arch", "transformer", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "128",
+               "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-attention-heads", "2",
+               "--decoder-attention-heads", "2"]
+L = 7
+
+
+def run(args, **kwargs):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=REPO, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def test_quick_benchmark_has_every_row(tmp_path):
+    raw = write_corpus(tmp_path / "raw", sizes={"train": 300, "val": 12, "test_2016_flickr": 24})
+    spec = importlib.util.spec_from_file_location("prepare_multi30k", REPO / "scripts" / "prepare_multi30k.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    assert prepare.main(["--raw-dir", str(raw), "--destdir-root", str(tmp_path / "data-bin"), "--vocab-size", "120",
+                         "--workers", "1"]) == 0
+    data = tmp_path / "data-bin" / "multi30k.en-de"
+    fairseq_train = str(Path(sys.executable).parent / "fairseq-train")
+    for name, flags in (("resmlp", RESMLP), ("transformer", TRANSFORMER)):
+        run([fairseq_train, data, *flags, *COMMON, "--save-dir", tmp_path / name])
+
+    out = tmp_path / "results" / "bench"
+    result = run([sys.executable, "scripts/bench_decode.py", "--quick", "--data", data,
+                  "--resmlp", tmp_path / "resmlp" / "checkpoint_best.pt",
+                  "--transformer", tmp_path / "transformer" / "checkpoint_best.pt",
+                  "--equal-length", L, "--threads", "1", "--out", out, "--work-dir", tmp_path / "work"])
+    results = json.loads(Path(f"{out}.json").read_text())
+    markdown = Path(f"{out}.md").read_text()
+    assert "## Equal output length" in markdown and markdown.strip() in result.stdout
+    assert "round 1/1, row 1/" in result.stderr  # progress
+
+    settings = results["settings"]
+    assert (settings["sentences"], settings["latency_sentences"], settings["rounds"]) == (16, 4, 1)
+    assert results["checkpoints"]["resmlp"]["updates"] == results["checkpoints"]["transformer"]["updates"] == 30
+    assert results["machine"]["cpu"] and results["versions"]["torch"] and results["versions"]["fairseq"]
+    rows = {r["key"]: r for r in results["rows"]}
+    expected = {
+        "resmlp/fairseq-generate/fp32/b", "resmlp/api-fairseq/fp32/b", "resmlp/api-fast/fp32/b",
+        "resmlp/api-fast/int8/b", "transformer/fairseq-generate/fp32/b",
+        "resmlp/fairseq-generate/fp32/1", "resmlp/api-fast/fp32/1", "resmlp/api-fast/int8/1",
+        "transformer/fairseq-generate/fp32/1",
+        "resmlp/fairseq-generate/fp32/L", "transformer/fairseq-generate/fp32/L", "resmlp/sequence-generator/fp32/L",
+        "transformer/sequence-generator/fp32/L", "resmlp/fast/fp32/L", "resmlp/fast/int8/L",
+    }
+    ct2 = {f"transformer/ctranslate2/{p}/{g}" for p in ("fp32", "int8") for g in ("b", "1", "L")}
+    if results["versions"]["ctranslate2"] is None:
+        assert set(rows) == expected
+        assert any("CTranslate2 is not installed" in note for note in results["notes"])
+        assert all(r["tokens_per_second_vs_ct2_int8"] is None for r in rows.values())
+    else:
+        assert set(rows) == expected | ct2
+        for key, row in rows.items():
+            assert row["tokens_per_second_vs_ct2_int8"] > 0
+            if key.startswith("transformer/ctranslate2/int8/"):
+                assert row["tokens_per_second_vs_ct2_int8"] == pytest.approx(1.0)
+
+    for key, row in rows.items():
+        n = 4 if row["group"] == "latency" else 16
+        assert row["sentences"] == n and row["batch_size"] == (1 if row["group"] == "latency" else 128), key
+        assert row["sentences_per_second"] > 0 and row["tokens_per_second"] > 0, key
+        assert row["tokens"] >= n and row["mean_output_tokens"] == pytest.approx(row["tokens"] / n), key
+        assert 0 <= row["sacrebleu"] <= 100 and row["sacrebleu_signature"].startswith("nrefs:1"), key
+        if row["group"] == "latency":
+            assert row["latency_ms_mean"] > 0, key
+            assert ("latency_ms_median" in row) == (row["engine"] != "fairseq-generate"), key
+        if row["group"] == "equal":  # every hypothesis: L pieces + end-of-sentence (CTranslate2: L + 1 steps)
+            assert row["min_output_tokens"] == row["max_output_tokens"] == L + 1, key
+            assert row["tokens"] == n * (L + 1), key
+
+    # the API's fast path finds fairseq-generate's translations (same token counts, same text)
+    reference = rows["resmlp/fairseq-generate/fp32/b"]
+    for key in ("resmlp/api-fast/fp32/b", "resmlp/api-fairseq/fp32/b"):
+        assert rows[key]["sacrebleu"] == reference["sacrebleu"], key
+        assert rows[key]["hypotheses_sha1"] == reference["hypotheses_sha1"], key
+        assert rows[key]["tokens"] == reference["tokens"], key
+    assert rows["resmlp/api-fast/fp32/1"]["hypotheses_sha1"] == rows["resmlp/fairseq-generate/fp32/1"]["hypotheses_sha1"]
+    for key in ("resmlp/fast/fp32/L", "resmlp/sequence-generator/fp32/L"):
+        assert rows[key]["hypotheses_sha1"] == rows["resmlp/fairseq-generate/fp32/L"]["hypotheses_sha1"], key
+    assert (rows["transformer/sequence-generator/fp32/L"]["hypotheses_sha1"]
+            == rows["transformer/fairseq-generate/fp32/L"]["hypotheses_sha1"])
+    ratio = results["equal_length_ratios"]["fairseq-generate ResMLP / Transformer"]
+    assert ratio == pytest.approx(rows["resmlp/fairseq-generate/fp32/L"]["tokens_per_second"]
+                                  / rows["transformer/fairseq-generate/fp32/L"]["tokens_per_second"])
