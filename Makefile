@@ -10,7 +10,7 @@ FAIRSEQ := ve-fairseq==0.12.3
 # Tests run on both cores; each worker and each CLI it starts uses one thread.
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-fast multi30k bench-mt bench-vision bench-decode gpu-acceptance clean
+.PHONY: install test test-fast multi30k bench-mt bench-mt-speed bench-vision bench-decode gpu-acceptance clean
 
 install:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 

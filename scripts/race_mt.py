@@ -1,0 +1,990 @@
+#!/usr/bin/env python
+"""An honest translation race (issue 7): ResMLP (resmlp_mt_small) against a tuned fairseq
+Transformer of the same depth, width, MLP size and heads, on Multi30k, in four stages.
+
+    .venv/bin/python scripts/race_mt.py --stage all          # everything: about 9 hours on 2 cores
+    make bench-mt MINUTES=25                                 # the same
+    .venv/bin/python scripts/race_mt.py --stage sweep        # then race, curves, report
+
+1. ``sweep``: the same small sweep for both systems, lr {5e-4, 1e-3, 2e-3} x warm-up
+   {300, 1000}, plus pre- vs post-norm for the Transformer (``TRANSFORMER_NORM``) and the
+   LayerScale init {0.2, 0.5} for ResMLP: 12 configurations each, ``--sweep-updates`` updates
+   on En-De, scored by sacreBLEU of the last checkpoint on the valid split (beam 4).
+   Writes results/mt_sweep.{json,md}.
+2. ``race``: each system's best sweep recipe (or the recipe of scripts/train_multi30k.sh when no
+   sweep was run, which the output says) trained for ``--minutes`` of wall-clock time (fairseq
+   ``--stop-time-hours``), ``--seeds`` seeds, En-De and En-Fr; test and valid sacreBLEU of the
+   last checkpoint per seed, mean and standard deviation. Writes results/mt_race.{json,md}.
+3. ``curves``: En-De until the validation BLEU has not improved for 3 evaluations, or
+   ``--max-minutes`` of training; En-Fr for ``--fr-minutes`` (no early stopping). Then the
+   last 5 checkpoints are averaged; best, last and averaged models are scored on test and
+   valid. Writes results/mt_curves.{json,md,png} and one PNG per pair.
+4. ``report``: rebuilds every table and results/mt_report.{md,json} from the JSON files, with
+   each goal of the issue stated as met or missed with its figures.
+
+Fair conditions: every run trains with scripts/train_multi30k.sh (same data, vocabulary, shared
+embeddings, 2048 tokens per update, Adam, inverse-sqrt schedule, label smoothing, dropout), one
+thread each, ``--parallel`` (2) runs at a time; ResMLP and Transformer runs of the same
+configuration slot (same seed, same pair) start together and the next pair waits for both.
+All scores are sacreBLEU on detokenized output against the original references
+(resmlp_mt.evaluate, fairseq-generate with beam 4).
+
+Validation curves: training runs in segments of ``--eval-every`` updates (fairseq-train with
+``--max-update``, resumed from ``checkpoint_last.pt``: optimizer, schedule, data order and
+per-update seeds continue as in one run); after each segment the checkpoint is scored by
+resmlp_mt.evaluate on the valid split, by the same scorer as every other figure, while that
+system's training waits, so each system keeps to its own core and the other system's
+conditions do not change. Training stops when the validation BLEU has not improved for 3
+evaluations (En-De) or when its training minutes reach the budget. Minutes are training time
+from the fairseq log timestamps, fairseq's validation, checkpoint writing and the restarts
+left out. Chosen over fairseq's ``--eval-bleu`` + ``--patience``: in fairseq 0.12 that
+validation crashes (``KeyError: 'bleu'``) when every hypothesis is empty, as early in a run
+can happen, it scores against references decoded from the binarized data rather than the
+original text, and it stores numpy arrays in the checkpoints, which the plugin's weights-only
+loading refuses. Chosen over scoring checkpoints in separate processes while training goes on:
+those would take CPU from the two trainings that already fill the two cores. A curve run also
+resumes after an interruption from its last evaluated segment (``progress.json``).
+
+Resumable: every finished run caches its figures in ``<work-dir>/<stage>/<run>/result.json``
+together with the settings that produced it; a re-run skips runs whose settings match and
+restarts unfinished ones from scratch (a wall-clock budget cannot be resumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from resmlp_mt.bench import machine_info, training_figures  # noqa: E402
+from resmlp_mt.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
+
+log = logging.getLogger("race_mt")
+
+STAGES = ("sweep", "race", "curves", "report")
+SYSTEMS = ("resmlp", "transformer")
+PAIRS = ("en-de", "en-fr")
+SPLITS = ("test", "valid")
+SWEEP_LRS = (5e-4, 1e-3, 2e-3)
+SWEEP_WARMUPS = (300, 1000)
+SWEEP_LAYERSCALE = (0.2, 0.5)
+SWEEP_NORMS = ("pre", "post")
+# scripts/train_multi30k.sh's recipe: used by the race when no sweep was run
+DEFAULT_RECIPES = {"resmlp": {"lr": 2e-3, "warmup": 400, "layerscale_init": 0.5},
+                   "transformer": {"lr": 2e-3, "warmup": 400, "norm": "pre"}}
+GOAL_RACE = "At 25 minutes: ResMLP >= tuned Transformer + 1.0 sacreBLEU, mean of 3 seeds, on test and valid, both pairs"
+GOAL_CONVERGENCE = "At convergence (En-De): ResMLP >= tuned Transformer - 0.5 sacreBLEU"
+PATIENCE = 3
+AVERAGE_LAST = 5
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def fmt_lr(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def recipe_name(system: str, recipe: dict) -> str:
+    tail = f"ls{recipe['layerscale_init']:g}" if system == "resmlp" else recipe["norm"]
+    return f"{system}.lr{fmt_lr(recipe['lr'])}.wu{recipe['warmup']}.{tail}"
+
+
+def recipe_text(system: str, recipe: dict) -> str:
+    tail = f"LayerScale init {recipe['layerscale_init']:g}" if system == "resmlp" else f"{recipe['norm']}-norm"
+    return f"lr {fmt_lr(recipe['lr'])}, warm-up {recipe['warmup']}, {tail}"
+
+
+def recipe_flags(system: str, recipe: dict):
+    """fairseq-train flags and environment of a recipe for scripts/train_multi30k.sh."""
+    flags = ["--lr", fmt_lr(recipe["lr"]), "--warmup-updates", str(recipe["warmup"])]
+    env = {}
+    if system == "resmlp":
+        flags += ["--layerscale-init", f"{recipe['layerscale_init']:g}"]
+    else:
+        env["TRANSFORMER_NORM"] = recipe["norm"]
+    return flags, env
+
+
+def sweep_grid(quick: bool) -> Dict[str, List[dict]]:
+    grid = {
+        "resmlp": [{"lr": lr, "warmup": w, "layerscale_init": ls}
+                   for lr, w, ls in itertools.product(SWEEP_LRS, SWEEP_WARMUPS, SWEEP_LAYERSCALE)],
+        "transformer": [{"lr": lr, "warmup": w, "norm": n}
+                        for lr, w, n in itertools.product(SWEEP_LRS, SWEEP_WARMUPS, SWEEP_NORMS)],
+    }
+    if quick:  # two configurations per system that differ in every swept setting
+        grid = {s: [g[0], g[-1]] for s, g in grid.items()}
+    return grid
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def minutes_text(m: float) -> str:
+    if m >= 90:
+        return f"{m / 60:.1f} h"
+    return f"{m:.1f} min"
+
+
+def mean_std(values: List[float]) -> dict:
+    values = [float(v) for v in values]
+    return {"values": values, "n": len(values), "mean": round(statistics.fmean(values), 3) if values else None,
+            "std": round(statistics.stdev(values), 3) if len(values) > 1 else None}
+
+
+def pm(stats: dict) -> str:
+    if stats.get("mean") is None:
+        return "-"
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}" if stats.get("std") is not None else f"{stats['mean']:.2f}"
+
+
+def run_info(args) -> dict:
+    info = machine_info()
+    try:
+        import sacrebleu
+
+        info["sacrebleu"] = sacrebleu.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                                capture_output=True, text=True).stdout.strip())
+    except OSError:  # pragma: no cover
+        pass
+    info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    info["threads_per_run"] = args.threads
+    info["runs_at_a_time"] = args.parallel
+    info["hostname"] = platform.node()
+    info["date"] = datetime.now().isoformat(timespec="seconds")
+    return info
+
+
+# --- following a fairseq-train log live ---------------------------------------------------------
+
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| \w+ \| ([\w.]+) \| (.*)$")
+
+
+class LogTracker:
+    """Reads fairseq-train's log (``--log-format json``) line by line: updates done, the
+    validation points, and the training time with validation and checkpoint writing left out."""
+
+    def __init__(self):
+        self.start: Optional[float] = None
+        self.now: Optional[float] = None
+        self.updates = 0
+        self.points: List[dict] = []
+        self.paused = 0.0  # seconds spent in finished validation + checkpoint-writing intervals
+        self._pause: Optional[List[float]] = None
+        self._pending: dict = {}
+        self.stop_reason: Optional[str] = None
+
+    def _close_pause(self):
+        if self._pause is not None:
+            self.paused += self._pause[1] - self._pause[0]
+            self._pause = None
+
+    def train_minutes(self, at: Optional[float] = None) -> float:
+        if self.start is None:
+            return 0.0
+        at = self.now if at is None else at
+        pause = (at - self._pause[0]) if self._pause is not None else 0.0
+        return max(0.0, (at - self.start - self.paused - pause) / 60)
+
+    def wall_minutes(self) -> float:
+        return 0.0 if self.start is None else (self.now - self.start) / 60
+
+    def feed(self, line: str) -> Optional[str]:
+        """Update the state; return ``"train"``, ``"valid"`` or ``"saved"`` for those records."""
+        m = _LINE.match(line.rstrip("\n"))
+        if not m:
+            return None
+        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+        source, msg = m.group(2), m.group(3)
+        self.now = t
+        if msg.startswith("begin training epoch"):
+            if self.start is None:
+                self.start = t
+            self._close_pause()
+        elif msg.startswith("begin validation on"):
+            self._close_pause()
+            self._pending = {"train_minutes": round((t - self.start - self.paused) / 60, 3) if self.start else 0.0,
+                             "wall_minutes": round((t - self.start) / 60, 3) if self.start else 0.0}
+            self._pause = [t, t]
+        elif source == "valid" and msg.startswith("{"):
+            rec = json.loads(msg)
+            point = dict(self._pending, updates=int(rec["valid_num_updates"]), valid_loss=float(rec["valid_loss"]))
+            if "valid_bleu" in rec:
+                point["valid_bleu"] = float(rec["valid_bleu"])
+            self.points.append(point)
+            self.updates = max(self.updates, point["updates"])
+            if self._pause is not None:
+                self._pause[1] = t
+            return "valid"
+        elif msg.startswith(("Saved checkpoint", "Finished saving")):
+            if self._pause is not None:
+                self._pause[1] = t
+            return "saved" if msg.startswith("Saved checkpoint") else None
+        elif source == "train_inner" and msg.startswith("{"):
+            self._close_pause()
+            self.updates = max(self.updates, int(json.loads(msg).get("num_updates", 0)))
+            return "train"
+        elif "early stop since valid performance" in msg:
+            self.stop_reason = f"early stop: validation BLEU did not improve for {PATIENCE} evaluations"
+        elif msg.startswith("Stopping training due to"):
+            self.stop_reason = msg.replace("Stopping training due to ", "fairseq stop: ")
+        return None
+
+
+# --- running jobs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    stage: str
+    name: str
+    system: str
+    pair: str
+    seed: int
+    recipe: dict
+    label: str = ""
+    minutes: float = 24 * 60.0  # fairseq --stop-time-hours (wall-clock, counts validation)
+    max_update: Optional[int] = None
+    cap_minutes: Optional[float] = None  # curves: training-minutes budget
+    segment_updates: Optional[int] = None  # curves: updates between evaluations
+    early_stop: bool = False  # curves: stop after PATIENCE evaluations without improvement
+    train_args: List[str] = field(default_factory=list)
+    estimate_minutes: float = 1.0  # a priori duration, for the ETA before any run has finished
+
+
+class Race:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work_dir)
+        self.results = Path(args.results_dir)
+        self.data_root = Path(args.data_root)
+        self._info = None
+
+    # machine state, recorded once per stage
+    @property
+    def info(self) -> dict:
+        if self._info is None:
+            self._info = run_info(self.args)
+        return self._info
+
+    def data(self, pair: str) -> Path:
+        return self.data_root / f"multi30k.{pair}"
+
+    def check_data(self, pairs) -> None:
+        for pair in pairs:
+            if not (self.data(pair) / "prep.json").is_file():
+                raise SystemExit(f"{self.data(pair)} is not prepared: run scripts/prepare_multi30k.py --pairs {pair} "
+                                 f"--destdir-root {self.data_root} first")
+
+    # -- one run --------------------------------------------------------------------------------
+
+    def spec(self, job: Job) -> dict:
+        """Everything that determines a run's figures: a cached result is reused only if equal."""
+        spec = {k: v for k, v in asdict(job).items() if k not in ("label", "estimate_minutes")}
+        spec.update(extra_train_args=self.args.extra_train_args, data=str(self.data(job.pair).resolve()), threads=self.args.threads)
+        return json.loads(json.dumps(spec))  # as it reads back from result.json
+
+    def run_dir(self, job: Job) -> Path:
+        return self.work / job.stage / job.name
+
+    def cached(self, job: Job) -> Optional[dict]:
+        result = read_json(self.run_dir(job) / "result.json")
+        if result is not None and result.get("spec") == self.spec(job):
+            return result
+        return None
+
+    def train(self, job: Job, tag: str, max_update: Optional[int] = None, fresh: bool = True,
+              log_name: str = "train.log", progress=None) -> (str, LogTracker):
+        """Train with scripts/train_multi30k.sh (one thread), following the log for progress
+        messages; ``fresh`` starts from scratch, else fairseq resumes from checkpoint_last.pt."""
+        save_dir = self.run_dir(job)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for old in [*save_dir.glob("checkpoint*.pt*"), *save_dir.glob("curve_*.pt"), *save_dir.glob("train*.log")]:
+                old.unlink()  # a fresh run: budgets are wall-clock time from scratch
+            for old in ("result.json", "progress.json"):
+                (save_dir / old).unlink(missing_ok=True)
+        flags, env_extra = recipe_flags(job.system, job.recipe)
+        max_update = max_update or job.max_update
+        extra = list(job.train_args) + (["--max-update", str(max_update)] if max_update else [])
+        cmd = [str(REPO / "scripts" / "train_multi30k.sh"), job.pair, *flags, *extra,
+               *shlex.split(self.args.extra_train_args or "")]
+        threads = str(self.args.threads)
+        env = dict(os.environ, MODEL=job.system, MINUTES=f"{job.minutes:g}", DATA=str(self.data(job.pair)),
+                   SAVE_DIR=str(save_dir), LOG_FORMAT="json", SEED=str(job.seed),
+                   FAIRSEQ_TRAIN=str(Path(sys.executable).parent / "fairseq-train"),
+                   OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **env_extra)
+        env_text = " ".join(f"{k}={env[k]}" for k in ("MODEL", "MINUTES", "SEED", *env_extra))
+        (save_dir / "command.txt").write_text(f"{env_text} {shlex.join(cmd)}\n")
+        log.info("%s %s: %s %s", tag, "start" if fresh else "resume", env_text, shlex.join(cmd[1:]))
+        tracker = LogTracker()
+        last_report = time.time()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, errors="replace")
+        lines = []
+        try:
+            with open(save_dir / log_name, "w") as logfile:
+                for line in proc.stdout:
+                    logfile.write(line)
+                    lines.append(line)
+                    event = tracker.feed(line)
+                    if event in ("train", "valid") and time.time() - last_report >= self.args.progress_seconds:
+                        last_report = time.time()
+                        log.info("%s %s", tag, progress(tracker) if progress else self.progress_text(job, tracker, max_update))
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:  # this script was interrupted: do not leave the training behind
+                proc.terminate()
+                proc.wait()
+        text = "".join(lines)
+        if rc != 0:
+            raise RuntimeError(f"{tag}: fairseq-train failed (exit {rc}); log in {save_dir / log_name}:\n{text[-3000:]}")
+        if tracker.start is None:
+            raise RuntimeError(f"{tag}: fairseq-train never started training; log in {save_dir / log_name}")
+        return text, tracker
+
+    def progress_text(self, job: Job, tr: LogTracker, max_update: Optional[int]) -> str:
+        if max_update:
+            minutes = tr.train_minutes()
+            eta = minutes / max(tr.updates, 1) * (max_update - tr.updates)
+            text = f"{tr.updates}/{max_update} updates, {minutes:.1f} min, ETA {minutes_text(eta)}"
+        else:
+            text = (f"{tr.updates} updates, {tr.wall_minutes():.1f}/{job.minutes:g} min, "
+                    f"ETA {minutes_text(max(job.minutes - tr.wall_minutes(), 0))} + evaluation")
+        if tr.points:
+            text += f", valid loss {tr.points[-1]['valid_loss']:.3f}"
+        return text
+
+    def score(self, job: Job, checkpoint: Path, split: str) -> dict:
+        r = evaluate(self.data(job.pair), checkpoint, split=split, beam=4, batch_size=128, num_samples=2, threads=self.args.threads)
+        d = result_dict(r)
+        d.pop("command", None)
+        return d
+
+    def execute(self, job: Job, finish, tag: str) -> dict:
+        start = time.time()
+        text, tracker = self.train(job, tag)
+        try:
+            figures = training_figures(text)
+            figures.pop("valid_curve", None)
+        except (RuntimeError, ZeroDivisionError, KeyError, ValueError):
+            # an interrupted run may lack fairseq's end-of-epoch records; a tiny one, any train_wall
+            figures = {"updates": tracker.updates}
+        figures["updates"] = max(figures.get("updates", 0), tracker.updates)
+        figures["train_minutes"] = round(tracker.train_minutes(), 2)
+        figures["wall_minutes"] = round(tracker.wall_minutes(), 2)
+        figures["valid_points"] = tracker.points
+        figures["stop_reason"] = tracker.stop_reason
+        result = finish(job, self.run_dir(job), figures, tag)
+        result.update({"stage": job.stage, "name": job.name, "system": job.system, "pair": job.pair, "seed": job.seed,
+                       "recipe": job.recipe, "recipe_text": recipe_text(job.system, job.recipe),
+                       "run_minutes": round((time.time() - start) / 60, 2), "spec": self.spec(job),
+                       "command": (self.run_dir(job) / "command.txt").read_text().strip(), "finished": datetime.now().isoformat(timespec="seconds")})
+        write_json(self.run_dir(job) / "result.json", result)
+        return result
+
+    def run_jobs(self, stage: str, slots: List[List[Job]], finish=None, runner=None) -> List[dict]:
+        """Run the jobs, ``--parallel`` at a time in the order given (a slot's jobs together), skip
+        the cached ones; return every result in job order."""
+        jobs = [j for slot in slots for j in slot]
+        groups = [jobs[i:i + self.args.parallel] for i in range(0, len(jobs), self.args.parallel)]
+        results: Dict[str, dict] = {}
+        todo_groups = []
+        for group in groups:
+            todo = []
+            for job in group:
+                hit = self.cached(job)
+                if hit is not None:
+                    results[job.name] = hit
+                else:
+                    todo.append(job)
+            if todo:
+                todo_groups.append(todo)
+        n_cached = len(results)
+        log.info("[%s] %d runs: %d cached (skipped), %d to run, %d at a time; estimated %s", stage, len(jobs), n_cached,
+                 len(jobs) - n_cached, self.args.parallel,
+                 minutes_text(sum(max(j.estimate_minutes for j in g) for g in todo_groups)))
+        stage_start = time.time()
+        done = n_cached
+        durations = []
+        position = {j.name: i + 1 for i, j in enumerate(jobs)}
+
+        def one(job):
+            tag = f"[{stage} {position[job.name]}/{len(jobs)} {job.label or job.name}]"
+            return runner(job, tag) if runner else self.execute(job, finish, tag)
+
+        for gi, group in enumerate(todo_groups):
+            group_start = time.time()
+            with ThreadPoolExecutor(len(group)) as pool:
+                for job, result in zip(group, pool.map(one, group)):
+                    results[job.name] = result
+            done += len(group)
+            durations.append((time.time() - group_start) / 60)
+            remaining = todo_groups[gi + 1:]
+            eta = statistics.fmean(durations) * len(remaining)
+            log.info("[%s] %d/%d runs done, %s elapsed, ETA %s", stage, done, len(jobs),
+                     minutes_text((time.time() - stage_start) / 60), minutes_text(eta))
+        return [results[j.name] for j in jobs]
+
+    # -- stage 1: sweep ----------------------------------------------------------------------------
+
+    def sweep(self) -> dict:
+        a = self.args
+        pair = "en-de"
+        self.check_data([pair])
+        grid = sweep_grid(a.quick)
+        jobs = {s: [Job("sweep", recipe_name(s, r), s, pair, 1, r, label=recipe_name(s, r), max_update=a.sweep_updates,
+                        train_args=["--save-interval-updates", str(a.sweep_updates), "--keep-interval-updates", "1"],
+                        estimate_minutes=a.sweep_updates * 1.5 / 60 + 1.5)
+                    for r in grid[s]] for s in SYSTEMS}
+        slots = [[r, t] for r, t in zip(jobs["resmlp"], jobs["transformer"])]
+
+        def finish(job, save_dir, figures, tag):
+            valid = self.score(job, save_dir / "checkpoint_last.pt", "valid")
+            log.info("%s valid sacreBLEU %.2f after %d updates", tag, valid["sacrebleu"], figures["updates"])
+            if not a.keep_checkpoints:
+                for p in save_dir.glob("checkpoint*.pt"):
+                    p.unlink()
+            return {"figures": figures, "valid": valid}
+
+        results = self.run_jobs("sweep", slots, finish)
+        rows = []
+        for r in results:
+            rows.append({"system": r["system"], "name": r["name"], "recipe": r["recipe"], "recipe_text": r["recipe_text"],
+                         "valid_sacrebleu": r["valid"]["sacrebleu"], "updates": r["figures"]["updates"],
+                         "train_minutes": r["figures"]["train_minutes"],
+                         "last_valid_loss": r["figures"]["valid_points"][-1]["valid_loss"] if r["figures"]["valid_points"] else None,
+                         "words_per_second": r["figures"].get("words_per_second"), "signature": r["valid"]["sacrebleu_signature"]})
+        best = {}
+        for s in SYSTEMS:
+            mine = [row for row in rows if row["system"] == s]
+            top = max(mine, key=lambda row: row["valid_sacrebleu"])  # ties: the first in grid order
+            best[s] = {"name": top["name"], "recipe": top["recipe"], "valid_sacrebleu": top["valid_sacrebleu"]}
+            for row in mine:
+                row["best"] = row is top
+        out = {"settings": {"pair": pair, "updates": a.sweep_updates, "seed": 1, "quick": a.quick,
+                            "grid": {"lr": list(SWEEP_LRS), "warmup": list(SWEEP_WARMUPS),
+                                     "resmlp layerscale_init": list(SWEEP_LAYERSCALE), "transformer norm": list(SWEEP_NORMS)},
+                            "configurations": {s: len(grid[s]) for s in SYSTEMS},
+                            "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (resmlp_mt.evaluate)",
+                            "data_root": str(self.data_root), "work_dir": str(self.work / "sweep"),
+                            "extra_train_args": a.extra_train_args, "command": a.command},
+               "machine": self.info, "rows": rows, "best": best}
+        self.publish("mt_sweep", out, sweep_markdown(out))
+        return out
+
+    # -- stage 2: race -------------------------------------------------------------------------------
+
+    def recipes(self) -> (Dict[str, dict], str):
+        sweep = read_json(self.results / "mt_sweep.json")
+        if sweep and "best" in sweep and sweep["settings"].get("quick") == self.args.quick:
+            return ({s: sweep["best"][s]["recipe"] for s in SYSTEMS},
+                    f"best of the sweep ({self.results / 'mt_sweep.json'}: {sweep['settings']['updates']} updates on "
+                    f"{sweep['settings']['pair']}, valid sacreBLEU)")
+        why = "no sweep results found" if not sweep else "the sweep results found were made in another --quick mode"
+        return dict(DEFAULT_RECIPES), f"default recipe of scripts/train_multi30k.sh ({why}: the Transformer is NOT tuned)"
+
+    def race(self) -> dict:
+        a = self.args
+        self.check_data(a.pairs)
+        recipes, source = self.recipes()
+        log.info("[race] recipes: %s -- %s", "; ".join(f"{s}: {recipe_text(s, recipes[s])}" for s in SYSTEMS), source)
+        slots = [[Job("race", f"{pair}.{s}.seed{seed}", s, pair, seed, recipes[s], label=f"{pair} {s} seed {seed}",
+                      minutes=a.minutes, estimate_minutes=a.minutes + 3) for s in SYSTEMS]
+                 for pair in a.pairs for seed in range(1, a.seeds + 1)]
+
+        def finish(job, save_dir, figures, tag):
+            ckpt = save_dir / "checkpoint_last.pt"
+            evals = {split: self.score(job, ckpt, split) for split in SPLITS}
+            log.info("%s %d updates; sacreBLEU test %.2f, valid %.2f", tag, figures["updates"], evals["test"]["sacrebleu"],
+                     evals["valid"]["sacrebleu"])
+            if not a.keep_checkpoints:
+                for p in save_dir.glob("checkpoint*.pt"):
+                    if p.name != "checkpoint_last.pt":
+                        p.unlink()
+            return {"figures": figures, "eval": evals}
+
+        results = self.run_jobs("race", slots, finish)
+        runs = [{"pair": r["pair"], "system": r["system"], "seed": r["seed"], "recipe": r["recipe"],
+                 "updates": r["figures"]["updates"], "wall_minutes": r["figures"]["wall_minutes"],
+                 "words_per_second": r["figures"].get("words_per_second"),
+                 "sacrebleu": {split: r["eval"][split]["sacrebleu"] for split in SPLITS},
+                 "eval": r["eval"]} for r in results]
+        summary = {}
+        for pair in a.pairs:
+            ps = {}
+            for s in SYSTEMS:
+                mine = sorted((r for r in runs if r["pair"] == pair and r["system"] == s), key=lambda r: r["seed"])
+                ps[s] = {split: mean_std([r["sacrebleu"][split] for r in mine]) for split in SPLITS}
+                ps[s]["updates"] = mean_std([r["updates"] for r in mine])
+            diff = {}
+            for split in SPLITS:
+                by_seed = {s: {r["seed"]: r["sacrebleu"][split] for r in runs if r["pair"] == pair and r["system"] == s} for s in SYSTEMS}
+                paired = [by_seed["resmlp"][k] - by_seed["transformer"][k] for k in sorted(by_seed["resmlp"])]
+                diff[split] = mean_std(paired)
+            ps["resmlp_minus_transformer"] = diff
+            summary[pair] = ps
+        out = {"settings": {"minutes": a.minutes, "seeds": a.seeds, "pairs": a.pairs, "quick": a.quick,
+                            "recipes": recipes, "recipe_source": source,
+                            "budget": "same wall-clock training time per run (fairseq --stop-time-hours, from scripts/train_multi30k.sh)",
+                            "checkpoint": "checkpoint_last.pt (the model at the end of the budget)",
+                            "generation": {"beam": 4, "batch_size": 128}, "data_root": str(self.data_root),
+                            "work_dir": str(self.work / "race"), "extra_train_args": a.extra_train_args, "command": a.command},
+               "machine": self.info, "runs": runs, "summary": summary}
+        self.publish("mt_race", out, race_markdown(out))
+        return out
+
+    # -- stage 3: curves ---------------------------------------------------------------------------
+
+    def curves(self) -> dict:
+        a = self.args
+        pairs = [p for p in ("en-de", "en-fr") if p in a.pairs]
+        self.check_data(pairs)
+        recipes, source = self.recipes()
+        log.info("[curves] recipes: %s -- %s", "; ".join(f"{s}: {recipe_text(s, recipes[s])}" for s in SYSTEMS), source)
+        # one save (and fairseq validation loss) at the end of each segment, none at epoch ends
+        segment_args = ["--save-interval-updates", "0", "--save-interval", "1000000", "--validate-interval", "1000000"]
+        budgets = {"en-de": a.max_minutes, "en-fr": a.fr_minutes}
+        early = {"en-de": True, "en-fr": False}
+        slots = [[Job("curves", f"{pair}.{s}", s, pair, 1, recipes[s], label=f"{pair} {s}", cap_minutes=budgets[pair],
+                      segment_updates=a.eval_every, early_stop=early[pair], train_args=segment_args,
+                      estimate_minutes=budgets[pair] * 1.3 + 6) for s in SYSTEMS] for pair in pairs]
+        results = self.run_jobs("curves", slots, runner=self.curve_run)
+        out = {"settings": {"pairs": pairs, "eval_every": a.eval_every, "patience": PATIENCE, "average_last": AVERAGE_LAST,
+                            "max_training_minutes": {p: budgets[p] for p in pairs}, "early_stopping": {p: early[p] for p in pairs},
+                            "recipes": recipes, "recipe_source": source, "quick": a.quick,
+                            "method": (f"training in segments of {a.eval_every} updates (fairseq-train --max-update, resumed "
+                                       "from checkpoint_last.pt); after each, valid sacreBLEU (resmlp_mt.evaluate, beam 4) "
+                                       "while that system's training waits; early stopping after "
+                                       f"{PATIENCE} evaluations without improvement; minutes = training time from the fairseq "
+                                       "log timestamps, validation, checkpoint writing and restarts left out"),
+                            "data_root": str(self.data_root), "work_dir": str(self.work / "curves"),
+                            "extra_train_args": a.extra_train_args, "command": a.command},
+               "machine": self.info, "pairs": {}}
+        for r in results:
+            entry = {k: v for k, v in r.items() if k not in ("spec", "stage", "name", "pair", "system", "seed")}
+            out["pairs"].setdefault(r["pair"], {})[r["system"]] = entry
+        self.publish("mt_curves", out, curves_markdown(out))
+        plot_curves(out, self.results)
+        return out
+
+    def curve_run(self, job: Job, tag: str) -> dict:
+        """One system's curve: segments of --eval-every updates, each scored on valid, until the
+        validation BLEU stops improving (if early stopping) or the training-minutes budget."""
+        a = self.args
+        save_dir = self.run_dir(job)
+        spec = self.spec(job)
+        prog = read_json(save_dir / "progress.json")
+        fresh = not (prog and prog.get("spec") == spec and prog["points"] and (save_dir / "checkpoint_last.pt").is_file()
+                     and (save_dir / prog["points"][-1]["checkpoint"]).is_file())
+        if fresh:
+            prog = {"spec": spec, "points": []}
+        else:
+            log.info("%s resuming after %d updates, %.2f training minutes", tag, prog["points"][-1]["updates"],
+                     prog["points"][-1]["train_minutes"])
+        early = job.early_stop
+        started = time.time()
+        while True:
+            points = prog["points"]
+            reason = curve_stop_reason(points, job.cap_minutes, early)
+            if reason:
+                break
+            target = (len(points) + 1) * job.segment_updates
+            done_minutes = points[-1]["train_minutes"] if points else 0.0
+            log_path = save_dir / f"train.{target:07d}.log"
+            tracker = None
+            saved = re.compile(rf"\| Saved checkpoint \S+ \(epoch \d+ @ {target} updates")
+            if not fresh and log_path.is_file() and saved.search(log_path.read_text(errors="replace")):
+                tracker = LogTracker()  # saved before an interruption: its log has the figures
+                for line in log_path.read_text(errors="replace").splitlines():
+                    tracker.feed(line)
+            else:
+                _, tracker = self.train(
+                    job, tag, max_update=target, fresh=fresh, log_name=log_path.name,
+                    progress=lambda tr: (f"{tr.updates}/{target} updates, {done_minutes + tr.train_minutes():.2f}/"
+                                         f"{job.cap_minutes:g} training min"))
+                fresh = False
+            if tracker.updates != target or not tracker.points:
+                raise RuntimeError(f"{tag}: the segment to {target} updates ended at {tracker.updates}; see {log_path}")
+            checkpoint = save_dir / f"curve_{target:07d}.pt"
+            tmp = checkpoint.with_name(checkpoint.name + ".tmp")
+            shutil.copyfile(save_dir / "checkpoint_last.pt", tmp)
+            os.replace(tmp, checkpoint)
+            valid = self.score(job, checkpoint, "valid")
+            point = {"updates": target, "train_minutes": round(done_minutes + tracker.points[-1]["train_minutes"], 3),
+                     "segment_wall_minutes": round(tracker.wall_minutes(), 3), "valid_bleu": valid["sacrebleu"],
+                     "valid_loss": tracker.points[-1]["valid_loss"], "checkpoint": checkpoint.name,
+                     "evaluated": datetime.now().isoformat(timespec="seconds")}
+            points.append(point)
+            best = max(points, key=lambda p: p["valid_bleu"])  # the first of equal scores
+            if best is point:
+                tmp = save_dir / "checkpoint_best_bleu.pt.tmp"
+                shutil.copyfile(checkpoint, tmp)
+                os.replace(tmp, save_dir / "checkpoint_best_bleu.pt")
+            for old in sorted(save_dir.glob("curve_*.pt"))[:-AVERAGE_LAST]:
+                old.unlink()  # the last few are kept for averaging, the best as checkpoint_best_bleu.pt
+            write_json(save_dir / "progress.json", prog)
+            since = len(points) - 1 - points.index(best)
+            log.info("%s %d updates, %.2f/%g training min: valid sacreBLEU %.2f (best %.2f @ %d, %d evaluation(s) without "
+                     "improvement)%s", tag, target, point["train_minutes"], job.cap_minutes, point["valid_bleu"],
+                     best["valid_bleu"], best["updates"], since,
+                     f"; at most {minutes_text(job.cap_minutes - point['train_minutes'])} of training left"
+                     if point["train_minutes"] < job.cap_minutes else "")
+        points = prog["points"]
+        best = max(points, key=lambda p: p["valid_bleu"])
+        last = points[-1]
+        averaged_from = sorted(save_dir.glob("curve_*.pt"))[-AVERAGE_LAST:]
+        averaged = average_checkpoints(averaged_from, save_dir / "checkpoint_averaged.pt")
+        last_test = self.score(job, save_dir / last["checkpoint"], "test")
+        best_test = last_test if best is last else self.score(job, save_dir / "checkpoint_best_bleu.pt", "test")
+        evals = {"best": {"test": best_test, "valid": {"sacrebleu": best["valid_bleu"]}},
+                 "last": {"test": last_test, "valid": {"sacrebleu": last["valid_bleu"]}},
+                 "averaged": {split: self.score(job, averaged, split) for split in SPLITS}}
+        for model, e in evals.items():
+            log.info("%s %s model: sacreBLEU test %.2f, valid %.2f", tag, model, e["test"]["sacrebleu"], e["valid"]["sacrebleu"])
+        result = {"points": points, "updates": last["updates"], "train_minutes": last["train_minutes"],
+                  "stop_reason": reason, "converged": reason.startswith("early stop"), "early_stopping": early,
+                  "cap_minutes": job.cap_minutes, "best_point": best, "eval": evals,
+                  "averaged_checkpoints": [p.name for p in averaged_from],
+                  "notes": "best = checkpoint of the best validation BLEU (chosen on valid: its valid score is optimistic); "
+                           "valid scores of best and last are those of the curve (same checkpoint, same scorer)",
+                  "stage": job.stage, "name": job.name, "system": job.system, "pair": job.pair, "seed": job.seed,
+                  "recipe": job.recipe, "recipe_text": recipe_text(job.system, job.recipe),
+                  "run_minutes_this_session": round((time.time() - started) / 60, 2), "spec": spec,
+                  "command": (save_dir / "command.txt").read_text().strip(),
+                  "finished": datetime.now().isoformat(timespec="seconds")}
+        write_json(save_dir / "result.json", result)
+        return result
+
+    # -- stage 4: report -----------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        loaded = {name: read_json(self.results / f"{name}.json") for name in ("mt_sweep", "mt_race", "mt_curves")}
+        renderers = {"mt_sweep": sweep_markdown, "mt_race": race_markdown, "mt_curves": curves_markdown}
+        for name, data in loaded.items():
+            if data is not None:  # tables rebuilt from the JSON
+                (self.results / f"{name}.md").write_text(renderers[name](data))
+        if loaded["mt_curves"] is not None:
+            plot_curves(loaded["mt_curves"], self.results)
+        goals = assess_goals(loaded["mt_race"], loaded["mt_curves"])
+        out = {"goals": goals, "sources": {k: (str(self.results / f"{k}.json") if v else None) for k, v in loaded.items()},
+               "machine": self.info, "command": self.args.command}
+        text = report_markdown(out, loaded)
+        write_json(self.results / "mt_report.json", out)
+        (self.results / "mt_report.md").write_text(text)
+        print(text)
+        log.info("wrote %s and %s", self.results / "mt_report.md", self.results / "mt_report.json")
+        return out
+
+    def publish(self, stem: str, data: dict, text: str) -> None:
+        write_json(self.results / f"{stem}.json", data)
+        (self.results / f"{stem}.md").write_text(text)
+        print(text)
+        log.info("wrote %s and %s", self.results / f"{stem}.json", self.results / f"{stem}.md")
+
+
+def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool) -> Optional[str]:
+    """Why a curve is finished, or None: no validation BLEU improvement in the last PATIENCE
+    evaluations (if early stopping), or the training-minutes budget reached."""
+    if points and early:
+        best = max(range(len(points)), key=lambda i: (points[i]["valid_bleu"], -i))
+        if len(points) - 1 - best >= PATIENCE:
+            return f"early stop: validation BLEU did not improve for {PATIENCE} evaluations"
+    if points and points[-1]["train_minutes"] >= cap_minutes:
+        return f"training-minutes budget ({cap_minutes:g} min) reached"
+    return None
+
+
+# --- tables, plots, goals -------------------------------------------------------------------------
+
+
+def _machine_line(m: dict) -> str:
+    return (f"Machine: {m.get('cpu')}, {m.get('cores')} cores, GPU: {m.get('gpu') or 'none'}; python {m.get('python')}, "
+            f"torch {m.get('torch')}, fairseq {m.get('fairseq')}, sacrebleu {m.get('sacrebleu')}; "
+            f"{m.get('threads_per_run')} thread per run, {m.get('runs_at_a_time')} runs at a time; "
+            f"load average at the stage's start {m.get('load_average_at_start')}; commit {str(m.get('git_commit'))[:10]}"
+            f"{' (uncommitted changes)' if m.get('git_dirty') else ''}; {m.get('date')}.")
+
+
+def sweep_markdown(d: dict) -> str:
+    s = d["settings"]
+    lines = [f"# Sweep: Multi30k {s['pair']}, {s['updates']} updates per configuration (seed {s['seed']})", "",
+             f"Score: {s['score']}. The best configuration of each system (**bold**) is the race's recipe.", "",
+             _machine_line(d["machine"]), "",
+             "| system | lr | warm-up | LayerScale init / norm | valid sacreBLEU | updates | training min | last valid loss |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for row in sorted(d["rows"], key=lambda r: (r["system"], -r["valid_sacrebleu"])):
+        rec = row["recipe"]
+        tail = f"{rec['layerscale_init']:g}" if row["system"] == "resmlp" else f"{rec['norm']}-norm"
+        bleu = f"**{row['valid_sacrebleu']:.2f}** (best)" if row["best"] else f"{row['valid_sacrebleu']:.2f}"
+        loss = f"{row['last_valid_loss']:.3f}" if row["last_valid_loss"] is not None else "-"
+        lines.append(f"| {row['system']} | {fmt_lr(rec['lr'])} | {rec['warmup']} | {tail} | {bleu} | {row['updates']} | "
+                     f"{row['train_minutes']:.1f} | {loss} |")
+    if d["rows"]:
+        lines += ["", f"sacreBLEU signature: `{d['rows'][0]['signature']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def race_markdown(d: dict) -> str:
+    s = d["settings"]
+    lines = [f"# Race: {s['minutes']:g} minutes of training per run, {s['seeds']} seed(s), one thread per run", "",
+             f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}" for k, v in s["recipes"].items()) + ".",
+             f"Budget: {s['budget']}; scored: {s['checkpoint']}, beam 4.", "", _machine_line(d["machine"]), "",
+             "| pair | system | updates | test sacreBLEU per seed | test mean ± std | valid sacreBLEU per seed | valid mean ± std |",
+             "|---|---|---:|---|---:|---|---:|"]
+    for pair, ps in d["summary"].items():
+        for system in SYSTEMS:
+            p = ps[system]
+            lines.append(f"| {pair} | {system} | {p['updates']['mean']:.0f} | {', '.join(f'{v:.2f}' for v in p['test']['values'])} | "
+                         f"{pm(p['test'])} | {', '.join(f'{v:.2f}' for v in p['valid']['values'])} | {pm(p['valid'])} |")
+        diff = ps["resmlp_minus_transformer"]
+        lines.append(f"| {pair} | **ResMLP − Transformer** (paired by seed) | | {', '.join(f'{v:+.2f}' for v in diff['test']['values'])} | "
+                     f"**{diff['test']['mean']:+.2f}** | {', '.join(f'{v:+.2f}' for v in diff['valid']['values'])} | **{diff['valid']['mean']:+.2f}** |")
+    sig = next((r["eval"]["test"]["sacrebleu_signature"] for r in d["runs"]), None)
+    if sig:
+        lines += ["", f"sacreBLEU signature: `{sig}`"]
+    return "\n".join(lines) + "\n"
+
+
+def curves_markdown(d: dict) -> str:
+    s = d["settings"]
+    lines = ["# Validation BLEU against training time", "",
+             f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}" for k, v in s["recipes"].items()) + ".",
+             f"Method: {s['method']}. " +
+             "; ".join(f"{p}: at most {m:g} training minutes{', early stopping' if s['early_stopping'][p] else ', no early stopping'}"
+                       for p, m in s["max_training_minutes"].items()) + ".", "", _machine_line(d["machine"]), "",
+             "| pair | system | stopped because | updates | training min | best valid BLEU (@ updates) | "
+             "best-BLEU ckpt test | last ckpt test / valid | average of last N: test / valid |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for pair, systems in d["pairs"].items():
+        for system in SYSTEMS:
+            if system not in systems:
+                continue
+            e = systems[system]
+            ev = e["eval"]
+            bp = e["best_point"]
+            lines.append(
+                f"| {pair} | {system} | {e['stop_reason']} | {e['updates']} | {e['train_minutes']:.1f} | "
+                f"{bp['valid_bleu']:.2f} (@ {bp['updates']}) | {ev['best']['test']['sacrebleu']:.2f} | "
+                f"{ev['last']['test']['sacrebleu']:.2f} / {ev['last']['valid']['sacrebleu']:.2f} | "
+                f"**{ev['averaged']['test']['sacrebleu']:.2f} / {ev['averaged']['valid']['sacrebleu']:.2f}** "
+                f"(N={len(e['averaged_checkpoints'])}) |")
+        if all(x in systems for x in SYSTEMS):
+            r, t = systems["resmlp"]["eval"]["averaged"], systems["transformer"]["eval"]["averaged"]
+            lines.append(f"| {pair} | **ResMLP − Transformer** | | | | | | | "
+                         f"**{r['test']['sacrebleu'] - t['test']['sacrebleu']:+.2f} / {r['valid']['sacrebleu'] - t['valid']['sacrebleu']:+.2f}** |")
+    lines += ["", "Points (updates, training minutes, valid sacreBLEU):", ""]
+    for pair, systems in d["pairs"].items():
+        for system, e in systems.items():
+            lines.append(f"- {pair} {system}: " + ", ".join(f"{p['updates']} / {p['train_minutes']:.1f} / {p['valid_bleu']:.2f}"
+                                                           for p in e["points"]))
+    lines += ["", "Plots: " + ", ".join(f"`mt_curves_{p}.png`" for p in d["pairs"]) + " (all pairs: `mt_curves.png`)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(d: dict, out_dir: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def draw(axes_row, pair):
+        for system, style in zip(SYSTEMS, ("-o", "--s")):
+            e = d["pairs"][pair].get(system)
+            if not e:
+                continue
+            pts = e["points"]
+            avg = e["eval"]["averaged"]["valid"]["sacrebleu"]
+            label = f"{system} (average of last {len(e['averaged_checkpoints'])}: valid {avg:.2f})"
+            axes_row[0].plot([p["train_minutes"] for p in pts], [p["valid_bleu"] for p in pts], style, ms=3, label=label)
+            axes_row[1].plot([p["updates"] for p in pts], [p["valid_bleu"] for p in pts], style, ms=3, label=label)
+        for ax, xlabel in zip(axes_row, ("training minutes (evaluation and checkpointing excluded)", "updates")):
+            ax.set_title(f"Multi30k {pair}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("valid sacreBLEU (beam 4)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+
+    written = []
+    pairs = list(d["pairs"])
+    for pair in pairs:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+        draw(axes[0], pair)
+        fig.tight_layout()
+        path = out_dir / f"mt_curves_{pair}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if pairs:
+        fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 4 * len(pairs)), squeeze=False)
+        for row, pair in zip(axes, pairs):
+            draw(row, pair)
+        fig.tight_layout()
+        fig.savefig(out_dir / "mt_curves.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "mt_curves.png")
+    return written
+
+
+def assess_goals(race: Optional[dict], curves: Optional[dict]) -> List[dict]:
+    goals = []
+    # goal 1: the race
+    g = {"goal": GOAL_RACE, "status": "not run", "figures": [], "caveats": []}
+    if race is not None:
+        s = race["settings"]
+        ok = True
+        for pair in PAIRS:
+            if pair not in race["summary"]:
+                ok = False
+                g["caveats"].append(f"{pair} was not raced")
+                continue
+            ps = race["summary"][pair]
+            for split in SPLITS:
+                r, t = ps["resmlp"][split]["mean"], ps["transformer"][split]["mean"]
+                diff = r - t
+                met = diff >= 1.0 - 1e-9
+                ok &= met
+                g["figures"].append({"pair": pair, "split": split, "resmlp": r, "transformer": t, "difference": round(diff, 3),
+                                     "needed": 1.0, "met": met,
+                                     "resmlp_std": ps["resmlp"][split]["std"], "transformer_std": ps["transformer"][split]["std"]})
+        g["status"] = "met" if ok else "missed"
+        if s["minutes"] != 25:
+            g["caveats"].append(f"raced at {s['minutes']:g} minutes, not 25")
+        if s["seeds"] != 3:
+            g["caveats"].append(f"{s['seeds']} seed(s), not 3")
+        if "default recipe" in s["recipe_source"]:
+            g["caveats"].append("the Transformer was not tuned (no sweep)")
+        if s.get("quick"):
+            g["caveats"].append("--quick smoke-test run: the figures say nothing about the goal")
+    goals.append(g)
+    # goal 2: convergence
+    g = {"goal": GOAL_CONVERGENCE, "status": "not run", "figures": [], "caveats": []}
+    if curves is not None and "en-de" in curves["pairs"] and all(s in curves["pairs"]["en-de"] for s in SYSTEMS):
+        e = curves["pairs"]["en-de"]
+        ok = True
+        for split in SPLITS:
+            r, t = e["resmlp"]["eval"]["averaged"][split]["sacrebleu"], e["transformer"]["eval"]["averaged"][split]["sacrebleu"]
+            diff = r - t
+            met = diff >= -0.5 - 1e-9
+            ok &= met
+            g["figures"].append({"pair": "en-de", "split": split, "model": "average of the last checkpoints", "resmlp": r,
+                                 "transformer": t, "difference": round(diff, 3), "needed": -0.5, "met": met})
+        g["status"] = "met" if ok else "missed"
+        for system in SYSTEMS:
+            if not e[system]["converged"]:
+                g["caveats"].append(f"{system} did not early-stop ({e[system]['stop_reason']}): not necessarily converged")
+        if "default recipe" in curves["settings"]["recipe_source"]:
+            g["caveats"].append("the Transformer was not tuned (no sweep)")
+        if curves["settings"].get("quick"):
+            g["caveats"].append("--quick smoke-test run: the figures say nothing about the goal")
+    goals.append(g)
+    return goals
+
+
+def report_markdown(out: dict, loaded: dict) -> str:
+    lines = ["# Translation race: ResMLP against a tuned Transformer of the same size (Multi30k)", "",
+             "Rebuilt by `scripts/race_mt.py --stage report` from " +
+             ", ".join(f"`{Path(p).name}`" for p in out["sources"].values() if p) + ".", "", "## Goals", ""]
+    for g in out["goals"]:
+        lines.append(f"- **{g['status'].upper()}**: {g['goal']}.")
+        for f in g["figures"]:
+            extra = f" ({f['model']})" if "model" in f else ""
+            lines.append(f"  - {f['pair']} {f['split']}{extra}: ResMLP {f['resmlp']:.2f}, Transformer {f['transformer']:.2f}: "
+                         f"difference {f['difference']:+.2f} (needed {f['needed']:+.1f}): {'met' if f['met'] else 'missed'}")
+        for c in g["caveats"]:
+            lines.append(f"  - caveat: {c}")
+    for name, title in (("mt_race", "Race"), ("mt_curves", "Curves"), ("mt_sweep", "Sweep")):
+        if loaded.get(name) is not None:
+            body = {"mt_sweep": sweep_markdown, "mt_race": race_markdown, "mt_curves": curves_markdown}[name](loaded[name])
+            lines += ["", f"## {title}", "", *body.splitlines()[2:]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "race", help="runs and their cached results")
+    p.add_argument("--results-dir", type=Path, default=REPO / "results", help="where the JSON, markdown and PNG files go")
+    p.add_argument("--data-root", type=Path, default=REPO / "data-bin", help="holds multi30k.en-de and multi30k.en-fr")
+    p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS), help="pairs of the race and the curves")
+    p.add_argument("--sweep-updates", type=int, default=None, help="updates per sweep run (default 600; --quick 4)")
+    p.add_argument("--minutes", type=float, default=None, help="race budget per run, wall-clock (default 25; --quick 0.2)")
+    p.add_argument("--seeds", type=int, default=None, help="race seeds (default 3; --quick 1)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="curves, En-De: most training minutes if early stopping has not stopped it (default 120; --quick 0.3)")
+    p.add_argument("--fr-minutes", type=float, default=None, help="curves, En-Fr: training minutes (default 25; --quick 0.3)")
+    p.add_argument("--eval-every", type=int, default=None, help="curves: updates between validations (default 250; --quick 100)")
+    p.add_argument("--parallel", type=int, default=2, help="runs side by side")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per run (training and evaluation)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint of the sweep and race runs")
+    p.add_argument("--progress-seconds", type=float, default=60.0, help="at most one progress message per run this often")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets (for tests, on tiny prepared data)")
+    p.add_argument("--extra-train-args", default="", help=argparse.SUPPRESS)  # testing: e.g. a tiny model
+    args = p.parse_args(argv)
+    quick = args.quick
+    for name, full, small in (("sweep_updates", 600, 4), ("minutes", 25.0, 0.2), ("seeds", 3, 1), ("max_minutes", 120.0, 0.3),
+                              ("fr_minutes", 25.0, 0.3), ("eval_every", 250, 100)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else full)
+    if args.parallel < 1 or args.threads < 1 or args.seeds < 1:
+        p.error("--parallel, --threads and --seeds must be at least 1")
+    args.command = " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["scripts/race_mt.py", *argv])])
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
+    logging.getLogger("resmlp_mt.evaluate").setLevel(logging.WARNING)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    race = Race(args)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    if args.stage == "all":
+        est = (math.ceil(len(sweep_grid(quick)["resmlp"]) * 2 / args.parallel) * (args.sweep_updates * 1.5 / 60 + 1.5)
+               + math.ceil(len(args.pairs) * args.seeds * 2 / args.parallel) * (args.minutes + 3)
+               + (args.max_minutes * 1.2 + 6) + ("en-fr" in args.pairs) * (args.fr_minutes * 1.2 + 6))
+        log.info("all stages: sweep, race, curves, report; at most about %s without cached runs", minutes_text(est))
+    start = time.time()
+    for stage in stages:
+        log.info("=== stage %s ===", stage)
+        race._info = None  # machine state (load, date) recorded per stage
+        getattr(race, stage)()
+    log.info("done in %s", minutes_text((time.time() - start) / 60))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

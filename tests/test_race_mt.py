@@ -1,0 +1,227 @@
+"""The translation race (issue 7): scripts/race_mt.py's stages (sweep, race, curves, report) on a
+tiny corpus written by the test, with a tiny model; the cache of finished runs; the goal logic."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from mt_helpers import write_corpus
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+race_mt = _script("race_mt")
+
+# Options both models take: a 1+1-layer, d=32 model, small batches, a progress record every 5 updates.
+TINY = ("--encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-layers 1 "
+        "--decoder-layers 1 --decoder-attention-heads 2 --max-tokens 500 --num-workers 0 --log-interval 5 "
+        "--max-source-positions 64 --max-target-positions 64")
+EVAL_EVERY = 50
+
+
+# --- the whole command, on a tiny corpus --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raced(tmp_path_factory):
+    root = tmp_path_factory.mktemp("race_mt")
+    raw = write_corpus(root / "raw")
+    for name in ("train", "val", "test_2016_flickr"):  # an En-Fr pair too (the same words)
+        shutil.copy(raw / f"{name}.de", raw / f"{name}.fr")
+    assert _script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"), "--vocab-size", "120",
+                                             "--workers", "1", "--pairs", "en-de", "en-fr"]) == 0
+    command = [sys.executable, "scripts/race_mt.py", "--quick", "--stage", "all", "--pairs", "en-de",
+               "--data-root", str(root / "data-bin"), "--work-dir", str(root / "work"), "--results-dir", str(root / "results"),
+               "--eval-every", str(EVAL_EVERY), "--max-minutes", "0.03", "--progress-seconds", "0", "--extra-train-args", TINY]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    results = root / "results"
+    return {"root": root, "results": results, "command": command, "first": first,
+            **{name: json.loads((results / f"{name}.json").read_text()) for name in ("mt_sweep", "mt_race", "mt_curves", "mt_report")}}
+
+
+@pytest.mark.slow
+def test_sweep_scores_every_configuration_and_marks_the_best(raced):
+    sweep = raced["mt_sweep"]
+    rows = sweep["rows"]
+    assert sorted(r["system"] for r in rows) == ["resmlp", "resmlp", "transformer", "transformer"]
+    assert all(r["updates"] == 4 and r["valid_sacrebleu"] >= 0 for r in rows)
+    assert {r["recipe"]["norm"] for r in rows if r["system"] == "transformer"} == {"pre", "post"}
+    assert {r["recipe"]["layerscale_init"] for r in rows if r["system"] == "resmlp"} == {0.2, 0.5}
+    for system in ("resmlp", "transformer"):
+        best = [r for r in rows if r["system"] == system and r["best"]]
+        assert len(best) == 1 and sweep["best"][system]["recipe"] == best[0]["recipe"]
+    assert sweep["machine"]["torch"] and sweep["machine"]["fairseq"] and sweep["machine"]["cores"]
+    assert "(best)" in (raced["results"] / "mt_sweep.md").read_text()
+
+
+@pytest.mark.slow
+def test_race_uses_the_sweep_recipes_and_reports_each_seed(raced):
+    race = raced["mt_race"]
+    assert race["settings"]["recipe_source"].startswith("best of the sweep")
+    assert race["settings"]["recipes"] == {s: raced["mt_sweep"]["best"][s]["recipe"] for s in ("resmlp", "transformer")}
+    assert sorted((r["pair"], r["system"], r["seed"]) for r in race["runs"]) == [("en-de", "resmlp", 1), ("en-de", "transformer", 1)]
+    for run in race["runs"]:
+        assert run["updates"] > 0
+        assert run["eval"]["test"]["sentences"] == 10 and run["eval"]["valid"]["sentences"] == 12
+    summary = race["summary"]["en-de"]
+    for split in ("test", "valid"):
+        assert summary["resmlp"][split]["n"] == 1 and summary["resmlp"][split]["mean"] is not None
+        diff = summary["resmlp_minus_transformer"][split]["mean"]
+        assert diff == pytest.approx(summary["resmlp"][split]["mean"] - summary["transformer"][split]["mean"], abs=1e-3)
+    assert "ResMLP − Transformer" in (raced["results"] / "mt_race.md").read_text()
+
+
+@pytest.mark.slow
+def test_curves_record_bleu_against_minutes_and_average_the_last_checkpoints(raced):
+    curves = raced["mt_curves"]["pairs"]["en-de"]
+    for system in ("resmlp", "transformer"):
+        e = curves[system]
+        points = e["points"]
+        assert points and [p["updates"] for p in points] == [EVAL_EVERY * (i + 1) for i in range(len(points))]
+        minutes = [p["train_minutes"] for p in points]
+        assert minutes == sorted(minutes)
+        if e["stop_reason"].startswith("training-minutes budget"):
+            assert minutes[-1] >= 0.03 and not e["converged"]
+        else:  # the tiny model's BLEU can stay at 0: no improvement in 3 evaluations
+            assert e["stop_reason"].startswith("early stop") and len(points) >= 4 and e["converged"]
+        assert 1 <= len(e["averaged_checkpoints"]) <= 5
+        for model in ("best", "last", "averaged"):
+            assert e["eval"][model]["test"]["sentences"] == 10
+        assert e["eval"]["averaged"]["valid"]["sentences"] == 12
+    for png in ("mt_curves.png", "mt_curves_en-de.png"):
+        assert (raced["results"] / png).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_report_states_each_goal_as_met_or_missed(raced):
+    goals = raced["mt_report"]["goals"]
+    assert [g["goal"] for g in goals] == [race_mt.GOAL_RACE, race_mt.GOAL_CONVERGENCE]
+    assert all(g["status"] in ("met", "missed") for g in goals)
+    race_goal = goals[0]
+    assert race_goal["status"] == "missed" and "en-fr was not raced" in race_goal["caveats"]
+    assert any("--quick" in c for c in race_goal["caveats"])
+    assert len(goals[1]["figures"]) == 2  # En-De test and valid
+    text = (raced["results"] / "mt_report.md").read_text()
+    assert text.count("**MET**") + text.count("**MISSED**") == 2
+    assert "## Race" in text and "## Curves" in text and "## Sweep" in text
+
+
+@pytest.mark.slow
+def test_a_rerun_skips_the_finished_runs(raced):
+    results = sorted((raced["root"] / "work").glob("*/*/result.json"))
+    assert len(results) == 4 + 2 + 2
+    before = {p: p.stat().st_mtime_ns for p in results}
+    again = subprocess.run(raced["command"], capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "[sweep] 4 runs: 4 cached (skipped), 0 to run" in again.stdout
+    assert "[race] 2 runs: 2 cached (skipped), 0 to run" in again.stdout
+    assert "[curves] 2 runs: 2 cached (skipped), 0 to run" in again.stdout
+    assert " start: " not in again.stdout and " resume: " not in again.stdout  # no training started
+    assert {p: p.stat().st_mtime_ns for p in results} == before
+    assert json.loads((raced["results"] / "mt_race.json").read_text())["runs"] == raced["mt_race"]["runs"]
+
+
+# --- the pieces, without training ----------------------------------------------------------------
+
+
+def test_the_sweep_grid_is_the_same_for_both_systems():
+    grid = race_mt.sweep_grid(quick=False)
+    assert len(grid["resmlp"]) == len(grid["transformer"]) == 12
+    for system in grid:
+        assert {(r["lr"], r["warmup"]) for r in grid[system]} == {(lr, w) for lr in (5e-4, 1e-3, 2e-3) for w in (300, 1000)}
+    assert len(race_mt.sweep_grid(quick=True)["resmlp"]) == 2
+    flags, env = race_mt.recipe_flags("transformer", {"lr": 1e-3, "warmup": 300, "norm": "post"})
+    assert flags == ["--lr", "0.001", "--warmup-updates", "300"] and env == {"TRANSFORMER_NORM": "post"}
+    flags, env = race_mt.recipe_flags("resmlp", {"lr": 5e-4, "warmup": 1000, "layerscale_init": 0.2})
+    assert flags[-2:] == ["--layerscale-init", "0.2"] and env == {}
+
+
+def test_training_minutes_leave_out_validation_and_checkpoint_writing():
+    log = """\
+2024-01-01 10:00:00 | INFO | fairseq.trainer | begin training epoch 1
+2024-01-01 10:00:50 | INFO | train_inner | {"epoch": 1, "num_updates": "50", "loss": "9"}
+2024-01-01 10:01:00 | INFO | fairseq_cli.train | begin validation on "valid" subset
+2024-01-01 10:01:30 | INFO | valid | {"epoch": 1, "valid_loss": "7.5", "valid_num_updates": "60"}
+2024-01-01 10:01:40 | INFO | fairseq.checkpoint_utils | Saved checkpoint x/checkpoint_last.pt (epoch 1 @ 60 updates, score 7.5)
+2024-01-01 10:02:40 | INFO | train_inner | {"epoch": 1, "num_updates": "100", "loss": "8"}
+2024-01-01 10:03:40 | INFO | fairseq_cli.train | begin validation on "valid" subset
+2024-01-01 10:04:00 | INFO | valid | {"epoch": 2, "valid_loss": "6.5", "valid_num_updates": "120"}
+"""
+    tracker = race_mt.LogTracker()
+    events = [tracker.feed(line) for line in log.splitlines()]
+    assert events.count("valid") == 2 and "saved" in events
+    assert tracker.updates == 120
+    assert [p["train_minutes"] for p in tracker.points] == [1.0, 3.0]  # 60 s, then 40 s of validation and saving out
+    assert [p["wall_minutes"] for p in tracker.points] == [1.0, pytest.approx(3.667, abs=1e-3)]
+    assert tracker.train_minutes() == pytest.approx(3.0)  # frozen during the open validation
+
+
+def test_curves_stop_after_three_evaluations_without_improvement_or_at_the_budget():
+    def points(bleus, minutes=1.0):
+        return [{"valid_bleu": b, "train_minutes": minutes * (i + 1)} for i, b in enumerate(bleus)]
+
+    assert race_mt.curve_stop_reason([], 10, True) is None
+    assert race_mt.curve_stop_reason(points([5, 6, 6, 5.9]), 10, True) is None  # 2 without improvement
+    assert race_mt.curve_stop_reason(points([5, 6, 6, 5.9, 6]), 10, True).startswith("early stop")  # equal is no improvement
+    assert race_mt.curve_stop_reason(points([5, 6, 6, 5.9, 6]), 10, False) is None  # En-Fr: no early stopping
+    assert race_mt.curve_stop_reason(points([5, 6], minutes=5), 10, False).startswith("training-minutes budget")
+
+
+def _race(diffs, minutes=25, seeds=3, source="best of the sweep"):
+    summary = {pair: {"resmlp": {s: {"mean": 30 + d, "std": 0.1} for s, d in zip(("test", "valid"), ds)},
+                      "transformer": {s: {"mean": 30.0, "std": 0.1} for s in ("test", "valid")}} for pair, ds in diffs.items()}
+    return {"settings": {"minutes": minutes, "seeds": seeds, "recipe_source": source, "quick": False}, "summary": summary}
+
+
+def _curves(test_diff, valid_diff, converged=True):
+    def entry(test, valid):
+        return {"eval": {"averaged": {"test": {"sacrebleu": test}, "valid": {"sacrebleu": valid}}}, "converged": converged,
+                "stop_reason": "early stop" if converged else "training-minutes budget (120 min) reached"}
+
+    return {"settings": {"recipe_source": "best of the sweep", "quick": False},
+            "pairs": {"en-de": {"resmlp": entry(30 + test_diff, 30 + valid_diff), "transformer": entry(30, 30)}}}
+
+
+def test_goals_are_met_or_missed_by_their_figures():
+    met = race_mt.assess_goals(_race({"en-de": (1.2, 1.0), "en-fr": (1.5, 2.0)}), _curves(-0.4, 0.3))
+    assert [g["status"] for g in met] == ["met", "met"] and not met[0]["caveats"] and not met[1]["caveats"]
+    assert len(met[0]["figures"]) == 4 and met[0]["figures"][0]["difference"] == pytest.approx(1.2)
+    missed = race_mt.assess_goals(_race({"en-de": (1.2, 0.9), "en-fr": (1.5, 2.0)}, minutes=10, source="default recipe"),
+                                  _curves(-0.6, 0.3, converged=False))
+    assert [g["status"] for g in missed] == ["missed", "missed"]
+    assert [f["met"] for f in missed[0]["figures"]] == [True, False, True, True]
+    assert any("10 minutes" in c for c in missed[0]["caveats"]) and any("not tuned" in c for c in missed[0]["caveats"])
+    assert any("not necessarily converged" in c for c in missed[1]["caveats"])
+    one_pair = race_mt.assess_goals(_race({"en-de": (2, 2)}), None)
+    assert one_pair[0]["status"] == "missed" and one_pair[1]["status"] == "not run"
+
+
+def test_a_cached_result_is_reused_only_with_the_same_settings(tmp_path):
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1)
+    race = race_mt.Race(args)
+    job = race_mt.Job("race", "en-de.resmlp.seed1", "resmlp", "en-de", 1, {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5},
+                      minutes=25.0)
+    assert race.cached(job) is None
+    race_mt.write_json(race.run_dir(job) / "result.json", {"spec": race.spec(job), "figures": {}})
+    assert race.cached(job) is not None
+    longer = race_mt.Job(**{**race_mt.asdict(job), "minutes": 30.0})
+    assert race.cached(longer) is None
+    other_seed = race_mt.Job(**{**race_mt.asdict(job), "seed": 2})
+    assert race.cached(other_seed) is None
