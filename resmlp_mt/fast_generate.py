@@ -10,8 +10,9 @@ positions - 1)``), written for this model's incremental step instead of the gene
   once for the batch and shaped ``(B, H, S, d)``; the ``beam`` hypotheses of a sentence read
   them by broadcasting (``(B, H, beam, d) @ (B, H, d, S)``). fairseq stores them per hypothesis
   and re-indexes them at every step.
-* **Token-mixing history in a preallocated buffer** ``(T, B, beam, C)`` per layer instead of a
-  ``torch.cat`` per step; beam reordering gathers the rows written so far along the beam axis.
+* **Token-mixing history in preallocated buffers** ``(T, B, beam, C)`` per layer instead of a
+  ``torch.cat`` per step; beam reordering copies the rows written so far into a spare buffer in
+  one ``index_select`` and swaps the two; when sentences finish only the written rows move.
 * **Finished sentences leave the batch** (as in fairseq), by one ``index_select`` per buffer.
 * **No per-step Python bookkeeping per hypothesis** beyond the finished ones.
 
@@ -72,6 +73,14 @@ class _CrossAttention:
         return self.attn.out_proj(out.transpose(1, 2).reshape(B, k, C))
 
 
+def _select_rows(buffer: Tensor, used: int, index: Tensor) -> Tensor:
+    """A new history buffer with the sentences ``index`` of ``buffer`` ``(T, B, k, C)``; only
+    the ``used`` rows written so far are copied (the buffer holds the maximum length)."""
+    out = buffer.new_empty(buffer.size(0), index.numel(), *buffer.shape[2:])
+    out[:used] = buffer[:used].index_select(1, index)
+    return out
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -100,7 +109,8 @@ def generate(
     encoder_out = enc["encoder_out"][0]
     cross = [_CrossAttention(layer.cross_attn, encoder_out, enc["encoder_padding_mask"][0]) for layer in decoder.layers]
     C = encoder_out.size(-1)
-    history = [encoder_out.new_zeros(max_len + 2, bsz, k, C) for _ in decoder.layers]
+    history = [encoder_out.new_empty(max_len + 2, bsz, k, C) for _ in decoder.layers]  # rows <= step are written
+    spare = [torch.empty_like(h) for h in history]  # beam reordering writes here, then the two swap
 
     tokens = src_tokens.new_full((bsz, k, max_len + 2), pad)
     tokens[:, :, 0] = eos
@@ -172,7 +182,7 @@ def generate(
             alive, eos_mask, ignore = alive[index], eos_mask[index], ignore[index]
             cand_beams, cand_scores, cand_tokens = cand_beams[index], cand_scores[index], cand_tokens[index]
             tokens = tokens.index_select(0, index)
-            history = [h.index_select(1, index) for h in history]
+            history = [_select_rows(h, step + 1, index) for h in history]
             for attend in cross:
                 attend.select(index)
             n = index.numel()
@@ -188,8 +198,11 @@ def generate(
         flat = (beams + torch.arange(n).unsqueeze(1) * k).view(-1)  # rows of (n * k) hypotheses
         tokens = tokens.view(n * k, -1).index_select(0, flat).view(n, k, -1)
         tokens[:, :, step + 1] = next_tokens
-        for i, h in enumerate(history):
-            h[: step + 1] = h[: step + 1].view(step + 1, n * k, C).index_select(1, flat).view(step + 1, n, k, C)
+        for i, h in enumerate(history):  # reorder the rows written so far into the spare buffer, swap
+            if spare[i].shape != h.shape:
+                spare[i] = torch.empty_like(h)
+            torch.index_select(h[: step + 1].view(step + 1, n * k, C), 1, flat, out=spare[i][: step + 1].view(step + 1, n * k, C))
+            history[i], spare[i] = spare[i], h
     for hyps in finalized:
         hyps.sort(key=lambda h: float(h["score"]), reverse=True)
     return finalized

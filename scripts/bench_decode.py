@@ -52,7 +52,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -564,17 +563,12 @@ def equal_length_ratios(results: List[dict]) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(),
+    """:func:`resmlp_mt.bench.machine_info` (CPU, cores, GPU, versions) plus the cores this
+    process may use and the load when the benchmark started."""
+    from resmlp_mt.bench import machine_info
+
+    return {**machine_info(), "logical_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -82,3 +84,20 @@ def write_corpus(raw: Path, seed: int = 0, sizes=None) -> Path:
         for lang, text in lines.items():
             (raw / f"{name}.{lang}").write_text("\n".join(text) + "\n", encoding="utf-8")
     return raw
+
+
+def run(args, check=True, **kwargs):
+    """Run a command (from the repository root unless ``cwd`` is given), capture its output, and
+    fail with the command and the tails of its output if it exits non-zero."""
+    from conftest import REPO
+
+    kwargs.setdefault("cwd", REPO)
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def tool(name: str) -> str:
+    """A console script of the running interpreter's environment (fairseq-train, ...)."""
+    return str(Path(sys.executable).parent / name)

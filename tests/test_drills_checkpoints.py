@@ -11,7 +11,6 @@ import argparse
 import json
 import random
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 import resmlp_mt  # noqa: F401  (installs the guards, allows argparse.Namespace)
 from resmlp_mt import checkpoint_safety
 from conftest import REPO
+from mt_helpers import run, tool
 
 USER_DIR = str(REPO / "resmlp_mt")
 WORDS = [f"w{i}" for i in range(30)]
@@ -34,17 +34,6 @@ TRAIN = [
     "--log-interval", "1", "--num-workers", "0", "--seed", "1", "--required-batch-size-multiple", "1",
     "--no-epoch-checkpoints",
 ]
-
-
-def run(args, check=True, **kwargs):
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=REPO, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def tool(name):
-    return str(Path(sys.executable).parent / name)
 
 
 def write_corpus(folder: Path, sizes=(("train", 200), ("valid", 10), ("test", 10))) -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ import torch
 
 import resmlp_mt  # noqa: F401
 from conftest import REPO
-from mt_helpers import write_corpus
+from mt_helpers import run, tool, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +29,6 @@ TINY = [
     "--no-progress-bar", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints",
 ]
 SENTENCES = ["A man runs in the park.", "Two dogs play with a ball near the water.", "", "A girl sits."]
-
-
-def run(args, check=True, **kwargs):
-    kwargs.setdefault("cwd", REPO)
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def tool(name):
-    return str(Path(sys.executable).parent / name)
 
 
 def _script(name):

@@ -17,6 +17,7 @@ import torch
 
 import resmlp_mt  # noqa: F401  (allows argparse.Namespace in torch's weights-only loading)
 from conftest import REPO
+from mt_helpers import run, tool
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +33,6 @@ TRAIN_FLAGS = [
     "--max-tokens", "1000", "--no-progress-bar", "--log-interval", "1", "--num-workers", "0",
     "--seed", "1", "--no-epoch-checkpoints",
 ]
-
-
-def run(args, check=True, **kwargs):
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=REPO, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def tool(name):
-    return str(Path(sys.executable).parent / name)
 
 
 def slice_multi30k(src: Path, dest: Path, sizes=None):
