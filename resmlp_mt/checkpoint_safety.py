@@ -241,15 +241,17 @@ _RUN_CHECKPOINT = re.compile(r"^checkpoint(\d+|_\d+_\d+|_best)\.pt$")
 
 
 def newest_readable_checkpoint(folder: str):
-    """The most recently written readable ``checkpointN.pt`` / ``checkpoint_E_U.pt`` /
-    ``checkpoint_best.pt`` of a run folder, or None."""
-    candidates = sorted(
-        (os.path.join(folder, name) for name in os.listdir(folder) if _RUN_CHECKPOINT.match(name)),
-        # newest first; within a second, a numbered file before checkpoint_best.pt (its copy)
-        key=lambda path: (int(os.path.getmtime(path)), not path.endswith("_best.pt")),
-        reverse=True,
-    )
-    return next((path for path in candidates if readable_checkpoint(path)), None)
+    """The most recently written readable checkpoint of a run folder: the newest numbered one
+    (``checkpointN.pt`` / ``checkpoint_E_U.pt``), unless ``checkpoint_best.pt`` is more than a
+    few seconds newer (it is otherwise a copy of a numbered one); None if there is none."""
+    names = [name for name in os.listdir(folder) if _RUN_CHECKPOINT.match(name)]
+    numbered = sorted((os.path.join(folder, n) for n in names if n != "checkpoint_best.pt"), key=os.path.getmtime, reverse=True)
+    newest = next((path for path in numbered if readable_checkpoint(path)), None)
+    best = os.path.join(folder, "checkpoint_best.pt")
+    if "checkpoint_best.pt" in names and readable_checkpoint(best):
+        if newest is None or os.path.getmtime(best) > os.path.getmtime(newest) + 5:
+            return best
+    return newest
 
 
 def recover_last_checkpoint(path: str) -> bool:
