@@ -61,6 +61,16 @@ INVALID_UTF8 = ("strict", "replace")
 MAX_NON_TEXT = 0.1  # default largest fraction of lines with undecodable bytes or control characters
 
 
+def add_input_check_arguments(parser) -> None:
+    """The flags of the input checks, shared by scripts/prepare_multi30k.py and prepare_wmt14.py."""
+    parser.add_argument("--invalid-utf8", choices=INVALID_UTF8, default="strict",
+                        help="bytes that are not UTF-8: 'strict' (default) stops with the file, line and byte; "
+                             "'replace' turns them into U+FFFD and counts the lines per file")
+    parser.add_argument("--max-non-text-fraction", type=float, default=MAX_NON_TEXT,
+                        help="refuse a file where more than this fraction of the lines hold undecodable bytes "
+                             f"or control characters (default: {MAX_NON_TEXT:g})")
+
+
 class CorpusError(ValueError):
     """Bad input corpus: a missing, empty, misaligned, undecodable or non-text file, or a
     reference line too long for the model."""

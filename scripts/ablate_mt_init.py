@@ -55,9 +55,9 @@ def train(name: str, flags, args) -> dict:
             "minutes": round((time.time() - start) / 60, 1)}
 
 
-def initial_nll_bits(data: Path, arch: str, flags) -> tuple:
-    """NLL (bits per target token) of a freshly built model on 64 validation pairs, and the
-    uniform guess's."""
+def initial_nll_bits(data: Path, arch: str, flags, pairs: int = 64, positions: int = 128) -> tuple:
+    """NLL (bits per target token) of a freshly built model on the first ``pairs`` validation
+    pairs, and the uniform guess's (both rounded to 0.01 bit)."""
     import math
 
     import torch
@@ -68,15 +68,15 @@ def initial_nll_bits(data: Path, arch: str, flags) -> tuple:
 
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [str(data), "--user-dir", str(REPO / "resmlp_mt"), "--arch", arch,
-                                                "--share-all-embeddings", "--max-source-positions", "128",
-                                                "--max-target-positions", "128", "--seed", "1", *flags])
+                                                "--share-all-embeddings", "--max-source-positions", str(positions),
+                                                "--max-target-positions", str(positions), "--seed", "1", *flags])
     cfg = convert_namespace_to_omegaconf(args)
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
     task.load_dataset("valid")
     model = task.build_model(cfg.model).eval()
     dataset = task.dataset("valid")
-    sample = dataset.collater([dataset[i] for i in range(64)])
+    sample = dataset.collater([dataset[i] for i in range(min(pairs, len(dataset)))])
     with torch.no_grad():
         lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
     mask = sample["target"].ne(task.target_dictionary.pad())

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resmlp_mt.corpus import (  # noqa: E402
-    INVALID_UTF8, MAX_NON_TEXT, CorpusError, Split, download, extract, prepare_parallel_corpus,
+    CorpusError, add_input_check_arguments, Split, download, extract, prepare_parallel_corpus,
 )
 
 OFFICIAL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}.{lang}.gz"
@@ -66,12 +66,7 @@ def main(argv=None):
     parser.add_argument("--max-ratio", type=float, default=None,
                         help="also drop training pairs whose length ratio in words is above this "
                              "(clean-corpus-n -ratio; default: no ratio filter)")
-    parser.add_argument("--invalid-utf8", choices=INVALID_UTF8, default="strict",
-                        help="bytes that are not UTF-8: 'strict' (default) stops with the file, line and byte; "
-                             "'replace' turns them into U+FFFD and counts the lines per file")
-    parser.add_argument("--max-non-text-fraction", type=float, default=MAX_NON_TEXT,
-                        help="refuse a file where more than this fraction of the lines hold undecodable bytes "
-                             f"or control characters (default: {MAX_NON_TEXT:g})")
+    add_input_check_arguments(parser)
     parser.add_argument("--force", action="store_true", help="rebuild a destination that already exists")
     args = parser.parse_args(argv)
     if args.max_positions < 2:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resmlp_mt.corpus import (  # noqa: E402
-    INVALID_UTF8, MAX_NON_TEXT, CorpusError, Split, download, extract, prepare_parallel_corpus, sgm_to_text,
+    CorpusError, add_input_check_arguments, Split, download, extract, prepare_parallel_corpus, sgm_to_text,
 )
 
 CORPORA = {
@@ -98,12 +98,7 @@ def main(argv=None):
     parser.add_argument("--max-words", type=int, default=250, help="clean-corpus-n: longest training sentence, in words")
     parser.add_argument("--max-ratio", type=float, default=1.5, help="clean-corpus-n: largest length ratio")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for normalisation and binarization")
-    parser.add_argument("--invalid-utf8", choices=INVALID_UTF8, default="strict",
-                        help="bytes that are not UTF-8: 'strict' (default) stops with the file, line and byte; "
-                             "'replace' turns them into U+FFFD and counts the lines per file")
-    parser.add_argument("--max-non-text-fraction", type=float, default=MAX_NON_TEXT,
-                        help="refuse a file where more than this fraction of the lines hold undecodable bytes "
-                             f"or control characters (default: {MAX_NON_TEXT:g})")
+    add_input_check_arguments(parser)
     parser.add_argument("--force", action="store_true", help="rebuild a destination that already exists")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)

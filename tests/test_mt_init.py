@@ -7,12 +7,8 @@ resmlp_mt_small and +19.6 for resmlp_mt on Multi30k."""
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import pytest
-import torch
-from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_MODEL_INV_REGISTRY
 
 import resmlp_mt  # noqa: F401
@@ -31,26 +27,16 @@ def prepared(tmp_path_factory):
     return root / "data-bin" / "multi30k.en-de"
 
 
+def _ablation_script():
+    spec = importlib.util.spec_from_file_location("ablate_mt_init", REPO / "scripts" / "ablate_mt_init.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def initial_nll_bits(data, arch, *flags):
-    """Mean NLL (bits per target token) of a freshly built ``arch`` on 32 validation pairs, and
-    the uniform guess's NLL."""
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [str(data), "--user-dir", str(REPO / "resmlp_mt"), "--arch", arch,
-                                                "--share-all-embeddings", "--max-source-positions", "64",
-                                                "--max-target-positions", "64", *flags])
-    cfg = convert_namespace_to_omegaconf(args)
-    torch.manual_seed(1)
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("valid")
-    model = task.build_model(cfg.model).eval()
-    dataset = task.dataset("valid")
-    sample = dataset.collater([dataset[i] for i in range(min(32, len(dataset)))])
-    with torch.no_grad():
-        lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
-    target = sample["target"]
-    mask = target.ne(task.target_dictionary.pad())
-    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)[mask].mean().item() / math.log(2)
-    return nll, math.log2(len(task.target_dictionary))
+    """Bits per target token of a freshly built ``arch`` on 32 validation pairs, and uniform's."""
+    return _ablation_script().initial_nll_bits(data, arch, list(flags), pairs=32, positions=64)
 
 
 ARCHS = sorted(ARCH_MODEL_INV_REGISTRY["resmlp_mt"])
