@@ -54,13 +54,13 @@ class NotAFairseqCheckpointError(ValueError):
 def check_fairseq_layout(state: Any, source: str = "checkpoint") -> None:
     """Refuse an object that is not a fairseq checkpoint (fairseq itself would fail later with
     a bare ``KeyError``), naming ``source`` and what it holds instead."""
-    holds = f"keys: {', '.join(sorted(map(str, state))[:12])}" if isinstance(state, dict) else f"a {type(state).__name__}"
     if (
         not isinstance(state, dict)
         or "model" not in state
         or ("args" not in state and "cfg" not in state)
         or ("optimizer_history" not in state and "best_loss" not in state)
     ):
+        holds = f"keys: {', '.join(sorted(map(str, state))[:12])}" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise NotAFairseqCheckpointError(
             f"{source}: not a fairseq checkpoint (it holds {holds}; a fairseq checkpoint holds "
             "model, cfg or args, and optimizer_history). Vision checkpoints are read by "
