@@ -34,7 +34,7 @@ def expected_checks(acc, mode: str) -> dict:
 def test_every_check_is_named_once_with_a_threshold(acc):
     for mode in ("gpu", "dry-run"):
         items = expected_checks(acc, mode)
-        assert len(items) == 27
+        assert len(items) == 29
         assert all(i["threshold"] and i["section"] in ("translation", "vision") for i in items.values())
         goals = {n for n, i in items.items() if i["kind"] == "goal"}
         assert goals == {"mt.goal.resmlp_wps_vs_transformer", "vision.goal.s12_folded_img_s", "vision.goal.s12_folded_compiled_img_s"}
@@ -61,13 +61,17 @@ def test_fairseq_figures(acc):
     assert fig["words_per_train_second"] == pytest.approx(210 * 3000 / 126)
     assert fig["valid_loss"] == 6.9 and fig["loss_scale"] == 64.0 and fig["final_lr"] == 0.004
     assert fig["overflows"] == 1 and fig["nonfinite"] == 0 and fig["fatal_errors"] == 0
+    assert fig["calibration_overflows"] == 0  # the overflow came after the first log interval
+    early = FAIRSEQ_LOG.replace("fairseq.trainer | begin training epoch 1\n", "fairseq.trainer | begin training epoch 1\n"
+                                + "2026-01-01 10:00:01 | INFO | fairseq.trainer | NOTE: gradient overflow detected, ignoring gradient, setting loss scale to: 64.0\n" * 2)
+    assert acc.fairseq_figures(early)["overflows"] == 3 and acc.fairseq_figures(early)["calibration_overflows"] == 2
     bad = acc.fairseq_figures(FAIRSEQ_LOG.replace('"loss": "7.5"', '"loss": "nan"') + "FloatingPointError: Minimum loss scale reached (0.0001).\n")
     assert bad["nonfinite"] == 1 and bad["fatal_errors"] == 2
 
 
 def test_deadline_skips_stages_and_reports_every_check(acc, tmp_path):
     args = argparse.Namespace(dry_run=True, deadline_s=0.01, workdir=str(tmp_path / "work"), data_root=None, out=str(tmp_path / "r"),
-                              mt_data=None, mt_minutes=None, mt_warmup=None, strict_goals=False)
+                              mt_data=None, mt_minutes=None, mt_warmup=None, strict_goals=False, stages=None)
     run = acc.Acceptance(args)
     ran = []
     run.stage("vision_bench", "vision_bench", ran.append)
@@ -77,6 +81,28 @@ def test_deadline_skips_stages_and_reports_every_check(acc, tmp_path):
     assert {c["name"] for c in report["checks"]} == set(expected_checks(acc, "dry-run"))
     assert all(c["status"] == "skipped" for c in report["checks"])
     assert "skipped: out of time" in (tmp_path / "r.md").read_text()
+
+
+def test_stages_not_selected_are_not_failures(acc, tmp_path):
+    """--stages runs a subset (a second GPU call re-checking some stages): the others' checks
+    are reported 'not selected' and do not count in the exit status."""
+    args = argparse.Namespace(dry_run=True, deadline_s=300, workdir=str(tmp_path / "work"), data_root=None, out=str(tmp_path / "r"),
+                              mt_data=None, mt_minutes=None, mt_warmup=None, strict_goals=False, stages=["vision_cli"])
+    run = acc.Acceptance(args)
+    ran = []
+    run.stage("vision_bench", "vision_bench", ran.append)
+    assert not ran and run.stages["vision_bench"]["status"] == acc.NOT_SELECTED
+    run.stage("vision_cli", "vision_cli", lambda cap: [run.checks.set(n, 0, True) for n in run.checks.items if n.startswith("vision.cli.")])
+    for name, budget in (("mt_prep", "mt_prep"), ("mt_train_resmlp", "mt_train"), ("mt_train_transformer", "mt_train"),
+                         ("mt_generate", "mt_generate"), ("vision_compile", "vision_compile")):
+        run.stage(name, budget, ran.append)
+    assert not ran
+    assert run.finish() == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert status["vision.cli.teacher"] == "pass" and status["mt.resmlp.train.exit_ok"] == "not selected"
+    with pytest.raises(SystemExit):
+        acc.build_parser().parse_args(["--stages", "nonsense"])
 
 
 def test_gpu_mode_needs_a_gpu(acc):
