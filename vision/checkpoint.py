@@ -21,6 +21,13 @@ pickled code, so ``torch.load(weights_only=True)`` reads it):
                    rewrite rows lost by a kill on ``--resume``
 =================  ==========================================================================
 
+A checkpoint of ``python -m vision.dino`` (format ``DINO_FORMAT``) has the same ``model_name``,
+``model_kwargs`` (the backbone's, ``num_classes=0``) and ``data_config``, and ``student`` /
+``teacher`` state dicts of DINO's multi-crop wrapper (``backbone.*``, ``head.*``) instead of
+``model``; its weights (:func:`state_dict_of`) are the teacher's backbone, as DINO evaluates.
+facebookresearch/dino's own ``checkpoint.pth`` layout (``teacher`` with ``module.backbone.*``)
+is read the same way.
+
 Such a file also loads the timm way:
 ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=K), num_classes=K, **model_kwargs)``.
 """
@@ -42,6 +49,7 @@ import torch
 from torch import nn
 
 FORMAT = "vision-resmlp-checkpoint/1"
+DINO_FORMAT = "vision-dino-checkpoint/1"
 
 
 def write_atomic(path: str | Path, fill: Callable[[Path], None]) -> None:
@@ -181,12 +189,31 @@ def check_state_dict(state_dict: Any, what: str = "checkpoint") -> Dict[str, tor
     return dict(state_dict)
 
 
+def dino_teacher_backbone(obj: Mapping) -> Optional[Dict[str, torch.Tensor]]:
+    """The teacher's backbone weights of a DINO checkpoint (ours, ``DINO_FORMAT``, or
+    facebookresearch/dino's ``checkpoint.pth``: ``teacher`` with ``[module.]backbone.*`` keys),
+    with those prefixes removed and the DINO head left out; ``None`` for any other dict."""
+    teacher = obj.get("teacher") if isinstance(obj, Mapping) else None
+    if not isinstance(teacher, Mapping):
+        return None
+    out = {}
+    for key, value in teacher.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith("backbone."):
+            out[key[len("backbone."):]] = value
+    return out or None
+
+
 def check_weights_file(path: str | Path) -> None:
     """Check that ``path`` is a weights file timm can load for a ResMLP, before timm reads it:
     ``ValueError`` naming the file and what is wrong (timm's own reader gives e.g. a bare
     ``KeyError`` for a text file). Zip-format files are mapped, not read, so this is cheap."""
     path = Path(path)
     obj = load(path, mmap=True)
+    teacher = dino_teacher_backbone(obj)
+    if teacher is not None:
+        check_state_dict(teacher, what=f"checkpoint {path} (DINO teacher backbone)")
+        return
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # timm's load_state_dict order
         if obj.get(key) is not None:
             check_state_dict(obj[key], what=f"checkpoint {path} ({key!r})")
@@ -198,10 +225,21 @@ def is_training_checkpoint(obj: Dict[str, Any]) -> bool:
     return obj.get("format") == FORMAT
 
 
+def is_model_checkpoint(obj: Dict[str, Any]) -> bool:
+    """A checkpoint that names its model: ``vision.train`` (``FORMAT``) or ``vision.dino``
+    (``DINO_FORMAT``)."""
+    return obj.get("format") in (FORMAT, DINO_FORMAT)
+
+
 def state_dict_of(obj: Dict[str, Any], use_ema: bool = False, what: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """The weights in a checkpoint dict: a training checkpoint (``model`` / ``model_ema``), a
-    DeiT-style ``{"model": ...}``, a ``{"state_dict": ...}`` or a bare state dict.
-    ``ValueError`` when what is found is not a state dict."""
+    DINO checkpoint (the teacher's backbone, :func:`dino_teacher_backbone`; the teacher is
+    already an EMA, so ``use_ema`` changes nothing), a DeiT-style ``{"model": ...}``, a
+    ``{"state_dict": ...}`` or a bare state dict. ``ValueError`` when what is found is not a
+    state dict."""
+    teacher = dino_teacher_backbone(obj)
+    if teacher is not None:
+        return check_state_dict(teacher, what=f"{what} (DINO teacher backbone)")
     if use_ema:
         for key in ("model_ema", "state_dict_ema"):
             if obj.get(key) is not None:
@@ -218,7 +256,7 @@ def load_state_dict(path: str | Path, use_ema: bool = False) -> Dict[str, torch.
     return state_dict_of(load(path), use_ema, what=f"checkpoint {path}")
 
 
-#: What every vision.train checkpoint holds (format ``FORMAT``).
+#: What every vision.train checkpoint holds (format ``FORMAT``; ``vision.dino``: ``teacher`` for ``model``).
 TRAINING_KEYS = ("model_name", "model_kwargs", "model", "data_config")
 
 
@@ -230,16 +268,17 @@ def create_model_from_checkpoint(path: str | Path, use_ema: bool = False, **over
     import timm
 
     ckpt = load(path)
-    if not is_training_checkpoint(ckpt):
+    if not is_model_checkpoint(ckpt):
         raise ValueError(
-            f"{path} is not a checkpoint of vision.train (expected its format tag {FORMAT!r} and the model name; "
+            f"{path} is not a checkpoint of vision.train or vision.dino (expected the format tag {FORMAT!r} or {DINO_FORMAT!r} and the model name; "
             f"found keys: {', '.join(map(str, list(ckpt)[:8]))}{', ...' if len(ckpt) > 8 else ''}). For weights only (a state dict "
             "of a ResMLP model) give the model name too (vision.evaluate: --model NAME --weights FILE; "
             "vision.train: --teacher-model NAME --teacher-path FILE)"
         )
-    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    required = TRAINING_KEYS if is_training_checkpoint(ckpt) else ("model_name", "model_kwargs", "teacher", "data_config")
+    missing = [k for k in required if k not in ckpt]
     if missing:
-        raise ValueError(f"checkpoint {path} says it is a vision.train checkpoint but lacks {', '.join(missing)} (a damaged file?)")
+        raise ValueError(f"checkpoint {path} says it is a {ckpt['format']} checkpoint but lacks {', '.join(missing)} (a damaged file?)")
     kwargs = {**ckpt["model_kwargs"], **overrides}
     model = timm.create_model(ckpt["model_name"], **kwargs)
     load_weights(model, state_dict_of(ckpt, use_ema, what=f"checkpoint {path}"), what=f"checkpoint {path}")
@@ -265,6 +304,36 @@ def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: st
             + ", ".join(f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched)
         )
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_initial_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: str = "checkpoint") -> str:
+    """Start a fine-tuning run from ``state_dict``: every backbone weight must fit (as
+    :func:`load_weights`); the classifier is taken from the checkpoint only when it has one of
+    the model's shape, otherwise the model keeps its new, freshly initialised head (a DINO
+    backbone has none; a checkpoint with another number of classes has another). Returns a line
+    saying which."""
+    from timm.models import clean_state_dict
+
+    from .resmlp import ResMLP, timm_resmlp_filter_fn
+
+    state_dict = clean_state_dict(check_state_dict(state_dict, what=what))
+    if isinstance(model, ResMLP):
+        state_dict = timm_resmlp_filter_fn(state_dict, model)
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    expected = model.state_dict()
+    head_keys = [k for k in expected if k.startswith(classifier + ".")]
+    found = [k for k in state_dict if k.startswith(classifier + ".")]
+    fits = bool(found) and set(found) == set(head_keys) and all(state_dict[k].shape == expected[k].shape for k in head_keys)
+    if fits:
+        load_weights(model, state_dict, what=what)
+        return f"backbone and classifier ({classifier}) loaded from the {what}"
+    shapes = ", ".join(f"{k} {tuple(state_dict[k].shape)}" for k in found) or "none"
+    state_dict = {k: v for k, v in state_dict.items() if k not in found}
+    state_dict.update({k: expected[k] for k in head_keys})  # the new head keeps its initialisation
+    load_weights(model, state_dict, what=what)
+    new = ", ".join(f"{k} {tuple(expected[k].shape)}" for k in head_keys) or "none"
+    return f"backbone loaded from the {what}; new classifier {new} (the checkpoint's: {shapes})"
 
 
 # --------------------------------------------------------------------------------------

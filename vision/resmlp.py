@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from functools import partial
 from typing import Any, Dict, Optional
 
@@ -394,20 +395,36 @@ def check_state_dict_matches(state_dict: Dict[str, torch.Tensor], model: nn.Modu
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """The one mapping from any ResMLP checkpoint to this model's keys.
 
+    * DINO checkpoints (``vision.dino``'s ``last.pth``, facebookresearch/dino's
+      ``checkpoint.pth``): the teacher's backbone (:func:`vision.checkpoint.dino_teacher_backbone`);
     * official DeiT-repo checkpoints (``patch_embed.``, ``blocks.N.attn``, ``gamma_1``,
       ``norm1.alpha`` of shape ``(dim,)``) go through timm's own
       ``timm.models.mlp_mixer.checkpoint_filter_fn`` (``patch_embed.`` -> ``stem.``,
       ``attn.`` -> ``linear_tokens.``, ``mlp.`` -> ``mlp_channels.``, ``gamma_`` -> ``ls``,
       alpha/beta reshaped to ``(1, 1, dim)``);
-    * timm checkpoints already have this model's names and shapes.
+    * timm checkpoints (timm's hub files ``resmlp_12_224.fb_in1k``, ``.fb_dino``, ...) already
+      have this model's names and shapes.
 
-    Then every key and shape is checked against ``model``; a checkpoint of another
-    architecture raises ``ValueError`` listing the keys that do not fit.
+    The classifier follows the model: a checkpoint without one (a self-supervised backbone)
+    leaves the model's head at its initialisation (with a warning), a model without one
+    (``num_classes=0``) drops the checkpoint's. Then every key and shape is checked against
+    ``model``; a checkpoint of another architecture raises ``ValueError`` listing the keys that
+    do not fit.
     """
-    from .checkpoint import check_state_dict
+    from .checkpoint import check_state_dict, dino_teacher_backbone
 
-    state_dict = check_state_dict(state_dict, what="pretrained weights")
+    teacher = dino_teacher_backbone(state_dict)
+    state_dict = check_state_dict(teacher if teacher is not None else state_dict, what="pretrained weights")
     state_dict = timm_resmlp_filter_fn(state_dict, model)
+    expected = model.state_dict()
+    has_head = [k for k in CLASSIFIER_KEYS if k in state_dict]
+    model_head = [k for k in CLASSIFIER_KEYS if k in expected]
+    if model_head and not has_head:
+        warnings.warn("the pretrained weights have no classifier (a self-supervised backbone?): the model's head "
+                      f"{tuple(expected['head.weight'].shape)} keeps its initialisation", stacklevel=2)
+        state_dict = {**state_dict, **{k: expected[k] for k in model_head}}
+    elif has_head and not model_head:
+        state_dict = {k: v for k, v in state_dict.items() if k not in CLASSIFIER_KEYS}
     check_state_dict_matches(state_dict, model)
     return state_dict
 
@@ -447,7 +464,38 @@ _ARCHS = {
 }
 MODEL_NAMES = tuple(_ARCHS)
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in _ARCHS})
+# Pretrained tags: the released weights (deit README_resmlp.md) as timm's hub files, which hold
+# timm's keys and a 1000-class head; they load through checkpoint_filter_fn. The first tag of a
+# name is its default (``resmlp_s12`` = ``resmlp_s12.fb_in1k``). No weights exist for B24/16;
+# the released "B24" is B24/8 (timm's resmlp_big_24_224). timm's own configs are kept except the
+# evaluation crop (0.9, the paper's).
+_RELEASED = {
+    "resmlp_s12": ("resmlp_12_224", {"fb_in1k": "resmlp_12_no_dist", "fb_distilled_in1k": "resmlp_12_dist", "fb_dino": "resmlp_12_dino"}),
+    "resmlp_s24": ("resmlp_24_224", {"fb_in1k": "resmlp_24_no_dist", "fb_distilled_in1k": "resmlp_24_dist", "fb_dino": "resmlp_24_dino"}),
+    "resmlp_s36": ("resmlp_36_224", {"fb_in1k": "resmlp_36_no_dist", "fb_distilled_in1k": "resmlp_36_dist"}),
+    "resmlp_b24_p8": (
+        "resmlp_big_24_224",
+        {"fb_in1k": "resmlpB_24_no_dist", "fb_distilled_in1k": "resmlpB_24_dist", "fb_in22k_ft_in1k": "resmlpB_24_22k"},
+    ),
+}
+
+
+def _tagged_cfgs() -> Dict[str, Dict[str, Any]]:
+    cfgs: Dict[str, Dict[str, Any]] = {}
+    for name in _ARCHS:
+        if name not in _RELEASED:
+            cfgs[name] = _cfg()
+            continue
+        timm_name, tags = _RELEASED[name]
+        for tag, fb_file in tags.items():
+            cfgs[f"{name}.{tag}"] = _cfg(
+                hf_hub_id=f"timm/{timm_name}.{tag}", url=f"https://dl.fbaipublicfiles.com/deit/{fb_file}.pth"
+            )
+    return cfgs
+
+
+PRETRAINED_TAGS = {name: tuple(tags) for name, (_, tags) in _RELEASED.items()}
+default_cfgs = generate_default_cfgs(_tagged_cfgs())
 
 
 def _pretrained_file(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:

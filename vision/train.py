@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--img-size", type=int, default=224, help="input resolution (passed to ResMLP models, which need it)")
     g.add_argument("--drop", type=float, default=0.0, help="dropout before the classifier")
     g.add_argument("--drop-path", type=float, default=0.05, help="stochastic depth rate (ResMLP: the same at every depth)")
-    g.add_argument("--initial-checkpoint", default=None, help="start from these weights (vision.train, timm or DeiT checkpoint)")
+    g.add_argument("--initial-checkpoint", default=None, help="start from these weights (vision.train, vision.dino, timm or DeiT checkpoint); a head of another size, or none, gives a new head")
     g.add_argument("--grad-checkpointing", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimizer and schedule")
@@ -442,7 +442,8 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     model_kwargs = model_create_kwargs(args, num_classes)
     model = timm.create_model(args.model, **model_kwargs)
     if args.initial_checkpoint:
-        ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.initial_checkpoint), what=f"initial checkpoint {args.initial_checkpoint}")
+        loaded = ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.initial_checkpoint), what=f"initial checkpoint {args.initial_checkpoint}")
+        _logger.info(loaded)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
