@@ -46,10 +46,11 @@ class _CrossAttention:
 
     ``keys``/``values``: ``(B, H, S, d)``; ``bias``: ``(B, 1, 1, S)`` additive mask or None."""
 
-    def __init__(self, attn, encoder_out: Tensor, padding_mask: Optional[Tensor]):
+    def __init__(self, attn, encoder_out: Tensor, padding_mask: Optional[Tensor], scaling: Optional[float] = None):
         self.attn = attn
+        self.scaling = attn.scaling if scaling is None else scaling  # 1.0: folded into q_proj
         S, B, _ = encoder_out.shape
-        H, d = attn.num_heads, attn.head_dim
+        H, d = (attn.num_heads, attn.head_dim) if hasattr(attn, "num_heads") else (attn.heads, attn.head_dim)
         self.heads, self.head_dim = H, d
         self.keys = attn.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0)  # (B, H, d, S)
         self.values = attn.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3)  # (B, H, S, d)
@@ -65,7 +66,10 @@ class _CrossAttention:
     def __call__(self, x: Tensor) -> Tensor:
         """``x`` ``(B, k, C)`` -> ``(B, k, C)``."""
         B, k, C = x.shape
-        q = (self.attn.q_proj(x) * self.attn.scaling).view(B, k, self.heads, self.head_dim).transpose(1, 2)
+        q = self.attn.q_proj(x)
+        if self.scaling != 1.0:
+            q = q * self.scaling
+        q = q.view(B, k, self.heads, self.head_dim).transpose(1, 2)
         weights = torch.matmul(q, self.keys)  # (B, H, k, S)
         if self.bias is not None:
             weights = weights + self.bias
@@ -73,12 +77,227 @@ class _CrossAttention:
         return self.attn.out_proj(out.transpose(1, 2).reshape(B, k, C))
 
 
-def _select_rows(buffer: Tensor, used: int, index: Tensor) -> Tensor:
-    """A new history buffer with the sentences ``index`` of ``buffer`` ``(T, B, k, C)``; only
-    the ``used`` rows written so far are copied (the buffer holds the maximum length)."""
-    out = buffer.new_empty(buffer.size(0), index.numel(), *buffer.shape[2:])
-    out[:used] = buffer[:used].index_select(1, index)
+def _affine(norm: nn.Module):
+    """``(alpha, beta)`` ``(C,)`` of an Affine pre-normalisation; None for a norm with statistics."""
+    if not (hasattr(norm, "alpha") and hasattr(norm, "beta")):
+        return None
+    return norm.alpha.detach().reshape(-1), norm.beta.detach().reshape(-1)
+
+
+def _linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
+    layer = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer.requires_grad_(False)
+
+
+class FoldedDecoderLayer(nn.Module):
+    """One decoder layer for incremental decoding with every per-channel multiplier folded away.
+
+    The Affine pre-normalisations and LayerScale vectors are linear, so they move into the
+    neighbouring weights (as the vision model's ``fold``): for the token mixer with ``Aff(x) =
+    a * x + b`` and LayerScale ``g``, ``g * (sum_j A[t, j] Aff(x_j) + c_t) = (g * a) * (sum_j A[t, j]
+    x_j) + g * (b * sum_j A[t, j] + c_t)``, so the history holds the raw inputs ``x_j`` and the
+    second term is a per-position constant ``(T, C)``; the cross-attention's Affine and its
+    ``1/sqrt(d)`` go into ``q_proj``, its LayerScale into ``out_proj``; the channel MLP's Affine
+    into ``fc1``, its LayerScale into ``fc2``. What is left per step: 4 matrix products, the
+    attention and 3 residual adds. Equal to the unfolded layer up to float rounding.
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        token, cross, channel = _affine(layer.token_norm), _affine(layer.cross_attn_norm), _affine(layer.channel_norm)
+        if token is None or cross is None or channel is None:
+            raise ValueError("only models with Affine pre-normalisations (--norm affine) fold")
+        with torch.no_grad():
+            mixer = layer.token_mixer
+            A = mixer.weight.detach().tril()
+            g1 = layer.token_scale.detach()
+            self.register_buffer("mix_weight", A.clone())  # (T, T), lower triangle
+            self.register_buffer("mix_scale", g1 * token[0])  # (C,)
+            # (T, C): g1 * (beta * sum_{j<=t} A[t, j] + bias[t])
+            self.register_buffer("mix_const", g1 * (A.sum(1, keepdim=True) * token[1] + mixer.bias.detach()[:, None]))
+            attn = layer.cross_attn
+            self.heads, self.head_dim = attn.num_heads, attn.head_dim
+            qw, qb = attn.q_proj.weight.detach(), attn.q_proj.bias.detach()
+            self.q_proj = _linear(attn.scaling * qw * cross[0], attn.scaling * (qw @ cross[1] + qb))
+            self.k_proj, self.v_proj = attn.k_proj, attn.v_proj  # applied once per sentence
+            g2 = layer.cross_attn_scale.detach()
+            self.out_proj = _linear(g2[:, None] * attn.out_proj.weight.detach(), g2 * attn.out_proj.bias.detach())
+            mlp = layer.channel_mlp
+            w1, b1 = mlp.fc1.weight.detach(), mlp.fc1.bias.detach()
+            self.fc1 = _linear(w1 * channel[0], w1 @ channel[1] + b1)
+            self.activation_fn = mlp.activation_fn
+            g3 = layer.channel_scale.detach()
+            self.fc2 = _linear(g3[:, None] * mlp.fc2.weight.detach(), g3 * mlp.fc2.bias.detach())
+
+
+class FoldedDecoder(nn.Module):
+    """The decoder of a ResMLP translation model, folded for incremental decoding (see
+    :class:`FoldedDecoderLayer`); the final Affine and the output scale go into the output
+    projection (a copy: the tied embedding stays as it is), the embedding scale into a copy of
+    the embedding table. Built by :func:`fold_for_inference`; int8 quantization
+    (:func:`quantize_int8`) applies to its linear layers like to the model's."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        final = _affine(decoder.final_norm)
+        if final is None:
+            raise ValueError("only models with Affine pre-normalisations (--norm affine) fold")
+        self.dictionary = decoder.dictionary
+        self.max_target_positions = decoder.max_positions()
+        self.layers = nn.ModuleList([FoldedDecoderLayer(layer) for layer in decoder.layers])
+        self.embed_positions = decoder.embed_positions
+        with torch.no_grad():
+            self.register_buffer("embed_weight", decoder.embed_tokens.weight.detach() * decoder.embed_scale)
+            out = decoder.output_projection.weight.detach() * decoder.output_scale
+            self.output_projection = _linear(out * final[0], out @ final[1])
+
+    def max_positions(self) -> int:
+        return self.max_target_positions
+
+
+class FoldedModel(nn.Module):
+    """A ResMLP translation model for :func:`generate`: the model's encoder as it is and a
+    :class:`FoldedDecoder`. ``fold_for_inference(model)`` builds it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.encoder = model.encoder
+        self.decoder = FoldedDecoder(model.decoder)
+        self.eval()
+
+
+def fold_for_inference(model: nn.Module) -> FoldedModel:
+    """The model with its decoder folded for :func:`generate` (faster; equal to the unfolded
+    model up to float rounding, so hypotheses can differ from fairseq's where two candidates
+    tie within rounding). Fold before :func:`quantize_int8`, not after."""
+    return FoldedModel(model)
+
+
+def _select_rows(buffer: Tensor, used: int, index: Tensor, dim: int = 1) -> Tensor:
+    """A new history buffer with the entries ``index`` (along ``dim``) of ``buffer``, whose first
+    dimension is time; only the ``used`` rows written so far are copied (the buffer holds the
+    maximum length)."""
+    shape = list(buffer.shape)
+    shape[dim] = index.numel()
+    out = buffer.new_empty(shape)
+    out[:used] = buffer[:used].index_select(dim, index)
     return out
+
+
+class _TorchSteps:
+    """Decoder steps in PyTorch, on a fairseq model (exactly fairseq's arithmetic) or on a
+    :class:`FoldedModel`. :meth:`step` returns the full log-probabilities ``(n, k, V)``."""
+
+    full_vocabulary = True
+
+    def __init__(self, model, encoder_out: Tensor, padding_mask: Optional[Tensor], k: int, max_len: int):
+        decoder = model.decoder
+        self.decoder, self.folded = decoder, isinstance(decoder, FoldedDecoder)
+        self.cross = [_CrossAttention(layer if self.folded else layer.cross_attn, encoder_out, padding_mask,
+                                      scaling=1.0 if self.folded else None) for layer in decoder.layers]
+        S, B, C = encoder_out.shape
+        self.channels = C
+        self.history = [encoder_out.new_empty(max_len + 2, B, k, C) for _ in decoder.layers]  # rows <= step written
+        self.spare = [torch.empty_like(h) for h in self.history]  # beam reordering writes here, then they swap
+
+    def step(self, tokens: Tensor, step: int) -> Tensor:
+        """``tokens`` ``(n, k, step + 1)``, the prefixes; returns log-probabilities ``(n, k, V)``."""
+        decoder, (n, k) = self.decoder, tokens.shape[:2]
+        C = self.channels
+        prev = tokens[:, :, step]
+        if self.folded:
+            x = F.embedding(prev, decoder.embed_weight)
+        else:
+            x = decoder.embed_scale * decoder.embed_tokens(prev)
+        if decoder.embed_positions is not None:
+            prefix = tokens[:, :, : step + 1].reshape(n * k, step + 1)
+            x = x + decoder.embed_positions(prefix, incremental_state={}).view(n, k, C)
+        if self.folded:
+            for layer, buffer, attend in zip(decoder.layers, self.history, self.cross):
+                buffer[step] = x
+                mixed = torch.matmul(layer.mix_weight[step, : step + 1], buffer[: step + 1].view(step + 1, -1))
+                x = torch.addcmul(x + layer.mix_const[step], mixed.view(n, k, C), layer.mix_scale)
+                x = x + attend(x)
+                x = x + layer.fc2(layer.activation_fn(layer.fc1(x)))
+            logits = decoder.output_projection(x)
+        else:
+            for layer, buffer, attend in zip(decoder.layers, self.history, self.cross):
+                buffer[step] = layer.token_norm(x)
+                mixer = layer.token_mixer
+                row = mixer.weight[step, : step + 1]
+                mixed = torch.matmul(row, buffer[: step + 1].view(step + 1, -1)).view(n, k, C) + mixer.bias[step]
+                x = torch.addcmul(x, mixed, layer.token_scale)
+                x = torch.addcmul(x, attend(layer.cross_attn_norm(x)), layer.cross_attn_scale)
+                x = torch.addcmul(x, layer.channel_mlp(layer.channel_norm(x)), layer.channel_scale)
+            logits = decoder.output_layer(decoder.final_norm(x))
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def select(self, index: Tensor, used: int) -> None:
+        """Keep the sentences ``index`` (the others finished)."""
+        self.history = [_select_rows(h, used, index) for h in self.history]
+        for attend in self.cross:
+            attend.select(index)
+
+    def reorder(self, flat: Tensor, used: int) -> None:
+        """Hypothesis ``i`` continues hypothesis ``flat[i]`` (of ``n * k``)."""
+        C = self.channels
+        for i, h in enumerate(self.history):  # the rows written so far, into the spare buffer; swap
+            if self.spare[i].shape != h.shape:
+                self.spare[i] = torch.empty_like(h)
+            rows = h[:used].view(used, -1, C)
+            torch.index_select(rows, 1, flat, out=self.spare[i][:used].view(used, -1, C))
+            self.history[i], self.spare[i] = self.spare[i], h
+
+
+def _mask_lprobs(lprobs: Tensor, step: int, max_len: int, min_len: int, eos: int, pad: int, unk: int,
+                 unk_penalty: float) -> None:
+    """fairseq's rules, in place on ``(n, k, V)`` log-probabilities."""
+    # (fairseq also maps NaN to -inf here, a full pass over (n, k, V); a model in eval mode
+    # with finite weights produces none, and a NaN would surface as a NaN score)
+    lprobs[:, :, pad] = -math.inf
+    lprobs[:, :, unk] -= unk_penalty
+    if step >= max_len:
+        lprobs[:, :, :eos] = -math.inf
+        lprobs[:, :, eos + 1 :] = -math.inf
+    if step < min_len:
+        lprobs[:, :, eos] = -math.inf
+
+
+def _candidates(steps, tokens: Tensor, scores: Tensor, step: int, k: int, max_len: int, min_len: int,
+                eos: int, pad: int, unk: int, unk_penalty: float):
+    """The ``2k`` best continuations of each sentence: ``(scores, beams, tokens)``, each ``(n, 2k)``,
+    best first, as fairseq's ``BeamSearch.step``."""
+    n = tokens.size(0)
+    if steps.full_vocabulary:
+        lprobs = steps.step(tokens, step)
+        _mask_lprobs(lprobs, step, max_len, min_len, eos, pad, unk, unk_penalty)
+        V = lprobs.size(-1)
+        if step == 0:
+            flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
+        else:
+            flat = (lprobs + scores.unsqueeze(-1)).view(n, k * V)
+        cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1) - 1), dim=1)
+        return cand_scores, torch.div(cand_indices, V, rounding_mode="floor"), cand_indices.fmod(V)
+    # a shortlist per hypothesis: its best 2k tokens (the sentence's best 2k continuations are among
+    # them) and the end-of-sentence log-probability, masks applied by the step
+    values, indices, eos_lprobs = steps.step(tokens, step, allow_eos=step >= min_len)
+    if step >= max_len:  # only end-of-sentence: one candidate per hypothesis
+        cand_scores, cand_beams = torch.sort(scores + eos_lprobs, dim=1, descending=True)
+        pad_inf = cand_scores.new_full((n, k), -math.inf)
+        return (torch.cat([cand_scores, pad_inf], 1), torch.cat([cand_beams, cand_beams], 1),
+                cand_beams.new_full((n, 2 * k), eos))
+    width = values.size(-1)
+    if step == 0:
+        flat, flat_tokens = values[:, 0, :], indices[:, 0, :]
+    else:
+        flat, flat_tokens = (values + scores.unsqueeze(-1)).view(n, k * width), indices.reshape(n, k * width)
+    cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1)), dim=1)
+    cand_beams = torch.div(cand_indices, width, rounding_mode="floor") if step > 0 else torch.zeros_like(cand_indices)
+    return cand_scores, cand_beams, flat_tokens.gather(1, cand_indices)
 
 
 @torch.inference_mode()
@@ -94,6 +313,10 @@ def generate(
 ) -> List[List[Dict[str, Tensor]]]:
     """Beam search with a ResMLP translation model (see the module docstring).
 
+    ``model``: a fairseq ResMLP model (fairseq's arithmetic: the same hypotheses as
+    ``SequenceGenerator``), a :class:`FoldedModel` or an ONNX decoder
+    (:class:`resmlp_mt.onnx_decoder.OnnxModel`), float or int8.
+
     ``src_tokens`` ``(B, S)`` (either padding side, ending in end-of-sentence). Returns, per
     sentence, its ``beam`` finished hypotheses sorted best first, each a dict with ``tokens``
     (ending in end-of-sentence, as fairseq) and ``score``.
@@ -106,11 +329,11 @@ def generate(
     k = beam
 
     enc = encoder(src_tokens)
-    encoder_out = enc["encoder_out"][0]
-    cross = [_CrossAttention(layer.cross_attn, encoder_out, enc["encoder_padding_mask"][0]) for layer in decoder.layers]
-    C = encoder_out.size(-1)
-    history = [encoder_out.new_empty(max_len + 2, bsz, k, C) for _ in decoder.layers]  # rows <= step are written
-    spare = [torch.empty_like(h) for h in history]  # beam reordering writes here, then the two swap
+    encoder_out, padding_mask = enc["encoder_out"][0], enc["encoder_padding_mask"][0]
+    if hasattr(model, "decoder_steps"):
+        steps = model.decoder_steps(encoder_out, padding_mask, k, max_len, unk_penalty=unk_penalty)
+    else:
+        steps = _TorchSteps(model, encoder_out, padding_mask, k, max_len)
 
     tokens = src_tokens.new_full((bsz, k, max_len + 2), pad)
     tokens[:, :, 0] = eos
@@ -122,41 +345,8 @@ def generate(
 
     for step in range(max_len + 1):
         n = alive.numel()
-        # one decoder step for every hypothesis: (n, k, C)
-        prev = tokens[:, :, step]
-        x = decoder.embed_scale * decoder.embed_tokens(prev)
-        if decoder.embed_positions is not None:
-            prefix = tokens[:, :, : step + 1].reshape(n * k, step + 1)
-            x = x + decoder.embed_positions(prefix, incremental_state={}).view(n, k, C)
-        for layer, buffer, attend in zip(decoder.layers, history, cross):
-            buffer[step] = layer.token_norm(x)
-            mixer = layer.token_mixer
-            row = mixer.weight[step, : step + 1]
-            mixed = torch.matmul(row, buffer[: step + 1].view(step + 1, -1)).view(n, k, C) + mixer.bias[step]
-            x = torch.addcmul(x, mixed, layer.token_scale)
-            x = torch.addcmul(x, attend(layer.cross_attn_norm(x)), layer.cross_attn_scale)
-            x = torch.addcmul(x, layer.channel_mlp(layer.channel_norm(x)), layer.channel_scale)
-        features = decoder.final_norm(x)
-        lprobs = F.log_softmax(decoder.output_layer(features).float(), dim=-1)  # (n, k, V)
-
-        # (fairseq also maps NaN to -inf here, a full pass over (n, k, V); a model in eval mode
-        # with finite weights produces none, and a NaN would surface as a NaN score)
-        lprobs[:, :, pad] = -math.inf
-        lprobs[:, :, unk] -= unk_penalty
-        if step >= max_len:
-            lprobs[:, :, :eos] = -math.inf
-            lprobs[:, :, eos + 1 :] = -math.inf
-        if step < min_len:
-            lprobs[:, :, eos] = -math.inf
-
-        V = lprobs.size(-1)
-        if step == 0:
-            flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
-        else:
-            flat = (lprobs + scores.unsqueeze(-1)).view(n, k * V)
-        cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1) - 1), dim=1)
-        cand_beams = torch.div(cand_indices, V, rounding_mode="floor")
-        cand_tokens = cand_indices.fmod(V)
+        cand_scores, cand_beams, cand_tokens = _candidates(steps, tokens, scores, step, k, max_len, min_len,
+                                                           eos, pad, unk, unk_penalty)
 
         # finish the hypotheses that end here, among the top k candidates
         eos_mask = cand_tokens.eq(eos) & cand_scores.ne(-math.inf)
@@ -182,9 +372,7 @@ def generate(
             alive, eos_mask, ignore = alive[index], eos_mask[index], ignore[index]
             cand_beams, cand_scores, cand_tokens = cand_beams[index], cand_scores[index], cand_tokens[index]
             tokens = tokens.index_select(0, index)
-            history = [_select_rows(h, step + 1, index) for h in history]
-            for attend in cross:
-                attend.select(index)
+            steps.select(index, step + 1)
             n = index.numel()
 
         # the k best candidates that did not end: they continue
@@ -198,11 +386,7 @@ def generate(
         flat = (beams + torch.arange(n).unsqueeze(1) * k).view(-1)  # rows of (n * k) hypotheses
         tokens = tokens.view(n * k, -1).index_select(0, flat).view(n, k, -1)
         tokens[:, :, step + 1] = next_tokens
-        for i, h in enumerate(history):  # reorder the rows written so far into the spare buffer, swap
-            if spare[i].shape != h.shape:
-                spare[i] = torch.empty_like(h)
-            torch.index_select(h[: step + 1].view(step + 1, n * k, C), 1, flat, out=spare[i][: step + 1].view(step + 1, n * k, C))
-            history[i], spare[i] = spare[i], h
+        steps.reorder(flat, step + 1)
     for hyps in finalized:
         hyps.sort(key=lambda h: float(h["score"]), reverse=True)
     return finalized

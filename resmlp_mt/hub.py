@@ -23,11 +23,11 @@ from typing import List, Sequence, Union
 
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
-from torch import nn
 
 MODEL_FILE = "model.pt"
 SPM_FILE = "sentencepiece.bpe.model"  # the name fairseq's hub looks for in a model folder
 CARD_FILE = "model_card.json"
+ENGINES = ("fast", "onnx", "exact", "fairseq")
 
 
 class Translator(GeneratorHubInterface):
@@ -40,6 +40,7 @@ class Translator(GeneratorHubInterface):
         self.source_lang = self.card.get("source_lang", getattr(cfg.task, "source_lang", None))
         self.quantized = False
         self.batch_size = cfg.dataset.batch_size or 64
+        self._decoders = {}  # engine -> the model it decodes with (folded, int8, ONNX), built on first use
 
     def normalize(self, sentence: str) -> str:
         """The normalisation the training data went through (Moses punctuation, whitespace)."""
@@ -65,18 +66,30 @@ class Translator(GeneratorHubInterface):
         per batch (default: the model card's, else 64), hypotheses of at least ``min_len`` and
         at most ``max_len_a * source length + max_len_b`` pieces (fairseq's options).
 
-        ``engine="fast"`` (default) runs :func:`resmlp_mt.fast_generate.generate`, the lean beam
-        search that returns fairseq's hypotheses token for token; ``engine="fairseq"`` runs
-        fairseq's generic ``SequenceGenerator`` (and accepts its other options as ``kwargs``).
-        The per-call ``batch_size`` does not change the model's default.
+        Engines:
+
+        * ``"fast"`` (default): :func:`resmlp_mt.fast_generate.generate`, the lean beam search,
+          on the folded decoder (:func:`~resmlp_mt.fast_generate.fold_for_inference`), int8 after
+          :meth:`quantize`; the fastest for large batches;
+        * ``"onnx"``: the same search with the decoder step in ONNX Runtime
+          (:class:`resmlp_mt.onnx_decoder.OnnxModel`), int8 after :meth:`quantize`; the fastest
+          for single sentences (latency);
+        * ``"exact"``: the lean beam search on the unfolded model: fairseq's hypotheses token for
+          token;
+        * ``"fairseq"``: fairseq's generic ``SequenceGenerator`` (accepts its other options as
+          ``kwargs``).
+
+        Folding changes float rounding only: ``"fast"`` and ``"onnx"`` (float32) return the
+        hypotheses of ``"exact"`` except where two candidates tie within rounding. The per-call
+        ``batch_size`` does not change the model's default.
         """
         if isinstance(sentences, str):
             return self.translate([sentences], beam=beam, batch_size=batch_size, engine=engine, lenpen=lenpen,
                                   max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, **kwargs)[0]
-        if engine not in ("fast", "fairseq"):
-            raise ValueError(f"engine must be 'fast' or 'fairseq', got {engine!r}")
-        if self.quantized and engine != "fast":
-            raise ValueError("an int8-quantized model decodes with engine='fast' only")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+        if self.quantized and engine not in ("fast", "onnx"):
+            raise ValueError("an int8-quantized model decodes with engine='fast' or 'onnx' only")
         batch_size = batch_size or self.batch_size
         lengths = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len)
         normalized = [self.normalize(s) for s in sentences]
@@ -93,13 +106,31 @@ class Translator(GeneratorHubInterface):
                 self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens = saved
         else:
             if kwargs:
-                raise TypeError(f"engine='fast' does not take {', '.join(kwargs)}")
-            texts = self._translate_fast([normalized[i] for i in todo], beam, batch_size, **lengths)
+                raise TypeError(f"engine={engine!r} does not take {', '.join(kwargs)}")
+            texts = self._translate_fast([normalized[i] for i in todo], beam, batch_size, self._decoder(engine), **lengths)
         for i, text in zip(todo, texts):
             out[i] = text
         return out
 
-    def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, **options) -> List[str]:
+    def _decoder(self, engine: str):
+        """The model :func:`~resmlp_mt.fast_generate.generate` runs for ``engine`` (cached)."""
+        if engine not in self._decoders:
+            from .fast_generate import fold_for_inference, quantize_int8
+
+            model = self.models[0]
+            if engine == "exact":
+                decoder = quantize_int8(model) if self.quantized else model
+            elif engine == "fast":
+                decoder = fold_for_inference(model)
+                decoder = quantize_int8(decoder) if self.quantized else decoder
+            else:
+                from .onnx_decoder import OnnxModel
+
+                decoder = OnnxModel(model, int8=self.quantized)
+            self._decoders[engine] = decoder
+        return self._decoders[engine]
+
+    def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, model, **options) -> List[str]:
         from .fast_generate import generate
 
         encoded = [self.encode(s) for s in sentences]
@@ -113,7 +144,6 @@ class Translator(GeneratorHubInterface):
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].numel())  # similar lengths together
         pad = self.src_dict.pad()
         results: List[str] = [""] * len(encoded)
-        model = self.models[0]
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             length = max(encoded[i].numel() for i in chunk)
@@ -125,14 +155,12 @@ class Translator(GeneratorHubInterface):
         return results
 
     def quantize(self) -> "Translator":
-        """Replace the model by a dynamically int8-quantized copy of its linear layers
-        (:func:`resmlp_mt.fast_generate.quantize_int8`); decoding then uses ``engine="fast"``."""
-        from .fast_generate import quantize_int8
-
-        self.models = nn.ModuleList([quantize_int8(m) for m in self.models])
-        for module in self.models.modules():  # (fairseq replaced these models' train()/eval() for inference)
-            module.training = False
+        """Decode with int8 weights from now on: dynamically quantized linear layers
+        (:func:`resmlp_mt.fast_generate.quantize_int8`) for ``engine="fast"`` and ``"exact"``,
+        ONNX Runtime's int8 graph for ``engine="onnx"``; ``engine="fairseq"`` is then refused.
+        The float model is kept (the quantized copies are built from it on first use)."""
         self.quantized = True
+        self._decoders.clear()
         return self
 
 

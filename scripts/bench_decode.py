@@ -10,8 +10,10 @@ Rows (beam 4 everywhere):
 
 * ResMLP, ``fairseq-generate`` (a subprocess, :func:`resmlp_mt.evaluate.evaluate`);
 * ResMLP, Python API ``Translator.translate(engine="fairseq")`` (fairseq's SequenceGenerator);
-* ResMLP, Python API ``engine="fast"`` (:mod:`resmlp_mt.fast_generate`), float32 and int8
-  (``Translator.quantize()``);
+* ResMLP, Python API ``engine="fast"`` (:mod:`resmlp_mt.fast_generate`, folded decoder),
+  float32 and int8 (``Translator.quantize()``);
+* ResMLP, Python API ``engine="onnx"`` (the decoder step in ONNX Runtime,
+  :mod:`resmlp_mt.onnx_decoder`): int8 at batch 128, float32 and int8 at batch 1;
 * Transformer, ``fairseq-generate``;
 * Transformer, CTranslate2 (converted from the fairseq checkpoint), float32 and int8.
 
@@ -307,16 +309,17 @@ def run_generator_fixed_length(hub, sources: List[str], batch: int, beam: int, l
         return Measurement(time.perf_counter() - start, hyps, list(counts))
 
 
-def run_fast_fixed_length(translator, sources: List[str], batch: int, beam: int, length: int) -> Measurement:
-    """The API's fast path with ``min_len = max_len_b = length``, ``max_len_a = 0``; checks that
-    every hypothesis has ``length`` pieces + end-of-sentence."""
+def run_fast_fixed_length(translator, sources: List[str], batch: int, beam: int, length: int,
+                          engine: str = "fast") -> Measurement:
+    """The API's ``engine`` (fast or onnx) with ``min_len = max_len_b = length``, ``max_len_a = 0``;
+    checks that every hypothesis has ``length`` pieces + end-of-sentence."""
     with counting_decode(translator) as counts:
         start = time.perf_counter()
-        hyps = translator.translate(sources, beam=beam, batch_size=batch, engine="fast",
+        hyps = translator.translate(sources, beam=beam, batch_size=batch, engine=engine,
                                     min_len=length, max_len_a=0, max_len_b=length)
         seconds = time.perf_counter() - start
     if any(n != length + 1 for n in counts):
-        raise RuntimeError(f"fast path: hypotheses of {sorted(set(counts))} tokens, not {length} + end-of-sentence")
+        raise RuntimeError(f"{engine}: hypotheses of {sorted(set(counts))} tokens, not {length} + end-of-sentence")
     return Measurement(seconds, hyps, list(counts))
 
 
@@ -462,6 +465,8 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
             lambda s: run_api(fp32, s, "fast", B, beam)),
         Row("resmlp/api-fast/int8/b", "batch", "ResMLP", "API engine=fast", "int8", B, ms,
             lambda s: run_api(int8, s, "fast", B, beam)),
+        Row("resmlp/api-onnx/int8/b", "batch", "ResMLP", "API engine=onnx", "int8", B, ms,
+            lambda s: run_api(int8, s, "onnx", B, beam)),
         Row("transformer/fairseq-generate/fp32/b", "batch", "Transformer", "fairseq-generate", "fp32", B, ms,
             fg(args.transformer, ms, B)),
     ]
@@ -475,6 +480,10 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
                 lambda s: run_api(fp32, s, "fast", 1, beam)),
             Row("resmlp/api-fast/int8/1", "latency", "ResMLP", "API engine=fast", "int8", 1, ls,
                 lambda s: run_api(int8, s, "fast", 1, beam)),
+            Row("resmlp/api-onnx/fp32/1", "latency", "ResMLP", "API engine=onnx", "fp32", 1, ls,
+                lambda s: run_api(fp32, s, "onnx", 1, beam)),
+            Row("resmlp/api-onnx/int8/1", "latency", "ResMLP", "API engine=onnx", "int8", 1, ls,
+                lambda s: run_api(int8, s, "onnx", 1, beam)),
             Row("transformer/fairseq-generate/fp32/1", "latency", "Transformer", "fairseq-generate", "fp32", 1, ls,
                 fg(args.transformer, ls, 1)),
         ]
@@ -495,6 +504,8 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
                 lambda s: run_fast_fixed_length(fp32, s, B, beam, L)),
             Row("resmlp/fast/int8/L", "equal", "ResMLP", "fast path", "int8", B, ms,
                 lambda s: run_fast_fixed_length(int8, s, B, beam, L)),
+            Row("resmlp/onnx/int8/L", "equal", "ResMLP", "ONNX step", "int8", B, ms,
+                lambda s: run_fast_fixed_length(int8, s, B, beam, L, engine="onnx")),
         ]
         for p, system in ct2.items():
             rows.append(Row(f"transformer/ctranslate2/{p}/L", "equal", "Transformer", "CTranslate2", p, B, ms,
@@ -574,10 +585,12 @@ def machine() -> dict:
 
 def versions() -> dict:
     import fairseq
+    import onnxruntime
     import sacrebleu
     import sentencepiece
 
     return {"torch": torch.__version__, "fairseq": fairseq.__version__, "ctranslate2": ctranslate2_version(),
+            "onnxruntime": onnxruntime.__version__,
             "sacrebleu": sacrebleu.__version__, "sentencepiece": sentencepiece.__version__,
             "quantized_engine": torch.backends.quantized.engine}
 

@@ -1,6 +1,7 @@
 """The lean beam search (resmlp_mt.fast_generate) returns fairseq's SequenceGenerator hypotheses
 token for token, with the same scores, whatever the padding side, beam, length penalty and
-positional embeddings; int8 quantization keeps it running and close."""
+positional embeddings; so does it on the folded decoder and with the decoder step in ONNX Runtime
+(equal up to float rounding); int8 quantization keeps it running and close."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from mt_helpers import dictionary, random_tokens, tiny_model
-from resmlp_mt.fast_generate import generate, quantize_int8
+from resmlp_mt.fast_generate import FoldedModel, fold_for_inference, generate, quantize_int8
+from resmlp_mt.onnx_decoder import OnnxModel
 
 D = dictionary()
 
@@ -24,6 +26,14 @@ def eos_biased_model(seed: int, strength: float, **overrides):
     bias[D.eos()] = strength
     model.decoder.output_layer = lambda features: output_layer(features) + bias
     return model
+
+
+def eos_biased_folded(seed: int, strength: float) -> FoldedModel:
+    """:func:`eos_biased_model` folded: the folded output projection has a bias to raise."""
+    folded = fold_for_inference(tiny_model(seed))
+    with torch.no_grad():
+        folded.decoder.output_projection.bias[D.eos()] += strength
+    return folded
 
 
 def source_batch(seed: int, batch: int = 6, length: int = 7, left_pad: bool = True):
@@ -73,5 +83,52 @@ def test_int8_model_generates_close_to_float():
     assert not any(type(m) is torch.nn.Linear for m in quantized.modules())
     assert any(type(m) is torch.nn.Linear for m in model.modules())  # the float model is kept
     ours, reference = generate(quantized, src, beam=4), generate(model, src, beam=4)
+    same = sum(a[0]["tokens"].tolist() == b[0]["tokens"].tolist() for a, b in zip(ours, reference))
+    assert same >= len(reference) // 2
+
+
+@pytest.mark.parametrize("engine", ["folded", "onnx"])
+def test_folded_and_onnx_decoders_give_fairseq_hypotheses(engine):
+    """Folding and the ONNX step change float rounding only: on these models (no near ties) the
+    hypotheses are fairseq's, scores equal to 1e-5."""
+    lengths = set()
+    for seed, strength in ((0, 0.0), (1, 1.0), (2, 1.0), (0, 2.0)):
+        reference = eos_biased_model(seed, strength)
+        folded = eos_biased_folded(seed, strength)
+        ours = folded if engine == "folded" else OnnxModel(folded)
+        for beam, lenpen, left_pad in ((4, 1.0, True), (2, 0.6, False)):
+            src = source_batch(seed, left_pad=left_pad)
+            theirs = fairseq_generate(reference, src, beam, lenpen)
+            assert_same(generate(ours, src, beam=beam, lenpen=lenpen), theirs)
+            lengths.update(len(h["tokens"]) for hyps in theirs for h in hyps)
+    assert len(lengths) >= 3, f"hypotheses of too few lengths to test finishing: {sorted(lengths)}"
+
+
+def test_folded_layer_keeps_causality_of_a_full_matrix():
+    """tiny_model fills the whole causal matrix: the folded decoder must still read the past only."""
+    model = tiny_model(0)
+    assert model.decoder.layers[0].token_mixer.weight.triu(1).abs().sum() > 0
+    folded = fold_for_inference(model)
+    assert torch.equal(folded.decoder.layers[0].mix_weight.triu(1), torch.zeros_like(folded.decoder.layers[0].mix_weight))
+
+
+def test_onnx_length_limits_and_errors():
+    folded = eos_biased_folded(3, 1.0)
+    onnx = OnnxModel(folded)
+    src = source_batch(3)
+    for hyps in generate(onnx, src, beam=4, min_len=5, max_len_b=5):  # forced length: 5 tokens + eos
+        assert {len(h["tokens"]) for h in hyps} == {6}
+    with pytest.raises(ValueError, match="beams up to 8"):
+        generate(onnx, src, beam=9)
+    with pytest.raises(ValueError, match="positional embeddings"):
+        OnnxModel(tiny_model(0, positional_embeddings="sinusoidal"))
+    with pytest.raises(ValueError, match="Affine"):
+        fold_for_inference(tiny_model(0, norm="layernorm"))
+
+
+def test_onnx_int8_generates_close_to_float():
+    folded = eos_biased_folded(3, 1.0)
+    src = source_batch(3)
+    ours, reference = generate(OnnxModel(folded, int8=True), src, beam=4), generate(folded, src, beam=4)
     same = sum(a[0]["tokens"].tolist() == b[0]["tokens"].tolist() for a, b in zip(ours, reference))
     assert same >= len(reference) // 2
