@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast_generate import FoldedDecoder, FoldedModel, _select_rows, fold_for_inference
+from .fast_generate import FoldedDecoder, FoldedModel, _select_rows, fold_for_inference, quantize_int8
 
 SHORTLIST = 16  # candidates per hypothesis: beams up to SHORTLIST // 2
 OPSET = 17
@@ -140,7 +140,8 @@ class OnnxModel:
 
     Args:
         model: a fairseq ResMLP model (float32; folded here) or a :class:`FoldedModel`.
-        int8: run the int8-quantized graph (the encoder stays float32 in PyTorch).
+        int8: run the int8-quantized graph, and the encoder and the cross-attention key/value
+            projections (once per batch, in PyTorch) with int8 linear layers too.
         cache_dir: where the ONNX files go (default: a temporary directory).
         threads: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``).
     """
@@ -150,6 +151,11 @@ class OnnxModel:
         folded = model if isinstance(model, FoldedModel) else fold_for_inference(model)
         self.encoder, self.decoder, self.int8 = folded.encoder, folded.decoder, int8
         decoder = self.decoder
+        # the encoder and the cross-attention keys/values run once per batch, in PyTorch (int8: fbgemm)
+        projections = nn.ModuleList([nn.ModuleList([layer.k_proj, layer.v_proj]) for layer in decoder.layers])
+        if int8:
+            self.encoder, projections = quantize_int8(self.encoder), quantize_int8(projections)
+        self.key_value_projections = [(kv[0], kv[1]) for kv in projections]
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="resmlp_onnx_")
             cache_dir = Path(self._tmp.name)
@@ -185,8 +191,9 @@ class _OnnxSteps:
         S, B, C = encoder_out.shape
         layers = decoder.layers
         H, d = layers[0].heads, layers[0].head_dim
-        self.keys = torch.stack([l.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0) for l in layers]).contiguous()
-        self.values = torch.stack([l.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3) for l in layers]).contiguous()
+        kv = model.key_value_projections
+        self.keys = torch.stack([k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0) for k_proj, _ in kv]).contiguous()
+        self.values = torch.stack([v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3) for _, v_proj in kv]).contiguous()
         self.bias = encoder_out.new_zeros(B, 1, 1, S)
         if padding_mask is not None:
             self.bias.masked_fill_(padding_mask.view(B, 1, 1, S), -math.inf)
