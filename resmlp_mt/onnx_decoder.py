@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast_generate import FoldedDecoder, FoldedModel, _select_rows, fold_for_inference, quantize_int8
+from .fast_generate import (FoldedDecoder, FoldedModel, _select_rows, fold_for_inference, quantize_int8, shortlist,
+                            vocabulary_bias)
 
 SHORTLIST = 16  # candidates per hypothesis: beams up to SHORTLIST // 2
 OPSET = 17
@@ -87,11 +88,8 @@ class DecoderStepGraph(nn.Module):
             weights = torch.softmax(torch.matmul(q, keys[i]) + bias, dim=-1)  # (n, H, k, S)
             x = x + layer.out_proj(torch.matmul(weights, values[i]).transpose(1, 2).reshape(N, -1))
             x = x + layer.fc2(layer.activation_fn(layer.fc1(x)))
-        logits = self.decoder.output_projection(x).float()
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        top_logits, top_tokens = torch.topk(logits + vocab_bias, SHORTLIST, dim=-1)
-        eos_lprobs = logits[:, self.eos] - lse[:, 0]
-        return torch.stack(inputs), top_logits - lse, top_tokens, eos_lprobs
+        top_lprobs, top_tokens, eos_lprobs = shortlist(self.decoder.output_projection(x).float(), vocab_bias, SHORTLIST, self.eos)
+        return torch.stack(inputs), top_lprobs, top_tokens, eos_lprobs
 
 
 def export_decoder_step(model: FoldedModel, path: Path, int8: bool = False, heads_example: int = 2) -> Path:
@@ -200,14 +198,7 @@ class _OnnxSteps:
         # history per layer: (max_len + 3, n * k, C); row 0 stays zero, position j is row j + 1
         self.history = [encoder_out.new_zeros(max_len + 3, B * k, C) for _ in layers]
         self.spare = [torch.empty_like(h) for h in self.history]
-        V = len(decoder.dictionary)
-        dictionary = decoder.dictionary
-        allow = torch.zeros(V)
-        allow[dictionary.pad()] = -math.inf
-        allow[dictionary.unk()] -= unk_penalty
-        forbid = allow.clone()
-        forbid[dictionary.eos()] = -math.inf
-        self.vocab_bias = {True: allow.numpy(), False: forbid.numpy()}
+        self.vocab_bias = {allow: bias.numpy() for allow, bias in vocabulary_bias(decoder.dictionary, unk_penalty).items()}
 
     def step(self, tokens: Tensor, step: int, allow_eos: bool):
         n, k = tokens.shape[:2]
