@@ -16,9 +16,14 @@ positions - 1)``), written for this model's incremental step instead of the gene
 * **Finished sentences leave the batch** (as in fairseq), by one ``index_select`` per buffer.
 * **No per-step Python bookkeeping per hypothesis** beyond the finished ones.
 
-Works on float32 models and on models whose ``nn.Linear`` layers were quantized with
-:func:`quantize_int8` (dynamic int8, fbgemm), since every linear layer is called as a module.
-The tests check that it returns fairseq's hypotheses token for token.
+The model it searches with: a fairseq ResMLP model as trained (the same arithmetic as fairseq:
+the tests check that it returns fairseq's hypotheses token for token); the same model folded
+for inference (:func:`fold_for_inference`: every Affine pre-normalisation and LayerScale
+multiplied into the neighbouring weights, equal up to float rounding); or the folded decoder
+step in ONNX Runtime (:class:`resmlp_mt.onnx_decoder.OnnxModel`, which returns a shortlist of
+the vocabulary per hypothesis instead of the full log-probabilities). Each works in float32 and
+with int8 weights (:func:`quantize_int8`: dynamic int8 with fbgemm for the PyTorch ones, since
+every linear layer is called as a module; ONNX Runtime's own quantization for the ONNX one).
 
 Shapes: ``B`` sentences, ``S`` source length, ``k`` beam, ``C`` channels, ``V`` vocabulary.
 """
