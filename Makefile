@@ -10,7 +10,7 @@ FAIRSEQ := ve-fairseq==0.12.3
 # Tests run on both cores; each worker and each CLI it starts uses one thread.
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-fast multi30k bench-mt bench-mt-speed bench-vision bench-decode gpu-acceptance clean
+.PHONY: install test test-fast multi30k bench-mt bench-mt-speed bench-vision bench-dino bench-decode gpu-acceptance clean
 
 install:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -46,6 +46,14 @@ bench-mt-speed:
 
 bench-vision:
 	scripts/bench_vision.sh
+
+# Issue 9, self-supervised ResMLP: DINO on the CIFAR-10 training images for at most 60 minutes, k-NN and
+# linear probe against random init and the supervised model of the same size (trained here, 15 epochs,
+# unless BENCH_DINO_ARGS="--supervised CKPT"), fine-tuning from DINO vs scratch (3 epochs each);
+# results/dino_cifar10.{json,md,_cross_patch.png}. About 3 hours on 2 cores; resumes where it stopped.
+# BENCH_DINO_ARGS=--quick: a smoke test on a slice of the data (a few minutes, runs/bench_dino_quick/).
+bench-dino:
+	$(PY) scripts/bench_dino.py $(BENCH_DINO_ARGS)
 
 # One GPU (H100/H200): the paper-scale paths in at most 8 minutes, results/gpu_acceptance.{json,md}
 # (scripts/gpu_acceptance.py). ARGS=--dry-run rehearses it on the CPU in under 2 minutes.

@@ -422,3 +422,28 @@ def test_configs_are_valid_for_their_cli():
         assert (cfg["opt"], cfg["lr"], cfg["weight_decay"], cfg["epochs"], cfg["img_size"]) == ("adamw", 5e-6, 0.05, 1000, 224)
     assert load_config("transfer_cifar10_s12", train_parser())["drop_path"] == 0.05
     assert load_config("transfer_cifar10_s24", train_parser())["drop_path"] == 0.1
+
+
+@pytest.mark.slow
+def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_path):
+    tiny = "--batch-size 8 --model-kwargs patch_size=8 embed_dim=32 depth=2"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_dino.py"), "--quick", "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
+           "--results-dir", str(tmp_path / "results"), "--minutes", "0.3", "--threads", "1", "--probe-steps", "2",
+           f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16", f"--train-args={tiny}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "results" / "dino_cifar10.json").read_text())
+    ev = report["frozen_features"]
+    assert set(ev) == {"dino", "random_init", "supervised"} and ev["dino"]["train_images"] == 24 and ev["dino"]["test_images"] == 12
+    knn_goal = report["goals"]["knn_dino_vs_random_init"]
+    assert knn_goal["met"] == (ev["dino"]["knn_top1"] - ev["random_init"]["knn_top1"] >= 20)
+    ft = report["finetune"]
+    assert report["goals"]["finetune_dino_vs_scratch"]["met"] == (ft["from_dino"]["final_top1"] > ft["from_scratch"]["final_top1"])
+    assert ft["from_dino"]["epochs"] == ft["from_scratch"]["epochs"] == 1
+    assert report["dino"]["epochs"] >= 1 and report["dino"]["model_kwargs"]["embed_dim"] == 32
+    md = (tmp_path / "results" / "dino_cifar10.md").read_text()
+    assert "QUICK SMOKE RUN" in md and md.count("**met**") + md.count("**missed**") == 2
+    assert (tmp_path / "results" / "dino_cifar10_cross_patch.png").is_file()
+    # a second call finds every stage done and only rewrites the report
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert again.returncode == 0 and "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout

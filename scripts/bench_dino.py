@@ -1,0 +1,301 @@
+#!/usr/bin/env python
+"""Issue 9's CPU runs: self-supervised ResMLP (DINO) on CIFAR-10, evaluated and fine-tuned.
+
+    scripts/bench_dino.py                       # = make bench-dino: the real runs (about 3 hours on 2 cores)
+    scripts/bench_dino.py --quick               # a smoke test on a slice of the data (a few minutes)
+
+1. **DINO** (``vision.dino --config dino_cifar10_cpu``) on the CIFAR-10 training images, labels
+   unused, for at most ``--minutes`` (60) of training: the number of epochs is set from a
+   measured step time so that the cosine schedules end inside the budget, and
+   ``--max-train-minutes`` stops at an epoch boundary if it would not.
+2. **The supervised model of the same size** (``vision.train --config cifar10_cpu``, the README's
+   CIFAR-10 run, ``--supervised-epochs`` 15), or ``--supervised CKPT`` to reuse one.
+3. **k-NN** (k=20, T=0.07) and **linear probe** on the CIFAR-10 test split for the DINO teacher,
+   the same network at random initialisation (the DINO run's own initial weights: same seed) and
+   the supervised model.
+4. **Fine-tuning** (``cifar10_cpu`` recipe, new head) from the DINO checkpoint against the same
+   recipe from scratch, ``--finetune-epochs`` each.
+5. The paper's cross-patch figure, supervised and DINO side by side.
+
+Writes ``RESULTS/NAME.json``, ``RESULTS/NAME.md`` and ``RESULTS/NAME_cross_patch.png``
+(default ``results/dino_cifar10``), with each goal of the issue stated met or missed:
+k-NN after DINO >= random init + 20 points; fine-tuning from DINO beats scratch at equal epochs.
+Every stage writes into ``--runs-dir`` and is skipped when its output is complete, so an
+interrupted run continues where it stopped (training runs resume with ``--resume auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PY = sys.executable
+
+
+def log(msg: str) -> None:
+    print(f"[bench_dino {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str]) -> None:
+    log("$ " + shlex.join(cmd))
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_dino: command failed ({proc.returncode}): {shlex.join(cmd)}")
+
+
+def last_epoch(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+
+
+def measure_dino_img_per_s(args, threads: int) -> float:
+    """Images per second of one DINO training step of the config (student on all crops, teacher
+    on the 2 global ones, backward, optimizer), on random crops, median of a few steps."""
+    import torch
+
+    from vision.config import parse_with_config
+    from vision.dino import DINOLoss, build_parser, build_student_teacher, param_groups
+
+    torch.set_num_threads(threads)
+    cfg = parse_with_config(build_parser(), ["--config", args.dino_config, "--data-dir", "x", "--output", "x", *args.dino_args])
+    student, teacher, _ = build_student_teacher(cfg)
+    loss_fn = DINOLoss(cfg.out_dim, 2 + cfg.local_crops_number, nepochs=cfg.epochs)
+    opt = torch.optim.AdamW(param_groups(student), lr=1e-4)
+    crops = [torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size) for _ in range(2 + cfg.local_crops_number)]
+    times = []
+    for _ in range(args.probe_steps):
+        start = time.perf_counter()
+        loss = loss_fn(student(crops), teacher(crops[:2]).detach(), 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    times = sorted(times[1:] or times)
+    return cfg.batch_size / times[len(times) // 2]
+
+
+def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
+    data = ["--data-dir", str(args.data_dir), "--val-split", "test", "--workers", "0", "--threads", str(args.threads),
+            "--batch-size", "256", *args.subset_eval]
+    knn_out, lin_out = out_dir / f"knn_{name}", out_dir / f"linear_{name}"
+    if not knn_out.with_suffix(".json").is_file():
+        run([PY, "-m", "vision.knn", *backbone, *data, "--k", "20", "--temperature", "0.07", "--out", str(knn_out)])
+    if args.linear and not lin_out.with_suffix(".json").is_file():
+        run([PY, "-m", "vision.linear", *backbone, *data, "--out", str(lin_out)])
+    knn = json.loads(knn_out.with_suffix(".json").read_text())
+    result = {"knn_top1": knn["results"]["20"]["top1"], "knn_top5": knn["results"]["20"]["top5"], "backbone": knn["backbone"],
+              "train_images": knn["data"]["train_images"], "test_images": knn["data"]["val_images"]}
+    if args.linear:
+        lin = json.loads(lin_out.with_suffix(".json").read_text())
+        result.update(linear_top1=lin["result"]["val"]["top1"], linear_weight_decay=lin["result"]["weight_decay"])
+    return result
+
+
+def train_summary(folder: Path) -> dict:
+    import torch
+
+    state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+    rows = state["summary"]
+    return {
+        "epochs": state["epoch"] + 1,
+        "top1_by_epoch": [round(r["eval"].get("top1", float("nan")), 2) for r in rows],
+        "final_top1": rows[-1]["eval"].get("top1"),
+        "final_top5": rows[-1]["eval"].get("top5"),
+        "training_minutes": sum(r["train"]["minutes"] for r in rows),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_data = Path(os.environ.get("RESMLP_DATA", REPO.parent / "shared" / "data")) / "cifar10"
+    p.add_argument("--data-dir", type=Path, default=default_data, help="CIFAR-10 ImageFolder root (train/, test/)")
+    p.add_argument("--minutes", type=float, default=60.0, help="DINO training budget")
+    p.add_argument("--supervised", type=Path, default=None, help="a vision.train checkpoint of the same model (else trained here)")
+    p.add_argument("--supervised-epochs", type=int, default=15)
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--dino-config", default="dino_cifar10_cpu")
+    p.add_argument("--train-config", default="cifar10_cpu", help="the supervised and fine-tuning recipe")
+    p.add_argument("--dino-args", default="", help="more vision.dino flags, one string (e.g. \"--batch-size 64\")")
+    p.add_argument("--train-args", default="", help="more vision.train flags for the supervised and fine-tuning runs")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--probe-steps", type=int, default=4)
+    p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="also the linear probe")
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench_dino")
+    p.add_argument("--results-dir", type=Path, default=REPO / "results")
+    p.add_argument("--name", default="dino_cifar10")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 30 train / 10 test images a class, 1 minute of DINO, 1 epoch of each training run; "
+                        "writes under runs/bench_dino_quick unless --runs-dir/--results-dir say otherwise")
+    args = p.parse_args(argv)
+    args.dino_args, args.train_args = shlex.split(args.dino_args), shlex.split(args.train_args)
+    if not (args.data_dir / "train").is_dir() or not (args.data_dir / "test").is_dir():
+        p.error(f"--data-dir {args.data_dir}: expected train/ and test/ ImageFolder splits (CIFAR-10)")
+    if args.supervised is not None and not args.supervised.is_file():
+        p.error(f"--supervised {args.supervised}: no such file")
+    subset_train: list[str] = []
+    args.subset_eval = []
+    if args.quick:
+        if args.runs_dir == REPO / "runs" / "bench_dino":
+            args.runs_dir = REPO / "runs" / "bench_dino_quick"
+        if args.results_dir == REPO / "results":
+            args.results_dir = args.runs_dir / "results"
+        args.minutes = min(args.minutes, 1.0)
+        args.supervised_epochs = min(args.supervised_epochs, 1)
+        args.finetune_epochs = min(args.finetune_epochs, 1)
+        args.probe_steps = min(args.probe_steps, 2)
+        subset_train = ["--max-per-class", "30"]
+        args.subset_eval = ["--max-per-class", "30", "--val-max-per-class", "10"]
+    runs = args.runs_dir
+    runs.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    # ---- 1. DINO, epochs sized to the budget
+    dino_dir = runs / "dino"
+    plan_file = runs / "dino_plan.json"
+    n_train = sum(min(len(list(c.iterdir())), 30 if args.quick else 10**9) for c in (args.data_dir / "train").iterdir() if c.is_dir())
+    if plan_file.is_file():
+        plan = json.loads(plan_file.read_text())
+    else:
+        img_s = measure_dino_img_per_s(args, args.threads)
+        epochs = max(1, math.floor(args.minutes * 60 * img_s * 0.95 / n_train))  # 5% for data loading and augmentation
+        plan = {"probe_img_per_s": img_s, "train_images": n_train, "epochs": epochs, "minutes_budget": args.minutes}
+        plan_file.write_text(json.dumps(plan, indent=2))
+    log(f"DINO: {plan['probe_img_per_s']:.1f} img/s measured -> {plan['epochs']} epochs of {n_train} images in {args.minutes} minutes")
+    done = last_epoch(dino_dir / "last.pth")
+    if done is None or done + 1 < plan["epochs"]:
+        stopped = (dino_dir / "log.txt").is_file() and "stopping before epoch" in (dino_dir / "log.txt").read_text()
+        if not stopped:
+            run([PY, "-m", "vision.dino", "--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(dino_dir),
+                 "--epochs", str(plan["epochs"]), "--max-train-minutes", str(args.minutes), "--threads", str(args.threads),
+                 "--resume", "auto", "--log-interval", "20", *subset_train, *args.dino_args])
+    dino_ckpt = dino_dir / "last.pth"
+
+    # ---- 2. the supervised model of the same size
+    if args.supervised is not None:
+        sup_ckpt = args.supervised
+    else:
+        sup_dir = runs / "supervised"
+        if (last_epoch(sup_dir / "last.pth") or -1) + 1 < args.supervised_epochs:
+            run([PY, "-m", "vision.train", "--config", args.train_config, "--data-dir", str(args.data_dir), "--val-split", "test",
+                 "--output", str(sup_dir), "--epochs", str(args.supervised_epochs), "--threads", str(args.threads), "--resume", "auto",
+                 *subset_train, *(args.subset_eval[2:] if args.quick else []), *args.train_args])
+        sup_ckpt = sup_dir / "last.pth"
+
+    # ---- 3. frozen features: k-NN and linear probe
+    evals = {
+        "dino": knn_and_probe("dino", ["--checkpoint", str(dino_ckpt)], args, runs),
+        "random_init": knn_and_probe("random_init", ["--checkpoint", str(dino_ckpt), "--random-init", "--seed", "0"], args, runs),
+        "supervised": knn_and_probe("supervised", ["--checkpoint", str(sup_ckpt)], args, runs),
+    }
+
+    # ---- 4. fine-tuning from DINO vs from scratch, same recipe and epochs
+    finetune = {}
+    for name, extra in (("from_dino", ["--initial-checkpoint", str(dino_ckpt)]), ("from_scratch", [])):
+        folder = runs / f"finetune_{name}"
+        if (last_epoch(folder / "last.pth") or -1) + 1 < args.finetune_epochs:
+            run([PY, "-m", "vision.train", "--config", args.train_config, "--data-dir", str(args.data_dir), "--val-split", "test",
+                 "--output", str(folder), "--epochs", str(args.finetune_epochs), "--threads", str(args.threads), "--resume", "auto",
+                 *extra, *subset_train, *(args.subset_eval[2:] if args.quick else []), *args.train_args])
+        finetune[name] = train_summary(folder)
+
+    # ---- 5. the figure
+    figure = args.results_dir / f"{args.name}_cross_patch.png"
+    run([PY, "-m", "vision.plot", "--checkpoint", str(sup_ckpt), "--label", "supervised (labels)", "--checkpoint", str(dino_ckpt),
+         "--label", "DINO teacher (no labels)", "--out", str(figure)])
+
+    # ---- report
+    from vision.bench import machine_info
+    import torch
+
+    dino_state = torch.load(dino_ckpt, map_location="cpu", weights_only=True, mmap=True)
+    dino_rows = dino_state["summary"]
+    dino = {
+        "epochs": dino_state["epoch"] + 1,
+        "planned_epochs": plan["epochs"],
+        "training_minutes": sum(r["train"]["minutes"] for r in dino_rows),
+        "img_per_s": [round(r["train"]["img_per_s"], 1) for r in dino_rows],
+        "loss_by_epoch": [round(r["train"]["loss"], 4) for r in dino_rows],
+        "model": dino_state["model_name"],
+        "model_kwargs": dino_state["model_kwargs"],
+    }
+    knn_gain = evals["dino"]["knn_top1"] - evals["random_init"]["knn_top1"]
+    ft_gain = finetune["from_dino"]["final_top1"] - finetune["from_scratch"]["final_top1"]
+    goals = {
+        "knn_dino_vs_random_init": {
+            "goal": f"k-NN top-1 after DINO >= random init + 20 points (CIFAR-10 test, <= {args.minutes:g} CPU minutes of DINO)",
+            "figure": f"{evals['dino']['knn_top1']:.2f} vs {evals['random_init']['knn_top1']:.2f} (+{knn_gain:.2f})",
+            "met": bool(knn_gain >= 20.0 and dino["training_minutes"] <= args.minutes + 1e-6),
+        },
+        "finetune_dino_vs_scratch": {
+            "goal": f"fine-tuning from DINO beats training from scratch at equal epochs ({args.finetune_epochs})",
+            "figure": f"{finetune['from_dino']['final_top1']:.2f} vs {finetune['from_scratch']['final_top1']:.2f} ({ft_gain:+.2f})",
+            "met": bool(ft_gain > 0),
+        },
+    }
+    command = "scripts/bench_dino.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    report = {
+        "command": command.strip(),
+        "quick": args.quick,
+        "data": str(args.data_dir),
+        "machine": machine_info(torch.device("cpu")) | {"torch_threads": args.threads},
+        "dino": dino,
+        "plan": plan,
+        "supervised_checkpoint": str(sup_ckpt),
+        "frozen_features": evals,
+        "finetune": finetune,
+        "goals": goals,
+        "figure": figure.name,
+        "wall_minutes_this_call": (time.time() - started) / 60,
+    }
+    json_path = args.results_dir / f"{args.name}.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md = [
+        f"# Self-supervised ResMLP (DINO) on CIFAR-10{' (QUICK SMOKE RUN: a slice of the data)' if args.quick else ''}\n",
+        f"`{report['command']}` on {report['machine']['cpu']} (torch threads: {args.threads}), torch {report['machine']['torch']}, "
+        f"timm {report['machine']['timm']}.\n",
+        f"DINO: {dino['model']} {{{', '.join(f'{k}: {v}' for k, v in dino['model_kwargs'].items() if k not in ('num_classes', 'drop_path_rate'))}}}, "
+        f"config `{args.dino_config}`, {dino['epochs']} epochs ({plan['epochs']} planned) in {dino['training_minutes']:.1f} training minutes, "
+        f"{dino['img_per_s'][-1] if dino['img_per_s'] else 0} img/s; DINO loss by epoch {dino['loss_by_epoch']}.\n",
+        "## Frozen features (CIFAR-10 test)\n",
+        "| backbone | k-NN top-1 (k=20, T=0.07) | k-NN top-5 |" + (" linear probe top-1 |" if args.linear else ""),
+        "|---|---:|---:|" + ("---:|" if args.linear else ""),
+    ]
+    labels = {"dino": "DINO teacher", "random_init": "same network, random init", "supervised": "supervised (labels), same size"}
+    for key, label in labels.items():
+        e = evals[key]
+        md.append(f"| {label} | {e['knn_top1']:.2f} | {e['knn_top5']:.2f} |" + (f" {e['linear_top1']:.2f} |" if args.linear else ""))
+    md += [
+        f"\n{evals['dino']['train_images']} training images as the k-NN memory / probe training set, {evals['dino']['test_images']} test images.\n",
+        f"## Fine-tuning ({args.train_config} recipe, {args.finetune_epochs} epochs, new 10-class head)\n",
+        "| start | top-1 by epoch | final top-1 | training minutes |",
+        "|---|---|---:|---:|",
+    ]
+    for key, label in (("from_dino", "DINO checkpoint"), ("from_scratch", "random init")):
+        f = finetune[key]
+        md.append(f"| {label} | {', '.join(f'{t:.2f}' for t in f['top1_by_epoch'])} | {f['final_top1']:.2f} | {f['training_minutes']:.1f} |")
+    md += ["\n## Goals\n"]
+    md += [f"- {g['goal']}: **{'met' if g['met'] else 'missed'}**, {g['figure']}" for g in goals.values()]
+    md += [f"\n![cross-patch rows, supervised vs DINO]({figure.name})\n"]
+    md_path = args.results_dir / f"{args.name}.md"
+    md_path.write_text("\n".join(md) + "\n")
+    log(f"wrote {json_path}, {md_path}, {figure}")
+    for g in goals.values():
+        log(f"{g['goal']}: {'met' if g['met'] else 'missed'} ({g['figure']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
