@@ -399,6 +399,15 @@ def test_dino_cli_bad_input_is_named(jpeg_data, tmp_path, capsys):
     torch.save({"format": ckpt_io.FORMAT, "model_name": "resmlp_s12"}, tmp_path / "sup.pth")
     assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o2"), "--resume", str(tmp_path / "sup.pth")]) == 2
     assert "not a vision.dino checkpoint" in capsys.readouterr().out
+    # a DINO backbone has no classifier to evaluate with labels: vision.evaluate says what to use instead
+    from vision.evaluate import main as evaluate_main
+
+    backbone = timm.create_model("resmlp_s12", num_classes=0, **TINY)
+    wrapper = MultiCropWrapper(backbone, DINOHead(32, out_dim=8, hidden_dim=16, bottleneck_dim=4))
+    torch.save({"format": ckpt_io.DINO_FORMAT, "model_name": "resmlp_s12", "model_kwargs": {**TINY, "num_classes": 0},
+                "data_config": {"input_size": (3, 32, 32)}, "teacher": wrapper.state_dict()}, tmp_path / "dino.pth")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "dino.pth"), "--data-dir", str(jpeg_data / "test")]) == 2
+    assert "is a vision.dino checkpoint" in capsys.readouterr().err
 
 
 def test_configs_are_valid_for_their_cli():
@@ -447,3 +456,18 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     # a second call finds every stage done and only rewrites the report
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0 and "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout
+
+
+@pytest.mark.slow
+def test_dino_ddp_with_two_cpu_processes(jpeg_data, tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vision.dino", *TINY_DINO,
+         "--data-dir", str(jpeg_data), "--epochs", "1", "--batch-size", "4", "--output", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) on cpu, 3 steps per epoch" in proc.stdout and "peak lr" in proc.stdout and "global batch 8" in proc.stdout
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["epoch"] == 0 and len(state["rng"]) == 2  # one generator state per rank
+    assert torch.isfinite(state["dino_loss"]["center"]).all() and state["dino_loss"]["center"].abs().sum() > 0

@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     try:
         if args.checkpoint:
             model, ckpt = ckpt_io.create_model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
+            if ckpt.get("format") == ckpt_io.DINO_FORMAT:
+                raise ValueError(f"{args.checkpoint} is a vision.dino checkpoint: a backbone without classifier. Evaluate its features "
+                                 "with python -m vision.knn / vision.linear, or fine-tune it (vision.train --initial-checkpoint)")
             data_cfg = dict(ckpt["data_config"])
             classes = ckpt.get("classes")
             name = ckpt["model_name"]
