@@ -439,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interpolation", default="bicubic")
     g.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
     g.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
+    g.add_argument("--eval-crop-pct", type=float, default=None,
+                   help="crop ratio stored for evaluating the checkpoint (vision.knn/linear); default 0.875 (DINO's eval_knn: "
+                        "resize 256, crop 224), 1.0 for images of 64 px or less")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resmlp_s12", help="timm backbone name (ResMLP: " + ", ".join(MODEL_NAMES) + ")")
     g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="extra create_model arguments, key=value")
@@ -681,7 +684,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "model_kwargs": teacher_kwargs,
                 "data_config": {
                     "input_size": (3, args.img_size, args.img_size),
-                    "crop_pct": 1.0 if args.img_size <= 64 else 0.875,
+                    "crop_pct": args.eval_crop_pct or (1.0 if args.img_size <= 64 else 0.875),
                     "interpolation": args.interpolation,
                     "mean": tuple(args.mean),
                     "std": tuple(args.std),

@@ -35,7 +35,7 @@ def knn_scores(
     num_classes: int,
     chunk: int = 256,
 ) -> torch.Tensor:
-    """Class scores ``(n_test, num_classes)`` of DINO's weighted k-NN: ``score[c] = sum over the k
+    """Class scores ``(n_test, num_classes)`` (on the CPU) of DINO's weighted k-NN: ``score[c] = sum over the k
     nearest training rows j of class c of exp(cos(test, train_j) / temperature)``.
 
     ``train_features (n_train, D)``, ``train_labels (n_train,)`` in ``[0, num_classes)``,
@@ -44,16 +44,16 @@ def knn_scores(
     if k < 1 or k > train_features.shape[0]:
         raise ValueError(f"k = {k} needs 1 <= k <= the {train_features.shape[0]} training images")
     train = F.normalize(train_features.float(), dim=1)
-    test = F.normalize(test_features.float(), dim=1)
-    labels = train_labels.long()
+    test = F.normalize(test_features.float(), dim=1).to(train.device)
+    labels = train_labels.long().to(train.device)
     scores = []
     for start in range(0, test.shape[0], chunk):
         sim = test[start : start + chunk] @ train.T  # (b, n_train) cosine similarities
         top_sim, top_idx = sim.topk(k, dim=1, largest=True, sorted=True)  # (b, k)
         weights = (top_sim / temperature).exp()
-        votes = torch.zeros(top_idx.shape[0], num_classes)
+        votes = torch.zeros(top_idx.shape[0], num_classes, device=train.device)
         votes.scatter_add_(1, labels[top_idx], weights)
-        scores.append(votes)
+        scores.append(votes.cpu())
     return torch.cat(scores) if scores else torch.zeros(0, num_classes)
 
 
@@ -68,6 +68,8 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 def run_knn(features: Dict[str, Any], ks: Sequence[int], temperature: float) -> Dict[str, Any]:
     (train_x, train_y), (val_x, val_y) = features["train"], features["val"]
     num_classes = len(features["classes"])
+    device = torch.device(features.get("device", "cpu"))  # the similarities where the features were computed (a GPU for ImageNet)
+    train_x, train_y = train_x.to(device), train_y.to(device)
     results = {}
     for k in ks:
         k_used = k
