@@ -58,16 +58,25 @@ def assert_same(ours, theirs):
         torch.testing.assert_close(torch.stack([h["score"] for h in mine]), torch.stack([h["score"] for h in ref]))
 
 
+def check_against_fairseq(models, settings) -> None:
+    """For each ``(seed, strength)`` of ``models`` and each ``(beam, lenpen, left_pad)`` of
+    ``settings``: ``generate`` on ``models[seed, strength]`` returns fairseq's hypotheses on :func:`eos_biased_model`; the
+    hypotheses must have at least 3 lengths, so that finishing is tested."""
+    lengths = set()
+    for (seed, strength), ours in models.items():
+        reference = eos_biased_model(seed, strength)
+        for beam, lenpen, left_pad in settings:
+            src = source_batch(seed, left_pad=left_pad)
+            theirs = fairseq_generate(reference, src, beam, lenpen)
+            assert_same(generate(ours, src, beam=beam, lenpen=lenpen), theirs)
+            lengths.update(len(h["tokens"]) for hyps in theirs for h in hyps)
+    assert len(lengths) >= 3, f"hypotheses of too few lengths to test finishing: {sorted(lengths)}"
+
+
 @pytest.mark.parametrize("beam,lenpen,left_pad", [(4, 1.0, True), (4, 0.6, False), (1, 1.0, True), (5, 1.3, True)])
 def test_same_hypotheses_and_scores_as_fairseq(beam, lenpen, left_pad):
-    lengths = set()
-    for seed, strength in ((0, 0.0), (0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (0, 2.0)):
-        model = eos_biased_model(seed, strength)
-        src = source_batch(seed, left_pad=left_pad)
-        theirs = fairseq_generate(model, src, beam, lenpen)
-        assert_same(generate(model, src, beam=beam, lenpen=lenpen), theirs)
-        lengths.update(len(h["tokens"]) for hyps in theirs for h in hyps)
-    assert len(lengths) >= 3, f"hypotheses of too few lengths to test finishing: {sorted(lengths)}"
+    cases = ((0, 0.0), (0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (0, 2.0))
+    check_against_fairseq({c: eos_biased_model(*c) for c in cases}, [(beam, lenpen, left_pad)])
 
 
 def test_same_hypotheses_with_sinusoidal_positions():
@@ -91,17 +100,9 @@ def test_int8_model_generates_close_to_float():
 def test_folded_and_onnx_decoders_give_fairseq_hypotheses(engine):
     """Folding and the ONNX step change float rounding only: on these models (no near ties) the
     hypotheses are fairseq's, scores equal to 1e-5."""
-    lengths = set()
-    for seed, strength in ((0, 0.0), (1, 1.0), (2, 1.0), (0, 2.0)):
-        reference = eos_biased_model(seed, strength)
-        folded = eos_biased_folded(seed, strength)
-        ours = folded if engine == "folded" else OnnxModel(folded)
-        for beam, lenpen, left_pad in ((4, 1.0, True), (2, 0.6, False)):
-            src = source_batch(seed, left_pad=left_pad)
-            theirs = fairseq_generate(reference, src, beam, lenpen)
-            assert_same(generate(ours, src, beam=beam, lenpen=lenpen), theirs)
-            lengths.update(len(h["tokens"]) for hyps in theirs for h in hyps)
-    assert len(lengths) >= 3, f"hypotheses of too few lengths to test finishing: {sorted(lengths)}"
+    build = eos_biased_folded if engine == "folded" else (lambda *c: OnnxModel(eos_biased_folded(*c)))
+    cases = ((0, 0.0), (1, 1.0), (2, 1.0), (0, 2.0))
+    check_against_fairseq({c: build(*c) for c in cases}, [(4, 1.0, True), (2, 0.6, False)])
 
 
 def test_folded_layer_keeps_causality_of_a_full_matrix():
