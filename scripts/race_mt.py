@@ -73,9 +73,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from resmlp_mt.bench import machine_info, training_figures  # noqa: E402
-from resmlp_mt.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
+from mt_tools.bench import machine_info, training_figures  # noqa: E402
+from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 
 log = logging.getLogger("race_mt")
 

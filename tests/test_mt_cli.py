@@ -126,7 +126,7 @@ def test_checkpoint_averaging(workdir, tmp_path):
     ckpt = tmp_path / "ckpt"
     run([tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, "--save-dir", ckpt, "--max-update", "6",
          "--save-interval-updates", "2", "--keep-interval-updates", "3"])
-    from resmlp_mt.evaluate import average_checkpoints, last_checkpoints
+    from mt_tools.evaluate import average_checkpoints, last_checkpoints
 
     paths = last_checkpoints(ckpt, 2)
     assert [p.name for p in paths] == ["checkpoint_1_4.pt", "checkpoint_1_6.pt"]

@@ -2,7 +2,7 @@
 
 For each language pair, both systems are trained by ``scripts/train_multi30k.sh`` (same data,
 vocabulary, embeddings, batch size in tokens, optimizer settings and wall-clock budget) and
-evaluated by :func:`resmlp_mt.evaluate.evaluate` (beam 4, batch 128). The figures come from the
+evaluated by :func:`mt_tools.evaluate.evaluate` (beam 4, batch 128). The figures come from the
 real fairseq runs: training words/s = target tokens trained on / fairseq's ``train_wall``;
 validation loss against wall-clock time from the timestamps of the validation log lines;
 generation sentences/s and tokens/s as ``fairseq-generate`` reports them; peak memory as the
@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .evaluate import evaluate, result_dict, run_measured
+from .layout import PreparedData, folder_name
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def run_benchmark(
     profile_batches: int = 3,
 ) -> dict:
     """Prepare, train and evaluate both systems on every pair; return every figure."""
-    from .corpus import Split, prepare_parallel_corpus
+    from .corpus import multi30k_splits, prepare_parallel_corpus
 
     results: dict = {"settings": {"pairs": pairs, "minutes_per_system": minutes, "vocab_size": vocab_size,
                                   "budget": "same wall-clock training time (fairseq --stop-time-hours)",
@@ -141,11 +142,9 @@ def run_benchmark(
                      "machine": machine_info(), "pairs": {}}
     for pair in pairs:
         src, tgt = pair.split("-")
-        data = workdir / f"multi30k.{pair}"
-        if not (data / "prep.json").exists():
-            names = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
-            prepare_parallel_corpus([Split(k, [(raw_dir / f"{v}.{src}", raw_dir / f"{v}.{tgt}")]) for k, v in names.items()],
-                                    src, tgt, data, vocab_size, workers=threads)
+        data = workdir / folder_name("multi30k", src, tgt)
+        if not PreparedData(data).is_prepared():
+            prepare_parallel_corpus(multi30k_splits(raw_dir, src, tgt), src, tgt, data, vocab_size, workers=threads)
         pair_results = {}
         for system in SYSTEMS:
             save_dir = workdir / f"{pair}.{system}"
