@@ -21,16 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
 import sys
 import time
 from collections import defaultdict
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
+
+from resmlp_core.machine import machine_info as _machine_info
 
 from .evaluate import evaluate, result_dict, run_measured
 from .layout import PreparedData, folder_name
@@ -39,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("resmlp", "transformer")
+
+#: The machine, with fairseq's version.
+machine_info = partial(_machine_info, packages=("fairseq",))
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| (\w+) \| (\{.*\})\s*$")
 
 
@@ -184,24 +189,6 @@ def ratios(ours: dict, peer: dict) -> dict:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def machine_info() -> dict:
-    import fairseq
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(), "torch": torch.__version__, "fairseq": fairseq.__version__,
-        "platform": platform.platform(),
-    }
-
-
 # --- where the time of a training step goes -----------------------------------------------------
 
 CATEGORIES = {
@@ -299,7 +286,7 @@ def _forward_backward(module, args, kwargs):
 
 def markdown_table(results: dict) -> str:
     lines = [
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, no GPU; "
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['gpu'] or 'no GPU'}; "
         f"torch {results['machine']['torch']}, fairseq {results['machine']['fairseq']}. "
         f"Budget: {results['settings']['minutes_per_system']} minutes of training per system "
         "(same wall-clock time), then fairseq-generate with beam 4, batch 128.",

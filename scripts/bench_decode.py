@@ -565,11 +565,11 @@ def equal_length_ratios(results: List[dict]) -> dict:
 
 
 def machine() -> dict:
-    """:func:`resmlp_mt.bench.machine_info` (CPU, cores, GPU, versions) plus the cores this
+    """:func:`resmlp_core.machine.machine_info` (CPU, cores, GPU, versions) plus the cores this
     process may use and the load when the benchmark started."""
-    from resmlp_mt.bench import machine_info
+    from resmlp_core.machine import machine_info
 
-    return {**machine_info(), "logical_cores": os.cpu_count(),
+    return {**machine_info(packages=("fairseq",)), "logical_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 

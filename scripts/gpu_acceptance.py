@@ -944,13 +944,9 @@ def machine_info(mode: str) -> Dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from resmlp_core.machine import cpu_name
+
+    info["cpu"] = cpu_name()
     from importlib.metadata import PackageNotFoundError, version
 
     for pkg, dists in (("fairseq", ("ve-fairseq", "fairseq")), ("timm", ("timm",)), ("torchvision", ("torchvision",)), ("sacrebleu", ("sacrebleu",))):

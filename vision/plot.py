@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from timm.utils import ParseKwargs
 
 
 def cross_patch_montage(weight: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", help="a vision.train checkpoint")
     p.add_argument("--model", help="or: a ResMLP model name, with --weights (timm or DeiT format)")
     p.add_argument("--weights", help="weights file for --model")
-    p.add_argument("--model-kwargs", nargs="*", default=[], help="create_model arguments for --model, key=value")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model arguments for --model, key=value")
     p.add_argument("--use-ema", action="store_true", help="plot the EMA weights of the checkpoint")
     p.add_argument("--blocks", type=int, nargs="*", default=None, help="block indices (default: all)")
     p.add_argument("--cols", type=int, default=6)
@@ -84,10 +85,8 @@ def main(argv=None) -> int:
         title = f"{ckpt['model_name']} ({Path(args.checkpoint).name}, epoch {ckpt['epoch']}): cross-patch matrices"
     elif args.model and args.weights:
         import timm
-        import yaml
 
-        kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_kwargs)}
-        model = timm.create_model(args.model, **kwargs)
+        model = timm.create_model(args.model, **args.model_kwargs)
         ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
         title = f"{args.model} ({Path(args.weights).name}): cross-patch matrices"
     else:
