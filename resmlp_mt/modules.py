@@ -4,7 +4,7 @@ All tensors are time-first, ``T x B x C``, as everywhere in fairseq's sequence m
 
 Every residual branch has the same shape (paper Eqs. 2-3)::
 
-    x = x + layer_scale * dropout(sublayer(norm(x)))      # one addcmul for the scale and the add
+    x = x + layer_scale * dropout(sublayer(norm(x)))      # resmlp_core.add_scaled: one addcmul
 
 with ``norm`` an Affine layer (``--norm affine``, the paper) or LayerNorm (``--norm layernorm``,
 the paper's Table 3 ablation), and ``layer_scale`` a per-channel vector initialised to
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-import torch
 from fairseq import utils
-from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
-from resmlp_core import Affine, CrossTokenLinear
+from resmlp_core import Affine, CrossTokenLinear, add_scaled, layer_scale
 
 NORMS = ("affine", "layernorm")
 
@@ -60,47 +58,6 @@ class ChannelMLP(nn.Module):
         return self.fc2(self.activation_dropout(self.activation_fn(self.fc1(x))))
 
 
-def layer_scale(dim: int, init: float) -> nn.Parameter:
-    """A LayerScale vector: per-channel multipliers of a residual branch, all ``init`` at start."""
-    return nn.Parameter(torch.full((dim,), float(init)))
-
-
-@with_incremental_state
-class CausalTokenMixer(CrossTokenLinear):
-    """The decoder's cross-token linear layer: lower-triangular ``A`` with incremental decoding.
-
-    Full pass: ``(T, B, C) -> (T, B, C)`` with ``out[t] = sum_{j<=t} A[t, j] x[j] + b[t]``.
-
-    Incremental pass (``incremental_state`` given, one new position per call): ``(1, B, C) ->
-    (1, B, C)``. The layer keeps the inputs of all past positions in a ``(t, B, C)`` buffer,
-    so step ``t`` costs one ``1 x (t+1)`` by ``(t+1) x BC`` product, O(t). Beam search reorders
-    the buffer along the batch dimension (:meth:`reorder_incremental_state`).
-    """
-
-    def __init__(self, max_tokens: int):
-        super().__init__(max_tokens, causal=True)
-
-    def forward(
-        self, x: Tensor, incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None
-    ) -> Tensor:
-        if incremental_state is None:
-            return super().forward(x)
-        if x.size(0) != 1:
-            raise ValueError(f"incremental decoding takes one position at a time, got {x.size(0)}")
-        saved = self.get_incremental_state(incremental_state, "history")
-        history = x if saved is None else torch.cat([saved["inputs"], x], dim=0)
-        self.set_incremental_state(incremental_state, "history", {"inputs": history})
-        return self.forward_last(history)
-
-    def reorder_incremental_state(
-        self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor
-    ) -> None:
-        saved = self.get_incremental_state(incremental_state, "history")
-        if saved is not None:
-            saved = {"inputs": saved["inputs"].index_select(1, new_order)}
-            self.set_incremental_state(incremental_state, "history", saved)
-
-
 class ResMLPEncoderLayer(nn.Module):
     """One encoder layer: the cross-token linear sublayer, then the channel MLP.
 
@@ -131,8 +88,8 @@ class ResMLPEncoderLayer(nn.Module):
         h = self.token_norm(x)
         if padding_mask is not None:
             h = h.masked_fill(padding_mask, 0.0)
-        x = torch.addcmul(x, self.dropout_module(self.token_mixer(h)), self.token_scale)
-        x = torch.addcmul(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
+        x = add_scaled(x, self.dropout_module(self.token_mixer(h)), self.token_scale)
+        x = add_scaled(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
         return x
 
 
@@ -156,7 +113,7 @@ class ResMLPDecoderLayer(nn.Module):
         super().__init__()
         dim = args.decoder_embed_dim
         self.token_norm = build_norm(args.norm, dim)
-        self.token_mixer = CausalTokenMixer(max_tokens)
+        self.token_mixer = CrossTokenLinear(max_tokens, causal=True)
         self.token_scale = layer_scale(dim, args.layerscale_init)
         self.cross_attn_norm = build_norm(args.norm, dim)
         self.cross_attn = MultiheadAttention(
@@ -187,7 +144,7 @@ class ResMLPDecoderLayer(nn.Module):
         h = self.token_norm(x)
         if padding_mask is not None:
             h = h.masked_fill(padding_mask, 0.0)
-        x = torch.addcmul(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
+        x = add_scaled(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
 
         h, attn = self.cross_attn(
             query=self.cross_attn_norm(x),
@@ -198,7 +155,7 @@ class ResMLPDecoderLayer(nn.Module):
             static_kv=True,
             need_weights=need_attn,
         )
-        x = torch.addcmul(x, self.dropout_module(h), self.cross_attn_scale)
+        x = add_scaled(x, self.dropout_module(h), self.cross_attn_scale)
 
-        x = torch.addcmul(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
+        x = add_scaled(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
         return x, attn
