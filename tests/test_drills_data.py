@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mt_helpers import CORPUS_SIZES as SIZES, write_corpus
+from helpers import CORPUS_SIZES as SIZES, write_corpus
 
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from mt_helpers import random_tokens, tiny_model
+from helpers import random_tokens, tiny_model
 
 VARIANTS = [
     dict(),
