@@ -58,7 +58,37 @@ class ChannelMLP(nn.Module):
         return self.fc2(self.activation_dropout(self.activation_fn(self.fc1(x))))
 
 
-class ResMLPEncoderLayer(nn.Module):
+class ResMLPLayer(nn.Module):
+    """What the encoder and decoder layers share: the token-mixing sublayer (``token_norm``,
+    ``token_mixer``, ``token_scale``; causal in the decoder) and the channel sublayer
+    (``channel_norm``, ``channel_mlp``, ``channel_scale``), each a LayerScale'd residual branch.
+    Subclasses build them in their parameter order (:meth:`build_token_mixing`, then their own
+    sublayers, then :meth:`build_channel_mixing`)."""
+
+    def build_token_mixing(self, args, dim: int, max_tokens: int, causal: bool) -> None:
+        self.token_norm = build_norm(args.norm, dim)
+        self.token_mixer = CrossTokenLinear(max_tokens, causal=causal)
+        self.token_scale = layer_scale(dim, args.layerscale_init)
+
+    def build_channel_mixing(self, args, dim: int, hidden_dim: int) -> None:
+        self.channel_norm = build_norm(args.norm, dim)
+        self.channel_mlp = ChannelMLP(dim, hidden_dim, args.activation_fn, args.activation_dropout)
+        self.channel_scale = layer_scale(dim, args.layerscale_init)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+
+    def token_mixing(self, x: Tensor, padding_mask: Optional[Tensor], incremental_state=None) -> Tensor:
+        """``x + token_scale * dropout(token_mixer(token_norm(x)))``, the normalised input zeroed
+        at padding positions first."""
+        h = self.token_norm(x)
+        if padding_mask is not None:
+            h = h.masked_fill(padding_mask, 0.0)
+        return add_scaled(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
+
+    def channel_mixing(self, x: Tensor) -> Tensor:
+        return add_scaled(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
+
+
+class ResMLPEncoderLayer(ResMLPLayer):
     """One encoder layer: the cross-token linear sublayer, then the channel MLP.
 
     Args of :meth:`forward`:
@@ -74,26 +104,14 @@ class ResMLPEncoderLayer(nn.Module):
     def __init__(self, args, max_tokens: int):
         super().__init__()
         dim = args.encoder_embed_dim
-        self.token_norm = build_norm(args.norm, dim)
-        self.token_mixer = CrossTokenLinear(max_tokens)
-        self.token_scale = layer_scale(dim, args.layerscale_init)
-        self.channel_norm = build_norm(args.norm, dim)
-        self.channel_mlp = ChannelMLP(
-            dim, args.encoder_ffn_embed_dim, args.activation_fn, args.activation_dropout
-        )
-        self.channel_scale = layer_scale(dim, args.layerscale_init)
-        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.build_token_mixing(args, dim, max_tokens, causal=False)
+        self.build_channel_mixing(args, dim, args.encoder_ffn_embed_dim)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-        h = self.token_norm(x)
-        if padding_mask is not None:
-            h = h.masked_fill(padding_mask, 0.0)
-        x = add_scaled(x, self.dropout_module(self.token_mixer(h)), self.token_scale)
-        x = add_scaled(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
-        return x
+        return self.channel_mixing(self.token_mixing(x, padding_mask))
 
 
-class ResMLPDecoderLayer(nn.Module):
+class ResMLPDecoderLayer(ResMLPLayer):
     """One decoder layer: causal cross-token linear, encoder-decoder attention, channel MLP.
 
     The paper keeps the Transformer's encoder-decoder attention and replaces only the
@@ -112,9 +130,7 @@ class ResMLPDecoderLayer(nn.Module):
     def __init__(self, args, max_tokens: int):
         super().__init__()
         dim = args.decoder_embed_dim
-        self.token_norm = build_norm(args.norm, dim)
-        self.token_mixer = CrossTokenLinear(max_tokens, causal=True)
-        self.token_scale = layer_scale(dim, args.layerscale_init)
+        self.build_token_mixing(args, dim, max_tokens, causal=True)
         self.cross_attn_norm = build_norm(args.norm, dim)
         self.cross_attn = MultiheadAttention(
             dim,
@@ -125,12 +141,7 @@ class ResMLPDecoderLayer(nn.Module):
             encoder_decoder_attention=True,
         )
         self.cross_attn_scale = layer_scale(dim, args.layerscale_init)
-        self.channel_norm = build_norm(args.norm, dim)
-        self.channel_mlp = ChannelMLP(
-            dim, args.decoder_ffn_embed_dim, args.activation_fn, args.activation_dropout
-        )
-        self.channel_scale = layer_scale(dim, args.layerscale_init)
-        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.build_channel_mixing(args, dim, args.decoder_ffn_embed_dim)
 
     def forward(
         self,
@@ -141,11 +152,7 @@ class ResMLPDecoderLayer(nn.Module):
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
         need_attn: bool = False,
     ):
-        h = self.token_norm(x)
-        if padding_mask is not None:
-            h = h.masked_fill(padding_mask, 0.0)
-        x = add_scaled(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
-
+        x = self.token_mixing(x, padding_mask, incremental_state)
         h, attn = self.cross_attn(
             query=self.cross_attn_norm(x),
             key=encoder_out,
@@ -156,6 +163,4 @@ class ResMLPDecoderLayer(nn.Module):
             need_weights=need_attn,
         )
         x = add_scaled(x, self.dropout_module(h), self.cross_attn_scale)
-
-        x = add_scaled(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
-        return x, attn
+        return self.channel_mixing(x), attn
