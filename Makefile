@@ -18,7 +18,7 @@ install:
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps $(FAIRSEQ)
 	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(PY) -c 'import fairseq, timm, torchvision, resmlp_core, vision; print("installed: fairseq", fairseq.__version__, "timm", timm.__version__, "torch", __import__("torch").__version__)'
+	$(PY) -c 'import fairseq, timm, torchvision, resmlp_core, resmlp_mt, mt_tools, vision; print("installed: fairseq", fairseq.__version__, "timm", timm.__version__, "torch", __import__("torch").__version__)'
 
 test:
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests

@@ -1,6 +1,22 @@
-"""Operators shared by the ResMLP translation plugin (``resmlp_mt``) and vision models (``vision``)."""
+"""The vocabulary shared by the ResMLP translation plugin (``resmlp_mt``) and vision models (``vision``).
 
-from .checkpoint import StateDictDiff, compare_state_dicts
-from .layers import Affine, CrossTokenLinear
+* :mod:`resmlp_core.layers`: :class:`Affine`, the token mixer :class:`CrossTokenLinear` (causal as
+  an option, with its incremental step), the causal rule :func:`causal`, LayerScale
+  (:func:`layer_scale`, :func:`add_scaled`);
+* :mod:`resmlp_core.checkpoint`: the state-dict check of both halves (:func:`check_state_dict_fits`);
+* :mod:`resmlp_core.machine`: the machine a benchmark ran on (:func:`machine_info`).
+"""
 
-__all__ = ["Affine", "CrossTokenLinear", "StateDictDiff", "compare_state_dicts"]
+from .checkpoint import StateDictDiff, check_state_dict_fits, compare_state_dicts
+from .layers import Affine, CrossTokenLinear, add_scaled, causal, layer_scale
+
+__all__ = [
+    "Affine",
+    "CrossTokenLinear",
+    "StateDictDiff",
+    "add_scaled",
+    "causal",
+    "check_state_dict_fits",
+    "compare_state_dicts",
+    "layer_scale",
+]

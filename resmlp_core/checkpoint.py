@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, List, Mapping, Tuple
+from typing import Callable, Iterable, List, Mapping, Tuple, Type
 
 import torch
 
@@ -47,3 +47,21 @@ def compare_state_dicts(
             if k not in ignore and tuple(checkpoint_state[k].shape) != tuple(model_state[k].shape)
         ),
     )
+
+
+def check_state_dict_fits(
+    model_state: Mapping[str, torch.Tensor],
+    checkpoint_state: Mapping[str, torch.Tensor],
+    header: str,
+    checkpoint: str = "checkpoint",
+    ignore_shapes: Iterable[str] = (),
+    hints: Callable[[StateDictDiff], List[str]] = lambda diff: [],
+    error: Type[Exception] = ValueError,
+) -> None:
+    """The one state-dict check of both halves: raise ``error`` when ``checkpoint_state`` does not
+    fit ``model_state``, with ``header``, one line per kind of difference (:meth:`StateDictDiff.lines`,
+    the checkpoint called ``checkpoint``) and the lines ``hints(diff)`` adds, each on its own
+    indented line."""
+    diff = compare_state_dicts(model_state, checkpoint_state, ignore_shapes)
+    if diff:
+        raise error("\n  ".join([header, *diff.lines(checkpoint=checkpoint), *hints(diff)]))

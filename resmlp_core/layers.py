@@ -1,7 +1,14 @@
-"""The two ResMLP operators shared by the translation plugin and the vision models.
+"""The ResMLP operators shared by the translation plugin and the vision models.
 
 This module depends on torch only, so that ``resmlp_mt`` (fairseq, no torchvision) and
-``vision`` (timm, no fairseq) both build on the same definition.
+``vision`` (timm, no fairseq) both build on the same definitions:
+
+* :class:`Affine`, ``Aff(x) = alpha * x + beta`` (paper Eq. 1);
+* :class:`CrossTokenLinear`, the token mixer (paper Eq. 2, the matrix ``A``), optionally causal
+  (:func:`causal`, the one place the rule is written), with its incremental one-position step
+  for decoding (:meth:`CrossTokenLinear.forward_last`, and ``incremental_state`` in ``forward``);
+* LayerScale: :func:`layer_scale` (the per-channel vector) and :func:`add_scaled` (the residual
+  add it multiplies, fused into one ``addcmul``).
 
 Layout convention: token-first tensors ``(L, B, C)`` (sequence length or number of patches,
 batch, channels). fairseq's encoder/decoder stacks already use ``T x B x C``; the vision
@@ -12,8 +19,14 @@ point of choosing this layout.
 
 from __future__ import annotations
 
+import uuid
+from typing import Dict, Optional
+
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+#: fairseq's incremental decoding state: ``{"<module id>.<key>": {name: tensor}}``.
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
 class Affine(nn.Module):
@@ -32,15 +45,32 @@ class Affine(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, 1, dim))
         self.beta = nn.Parameter(torch.zeros(1, 1, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return torch.addcmul(self.beta, self.alpha, x)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
 
+def layer_scale(dim: int, init: float) -> nn.Parameter:
+    """A LayerScale vector: per-channel multipliers of a residual branch, all ``init`` at start
+    (Touvron et al., CaiT; paper Eqs. 2-3)."""
+    return nn.Parameter(torch.full((dim,), float(init)))
+
+
+def add_scaled(x: Tensor, branch: Tensor, scale: Tensor) -> Tensor:
+    """The residual add of a LayerScale'd branch, ``x + scale * branch``, as one ``addcmul``."""
+    return torch.addcmul(x, branch, scale)
+
+
+def causal(matrix: Tensor) -> Tensor:
+    """The causal rule: output position ``i`` reads input positions ``j <= i`` only (the lower
+    triangle of the mixing matrix, diagonal included)."""
+    return matrix.tril()
+
+
 class CrossTokenLinear(nn.Module):
-    """The cross-token linear layer of ResMLP (paper Eq. 2, the matrix ``A``).
+    """The token mixer of ResMLP: the cross-token linear layer (paper Eq. 2, the matrix ``A``).
 
     ``out[i, b, c] = sum_j A[i, j] * x[j, b, c] + bias[i]``: one ``max_tokens x max_tokens``
     matrix shared by every channel, no non-linearity. A batch whose longest sequence has
@@ -52,8 +82,15 @@ class CrossTokenLinear(nn.Module):
 
     Args:
         max_tokens: the largest sequence length (or number of patches) supported.
-        causal: keep only the lower triangle of ``A`` (diagonal included), so that token
-            ``i`` sees tokens ``j <= i`` only. Used by the translation decoder.
+        causal: apply :func:`causal` to ``A`` (token ``i`` sees tokens ``j <= i`` only). Used by
+            the translation decoder, which also decodes incrementally (below).
+
+    Incremental decoding (causal layers): ``forward(x, incremental_state)`` takes one new
+    position ``(1, B, C)`` per call and keeps the inputs of all past positions in
+    ``incremental_state`` (fairseq's dict; any dict works), so step ``t`` is one ``1 x (t+1)``
+    by ``(t+1) x BC`` product, O(t) (:meth:`forward_last`). Beam search reorders the kept
+    inputs along the batch dimension (:meth:`reorder_incremental_state`, which fairseq's
+    incremental decoders call on every module that has it).
 
     Shapes: input ``(L, B, C)`` with ``L <= max_tokens``, output ``(L, B, C)``.
     """
@@ -64,6 +101,7 @@ class CrossTokenLinear(nn.Module):
         self.causal = causal
         self.weight = nn.Parameter(torch.empty(max_tokens, max_tokens))
         self.bias = nn.Parameter(torch.zeros(max_tokens))
+        self._state_key = f"{uuid.uuid4()}.history"
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -72,35 +110,56 @@ class CrossTokenLinear(nn.Module):
         nn.init.zeros_(self.bias)
         if self.causal:
             with torch.no_grad():
-                self.weight.copy_(self.weight.tril())  # the upper triangle is never used
+                self.weight.copy_(causal(self.weight))  # the rest is never used
 
-    def matrix(self, length: int) -> torch.Tensor:
-        """The ``(length, length)`` mixing matrix used for a sequence of ``length`` tokens."""
+    def _check_length(self, length: int) -> None:
         if length > self.max_tokens:
             raise ValueError(
                 f"sequence of {length} tokens is longer than this cross-token layer supports "
                 f"({self.max_tokens}); raise the model's maximum positions or shorten the input"
             )
-        weight = self.weight[:length, :length]
-        return weight.tril() if self.causal else weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def matrix(self, length: int) -> Tensor:
+        """The ``(length, length)`` mixing matrix used for a sequence of ``length`` tokens."""
+        self._check_length(length)
+        weight = self.weight[:length, :length]
+        return causal(weight) if self.causal else weight
+
+    def forward(self, x: Tensor, incremental_state: Optional[IncrementalState] = None) -> Tensor:
+        if incremental_state is not None:
+            return self._step(x, incremental_state)
         length = x.size(0)
         out = torch.addmm(self.bias[:length, None], self.matrix(length), x.reshape(length, -1))
         return out.view(x.shape)
 
-    def forward_last(self, history: torch.Tensor) -> torch.Tensor:
+    def forward_last(self, history: Tensor) -> Tensor:
         """Output at the last position only, from all inputs so far (incremental decoding).
 
         ``history`` is ``(t + 1, B, C)``, the inputs at positions ``0..t``; returns
-        ``(1, B, C)``, equal to ``forward(history)[t:]`` for a causal layer, in O(t) work.
+        ``(1, B, C)``, equal to ``forward(history)[t:]`` for a causal layer, in O(t) work:
+        row ``t`` of :func:`causal` ``(A)`` is ``A[t, :t + 1]``.
         """
         t = history.size(0) - 1
-        if t >= self.max_tokens:
-            self.matrix(t + 1)  # raises the length error
+        self._check_length(t + 1)
         row = self.weight[t : t + 1, : t + 1]
         out = torch.addmm(self.bias[t : t + 1, None], row, history.reshape(t + 1, -1))
         return out.view(1, *history.shape[1:])
+
+    def _step(self, x: Tensor, incremental_state: IncrementalState) -> Tensor:
+        if not self.causal:
+            raise ValueError("incremental decoding needs a causal cross-token layer")
+        if x.size(0) != 1:
+            raise ValueError(f"incremental decoding takes one position at a time, got {x.size(0)}")
+        saved = incremental_state.get(self._state_key)
+        history = x if saved is None else torch.cat([saved["inputs"], x], dim=0)
+        incremental_state[self._state_key] = {"inputs": history}
+        return self.forward_last(history)
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        """Beam search: keep the inputs of the hypotheses ``new_order`` (batch indices)."""
+        saved = incremental_state.get(self._state_key)
+        if saved is not None:
+            incremental_state[self._state_key] = {"inputs": saved["inputs"].index_select(1, new_order)}
 
     def extra_repr(self) -> str:
         return f"max_tokens={self.max_tokens}, causal={self.causal}"

@@ -46,7 +46,7 @@ class Translator(GeneratorHubInterface):
         """The normalisation the training data went through (Moses punctuation, whitespace)."""
         if self.card.get("normalization") != "moses-punct" or not self.source_lang:
             return " ".join(sentence.split())
-        from .corpus import normalize
+        from mt_tools.corpus import normalize
 
         return normalize(sentence, self.source_lang)
 

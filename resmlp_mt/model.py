@@ -48,7 +48,7 @@ from fairseq.models.transformer import TransformerEncoderBase
 from fairseq.modules import FairseqDropout, PositionalEmbedding
 from torch import Tensor, nn
 
-from resmlp_core import compare_state_dicts
+from resmlp_core import check_state_dict_fits
 
 from .modules import NORMS, ResMLPDecoderLayer, ResMLPEncoderLayer, build_norm
 
@@ -422,16 +422,15 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, with a message that names what differs when the checkpoint is not
         a ResMLP translation model of the same shape."""
-        diff = compare_state_dicts(self.state_dict(), state_dict)
-        if strict and diff:
+        if strict:
             kind = "a ResMLP translation model" if any(".token_mixer." in k for k in state_dict) else "not a ResMLP translation model"
-            lines = [f"checkpoint does not fit this {type(self).__name__} (the checkpoint is {kind}):", *("  " + line for line in diff.lines())]
-            if any(".token_mixer." in k for k, _, _ in diff.mismatched):
-                lines.append(
-                    "  the cross-token matrices differ in size: use the checkpoint's "
-                    "--max-source-positions/--max-target-positions"
-                )
-            raise RuntimeError("\n".join(lines))
+            check_state_dict_fits(
+                self.state_dict(), state_dict, f"checkpoint does not fit this {type(self).__name__} (the checkpoint is {kind}):",
+                hints=lambda diff: ["the cross-token matrices differ in size: use the checkpoint's "
+                                    "--max-source-positions/--max-target-positions"]
+                if any(".token_mixer." in k for k, _, _ in diff.mismatched) else [],
+                error=RuntimeError,
+            )
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 

@@ -4,7 +4,7 @@ All tensors are time-first, ``T x B x C``, as everywhere in fairseq's sequence m
 
 Every residual branch has the same shape (paper Eqs. 2-3)::
 
-    x = x + layer_scale * dropout(sublayer(norm(x)))      # one addcmul for the scale and the add
+    x = x + layer_scale * dropout(sublayer(norm(x)))      # resmlp_core.add_scaled: one addcmul
 
 with ``norm`` an Affine layer (``--norm affine``, the paper) or LayerNorm (``--norm layernorm``,
 the paper's Table 3 ablation), and ``layer_scale`` a per-channel vector initialised to
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-import torch
 from fairseq import utils
-from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
-from resmlp_core import Affine, CrossTokenLinear
+from resmlp_core import Affine, CrossTokenLinear, add_scaled, layer_scale
 
 NORMS = ("affine", "layernorm")
 
@@ -60,48 +58,37 @@ class ChannelMLP(nn.Module):
         return self.fc2(self.activation_dropout(self.activation_fn(self.fc1(x))))
 
 
-def layer_scale(dim: int, init: float) -> nn.Parameter:
-    """A LayerScale vector: per-channel multipliers of a residual branch, all ``init`` at start."""
-    return nn.Parameter(torch.full((dim,), float(init)))
+class ResMLPLayer(nn.Module):
+    """What the encoder and decoder layers share: the token-mixing sublayer (``token_norm``,
+    ``token_mixer``, ``token_scale``; causal in the decoder) and the channel sublayer
+    (``channel_norm``, ``channel_mlp``, ``channel_scale``), each a LayerScale'd residual branch.
+    Subclasses build them in their parameter order (:meth:`build_token_mixing`, then their own
+    sublayers, then :meth:`build_channel_mixing`)."""
+
+    def build_token_mixing(self, args, dim: int, max_tokens: int, causal: bool) -> None:
+        self.token_norm = build_norm(args.norm, dim)
+        self.token_mixer = CrossTokenLinear(max_tokens, causal=causal)
+        self.token_scale = layer_scale(dim, args.layerscale_init)
+
+    def build_channel_mixing(self, args, dim: int, hidden_dim: int) -> None:
+        self.channel_norm = build_norm(args.norm, dim)
+        self.channel_mlp = ChannelMLP(dim, hidden_dim, args.activation_fn, args.activation_dropout)
+        self.channel_scale = layer_scale(dim, args.layerscale_init)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+
+    def token_mixing(self, x: Tensor, padding_mask: Optional[Tensor], incremental_state=None) -> Tensor:
+        """``x + token_scale * dropout(token_mixer(token_norm(x)))``, the normalised input zeroed
+        at padding positions first."""
+        h = self.token_norm(x)
+        if padding_mask is not None:
+            h = h.masked_fill(padding_mask, 0.0)
+        return add_scaled(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
+
+    def channel_mixing(self, x: Tensor) -> Tensor:
+        return add_scaled(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
 
 
-@with_incremental_state
-class CausalTokenMixer(CrossTokenLinear):
-    """The decoder's cross-token linear layer: lower-triangular ``A`` with incremental decoding.
-
-    Full pass: ``(T, B, C) -> (T, B, C)`` with ``out[t] = sum_{j<=t} A[t, j] x[j] + b[t]``.
-
-    Incremental pass (``incremental_state`` given, one new position per call): ``(1, B, C) ->
-    (1, B, C)``. The layer keeps the inputs of all past positions in a ``(t, B, C)`` buffer,
-    so step ``t`` costs one ``1 x (t+1)`` by ``(t+1) x BC`` product, O(t). Beam search reorders
-    the buffer along the batch dimension (:meth:`reorder_incremental_state`).
-    """
-
-    def __init__(self, max_tokens: int):
-        super().__init__(max_tokens, causal=True)
-
-    def forward(
-        self, x: Tensor, incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None
-    ) -> Tensor:
-        if incremental_state is None:
-            return super().forward(x)
-        if x.size(0) != 1:
-            raise ValueError(f"incremental decoding takes one position at a time, got {x.size(0)}")
-        saved = self.get_incremental_state(incremental_state, "history")
-        history = x if saved is None else torch.cat([saved["inputs"], x], dim=0)
-        self.set_incremental_state(incremental_state, "history", {"inputs": history})
-        return self.forward_last(history)
-
-    def reorder_incremental_state(
-        self, incremental_state: Dict[str, Dict[str, Optional[Tensor]]], new_order: Tensor
-    ) -> None:
-        saved = self.get_incremental_state(incremental_state, "history")
-        if saved is not None:
-            saved = {"inputs": saved["inputs"].index_select(1, new_order)}
-            self.set_incremental_state(incremental_state, "history", saved)
-
-
-class ResMLPEncoderLayer(nn.Module):
+class ResMLPEncoderLayer(ResMLPLayer):
     """One encoder layer: the cross-token linear sublayer, then the channel MLP.
 
     Args of :meth:`forward`:
@@ -117,26 +104,14 @@ class ResMLPEncoderLayer(nn.Module):
     def __init__(self, args, max_tokens: int):
         super().__init__()
         dim = args.encoder_embed_dim
-        self.token_norm = build_norm(args.norm, dim)
-        self.token_mixer = CrossTokenLinear(max_tokens)
-        self.token_scale = layer_scale(dim, args.layerscale_init)
-        self.channel_norm = build_norm(args.norm, dim)
-        self.channel_mlp = ChannelMLP(
-            dim, args.encoder_ffn_embed_dim, args.activation_fn, args.activation_dropout
-        )
-        self.channel_scale = layer_scale(dim, args.layerscale_init)
-        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.build_token_mixing(args, dim, max_tokens, causal=False)
+        self.build_channel_mixing(args, dim, args.encoder_ffn_embed_dim)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-        h = self.token_norm(x)
-        if padding_mask is not None:
-            h = h.masked_fill(padding_mask, 0.0)
-        x = torch.addcmul(x, self.dropout_module(self.token_mixer(h)), self.token_scale)
-        x = torch.addcmul(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
-        return x
+        return self.channel_mixing(self.token_mixing(x, padding_mask))
 
 
-class ResMLPDecoderLayer(nn.Module):
+class ResMLPDecoderLayer(ResMLPLayer):
     """One decoder layer: causal cross-token linear, encoder-decoder attention, channel MLP.
 
     The paper keeps the Transformer's encoder-decoder attention and replaces only the
@@ -155,9 +130,7 @@ class ResMLPDecoderLayer(nn.Module):
     def __init__(self, args, max_tokens: int):
         super().__init__()
         dim = args.decoder_embed_dim
-        self.token_norm = build_norm(args.norm, dim)
-        self.token_mixer = CausalTokenMixer(max_tokens)
-        self.token_scale = layer_scale(dim, args.layerscale_init)
+        self.build_token_mixing(args, dim, max_tokens, causal=True)
         self.cross_attn_norm = build_norm(args.norm, dim)
         self.cross_attn = MultiheadAttention(
             dim,
@@ -168,12 +141,7 @@ class ResMLPDecoderLayer(nn.Module):
             encoder_decoder_attention=True,
         )
         self.cross_attn_scale = layer_scale(dim, args.layerscale_init)
-        self.channel_norm = build_norm(args.norm, dim)
-        self.channel_mlp = ChannelMLP(
-            dim, args.decoder_ffn_embed_dim, args.activation_fn, args.activation_dropout
-        )
-        self.channel_scale = layer_scale(dim, args.layerscale_init)
-        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.build_channel_mixing(args, dim, args.decoder_ffn_embed_dim)
 
     def forward(
         self,
@@ -184,11 +152,7 @@ class ResMLPDecoderLayer(nn.Module):
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
         need_attn: bool = False,
     ):
-        h = self.token_norm(x)
-        if padding_mask is not None:
-            h = h.masked_fill(padding_mask, 0.0)
-        x = torch.addcmul(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
-
+        x = self.token_mixing(x, padding_mask, incremental_state)
         h, attn = self.cross_attn(
             query=self.cross_attn_norm(x),
             key=encoder_out,
@@ -198,7 +162,5 @@ class ResMLPDecoderLayer(nn.Module):
             static_kv=True,
             need_weights=need_attn,
         )
-        x = torch.addcmul(x, self.dropout_module(h), self.cross_attn_scale)
-
-        x = torch.addcmul(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
-        return x, attn
+        x = add_scaled(x, self.dropout_module(h), self.cross_attn_scale)
+        return self.channel_mixing(x), attn

@@ -8,7 +8,7 @@ at batch 128 (throughput) and batch 1 (latency), plus an equal-output-length mea
 
 Rows (beam 4 everywhere):
 
-* ResMLP, ``fairseq-generate`` (a subprocess, :func:`resmlp_mt.evaluate.evaluate`);
+* ResMLP, ``fairseq-generate`` (a subprocess, :func:`mt_tools.evaluate.evaluate`);
 * ResMLP, Python API ``Translator.translate(engine="fairseq")`` (fairseq's SequenceGenerator);
 * ResMLP, Python API ``engine="fast"`` (:mod:`resmlp_mt.fast_generate`, folded decoder),
   float32 and int8 (``Translator.quantize()``);
@@ -65,13 +65,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import torch
+
+import mt_tools.evaluate as mt_evaluate
+from mt_tools.layout import PreparedData
+import resmlp_mt  # noqa: F401  (registers the model; safe loading of fairseq checkpoints)
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-import resmlp_mt  # noqa: E402,F401  (registers the model; safe loading of fairseq checkpoints)
-import resmlp_mt.evaluate as mt_evaluate  # noqa: E402
 
 USER_DIR = REPO / "resmlp_mt"
 GEN_SUMMARY = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\)")
@@ -123,27 +123,29 @@ def make_subset(data: Path, split: str, n: int, dest: Path) -> Path:
     the sentences the in-process rows translate. ``data`` itself when it has ``n`` or fewer."""
     from fairseq.data import data_utils, indexed_dataset
 
-    info = json.loads((data / "prep.json").read_text())
+    source, subset = PreparedData(data), PreparedData(dest)
+    info = source.info()
     src, tgt = info["src_lang"], info["tgt_lang"]
-    total = len(read_lines(data / "ref" / f"{split}.{tgt}"))
+    total = len(read_lines(source.ref(split, tgt)))
     if n >= total:
         return data
     if dest.exists():
         shutil.rmtree(dest)
-    (dest / "ref").mkdir(parents=True)
-    for name in ("prep.json", f"dict.{src}.txt", f"dict.{tgt}.txt", "spm.model"):
-        shutil.copyfile(data / name, dest / name)
+    subset.ref_dir.mkdir(parents=True)
+    for get in (lambda d: d.info_file, lambda d: d.dictionary(src), lambda d: d.dictionary(tgt), lambda d: d.spm_model):
+        shutil.copyfile(get(source), get(subset))
     for lang in (src, tgt):
-        lines = read_lines(data / "ref" / f"{split}.{lang}")[:n]
-        (dest / "ref" / f"{split}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        prefix = f"{split}.{src}-{tgt}.{lang}"
-        impl = indexed_dataset.infer_dataset_impl(str(data / prefix))
-        dataset = data_utils.load_indexed_dataset(str(data / prefix), None, dataset_impl=impl)
-        vocab = len(read_lines(data / f"dict.{lang}.txt")) + 4
-        builder = indexed_dataset.make_builder(str(dest / f"{prefix}.bin"), impl=impl, vocab_size=vocab)
+        lines = read_lines(source.ref(split, lang))[:n]
+        subset.ref(split, lang).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        prefix = str(source.binary_prefix(split, src, tgt, lang))
+        impl = indexed_dataset.infer_dataset_impl(prefix)
+        dataset = data_utils.load_indexed_dataset(prefix, None, dataset_impl=impl)
+        vocab = len(read_lines(source.dictionary(lang))) + 4
+        out = str(subset.binary_prefix(split, src, tgt, lang))
+        builder = indexed_dataset.make_builder(out + ".bin", impl=impl, vocab_size=vocab)
         for i in range(n):
             builder.add_item(dataset[i])
-        builder.finalize(str(dest / f"{prefix}.idx"))
+        builder.finalize(out + ".idx")
     return dest
 
 
@@ -158,9 +160,9 @@ class TextSet:
 
 
 def text_set(data: Path, split: str) -> TextSet:
-    info = json.loads((data / "prep.json").read_text())
-    return TextSet(data, read_lines(data / "ref" / f"{split}.{info['src_lang']}"),
-                   read_lines(data / "ref" / f"{split}.{info['tgt_lang']}"))
+    prepared = PreparedData(data)
+    info = prepared.info()
+    return TextSet(data, read_lines(prepared.ref(split, info["src_lang"])), read_lines(prepared.ref(split, info["tgt_lang"])))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,9 +211,9 @@ def digest(hyps: Sequence[str]) -> str:
 
 @contextmanager
 def captured_generate_output():
-    """Keep the output of the fairseq-generate run that :func:`resmlp_mt.evaluate.evaluate`
+    """Keep the output of the fairseq-generate run that :func:`mt_tools.evaluate.evaluate`
     starts (it returns the scores, not the hypotheses' tokens): ``box["run"]`` is its
-    :class:`resmlp_mt.evaluate.Measured`."""
+    :class:`mt_tools.evaluate.Measured`."""
     original, box = mt_evaluate.run_measured, {}
 
     def run(cmd, env=None, stream_stderr=False):
@@ -334,7 +336,7 @@ class CT2System:
         import ctranslate2
         import sentencepiece
 
-        from resmlp_mt.corpus import normalize
+        from mt_tools.corpus import normalize
 
         self.translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
                                                  intra_threads=threads, inter_threads=1)
@@ -420,7 +422,7 @@ def convert_ct2(checkpoint: Path, data: Path, out: Path) -> Path:
 def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: dict, notes: List[str]) -> List[Row]:
     from resmlp_mt import ResMLPTranslationModel
 
-    prep = json.loads((args.data / "prep.json").read_text())
+    prep = PreparedData(args.data).info()
     say(f"exporting the ResMLP checkpoint to a model folder ({work / 'resmlp-model'})")
     export_model = load_module("export_model", REPO / "scripts" / "export_model.py")
     folder = export_model.export(args.resmlp, args.data, work / "resmlp-model", force=True)
@@ -431,12 +433,12 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
     if args.equal_length > 0:
         from fairseq.models.transformer import TransformerModel
 
-        from resmlp_mt.corpus import normalize
+        from mt_tools.corpus import normalize
 
         say("loading the Transformer for fairseq's SequenceGenerator in process")
         transformer = TransformerModel.from_pretrained(
             str(args.transformer.parent), checkpoint_file=args.transformer.name, data_name_or_path=str(args.data),
-            bpe="sentencepiece", sentencepiece_model=str(args.data / "spm.model"))
+            bpe="sentencepiece", sentencepiece_model=str(PreparedData(args.data).spm_model))
         transformer.cfg.dataset.max_tokens = None
         transformer_normalize = lambda s: normalize(s, prep["src_lang"])  # noqa: E731
     if info["versions"]["ctranslate2"] is None:
@@ -448,7 +450,7 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
         ct2_dir = convert_ct2(args.transformer, args.data, work / "ct2-transformer")
         limit = min(200, (info["checkpoints"]["transformer"]["max_target_positions"] or 1024) - 1)
         for precision, compute_type in (("fp32", "float32"), ("int8", "int8")):
-            ct2[precision] = CT2System(ct2_dir, args.data / "spm.model", prep["src_lang"], compute_type, args.threads, limit)
+            ct2[precision] = CT2System(ct2_dir, PreparedData(args.data).spm_model, prep["src_lang"], compute_type, args.threads, limit)
 
     beam, split, threads, B, L = args.beam, args.split, args.threads, args.batch_size, args.equal_length
     equal_args = ["--min-len", str(L), "--max-len-a", "0", "--max-len-b", str(L)]
@@ -574,11 +576,11 @@ def equal_length_ratios(results: List[dict]) -> dict:
 
 
 def machine() -> dict:
-    """:func:`resmlp_mt.bench.machine_info` (CPU, cores, GPU, versions) plus the cores this
+    """:func:`resmlp_core.machine.machine_info` (CPU, cores, GPU, versions) plus the cores this
     process may use and the load when the benchmark started."""
-    from resmlp_mt.bench import machine_info
+    from resmlp_core.machine import machine_info
 
-    return {**machine_info(), "logical_cores": os.cpu_count(),
+    return {**machine_info(packages=("fairseq",)), "logical_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
@@ -697,7 +699,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.sentences, args.latency_sentences, args.rounds = 16, 4, 1
-    for path, what in ((args.data / "prep.json", "--data"), (args.resmlp, "--resmlp"), (args.transformer, "--transformer")):
+    for path, what in ((PreparedData(args.data).info_file, "--data"), (args.resmlp, "--resmlp"), (args.transformer, "--transformer")):
         if not path.is_file():
             p.error(f"{what}: {path} not found")
     if args.rounds < 1 or args.threads < 1 or args.batch_size < 1:

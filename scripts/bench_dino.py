@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 PY = sys.executable
 
 
@@ -217,7 +216,7 @@ def main(argv=None) -> int:
          "--label", "DINO teacher (no labels)", "--out", str(figure)])
 
     # ---- report
-    from vision.bench import machine_info
+    from resmlp_core.machine import machine_info
     import torch
 
     dino_state = torch.load(dino_ckpt, map_location="cpu", weights_only=True, mmap=True)

@@ -21,9 +21,9 @@ import os
 import sys
 from pathlib import Path
 
+from mt_tools.bench import markdown_table, plot_valid_curves, run_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from resmlp_mt.bench import markdown_table, plot_valid_curves, run_benchmark  # noqa: E402
 
 QUICK_SIZES = {"train": 2000, "val": 100, "test_2016_flickr": 100}
 

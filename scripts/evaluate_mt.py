@@ -20,8 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resmlp_mt.evaluate import (  # noqa: E402
+from mt_tools.evaluate import (
     EvaluationError, average_checkpoints, evaluate, format_result, last_checkpoints, result_dict,
 )
 

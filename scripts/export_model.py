@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 import resmlp_mt  # noqa: F401  (registers the model; allows fairseq's Namespace in safe loading)
-from resmlp_mt.evaluate import average_checkpoints
+from mt_tools.evaluate import average_checkpoints
+from mt_tools.layout import PreparedData
 from resmlp_mt.hub import CARD_FILE, MODEL_FILE, SPM_FILE
 
 log = logging.getLogger("export_model")
@@ -89,7 +90,7 @@ def exported_state(state: dict, src: str, tgt: str) -> dict:
 
 def model_card(state: dict, data_bin: Path, sources, evaluation) -> dict:
     cfg, model_cfg = state["cfg"], state["cfg"]["model"]
-    prep = json.loads((data_bin / "prep.json").read_text())
+    prep = PreparedData(data_bin).info()
     params = sum(v.numel() for k, v in state["model"].items() if v.is_floating_point() and not k.endswith("_float_tensor"))
     # tied embeddings are stored under several names: count each tensor once
     seen, unique = set(), 0
@@ -157,11 +158,12 @@ def export(checkpoint: Path, data_bin: Path, out_dir: Path, average=(), eval_jso
     for path in (checkpoint, *map(Path, average)):
         if not path.is_file():
             raise ExportError(f"checkpoint not found: {path}")
-    if not (data_bin / "prep.json").is_file():
-        raise ExportError(f"{data_bin}/prep.json not found: DATA_BIN must be a folder written by scripts/prepare_*.py")
-    prep = json.loads((data_bin / "prep.json").read_text())
+    prepared = PreparedData(data_bin)
+    if not prepared.is_prepared():
+        raise ExportError(f"{prepared.info_file} not found: DATA_BIN must be a folder written by scripts/prepare_*.py")
+    prep = prepared.info()
     src, tgt = prep["src_lang"], prep["tgt_lang"]
-    needed = [data_bin / f"dict.{src}.txt", data_bin / f"dict.{tgt}.txt", data_bin / "spm.model"]
+    needed = [prepared.dictionary(src), prepared.dictionary(tgt), prepared.spm_model]
     for path in needed:
         if not path.is_file():
             raise ExportError(f"{path} not found in DATA_BIN")

@@ -47,7 +47,7 @@ lines carry the clock time and the seconds since the start.
    overflow skips at most 1% of updates once the loss scale has calibrated, enough updates; figures: words/s (fairseq's ``wps``, median
    over the log intervals after the first, which holds the CUDA start-up), parameters.
 4. ``mt_generate``: ``fairseq-generate`` beam 4, batch 128, ``--fp16``, on test_2016_flickr,
-   through :func:`resmlp_mt.evaluate.evaluate`: sacreBLEU (with its signature), sentences/s.
+   through :func:`mt_tools.evaluate.evaluate`: sacreBLEU (with its signature), sentences/s.
 5. ``vision_cli``: ``python -m vision.train`` on CIFAR-10 upsampled to 224 px (1000 images a
    class, 50 a class for validation): timm's RegNetY-400MF (a convnet teacher) for one epoch,
    then ResMLP-S12 with hard distillation from it (``--distillation-type hard --teacher-path``,
@@ -874,7 +874,7 @@ def fairseq_figures(text: str) -> Dict[str, Any]:
     if not updates and inner:
         updates = int(num(inner[-1], "num_updates")) if finite(num(inner[-1], "num_updates")) else 0
     words, wall, done = 0.0, 0.0, 0
-    for r in train:  # as resmlp_mt.bench.training_figures: target tokens / time in training steps
+    for r in train:  # as mt_tools.bench.training_figures: target tokens / time in training steps
         n = int(num(r, "train_num_updates")) if finite(num(r, "train_num_updates")) else done
         words += (n - done) * (num(r, "train_wpb") if finite(num(r, "train_wpb")) else 0.0)
         wall += num(r, "train_train_wall") if finite(num(r, "train_train_wall")) else 0.0
@@ -944,13 +944,9 @@ def machine_info(mode: str) -> Dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from resmlp_core.machine import cpu_name
+
+    info["cpu"] = cpu_name()
     from importlib.metadata import PackageNotFoundError, version
 
     for pkg, dists in (("fairseq", ("ve-fairseq", "fairseq")), ("timm", ("timm",)), ("torchvision", ("torchvision",)), ("sacrebleu", ("sacrebleu",))):
@@ -996,7 +992,7 @@ class Worker:
 
 
 def worker_mt_generate(w: Worker) -> None:
-    from resmlp_mt.evaluate import evaluate
+    from mt_tools.evaluate import evaluate
 
     c = w.config
     extra = (["--fp16"] if c["fp16"] else []) + list(c.get("extra", []))

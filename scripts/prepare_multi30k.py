@@ -6,7 +6,7 @@ Raw text comes from ``--raw-dir`` or ``$MULTI30K_DIR`` (a folder holding
 neither, the official gzipped files are downloaded from github.com/multi30k/dataset into
 ``--download-dir``. Splits: train <- train, valid <- val, test <- test_2016_flickr.
 
-Pipeline (``resmlp_mt.corpus``): checks (files present, aligned, text, valid UTF-8), Moses
+Pipeline (``mt_tools.corpus``): checks (files present, aligned, text, valid UTF-8), Moses
 punctuation normalisation, empty pairs dropped and counted, one joint SentencePiece BPE model,
 training pairs longer than ``--max-positions`` dropped and counted (a longer valid or test line
 is an error: references keep every line), ``fairseq-preprocess --joined-dictionary``.
@@ -27,13 +27,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resmlp_mt.corpus import (  # noqa: E402
-    CorpusError, add_input_check_arguments, Split, download, extract, prepare_parallel_corpus,
+from mt_tools.corpus import (
+    MULTI30K_FILES, CorpusError, add_input_check_arguments, download, extract, multi30k_splits, prepare_parallel_corpus,
 )
+from mt_tools.layout import DATA_BIN, PreparedData, folder_name
 
 OFFICIAL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}.{lang}.gz"
-SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 LANGS = ("en", "de", "fr", "cs")
 MAX_POSITIONS = 128  # --max-source-positions/--max-target-positions of scripts/train_multi30k.sh
 
@@ -53,7 +52,7 @@ def main(argv=None):
                         help="where downloaded files go when no --raw-dir is given")
     parser.add_argument("--pairs", type=parse_pair, nargs="+", default=[("en", "de")],
                         help="language pairs to prepare, e.g. en-de en-fr (default: en-de)")
-    parser.add_argument("--destdir-root", type=Path, default=Path("data-bin"),
+    parser.add_argument("--destdir-root", type=Path, default=DATA_BIN,
                         help="binarized data goes to <root>/multi30k.<src>-<tgt>")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece BPE vocabulary size")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for normalisation and binarization")
@@ -78,7 +77,7 @@ def main(argv=None):
     if raw is None:
         raw = args.download_dir
         langs = sorted({lang for pair in args.pairs for lang in pair})
-        for name in SPLITS.values():
+        for name in MULTI30K_FILES.values():
             for lang in langs:
                 if not (raw / f"{name}.{lang}").exists():
                     extract(download(OFFICIAL.format(name=name, lang=lang), raw / f"{name}.{lang}.gz"), raw)
@@ -86,15 +85,11 @@ def main(argv=None):
         parser.error(f"--raw-dir: {raw} is not a folder")
 
     for src, tgt in args.pairs:
-        dest = args.destdir_root / f"multi30k.{src}-{tgt}"
-        if (dest / "prep.json").exists() and not args.force:
+        dest = args.destdir_root / folder_name("multi30k", src, tgt)
+        if PreparedData(dest).is_prepared() and not args.force:
             log.info("%s is already prepared; skipping (pass --force to rebuild)", dest)
             continue
-        splits = [
-            Split(split, [(raw / f"{name}.{src}", raw / f"{name}.{tgt}")],
-                  clean=(None, args.max_ratio) if split == "train" and args.max_ratio is not None else None)
-            for split, name in SPLITS.items()
-        ]
+        splits = multi30k_splits(raw, src, tgt, args.max_ratio)
         try:
             stats = prepare_parallel_corpus(
                 splits, src, tgt, dest, args.vocab_size, force=args.force, workers=args.workers,

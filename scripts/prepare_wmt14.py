@@ -9,7 +9,7 @@ full ``test-full`` set), training pairs longer than 250 words or with a length r
 removed (``clean-corpus-n.perl -ratio 1.5 1 250``), and a joint BPE vocabulary (32k for En-De as
 in Ott et al., 40k for En-Fr as fairseq's script). Where fairseq uses Moses tokenization plus
 subword-nmt, this uses Moses punctuation normalisation plus a joint SentencePiece BPE model
-(``resmlp_mt.corpus``); tokenized BLEU is computed on Moses-tokenized output at evaluation.
+(``mt_tools.corpus``); tokenized BLEU is computed on Moses-tokenized output at evaluation.
 
 Raw data: ``--raw-dir`` or ``$WMT14_DIR``, a folder laid out as the official archives unpack::
 
@@ -34,10 +34,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resmlp_mt.corpus import (  # noqa: E402
+from mt_tools.corpus import (
     CorpusError, add_input_check_arguments, Split, download, extract, prepare_parallel_corpus, sgm_to_text,
 )
+from mt_tools.layout import DATA_BIN, PreparedData, folder_name
 
 CORPORA = {
     "en-de": ["training/europarl-v7.de-en", "commoncrawl.de-en", "training/news-commentary-v12.de-en"],
@@ -111,8 +111,8 @@ def main(argv=None):
         fetch(args.pair, args.icml17, raw)
     elif not raw.is_dir():
         parser.error(f"--raw-dir: {raw} is not a folder")
-    dest = args.destdir or Path("data-bin") / f"wmt14.{args.pair}"
-    if (dest / "prep.json").exists() and not args.force:
+    dest = args.destdir or DATA_BIN / folder_name("wmt14", src, tgt)
+    if PreparedData(dest).is_prepared() and not args.force:
         log.info("%s is already prepared; skipping (pass --force to rebuild)", dest)
         return 0
 

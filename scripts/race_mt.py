@@ -27,12 +27,12 @@ embeddings, 2048 tokens per update, Adam, inverse-sqrt schedule, label smoothing
 thread each, ``--parallel`` (2) runs at a time; ResMLP and Transformer runs of the same
 configuration slot (same seed, same pair) start together and the next pair waits for both.
 All scores are sacreBLEU on detokenized output against the original references
-(resmlp_mt.evaluate, fairseq-generate with beam 4).
+(mt_tools.evaluate, fairseq-generate with beam 4).
 
 Validation curves: training runs in segments of ``--eval-every`` updates (fairseq-train with
 ``--max-update``, resumed from ``checkpoint_last.pt``: optimizer, schedule, data order and
 per-update seeds continue as in one run); after each segment the checkpoint is scored by
-resmlp_mt.evaluate on the valid split, by the same scorer as every other figure, while that
+mt_tools.evaluate on the valid split, by the same scorer as every other figure, while that
 system's training waits, so each system keeps to its own core and the other system's
 conditions do not change. Training stops when the validation BLEU has not improved for 3
 evaluations (En-De) or when its training minutes reach the budget. Minutes are training time
@@ -73,9 +73,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from resmlp_mt.bench import machine_info, training_figures  # noqa: E402
-from resmlp_mt.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
+from mt_tools.bench import machine_info, training_figures  # noqa: E402
+from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 
 log = logging.getLogger("race_mt")
 
@@ -501,7 +500,7 @@ class Race:
                             "grid": {"lr": list(SWEEP_LRS), "warmup": list(SWEEP_WARMUPS),
                                      "resmlp layerscale_init": list(SWEEP_LAYERSCALE), "transformer norm": list(SWEEP_NORMS)},
                             "configurations": {s: len(grid[s]) for s in SYSTEMS},
-                            "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (resmlp_mt.evaluate)",
+                            "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (mt_tools.evaluate)",
                             "data_root": str(self.data_root), "work_dir": str(self.work / "sweep"),
                             "extra_train_args": a.extra_train_args, "command": a.command},
                "machine": self.info, "rows": rows, "best": best}
@@ -589,7 +588,7 @@ class Race:
                             "max_training_minutes": {p: budgets[p] for p in pairs}, "early_stopping": {p: early[p] for p in pairs},
                             "recipes": recipes, "recipe_source": source, "quick": a.quick,
                             "method": (f"training in segments of {a.eval_every} updates (fairseq-train --max-update, resumed "
-                                       "from checkpoint_last.pt); after each, valid sacreBLEU (resmlp_mt.evaluate, beam 4) "
+                                       "from checkpoint_last.pt); after each, valid sacreBLEU (mt_tools.evaluate, beam 4) "
                                        "while that system's training waits; early stopping after "
                                        f"{PATIENCE} evaluations without improvement; minutes = training time from the fairseq "
                                        "log timestamps, validation, checkpoint writing and restarts left out"),
@@ -968,7 +967,7 @@ def main(argv=None):
         p.error("--parallel, --threads and --seeds must be at least 1")
     args.command = " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["scripts/race_mt.py", *argv])])
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
-    logging.getLogger("resmlp_mt.evaluate").setLevel(logging.WARNING)
+    logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     race = Race(args)
     stages = STAGES if args.stage == "all" else (args.stage,)

@@ -1,9 +1,9 @@
-"""The shared operators: Affine and the cross-token linear layer."""
+"""The shared vocabulary: Affine, the token mixer (causal, incremental), LayerScale, the state-dict check."""
 
 import pytest
 import torch
 
-from resmlp_core import Affine, CrossTokenLinear, compare_state_dicts
+from resmlp_core import Affine, CrossTokenLinear, add_scaled, check_state_dict_fits, compare_state_dicts, layer_scale
 
 
 def test_affine_is_per_channel_scale_and_shift():
@@ -89,3 +89,39 @@ def test_state_dict_comparison_names_every_difference_with_counts():
     assert not compare_state_dicts(model, dict(model))
     many = compare_state_dicts({}, {f"k{i}": torch.zeros(1) for i in range(5)})
     assert many.lines(limit=2) == ["unexpected keys (5): k0, k1, ... and 3 more"]
+
+
+def test_incremental_step_and_beam_reorder_without_fairseq():
+    """The causal mixer's one-position step keeps its inputs in a plain dict; reordering the
+    batch (beam search) gives what the full pass over the reordered inputs gives."""
+    torch.manual_seed(0)
+    mixer = CrossTokenLinear(8, causal=True)
+    with torch.no_grad():
+        mixer.bias.normal_()
+    x = torch.randn(5, 3, 4)
+    state: dict = {}
+    steps = [mixer(x[t : t + 1], incremental_state=state) for t in range(3)]
+    torch.testing.assert_close(torch.cat(steps), mixer(x[:3]))
+    order = torch.tensor([2, 2, 0])
+    mixer.reorder_incremental_state(state, order)
+    x = x.index_select(1, order)
+    steps += [mixer(x[t : t + 1], incremental_state=state) for t in range(3, 5)]
+    torch.testing.assert_close(torch.cat(steps[3:]), mixer(x)[3:])
+    with pytest.raises(ValueError, match="causal"):
+        CrossTokenLinear(4)(x[:1], incremental_state={})
+
+
+def test_layer_scale_residual_is_x_plus_scale_times_branch():
+    scale = layer_scale(3, 0.2)
+    assert scale.shape == (3,) and torch.equal(scale.detach(), torch.full((3,), 0.2))
+    x, branch = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    torch.testing.assert_close(add_scaled(x, branch, scale), x + scale * branch)
+
+
+def test_state_dict_check_raises_the_given_error_with_header_differences_and_hints():
+    model = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    check_state_dict_fits(model, dict(model), "unused")
+    with pytest.raises(RuntimeError) as info:
+        check_state_dict_fits(model, {"b": torch.zeros(4)}, "does not fit:", checkpoint="file",
+                              hints=lambda diff: [f"{len(diff.mismatched)} resized"], error=RuntimeError)
+    assert str(info.value) == "does not fit:\n  missing keys (1): a\n  shape mismatches (1): b: (4,) in the file, (3,) in the model\n  1 resized"

@@ -20,7 +20,7 @@ import torch
 import resmlp_mt  # noqa: F401  (installs the guards, allows argparse.Namespace)
 from resmlp_mt import checkpoint_safety
 from conftest import REPO
-from mt_helpers import run, tool
+from helpers import run, tool
 
 USER_DIR = str(REPO / "resmlp_mt")
 WORDS = [f"w{i}" for i in range(30)]

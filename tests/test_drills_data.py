@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mt_helpers import CORPUS_SIZES as SIZES, write_corpus
+from helpers import CORPUS_SIZES as SIZES, write_corpus
 
 
 
@@ -114,14 +114,14 @@ def test_valid_utf8_control_characters_are_refused_as_not_text_with_the_fraction
     assert f"valid: {raw / 'val.en'} does not look like text: 4 of its 12 lines (33.3%)" in out, out
     assert "undecodable byte is at" not in out  # there is none
     # one such line in twelve is within a raised threshold, and then not an error at the check
-    from resmlp_mt.corpus import Split, check_splits
+    from mt_tools.corpus import Split, check_splits
 
     scans = check_splits([Split("train", [(raw / "val.de", raw / "val.en")])], max_non_text=0.5)
     assert scans[raw / "val.en"].non_text_lines == 4 and scans[raw / "val.de"].non_text_lines == 0
 
 
 def test_crlf_line_endings_are_text(tmp_path):
-    from resmlp_mt.corpus import scan_file
+    from mt_tools.corpus import scan_file
 
     path = tmp_path / "crlf.en"
     path.write_bytes(b"A man.\r\nA dog.\r\n\r\n")
@@ -180,7 +180,7 @@ def test_too_long_test_line_in_pieces_is_an_error_naming_file_and_line(tmp_path,
 
 
 def test_undecodable_sgm_test_set_names_file_and_line(tmp_path):
-    from resmlp_mt.corpus import CorpusError, sgm_to_text
+    from mt_tools.corpus import CorpusError, sgm_to_text
 
     sgm = tmp_path / "newstest2014-deen-ref.de.sgm"
     sgm.write_bytes(b'<refset>\n<doc>\n<seg id="1">Ein Hund.</seg>\n<seg id="2">Ein \xff Mann.</seg>\n</doc>\n')

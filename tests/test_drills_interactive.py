@@ -4,13 +4,12 @@ on (resmlp_mt/interactive_input.py). A real run on a tiny model trained here for
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from helpers import run, tool, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -21,24 +20,11 @@ GOOD_2 = "Two children play in the park."
 TOO_LONG = " ".join(["A man in a blue shirt is walking a big dog in the park."] * 10)  # > 64 pieces
 
 
-def tool(name):
-    return str(Path(sys.executable).parent / name)
-
-
-def run(args, **kwargs):
-    return subprocess.run([str(a) for a in args], capture_output=True, cwd=REPO, timeout=300, **kwargs)
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, multi30k_dir):
-    """A tiny Multi30k slice, prepared with our script, and a 1-layer model trained for 2 updates."""
+def model(tmp_path_factory):
+    """A small corpus written by the test, prepared with our script, and a 1-layer model trained for 2 updates."""
     root = tmp_path_factory.mktemp("interactive")
-    raw = root / "raw"
-    raw.mkdir()
-    for name, n in {"train": 120, "val": 8, "test_2016_flickr": 8}.items():
-        for lang in ("en", "de"):
-            lines = (multi30k_dir / f"{name}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
-            (raw / f"{name}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    raw = write_corpus(root / "raw", sizes={"train": 120, "val": 8, "test_2016_flickr": 8})
     prep = run([sys.executable, "scripts/prepare_multi30k.py", "--raw-dir", raw, "--destdir-root", root / "data-bin",
                 "--vocab-size", "200", "--workers", "1"])
     assert prep.returncode == 0, prep.stderr[-3000:]
@@ -57,7 +43,8 @@ def model(tmp_path_factory, multi30k_dir):
 def interactive(model, stdin: bytes, *extra):
     result = run([tool("fairseq-interactive"), model["data"], "--user-dir", USER_DIR, "--path", model["checkpoint"],
                   "--beam", "2", "--max-len-b", "5", "--source-lang", "en", "--target-lang", "de",
-                  "--bpe", "sentencepiece", "--sentencepiece-model", model["data"] / "spm.model", *extra], input=stdin)
+                  "--bpe", "sentencepiece", "--sentencepiece-model", model["data"] / "spm.model", *extra],
+                 input=stdin, check=False, text=False, timeout=300)
     out = result.stdout.decode("utf-8", "replace")
     err = result.stderr.decode("utf-8", "replace")
     hyps = {}

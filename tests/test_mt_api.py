@@ -16,7 +16,7 @@ import torch
 
 import resmlp_mt  # noqa: F401
 from conftest import REPO
-from mt_helpers import run, tool, write_corpus
+from helpers import run, tool, write_corpus
 
 pytestmark = pytest.mark.slow
 

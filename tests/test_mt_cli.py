@@ -1,5 +1,5 @@
-"""The real command-line tools on a tiny slice of Multi30k, in a temp dir (as fairseq's
-tests/test_binaries.py): our preparation script, fairseq-preprocess, fairseq-train with
+"""The real command-line tools on a small corpus written by the test (helpers.write_corpus, with
+Multi30k's file names), in a temp dir (as fairseq's tests/test_binaries.py): our preparation script, fairseq-preprocess, fairseq-train with
 ``--user-dir resmlp_mt``, resuming, fairseq-generate, fairseq-interactive, our evaluation
 script, and the error messages of bad input."""
 
@@ -17,7 +17,7 @@ import torch
 
 import resmlp_mt  # noqa: F401  (allows argparse.Namespace in torch's weights-only loading)
 from conftest import REPO
-from mt_helpers import run, tool
+from helpers import run, tool, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,8 @@ TRAIN_FLAGS = [
 ]
 
 
-def slice_multi30k(src: Path, dest: Path, sizes=None):
-    """A tiny copy of Multi30k with the official file names."""
-    sizes = sizes or {"train": 240, "val": 24, "test_2016_flickr": 21}
+def slice_multi30k(src: Path, dest: Path, sizes):
+    """The first lines of each file of a Multi30k-style folder."""
     dest.mkdir(parents=True, exist_ok=True)
     for name, n in sizes.items():
         for lang in ("en", "de"):
@@ -47,10 +46,11 @@ def slice_multi30k(src: Path, dest: Path, sizes=None):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, multi30k_dir):
-    """Prepared tiny data and a model trained for 12 updates (shared by the tests below)."""
+def workdir(tmp_path_factory):
+    """Prepared tiny data and a model trained for 12 updates (shared by the tests below). Every
+    tenth sentence is long (30 to 45 words), for the length limits."""
     root = tmp_path_factory.mktemp("mt_cli")
-    raw = slice_multi30k(multi30k_dir, root / "raw")
+    raw = write_corpus(root / "raw", sizes={"train": 240, "val": 24, "test_2016_flickr": 21}, long_every=10)
     result = run([sys.executable, "scripts/prepare_multi30k.py", "--raw-dir", raw, "--destdir-root",
                   root / "data-bin", "--vocab-size", "300", "--workers", "1"])
     assert "train: 240 pairs kept" in result.stdout
@@ -112,12 +112,23 @@ def test_generate_translates_every_test_sentence(workdir):
 def test_evaluation_script_scores_with_sacrebleu_and_tokenized_bleu(workdir, tmp_path):
     out = tmp_path / "eval.json"
     result = run([sys.executable, "scripts/evaluate_mt.py", workdir["data"], "--checkpoint-dir", workdir["ckpt"],
-                  "--split", "test", "valid", "--batch-size", "5", "--output", out])
+                  "--split", "test", "valid", "--batch-size", "5", "--samples", "100", "--output", out])
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2." in result.stdout
     scores = json.loads(out.read_text())["results"]
     assert scores["test"]["sentences"] == 21 and scores["valid"]["sentences"] == 24
-    for split in ("test", "valid"):
-        assert 0 <= scores[split]["sacrebleu"] <= 100
+    import sacrebleu
+
+    from mt_tools.evaluate import tokenized_bleu
+
+    for split, raw in (("test", "test_2016_flickr"), ("valid", "val")):
+        # every translation is printed (--samples 100), against the original lines in order:
+        # the scores are those of these hypotheses
+        samples = scores[split]["samples"]
+        refs = [s["reference"] for s in samples]
+        hyps = [s["hypothesis"] for s in samples]
+        assert refs == (workdir["raw"] / f"{raw}.de").read_text(encoding="utf-8").splitlines()
+        assert scores[split]["sacrebleu"] == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
+        assert scores[split]["tok_bleu"] == round(tokenized_bleu(hyps, refs, "de", compound_split=False), 2)
         assert scores[split]["sentences_per_second"] > 0
     assert "HYP" in result.stdout
 
@@ -125,8 +136,8 @@ def test_evaluation_script_scores_with_sacrebleu_and_tokenized_bleu(workdir, tmp
 def test_checkpoint_averaging(workdir, tmp_path):
     ckpt = tmp_path / "ckpt"
     run([tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, "--save-dir", ckpt, "--max-update", "6",
-         "--save-interval-updates", "2", "--keep-interval-updates", "3"])
-    from resmlp_mt.evaluate import average_checkpoints, last_checkpoints
+         "--save-interval-updates", "2", "--keep-interval-updates", "3", "--max-tokens", "300"])  # > 6 updates an epoch
+    from mt_tools.evaluate import average_checkpoints, last_checkpoints
 
     paths = last_checkpoints(ckpt, 2)
     assert [p.name for p in paths] == ["checkpoint_1_4.pt", "checkpoint_1_6.pt"]
@@ -236,7 +247,8 @@ def test_distributed_training_with_two_cpu_processes_over_gloo(workdir, tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    common = [tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, "--save-dir", tmp_path, "--max-update", "4",
+    batch = ["--batch-size", "8"]  # 8 sentences per rank and update, whatever their lengths
+    common = [tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, *batch, "--save-dir", tmp_path, "--max-update", "4",
               "--cpu", "--distributed-world-size", "2", "--distributed-init-method", f"tcp://127.0.0.1:{port}",
               "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -247,7 +259,7 @@ def test_distributed_training_with_two_cpu_processes_over_gloo(workdir, tmp_path
     assert "distributed init (rank 0)" in logs[0] and "distributed init (rank 1)" in logs[1]
     assert "training on 2 devices" in logs[0]
     # the effective batch is the sum of both ranks' batches: compare with one process
-    single = run([tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, "--save-dir", tmp_path / "single", "--max-update", "4"])
+    single = run([tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, *batch, "--save-dir", tmp_path / "single", "--max-update", "4"])
     bsz = lambda log: [float(m) for m in re.findall(r"bsz=([\d.]+)", log.replace(" ", ""))]  # noqa: E731
     assert bsz(logs[0]) and bsz(single.stdout + single.stderr)
     assert bsz(logs[0])[0] > 1.5 * bsz(single.stdout + single.stderr)[0]

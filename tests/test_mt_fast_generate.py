@@ -9,7 +9,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from mt_helpers import dictionary, random_tokens, tiny_model
+from helpers import dictionary, random_tokens, tiny_model
 from resmlp_mt.fast_generate import FoldedModel, fold_for_inference, generate, quantize_int8
 from resmlp_mt.onnx_decoder import OnnxModel
 

@@ -13,7 +13,7 @@ from fairseq.models import ARCH_MODEL_INV_REGISTRY
 
 import resmlp_mt  # noqa: F401
 from conftest import REPO
-from mt_helpers import write_corpus
+from helpers import write_corpus
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from mt_helpers import random_tokens, tiny_model
+from helpers import random_tokens, tiny_model
 
 VARIANTS = [
     dict(),
@@ -188,3 +188,19 @@ def test_fairseq_checkpoints_stay_loadable_after_a_scoped_allow_list(tmp_path):
         pass
     loaded = torch.load(path, map_location="cpu", weights_only=True)
     assert loaded["args"].arch == "resmlp_mt_small"
+
+
+def test_state_dict_names_of_a_layer_are_those_of_earlier_checkpoints():
+    """Checkpoints written before the shared token mixer (resmlp_core.CrossTokenLinear, causal in
+    the decoder) load: the parameter names of the layers are unchanged."""
+    state = tiny_model().state_dict()
+    decoder = sorted(k[len("decoder.layers.0."):] for k in state if k.startswith("decoder.layers.0."))
+    assert decoder == sorted([
+        "token_norm.alpha", "token_norm.beta", "token_mixer.weight", "token_mixer.bias", "token_scale",
+        "cross_attn_norm.alpha", "cross_attn_norm.beta",
+        *(f"cross_attn.{p}_proj.{w}" for p in "kvq" for w in ("weight", "bias")), "cross_attn.out_proj.weight", "cross_attn.out_proj.bias",
+        "cross_attn_scale", "channel_norm.alpha", "channel_norm.beta",
+        "channel_mlp.fc1.weight", "channel_mlp.fc1.bias", "channel_mlp.fc2.weight", "channel_mlp.fc2.bias", "channel_scale",
+    ])
+    encoder = sorted(k[len("encoder.layers.0."):] for k in state if k.startswith("encoder.layers.0."))
+    assert encoder == sorted(k for k in decoder if not k.startswith("cross_attn"))

@@ -1,12 +1,10 @@
-"""The WMT14 recipe, offline, on a tiny slice of Multi30k laid out like the unpacked WMT14
-archives: preparation (corpora concatenated, newstest2013 valid, newstest2014 from SGM,
+"""The WMT14 recipe, offline, on a small corpus written by the test (helpers.write_corpus) laid out
+like the unpacked WMT14 archives: preparation (corpora concatenated, newstest2013 valid, newstest2014 from SGM,
 length/ratio cleaning), the paper's training script and the evaluation script."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 
 import resmlp_mt  # noqa: F401  (weights-only loading of fairseq checkpoints)
-from conftest import REPO
+from helpers import run, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +34,11 @@ def sgm(lines, setid, lang, kind):
     return doc + ["</doc>", f"</{kind}set>"]
 
 
-def fake_wmt14(multi30k: Path, root: Path, pair: str):
-    """Multi30k lines in the WMT14 file layout: train split over the pair's corpora,
-    val as newstest2013, test as newstest2014 SGM (with a typographic apostrophe)."""
+def fake_wmt14(root: Path, pair: str):
+    """A written Multi30k-style corpus in the WMT14 file layout: train split over the pair's
+    corpora, val as newstest2013, test as newstest2014 SGM (with a typographic apostrophe)."""
     src, tgt = pair.split("-")
+    multi30k = write_corpus(root.parent / "written", sizes={"train": 600, "val": 20, "test_2016_flickr": 15}, langs=(src, tgt))
     lines = {lang: (multi30k / f"train.{lang}").read_text(encoding="utf-8").splitlines()[:600] for lang in (src, tgt)}
     # 300 pairs well inside clean-corpus-n's limits, so that only the two below are removed
     keep = [i for i in range(600) if max(len(lines[src][i].split()), len(lines[tgt][i].split()))
@@ -64,18 +63,10 @@ def fake_wmt14(multi30k: Path, root: Path, pair: str):
     return test
 
 
-def run(args, env=None, check=True):
-    full_env = dict(os.environ, **(env or {}))
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=REPO, env=full_env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"failed: {args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
 @pytest.mark.parametrize("pair", ["en-de", "en-fr"])
-def test_prepare_wmt14_from_a_local_copy(tmp_path, multi30k_dir, pair):
+def test_prepare_wmt14_from_a_local_copy(tmp_path, pair):
     raw = tmp_path / "wmt14"
-    test = fake_wmt14(multi30k_dir, raw, pair)
+    test = fake_wmt14(raw, pair)
     dest = tmp_path / f"wmt14.{pair}"
     result = run([sys.executable, "scripts/prepare_wmt14.py", "--pair", pair, "--raw-dir", raw,
                   "--destdir", dest, "--vocab-size", "300", "--workers", "1"])
@@ -91,9 +82,9 @@ def test_prepare_wmt14_from_a_local_copy(tmp_path, multi30k_dir, pair):
     assert "2 pairs longer than 250 words or with a length ratio above 1.5" in result.stdout
 
 
-def test_paper_recipe_scripts_train_and_evaluate_on_the_slice(tmp_path, multi30k_dir):
+def test_paper_recipe_scripts_train_and_evaluate_on_the_slice(tmp_path):
     raw = tmp_path / "wmt14"
-    fake_wmt14(multi30k_dir, raw, "en-de")
+    fake_wmt14(raw, "en-de")
     data = tmp_path / "data-bin" / "wmt14.en-de"
     run([sys.executable, "scripts/prepare_wmt14.py", "--pair", "en-de", "--raw-dir", raw,
          "--destdir", data, "--vocab-size", "300", "--workers", "1"])
@@ -109,7 +100,9 @@ def test_paper_recipe_scripts_train_and_evaluate_on_the_slice(tmp_path, multi30k
     assert args.warmup_updates == 2  # 32000 unless overridden, as here
     assert (args.arch, args.dropout, args.layerscale_init, args.share_all_embeddings) == ("resmlp_mt", 0.15, 0.2, True)
     assert (args.encoder_embed_dim, args.decoder_layers) == (32, 1)  # the extra flags override
-    assert "32000" in (REPO / "scripts" / "train_wmt14.sh").read_text()
+    # without the override, the script trains with the paper's 32k warm-up updates
+    command = run(["scripts/train_wmt14.sh", "en-de"], env={**env, "FAIRSEQ_TRAIN": "/bin/echo"}).stdout.split()
+    assert command[command.index("--warmup-updates") + 1] == "32000"
     assert sorted(p.name for p in save.glob("checkpoint_*_*.pt")) == ["checkpoint_1_1.pt", "checkpoint_1_2.pt", "checkpoint_1_3.pt"]
     result = run(["scripts/evaluate_wmt14.sh", "en-de", save],
                  env={"AVERAGE_LAST": "2", "PY": sys.executable, "DATA": str(data)})

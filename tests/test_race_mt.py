@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mt_helpers import write_corpus
+from helpers import write_corpus
 
 
 def _script(name):

@@ -4,7 +4,6 @@ photographs, CIFAR-10 reading and caching, bad input."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -25,16 +24,14 @@ from vision.data import (
 )
 from vision.reference import timm_reference
 
+from helpers import link_images
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def cifar_slice(cifar10_dir: Path, dest: Path, split: str = "test", per_class: int = 3, classes=None) -> Path:
     """A tiny ImageFolder of symlinks to real CIFAR-10 images."""
-    for cls in classes or sorted(os.listdir(cifar10_dir / split)):
-        (dest / cls).mkdir(parents=True, exist_ok=True)
-        for name in sorted(os.listdir(cifar10_dir / split / cls))[:per_class]:
-            (dest / cls / name).symlink_to(cifar10_dir / split / cls / name)
-    return dest
+    return link_images(cifar10_dir / split, dest, per_class, classes)
 
 
 def test_imagenet_eval_transform_is_resize_248_center_crop_224_bicubic(imagenet_sample_dir):

@@ -20,6 +20,7 @@ import timm
 import torch
 from PIL import Image
 
+import helpers
 import vision  # noqa: F401
 from vision import checkpoint as ckpt_io
 from vision.dino import (
@@ -45,11 +46,8 @@ TINY_DINO = [*TINY_ARGS, "--out-dim", "64", "--head-hidden-dim", "64", "--head-b
 
 
 def run(module: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    """``python -m MODULE ARGS`` through the one test helper."""
+    return helpers.run([sys.executable, "-m", module, *args], check=check, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from vision.config import CONFIG_DIR, available_configs, load_config
 from vision.plot import cross_patch_montage
 from vision.train import build_parser
 
-from test_vision_train import FAST, TINY_MODEL, make_slice, run_train
+from helpers import FAST, TINY_MODEL, make_slice
+from helpers import run_module as run_train
 
 
 def test_every_config_uses_known_options_and_imagenet_configs_follow_the_paper():
@@ -92,7 +93,7 @@ def test_evaluate_and_plot_a_trained_checkpoint(cifar10_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bench_quick_mode_writes_json_and_markdown(tmp_path):
-    proc = run_train("--quick", "--sizes", "S12", "--out", str(tmp_path / "bench"), module="vision.bench")
+    proc = run_train("--quick", "--sizes", "S12", "--device", "cpu", "--out", str(tmp_path / "bench"), module="vision.bench")
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["settings"]["quick"] is True and report["matmul_gflops_fp32"] > 0
     res = report["results"]["S12"]

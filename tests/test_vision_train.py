@@ -3,8 +3,6 @@ distillation, DDP with two CPU processes, non-finite loss, bad input; the distil
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,25 +12,8 @@ import torch.nn.functional as F
 
 from vision.losses import DistillationLoss
 
-TINY_MODEL = ["--model", "resmlp_s12", "--img-size", "32", "--model-kwargs", "patch_size=8", "embed_dim=32", "depth=2"]
-FAST = ["--workers", "0", "--warmup-epochs", "1", "--lr", "2e-3", "--weight-decay", "0.05", "--batch-size", "16", "--threads", "1"]
-
-
-def make_slice(cifar10_dir: Path, dest: Path, train_per_class: int = 8, test_per_class: int = 4) -> Path:
-    for split, k in (("train", train_per_class), ("test", test_per_class)):
-        for cls in sorted(os.listdir(cifar10_dir / split)):
-            (dest / split / cls).mkdir(parents=True, exist_ok=True)
-            for name in sorted(os.listdir(cifar10_dir / split / cls))[:k]:
-                (dest / split / cls / name).symlink_to(cifar10_dir / split / cls / name)
-    return dest
-
-
-def run_train(*args: str, check: bool = True, module: str = "vision.train", launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable, "-m"]) + [module, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+from helpers import FAST, TINY_MODEL, make_slice
+from helpers import run_module as run_train
 
 
 @pytest.fixture(scope="module")

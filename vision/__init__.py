@@ -7,20 +7,24 @@ builds them. This package needs torch, torchvision and timm, never fairseq.
 
 from .resmlp import (
     MODEL_NAMES,
+    AffineToFold,
     FoldedResMLPBlock,
     PreHeadAffine,
     ResMLP,
     ResMLPBlock,
     check_state_dict_matches,
     checkpoint_filter_fn,
+    remap_state_dict,
 )
 
 __all__ = [
     "MODEL_NAMES",
+    "AffineToFold",
     "FoldedResMLPBlock",
     "PreHeadAffine",
     "ResMLP",
     "ResMLPBlock",
     "check_state_dict_matches",
     "checkpoint_filter_fn",
+    "remap_state_dict",
 ]

@@ -21,47 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
 
+from resmlp_core.machine import machine_info
+
 SIZES = {"S12": ("resmlp_s12", "resmlp_12_224"), "S24": ("resmlp_s24", "resmlp_24_224")}
-
-
-def machine_info(device: torch.device) -> Dict[str, Any]:
-    import numpy
-    import timm
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": numpy.__version__,
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu_native_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-    return info
 
 
 def _sync(device: torch.device) -> None:
@@ -163,7 +135,7 @@ def bench_size(size: str, args, device: torch.device, peak: float, autocast_dtyp
                 entry[name][f"speedup_vs_{base}"] = entry[name]["img_per_s"] / entry[base]["img_per_s"]
         result[kind][key] = entry
 
-    ctx = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else _null
+    ctx = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
     precision = str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32"
     for batch in args.batch_sizes:
         x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
@@ -224,13 +196,6 @@ def _timm_model(timm_name: str, ours: nn.Module, args) -> nn.Module:
     return ref.train(ours.training)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
 
 def _one_call(m: nn.Module, x: torch.Tensor, device: torch.device) -> float:
     with torch.inference_mode():
@@ -252,7 +217,7 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = [
         "# ResMLP vision benchmark: ours (unfolded, folded) vs timm",
         "",
-        f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads), device {m['device']}"
+        f"Machine: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), device {m['device']}"
         + (f" ({m['gpu']})" if m["gpu"] else " (no GPU on this machine)")
         + f"; torch {m['torch']}, timm {m['timm']}, Python {m['python']}.",
         f"Measured fp32 matmul: {report['matmul_gflops_fp32']:.1f} GFLOP/s ({report['settings']['matmul_n']}^3). "
@@ -309,7 +274,7 @@ def main(argv=None) -> int:
         args.target_call_s, args.matmul_n = 0.0, 256
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    info = machine_info(device)
+    info = machine_info(device, packages=("timm", "numpy"))
     peak = matmul_gflops(device, torch.float32, args.matmul_n, 0.2 if args.quick else 3.0)
     print(f"machine: {info['cpu']}, {info['torch_threads']} threads, device {device}; fp32 matmul {peak:.1f} GFLOP/s", flush=True)
 

@@ -290,19 +290,14 @@ def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: st
     has one (ResMLP: DeiT or timm format), listing every key that does not fit."""
     from timm.models import clean_state_dict
 
-    from .resmlp import ResMLP, check_state_dict_matches, timm_resmlp_filter_fn
+    from .resmlp import ResMLP, check_state_dict_matches, remap_state_dict
 
     state_dict = clean_state_dict(check_state_dict(state_dict, what=what))  # drops DDP / torch.compile prefixes
+    # a strict load: every shape is checked, the head's too
     if isinstance(model, ResMLP):
-        state_dict = timm_resmlp_filter_fn(state_dict, model)  # DeiT -> timm names (no-op for timm)
-    check_state_dict_matches(state_dict, model, what=what)
-    expected = model.state_dict()
-    mismatched = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if mismatched:
-        raise ValueError(
-            f"the {what} does not fit the model: "
-            + ", ".join(f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched)
-        )
+        state_dict = remap_state_dict(state_dict, model, what=what, ignore_shapes=())  # DeiT -> timm names
+    else:
+        check_state_dict_matches(state_dict, model, what=what, ignore_shapes=())
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -54,16 +54,3 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             parser.error(str(err))
     return parser.parse_args(argv)
 
-
-class ParseKwargs(argparse.Action):
-    """``--model-kwargs embed_dim=256 depth=8``: values are read as YAML scalars (ints, floats,
-    booleans, strings)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = dict(getattr(namespace, self.dest) or {})
-        for item in values:
-            if "=" not in item:
-                parser.error(f"{option_string}: expected key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            kwargs[key] = yaml.safe_load(value)
-        setattr(namespace, self.dest, kwargs)

@@ -59,10 +59,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageFilter, ImageOps
+from timm.utils import ParseKwargs
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import ParseKwargs, parse_with_config
+from .config import parse_with_config
 from .data import BadImageError, ImageFolderDataset, build_train_sampler
 from .resmlp import MODEL_NAMES
 

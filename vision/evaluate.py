@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
+from timm.utils import ParseKwargs
 
 
 def main(argv=None) -> int:
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="or: a timm model name, with --weights FILE (timm or DeiT format) or --pretrained")
     p.add_argument("--weights", help="weights for --model")
     p.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model (download)")
-    p.add_argument("--model-kwargs", nargs="*", default=[], help="create_model arguments for --model, key=value")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model arguments for --model, key=value")
     p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
     p.add_argument("--data-dir", required=True, help="ImageFolder folder of the split to evaluate (<class>/<image>)")
     p.add_argument("--img-size", type=int, default=None)
@@ -74,10 +75,7 @@ def main(argv=None) -> int:
             name = ckpt["model_name"]
         elif args.model:
             check_model_name(args.model)
-            import yaml
-
-            kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_kwargs)}
-            model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+            model = timm.create_model(args.model, pretrained=args.pretrained, **args.model_kwargs)
             if args.weights:
                 ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
             elif not args.pretrained:

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
+from timm.utils import ParseKwargs
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import ParseKwargs
 
 _logger = logging.getLogger(__name__)
 

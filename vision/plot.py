@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from timm.utils import ParseKwargs
 
 
 def cross_patch_montage(weight: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
@@ -171,11 +172,10 @@ def _load_model(args, checkpoint: str | None, parser) -> tuple[torch.nn.Module, 
         kind = "DINO teacher" if ckpt.get("format") == ckpt_io.DINO_FORMAT else "supervised"
         return model, f"{ckpt['model_name']} ({kind}, {Path(checkpoint).name}, epoch {ckpt.get('epoch')})"
     import timm
-    import yaml
 
     if not Path(args.weights).is_file():
         parser.error(f"--weights {args.weights}: no such file")
-    kwargs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_kwargs)}
+    kwargs = dict(args.model_kwargs)
     model = timm.create_model(args.model, **kwargs)
     ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
     return model, f"{args.model} ({Path(args.weights).name})"
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--label", action="append", default=[], help="a title for each --checkpoint, in order (default: its model and file)")
     p.add_argument("--model", help="or: a ResMLP model name, with --weights (timm, DeiT or DINO format)")
     p.add_argument("--weights", help="weights file for --model")
-    p.add_argument("--model-kwargs", nargs="*", default=[], help="create_model arguments for --model, key=value")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model arguments for --model, key=value")
     p.add_argument("--use-ema", action="store_true", help="plot the EMA weights of a vision.train checkpoint")
     p.add_argument("--blocks", type=int, nargs="*", default=None, help="block indices (default: 4 spread over the depth; --montage: all)")
     p.add_argument("--patches", type=int, nargs="*", default=None, help="row-major patch indices (default: centre, corner, edge)")

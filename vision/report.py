@@ -66,18 +66,18 @@ def main(argv=None) -> int:
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
 
-    from .bench import machine_info
+    from resmlp_core.machine import machine_info
 
     runs = {}
     for item in args.run:
         label, _, folder = item.rpartition("=")
         runs[label or Path(folder).name] = summarize_run(Path(folder))
-    report = {"machine": machine_info(torch.device("cpu")), "commands": args.command, "note": args.note, "runs": runs}
+    report = {"machine": machine_info(torch.device("cpu"), packages=("timm", "numpy")), "commands": args.command, "note": args.note, "runs": runs}
     out = Path(args.results_dir) / args.name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     m = report["machine"]
-    lines = [f"# {args.name}", "", f"Machine (where this report was written): {m['cpu']} ({m['cpu_count']} cores), {m.get('gpu') or 'no GPU'}; torch {m['torch']}, timm {m['timm']}.", ""]
+    lines = [f"# {args.name}", "", f"Machine (where this report was written): {m['cpu']} ({m['cores']} cores), {m.get('gpu') or 'no GPU'}; torch {m['torch']}, timm {m['timm']}.", ""]
     if args.note:
         lines += [args.note, ""]
     lines += ["Commands:", ""] + [f"    {c}" for c in args.command] + [""]

@@ -17,7 +17,7 @@ What differs from timm is the layout and the details of the official code:
   depth.
 * inference folding through timm's convention (:func:`timm.utils.reparameterize_model`):
   every block becomes a :class:`FoldedResMLPBlock` (``fuse()``), and the final Affine is
-  folded into the classifier (:meth:`PreHeadAffine.fuse`).
+  folded into the classifier (:meth:`PreHeadAffine.fuse`, :meth:`ResMLP.__setattr__`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models.mlp_mixer import checkpoint_filter_fn as timm_resmlp_filter_fn
 from torch import nn
 
-from resmlp_core import Affine, CrossTokenLinear, compare_state_dicts
+from resmlp_core import Affine, CrossTokenLinear, add_scaled, check_state_dict_fits, layer_scale
 
 __all__ = [
     "ResMLP",
@@ -44,6 +44,7 @@ __all__ = [
     "FoldedResMLPBlock",
     "PreHeadAffine",
     "checkpoint_filter_fn",
+    "remap_state_dict",
     "check_state_dict_matches",
     "MODEL_NAMES",
 ]
@@ -85,8 +86,8 @@ class ResMLPBlock(nn.Module):
         self.linear_tokens = CrossTokenLinear(num_tokens)
         self.norm2 = Affine(dim)
         self.mlp_channels = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        self.ls1 = nn.Parameter(init_values * torch.ones(dim))
-        self.ls2 = nn.Parameter(init_values * torch.ones(dim))
+        self.ls1 = layer_scale(dim, init_values)
+        self.ls2 = layer_scale(dim, init_values)
         self.drop_path_rate = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +96,8 @@ class ResMLPBlock(nn.Module):
             # The per-sample mask rides on the LayerScale vector: (1, B, 1) * (C,) -> (1, B, C).
             ls1 = ls1 * _drop_path_mask(x, self.drop_path_rate)
             ls2 = ls2 * _drop_path_mask(x, self.drop_path_rate)
-        x = torch.addcmul(x, self.linear_tokens(self.norm1(x)), ls1)
-        x = torch.addcmul(x, self.mlp_channels(self.norm2(x)), ls2)
+        x = add_scaled(x, self.linear_tokens(self.norm1(x)), ls1)
+        x = add_scaled(x, self.mlp_channels(self.norm2(x)), ls2)
         return x
 
     @torch.no_grad()
@@ -112,10 +113,8 @@ class ResMLPBlock(nn.Module):
         fc2_bias = g2 * fc2.bias if fc2.bias is not None else torch.zeros_like(g2)
         # K = (A 1)(b1 * g1)^T + bias g1^T, plus fc2's bias (see the class docstring).
         token_const = torch.outer(A.sum(1), b1 * g1) + torch.outer(bias, g1) + fc2_bias
-        fc1_weight = fc1.weight * a2
-        fc1_bias = fc1.weight @ b2 - fc1_weight @ fc2_bias
-        if fc1.bias is not None:
-            fc1_bias = fc1_bias + fc1.bias
+        fc1_weight, fc1_bias = fold_affine_into_linear(fc1.weight, fc1.bias, a2, b2)
+        fc1_bias = fc1_bias - fc1_weight @ fc2_bias
         return FoldedResMLPBlock(
             token_weight=A.detach().clone(),
             token_scale=token_scale,
@@ -211,35 +210,50 @@ class FoldedResMLPBlock(nn.Module):
         return z
 
 
+def fold_affine_into_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor):
+    """``linear(Aff(x)) = x W'^T + b'`` with ``W' = W diag(alpha)`` and ``b' = b + W beta``: returns
+    ``(W', b')`` (``alpha``, ``beta`` per input channel; ``bias`` may be None)."""
+    folded_bias = weight @ beta
+    return weight * alpha, folded_bias if bias is None else folded_bias + bias
+
+
 class PreHeadAffine(Affine):
     """The final Affine of ResMLP (``model.norm``), foldable into the classifier.
 
     Pooling is a mean over patches, which commutes with a per-channel affine map, so
     ``head(mean(Aff(X))) = head'(mean(X))`` with ``W' = W diag(alpha)`` and
-    ``b' = b + W beta``. ``fuse()`` (called by :func:`timm.utils.reparameterize_model`)
-    replaces the owning model's ``head`` with that linear layer and returns an Identity.
-    The owner is kept as a plain (unregistered) reference, so it adds nothing to the
-    state dict and module tree; ``copy.deepcopy`` maps it to the copied model.
+    ``b' = b + W beta`` (:func:`fold_affine_into_linear`). ``fuse()`` (called by
+    :func:`timm.utils.reparameterize_model`) returns this Affine marked for folding
+    (:class:`AffineToFold`); the :class:`ResMLP` that owns it and its head does the fold when timm
+    puts the marker in place (:meth:`ResMLP.__setattr__`). Neither module refers to the other.
 
     Shapes: as :class:`resmlp_core.Affine`.
     """
 
-    def __init__(self, dim: int, owner: nn.Module):
-        super().__init__(dim)
-        self.__dict__["_owner"] = owner
+    def fuse(self) -> "AffineToFold":
+        return AffineToFold(self)
+
+
+class AffineToFold(nn.Module):
+    """What :meth:`PreHeadAffine.fuse` returns: the Affine, to be folded into the linear layer
+    that follows it by the module that owns both (:meth:`fold_into`). Until then it computes the
+    Affine. Shapes: as :class:`resmlp_core.Affine`."""
+
+    def __init__(self, affine: Affine):
+        super().__init__()
+        self.affine = affine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.affine(x)
 
     @torch.no_grad()
-    def fuse(self) -> nn.Module:
-        owner = self.__dict__["_owner"]
-        head = owner.head
-        if not isinstance(head, nn.Linear):  # num_classes=0: nothing to fold into
-            return self
-        alpha, beta = self.alpha.flatten(), self.beta.flatten()
-        folded = nn.Linear(head.in_features, head.out_features, device=head.weight.device, dtype=head.weight.dtype)
-        folded.weight.copy_(head.weight * alpha)
-        folded.bias.copy_(head.bias + head.weight @ beta)
-        owner.head = folded
-        return nn.Identity()
+    def fold_into(self, linear: nn.Linear) -> nn.Linear:
+        """A new linear layer equal to ``linear(Aff(x))`` on inputs ``(..., dim)``."""
+        weight, bias = fold_affine_into_linear(linear.weight, linear.bias, self.affine.alpha.flatten(), self.affine.beta.flatten())
+        folded = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype)
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
+        return folded
 
 
 class ResMLP(nn.Module):
@@ -301,10 +315,22 @@ class ResMLP(nn.Module):
             ]
         )
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
-        self.norm = PreHeadAffine(embed_dim, owner=self)
+        self.norm = PreHeadAffine(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Folding the final Affine: when :func:`timm.utils.reparameterize_model` sets ``norm`` to
+        the result of :meth:`PreHeadAffine.fuse`, the Affine goes into ``head`` and ``norm`` becomes
+        an Identity (with no linear head, ``num_classes=0``, the Affine stays)."""
+        if name == "norm" and isinstance(value, AffineToFold):
+            if not isinstance(self.head, nn.Linear):
+                value = value.affine
+            else:
+                super().__setattr__("head", value.fold_into(self.head))
+                value = nn.Identity()
+        super().__setattr__(name, value)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -378,44 +404,35 @@ class ResMLP(nn.Module):
 CLASSIFIER_KEYS = ("head.weight", "head.bias")
 
 
-def check_state_dict_matches(state_dict: Dict[str, torch.Tensor], model: nn.Module, what: str = "checkpoint") -> None:
-    """Raise ``ValueError`` naming every key that does not fit ``model``.
+def check_state_dict_matches(
+    state_dict: Dict[str, torch.Tensor], model: nn.Module, what: str = "checkpoint", ignore_shapes=CLASSIFIER_KEYS
+) -> None:
+    """Raise ``ValueError`` naming every key that does not fit ``model``
+    (:func:`resmlp_core.check_state_dict_fits`).
 
-    Lists missing keys, unexpected keys and shape mismatches. The classifier is left out of
-    the shape check (timm drops a head of another size when ``num_classes`` differs).
+    Lists missing keys, unexpected keys and shape mismatches. By default the classifier is left
+    out of the shape check (timm drops a head of another size when ``num_classes`` differs);
+    ``ignore_shapes=()`` checks every shape (a strict load).
     """
-    diff = compare_state_dicts(model.state_dict(), state_dict, ignore_shapes=CLASSIFIER_KEYS)
-    if not diff:
-        return
     arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-    lines = [f"the {what} does not fit {arch} (another architecture or size?)", *diff.lines(checkpoint=what)]
-    raise ValueError("\n  ".join(lines))
+    check_state_dict_fits(
+        model.state_dict(), state_dict, f"the {what} does not fit {arch} (another architecture or size?)",
+        checkpoint=what, ignore_shapes=ignore_shapes,
+    )
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The one mapping from any ResMLP checkpoint to this model's keys.
-
-    * DINO checkpoints (``vision.dino``'s ``last.pth``, facebookresearch/dino's
-      ``checkpoint.pth``): the teacher's backbone (:func:`vision.checkpoint.dino_teacher_backbone`);
-    * official DeiT-repo checkpoints (``patch_embed.``, ``blocks.N.attn``, ``gamma_1``,
-      ``norm1.alpha`` of shape ``(dim,)``) go through timm's own
-      ``timm.models.mlp_mixer.checkpoint_filter_fn`` (``patch_embed.`` -> ``stem.``,
-      ``attn.`` -> ``linear_tokens.``, ``mlp.`` -> ``mlp_channels.``, ``gamma_`` -> ``ls``,
-      alpha/beta reshaped to ``(1, 1, dim)``);
-    * timm checkpoints (timm's hub files ``resmlp_12_224.fb_in1k``, ``.fb_dino``, ...) already
-      have this model's names and shapes.
-
-    The classifier follows the model: a checkpoint without one (a self-supervised backbone)
-    leaves the model's head at its initialisation (with a warning), a model without one
-    (``num_classes=0``) drops the checkpoint's. Then every key and shape is checked against
-    ``model``; a checkpoint of another architecture raises ``ValueError`` listing the keys that
-    do not fit.
-    """
+    """timm's ``pretrained_filter_fn``: the pretrained weights must be a state dict
+    (:func:`vision.checkpoint.check_state_dict`); a DINO checkpoint (``vision.dino``'s
+    ``last.pth``, facebookresearch/dino's ``checkpoint.pth``) gives its teacher's backbone
+    (:func:`vision.checkpoint.dino_teacher_backbone`). The classifier follows the model: weights
+    without one (a self-supervised backbone) leave the model's head at its initialisation (with
+    a warning), a model without one (``num_classes=0``) drops the weights'. Then
+    :func:`remap_state_dict`."""
     from .checkpoint import check_state_dict, dino_teacher_backbone
 
     teacher = dino_teacher_backbone(state_dict)
     state_dict = check_state_dict(teacher if teacher is not None else state_dict, what="pretrained weights")
-    state_dict = timm_resmlp_filter_fn(state_dict, model)
     expected = model.state_dict()
     has_head = [k for k in CLASSIFIER_KEYS if k in state_dict]
     model_head = [k for k in CLASSIFIER_KEYS if k in expected]
@@ -425,7 +442,28 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
         state_dict = {**state_dict, **{k: expected[k] for k in model_head}}
     elif has_head and not model_head:
         state_dict = {k: v for k, v in state_dict.items() if k not in CLASSIFIER_KEYS}
-    check_state_dict_matches(state_dict, model)
+    return remap_state_dict(state_dict, model)
+
+
+def remap_state_dict(
+    state_dict: Dict[str, torch.Tensor], model: nn.Module, what: str = "checkpoint", ignore_shapes=CLASSIFIER_KEYS
+) -> Dict[str, torch.Tensor]:
+    """The one mapping from any ResMLP checkpoint to this model's keys.
+
+    * official DeiT-repo checkpoints (``patch_embed.``, ``blocks.N.attn``, ``gamma_1``,
+      ``norm1.alpha`` of shape ``(dim,)``) go through timm's own
+      ``timm.models.mlp_mixer.checkpoint_filter_fn`` (``patch_embed.`` -> ``stem.``,
+      ``attn.`` -> ``linear_tokens.``, ``mlp.`` -> ``mlp_channels.``, ``gamma_`` -> ``ls``,
+      alpha/beta reshaped to ``(1, 1, dim)``);
+    * timm checkpoints (timm's hub files ``resmlp_12_224.fb_in1k``, ``.fb_dino``, ...) already
+      have this model's names and shapes.
+
+    Then every key and shape is checked against ``model`` (:func:`check_state_dict_matches`;
+    the classifier's shape is left out unless ``ignore_shapes=()``); a checkpoint of another
+    architecture raises ``ValueError`` listing the keys that do not fit, naming it ``what``.
+    """
+    state_dict = timm_resmlp_filter_fn(state_dict, model)
+    check_state_dict_matches(state_dict, model, what=what, ignore_shapes=ignore_shapes)
     return state_dict
 
 

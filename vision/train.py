@@ -30,7 +30,6 @@ import difflib
 import logging
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -38,14 +37,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from timm.utils import ParseKwargs, random_seed, unwrap_model
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import ParseKwargs, parse_with_config
+from .config import parse_with_config
 from .data import (
     BadImageError,
     ImageFolderDataset,
@@ -388,9 +387,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
-    torch.manual_seed(args.seed + rank)
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
+    random_seed(args.seed, rank)
 
     # ---- data
     root = Path(args.data_dir)
@@ -599,7 +596,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                     "mean": tuple(args.mean),
                     "std": tuple(args.std),
                 },
-                "model": _unwrap(model).state_dict(),
+                "model": unwrap_model(model).state_dict(),
                 "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -718,10 +715,6 @@ def reconcile_outputs(output: Path, last_path: Path, ckpt: Dict[str, Any]) -> No
     else:
         _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {best['epoch']}; "
                         f"it cannot be rebuilt ({last_path} holds epoch {done}): the next better epoch will write it")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "_orig_mod", model)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Translation evaluation: fairseq-generate, then sacreBLEU and tokenized BLEU.
 
 :func:`evaluate` runs the real ``fairseq-generate`` (beam 4 by default, as the paper) on a
-split of a folder written by :mod:`resmlp_mt.corpus`, with ``--required-batch-size-multiple 1``
+split of a folder written by :mod:`mt_tools.corpus`, with ``--required-batch-size-multiple 1``
 so that no sentence is dropped (fairseq issue 5036), checks that there is exactly one
 hypothesis per reference, and scores:
 
@@ -18,6 +18,7 @@ Checkpoints can be averaged first (:func:`average_checkpoints`, as fairseq's
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from .layout import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,11 @@ class EvalResult:
     peak_rss_mb: float
     command: List[str]
     samples: List[Dict[str, str]] = field(default_factory=list)
+
+
+def plugin_dir() -> Path:
+    """The folder of the fairseq plugin, for ``--user-dir`` (found without importing fairseq)."""
+    return Path(importlib.util.find_spec("resmlp_mt").submodule_search_locations[0])
 
 
 def last_checkpoints(save_dir: Path, n: int) -> List[Path]:
@@ -169,19 +177,20 @@ def evaluate(
     import sacrebleu
 
     data, checkpoint = Path(data), Path(checkpoint)
-    info = json.loads((data / "prep.json").read_text()) if (data / "prep.json").exists() else None
-    if info is None:
-        raise EvaluationError(f"{data}/prep.json not found: evaluate a folder written by scripts/prepare_*.py")
+    prepared = PreparedData(data)
+    if not prepared.is_prepared():
+        raise EvaluationError(f"{prepared.info_file} not found: evaluate a folder written by scripts/prepare_*.py")
+    info = prepared.info()
     src_lang, tgt_lang = info["src_lang"], info["tgt_lang"]
-    ref_file = data / "ref" / f"{split}.{tgt_lang}"
-    src_file = data / "ref" / f"{split}.{src_lang}"
+    ref_file = prepared.ref(split, tgt_lang)
+    src_file = prepared.ref(split, src_lang)
     if not ref_file.exists():
         raise EvaluationError(f"no references for split {split!r}: {ref_file} not found")
     if not checkpoint.is_file():
         raise EvaluationError(f"checkpoint not found: {checkpoint}")
     refs, sources = read_lines(ref_file), read_lines(src_file)
 
-    user_dir = Path(user_dir or Path(__file__).resolve().parent)
+    user_dir = Path(user_dir or plugin_dir())
     cmd = [
         sys.executable, "-m", "fairseq_cli.generate", str(data),
         "--user-dir", str(user_dir), "--path", str(checkpoint), "--gen-subset", split,

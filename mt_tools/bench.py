@@ -2,7 +2,7 @@
 
 For each language pair, both systems are trained by ``scripts/train_multi30k.sh`` (same data,
 vocabulary, embeddings, batch size in tokens, optimizer settings and wall-clock budget) and
-evaluated by :func:`resmlp_mt.evaluate.evaluate` (beam 4, batch 128). The figures come from the
+evaluated by :func:`mt_tools.evaluate.evaluate` (beam 4, batch 128). The figures come from the
 real fairseq runs: training words/s = target tokens trained on / fairseq's ``train_wall``;
 validation loss against wall-clock time from the timestamps of the validation log lines;
 generation sentences/s and tokens/s as ``fairseq-generate`` reports them; peak memory as the
@@ -21,23 +21,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
 import sys
 import time
 from collections import defaultdict
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
+from resmlp_core.machine import machine_info as _machine_info
+
 from .evaluate import evaluate, result_dict, run_measured
+from .layout import PreparedData, folder_name
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("resmlp", "transformer")
+
+#: The machine, with fairseq's version.
+machine_info = partial(_machine_info, packages=("fairseq",))
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| (\w+) \| (\{.*\})\s*$")
 
 
@@ -133,7 +139,7 @@ def run_benchmark(
     profile_batches: int = 3,
 ) -> dict:
     """Prepare, train and evaluate both systems on every pair; return every figure."""
-    from .corpus import Split, prepare_parallel_corpus
+    from .corpus import multi30k_splits, prepare_parallel_corpus
 
     results: dict = {"settings": {"pairs": pairs, "minutes_per_system": minutes, "vocab_size": vocab_size,
                                   "budget": "same wall-clock training time (fairseq --stop-time-hours)",
@@ -141,11 +147,9 @@ def run_benchmark(
                      "machine": machine_info(), "pairs": {}}
     for pair in pairs:
         src, tgt = pair.split("-")
-        data = workdir / f"multi30k.{pair}"
-        if not (data / "prep.json").exists():
-            names = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
-            prepare_parallel_corpus([Split(k, [(raw_dir / f"{v}.{src}", raw_dir / f"{v}.{tgt}")]) for k, v in names.items()],
-                                    src, tgt, data, vocab_size, workers=threads)
+        data = workdir / folder_name("multi30k", src, tgt)
+        if not PreparedData(data).is_prepared():
+            prepare_parallel_corpus(multi30k_splits(raw_dir, src, tgt), src, tgt, data, vocab_size, workers=threads)
         pair_results = {}
         for system in SYSTEMS:
             save_dir = workdir / f"{pair}.{system}"
@@ -183,24 +187,6 @@ def ratios(ours: dict, peer: dict) -> dict:
         )
         out[f"{split}_sacrebleu_difference"] = ours["eval"][split]["sacrebleu"] - peer["eval"][split]["sacrebleu"]
     return {k: round(v, 3) for k, v in out.items()}
-
-
-def machine_info() -> dict:
-    import fairseq
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(), "torch": torch.__version__, "fairseq": fairseq.__version__,
-        "platform": platform.platform(),
-    }
 
 
 # --- where the time of a training step goes -----------------------------------------------------
@@ -300,7 +286,7 @@ def _forward_backward(module, args, kwargs):
 
 def markdown_table(results: dict) -> str:
     lines = [
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, no GPU; "
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['gpu'] or 'no GPU'}; "
         f"torch {results['machine']['torch']}, fairseq {results['machine']['fairseq']}. "
         f"Budget: {results['settings']['minutes_per_system']} minutes of training per system "
         "(same wall-clock time), then fairseq-generate with beam 4, batch 128.",

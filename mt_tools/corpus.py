@@ -17,16 +17,16 @@ The pipeline behind ``scripts/prepare_multi30k.py`` and ``scripts/prepare_wmt14.
    it to every split. SentencePiece models whitespace itself, so the text is not
    Moses-tokenized first: decoding the pieces gives untokenized text back, with no lossy Moses
    detokenization. Moses tokenization is used where it belongs, in tokenized BLEU
-   (:mod:`resmlp_mt.evaluate`). With ``max_positions``, the length fairseq sees (pieces plus
+   (:mod:`mt_tools.evaluate`). With ``max_positions``, the length fairseq sees (pieces plus
    the end-of-sentence token) is checked against the model's ``--max-source-positions`` /
    ``--max-target-positions``: longer training pairs are dropped and counted (already before
    SentencePiece when the word count alone is too many), and a longer valid or test line is
    an error naming the file and line, since references must keep every line (fairseq-train
    would stop at validation on it);
 4. ``fairseq-preprocess --joined-dictionary`` into the destination folder, which also keeps the
-   SentencePiece model (``spm.model``), the original reference and source lines of the valid
-   and test splits (``ref/<split>.<lang>``, the kept pairs only, in order) and ``prep.json``
-   (counts of kept and dropped pairs, settings).
+   SentencePiece model, the original reference and source lines of the valid and test splits
+   (the kept pairs only, in order) and the counts of kept and dropped pairs and the settings:
+   the layout of :mod:`mt_tools.layout`.
 
 Nothing already written is lost: the output is built in a temporary folder beside the
 destination and moved into place only when complete, and an existing destination is kept
@@ -47,10 +47,13 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .layout import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +471,20 @@ def encode_file(sp_model: Path, src: Path, dest: Path) -> None:
                 fout.write(" ".join(pieces) + "\n")
 
 
+#: Multi30k (task 1): the raw file name of each split, ``<name>.<lang>``.
+MULTI30K_FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+
+
+def multi30k_splits(raw: Path, src: str, tgt: str, max_ratio: Optional[float] = None) -> List[Split]:
+    """The three splits of a Multi30k folder ``raw`` for the pair ``src-tgt`` (``max_ratio``: the
+    clean-corpus-n length ratio filter of the training split, None for none)."""
+    return [
+        Split(split, [(raw / f"{name}.{src}", raw / f"{name}.{tgt}")],
+              clean=(None, max_ratio) if split == "train" and max_ratio is not None else None)
+        for split, name in MULTI30K_FILES.items()
+    ]
+
+
 # --- the whole pipeline ------------------------------------------------------------------------
 
 
@@ -504,17 +521,18 @@ def prepare_parallel_corpus(
     try:
         text = work / "text"
         text.mkdir()
-        with Pool(workers) if workers > 1 else _NoPool() as pool:
+        with Pool(workers) if workers > 1 else nullcontext() as pool:
             stats = {
                 s.name: normalize_split(s, src_lang, tgt_lang, text, pool or None, scans, invalid_utf8, max_positions)
                 for s in splits
             }
 
         logger.info("training a joint SentencePiece BPE model, %d pieces", vocab_size)
+        out = PreparedData(work)
         sp_model = train_sentencepiece(
-            [text / f"train.norm.{src_lang}", text / f"train.norm.{tgt_lang}"], work / "spm", vocab_size
+            [text / f"train.norm.{src_lang}", text / f"train.norm.{tgt_lang}"], out.spm_model.with_suffix(""), vocab_size
         )
-        (work / "ref").mkdir()
+        out.ref_dir.mkdir()
         for split in splits:
             for lang in (src_lang, tgt_lang):
                 encode_file(sp_model, text / f"{split.name}.norm.{lang}", text / f"{split.name}.{lang}")
@@ -522,7 +540,7 @@ def prepare_parallel_corpus(
                 limit_positions(split, text, src_lang, tgt_lang, max_positions, stats[split.name])
             for lang in (src_lang, tgt_lang):
                 if split.name != "train":
-                    shutil.copy(text / f"{split.name}.raw.{lang}", work / "ref" / f"{split.name}.{lang}")
+                    shutil.copy(text / f"{split.name}.raw.{lang}", out.ref(split.name, lang))
         cmd = [
             sys.executable, "-m", "fairseq_cli.preprocess",
             "--source-lang", src_lang, "--target-lang", tgt_lang,
@@ -556,20 +574,13 @@ def prepare_parallel_corpus(
             },
             **(extra_info or {}),
         }
-        (work / "prep.json").write_text(json.dumps(info, indent=2) + "\n")
+        out.info_file.write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(work, destdir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return stats
 
-
-class _NoPool:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _replace_dir(new: Path, dest: Path) -> None:

@@ -1,0 +1,173 @@
+"""The one helper module of the tests (test files import from here and from ``conftest``, never
+from each other).
+
+* commands: :func:`run` (a command from the repository root, failing with its output),
+  :func:`tool` (a console script of the running environment: fairseq-train, ...),
+  :func:`run_module` (``python -m vision.train ...``);
+* translation: tiny random ResMLP models for the property tests (:func:`tiny_model`), and small
+  Multi30k-style corpora written by the tests (:func:`write_corpus`, as fairseq's
+  ``tests/utils.py`` ``create_dummy_data``), so that the command-line tests need no shared data;
+* vision: the tiny model and fast flags of the training CLI, slices of a real image folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from conftest import REPO
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def run(args, check: bool = True, env=None, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command (from the repository root unless ``cwd`` is given; ``env`` adds to the
+    environment), capture its output as text (``text=False`` for bytes), and fail with the
+    command and the tails of its output if it exits non-zero."""
+    kwargs.setdefault("cwd", REPO)
+    kwargs.setdefault("text", True)
+    if env is not None:
+        env = dict(os.environ, **env)
+    result = subprocess.run([str(a) for a in args], capture_output=True, env=env, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def tool(name: str) -> str:
+    """A console script of the running interpreter's environment (fairseq-train, ...)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def run_module(*args: str, check: bool = True, module: str = "vision.train", launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` (or ``LAUNCHER MODULE ARGS``, e.g. torchrun)."""
+    return run([*(launcher or [sys.executable, "-m"]), module, *args], check=check, cwd=None, timeout=600)
+
+
+# --- translation: tiny models -----------------------------------------------------------------
+
+VOCAB = 20
+
+
+def dictionary(size: int = VOCAB):
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(size):
+        d.add_symbol(f"w{i}")
+    d.finalize(padding_factor=1)
+    return d
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A 2+2-layer, d=16 ResMLPTranslationModel over a 24-symbol dictionary, in eval mode."""
+    import resmlp_mt  # noqa: F401  (registers the model)
+    from resmlp_mt.model import ResMLPTranslationModel, resmlp_mt_small
+
+    torch.manual_seed(seed)
+    args = argparse.Namespace(
+        encoder_embed_dim=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        decoder_attention_heads=2,
+        max_source_positions=12,
+        max_target_positions=12,
+        dropout=0.0,
+    )
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    resmlp_mt_small(args)
+    d = dictionary()
+    task = SimpleNamespace(source_dictionary=d, target_dictionary=d)
+    model = ResMLPTranslationModel.build_model(args, task)
+    # Random (not initial) values everywhere, so that no property holds by accident of init.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("alpha", "beta", "_scale", "token_mixer.bias")):
+                p.add_(0.3 * torch.randn_like(p))
+        for module in model.modules():
+            if hasattr(module, "causal"):  # every cross-token layer; the causal ones get a full
+                module.weight.normal_(0, 0.3)  # matrix: causality must come from the layer
+    return model.eval()
+
+
+def random_tokens(batch: int, length: int, generator=None) -> torch.Tensor:
+    """(batch, length) ids of real symbols (no pad/eos/bos/unk)."""
+    d = dictionary()
+    return torch.randint(d.nspecial, len(d), (batch, length), generator=generator)
+
+
+# --- translation: corpora ---------------------------------------------------------------------
+
+WORDS = {
+    "en": ("a man woman child dog girl boy two people red blue green big small young old runs walks sits "
+           "stands plays jumps on in at the park street water beach with ball bike hat shirt near").split(),
+    "de": ("ein mann frau kind hund mädchen junge zwei leute roter blauer grüner großer kleiner junger alter "
+           "läuft geht sitzt steht spielt springt auf im am dem park straße wasser strand mit ball rad hut hemd nahe").split(),
+    "fr": ("un homme femme enfant chien fille garçon deux gens rouge bleu vert grand petit jeune vieux court marche "
+           "assis debout joue saute sur dans au le parc rue eau plage avec balle vélo chapeau chemise près").split(),
+}
+CORPUS_SIZES = {"train": 300, "val": 12, "test_2016_flickr": 10}
+
+
+def _made_up_words(n: int, rng: random.Random) -> list[str]:
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    return ["".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))) for _ in range(n)]
+
+
+def write_corpus(raw: Path, seed: int = 0, sizes=None, langs=("en", "de"), long_every: int = 0, extra_words: int = 0) -> Path:
+    """Multi30k's file names (``train``/``val``/``test_2016_flickr`` ``.<lang>``), short sentences
+    over a small vocabulary; every language translates the first word by word, so a model has
+    something to learn.
+
+    ``long_every``: every N-th sentence has 30 to 45 words (for the length limits);
+    ``extra_words``: that many made-up words more per language (for a larger BPE vocabulary)."""
+    rng = random.Random(seed)
+    vocab = {lang: list(WORDS[lang]) for lang in langs}
+    if extra_words:
+        made_up = _made_up_words(extra_words * len(langs), random.Random(seed + 1))
+        for i, lang in enumerate(langs):
+            vocab[lang] += made_up[i * extra_words : (i + 1) * extra_words]
+    size = min(len(v) for v in vocab.values())
+    raw.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for name, n in (sizes or CORPUS_SIZES).items():
+        lines = {lang: [] for lang in langs}
+        for _ in range(n):
+            count += 1
+            length = rng.randint(30, 45) if long_every and count % long_every == 0 else rng.randint(3, 12)
+            words = [rng.randrange(size) for _ in range(length)]
+            for lang in langs:
+                lines[lang].append(" ".join(vocab[lang][w] for w in words).capitalize() + ".")
+        for lang, text in lines.items():
+            (raw / f"{name}.{lang}").write_text("\n".join(text) + "\n", encoding="utf-8")
+    return raw
+
+
+# --- vision -----------------------------------------------------------------------------------
+
+TINY_MODEL = ["--model", "resmlp_s12", "--img-size", "32", "--model-kwargs", "patch_size=8", "embed_dim=32", "depth=2"]
+FAST = ["--workers", "0", "--warmup-epochs", "1", "--lr", "2e-3", "--weight-decay", "0.05", "--batch-size", "16", "--threads", "1"]
+
+
+def link_images(src: Path, dest: Path, per_class: int, classes=None) -> Path:
+    """An ImageFolder of symlinks to the first ``per_class`` images of each class of ``src``."""
+    for cls in classes or sorted(os.listdir(src)):
+        (dest / cls).mkdir(parents=True, exist_ok=True)
+        for name in sorted(os.listdir(src / cls))[:per_class]:
+            (dest / cls / name).symlink_to(src / cls / name)
+    return dest
+
+
+def make_slice(cifar10_dir: Path, dest: Path, train_per_class: int = 8, test_per_class: int = 4) -> Path:
+    """A tiny CIFAR-10 (``train``/``test`` splits) of symlinks to the real images."""
+    for split, k in (("train", train_per_class), ("test", test_per_class)):
+        link_images(cifar10_dir / split, dest / split, k)
+    return dest
