@@ -374,6 +374,9 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         parser.add_argument("--scale-output", action="store_true",
                             help="multiply the decoder's output features by 1/sqrt(d) before the "
                                  "output projection (an alternative to --final-norm-init)")
+        parser.add_argument("--freeze-token-mixers", action="store_true",
+                            help="ablation: keep every cross-token matrix and bias at its initialisation "
+                                 "(no gradient), e.g. to test their part in an optimiser's instability")
         parser.add_argument("--no-scale-embedding", action="store_true",
                             help="do not multiply token embeddings by sqrt(d)")
         parser.add_argument("--share-decoder-input-output-embed", action="store_true",
@@ -400,10 +403,13 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         encoder = ResMLPEncoder(args, src_dict, encoder_embed)
         decoder = ResMLPDecoder(args, tgt_dict, decoder_embed)
         model = cls(encoder, decoder)
-        mixer_params = sum(
-            p.numel() for n, p in model.named_parameters() if ".token_mixer." in n
-        )
+        mixers = [p for n, p in model.named_parameters() if ".token_mixer." in n]
+        mixer_params = sum(p.numel() for p in mixers)
         logger.disabled = False  # fairseq-train's logging.config.dictConfig disables earlier loggers
+        if args.freeze_token_mixers:
+            for p in mixers:
+                p.requires_grad_(False)
+            logger.warning("--freeze-token-mixers: %d token-mixer parameters stay at their initialisation", mixer_params)
         logger.info(
             "ResMLP token mixers sized for %d source / %d target positions: %d parameters "
             "(set --max-source-positions/--max-target-positions to the longest sentences you need)",
@@ -459,6 +465,7 @@ def base_architecture(args):
     _set_default(args, "no_scale_embedding", False)
     _set_default(args, "final_norm_init", "log-vocab")
     _set_default(args, "scale_output", False)
+    _set_default(args, "freeze_token_mixers", False)
     _set_default(args, "share_decoder_input_output_embed", False)
     _set_default(args, "share_all_embeddings", False)
     _set_default(args, "max_source_positions", 1024)

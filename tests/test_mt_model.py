@@ -204,3 +204,13 @@ def test_state_dict_names_of_a_layer_are_those_of_earlier_checkpoints():
     ])
     encoder = sorted(k[len("encoder.layers.0."):] for k in state if k.startswith("encoder.layers.0."))
     assert encoder == sorted(k for k in decoder if not k.startswith("cross_attn"))
+
+
+def test_freeze_token_mixers_leaves_only_the_mixers_without_gradient():
+    """``--freeze-token-mixers`` (the Adagrad ablation of scripts/adagrad_stability.sh): every
+    cross-token matrix and bias, and nothing else, is left out of training."""
+    model = tiny_model(0, freeze_token_mixers=True)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    mixers = {n for n, _ in model.named_parameters() if ".token_mixer." in n}
+    assert frozen == mixers and len(mixers) == 2 * (2 + 2)  # weight and bias of 2 + 2 layers
+    assert all(p.requires_grad for _, p in tiny_model(0).named_parameters())
