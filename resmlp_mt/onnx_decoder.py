@@ -8,22 +8,23 @@ top-k shortlist of the vocabulary) as one call with C++ kernels, and its dynamic
 quantization (``MatMulInteger``) packs the weights once. The beam search stays in Python
 (:func:`resmlp_mt.fast_generate.generate`), the encoder in PyTorch.
 
-One step takes, for ``N = n * k`` hypotheses (``n`` sentences, beam ``k``), ``L`` layers,
-``C`` channels, ``H`` heads of ``d`` channels, source length ``S``, vocabulary ``V``:
+One step takes, for ``N = n * k`` hypotheses (``n`` sentences, beam ``k``), ``C`` channels,
+``H`` heads of ``d`` channels, source length ``S``, vocabulary ``V``:
 
 * ``tokens`` ``(N,)`` int64, the previous output token of each hypothesis;
-* ``past_0`` ... ``past_{L-1}`` ``(t + 1, N, C)``: each layer's inputs at the earlier positions,
-  after a zero row (so that the first step, with no earlier position, has the same shapes);
-* ``rows`` ``(L, t + 1)``: the token-mixing row of position ``t`` for those inputs (0 for the
-  zero row), ``diag`` ``(L,)`` its diagonal entry, ``const`` ``(L, C)`` the folded constant;
-* ``keys`` ``(L, n, H, d, S)``, ``values`` ``(L, n, H, S, d)``, ``bias`` ``(n, 1, 1, S)``
-  (additive padding mask), computed once per batch;
-* ``vocab_bias`` ``(V,)``: added to the logits after the log-normaliser (``-inf`` for padding,
-  for end-of-sentence before ``min_len``; ``-unk_penalty`` for unknown);
+* ``bias`` ``(n, 1, 1, S)``, the additive padding mask of the sources;
+* ``vocab_bias`` ``(V,)``: added to the log-probabilities (``-inf`` for padding, for
+  end-of-sentence before ``min_len``; ``-unk_penalty`` for unknown);
+* per layer ``i`` (separate inputs, so that the graph slices nothing): ``past_i``
+  ``(t + 1, N, C)``, the layer's inputs at the earlier positions after a zero row (so that the
+  first step has the same shapes); ``row_i`` ``(t + 1,)``, the token-mixing row of position
+  ``t`` for them (0 for the zero row), ``diag_i`` ``(1,)`` its diagonal entry, ``const_i``
+  ``(C,)`` the folded constant; ``keys_i`` ``(n, H, d, S)`` and ``values_i`` ``(n, H, S, d)``,
+  computed once per batch;
 
-and returns ``inputs`` ``(L, N, C)`` (this position's layer inputs, for the history),
-``top_lprobs`` / ``top_tokens`` ``(N, SHORTLIST)`` and ``eos_lprobs`` ``(N,)``. The beam
-search needs the best ``2k`` tokens of each hypothesis: ``SHORTLIST`` bounds the beam at 8.
+and returns ``top_lprobs`` / ``top_tokens`` ``(N, SHORTLIST)``, ``eos_lprobs`` ``(N,)`` and
+``input_i`` ``(N, C)`` (this position's layer inputs, for the history). The beam search needs
+the best ``2k`` tokens of each hypothesis: ``SHORTLIST`` bounds the beam at 8.
 
 ``OnnxModel(model)`` exports the graph on first use (a file per model and precision, cached
 beside the model folder or in a temporary directory) and is passed to
@@ -72,24 +73,29 @@ class DecoderStepGraph(nn.Module):
         self.decoder = decoder
         self.eos = decoder.dictionary.eos()
 
-    def forward(self, tokens: Tensor, rows: Tensor, diag: Tensor, const: Tensor, keys: Tensor, values: Tensor,
-                bias: Tensor, vocab_bias: Tensor, *past: Tensor):
+    def forward(self, tokens: Tensor, bias: Tensor, vocab_bias: Tensor, *per_layer: Tensor):
+        """``per_layer``: for each layer ``past_i, row_i, diag_i, const_i, keys_i, values_i`` (one
+        input each, so that the graph slices nothing)."""
         x = F.embedding(tokens, self.decoder.embed_weight)  # (N, C)
-        n = keys.size(1)
         N = x.size(0)
-        k = N // n
         inputs: List[Tensor] = []
         for i, layer in enumerate(self.decoder.layers):
+            history, row, diag, const, keys, values = per_layer[PER_LAYER * i : PER_LAYER * (i + 1)]
+            n = keys.size(0)
+            k = N // n
             inputs.append(x)
-            history = past[i]
-            mixed = torch.matmul(rows[i], history.reshape(history.size(0), -1)).view(N, -1) + diag[i] * x
-            x = x + const[i] + layer.mix_scale * mixed
+            mixed = torch.matmul(row, history.reshape(history.size(0), -1)).view(N, -1) + diag * x
+            x = x + const + layer.mix_scale * mixed
             q = layer.q_proj(x).view(n, k, layer.heads, layer.head_dim).transpose(1, 2)  # (n, H, k, d)
-            weights = torch.softmax(torch.matmul(q, keys[i]) + bias, dim=-1)  # (n, H, k, S)
-            x = x + layer.out_proj(torch.matmul(weights, values[i]).transpose(1, 2).reshape(N, -1))
+            weights = torch.softmax(torch.matmul(q, keys) + bias, dim=-1)  # (n, H, k, S)
+            x = x + layer.out_proj(torch.matmul(weights, values).transpose(1, 2).reshape(N, -1))
             x = x + layer.fc2(layer.activation_fn(layer.fc1(x)))
         top_lprobs, top_tokens, eos_lprobs = shortlist(self.decoder.output_projection(x).float(), vocab_bias, SHORTLIST, self.eos)
-        return torch.stack(inputs), top_lprobs, top_tokens, eos_lprobs
+        return (top_lprobs, top_tokens, eos_lprobs, *inputs)
+
+
+PER_LAYER = 6  # past, row, diag, const, keys, values
+LAYER_INPUTS = ("past", "row", "diag", "const", "keys", "values")
 
 
 def export_decoder_step(model: FoldedModel, path: Path, int8: bool = False, heads_example: int = 2) -> Path:
@@ -101,18 +107,22 @@ def export_decoder_step(model: FoldedModel, path: Path, int8: bool = False, head
     H, d = decoder.layers[0].heads, decoder.layers[0].head_dim
     n, k, S, t = 2, 4, 5, 3
     N = n * k
-    example = (torch.full((N,), decoder.dictionary.eos()), torch.zeros(L, t), torch.zeros(L), torch.zeros(L, C),
-               torch.zeros(L, n, H, d, S), torch.zeros(L, n, H, S, d), torch.zeros(n, 1, 1, S),
-               torch.zeros(len(decoder.dictionary)), *[torch.zeros(t, N, C) for _ in range(L)])
-    names = ["tokens", "rows", "diag", "const", "keys", "values", "bias", "vocab_bias"] + [f"past_{i}" for i in range(L)]
-    dynamic = {"tokens": {0: "N"}, "rows": {1: "t"}, "keys": {1: "n", 4: "S"}, "values": {1: "n", 3: "S"},
-               "bias": {0: "n", 3: "S"}, **{f"past_{i}": {0: "t", 1: "N"} for i in range(L)}}
+    example = [torch.full((N,), decoder.dictionary.eos()), torch.zeros(n, 1, 1, S), torch.zeros(len(decoder.dictionary))]
+    names = ["tokens", "bias", "vocab_bias"]
+    dynamic = {"tokens": {0: "N"}, "bias": {0: "n", 3: "S"}}
+    for i in range(L):
+        example += [torch.zeros(t, N, C), torch.zeros(t), torch.zeros(1), torch.zeros(C), torch.zeros(n, H, d, S),
+                    torch.zeros(n, H, S, d)]
+        names += [f"{name}_{i}" for name in LAYER_INPUTS]
+        dynamic.update({f"past_{i}": {0: "t", 1: "N"}, f"row_{i}": {0: "t"}, f"keys_{i}": {0: "n", 3: "S"},
+                        f"values_{i}": {0: "n", 2: "S"}})
+    example = tuple(example)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with torch.no_grad():
         torch.onnx.export(graph, example, str(tmp), input_names=names,
-                          output_names=["inputs", "top_lprobs", "top_tokens", "eos_lprobs"],
+                          output_names=["top_lprobs", "top_tokens", "eos_lprobs", *[f"input_{i}" for i in range(L)]],
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     os.replace(tmp, path)
     if not int8:
@@ -167,7 +177,7 @@ class OnnxModel:
             A = torch.stack([layer.mix_weight for layer in decoder.layers])  # (L, T, T)
             T = A.size(1)
             self.rows = torch.cat([A.new_zeros(len(decoder.layers), T, 1), A], dim=2)  # [0, A[t, :t], ...]
-            self.diag = torch.diagonal(A, dim1=1, dim2=2)  # (L, T)
+            self.diag = torch.diagonal(A, dim1=1, dim2=2).contiguous()  # (L, T)
             self.const = torch.stack([layer.mix_const for layer in decoder.layers])  # (L, T, C)
 
     def decoder_steps(self, encoder_out: Tensor, padding_mask: Optional[Tensor], k: int, max_len: int,
@@ -203,21 +213,18 @@ class _OnnxSteps:
     def step(self, tokens: Tensor, step: int, allow_eos: bool):
         n, k = tokens.shape[:2]
         m = self.model
-        feed = {
-            "tokens": tokens[:, :, step].reshape(-1).contiguous().numpy(),
-            "rows": m.rows[:, step, : step + 1].contiguous().numpy(),
-            "diag": m.diag[:, step].contiguous().numpy(),
-            "const": m.const[:, step].contiguous().numpy(),
-            "keys": self.keys.numpy(),
-            "values": self.values.numpy(),
-            "bias": self.bias.numpy(),
-            "vocab_bias": self.vocab_bias[allow_eos],
-        }
-        for i, h in enumerate(self.history):
+        feed = {"tokens": tokens[:, :, step].reshape(-1).contiguous().numpy(), "bias": self.bias.numpy(),
+                "vocab_bias": self.vocab_bias[allow_eos]}
+        for i, h in enumerate(self.history):  # contiguous views: nothing is copied
             feed[f"past_{i}"] = h[: step + 1].numpy()
-        inputs, top_lprobs, top_tokens, eos_lprobs = m.session.run(None, feed)
-        for i, h in enumerate(self.history):
-            h[step + 1] = torch.from_numpy(inputs[i])
+            feed[f"row_{i}"] = m.rows[i, step, : step + 1].numpy()
+            feed[f"diag_{i}"] = m.diag[i, step : step + 1].numpy()
+            feed[f"const_{i}"] = m.const[i, step].numpy()
+            feed[f"keys_{i}"] = self.keys[i].numpy()
+            feed[f"values_{i}"] = self.values[i].numpy()
+        top_lprobs, top_tokens, eos_lprobs, *inputs = m.session.run(None, feed)
+        for h, x in zip(self.history, inputs):
+            h[step + 1] = torch.from_numpy(x)
         width = 2 * k
         return (torch.from_numpy(top_lprobs[:, :width]).view(n, k, width),
                 torch.from_numpy(top_tokens[:, :width]).view(n, k, width),
