@@ -350,23 +350,22 @@ def generate(
     sentence, its ``beam`` finished hypotheses sorted best first, each a dict with ``tokens``
     (ending in end-of-sentence, as fairseq) and ``score``.
     """
-    encoder, decoder = model.encoder, model.decoder
+    decoder = model.decoder
     dictionary = decoder.dictionary
     eos, pad, unk = dictionary.eos(), dictionary.pad(), dictionary.unk()
     bsz, src_len = src_tokens.shape
     max_len = min(int(max_len_a * src_len + max_len_b), decoder.max_positions() - 1)
     k = beam
 
-    enc = encoder(src_tokens)
-    encoder_out, padding_mask = enc["encoder_out"][0], enc["encoder_padding_mask"][0]
-    if hasattr(model, "decoder_steps"):
-        steps = model.decoder_steps(encoder_out, padding_mask, k, max_len, unk_penalty=unk_penalty)
+    if hasattr(model, "decoder_steps"):  # an ONNX model runs its own encoder
+        steps = model.decoder_steps(src_tokens, k, max_len, unk_penalty=unk_penalty)
     else:
-        steps = _TorchSteps(model, encoder_out, padding_mask, k, max_len)
+        enc = model.encoder(src_tokens)
+        steps = _TorchSteps(model, enc["encoder_out"][0], enc["encoder_padding_mask"][0], k, max_len)
 
     tokens = src_tokens.new_full((bsz, k, max_len + 2), pad)
     tokens[:, :, 0] = eos
-    scores = encoder_out.new_zeros(bsz, k)  # cumulative log-probabilities
+    scores = torch.zeros(bsz, k)  # cumulative log-probabilities
     ignore = torch.zeros(bsz, k, dtype=torch.bool)
     finalized: List[List[Dict[str, Tensor]]] = [[] for _ in range(bsz)]
     alive = torch.arange(bsz)  # original index of each row still searched

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast_generate import (FoldedDecoder, FoldedModel, _select_rows, fold_for_inference, quantize_int8, shortlist,
-                            vocabulary_bias)
+from .fast_generate import FoldedDecoder, FoldedModel, _select_rows, fold_for_inference, shortlist, vocabulary_bias
+from .model import left_align
 
 SHORTLIST = 16  # candidates per hypothesis: beams up to SHORTLIST // 2
 OPSET = 17
@@ -98,31 +98,39 @@ PER_LAYER = 6  # past, row, diag, const, keys, values
 LAYER_INPUTS = ("past", "row", "diag", "const", "keys", "values")
 
 
-def export_decoder_step(model: FoldedModel, path: Path, int8: bool = False, heads_example: int = 2) -> Path:
-    """Write the ONNX graph of ``model``'s decoder step to ``path`` (float32), and its int8
-    quantization beside it when ``int8``; returns the file to load."""
-    decoder = model.decoder
-    graph = DecoderStepGraph(decoder).eval()
-    L, C = len(decoder.layers), decoder.embed_weight.size(1)
-    H, d = decoder.layers[0].heads, decoder.layers[0].head_dim
-    n, k, S, t = 2, 4, 5, 3
-    N = n * k
-    example = [torch.full((N,), decoder.dictionary.eos()), torch.zeros(n, 1, 1, S), torch.zeros(len(decoder.dictionary))]
-    names = ["tokens", "bias", "vocab_bias"]
-    dynamic = {"tokens": {0: "N"}, "bias": {0: "n", 3: "S"}}
-    for i in range(L):
-        example += [torch.zeros(t, N, C), torch.zeros(t), torch.zeros(1), torch.zeros(C), torch.zeros(n, H, d, S),
-                    torch.zeros(n, H, S, d)]
-        names += [f"{name}_{i}" for name in LAYER_INPUTS]
-        dynamic.update({f"past_{i}": {0: "t", 1: "N"}, f"row_{i}": {0: "t"}, f"keys_{i}": {0: "n", 3: "S"},
-                        f"values_{i}": {0: "n", 2: "S"}})
-    example = tuple(example)
+class SourceGraph(nn.Module):
+    """What runs once per batch, as a traceable module: the encoder and every layer's
+    cross-attention keys and values. Input ``src_tokens`` ``(B, S)`` int64, right-padded (or not
+    padded); outputs ``bias`` ``(B, 1, 1, S)`` (the additive padding mask) and, per layer,
+    ``keys_i`` ``(B, H, d, S)`` and ``values_i`` ``(B, H, S, d)``."""
+
+    def __init__(self, encoder: nn.Module, decoder: FoldedDecoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, src_tokens: Tensor):
+        out = self.encoder(src_tokens)
+        encoder_out, padding_mask = out["encoder_out"][0], out["encoder_padding_mask"][0]
+        S, B, _ = encoder_out.shape
+        bias = torch.zeros(B, 1, 1, S).masked_fill(padding_mask.view(B, 1, 1, S), -math.inf)
+        outputs = [bias]
+        for layer in self.decoder.layers:
+            H, d = layer.heads, layer.head_dim
+            outputs.append(layer.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0))
+            outputs.append(layer.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3))
+        return tuple(outputs)
+
+
+def _export(graph: nn.Module, example: tuple, names: List[str], outputs: List[str], dynamic: dict, path: Path,
+            int8: bool) -> Path:
+    """Export ``graph`` to ``path`` (float32), and its int8 quantization beside it when ``int8``
+    (``onnxruntime.quantization.quantize_dynamic``: every weight matrix, per-tensor, signed);
+    returns the file to load. Each file is written under a temporary name, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with torch.no_grad():
-        torch.onnx.export(graph, example, str(tmp), input_names=names,
-                          output_names=["top_lprobs", "top_tokens", "eos_lprobs", *[f"input_{i}" for i in range(L)]],
+        torch.onnx.export(graph.eval(), example, str(tmp), input_names=names, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     os.replace(tmp, path)
     if not int8:
@@ -142,14 +150,48 @@ def export_decoder_step(model: FoldedModel, path: Path, int8: bool = False, head
     return quantized
 
 
+def export_graphs(model: FoldedModel, folder: Path, int8: bool = False) -> tuple[Path, Path]:
+    """Write the two ONNX graphs of ``model`` to ``folder``: ``source.onnx`` (:class:`SourceGraph`)
+    and ``decoder_step.onnx`` (:class:`DecoderStepGraph`), plus their int8 versions when
+    ``int8``; returns the two files to load."""
+    decoder = model.decoder
+    L, C = len(decoder.layers), decoder.embed_weight.size(1)
+    H, d = decoder.layers[0].heads, decoder.layers[0].head_dim
+    n, k, S, t = 2, 4, 5, 3
+    N = n * k
+    pad, eos = decoder.dictionary.pad(), decoder.dictionary.eos()
+    # right padding in the example, so that the encoder's padding mask is part of the graph
+    src = torch.tensor([[eos + 1, eos + 2, eos + 3, eos + 4, eos], [eos + 1, eos + 2, eos, pad, pad]])
+    kv_names = [f"{name}_{i}" for i in range(L) for name in ("keys", "values")]
+    source = _export(SourceGraph(model.encoder, decoder), (src,), ["src_tokens"], ["bias", *kv_names],
+                     {"src_tokens": {0: "n", 1: "S"}, "bias": {0: "n", 3: "S"},
+                      **{name: {0: "n", (3 if name.startswith("keys") else 2): "S"} for name in kv_names}},
+                     Path(folder) / "source.onnx", int8)
+
+    example = [torch.full((N,), eos), torch.zeros(n, 1, 1, S), torch.zeros(len(decoder.dictionary))]
+    names = ["tokens", "bias", "vocab_bias"]
+    dynamic = {"tokens": {0: "N"}, "bias": {0: "n", 3: "S"}}
+    for i in range(L):
+        example += [torch.zeros(t, N, C), torch.zeros(t), torch.zeros(1), torch.zeros(C), torch.zeros(n, H, d, S),
+                    torch.zeros(n, H, S, d)]
+        names += [f"{name}_{i}" for name in LAYER_INPUTS]
+        dynamic.update({f"past_{i}": {0: "t", 1: "N"}, f"row_{i}": {0: "t"}, f"keys_{i}": {0: "n", 3: "S"},
+                        f"values_{i}": {0: "n", 2: "S"}})
+    step = _export(DecoderStepGraph(decoder), tuple(example), names,
+                   ["top_lprobs", "top_tokens", "eos_lprobs", *[f"input_{i}" for i in range(L)]], dynamic,
+                   Path(folder) / "decoder_step.onnx", int8)
+    return source, step
+
+
 class OnnxModel:
-    """A ResMLP translation model whose decoder steps run in ONNX Runtime, for
-    :func:`~resmlp_mt.fast_generate.generate` (and ``Translator.translate(engine="onnx")``).
+    """A ResMLP translation model that runs in ONNX Runtime, for
+    :func:`~resmlp_mt.fast_generate.generate` (and ``Translator.translate(engine="onnx")``): one
+    graph for the encoder and the cross-attention keys/values (once per batch), one for a
+    decoder step; the beam search stays in Python.
 
     Args:
         model: a fairseq ResMLP model (float32; folded here) or a :class:`FoldedModel`.
-        int8: run the int8-quantized graph, and the encoder and the cross-attention key/value
-            projections (once per batch, in PyTorch) with int8 linear layers too.
+        int8: run the int8-quantized graphs.
         cache_dir: where the ONNX files go (default: a temporary directory).
         threads: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``).
     """
@@ -157,22 +199,20 @@ class OnnxModel:
     def __init__(self, model, int8: bool = False, cache_dir: Optional[Path] = None, threads: Optional[int] = None):
         ort = _require_onnxruntime()
         folded = model if isinstance(model, FoldedModel) else fold_for_inference(model)
-        self.encoder, self.decoder, self.int8 = folded.encoder, folded.decoder, int8
+        self.decoder, self.int8 = folded.decoder, int8
+        self.max_source_positions = folded.encoder.max_positions()
+        self.padding_idx = folded.encoder.padding_idx
         decoder = self.decoder
-        # the encoder and the cross-attention keys/values run once per batch, in PyTorch (int8: fbgemm)
-        projections = nn.ModuleList([nn.ModuleList([layer.k_proj, layer.v_proj]) for layer in decoder.layers])
-        if int8:
-            self.encoder, projections = quantize_int8(self.encoder), quantize_int8(projections)
-        self.key_value_projections = [(kv[0], kv[1]) for kv in projections]
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="resmlp_onnx_")
             cache_dir = Path(self._tmp.name)
-        self.path = export_decoder_step(folded, Path(cache_dir) / "decoder_step.onnx", int8=int8)
+        self.paths = export_graphs(folded, Path(cache_dir), int8=int8)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.source_session, self.session = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                                             for p in self.paths)
         with torch.no_grad():
             A = torch.stack([layer.mix_weight for layer in decoder.layers])  # (L, T, T)
             T = A.size(1)
@@ -180,9 +220,21 @@ class OnnxModel:
             self.diag = torch.diagonal(A, dim1=1, dim2=2).contiguous()  # (L, T)
             self.const = torch.stack([layer.mix_const for layer in decoder.layers])  # (L, T, C)
 
-    def decoder_steps(self, encoder_out: Tensor, padding_mask: Optional[Tensor], k: int, max_len: int,
-                      unk_penalty: float = 0.0) -> "_OnnxSteps":
-        return _OnnxSteps(self, encoder_out, padding_mask, k, max_len, unk_penalty)
+    def encode(self, src_tokens: Tensor):
+        """``src_tokens`` ``(B, S)``, either padding side -> ``bias`` ``(B, 1, 1, S)``, ``keys``
+        ``(L, B, H, d, S)``, ``values`` ``(L, B, H, S, d)``."""
+        if src_tokens.size(1) > self.max_source_positions:
+            raise ValueError(f"source sentence of {src_tokens.size(1)} tokens is longer than the model's "
+                             f"--max-source-positions {self.max_source_positions}")
+        pads = src_tokens.eq(self.padding_idx)
+        if (pads[:, :-1] & ~pads[:, 1:]).any():  # left padding: move every sentence to the front
+            src_tokens = src_tokens.gather(1, left_align(pads))
+        bias, *kv = self.source_session.run(None, {"src_tokens": src_tokens.contiguous().numpy()})
+        return (torch.from_numpy(bias), torch.stack([torch.from_numpy(a) for a in kv[0::2]]),
+                torch.stack([torch.from_numpy(a) for a in kv[1::2]]))
+
+    def decoder_steps(self, src_tokens: Tensor, k: int, max_len: int, unk_penalty: float = 0.0) -> "_OnnxSteps":
+        return _OnnxSteps(self, src_tokens, k, max_len, unk_penalty)
 
 
 class _OnnxSteps:
@@ -190,23 +242,15 @@ class _OnnxSteps:
 
     full_vocabulary = False
 
-    def __init__(self, model: OnnxModel, encoder_out: Tensor, padding_mask: Optional[Tensor], k: int, max_len: int,
-                 unk_penalty: float):
+    def __init__(self, model: OnnxModel, src_tokens: Tensor, k: int, max_len: int, unk_penalty: float):
         if 2 * k > SHORTLIST:
             raise ValueError(f"engine='onnx' supports beams up to {SHORTLIST // 2}, got {k}")
         self.model, self.k = model, k
         decoder = model.decoder
-        S, B, C = encoder_out.shape
-        layers = decoder.layers
-        H, d = layers[0].heads, layers[0].head_dim
-        kv = model.key_value_projections
-        self.keys = torch.stack([k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0) for k_proj, _ in kv]).contiguous()
-        self.values = torch.stack([v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3) for _, v_proj in kv]).contiguous()
-        self.bias = encoder_out.new_zeros(B, 1, 1, S)
-        if padding_mask is not None:
-            self.bias.masked_fill_(padding_mask.view(B, 1, 1, S), -math.inf)
+        self.bias, self.keys, self.values = model.encode(src_tokens)
+        B, C = src_tokens.size(0), decoder.embed_weight.size(1)
         # history per layer: (max_len + 3, n * k, C); row 0 stays zero, position j is row j + 1
-        self.history = [encoder_out.new_zeros(max_len + 3, B * k, C) for _ in layers]
+        self.history = [torch.zeros(max_len + 3, B * k, C) for _ in decoder.layers]
         self.spare = [torch.empty_like(h) for h in self.history]
         self.vocab_bias = {allow: bias.numpy() for allow, bias in vocabulary_bias(decoder.dictionary, unk_penalty).items()}
 
