@@ -1,4 +1,5 @@
-"""The decoder step of a ResMLP translation model in ONNX Runtime, for fast CPU decoding.
+"""A ResMLP translation model in ONNX Runtime, for fast CPU decoding: the encoder (with the
+cross-attention keys and values) and the decoder step as two graphs.
 
 Why: at small batches a decoder step in eager PyTorch is mostly per-operator overhead (about
 a hundred small operators per step, a few microseconds each), not arithmetic. ONNX Runtime runs
@@ -6,7 +7,8 @@ the whole folded step (:class:`~resmlp_mt.fast_generate.FoldedDecoder`: token mi
 cross-attention, channel MLP for every layer, the output projection, the log-normaliser and a
 top-k shortlist of the vocabulary) as one call with C++ kernels, and its dynamic int8
 quantization (``MatMulInteger``) packs the weights once. The beam search stays in Python
-(:func:`resmlp_mt.fast_generate.generate`), the encoder in PyTorch.
+(:func:`resmlp_mt.fast_generate.generate`); the encoder and every layer's cross-attention keys
+and values run once per batch in a second graph (:class:`SourceGraph`).
 
 One step takes, for ``N = n * k`` hypotheses (``n`` sentences, beam ``k``), ``C`` channels,
 ``H`` heads of ``d`` channels, source length ``S``, vocabulary ``V``:
@@ -26,8 +28,8 @@ and returns ``top_lprobs`` / ``top_tokens`` ``(N, SHORTLIST)``, ``eos_lprobs`` `
 ``input_i`` ``(N, C)`` (this position's layer inputs, for the history). The beam search needs
 the best ``2k`` tokens of each hypothesis: ``SHORTLIST`` bounds the beam at 8.
 
-``OnnxModel(model)`` exports the graph on first use (a file per model and precision, cached
-beside the model folder or in a temporary directory) and is passed to
+``OnnxModel(model)`` exports the graphs when built (files per model and precision, in
+``cache_dir`` or a temporary directory) and is passed to
 :func:`~resmlp_mt.fast_generate.generate` like a model. Float32 gives the hypotheses of the
 folded PyTorch model (equal up to float rounding); int8 quantizes every weight matrix
 (``onnxruntime.quantization.quantize_dynamic``, per-tensor, signed).
