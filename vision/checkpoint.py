@@ -368,6 +368,30 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
 
 
+def gather_rng_state(world_size: int, distributed: bool) -> Dict[str, Any] | list[Dict[str, Any]]:
+    """This process's generator states (:func:`rng_state`); in a distributed run, every rank's, in
+    rank order (a collective: every rank calls it; the states differ, seeds are offset by rank)."""
+    import torch.distributed as dist
+
+    rng = rng_state()
+    if not distributed:
+        return rng
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, rng)
+    return gathered
+
+
+def restore_rng_state(saved: Dict[str, Any] | list[Dict[str, Any]], rank: int, world_size: int,
+                      logger: logging.Logger = _logger) -> None:
+    """Restore what :func:`gather_rng_state` saved: this rank's states (a warning when the
+    checkpoint was written by another number of processes: the random streams then differ)."""
+    if isinstance(saved, list):  # saved by a distributed run: one state per rank
+        if len(saved) != world_size:
+            logger.warning(f"the checkpoint was written by {len(saved)} processes, this run has {world_size}: random streams differ")
+        saved = saved[rank % len(saved)]
+    set_rng_state(saved)
+
+
 def latest(output_dir: str | Path) -> Optional[Path]:
     """``output_dir/last.pth`` if it exists (for ``--resume auto``)."""
     path = Path(output_dir) / "last.pth"

@@ -60,10 +60,10 @@ from timm.utils import ParseKwargs, random_seed
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import parse_with_config
 from .data import ImageFolderDataset, build_train_sampler
-from .engine import EpochMeter, autocast_context, backward, check_finite, grad_scaler, run_guarded
+from .engine import EpochMeter, autocast_context, backward, check_finite, grad_scaler
 from .resmlp import MODEL_NAMES
+from .train import add_device_args, launch, parse_run_args, with_model_kwargs
 
 _logger = logging.getLogger("vision.dino")
 
@@ -473,21 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (0-based) although the schedule spans --epochs")
     g.add_argument("--max-train-minutes", type=float, default=None,
                    help="stop at the end of an epoch when the next one would pass this training time (the schedule still spans --epochs)")
-    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA (no effect on the CPU)")
-    g.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    g.add_argument("--log-interval", type=int, default=50)
+    add_device_args(g)
     return p
 
 
 def backbone_kwargs(args: argparse.Namespace, drop_path: float) -> Dict[str, Any]:
     """``timm.create_model`` arguments of the backbone (no classifier)."""
-    kwargs: Dict[str, Any] = dict(num_classes=0, drop_path_rate=drop_path)
-    if args.model in MODEL_NAMES:
-        kwargs["img_size"] = args.img_size
-    kwargs.update(args.model_kwargs or {})
-    return kwargs
+    return with_model_kwargs(args, num_classes=0, drop_path_rate=drop_path)
 
 
 def build_student_teacher(args: argparse.Namespace) -> tuple[MultiCropWrapper, MultiCropWrapper, Dict[str, Any]]:
@@ -510,29 +502,15 @@ def build_student_teacher(args: argparse.Namespace) -> tuple[MultiCropWrapper, M
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .train import check_model_name, init_distributed, setup_logging  # the wiring vision.train and vision.dino share
-
     parser = build_parser()
-    args = parse_with_config(parser, argv)
-    if args.data_dir is None:
-        parser.error("--data-dir is required (or data_dir in the config)")
-    if args.output is None:
-        parser.error("--output is required (the folder for checkpoints and logs)")
-    check_model_name(args.model, parser)
+    args = parse_run_args(parser, argv)
     local_size = args.local_crop_size or args.img_size
     if args.model in MODEL_NAMES and local_size != args.img_size:
         parser.error(f"--local-crop-size {local_size}: a ResMLP reads one input size (its cross-patch matrix is fixed), "
                      f"so local crops are resized to --img-size {args.img_size}; leave --local-crop-size out")
     if args.batch_size < 1 or args.epochs < 1:
         parser.error("--batch-size and --epochs must be positive")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, rank, world_size, distributed = init_distributed(args)
-    primary = rank == 0
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    setup_logging(output, primary)
-    return run_guarded(lambda: _run(args, device, rank, world_size, distributed, primary, output), output, primary, distributed, _logger)
+    return launch(args, _run, _logger)
 
 
 def _run(args, device, rank, world_size, distributed, primary, output: Path) -> int:
@@ -620,9 +598,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": world_size}, fh, sort_keys=False)
         ckpt_io.trim_summary_atomic(output / "summary.csv", start_epoch)
     if resume_rng is not None:
-        if isinstance(resume_rng, list):
-            resume_rng = resume_rng[rank % len(resume_rng)]
-        ckpt_io.set_rng_state(resume_rng)
+        ckpt_io.restore_rng_state(resume_rng, rank, world_size, _logger)
 
     last_epoch = args.epochs - 1 if args.stop_after_epoch is None else min(args.epochs - 1, args.stop_after_epoch)
     train_minutes = sum(row["train"]["minutes"] for row in history)
@@ -642,11 +618,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             f"lr {metrics['lr']:.3g}, wd {metrics['wd']:.3g}, teacher momentum {metrics['momentum']:.5f}, teacher temp "
             f"{metrics['teacher_temp']:.3f}, centre norm {dino_loss.center.norm().item():.3f}"
         )
-        rng = ckpt_io.rng_state()
-        if distributed:
-            gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
+        rng = ckpt_io.gather_rng_state(world_size, distributed)
         if primary:
             row = {"epoch": epoch, "train": dict(metrics), "eval": {}, "lr": metrics["lr"]}
             history = [*history, row]

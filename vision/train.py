@@ -146,12 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", required=False, default=None, help="output folder (checkpoints, logs)")
     g.add_argument("--resume", default=None, help="a checkpoint to continue from, or 'auto' (OUTPUT/last.pth if present)")
     g.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (0-based) although the schedule spans --epochs")
+    add_device_args(g)
+    return p
+
+
+def add_device_args(g) -> None:
+    """The options of where and how a run computes (vision.train and vision.dino): --device,
+    --amp, --amp-dtype, --threads, --log-interval."""
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA (no effect on the CPU)")
     g.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     g.add_argument("--log-interval", type=int, default=50)
-    return p
 
 
 # --------------------------------------------------------------------------------------
@@ -174,13 +180,18 @@ def check_model_name(name: str, parser: Optional[argparse.ArgumentParser] = None
     raise ValueError(msg)
 
 
-def model_create_kwargs(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
-    """The ``timm.create_model`` keyword arguments of this run (stored in checkpoints)."""
-    kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
+def with_model_kwargs(args: argparse.Namespace, **kwargs: Any) -> Dict[str, Any]:
+    """``kwargs``, then ``img_size`` for a ResMLP (which needs it), then ``--model-kwargs``: the
+    ``timm.create_model`` keyword arguments of a run (vision.train and vision.dino)."""
     if args.model in MODEL_NAMES:
         kwargs["img_size"] = args.img_size
     kwargs.update(args.model_kwargs or {})
     return kwargs
+
+
+def model_create_kwargs(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments of this run (stored in checkpoints)."""
+    return with_model_kwargs(args, num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
 
 
 def setup_logging(output: Optional[Path], primary: bool) -> None:
@@ -235,25 +246,38 @@ def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.devi
 # --------------------------------------------------------------------------------------
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
+def parse_run_args(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
+    """The options of a training run (``--config`` file first): ``--data-dir``, ``--output`` and
+    a known ``--model`` required (vision.train and vision.dino)."""
     args = parse_with_config(parser, argv)
     if args.data_dir is None:
         parser.error("--data-dir is required (or data_dir in the config)")
     if args.output is None:
         parser.error("--output is required (the folder for checkpoints and logs)")
     check_model_name(args.model, parser)
-    if args.teacher_model:
-        check_model_name(args.teacher_model, parser)
+    return args
+
+
+def launch(args: argparse.Namespace, run, logger: logging.Logger) -> int:
+    """Set up the process (threads, distributed, the output folder and its log) and return
+    ``run(args, device, rank, world_size, distributed, primary, output)``'s exit status through
+    :func:`vision.engine.run_guarded` (vision.train and vision.dino)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-
     device, rank, world_size, distributed = init_distributed(args)
     primary = rank == 0
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     setup_logging(output, primary)
-    return run_guarded(lambda: _run(args, device, rank, world_size, distributed, primary, output), output, primary, distributed, _logger)
+    return run_guarded(lambda: run(args, device, rank, world_size, distributed, primary, output), output, primary, distributed, logger)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parse_run_args(parser, argv)
+    if args.teacher_model:
+        check_model_name(args.teacher_model, parser)
+    return launch(args, _run, _logger)
 
 
 def _run(args, device, rank, world_size, distributed, primary, output: Path) -> int:
@@ -419,11 +443,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             _logger.info(f"best so far: top-1 {best['top1']:.2f} at epoch {best['epoch']}")
 
     if resume_state is not None:
-        if isinstance(resume_state, list):  # saved by a distributed run: one state per rank
-            if len(resume_state) != world_size:
-                _logger.warning(f"the checkpoint was written by {len(resume_state)} processes, this run has {world_size}: random streams differ")
-            resume_state = resume_state[rank % len(resume_state)]
-        ckpt_io.set_rng_state(resume_state)
+        ckpt_io.restore_rng_state(resume_state, rank, world_size, _logger)
 
     last_epoch = args.epochs - 1 if args.stop_after_epoch is None else min(args.epochs - 1, args.stop_after_epoch)
     for epoch in range(start_epoch, last_epoch + 1):
@@ -447,12 +467,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 msg += f"; EMA top-1 {metrics['ema_top1']:.2f}"
         _logger.info(msg + f"; lr {lr_now:.3g}")
 
-        # Every rank's generator states (they differ: seeds are offset by rank).
-        rng = ckpt_io.rng_state()
-        if distributed:
-            gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
+        rng = ckpt_io.gather_rng_state(world_size, distributed)  # every rank's generator states
         if primary:
             is_best = bool(metrics) and metrics["top1"] > best["top1"]
             if is_best:
