@@ -107,6 +107,41 @@ def test_model_feature_info(name):
         assert info["reduction"] == model.stem.patch_size[0]
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_forward_intermediates(name):
+    """timm's MlpMixer convention: NCHW (patch grid) or NLC block outputs, the final Affine with
+    ``norm``; the last one with ``norm`` is ``forward_features``, whatever the layout."""
+    model = tiny(name, depth=3).eval()
+    x = image(model)
+    grid = model.stem.grid_size
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        final, inter = model.forward_intermediates(x)
+        torch.testing.assert_close(final, feats)
+        assert [y.shape for y in inter] == [(BATCH, model.num_features, *grid)] * 3
+        nlc = model.forward_intermediates(x, indices=[0, 2], norm=True, output_fmt="NLC", intermediates_only=True)
+        assert [y.shape for y in nlc] == [(BATCH, model.num_tokens, model.num_features)] * 2
+        torch.testing.assert_close(nlc[-1], feats)
+        nchw = model.forward_intermediates(x, indices=1, norm=True, stop_early=True, intermediates_only=True)
+        torch.testing.assert_close(nchw[0], feats.transpose(1, 2).reshape(BATCH, model.num_features, *grid))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_features_only(name):
+    """``features_only=True`` (timm's feature getter): one NCHW map per ``out_indices``."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, features_only=True, out_indices=(0, 2), **{**TINY, "depth": 4}).eval()
+    assert model.feature_info.channels() == [model.model.num_features] * 2
+    x = torch.randn(BATCH, 3, 32, 32)
+    with torch.no_grad():
+        outputs = model(x)
+    assert len(model.model.blocks) == 3  # pruned after the last block asked for
+    patch = model.feature_info.reduction()[0]
+    for o in outputs:
+        assert o.shape == (BATCH, model.model.num_features, 32 // patch, 32 // patch)
+        assert torch.isfinite(o).all()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_model_default_cfg_full_size(name):
