@@ -29,7 +29,6 @@ are in :mod:`vision.engine`, the checkpoint and output-folder format (writer and
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
@@ -43,7 +42,7 @@ from timm.utils import ParseKwargs, random_seed, unwrap_model
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import parse_with_config
+from .config import check_model_name, parse_with_config
 from .data import (
     ImageFolderDataset,
     ShardSampler,
@@ -163,21 +162,6 @@ def add_device_args(g) -> None:
 # --------------------------------------------------------------------------------------
 # Set-up helpers
 # --------------------------------------------------------------------------------------
-
-
-def check_model_name(name: str, parser: Optional[argparse.ArgumentParser] = None) -> None:
-    import timm
-
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, list(MODEL_NAMES) + timm.list_models(), n=5, cutoff=0.6)
-    msg = f"unknown model {name!r}. ResMLP models: {', '.join(MODEL_NAMES)}"
-    if close:
-        msg += f"; did you mean: {', '.join(close)}?"
-    msg += " (all names: timm.list_models())"
-    if parser is not None:
-        parser.error(msg)
-    raise ValueError(msg)
 
 
 def with_model_kwargs(args: argparse.Namespace, **kwargs: Any) -> Dict[str, Any]:
