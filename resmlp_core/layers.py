@@ -72,16 +72,19 @@ def causal(matrix: Tensor) -> Tensor:
 class CrossTokenLinear(nn.Module):
     """The token mixer of ResMLP: the cross-token linear layer (paper Eq. 2, the matrix ``A``).
 
-    ``out[i, b, c] = sum_j A[i, j] * x[j, b, c] + bias[i]``: one ``max_tokens x max_tokens``
+    ``out[i, b, c] = sum_j A[i, j] * x[j, b, c] + bias[i]``: one ``num_tokens x num_tokens``
     matrix shared by every channel, no non-linearity. A batch whose longest sequence has
     ``L`` tokens uses ``A[:L, :L]`` and ``bias[:L]`` (paper §2, "Sequence-to-sequence
     ResMLP"); rows and columns past ``L`` are untouched.
 
-    ``weight`` and ``bias`` have the names and shapes of ``nn.Linear(max_tokens,
-    max_tokens)``, the layout of timm's ``linear_tokens`` and DeiT's ``attn``.
+    ``weight`` and ``bias`` have the names and shapes of ``nn.Linear(num_tokens,
+    num_tokens)``, the layout of timm's ``linear_tokens`` and DeiT's ``attn``.
 
     Args:
-        max_tokens: the largest sequence length (or number of patches) supported.
+        num_tokens: the size of ``A``: the number of patches (vision, every input has them all) or
+            the largest sequence length supported (translation; shorter inputs use ``A[:L, :L]``).
+            The same name as ``vision.ResMLPBlock`` / ``ResMLP.num_tokens`` (fairseq's
+            ``--max-tokens`` is a batch size, not this).
         causal: apply :func:`causal` to ``A`` (token ``i`` sees tokens ``j <= i`` only). Used by
             the translation decoder, which also decodes incrementally (below).
 
@@ -92,15 +95,15 @@ class CrossTokenLinear(nn.Module):
     inputs along the batch dimension (:meth:`reorder_incremental_state`, which fairseq's
     incremental decoders call on every module that has it).
 
-    Shapes: input ``(L, B, C)`` with ``L <= max_tokens``, output ``(L, B, C)``.
+    Shapes: input ``(L, B, C)`` with ``L <= num_tokens``, output ``(L, B, C)``.
     """
 
-    def __init__(self, max_tokens: int, causal: bool = False):
+    def __init__(self, num_tokens: int, causal: bool = False):
         super().__init__()
-        self.max_tokens = max_tokens
+        self.num_tokens = num_tokens
         self.causal = causal
-        self.weight = nn.Parameter(torch.empty(max_tokens, max_tokens))
-        self.bias = nn.Parameter(torch.zeros(max_tokens))
+        self.weight = nn.Parameter(torch.empty(num_tokens, num_tokens))
+        self.bias = nn.Parameter(torch.zeros(num_tokens))
         self._state_key = f"{uuid.uuid4()}.history"
         self.reset_parameters()
 
@@ -113,10 +116,10 @@ class CrossTokenLinear(nn.Module):
                 self.weight.copy_(causal(self.weight))  # the rest is never used
 
     def _check_length(self, length: int) -> None:
-        if length > self.max_tokens:
+        if length > self.num_tokens:
             raise ValueError(
                 f"sequence of {length} tokens is longer than this cross-token layer supports "
-                f"({self.max_tokens}); raise the model's maximum positions or shorten the input"
+                f"({self.num_tokens}); raise the model's maximum positions or shorten the input"
             )
 
     def matrix(self, length: int) -> Tensor:
@@ -162,4 +165,4 @@ class CrossTokenLinear(nn.Module):
             incremental_state[self._state_key] = {"inputs": saved["inputs"].index_select(1, new_order)}
 
     def extra_repr(self) -> str:
-        return f"max_tokens={self.max_tokens}, causal={self.causal}"
+        return f"num_tokens={self.num_tokens}, causal={self.causal}"

@@ -65,9 +65,9 @@ class ResMLPLayer(nn.Module):
     Subclasses build them in their parameter order (:meth:`build_token_mixing`, then their own
     sublayers, then :meth:`build_channel_mixing`)."""
 
-    def build_token_mixing(self, args, dim: int, max_tokens: int, causal: bool) -> None:
+    def build_token_mixing(self, args, dim: int, num_tokens: int, causal: bool) -> None:
         self.token_norm = build_norm(args.norm, dim)
-        self.token_mixer = CrossTokenLinear(max_tokens, causal=causal)
+        self.token_mixer = CrossTokenLinear(num_tokens, causal=causal)
         self.token_scale = layer_scale(dim, args.layerscale_init)
 
     def build_channel_mixing(self, args, dim: int, hidden_dim: int) -> None:
@@ -101,10 +101,10 @@ class ResMLPEncoderLayer(ResMLPLayer):
     submatrix A corresponding to the longest sequence in a batch").
     """
 
-    def __init__(self, args, max_tokens: int):
+    def __init__(self, args, num_tokens: int):
         super().__init__()
         dim = args.encoder_embed_dim
-        self.build_token_mixing(args, dim, max_tokens, causal=False)
+        self.build_token_mixing(args, dim, num_tokens, causal=False)
         self.build_channel_mixing(args, dim, args.encoder_ffn_embed_dim)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
@@ -127,10 +127,10 @@ class ResMLPDecoderLayer(ResMLPLayer):
     weights averaged over heads ``(B, T, S)``.
     """
 
-    def __init__(self, args, max_tokens: int):
+    def __init__(self, args, num_tokens: int):
         super().__init__()
         dim = args.decoder_embed_dim
-        self.build_token_mixing(args, dim, max_tokens, causal=True)
+        self.build_token_mixing(args, dim, num_tokens, causal=True)
         self.cross_attn_norm = build_norm(args.norm, dim)
         self.cross_attn = MultiheadAttention(
             dim,

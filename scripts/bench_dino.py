@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         "command": command.strip(),
         "quick": args.quick,
         "data": str(args.data_dir),
-        "machine": machine_info(torch.device("cpu")) | {"torch_threads": args.threads},
+        "machine": machine_info(torch.device("cpu"), packages=("timm",)) | {"torch_threads": args.threads},
         "dino": dino,
         "plan": plan,
         "supervised_checkpoint": str(sup_ckpt),

@@ -1,4 +1,7 @@
-"""Training checkpoints: atomic writes, safe loading, and models rebuilt from a checkpoint.
+"""Training checkpoints and their output folder, writer and reader in one place: atomic writes,
+the epoch's outputs in a safe order (:func:`write_epoch`: the ``summary.csv`` row, ``last.pth``,
+``best.pth``) and their repair on resume (:func:`reconcile_outputs`), safe loading, and models
+rebuilt from a checkpoint. ``vision.train`` and ``vision.dino`` write only through these functions.
 
 A checkpoint of ``python -m vision.train`` is a ``torch.save`` dict of plain data (no
 pickled code, so ``torch.load(weights_only=True)`` reads it):
@@ -34,6 +37,7 @@ Such a file also loads the timm way:
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -50,6 +54,8 @@ from torch import nn
 
 FORMAT = "vision-resmlp-checkpoint/1"
 DINO_FORMAT = "vision-dino-checkpoint/1"
+
+_logger = logging.getLogger(__name__)
 
 
 def write_atomic(path: str | Path, fill: Callable[[Path], None]) -> None:
@@ -362,7 +368,155 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
 
 
+def gather_rng_state(world_size: int, distributed: bool) -> Dict[str, Any] | list[Dict[str, Any]]:
+    """This process's generator states (:func:`rng_state`); in a distributed run, every rank's, in
+    rank order (a collective: every rank calls it; the states differ, seeds are offset by rank)."""
+    import torch.distributed as dist
+
+    rng = rng_state()
+    if not distributed:
+        return rng
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, rng)
+    return gathered
+
+
+def restore_rng_state(saved: Dict[str, Any] | list[Dict[str, Any]], rank: int, world_size: int,
+                      logger: logging.Logger = _logger) -> None:
+    """Restore what :func:`gather_rng_state` saved: this rank's states (a warning when the
+    checkpoint was written by another number of processes: the random streams then differ)."""
+    if isinstance(saved, list):  # saved by a distributed run: one state per rank
+        if len(saved) != world_size:
+            logger.warning(f"the checkpoint was written by {len(saved)} processes, this run has {world_size}: random streams differ")
+        saved = saved[rank % len(saved)]
+    set_rng_state(saved)
+
+
 def latest(output_dir: str | Path) -> Optional[Path]:
     """``output_dir/last.pth`` if it exists (for ``--resume auto``)."""
     path = Path(output_dir) / "last.pth"
     return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------
+# Output folder: summary.csv written atomically, reconciled with last.pth on resume
+# --------------------------------------------------------------------------------------
+
+
+def append_summary_atomic(path: Path, row: Dict[str, Any]) -> None:
+    """Add ``row`` (``epoch``, ``train``, ``eval``, ``lr``) to ``path`` with timm's
+    ``update_summary`` (same columns and number formatting), through a copy and a rename."""
+    from timm.utils import update_summary
+
+    def fill(tmp: Path) -> None:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
+
+    write_atomic(path, fill)
+
+
+def write_summary_atomic(path: Path, rows: list[Dict[str, Any]]) -> None:
+    """Write ``path`` anew from ``rows`` (as :func:`append_summary_atomic`, one at a time)."""
+    from timm.utils import update_summary
+
+    def fill(tmp: Path) -> None:
+        for row in rows:
+            update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
+
+    write_atomic(path, fill)
+
+
+def trim_summary_atomic(path: Path, start_epoch: int) -> None:
+    """Drop the rows of epochs ``>= start_epoch`` (timm's ``trim_summary``), atomically."""
+    from timm.utils.summary import trim_summary
+
+    if not path.exists() or start_epoch > 0 and not any(e >= start_epoch for e in summary_epochs(path)):
+        return
+    write_atomic(path, lambda tmp: (shutil.copyfile(path, tmp), trim_summary(str(tmp), start_epoch)))
+
+
+def summary_epochs(path: Path) -> list[int]:
+    """The epochs of the rows of a summary CSV (none if it is missing)."""
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    epochs = []
+    for r in rows[1:]:
+        try:
+            epochs.append(int(float(r[0])))
+        except (IndexError, ValueError):  # a header line, or a line cut short by a kill (older versions)
+            continue
+    return epochs
+
+
+def reconcile_outputs(output: Path, last_path: Path, ckpt: Dict[str, Any]) -> None:
+    """Make ``summary.csv`` and ``best.pth`` agree with ``last.pth`` (``ckpt``: its ``epoch``,
+    ``best`` and ``summary``) after a run was killed between its writes; warn about what was
+    repaired, or what could not be."""
+    done = ckpt["epoch"]
+    summary_csv = output / "summary.csv"
+    # summary.csv: a row for every finished epoch (rows past `done` were trimmed before)
+    history = ckpt.get("summary")
+    expected = [row["epoch"] for row in history] if history else list(range(done + 1))
+    present = set(summary_epochs(summary_csv))
+    missing = [e for e in expected if e not in present]
+    if missing:
+        if history:
+            write_summary_atomic(summary_csv, history)
+            _logger.warning(f"{summary_csv} lacked the rows of finished epoch(s) {missing} (a run stopped between its writes): "
+                            f"rewritten from {last_path}")
+        else:
+            _logger.warning(f"{summary_csv} lacks the rows of finished epoch(s) {missing}; {last_path} predates the stored "
+                            "rows, so they cannot be rewritten")
+    # best.pth: the checkpoint of the best epoch recorded in last.pth
+    best = ckpt["best"]
+    if best.get("epoch", -1) < 0:
+        return
+    best_path = output / "best.pth"
+    try:
+        best_epoch = load(best_path, mmap=True).get("epoch") if best_path.is_file() else None
+        found = f"holds epoch {best_epoch}" if best_path.is_file() else "is missing"
+    except ValueError as err:
+        best_epoch, found = None, f"cannot be read ({err})"
+    if best_epoch == best["epoch"]:
+        return
+    if best["epoch"] == done:
+        copy_atomic(last_path, best_path)
+        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {done} "
+                        f"(a run stopped between writing last.pth and best.pth): {best_path} rewritten from {last_path}")
+    else:
+        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {best['epoch']}; "
+                        f"it cannot be rebuilt ({last_path} holds epoch {done}): the next better epoch will write it")
+
+
+def write_epoch(output: Path, state: Dict[str, Any], row: Dict[str, Any], is_best: bool = False) -> None:
+    """Write an epoch's outputs in the order a resume can put right (:func:`reconcile_outputs`):
+    the ``summary.csv`` row, then ``last.pth`` (the commit point: a resume starts from it), then,
+    when ``is_best``, ``best.pth`` (a copy of it, rebuilt from ``last.pth`` if the run dies before)."""
+    output = Path(output)
+    append_summary_atomic(output / "summary.csv", row)
+    save_atomic(state, output / "last.pth")
+    if is_best:
+        save_atomic(state, output / "best.pth")
+
+
+def args_dict(args) -> Dict[str, Any]:
+    """A run's arguments as stored in its checkpoints: a dict, tuples as lists."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+
+
+def data_config(img_size: int, crop_pct: float, interpolation: str, mean, std) -> Dict[str, Any]:
+    """A checkpoint's ``data_config``: the evaluation preprocessing of the model it holds."""
+    return {"input_size": (3, img_size, img_size), "crop_pct": crop_pct, "interpolation": interpolation,
+            "mean": tuple(mean), "std": tuple(std)}
+
+
+def prepare_output(output: Path, logger: logging.Logger = _logger) -> None:
+    """Delete the temporary files a killed write left in ``output`` (a new run or a resume starts with none)."""
+    stale = remove_stale_temporaries(output)
+    if stale:
+        logger.warning(f"deleted {len(stale)} temporary file(s) left by an interrupted write: {', '.join(str(p) for p in stale)}")

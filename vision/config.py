@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import yaml
 
@@ -54,3 +55,21 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             parser.error(str(err))
     return parser.parse_args(argv)
 
+
+def check_model_name(name: str, parser: Optional[argparse.ArgumentParser] = None) -> None:
+    """A ``--model`` timm knows, else an error (``parser.error``, or ``ValueError``) naming the
+    ResMLP models and the closest names (every vision CLI)."""
+    import timm
+
+    from .resmlp import MODEL_NAMES
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, list(MODEL_NAMES) + timm.list_models(), n=5, cutoff=0.6)
+    msg = f"unknown model {name!r}. ResMLP models: {', '.join(MODEL_NAMES)}"
+    if close:
+        msg += f"; did you mean: {', '.join(close)}?"
+    msg += " (all names: timm.list_models())"
+    if parser is not None:
+        parser.error(msg)
+    raise ValueError(msg)

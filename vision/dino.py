@@ -44,12 +44,9 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import logging
-import math
 import os
 import random
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -59,17 +56,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageFilter, ImageOps
-from timm.utils import ParseKwargs
+from timm.utils import ParseKwargs, random_seed
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import parse_with_config
-from .data import BadImageError, ImageFolderDataset, build_train_sampler
+from .data import ImageFolderDataset, build_train_sampler
+from .engine import EpochMeter, autocast_context, backward, check_finite, grad_scaler
 from .resmlp import MODEL_NAMES
+from .train import add_device_args, launch, parse_run_args, with_model_kwargs
 
 _logger = logging.getLogger("vision.dino")
-
-EXIT_NONFINITE_LOSS = 3
 
 
 # --------------------------------------------------------------------------------------
@@ -477,21 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (0-based) although the schedule spans --epochs")
     g.add_argument("--max-train-minutes", type=float, default=None,
                    help="stop at the end of an epoch when the next one would pass this training time (the schedule still spans --epochs)")
-    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA (no effect on the CPU)")
-    g.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    g.add_argument("--log-interval", type=int, default=50)
+    add_device_args(g)
     return p
 
 
 def backbone_kwargs(args: argparse.Namespace, drop_path: float) -> Dict[str, Any]:
     """``timm.create_model`` arguments of the backbone (no classifier)."""
-    kwargs: Dict[str, Any] = dict(num_classes=0, drop_path_rate=drop_path)
-    if args.model in MODEL_NAMES:
-        kwargs["img_size"] = args.img_size
-    kwargs.update(args.model_kwargs or {})
-    return kwargs
+    return with_model_kwargs(args, num_classes=0, drop_path_rate=drop_path)
 
 
 def build_student_teacher(args: argparse.Namespace) -> tuple[MultiCropWrapper, MultiCropWrapper, Dict[str, Any]]:
@@ -514,56 +502,19 @@ def build_student_teacher(args: argparse.Namespace) -> tuple[MultiCropWrapper, M
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .train import check_model_name, init_distributed, setup_logging
-
     parser = build_parser()
-    args = parse_with_config(parser, argv)
-    if args.data_dir is None:
-        parser.error("--data-dir is required (or data_dir in the config)")
-    if args.output is None:
-        parser.error("--output is required (the folder for checkpoints and logs)")
-    check_model_name(args.model, parser)
+    args = parse_run_args(parser, argv)
     local_size = args.local_crop_size or args.img_size
     if args.model in MODEL_NAMES and local_size != args.img_size:
         parser.error(f"--local-crop-size {local_size}: a ResMLP reads one input size (its cross-patch matrix is fixed), "
                      f"so local crops are resized to --img-size {args.img_size}; leave --local-crop-size out")
     if args.batch_size < 1 or args.epochs < 1:
         parser.error("--batch-size and --epochs must be positive")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, rank, world_size, distributed = init_distributed(args)
-    primary = rank == 0
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    setup_logging(output, primary)
-    try:
-        return _run(args, device, rank, world_size, distributed, primary, output)
-    except NonFiniteLossError as err:
-        last = output / "last.pth"
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written before it"
-        _logger.error(f"stopping: {err}; {kept} (left unchanged). Lower the learning rate or check the data.")
-        return EXIT_NONFINITE_LOSS
-    except (BadImageError, ValueError, FileNotFoundError) as err:
-        _logger.error(f"error: {err}")
-        if primary:
-            with open(output / "log.txt", "a") as fh:
-                traceback.print_exc(file=fh)
-        return 2
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
+    return launch(args, _run, _logger)
 
 
 def _run(args, device, rank, world_size, distributed, primary, output: Path) -> int:
-    from .train import append_summary_atomic, autocast_context, trim_summary_atomic
-
-    torch.manual_seed(args.seed + rank)
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
+    random_seed(args.seed, rank)
 
     # ---- data
     train_root = Path(args.data_dir) / args.train_split
@@ -614,15 +565,13 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     _logger.info(f"optimizer: AdamW, peak lr {lr:.3g} (global batch {global_batch}), weight decay {args.weight_decay} -> "
                  f"{args.weight_decay_end}, teacher momentum {args.momentum_teacher} -> 1, teacher temperature "
                  f"{args.warmup_teacher_temp} -> {args.teacher_temp} over {args.warmup_teacher_temp_epochs} epochs")
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda" and args.amp_dtype == "float16")
+    scaler = grad_scaler(args, device)
     autocast = autocast_context(args, device)
 
     # ---- resume
     start_epoch, history, resume_rng = 0, [], None
     if primary:
-        stale = ckpt_io.remove_stale_temporaries(output)
-        if stale:
-            _logger.warning(f"deleted {len(stale)} temporary file(s) left by an interrupted write: {', '.join(map(str, stale))}")
+        ckpt_io.prepare_output(output, _logger)
     resume_path = ckpt_io.latest(output) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume_path is not None:
         state = ckpt_io.load(resume_path)
@@ -647,11 +596,9 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     if primary:
         with open(output / "args.yaml", "w") as fh:
             yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": world_size}, fh, sort_keys=False)
-        trim_summary_atomic(output / "summary.csv", start_epoch)
+        ckpt_io.trim_summary_atomic(output / "summary.csv", start_epoch)
     if resume_rng is not None:
-        if isinstance(resume_rng, list):
-            resume_rng = resume_rng[rank % len(resume_rng)]
-        ckpt_io.set_rng_state(resume_rng)
+        ckpt_io.restore_rng_state(resume_rng, rank, world_size, _logger)
 
     last_epoch = args.epochs - 1 if args.stop_after_epoch is None else min(args.epochs - 1, args.stop_after_epoch)
     train_minutes = sum(row["train"]["minutes"] for row in history)
@@ -671,11 +618,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             f"lr {metrics['lr']:.3g}, wd {metrics['wd']:.3g}, teacher momentum {metrics['momentum']:.5f}, teacher temp "
             f"{metrics['teacher_temp']:.3f}, centre norm {dino_loss.center.norm().item():.3f}"
         )
-        rng = ckpt_io.rng_state()
-        if distributed:
-            gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
+        rng = ckpt_io.gather_rng_state(world_size, distributed)
         if primary:
             row = {"epoch": epoch, "train": dict(metrics), "eval": {}, "lr": metrics["lr"]}
             history = [*history, row]
@@ -683,13 +626,8 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "format": ckpt_io.DINO_FORMAT,
                 "model_name": args.model,
                 "model_kwargs": teacher_kwargs,
-                "data_config": {
-                    "input_size": (3, args.img_size, args.img_size),
-                    "crop_pct": args.eval_crop_pct or (1.0 if args.img_size <= 64 else 0.875),
-                    "interpolation": args.interpolation,
-                    "mean": tuple(args.mean),
-                    "std": tuple(args.std),
-                },
+                "data_config": ckpt_io.data_config(args.img_size, args.eval_crop_pct or (1.0 if args.img_size <= 64 else 0.875),
+                                                   args.interpolation, args.mean, args.std),
                 "student": student.state_dict(),
                 "teacher": teacher.state_dict(),
                 "dino_loss": dino_loss.state_dict(),
@@ -698,11 +636,10 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "epoch": epoch,
                 "num_updates": (epoch + 1) * niter,
                 "rng": rng,
-                "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+                "args": ckpt_io.args_dict(args),
                 "summary": history,
             }
-            append_summary_atomic(output / "summary.csv", row)
-            ckpt_io.save_atomic(state, output / "last.pth")
+            ckpt_io.write_epoch(output, state, row)  # summary.csv row, then last.pth
         if distributed:
             dist.barrier()
     if primary:
@@ -716,15 +653,11 @@ def train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, o
     """One epoch of DINO (``main_dino.train_one_epoch``): schedules set per iteration, teacher on
     the 2 global crops, student on all, per-parameter clipping, last layer frozen in the first
     epochs, EMA update of the teacher."""
-    from tqdm import tqdm
-
-    from .train import all_reduce_sum
-
     train_student.train()
     niter = len(loader)
-    loss_sum, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"DINO epoch {epoch}", leave=False, disable=not primary, mininterval=5, dynamic_ncols=True)
-    for step, (crops, _labels) in enumerate(bar):
+    meter = EpochMeter(loader, f"DINO epoch {epoch}", device, distributed, primary, args.log_interval)
+    clip = (lambda: clip_gradients_per_parameter(student, args.clip_grad)) if args.clip_grad else None
+    for step, (crops, _labels) in meter:
         it = niter * epoch + step  # global iteration
         for i, group in enumerate(optimizer.param_groups):
             group["lr"] = float(lr_schedule[it])
@@ -736,32 +669,16 @@ def train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, o
             student_output = train_student(crops)
             loss = dino_loss(student_output.float(), teacher_output.float(), epoch)
         loss_value = loss.item()
-        bad = not math.isfinite(loss_value)
-        if distributed:
-            bad = bool(all_reduce_sum([float(bad)], device, True)[0])
-        if bad:
-            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.clip_grad:
-            scaler.unscale_(optimizer)
-            clip_gradients_per_parameter(student, args.clip_grad)
+        check_finite(loss_value, device, distributed, f"epoch {epoch}, step {step}")
+        backward(loss, optimizer, scaler, clip)
         cancel_last_layer_gradients(student, epoch, args.freeze_last_layer)
         scaler.step(optimizer)
         scaler.update()
         update_teacher(student, teacher, float(momentum_schedule[it]))
-        batch = crops[0].shape[0]
-        loss_sum += loss_value * batch
-        seen += batch
-        if primary and step % args.log_interval == 0:
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_schedule[it]:.2e}")
-    elapsed = time.perf_counter() - start
-    loss_total, seen_total = all_reduce_sum([loss_sum, float(seen)], device, distributed)
+        meter.update(step, loss_value, crops[0].shape[0], lr_schedule[it])
     last_it = niter * epoch + niter - 1
     return {
-        "loss": loss_total / max(seen_total, 1),
-        "img_per_s": seen_total / elapsed,
-        "minutes": elapsed / 60,
+        **meter.summary(),
         "lr": float(lr_schedule[last_it]),
         "wd": float(wd_schedule[last_it]),
         "momentum": float(momentum_schedule[last_it]),

@@ -57,10 +57,11 @@ def main(argv=None) -> int:
 
     from . import checkpoint as ckpt_io
     from .bench import count_flops, interleaved
+    from .config import check_model_name
     from .data import ImageFolderDataset, build_eval_transform, check_same_classes, find_classes
+    from .engine import evaluate
     from .reference import timm_reference
     from .resmlp import ResMLP
-    from .train import check_model_name, evaluate
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classes = None

@@ -76,7 +76,7 @@ def check_backbone_arguments(args: argparse.Namespace, parser: argparse.Argument
     if not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir}: no such folder")
     if args.model:
-        from .train import check_model_name
+        from .config import check_model_name
 
         check_model_name(args.model.split(".")[0], parser)
 

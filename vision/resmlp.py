@@ -26,13 +26,14 @@ import math
 import pickle
 import warnings
 from functools import partial
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Mlp, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from timm.models.mlp_mixer import checkpoint_filter_fn as timm_resmlp_filter_fn
 from torch import nn
 
@@ -380,6 +381,47 @@ class ResMLP(nn.Module):
         """timm API: ``(B, C_in, H, W) -> (B, N, embed_dim)``, final Affine applied."""
         return self.norm(self.forward_tokens(x)).transpose(0, 1)
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[int | List[int]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> List[torch.Tensor] | Tuple[torch.Tensor, List[torch.Tensor]]:
+        """timm API (as timm's ``MlpMixer``): the outputs of the blocks ``indices`` (an int ``n``: the
+        last ``n``; default: all), ``(B, C, h, w)`` (``NCHW``) or ``(B, N, C)`` (``NLC``), with the
+        final Affine when ``norm``; and, unless ``intermediates_only``, :meth:`forward_features`'s output."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        batch, _, height, width = x.shape
+        x = self.stem(x).flatten(2).permute(2, 0, 1).contiguous()  # (N, B, C), as forward_tokens
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in take_indices:
+                y = (self.norm(x) if norm else x).permute(1, 0, 2)  # (B, N, C)
+                if output_fmt == "NCHW":
+                    h, w = self.stem.dynamic_feat_size((height, width))
+                    y = y.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
+                intermediates.append(y.contiguous())
+        if intermediates_only:
+            return intermediates
+        return self.norm(x).transpose(0, 1), intermediates
+
+    def prune_intermediate_layers(self, indices: int | List[int] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
+        """timm API: keep only the blocks up to the last of ``indices`` (for ``features_only``)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """timm API: ``(B, N, embed_dim)`` from :meth:`forward_features` -> logits ``(B, num_classes)``."""
         if self.global_pool == "avg":
@@ -556,11 +598,13 @@ def _create_resmlp(variant: str, pretrained: bool = False, **kwargs) -> ResMLP:
         # timm's reader gives bare errors (a text file: KeyError 544502645); name the file instead
         check_weights_file(file)
     try:
+        out_indices = model_args.pop("out_indices", 3)  # features_only: the last 3 blocks by default (timm's MlpMixer)
         return build_model_with_cfg(
             ResMLP,
             variant,
             pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
             **model_args,
         )
     except ValueError as err:

@@ -20,20 +20,18 @@ optimizer, schedule, sampler epoch, random generators, EMA and gradient scaler.
 
 A non-finite loss stops the run with a message; the last checkpoint (the end of the last
 complete epoch) is left as it was.
+
+This module is the CLI and the wiring (deit's ``main.py``); the training and evaluation loops
+are in :mod:`vision.engine`, the checkpoint and output-folder format (writer and reader) in
+:mod:`vision.checkpoint`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import difflib
 import logging
-import math
 import os
-import shutil
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -44,9 +42,8 @@ from timm.utils import ParseKwargs, random_seed, unwrap_model
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import parse_with_config
+from .config import check_model_name, parse_with_config
 from .data import (
-    BadImageError,
     ImageFolderDataset,
     ShardSampler,
     build_eval_transform,
@@ -55,16 +52,11 @@ from .data import (
     check_same_classes,
     find_classes,
 )
+from .engine import autocast_context, evaluate, grad_scaler, run_guarded, train_one_epoch
 from .losses import DISTILLATION_TYPES, DistillationLoss
 from .resmlp import MODEL_NAMES
 
 _logger = logging.getLogger("vision.train")
-
-EXIT_NONFINITE_LOSS = 3
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,12 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", required=False, default=None, help="output folder (checkpoints, logs)")
     g.add_argument("--resume", default=None, help="a checkpoint to continue from, or 'auto' (OUTPUT/last.pth if present)")
     g.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (0-based) although the schedule spans --epochs")
+    add_device_args(g)
+    return p
+
+
+def add_device_args(g) -> None:
+    """The options of where and how a run computes (vision.train and vision.dino): --device,
+    --amp, --amp-dtype, --threads, --log-interval."""
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA (no effect on the CPU)")
     g.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     g.add_argument("--log-interval", type=int, default=50)
-    return p
 
 
 # --------------------------------------------------------------------------------------
@@ -166,28 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------
 
 
-def check_model_name(name: str, parser: Optional[argparse.ArgumentParser] = None) -> None:
-    import timm
-
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, list(MODEL_NAMES) + timm.list_models(), n=5, cutoff=0.6)
-    msg = f"unknown model {name!r}. ResMLP models: {', '.join(MODEL_NAMES)}"
-    if close:
-        msg += f"; did you mean: {', '.join(close)}?"
-    msg += " (all names: timm.list_models())"
-    if parser is not None:
-        parser.error(msg)
-    raise ValueError(msg)
-
-
-def model_create_kwargs(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
-    """The ``timm.create_model`` keyword arguments of this run (stored in checkpoints)."""
-    kwargs: Dict[str, Any] = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
+def with_model_kwargs(args: argparse.Namespace, **kwargs: Any) -> Dict[str, Any]:
+    """``kwargs``, then ``img_size`` for a ResMLP (which needs it), then ``--model-kwargs``: the
+    ``timm.create_model`` keyword arguments of a run (vision.train and vision.dino)."""
     if args.model in MODEL_NAMES:
         kwargs["img_size"] = args.img_size
     kwargs.update(args.model_kwargs or {})
     return kwargs
+
+
+def model_create_kwargs(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments of this run (stored in checkpoints)."""
+    return with_model_kwargs(args, num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
 
 
 def setup_logging(output: Optional[Path], primary: bool) -> None:
@@ -237,146 +225,43 @@ def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.devi
     return teacher.to(device).eval()
 
 
-def autocast_context(args: argparse.Namespace, device: torch.device):
-    if args.amp and device.type == "cuda":
-        dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-        return lambda: torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext
-
-
-# --------------------------------------------------------------------------------------
-# Train / evaluate
-# --------------------------------------------------------------------------------------
-
-
-def all_reduce_sum(values: list[float], device: torch.device, distributed: bool) -> list[float]:
-    if not distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, autocast, distributed: bool, desc: str = "eval") -> Dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and cross-entropy over the whole loader (all ranks)."""
-    from tqdm import tqdm
-
-    model.eval()
-    correct1 = correct5 = loss_sum = count = 0.0
-    primary = not distributed or dist.get_rank() == 0
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not primary, mininterval=5, dynamic_ncols=True):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast():
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5.eq(labels[:, None])
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        count += labels.numel()
-    correct1, correct5, loss_sum, count = all_reduce_sum([correct1, correct5, loss_sum, count], device, distributed)
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count, "count": int(count)}
-
-
-def train_one_epoch(
-    epoch: int,
-    model: nn.Module,
-    unwrapped_model: nn.Module,
-    criterion: nn.Module,
-    loader,
-    optimizer,
-    scheduler,
-    mixup_fn,
-    model_ema,
-    scaler,
-    autocast,
-    num_updates: int,
-    args: argparse.Namespace,
-    device: torch.device,
-    distributed: bool,
-    primary: bool,
-) -> tuple[Dict[str, float], int]:
-    from timm.utils import dispatch_clip_grad
-    from tqdm import tqdm
-
-    model.train()
-    loss_sum, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not primary, mininterval=5, dynamic_ncols=True)
-    for step, (images, labels) in enumerate(bar):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            images, labels = mixup_fn(images, labels)
-        with autocast():
-            outputs = model(images)
-            loss = criterion(images, outputs, labels)
-        loss_value = loss.item()
-        bad = not math.isfinite(loss_value)
-        if distributed:  # every rank stops together
-            bad = bool(all_reduce_sum([float(bad)], device, True)[0])
-        if bad:
-            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step} (update {num_updates})")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.clip_grad:
-            scaler.unscale_(optimizer)
-            dispatch_clip_grad(model.parameters(), args.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        num_updates += 1
-        if model_ema is not None:
-            model_ema.update(unwrapped_model, step=num_updates)
-        scheduler.step_update(num_updates=num_updates)
-        loss_sum += loss_value * images.shape[0]
-        seen += images.shape[0]
-        if primary and (step % args.log_interval == 0):
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    elapsed = time.perf_counter() - start
-    loss_total, seen_total = all_reduce_sum([loss_sum, float(seen)], device, distributed)
-    return {"loss": loss_total / max(seen_total, 1), "img_per_s": seen_total / elapsed, "minutes": elapsed / 60}, num_updates
-
-
 # --------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
+def parse_run_args(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
+    """The options of a training run (``--config`` file first): ``--data-dir``, ``--output`` and
+    a known ``--model`` required (vision.train and vision.dino)."""
     args = parse_with_config(parser, argv)
     if args.data_dir is None:
         parser.error("--data-dir is required (or data_dir in the config)")
     if args.output is None:
         parser.error("--output is required (the folder for checkpoints and logs)")
     check_model_name(args.model, parser)
-    if args.teacher_model:
-        check_model_name(args.teacher_model, parser)
+    return args
+
+
+def launch(args: argparse.Namespace, run, logger: logging.Logger) -> int:
+    """Set up the process (threads, distributed, the output folder and its log) and return
+    ``run(args, device, rank, world_size, distributed, primary, output)``'s exit status through
+    :func:`vision.engine.run_guarded` (vision.train and vision.dino)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-
     device, rank, world_size, distributed = init_distributed(args)
     primary = rank == 0
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     setup_logging(output, primary)
-    try:
-        return _run(args, device, rank, world_size, distributed, primary, output)
-    except NonFiniteLossError as err:
-        last = output / "last.pth"
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written before it"
-        _logger.error(f"stopping: {err}; {kept} (left unchanged). Lower the learning rate or check the data.")
-        return EXIT_NONFINITE_LOSS
-    except (BadImageError, ValueError, FileNotFoundError) as err:
-        # Bad input (data, checkpoint, option): the message names it; the traceback goes to log.txt.
-        _logger.error(f"error: {err}")
-        if primary:
-            with open(output / "log.txt", "a") as fh:
-                traceback.print_exc(file=fh)
-        return 2
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    return run_guarded(lambda: run(args, device, rank, world_size, distributed, primary, output), output, primary, distributed, logger)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parse_run_args(parser, argv)
+    if args.teacher_model:
+        check_model_name(args.teacher_model, parser)
+    return launch(args, _run, _logger)
 
 
 def _run(args, device, rank, world_size, distributed, primary, output: Path) -> int:
@@ -472,7 +357,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         updates_per_epoch=len(train_loader),
     )
     _logger.info(f"optimizer: {args.opt}, lr {lr:.3g} (global batch {global_batch}, lr scale {args.lr_scale}), weight decay {args.weight_decay}")
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda" and args.amp_dtype == "float16")
+    scaler = grad_scaler(args, device)
     autocast = autocast_context(args, device)
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
 
@@ -496,9 +381,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
     history: list[Dict[str, Any]] = []  # the summary.csv rows so far (stored in last.pth, to repair the CSV)
     if primary:
-        stale = ckpt_io.remove_stale_temporaries(output)
-        if stale:
-            _logger.warning(f"deleted {len(stale)} temporary file(s) left by an interrupted write: {', '.join(str(p) for p in stale)}")
+        ckpt_io.prepare_output(output, _logger)
     resume_path = ckpt_io.latest(output) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     resume_state = None
     resumed_ckpt: Optional[Dict[str, Any]] = None
@@ -537,18 +420,14 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": world_size}, fh, sort_keys=False)
     summary_csv = output / "summary.csv"
     if primary:
-        trim_summary_atomic(summary_csv, start_epoch)
+        ckpt_io.trim_summary_atomic(summary_csv, start_epoch)
         if resumed_ckpt is not None and resume_path.resolve() == (output / "last.pth").resolve():
-            reconcile_outputs(output, resume_path, resumed_ckpt)
+            ckpt_io.reconcile_outputs(output, resume_path, resumed_ckpt)
         if resumed_ckpt is not None and best["epoch"] >= 0:
             _logger.info(f"best so far: top-1 {best['top1']:.2f} at epoch {best['epoch']}")
 
     if resume_state is not None:
-        if isinstance(resume_state, list):  # saved by a distributed run: one state per rank
-            if len(resume_state) != world_size:
-                _logger.warning(f"the checkpoint was written by {len(resume_state)} processes, this run has {world_size}: random streams differ")
-            resume_state = resume_state[rank % len(resume_state)]
-        ckpt_io.set_rng_state(resume_state)
+        ckpt_io.restore_rng_state(resume_state, rank, world_size, _logger)
 
     last_epoch = args.epochs - 1 if args.stop_after_epoch is None else min(args.epochs - 1, args.stop_after_epoch)
     for epoch in range(start_epoch, last_epoch + 1):
@@ -572,12 +451,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 msg += f"; EMA top-1 {metrics['ema_top1']:.2f}"
         _logger.info(msg + f"; lr {lr_now:.3g}")
 
-        # Every rank's generator states (they differ: seeds are offset by rank).
-        rng = ckpt_io.rng_state()
-        if distributed:
-            gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
+        rng = ckpt_io.gather_rng_state(world_size, distributed)  # every rank's generator states
         if primary:
             is_best = bool(metrics) and metrics["top1"] > best["top1"]
             if is_best:
@@ -589,13 +463,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "model_name": args.model,
                 "model_kwargs": model_kwargs,
                 "classes": classes,
-                "data_config": {
-                    "input_size": (3, args.img_size, args.img_size),
-                    "crop_pct": args.crop_pct,
-                    "interpolation": args.interpolation,
-                    "mean": tuple(args.mean),
-                    "std": tuple(args.std),
-                },
+                "data_config": ckpt_io.data_config(args.img_size, args.crop_pct, args.interpolation, args.mean, args.std),
                 "model": unwrap_model(model).state_dict(),
                 "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
                 "optimizer": optimizer.state_dict(),
@@ -604,117 +472,17 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "epoch": epoch,
                 "num_updates": num_updates,
                 "rng": rng,
-                "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+                "args": ckpt_io.args_dict(args),
                 "metrics": metrics,
                 "best": best,
                 "summary": history,
             }
-            # Order matters: the CSV row, then last.pth (the commit point: a resume starts from
-            # it), then best.pth (a copy of it, rebuilt from last.pth if the run dies before).
-            append_summary_atomic(summary_csv, row)
-            ckpt_io.save_atomic(state, output / "last.pth")
-            if is_best:
-                ckpt_io.save_atomic(state, output / "best.pth")
+            ckpt_io.write_epoch(output, state, row, is_best)  # summary.csv row, last.pth, best.pth: in this order
         if distributed:
             dist.barrier()
     if primary:
         _logger.info(f"done: best top-1 {best['top1']:.2f} at epoch {best['epoch']}; checkpoints in {output}")
     return 0
-
-
-# --------------------------------------------------------------------------------------
-# Output folder: summary.csv written atomically, reconciled with last.pth on resume
-# --------------------------------------------------------------------------------------
-
-
-def append_summary_atomic(path: Path, row: Dict[str, Any]) -> None:
-    """Add ``row`` (``epoch``, ``train``, ``eval``, ``lr``) to ``path`` with timm's
-    ``update_summary`` (same columns and number formatting), through a copy and a rename."""
-    from timm.utils import update_summary
-
-    def fill(tmp: Path) -> None:
-        if path.exists():
-            shutil.copyfile(path, tmp)
-        update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
-
-    ckpt_io.write_atomic(path, fill)
-
-
-def write_summary_atomic(path: Path, rows: list[Dict[str, Any]]) -> None:
-    """Write ``path`` anew from ``rows`` (as :func:`append_summary_atomic`, one at a time)."""
-    from timm.utils import update_summary
-
-    def fill(tmp: Path) -> None:
-        for row in rows:
-            update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
-
-    ckpt_io.write_atomic(path, fill)
-
-
-def trim_summary_atomic(path: Path, start_epoch: int) -> None:
-    """Drop the rows of epochs ``>= start_epoch`` (timm's ``trim_summary``), atomically."""
-    from timm.utils.summary import trim_summary
-
-    if not path.exists() or start_epoch > 0 and not any(e >= start_epoch for e in summary_epochs(path)):
-        return
-    ckpt_io.write_atomic(path, lambda tmp: (shutil.copyfile(path, tmp), trim_summary(str(tmp), start_epoch)))
-
-
-def summary_epochs(path: Path) -> list[int]:
-    """The epochs of the rows of a summary CSV (none if it is missing)."""
-    import csv
-
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    epochs = []
-    for r in rows[1:]:
-        try:
-            epochs.append(int(float(r[0])))
-        except (IndexError, ValueError):  # a header line, or a line cut short by a kill (older versions)
-            continue
-    return epochs
-
-
-def reconcile_outputs(output: Path, last_path: Path, ckpt: Dict[str, Any]) -> None:
-    """Make ``summary.csv`` and ``best.pth`` agree with ``last.pth`` (``ckpt``: its ``epoch``,
-    ``best`` and ``summary``) after a run was killed between its writes; warn about what was
-    repaired, or what could not be."""
-    done = ckpt["epoch"]
-    summary_csv = output / "summary.csv"
-    # summary.csv: a row for every finished epoch (rows past `done` were trimmed before)
-    history = ckpt.get("summary")
-    expected = [row["epoch"] for row in history] if history else list(range(done + 1))
-    present = set(summary_epochs(summary_csv))
-    missing = [e for e in expected if e not in present]
-    if missing:
-        if history:
-            write_summary_atomic(summary_csv, history)
-            _logger.warning(f"{summary_csv} lacked the rows of finished epoch(s) {missing} (a run stopped between its writes): "
-                            f"rewritten from {last_path}")
-        else:
-            _logger.warning(f"{summary_csv} lacks the rows of finished epoch(s) {missing}; {last_path} predates the stored "
-                            "rows, so they cannot be rewritten")
-    # best.pth: the checkpoint of the best epoch recorded in last.pth
-    best = ckpt["best"]
-    if best.get("epoch", -1) < 0:
-        return
-    best_path = output / "best.pth"
-    try:
-        best_epoch = ckpt_io.load(best_path, mmap=True).get("epoch") if best_path.is_file() else None
-        found = f"holds epoch {best_epoch}" if best_path.is_file() else "is missing"
-    except ValueError as err:
-        best_epoch, found = None, f"cannot be read ({err})"
-    if best_epoch == best["epoch"]:
-        return
-    if best["epoch"] == done:
-        ckpt_io.copy_atomic(last_path, best_path)
-        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {done} "
-                        f"(a run stopped between writing last.pth and best.pth): {best_path} rewritten from {last_path}")
-    else:
-        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {best['epoch']}; "
-                        f"it cannot be rebuilt ({last_path} holds epoch {done}): the next better epoch will write it")
 
 
 if __name__ == "__main__":
