@@ -239,3 +239,16 @@ __all__ = [
     "write_report",
     "describe",
 ]
+
+
+def report_header(evaluation: str, features: dict, args) -> dict:
+    """The first entries of a ``vision.knn`` / ``vision.linear`` report: what was evaluated, the
+    backbone, the data (folder, splits, images, classes, transform) and the feature size."""
+    return {
+        "evaluation": evaluation,
+        "backbone": features["backbone"],
+        "data": {"dir": args.data_dir, "train_split": args.train_split, "val_split": args.val_split,
+                 "train_images": int(features["train"][1].numel()), "val_images": int(features["val"][1].numel()),
+                 "classes": len(features["classes"]), "transform": features["data_config"]},
+        "feature_dim": int(features["train"][0].shape[1]),
+    }

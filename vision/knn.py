@@ -22,7 +22,7 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import add_backbone_arguments, check_backbone_arguments, describe, features_for, write_report
+from .features import add_backbone_arguments, check_backbone_arguments, describe, features_for, report_header, write_report
 
 
 @torch.no_grad()
@@ -99,12 +99,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = run_knn(features, args.k, args.temperature)
     report = {
-        "evaluation": "weighted k-NN on frozen features (DINO eval_knn)",
-        "backbone": features["backbone"],
-        "data": {"dir": args.data_dir, "train_split": args.train_split, "val_split": args.val_split,
-                 "train_images": int(features["train"][1].numel()), "val_images": int(features["val"][1].numel()),
-                 "classes": len(features["classes"]), "transform": features["data_config"]},
-        "feature_dim": int(features["train"][0].shape[1]),
+        **report_header("weighted k-NN on frozen features (DINO eval_knn)", features, args),
         "temperature": args.temperature,
         "results": results,
         "seconds": {"features": features["extract_seconds"], "knn": time.perf_counter() - start},

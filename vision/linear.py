@@ -23,7 +23,7 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import add_backbone_arguments, check_backbone_arguments, describe, features_for, write_report
+from .features import add_backbone_arguments, check_backbone_arguments, describe, features_for, report_header, write_report
 from .knn import topk_accuracy
 
 
@@ -100,12 +100,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     result = run_probe(features, args.weight_decay, args.max_iter, args.seed)
     report = {
-        "evaluation": "linear probe on frozen features (logistic regression, L-BFGS, standardised features)",
-        "backbone": features["backbone"],
-        "data": {"dir": args.data_dir, "train_split": args.train_split, "val_split": args.val_split,
-                 "train_images": int(features["train"][1].numel()), "val_images": int(features["val"][1].numel()),
-                 "classes": len(features["classes"]), "transform": features["data_config"]},
-        "feature_dim": int(features["train"][0].shape[1]),
+        **report_header("linear probe on frozen features (logistic regression, L-BFGS, standardised features)", features, args),
         "max_iter": args.max_iter,
         "result": result,
         "seconds": {"features": features["extract_seconds"], "probe": time.perf_counter() - start},
