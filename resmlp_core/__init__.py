@@ -8,7 +8,7 @@
 """
 
 from .checkpoint import StateDictDiff, check_state_dict_fits, compare_state_dicts
-from .layers import Affine, CrossTokenLinear, add_scaled, causal, layer_scale
+from .layers import Affine, CrossTokenLinear, add_scaled, causal, fold_affine_into_linear, layer_scale
 
 __all__ = [
     "Affine",
@@ -18,5 +18,6 @@ __all__ = [
     "causal",
     "check_state_dict_fits",
     "compare_state_dicts",
+    "fold_affine_into_linear",
     "layer_scale",
 ]

@@ -52,6 +52,14 @@ class Affine(nn.Module):
         return f"dim={self.dim}"
 
 
+def fold_affine_into_linear(weight: Tensor, bias: Optional[Tensor], alpha: Tensor, beta: Tensor):
+    """``linear(Aff(x)) = x W'^T + b'`` with ``W' = W diag(alpha)`` and ``b' = b + W beta``: returns
+    ``(W', b')`` (``alpha``, ``beta`` ``(C_in,)``; ``bias`` may be None). Used by the folded
+    vision blocks and head and by the translation decoder folded for inference."""
+    folded_bias = weight @ beta
+    return weight * alpha, folded_bias if bias is None else folded_bias + bias
+
+
 def layer_scale(dim: int, init: float) -> nn.Parameter:
     """A LayerScale vector: per-channel multipliers of a residual branch, all ``init`` at start
     (Touvron et al., CaiT; paper Eqs. 2-3)."""

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resmlp_core import fold_affine_into_linear
+
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (int8 weights,
@@ -46,22 +48,45 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
+def key_values(attn, encoder_out: Tensor):
+    """The cross-attention keys ``(B, H, d, S)`` and values ``(B, H, S, d)`` of ``encoder_out``
+    ``(S, B, C)``, for ``attn`` with ``k_proj``, ``v_proj``, ``num_heads``, ``head_dim``."""
+    S, B, _ = encoder_out.shape
+    H, d = attn.num_heads, attn.head_dim
+    keys = attn.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0)
+    values = attn.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3)
+    return keys, values
+
+
+def padding_bias(padding_mask: Tensor) -> Tensor:
+    """``(B, S)`` bool -> ``(B, 1, 1, S)`` additive attention mask: ``-inf`` at padding, else 0."""
+    B, S = padding_mask.shape
+    return torch.zeros(B, 1, 1, S).masked_fill(padding_mask.view(B, 1, 1, S), -math.inf)
+
+
+def cross_attend(attn, x: Tensor, keys: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """Encoder-decoder attention of ``x`` ``(B, k, C)`` (the ``k`` hypotheses of each sentence
+    read the sentence's keys and values by broadcasting) -> ``(B, k, C)``. ``attn``: fairseq's
+    ``MultiheadAttention`` or a :class:`FoldedDecoderLayer` (``scaling`` 1, folded into ``q_proj``)."""
+    B, k, C = x.shape
+    q = attn.q_proj(x)
+    if attn.scaling != 1.0:
+        q = q * attn.scaling
+    weights = torch.matmul(q.view(B, k, attn.num_heads, attn.head_dim).transpose(1, 2), keys)  # (B, H, k, S)
+    if bias is not None:
+        weights = weights + bias
+    out = torch.matmul(torch.softmax(weights, dim=-1), values)  # (B, H, k, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(B, k, C))
+
+
 class _CrossAttention:
-    """Encoder-decoder attention of one decoder layer with its keys/values precomputed.
+    """Encoder-decoder attention of one decoder layer with its keys/values computed once
+    (:func:`key_values`); ``bias``: ``(B, 1, 1, S)`` additive mask or None."""
 
-    ``keys``/``values``: ``(B, H, S, d)``; ``bias``: ``(B, 1, 1, S)`` additive mask or None."""
-
-    def __init__(self, attn, encoder_out: Tensor, padding_mask: Optional[Tensor], scaling: Optional[float] = None):
+    def __init__(self, attn, encoder_out: Tensor, padding_mask: Optional[Tensor]):
         self.attn = attn
-        self.scaling = attn.scaling if scaling is None else scaling  # 1.0: folded into q_proj
-        S, B, _ = encoder_out.shape
-        H, d = (attn.num_heads, attn.head_dim) if hasattr(attn, "num_heads") else (attn.heads, attn.head_dim)
-        self.heads, self.head_dim = H, d
-        self.keys = attn.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0)  # (B, H, d, S)
-        self.values = attn.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3)  # (B, H, S, d)
-        self.bias = None
-        if padding_mask is not None and padding_mask.any():
-            self.bias = padding_mask.view(B, 1, 1, S).to(encoder_out.dtype).masked_fill(padding_mask.view(B, 1, 1, S), -math.inf)
+        self.keys, self.values = key_values(attn, encoder_out)
+        self.bias = padding_bias(padding_mask) if padding_mask is not None and padding_mask.any() else None
 
     def select(self, index: Tensor) -> None:
         self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
@@ -70,16 +95,7 @@ class _CrossAttention:
 
     def __call__(self, x: Tensor) -> Tensor:
         """``x`` ``(B, k, C)`` -> ``(B, k, C)``."""
-        B, k, C = x.shape
-        q = self.attn.q_proj(x)
-        if self.scaling != 1.0:
-            q = q * self.scaling
-        q = q.view(B, k, self.heads, self.head_dim).transpose(1, 2)
-        weights = torch.matmul(q, self.keys)  # (B, H, k, S)
-        if self.bias is not None:
-            weights = weights + self.bias
-        out = torch.matmul(torch.softmax(weights, dim=-1), self.values)  # (B, H, k, d)
-        return self.attn.out_proj(out.transpose(1, 2).reshape(B, k, C))
+        return cross_attend(self.attn, x, self.keys, self.values, self.bias)
 
 
 def _affine(norm: nn.Module):
@@ -125,18 +141,21 @@ class FoldedDecoderLayer(nn.Module):
             # (T, C): g1 * (beta * sum_{j<=t} A[t, j] + bias[t])
             self.register_buffer("mix_const", g1 * (A.sum(1, keepdim=True) * token[1] + mixer.bias.detach()[:, None]))
             attn = layer.cross_attn
-            self.heads, self.head_dim = attn.num_heads, attn.head_dim
-            qw, qb = attn.q_proj.weight.detach(), attn.q_proj.bias.detach()
-            self.q_proj = _linear(attn.scaling * qw * cross[0], attn.scaling * (qw @ cross[1] + qb))
+            self.num_heads, self.head_dim, self.scaling = attn.num_heads, attn.head_dim, 1.0  # see cross_attend
+            qw, qb = fold_affine_into_linear(attn.q_proj.weight.detach(), attn.q_proj.bias.detach(), *cross)
+            self.q_proj = _linear(attn.scaling * qw, attn.scaling * qb)
             self.k_proj, self.v_proj = attn.k_proj, attn.v_proj  # applied once per sentence
             g2 = layer.cross_attn_scale.detach()
             self.out_proj = _linear(g2[:, None] * attn.out_proj.weight.detach(), g2 * attn.out_proj.bias.detach())
             mlp = layer.channel_mlp
-            w1, b1 = mlp.fc1.weight.detach(), mlp.fc1.bias.detach()
-            self.fc1 = _linear(w1 * channel[0], w1 @ channel[1] + b1)
+            self.fc1 = _linear(*fold_affine_into_linear(mlp.fc1.weight.detach(), mlp.fc1.bias.detach(), *channel))
             self.activation_fn = mlp.activation_fn
             g3 = layer.channel_scale.detach()
             self.fc2 = _linear(g3[:, None] * mlp.fc2.weight.detach(), g3 * mlp.fc2.bias.detach())
+
+    def channel_mlp(self, x: Tensor) -> Tensor:
+        """The folded channel MLP branch (Affine before, LayerScale after included)."""
+        return self.fc2(self.activation_fn(self.fc1(x)))
 
 
 class FoldedDecoder(nn.Module):
@@ -158,7 +177,7 @@ class FoldedDecoder(nn.Module):
         with torch.no_grad():
             self.register_buffer("embed_weight", decoder.embed_tokens.weight.detach() * decoder.embed_scale)
             out = decoder.output_projection.weight.detach() * decoder.output_scale
-            self.output_projection = _linear(out * final[0], out @ final[1])
+            self.output_projection = _linear(*fold_affine_into_linear(out, None, *final))
 
     def max_positions(self) -> int:
         return self.max_target_positions
@@ -182,15 +201,32 @@ def fold_for_inference(model: nn.Module) -> FoldedModel:
     return FoldedModel(model)
 
 
-def _select_rows(buffer: Tensor, used: int, index: Tensor, dim: int = 1) -> Tensor:
-    """A new history buffer with the entries ``index`` (along ``dim``) of ``buffer``, whose first
-    dimension is time; only the ``used`` rows written so far are copied (the buffer holds the
-    maximum length)."""
-    shape = list(buffer.shape)
-    shape[dim] = index.numel()
-    out = buffer.new_empty(shape)
-    out[:used] = buffer[:used].index_select(dim, index)
-    return out
+class History:
+    """The token-mixing history of a beam search: per decoder layer, the inputs of every
+    hypothesis at the positions decoded so far, in a preallocated ``(T, N, C)`` buffer (time,
+    ``N = n * k`` hypotheses, channels). Beam reordering copies the rows written so far into a
+    spare buffer in one ``index_select`` and swaps the two; when sentences finish only the
+    written rows of the others move."""
+
+    def __init__(self, layers: int, length: int, hypotheses: int, channels: int):
+        self.buffers = [torch.zeros(length, hypotheses, channels) for _ in range(layers)]
+        self.spare = [torch.empty_like(b) for b in self.buffers]
+
+    def select(self, sentences: Tensor, k: int, used: int) -> None:
+        """Keep the ``k`` hypotheses of each sentence of ``sentences`` (the others finished)."""
+        rows = (sentences.unsqueeze(1) * k + torch.arange(k)).view(-1)
+        for i, b in enumerate(self.buffers):
+            out = b.new_empty(b.size(0), rows.numel(), b.size(2))
+            out[:used] = b[:used].index_select(1, rows)
+            self.buffers[i] = out
+
+    def reorder(self, flat: Tensor, used: int) -> None:
+        """Hypothesis ``i`` continues hypothesis ``flat[i]``; rows ``:used`` are written."""
+        for i, b in enumerate(self.buffers):
+            if self.spare[i].shape != b.shape:
+                self.spare[i] = torch.empty_like(b)
+            torch.index_select(b[:used], 1, flat, out=self.spare[i][:used])
+            self.buffers[i], self.spare[i] = self.spare[i], b
 
 
 def vocabulary_bias(dictionary, unk_penalty: float) -> Dict[bool, Tensor]:
@@ -226,12 +262,11 @@ class _TorchSteps:
     def __init__(self, model, encoder_out: Tensor, padding_mask: Optional[Tensor], k: int, max_len: int):
         decoder = model.decoder
         self.decoder, self.folded = decoder, isinstance(decoder, FoldedDecoder)
-        self.cross = [_CrossAttention(layer if self.folded else layer.cross_attn, encoder_out, padding_mask,
-                                      scaling=1.0 if self.folded else None) for layer in decoder.layers]
+        self.cross = [_CrossAttention(layer if self.folded else layer.cross_attn, encoder_out, padding_mask)
+                      for layer in decoder.layers]
         S, B, C = encoder_out.shape
-        self.channels = C
-        self.history = [encoder_out.new_empty(max_len + 2, B, k, C) for _ in decoder.layers]  # rows <= step written
-        self.spare = [torch.empty_like(h) for h in self.history]  # beam reordering writes here, then they swap
+        self.channels, self.k = C, k
+        self.history = History(len(decoder.layers), max_len + 2, B * k, C)  # rows <= step are written
 
     def step(self, tokens: Tensor, step: int) -> Tensor:
         """``tokens`` ``(n, k, step + 1)``, the prefixes; returns log-probabilities ``(n, k, V)``."""
@@ -246,16 +281,16 @@ class _TorchSteps:
             prefix = tokens[:, :, : step + 1].reshape(n * k, step + 1)
             x = x + decoder.embed_positions(prefix, incremental_state={}).view(n, k, C)
         if self.folded:
-            for layer, buffer, attend in zip(decoder.layers, self.history, self.cross):
-                buffer[step] = x
+            for layer, buffer, attend in zip(decoder.layers, self.history.buffers, self.cross):
+                buffer[step] = x.view(n * k, C)
                 mixed = torch.matmul(layer.mix_weight[step, : step + 1], buffer[: step + 1].view(step + 1, -1))
                 x = torch.addcmul(x + layer.mix_const[step], mixed.view(n, k, C), layer.mix_scale)
                 x = x + attend(x)
-                x = x + layer.fc2(layer.activation_fn(layer.fc1(x)))
+                x = x + layer.channel_mlp(x)
             logits = decoder.output_projection(x)
         else:
-            for layer, buffer, attend in zip(decoder.layers, self.history, self.cross):
-                buffer[step] = layer.token_norm(x)
+            for layer, buffer, attend in zip(decoder.layers, self.history.buffers, self.cross):
+                buffer[step] = layer.token_norm(x).view(n * k, C)
                 mixer = layer.token_mixer
                 row = mixer.weight[step, : step + 1]
                 mixed = torch.matmul(row, buffer[: step + 1].view(step + 1, -1)).view(n, k, C) + mixer.bias[step]
@@ -267,19 +302,13 @@ class _TorchSteps:
 
     def select(self, index: Tensor, used: int) -> None:
         """Keep the sentences ``index`` (the others finished)."""
-        self.history = [_select_rows(h, used, index) for h in self.history]
+        self.history.select(index, self.k, used)
         for attend in self.cross:
             attend.select(index)
 
     def reorder(self, flat: Tensor, used: int) -> None:
         """Hypothesis ``i`` continues hypothesis ``flat[i]`` (of ``n * k``)."""
-        C = self.channels
-        for i, h in enumerate(self.history):  # the rows written so far, into the spare buffer; swap
-            if self.spare[i].shape != h.shape:
-                self.spare[i] = torch.empty_like(h)
-            rows = h[:used].view(used, -1, C)
-            torch.index_select(rows, 1, flat, out=self.spare[i][:used].view(used, -1, C))
-            self.history[i], self.spare[i] = self.spare[i], h
+        self.history.reorder(flat, used)
 
 
 def _mask_lprobs(lprobs: Tensor, step: int, max_len: int, min_len: int, eos: int, pad: int, unk: int,

@@ -57,12 +57,15 @@ logger = logging.getLogger(__name__)
 POSITIONAL_EMBEDDINGS = ("none", "sinusoidal", "learned")
 
 
-def left_align(padding_mask: Tensor) -> Tensor:
+def left_align(padding_mask: Tensor) -> Optional[Tensor]:
     """Gather indices that move each row's non-padding entries to its front, in order.
 
     ``padding_mask``: ``(B, T)`` bool. Returns ``(B, T)`` long ``order`` such that
-    ``tokens.gather(1, order)`` is right-padded, whatever padding side (or mix) came in.
+    ``tokens.gather(1, order)`` is right-padded, whatever padding side (or mix) came in; None
+    when the batch is right-padded already (no padding before a token).
     """
+    if not (padding_mask[:, :-1] & ~padding_mask[:, 1:]).any():
+        return None
     return torch.sort(padding_mask.to(torch.uint8), dim=1, stable=True).indices
 
 
@@ -117,8 +120,8 @@ class AlignedEmbedding:
         else:
             pads = tokens.eq(self.padding_idx)
             if pads.any():
-                if (pads[:, :-1] & ~pads[:, 1:]).any():  # a pad before a token: not right-padded
-                    order = left_align(pads)
+                order = left_align(pads)
+                if order is not None:
                     tokens = tokens.gather(1, order)
                     if positions is not None:
                         positions = positions.gather(1, order.unsqueeze(-1).expand_as(positions))

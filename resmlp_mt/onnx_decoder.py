@@ -38,7 +38,6 @@ folded PyTorch model (equal up to float rounding); int8 quantizes every weight m
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -48,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast_generate import FoldedDecoder, FoldedModel, _select_rows, fold_for_inference, shortlist, vocabulary_bias
+from .fast_generate import (FoldedDecoder, FoldedModel, History, cross_attend, fold_for_inference, key_values,
+                            padding_bias, shortlist, vocabulary_bias)
 from .model import left_align
 
 SHORTLIST = 16  # candidates per hypothesis: beams up to SHORTLIST // 2
@@ -82,22 +82,19 @@ class DecoderStepGraph(nn.Module):
         N = x.size(0)
         inputs: List[Tensor] = []
         for i, layer in enumerate(self.decoder.layers):
-            history, row, diag, const, keys, values = per_layer[PER_LAYER * i : PER_LAYER * (i + 1)]
+            width = len(LAYER_INPUTS)
+            history, row, diag, const, keys, values = per_layer[width * i : width * (i + 1)]
             n = keys.size(0)
-            k = N // n
             inputs.append(x)
             mixed = torch.matmul(row, history.reshape(history.size(0), -1)).view(N, -1) + diag * x
             x = x + const + layer.mix_scale * mixed
-            q = layer.q_proj(x).view(n, k, layer.heads, layer.head_dim).transpose(1, 2)  # (n, H, k, d)
-            weights = torch.softmax(torch.matmul(q, keys) + bias, dim=-1)  # (n, H, k, S)
-            x = x + layer.out_proj(torch.matmul(weights, values).transpose(1, 2).reshape(N, -1))
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(x)))
+            x = x + cross_attend(layer, x.view(n, N // n, -1), keys, values, bias).view(N, -1)
+            x = x + layer.channel_mlp(x)
         top_lprobs, top_tokens, eos_lprobs = shortlist(self.decoder.output_projection(x).float(), vocab_bias, SHORTLIST, self.eos)
         return (top_lprobs, top_tokens, eos_lprobs, *inputs)
 
 
-PER_LAYER = 6  # past, row, diag, const, keys, values
-LAYER_INPUTS = ("past", "row", "diag", "const", "keys", "values")
+LAYER_INPUTS = ("past", "row", "diag", "const", "keys", "values")  # the per-layer inputs of a step, in order
 
 
 class SourceGraph(nn.Module):
@@ -113,13 +110,9 @@ class SourceGraph(nn.Module):
     def forward(self, src_tokens: Tensor):
         out = self.encoder(src_tokens)
         encoder_out, padding_mask = out["encoder_out"][0], out["encoder_padding_mask"][0]
-        S, B, _ = encoder_out.shape
-        bias = torch.zeros(B, 1, 1, S).masked_fill(padding_mask.view(B, 1, 1, S), -math.inf)
-        outputs = [bias]
+        outputs = [padding_bias(padding_mask)]
         for layer in self.decoder.layers:
-            H, d = layer.heads, layer.head_dim
-            outputs.append(layer.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0))
-            outputs.append(layer.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3))
+            outputs.extend(key_values(layer, encoder_out))
         return tuple(outputs)
 
 
@@ -158,7 +151,7 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False) -> tuple
     ``int8``; returns the two files to load."""
     decoder = model.decoder
     L, C = len(decoder.layers), decoder.embed_weight.size(1)
-    H, d = decoder.layers[0].heads, decoder.layers[0].head_dim
+    H, d = decoder.layers[0].num_heads, decoder.layers[0].head_dim
     n, k, S, t = 2, 4, 5, 3
     N = n * k
     pad, eos = decoder.dictionary.pad(), decoder.dictionary.eos()
@@ -228,9 +221,9 @@ class OnnxModel:
         if src_tokens.size(1) > self.max_source_positions:
             raise ValueError(f"source sentence of {src_tokens.size(1)} tokens is longer than the model's "
                              f"--max-source-positions {self.max_source_positions}")
-        pads = src_tokens.eq(self.padding_idx)
-        if (pads[:, :-1] & ~pads[:, 1:]).any():  # left padding: move every sentence to the front
-            src_tokens = src_tokens.gather(1, left_align(pads))
+        order = left_align(src_tokens.eq(self.padding_idx))
+        if order is not None:  # left padding: move every sentence to the front
+            src_tokens = src_tokens.gather(1, order)
         bias, *kv = self.source_session.run(None, {"src_tokens": src_tokens.contiguous().numpy()})
         return (torch.from_numpy(bias), torch.stack([torch.from_numpy(a) for a in kv[0::2]]),
                 torch.stack([torch.from_numpy(a) for a in kv[1::2]]))
@@ -251,9 +244,8 @@ class _OnnxSteps:
         decoder = model.decoder
         self.bias, self.keys, self.values = model.encode(src_tokens)
         B, C = src_tokens.size(0), decoder.embed_weight.size(1)
-        # history per layer: (max_len + 3, n * k, C); row 0 stays zero, position j is row j + 1
-        self.history = [torch.zeros(max_len + 3, B * k, C) for _ in decoder.layers]
-        self.spare = [torch.empty_like(h) for h in self.history]
+        # row 0 stays zero, position j is row j + 1
+        self.history = History(len(decoder.layers), max_len + 3, B * k, C)
         self.vocab_bias = {allow: bias.numpy() for allow, bias in vocabulary_bias(decoder.dictionary, unk_penalty).items()}
 
     def step(self, tokens: Tensor, step: int, allow_eos: bool):
@@ -261,7 +253,7 @@ class _OnnxSteps:
         m = self.model
         feed = {"tokens": tokens[:, :, step].reshape(-1).contiguous().numpy(), "bias": self.bias.numpy(),
                 "vocab_bias": self.vocab_bias[allow_eos]}
-        for i, h in enumerate(self.history):  # contiguous views: nothing is copied
+        for i, h in enumerate(self.history.buffers):  # contiguous views: nothing is copied
             feed[f"past_{i}"] = h[: step + 1].numpy()
             feed[f"row_{i}"] = m.rows[i, step, : step + 1].numpy()
             feed[f"diag_{i}"] = m.diag[i, step : step + 1].numpy()
@@ -269,7 +261,7 @@ class _OnnxSteps:
             feed[f"keys_{i}"] = self.keys[i].numpy()
             feed[f"values_{i}"] = self.values[i].numpy()
         top_lprobs, top_tokens, eos_lprobs, *inputs = m.session.run(None, feed)
-        for h, x in zip(self.history, inputs):
+        for h, x in zip(self.history.buffers, inputs):
             h[step + 1] = torch.from_numpy(x)
         width = 2 * k
         return (torch.from_numpy(top_lprobs[:, :width]).view(n, k, width),
@@ -278,16 +270,10 @@ class _OnnxSteps:
 
     def select(self, index: Tensor, used: int) -> None:
         """Keep the sentences ``index``."""
-        k = self.k
-        rows = (index.unsqueeze(1) * k + torch.arange(k)).view(-1)
-        self.history = [_select_rows(h, used + 1, rows) for h in self.history]
+        self.history.select(index, self.k, used + 1)
         self.keys, self.values = self.keys.index_select(1, index), self.values.index_select(1, index)
         self.bias = self.bias.index_select(0, index)
 
     def reorder(self, flat: Tensor, used: int) -> None:
         """Hypothesis ``i`` continues hypothesis ``flat[i]``."""
-        for i, h in enumerate(self.history):
-            if self.spare[i].shape != h.shape:
-                self.spare[i] = torch.empty_like(h)
-            torch.index_select(h[: used + 1], 1, flat, out=self.spare[i][: used + 1])
-            self.history[i], self.spare[i] = self.spare[i], h
+        self.history.reorder(flat, used + 1)

@@ -37,7 +37,7 @@ from timm.models._features import feature_take_indices
 from timm.models.mlp_mixer import checkpoint_filter_fn as timm_resmlp_filter_fn
 from torch import nn
 
-from resmlp_core import Affine, CrossTokenLinear, add_scaled, check_state_dict_fits, layer_scale
+from resmlp_core import Affine, CrossTokenLinear, add_scaled, check_state_dict_fits, fold_affine_into_linear, layer_scale
 
 __all__ = [
     "ResMLP",
@@ -209,13 +209,6 @@ class FoldedResMLPBlock(nn.Module):
             h = self._act_(torch.addmm(b1, rows, w1.t()))
             rows.addmm_(h, w2.t())
         return z
-
-
-def fold_affine_into_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor):
-    """``linear(Aff(x)) = x W'^T + b'`` with ``W' = W diag(alpha)`` and ``b' = b + W beta``: returns
-    ``(W', b')`` (``alpha``, ``beta`` per input channel; ``bias`` may be None)."""
-    folded_bias = weight @ beta
-    return weight * alpha, folded_bias if bias is None else folded_bias + bias
 
 
 class PreHeadAffine(Affine):
