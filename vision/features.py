@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from timm.utils import ParseKwargs
@@ -252,3 +253,13 @@ def report_header(evaluation: str, features: dict, args) -> dict:
                  "classes": len(features["classes"]), "transform": features["data_config"]},
         "feature_dim": int(features["train"][0].shape[1]),
     }
+
+
+def features_or_error(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """:func:`features_for` for a command line: a bad input (a missing file, a checkpoint of
+    another model) is printed as one ``error:`` line and None is returned."""
+    try:
+        return features_for(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None

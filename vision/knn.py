@@ -22,7 +22,7 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import add_backbone_arguments, check_backbone_arguments, describe, features_for, report_header, write_report
+from .features import add_backbone_arguments, check_backbone_arguments, describe, features_or_error, report_header, write_report
 
 
 @torch.no_grad()
@@ -91,10 +91,8 @@ def main(argv=None) -> int:
     check_backbone_arguments(args, p)
     if any(k < 1 for k in args.k) or args.temperature <= 0:
         p.error("--k must be positive and --temperature > 0")
-    try:
-        features = features_for(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    features = features_or_error(args)
+    if features is None:
         return 2
     start = time.perf_counter()
     results = run_knn(features, args.k, args.temperature)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import add_backbone_arguments, check_backbone_arguments, describe, features_for, report_header, write_report
+from .features import add_backbone_arguments, check_backbone_arguments, describe, features_or_error, report_header, write_report
 from .knn import topk_accuracy
 
 
@@ -92,10 +92,8 @@ def main(argv=None) -> int:
     check_backbone_arguments(args, p)
     if any(wd < 0 for wd in args.weight_decay) or args.max_iter < 1:
         p.error("--weight-decay must be >= 0 and --max-iter >= 1")
-    try:
-        features = features_for(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    features = features_or_error(args)
+    if features is None:
         return 2
     start = time.perf_counter()
     result = run_probe(features, args.weight_decay, args.max_iter, args.seed)
