@@ -311,7 +311,7 @@ def run_generator_fixed_length(hub, sources: List[str], batch: int, beam: int, l
         return Measurement(time.perf_counter() - start, hyps, list(counts))
 
 
-def run_fast_fixed_length(translator, sources: List[str], batch: int, beam: int, length: int,
+def run_api_fixed_length(translator, sources: List[str], batch: int, beam: int, length: int,
                           engine: str = "fast") -> Measurement:
     """The API's ``engine`` (fast or onnx) with ``min_len = max_len_b = length``, ``max_len_a = 0``;
     checks that every hypothesis has ``length`` pieces + end-of-sentence."""
@@ -503,11 +503,11 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
             Row("transformer/sequence-generator/fp32/L", "equal", "Transformer", "SequenceGenerator in process", "fp32",
                 B, ms, lambda s: run_generator_fixed_length(transformer, s, B, beam, L, transformer_normalize)),
             Row("resmlp/fast/fp32/L", "equal", "ResMLP", "fast path", "fp32", B, ms,
-                lambda s: run_fast_fixed_length(fp32, s, B, beam, L)),
+                lambda s: run_api_fixed_length(fp32, s, B, beam, L)),
             Row("resmlp/fast/int8/L", "equal", "ResMLP", "fast path", "int8", B, ms,
-                lambda s: run_fast_fixed_length(int8, s, B, beam, L)),
+                lambda s: run_api_fixed_length(int8, s, B, beam, L)),
             Row("resmlp/onnx/int8/L", "equal", "ResMLP", "ONNX step", "int8", B, ms,
-                lambda s: run_fast_fixed_length(int8, s, B, beam, L, engine="onnx")),
+                lambda s: run_api_fixed_length(int8, s, B, beam, L, engine="onnx")),
         ]
         for p, system in ct2.items():
             rows.append(Row(f"transformer/ctranslate2/{p}/L", "equal", "Transformer", "CTranslate2", p, B, ms,
