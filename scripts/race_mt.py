@@ -46,8 +46,9 @@ those would take CPU from the two trainings that already fill the two cores. A c
 resumes after an interruption from its last evaluated segment (``progress.json``).
 
 Resumable: every finished run caches its figures in ``<work-dir>/<stage>/<run>/result.json``
-together with the settings that produced it; a re-run skips runs whose settings match and
-restarts unfinished ones from scratch (a wall-clock budget cannot be resumed).
+together with the settings that produced it; a re-run skips runs whose settings match. An
+unfinished sweep run (an update budget) resumes from its ``checkpoint_last.pt``; an unfinished race
+run restarts from scratch (a wall-clock budget cannot be resumed).
 """
 
 from __future__ import annotations
@@ -123,12 +124,13 @@ def recipe_flags(system: str, recipe: dict):
     return flags, env
 
 
-def sweep_grid(quick: bool) -> Dict[str, List[dict]]:
+def sweep_grid(quick: bool, lrs=SWEEP_LRS, warmups=SWEEP_WARMUPS) -> Dict[str, List[dict]]:
+    """The sweep's configurations per system, the same learning rates and warm-ups for both."""
     grid = {
         "resmlp": [{"lr": lr, "warmup": w, "layerscale_init": ls}
-                   for lr, w, ls in itertools.product(SWEEP_LRS, SWEEP_WARMUPS, SWEEP_LAYERSCALE)],
+                   for lr, w, ls in itertools.product(lrs, warmups, SWEEP_LAYERSCALE)],
         "transformer": [{"lr": lr, "warmup": w, "norm": n}
-                        for lr, w, n in itertools.product(SWEEP_LRS, SWEEP_WARMUPS, SWEEP_NORMS)],
+                        for lr, w, n in itertools.product(lrs, warmups, SWEEP_NORMS)],
     }
     if quick:  # two configurations per system that differ in every swept setting
         grid = {s: [g[0], g[-1]] for s, g in grid.items()}
@@ -395,9 +397,21 @@ class Race:
         d.pop("command", None)
         return d
 
+    def resumable(self, job: Job) -> bool:
+        """An update-budget run (the sweep) that was interrupted with the same command resumes from
+        its checkpoint_last.pt: its figures depend on updates, not on wall-clock time."""
+        save_dir = self.run_dir(job)
+        if job.max_update is None or job.stage != "sweep" or not (save_dir / "checkpoint_last.pt").is_file():
+            return False
+        previous = save_dir / "command.txt"
+        return previous.is_file() and f"--max-update {job.max_update}" in previous.read_text()
+
     def execute(self, job: Job, finish, tag: str) -> dict:
         start = time.time()
-        text, tracker = self.train(job, tag)
+        resumed = self.resumable(job)
+        earlier = (self.run_dir(job) / "train.log").read_text(errors="replace") if resumed else ""
+        text, tracker = self.train(job, tag, fresh=not resumed, log_name="train_resumed.log" if resumed else "train.log")
+        text = earlier + text
         try:
             figures = training_figures(text)
             figures.pop("valid_curve", None)
@@ -409,6 +423,8 @@ class Race:
         figures["wall_minutes"] = round(tracker.wall_minutes(), 2)
         figures["valid_points"] = tracker.points
         figures["stop_reason"] = tracker.stop_reason
+        if resumed:
+            figures["resumed"] = "interrupted, resumed from checkpoint_last.pt; minutes count the resumed part only"
         result = finish(job, self.run_dir(job), figures, tag)
         result.update({"stage": job.stage, "name": job.name, "system": job.system, "pair": job.pair, "seed": job.seed,
                        "recipe": job.recipe, "recipe_text": recipe_text(job.system, job.recipe),
@@ -466,7 +482,7 @@ class Race:
         a = self.args
         pair = "en-de"
         self.check_data([pair])
-        grid = sweep_grid(a.quick)
+        grid = sweep_grid(a.quick, a.sweep_lrs, a.sweep_warmups)
         jobs = {s: [Job("sweep", recipe_name(s, r), s, pair, 1, r, label=recipe_name(s, r), max_update=a.sweep_updates,
                         train_args=["--save-interval-updates", str(a.sweep_updates), "--keep-interval-updates", "1"],
                         estimate_minutes=a.sweep_updates * 1.5 / 60 + 1.5)
@@ -497,7 +513,7 @@ class Race:
             for row in mine:
                 row["best"] = row is top
         out = {"settings": {"pair": pair, "updates": a.sweep_updates, "seed": 1, "quick": a.quick,
-                            "grid": {"lr": list(SWEEP_LRS), "warmup": list(SWEEP_WARMUPS),
+                            "grid": {"lr": list(a.sweep_lrs), "warmup": list(a.sweep_warmups),
                                      "resmlp layerscale_init": list(SWEEP_LAYERSCALE), "transformer norm": list(SWEEP_NORMS)},
                             "configurations": {s: len(grid[s]) for s in SYSTEMS},
                             "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (mt_tools.evaluate)",
@@ -945,6 +961,8 @@ def main(argv=None):
     p.add_argument("--data-root", type=Path, default=REPO / "data-bin", help="holds multi30k.en-de and multi30k.en-fr")
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS), help="pairs of the race and the curves")
     p.add_argument("--sweep-updates", type=int, default=None, help="updates per sweep run (default 600; --quick 4)")
+    p.add_argument("--sweep-lrs", type=float, nargs="+", default=list(SWEEP_LRS), help="sweep: peak learning rates")
+    p.add_argument("--sweep-warmups", type=int, nargs="+", default=list(SWEEP_WARMUPS), help="sweep: warm-up updates")
     p.add_argument("--minutes", type=float, default=None, help="race budget per run, wall-clock (default 25; --quick 0.2)")
     p.add_argument("--seeds", type=int, default=None, help="race seeds (default 3; --quick 1)")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -972,7 +990,7 @@ def main(argv=None):
     race = Race(args)
     stages = STAGES if args.stage == "all" else (args.stage,)
     if args.stage == "all":
-        est = (math.ceil(len(sweep_grid(quick)["resmlp"]) * 2 / args.parallel) * (args.sweep_updates * 1.5 / 60 + 1.5)
+        est = (math.ceil(len(sweep_grid(quick, args.sweep_lrs, args.sweep_warmups)["resmlp"]) * 2 / args.parallel) * (args.sweep_updates * 1.5 / 60 + 1.5)
                + math.ceil(len(args.pairs) * args.seeds * 2 / args.parallel) * (args.minutes + 3)
                + (args.max_minutes * 1.2 + 6) + ("en-fr" in args.pairs) * (args.fr_minutes * 1.2 + 6))
         log.info("all stages: sweep, race, curves, report; at most about %s without cached runs", minutes_text(est))
