@@ -404,7 +404,10 @@ class Race:
         if job.max_update is None or job.stage != "sweep" or not (save_dir / "checkpoint_last.pt").is_file():
             return False
         previous = save_dir / "command.txt"
-        return previous.is_file() and f"--max-update {job.max_update}" in previous.read_text()
+        if not previous.is_file():
+            return False
+        words = shlex.split(previous.read_text())
+        return any(a == "--max-update" and b == str(job.max_update) for a, b in zip(words, words[1:]))
 
     def execute(self, job: Job, finish, tag: str) -> dict:
         start = time.time()

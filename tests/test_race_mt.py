@@ -225,3 +225,30 @@ def test_a_cached_result_is_reused_only_with_the_same_settings(tmp_path):
     assert race.cached(longer) is None
     other_seed = race_mt.Job(**{**race_mt.asdict(job), "seed": 2})
     assert race.cached(other_seed) is None
+
+
+def test_only_an_interrupted_update_budget_run_resumes(tmp_path):
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1)
+    race = race_mt.Race(args)
+    recipe = {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5}
+    sweep = race_mt.Job("sweep", "resmlp.lr0.001.wu300.ls0.5", "resmlp", "en-de", 1, recipe, max_update=600)
+    timed = race_mt.Job("race", "en-de.resmlp.seed1", "resmlp", "en-de", 1, recipe, minutes=25.0)
+    for job in (sweep, timed):
+        assert not race.resumable(job)  # nothing there yet
+        folder = race.run_dir(job)
+        folder.mkdir(parents=True)
+        (folder / "command.txt").write_text("MODEL=resmlp train_multi30k.sh en-de --max-update 600\n")
+        (folder / "checkpoint_last.pt").write_bytes(b"")
+    assert race.resumable(sweep)
+    assert not race.resumable(timed)  # a wall-clock budget restarts from scratch
+    for other in (300, 60):
+        shorter = race_mt.Job(**{**race_mt.asdict(sweep), "max_update": other})
+        assert not race.resumable(shorter)  # another budget: the checkpoint is not this run's
+
+
+def test_the_sweep_grid_can_be_narrowed_alike_for_both_systems():
+    grid = race_mt.sweep_grid(quick=False, lrs=(2e-3,), warmups=(300,))
+    assert [r["layerscale_init"] for r in grid["resmlp"]] == [0.2, 0.5]
+    assert [r["norm"] for r in grid["transformer"]] == ["pre", "post"]
+    assert all((r["lr"], r["warmup"]) == (2e-3, 300) for rows in grid.values() for r in rows)
