@@ -563,6 +563,7 @@ def equal_length_ratios(results: List[dict]) -> dict:
                                                                "transformer/sequence-generator/fp32/L"),
         "fast path fp32 / CTranslate2 fp32": ("resmlp/fast/fp32/L", "transformer/ctranslate2/fp32/L"),
         "fast path int8 / CTranslate2 int8": ("resmlp/fast/int8/L", "transformer/ctranslate2/int8/L"),
+        "ONNX step int8 / CTranslate2 int8": ("resmlp/onnx/int8/L", "transformer/ctranslate2/int8/L"),
     }
     out = {}
     for name, (a, b) in pairs.items():

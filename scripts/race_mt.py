@@ -502,19 +502,29 @@ class Race:
 
         results = self.run_jobs("sweep", slots, finish)
         rows = []
-        for r in results:
+        for r in results + self.outside_grid(jobs):
             rows.append({"system": r["system"], "name": r["name"], "recipe": r["recipe"], "recipe_text": r["recipe_text"],
                          "valid_sacrebleu": r["valid"]["sacrebleu"], "updates": r["figures"]["updates"],
                          "train_minutes": r["figures"]["train_minutes"],
                          "last_valid_loss": r["figures"]["valid_points"][-1]["valid_loss"] if r["figures"]["valid_points"] else None,
-                         "words_per_second": r["figures"].get("words_per_second"), "signature": r["valid"]["sacrebleu_signature"]})
+                         "words_per_second": r["figures"].get("words_per_second"), "signature": r["valid"]["sacrebleu_signature"],
+                         "resumed": bool(r["figures"].get("resumed")), "in_grid": r.get("in_grid", True)})
         best = {}
         for s in SYSTEMS:
-            mine = [row for row in rows if row["system"] == s]
+            mine = [row for row in rows if row["system"] == s and row["in_grid"]]
             top = max(mine, key=lambda row: row["valid_sacrebleu"])  # ties: the first in grid order
             best[s] = {"name": top["name"], "recipe": top["recipe"], "valid_sacrebleu": top["valid_sacrebleu"]}
-            for row in mine:
-                row["best"] = row is top
+            for row in rows:
+                if row["system"] == s:
+                    row["best"] = row is top
+        notes = []
+        if len(a.sweep_lrs) > 1:
+            edge = [s for s in SYSTEMS if best[s]["recipe"]["lr"] in (min(a.sweep_lrs), max(a.sweep_lrs))]
+            if edge:
+                notes.append(f"The best learning rate of {' and '.join(edge)} is at the edge of the grid: a wider grid may find better.")
+        if any(not row["in_grid"] for row in rows):
+            notes.append("Rows in italics are earlier runs of this sweep's settings outside the grid asked for: "
+                         "shown, not eligible.")
         out = {"settings": {"pair": pair, "updates": a.sweep_updates, "seed": 1, "quick": a.quick,
                             "grid": {"lr": list(a.sweep_lrs), "warmup": list(a.sweep_warmups),
                                      "resmlp layerscale_init": list(SWEEP_LAYERSCALE), "transformer norm": list(SWEEP_NORMS)},
@@ -522,9 +532,25 @@ class Race:
                             "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (mt_tools.evaluate)",
                             "data_root": str(self.data_root), "work_dir": str(self.work / "sweep"),
                             "extra_train_args": a.extra_train_args, "command": a.command},
-               "machine": self.info, "rows": rows, "best": best}
+               "machine": self.info, "rows": rows, "best": best, "notes": notes}
         self.publish("mt_sweep", out, sweep_markdown(out))
         return out
+
+    def outside_grid(self, jobs: Dict[str, List[Job]]) -> List[dict]:
+        """Finished sweep runs in the work folder whose settings match this sweep's but for a
+        recipe outside the grid asked for (e.g. after ``--sweep-warmups`` narrowed it)."""
+        names = {j.name for js in jobs.values() for j in js}
+        reference = {s: self.spec(js[0]) for s, js in jobs.items() if js}
+        found = []
+        for path in sorted((self.work / "sweep").glob("*/result.json")):
+            result = read_json(path)
+            if not result or result.get("name") in names or result.get("system") not in reference:
+                continue
+            spec, ref = result.get("spec", {}), reference[result["system"]]
+            if {k: v for k, v in spec.items() if k not in ("name", "recipe")} == \
+                    {k: v for k, v in ref.items() if k not in ("name", "recipe")}:
+                found.append({**result, "in_grid": False})
+        return found
 
     # -- stage 2: race -------------------------------------------------------------------------------
 
@@ -771,10 +797,15 @@ def sweep_markdown(d: dict) -> str:
         tail = f"{rec['layerscale_init']:g}" if row["system"] == "resmlp" else f"{rec['norm']}-norm"
         bleu = f"**{row['valid_sacrebleu']:.2f}** (best)" if row["best"] else f"{row['valid_sacrebleu']:.2f}"
         loss = f"{row['last_valid_loss']:.3f}" if row["last_valid_loss"] is not None else "-"
-        lines.append(f"| {row['system']} | {fmt_lr(rec['lr'])} | {rec['warmup']} | {tail} | {bleu} | {row['updates']} | "
-                     f"{row['train_minutes']:.1f} | {loss} |")
+        minutes = f"{row['train_minutes']:.1f}" + (" (resumed part)" if row.get("resumed") else "")
+        cells = [row["system"], fmt_lr(rec["lr"]), str(rec["warmup"]), tail, bleu, str(row["updates"]), minutes, loss]
+        if not row.get("in_grid", True):
+            cells = [f"*{c}*" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
     if d["rows"]:
         lines += ["", f"sacreBLEU signature: `{d['rows'][0]['signature']}`"]
+    lines += ["", "Training minutes are wall-clock time on a shared machine, not a speed comparison (the race measures that)."]
+    lines += [f"\n{note}" for note in d.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 

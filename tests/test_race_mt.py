@@ -252,3 +252,23 @@ def test_the_sweep_grid_can_be_narrowed_alike_for_both_systems():
     assert [r["layerscale_init"] for r in grid["resmlp"]] == [0.2, 0.5]
     assert [r["norm"] for r in grid["transformer"]] == ["pre", "post"]
     assert all((r["lr"], r["warmup"]) == (2e-3, 300) for rows in grid.values() for r in rows)
+
+
+def test_finished_runs_outside_a_narrowed_grid_are_listed_not_eligible(tmp_path):
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1)
+    race = race_mt.Race(args)
+
+    def job(warmup, updates=600):
+        recipe = {"lr": 5e-4, "warmup": warmup, "layerscale_init": 0.5}
+        return race_mt.Job("sweep", race_mt.recipe_name("resmlp", recipe), "resmlp", "en-de", 1, recipe, max_update=updates)
+
+    asked, earlier, other_budget = job(300), job(1000), job(1000, updates=50)
+    race_mt.write_json(race.run_dir(earlier) / "result.json", {"spec": race.spec(earlier), "name": earlier.name, "system": "resmlp"})
+    race_mt.write_json(race.run_dir(asked) / "result.json", {"spec": race.spec(asked), "name": asked.name, "system": "resmlp"})
+    found = race.outside_grid({"resmlp": [asked], "transformer": []})
+    assert [r["name"] for r in found] == [earlier.name] and not found[0]["in_grid"]
+    # a run of another update budget is not this sweep's
+    race_mt.write_json(race.run_dir(earlier) / "result.json",
+                       {"spec": race.spec(other_budget), "name": earlier.name, "system": "resmlp"})
+    assert race.outside_grid({"resmlp": [asked], "transformer": []}) == []
