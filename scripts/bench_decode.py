@@ -422,7 +422,8 @@ def convert_ct2(checkpoint: Path, data: Path, out: Path) -> Path:
 def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: dict, notes: List[str]) -> List[Row]:
     from resmlp_mt import ResMLPTranslationModel
 
-    prep = PreparedData(args.data).info()
+    prepared = PreparedData(args.data)
+    prep = prepared.info()
     say(f"exporting the ResMLP checkpoint to a model folder ({work / 'resmlp-model'})")
     export_model = load_module("export_model", REPO / "scripts" / "export_model.py")
     folder = export_model.export(args.resmlp, args.data, work / "resmlp-model", force=True)
@@ -438,7 +439,7 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
         say("loading the Transformer for fairseq's SequenceGenerator in process")
         transformer = TransformerModel.from_pretrained(
             str(args.transformer.parent), checkpoint_file=args.transformer.name, data_name_or_path=str(args.data),
-            bpe="sentencepiece", sentencepiece_model=str(PreparedData(args.data).spm_model))
+            bpe="sentencepiece", sentencepiece_model=str(prepared.spm_model))
         transformer.cfg.dataset.max_tokens = None
         transformer_normalize = lambda s: normalize(s, prep["src_lang"])  # noqa: E731
     if info["versions"]["ctranslate2"] is None:
@@ -450,7 +451,7 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
         ct2_dir = convert_ct2(args.transformer, args.data, work / "ct2-transformer")
         limit = min(200, (info["checkpoints"]["transformer"]["max_target_positions"] or 1024) - 1)
         for precision, compute_type in (("fp32", "float32"), ("int8", "int8")):
-            ct2[precision] = CT2System(ct2_dir, PreparedData(args.data).spm_model, prep["src_lang"], compute_type, args.threads, limit)
+            ct2[precision] = CT2System(ct2_dir, prepared.spm_model, prep["src_lang"], compute_type, args.threads, limit)
 
     beam, split, threads, B, L = args.beam, args.split, args.threads, args.batch_size, args.equal_length
     equal_args = ["--min-len", str(L), "--max-len-a", "0", "--max-len-b", str(L)]

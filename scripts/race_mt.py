@@ -398,21 +398,18 @@ class Race:
         return d
 
     def resumable(self, job: Job) -> bool:
-        """An update-budget run (the sweep) that was interrupted with the same command resumes from
-        its checkpoint_last.pt: its figures depend on updates, not on wall-clock time."""
+        """An interrupted update-budget run (the sweep) resumes from its checkpoint_last.pt when it
+        was started with the same settings (``started.json``, the spec :meth:`cached` compares):
+        its figures depend on updates, not on wall-clock time."""
         save_dir = self.run_dir(job)
-        if job.max_update is None or job.stage != "sweep" or not (save_dir / "checkpoint_last.pt").is_file():
-            return False
-        previous = save_dir / "command.txt"
-        if not previous.is_file():
-            return False
-        words = shlex.split(previous.read_text())
-        return any(a == "--max-update" and b == str(job.max_update) for a, b in zip(words, words[1:]))
+        return (job.max_update is not None and (save_dir / "checkpoint_last.pt").is_file()
+                and read_json(save_dir / "started.json") == self.spec(job))
 
     def execute(self, job: Job, finish, tag: str) -> dict:
         start = time.time()
         resumed = self.resumable(job)
         earlier = (self.run_dir(job) / "train.log").read_text(errors="replace") if resumed else ""
+        write_json(self.run_dir(job) / "started.json", self.spec(job))
         text, tracker = self.train(job, tag, fresh=not resumed, log_name="train_resumed.log" if resumed else "train.log")
         text = earlier + text
         try:

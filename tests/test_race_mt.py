@@ -238,7 +238,7 @@ def test_only_an_interrupted_update_budget_run_resumes(tmp_path):
         assert not race.resumable(job)  # nothing there yet
         folder = race.run_dir(job)
         folder.mkdir(parents=True)
-        (folder / "command.txt").write_text("MODEL=resmlp train_multi30k.sh en-de --max-update 600\n")
+        race_mt.write_json(folder / "started.json", race.spec(job))  # as execute() records it
         (folder / "checkpoint_last.pt").write_bytes(b"")
     assert race.resumable(sweep)
     assert not race.resumable(timed)  # a wall-clock budget restarts from scratch
