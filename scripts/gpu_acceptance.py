@@ -124,19 +124,24 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "vision": {
             "img": 224, "train_batch": 128, "infer_batch": 256, "rounds": 10, "train_rounds": 10,
             "autocast": "bfloat16", "compile_backend": "inductor", "compile_min_s": 30.0, "matmul_n": 8192,
-            # two H100 runs: Inductor (torch 2.11, cold cache) did not finish compiling even the
-            # first variant within 110-130 s, so the GPU compiles only ours folded (the paper's
-            # inference claim) and the stage has a longer budget
-            "compile_variants": ["ours_folded"],
+            # two H100 runs (2026-11-26, morning): Inductor did not finish compiling the folded
+            # model within 110-130 s. Its channel MLP then ran in row chunks on every device:
+            # dozens of in-place GEMMs per block to compile. Chunks are now CPU-only and eager-only.
+            "compile_variants": ["ours_folded", "timm"],
         },
         "cli": {
             "img": 224, "batch": 128, "max_per_class": 1000, "val_max_per_class": 50, "teacher_epochs": 1,
             "student_epochs": 3, "workers": 8, "threads": None, "min_steps": 200,
         },
+        # vision.dino with the paper-scale config (dino_imagenet_s12: S12 at 224 px, 2 global + 8
+        # local crops, 65536-d head) on a CIFAR-10 slice up-sampled to 224 px: one epoch, a resume
+        # for the second, then vision.knn of the teacher backbone
+        "dino": {"config": "dino_imagenet_s12", "max_per_class": 100, "batch": 64, "epochs": 2, "workers": 8, "threads": None,
+                 "extra": [], "knn_max_per_class": 100, "knn_val_max_per_class": 20},
         # stage: (minimum seconds to start it, most seconds it may take)
         "budgets": {
             "mt_prep": (5, 150), "vision_bench": (20, 60), "mt_train": (65, 110), "mt_generate": (20, 80),
-            "vision_cli": (45, 110), "vision_compile": (45, 180),
+            "vision_cli": (45, 110), "vision_compile": (45, 150), "vision_dino": (40, 100),
         },
     },
     "dry-run": {
@@ -158,9 +163,13 @@ PROFILES: Dict[str, Dict[str, Any]] = {
             "img": 32, "batch": 4, "max_per_class": 2, "val_max_per_class": 1, "teacher_epochs": 1,
             "student_epochs": 2, "workers": 0, "threads": 1, "min_steps": 5,
         },
+        "dino": {"config": "dino_cifar10_cpu", "max_per_class": 4, "batch": 8, "epochs": 2, "workers": 0, "threads": 1,
+                 "extra": ["--out-dim", "64", "--head-hidden-dim", "32", "--head-bottleneck-dim", "16",
+                           "--model-kwargs", "patch_size=8", "embed_dim=32", "depth=2", "init_values=1.0"],
+                 "knn_max_per_class": 4, "knn_val_max_per_class": 2},
         "budgets": {
             "mt_prep": (1, 60), "vision_bench": (5, 40), "mt_train": (8, 45), "mt_generate": (8, 45),
-            "vision_cli": (10, 50), "vision_compile": (5, 40),
+            "vision_cli": (10, 50), "vision_compile": (5, 40), "vision_dino": (10, 50),
         },
     },
 }
@@ -191,7 +200,7 @@ def finite(x: Any) -> bool:
 NOT_SELECTED = "not selected (--stages)"
 # --stages: the groups of stages a run may be limited to (e.g. to re-check some on a second call)
 STAGE_GROUPS = {"vision_bench": ("vision_bench",), "mt": ("mt_prep", "mt_train_resmlp", "mt_train_transformer", "mt_generate"),
-                "vision_cli": ("vision_cli",), "vision_compile": ("vision_compile",)}
+                "vision_cli": ("vision_cli",), "vision_compile": ("vision_compile",), "vision_dino": ("vision_dino",)}
 
 
 class Checks:
@@ -278,6 +287,11 @@ def declare_checks(checks: Checks, mode: str) -> None:
                    "vision.train of ResMLP-S12 with hard distillation: exit 0, every epoch done")
     checks.declare("vision.cli.steps", "vision", "vision_cli", f">= {prof['cli']['min_steps']} training steps (teacher + student)")
     checks.declare("vision.cli.loss_finite", "vision", "vision_cli", "every epoch's training loss finite")
+    checks.declare("vision.dino.train_resume", "vision", "vision_dino",
+                   f"vision.dino ({prof['dino']['config']}): epoch 0, then --resume auto for epoch 1: exit 0 twice, "
+                   f"{prof['dino']['epochs']} epochs in summary.csv, the second run resumed")
+    checks.declare("vision.dino.loss_finite", "vision", "vision_dino", "every epoch's DINO loss finite")
+    checks.declare("vision.dino.knn", "vision", "vision_dino", "vision.knn of the DINO teacher backbone: exit 0, top-1 reported")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,9 +413,9 @@ class Acceptance:
             "workdir": str(self.workdir),
             "data_root": str(self.data_root) if self.data_root else None,
             "machine": {},
-            "settings": {k: self.prof[k] for k in ("mt", "vision", "cli", "budgets")},
+            "settings": {k: self.prof[k] for k in ("mt", "vision", "cli", "dino", "budgets")},
             "translation": {"prep": {}, "train": {}, "generate": {}, "ratios": {}},
-            "vision": {"bench": {}, "compile": {}, "cli": {}},
+            "vision": {"bench": {}, "compile": {}, "cli": {}, "dino": {}},
         }
         self.selected = {st for group in (args.stages or STAGE_GROUPS) for st in STAGE_GROUPS[group]}
         self.prep_thread: Optional[threading.Thread] = None
@@ -459,6 +473,7 @@ class Acceptance:
 
         def vision_rest() -> None:
             self.stage("vision_cli", "vision_cli", self.vision_cli)
+            self.stage("vision_dino", "vision_dino", self.vision_dino)
             self.stage("vision_compile", "vision_compile", self.vision_compile)
 
         if self.mode == "gpu":  # one stage at a time: no stage disturbs another's timing
@@ -780,6 +795,62 @@ class Acceptance:
         self.checks.set("vision.cli.steps", total_steps, total_steps >= cli["min_steps"])
         self.checks.set("vision.cli.loss_finite", all_finite, all_finite)
 
+    def vision_dino(self, cap: float) -> None:
+        """vision.dino for one epoch, ``--resume auto`` for the next, vision.knn of the result."""
+        d = self.prof["dino"]
+        if self.data_root is None or not (self.data_root / "cifar10" / "train").is_dir():
+            raise RuntimeError("CIFAR-10 not found (set RESMLP_DATA or --data-root to the folder holding cifar10/)")
+        data = self.data_root / "cifar10"
+        out = self.workdir / "vision_dino"
+        if out.exists():
+            shutil.rmtree(out)
+        deadline = time.monotonic() + cap
+        res = self.report["vision"]["dino"]
+        base = [sys.executable, "-m", "vision.dino", "--config", d["config"], "--data-dir", str(data), "--output", str(out / "dino"),
+                "--max-per-class", str(d["max_per_class"]), "--batch-size", str(d["batch"]), "--epochs", str(d["epochs"]),
+                "--warmup-epochs", "1", "--warmup-teacher-temp-epochs", "1", "--workers", str(d["workers"]),
+                "--dataset-cache", "memory", "--mean", "0.4914", "0.4822", "0.4465", "--std", "0.2470", "0.2435", "0.2616",
+                "--log-interval", "5", *(["--threads", str(d["threads"])] if d["threads"] else []), *d["extra"]]
+        runs = {"first": base + ["--stop-after-epoch", "0"], "resumed": base + ["--resume", "auto"]}
+        ok = True
+        for name, cmd in runs.items():
+            left = deadline - time.monotonic()
+            if left < 5:
+                res[name] = {"status": "skipped: out of time"}
+                ok = False
+                continue
+            log(f"vision.dino {name}: {' '.join(map(str, cmd[3:]))}")
+            # the first run may use at most 45% of what is left, so the resume and k-NN get their turn
+            proc = run_logged(cmd, self.workdir / "logs" / f"vision_dino_{name}.log", left * 0.45 if name == "first" else left * 0.7,
+                              env=base_env(self.mode), what=f"vision.dino {name}")
+            res[name] = {"process": proc, "command": cmd}
+            ok &= proc["returncode"] == 0
+            if proc["returncode"] != 0:
+                res[name]["log_tail"] = tail(Path(proc["log"]))
+        text = (out / "dino" / "log.txt").read_text(errors="replace") if (out / "dino" / "log.txt").exists() else ""
+        epochs = [(int(m.group(1)), float(m.group(2)), float(m.group(3))) for m in _DINO_EPOCH.finditer(text)]
+        resumed = "resumed from" in text
+        res.update(epochs=[e[0] for e in epochs], losses=[e[1] for e in epochs], img_per_s=[e[2] for e in epochs], resumed=resumed)
+        done = ok and sorted({e[0] for e in epochs}) == list(range(d["epochs"])) and resumed
+        self.checks.set("vision.dino.train_resume", len(epochs), done,
+                        note=f"epochs {res['epochs']}, losses {[round(v, 3) for v in res['losses']]}, resumed: {resumed}")
+        finite_losses = bool(epochs) and all(finite(e[1]) for e in epochs)
+        self.checks.set("vision.dino.loss_finite", finite_losses, finite_losses)
+        log(f"vision.dino: epochs {res['epochs']}, losses {res['losses']}, img/s {res['img_per_s']}, resumed {resumed}")
+        left = deadline - time.monotonic()
+        if not (out / "dino" / "last.pth").exists() or left < 5:
+            self.checks.set("vision.dino.knn", None, False, note="no checkpoint" if left >= 5 else "out of time")
+            return
+        knn = [sys.executable, "-m", "vision.knn", "--checkpoint", str(out / "dino" / "last.pth"), "--data-dir", str(data),
+               "--val-split", "test", "--max-per-class", str(d["knn_max_per_class"]), "--val-max-per-class", str(d["knn_val_max_per_class"]),
+               "--workers", str(d["workers"]), "--k", "20", "--out", str(out / "knn"), *(["--threads", str(d["threads"])] if d["threads"] else [])]
+        proc = run_logged(knn, self.workdir / "logs" / "vision_dino_knn.log", left, env=base_env(self.mode), what="vision.knn")
+        report = json.loads((out / "knn.json").read_text()) if (out / "knn.json").exists() else {}
+        top1 = report.get("results", {}).get("20", {}).get("top1")
+        res["knn"] = {"process": proc, "command": knn, "top1": top1}
+        self.checks.set("vision.dino.knn", top1, proc["returncode"] == 0 and finite(top1),
+                        note=f"k=20 on {d['knn_max_per_class']} train / {d['knn_val_max_per_class']} test images a class")
+
 
 def json_safe(x: Any) -> Any:
     """Strict JSON: a non-finite float becomes the string "nan", "inf" or "-inf"."""
@@ -815,6 +886,7 @@ def vision_config(cli: dict, model: str, model_kwargs: dict, epochs: int, lr: fl
     return cfg
 
 
+_DINO_EPOCH = re.compile(r"epoch (\d+): DINO loss (\S+), (\S+) img/s")
 _EPOCH = re.compile(r"epoch (\d+): train loss (\S+), (\S+) img/s, (\S+) min(?:; val top-1 (\S+) top-5 (\S+) loss (\S+))?")
 
 
@@ -1289,6 +1361,10 @@ def figure_rows(r: Dict[str, Any]) -> List[tuple]:
     if comp.get("img_per_s"):
         rows.append(("vision", f"S12 compiled inference img/s ({comp.get('backend')})",
                      ", ".join(f"{k} {fmt(x)}" for k, x in comp["img_per_s"].items())))
+    dn = v.get("dino", {})
+    if dn.get("epochs"):
+        rows.append(("vision", "vision.dino: DINO loss by epoch / img/s (last epoch) / k-NN top-1",
+                     f"{', '.join(fmt(x) for x in dn['losses'])} / {fmt(dn['img_per_s'][-1])} / {fmt(dn.get('knn', {}).get('top1'))}"))
     for name in ("teacher", "student_hard"):
         f = v.get("cli", {}).get(name)
         if f and "steps" in f:

@@ -34,7 +34,7 @@ def expected_checks(acc, mode: str) -> dict:
 def test_every_check_is_named_once_with_a_threshold(acc):
     for mode in ("gpu", "dry-run"):
         items = expected_checks(acc, mode)
-        assert len(items) == 29
+        assert len(items) == 32
         assert all(i["threshold"] and i["section"] in ("translation", "vision") for i in items.values())
         goals = {n for n, i in items.items() if i["kind"] == "goal"}
         assert goals == {"mt.goal.resmlp_wps_vs_transformer", "vision.goal.s12_folded_img_s", "vision.goal.s12_folded_compiled_img_s"}
@@ -94,7 +94,7 @@ def test_stages_not_selected_are_not_failures(acc, tmp_path):
     assert not ran and run.stages["vision_bench"]["status"] == acc.NOT_SELECTED
     run.stage("vision_cli", "vision_cli", lambda cap: [run.checks.set(n, 0, True) for n in run.checks.items if n.startswith("vision.cli.")])
     for name, budget in (("mt_prep", "mt_prep"), ("mt_train_resmlp", "mt_train"), ("mt_train_transformer", "mt_train"),
-                         ("mt_generate", "mt_generate"), ("vision_compile", "vision_compile")):
+                         ("mt_generate", "mt_generate"), ("vision_dino", "vision_dino"), ("vision_compile", "vision_compile")):
         run.stage(name, budget, ran.append)
     assert not ran
     assert run.finish() == 0
@@ -131,9 +131,9 @@ def test_dry_run(tmp_path, multi30k_dir, cifar10_dir, acc):
     for key in ("translation", "vision", "machine", "settings", "stages", "checks"):
         assert key in report
     assert set(report["translation"]) >= {"prep", "train", "generate", "ratios"}
-    assert set(report["vision"]) >= {"bench", "compile", "cli"}
+    assert set(report["vision"]) >= {"bench", "compile", "cli", "dino"}
     assert set(report["stages"]) == {"vision_bench", "mt_prep", "mt_train_resmlp", "mt_train_transformer", "mt_generate",
-                                     "vision_cli", "vision_compile"}
+                                     "vision_cli", "vision_dino", "vision_compile"}
     assert all(s["status"] == "ok" for s in report["stages"].values())
     checks = {c["name"]: c for c in report["checks"]}
     assert set(checks) == set(expected_checks(acc, "dry-run"))
@@ -150,5 +150,7 @@ def test_dry_run(tmp_path, multi30k_dir, cifar10_dir, acc):
     assert set(bench["inference"]["img_per_s"]) == {"timm", "ours", "ours_folded"}
     assert set(bench["train_step"]["img_per_s"]) == {"timm", "ours"}
     assert report["vision"]["cli"]["student_hard"]["distillation"] == "hard"
+    dino = report["vision"]["dino"]
+    assert dino["epochs"] == [0, 1] and dino["resumed"] and 0.0 <= dino["knn"]["top1"] <= 100.0
     md = Path(f"{out}.md").read_text()
     assert all(name in md for name in checks) and all(name in proc.stdout for name in checks)
