@@ -52,8 +52,12 @@ lines carry the clock time and the seconds since the start.
    class, 50 a class for validation): timm's RegNetY-400MF (a convnet teacher) for one epoch,
    then ResMLP-S12 with hard distillation from it (``--distillation-type hard --teacher-path``,
    DeiT's loss, single head) for three epochs: about 300 steps, bf16 autocast.
-6. ``vision_compile``: the inference measurement with ``torch.compile`` (ours folded, timm,
-   ours), outputs compared with eager, against the paper's 1415 img/s.
+6. ``vision_dino``: ``python -m vision.dino`` with the paper-scale config ``dino_imagenet_s12``
+   (S12 at 224 px, 2 global + 8 local crops, 65536-d head, bf16 autocast) on CIFAR-10 up-sampled
+   (100 images a class): epoch 0, then ``--resume auto`` for epoch 1; then ``python -m vision.knn``
+   of the teacher backbone (k=20; 100 training / 20 test images a class).
+7. ``vision_compile``: the inference measurement with ``torch.compile`` (on the GPU ours folded
+   and timm; in the dry run also ours), outputs compared with eager, against the paper's 1415 img/s.
 
 Results: one table on stdout, ``results/gpu_acceptance.json`` (card, driver, versions,
 settings, every figure, every check, every stage with its time) and ``.md``; logs of every
