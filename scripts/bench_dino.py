@@ -227,6 +227,10 @@ def main(argv=None) -> int:
         "training_minutes": sum(r["train"]["minutes"] for r in dino_rows),
         "img_per_s": [round(r["train"]["img_per_s"], 1) for r in dino_rows],
         "loss_by_epoch": [round(r["train"]["loss"], 4) for r in dino_rows],
+        # collapse monitors (vision.dino.teacher_entropies); absent from runs made before they were logged
+        "teacher_entropy_by_epoch": [round(r["train"]["teacher_entropy"], 3) for r in dino_rows if "teacher_entropy" in r["train"]],
+        "teacher_batch_entropy_by_epoch": [round(r["train"]["teacher_batch_entropy"], 3) for r in dino_rows if "teacher_batch_entropy" in r["train"]],
+        "ln_out_dim": round(math.log(dino_state["args"]["out_dim"]), 3),
         "model": dino_state["model_name"],
         "model_kwargs": dino_state["model_kwargs"],
     }
@@ -267,7 +271,9 @@ def main(argv=None) -> int:
         f"timm {report['machine']['timm']}.\n",
         f"DINO: {dino['model']} {{{', '.join(f'{k}: {v}' for k, v in dino['model_kwargs'].items() if k not in ('num_classes', 'drop_path_rate'))}}}, "
         f"config `{args.dino_config}`, {dino['epochs']} epochs ({plan['epochs']} planned) in {dino['training_minutes']:.1f} training minutes, "
-        f"{dino['img_per_s'][-1] if dino['img_per_s'] else 0} img/s; DINO loss by epoch {dino['loss_by_epoch']}.\n",
+        f"{dino['img_per_s'][-1] if dino['img_per_s'] else 0} img/s; DINO loss by epoch {dino['loss_by_epoch']}"
+        + (f"; teacher entropy per image {dino['teacher_entropy_by_epoch']}, of the batch mean {dino['teacher_batch_entropy_by_epoch']} "
+           f"(ln K = {dino['ln_out_dim']}: both near it = a uniform teacher)" if dino["teacher_entropy_by_epoch"] else "") + ".\n",
         "## Frozen features (CIFAR-10 test)\n",
         "| backbone | k-NN top-1 (k=20, T=0.07) | k-NN top-5 |" + (" linear probe top-1 |" if args.linear else ""),
         "|---|---:|---:|" + ("---:|" if args.linear else ""),

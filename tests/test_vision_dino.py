@@ -32,6 +32,7 @@ from vision.dino import (
     clip_gradients_per_parameter,
     cosine_schedule,
     param_groups,
+    teacher_entropies,
     update_teacher,
 )
 from vision.knn import knn_scores, topk_accuracy
@@ -100,6 +101,25 @@ def test_dino_loss_and_centering_match_hand_computation():
     assert loss_fn.teacher_temp(29) == pytest.approx(0.07) and loss_fn.teacher_temp(99) == pytest.approx(0.07)
     with pytest.raises(ValueError, match="at least the 2 global crops"):
         DINOLoss(3, ncrops=1)
+
+
+def test_teacher_entropies_tell_uniform_collapse_from_one_dimension_and_health():
+    K = 8
+    uniform = torch.full((4, K), 1.0 / K)
+    per_image, of_mean = teacher_entropies(uniform)
+    assert per_image.item() == pytest.approx(math.log(K)) and of_mean.item() == pytest.approx(math.log(K))
+    same_dim = torch.zeros(4, K)
+    same_dim[:, 3] = 1.0
+    per_image, of_mean = teacher_entropies(same_dim)
+    assert per_image.item() == pytest.approx(0.0, abs=1e-6) and of_mean.item() == pytest.approx(0.0, abs=1e-6)
+    healthy = torch.eye(K)[:4]  # one-hot rows on 4 different dimensions
+    per_image, of_mean = teacher_entropies(healthy)
+    assert per_image.item() == pytest.approx(0.0, abs=1e-6) and of_mean.item() == pytest.approx(math.log(4))
+    # DINOLoss records them for the teacher distribution it used: [0.5, 0.5] rows -> ln 2 each
+    loss_fn = DINOLoss(2, ncrops=2, warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=1, nepochs=2)
+    loss_fn(torch.zeros(4, 2), torch.zeros(4, 2), epoch=0)
+    assert loss_fn.last_teacher_entropy.item() == pytest.approx(math.log(2))
+    assert loss_fn.last_teacher_batch_entropy.item() == pytest.approx(math.log(2))
 
 
 def test_update_teacher_is_an_ema_of_the_student_parameters():
@@ -448,6 +468,9 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     assert report["goals"]["finetune_dino_vs_scratch"]["met"] == (ft["from_dino"]["final_top1"] > ft["from_scratch"]["final_top1"])
     assert ft["from_dino"]["epochs"] == ft["from_scratch"]["epochs"] == 1
     assert report["dino"]["epochs"] >= 1 and report["dino"]["model_kwargs"]["embed_dim"] == 32
+    d = report["dino"]  # collapse monitors, one per epoch, between 0 and ln K
+    assert len(d["teacher_entropy_by_epoch"]) == len(d["teacher_batch_entropy_by_epoch"]) == d["epochs"]
+    assert all(0.0 <= h <= d["ln_out_dim"] + 1e-3 for h in d["teacher_entropy_by_epoch"] + d["teacher_batch_entropy_by_epoch"])
     md = (tmp_path / "results" / "dino_cifar10.md").read_text()
     assert "QUICK SMOKE RUN" in md and md.count("**met**") + md.count("**missed**") == 2
     assert (tmp_path / "results" / "dino_cifar10_cross_patch.png").is_file()

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import logging
+import math
 import os
 import random
 import sys
@@ -266,6 +267,11 @@ class DINOLoss(nn.Module):
 
     The teacher temperature is ``linspace(warmup_teacher_temp, teacher_temp,
     warmup_teacher_temp_epochs)`` for the first epochs, then ``teacher_temp``.
+
+    Collapse monitors (no gradient), in nats, of the last call: ``last_teacher_entropy``, the mean
+    over rows of ``H(P_t)``, and ``last_teacher_batch_entropy``, ``H(mean_b P_t)``. Both near
+    ``ln K``: a uniform teacher (collapse to uniform, the loss then sits near ``ln K`` too); both
+    near 0: every image on the same dimension; healthy: the first low, the second high.
     """
 
     def __init__(
@@ -286,6 +292,8 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.ncrops = ncrops
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.last_teacher_entropy = torch.zeros(())
+        self.last_teacher_batch_entropy = torch.zeros(())
         warmup = min(int(warmup_teacher_temp_epochs), nepochs)
         self.teacher_temp_schedule = np.concatenate(
             (np.linspace(warmup_teacher_temp, teacher_temp, warmup), np.ones(nepochs - warmup) * teacher_temp)
@@ -297,7 +305,9 @@ class DINOLoss(nn.Module):
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
         student_out = (student_output / self.student_temp).chunk(self.ncrops)
         temp = self.teacher_temp(epoch)
-        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(2)
+        teacher_probs = F.softmax((teacher_output - self.center) / temp, dim=-1).detach()
+        self.last_teacher_entropy, self.last_teacher_batch_entropy = teacher_entropies(teacher_probs)
+        teacher_out = teacher_probs.chunk(2)
         total_loss, n_loss_terms = 0.0, 0
         for iq, q in enumerate(teacher_out):
             for v in range(len(student_out)):
@@ -320,6 +330,16 @@ class DINOLoss(nn.Module):
             count *= dist.get_world_size()
         batch_center = batch_center / count
         self.center.mul_(self.center_momentum).add_(batch_center.to(self.center.dtype), alpha=1 - self.center_momentum)
+
+
+@torch.no_grad()
+def teacher_entropies(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean_b H(probs[b]), H(mean_b probs[b]))`` in nats for ``probs (B, K)`` (rows sum to 1);
+    0-d tensors on ``probs``' device (no synchronisation)."""
+    probs = probs.float()
+    per_row = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    mean = probs.mean(dim=0)
+    return per_row, -(mean * mean.clamp_min(1e-12).log()).sum()
 
 
 # --------------------------------------------------------------------------------------
@@ -616,7 +636,8 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         _logger.info(
             f"epoch {epoch}: DINO loss {metrics['loss']:.4f}, {metrics['img_per_s']:.1f} img/s, {metrics['minutes']:.2f} min; "
             f"lr {metrics['lr']:.3g}, wd {metrics['wd']:.3g}, teacher momentum {metrics['momentum']:.5f}, teacher temp "
-            f"{metrics['teacher_temp']:.3f}, centre norm {dino_loss.center.norm().item():.3f}"
+            f"{metrics['teacher_temp']:.3f}, centre norm {dino_loss.center.norm().item():.3f}; teacher entropy per image "
+            f"{metrics['teacher_entropy']:.3f}, of the batch mean {metrics['teacher_batch_entropy']:.3f} (ln K = {math.log(args.out_dim):.3f})"
         )
         rng = ckpt_io.gather_rng_state(world_size, distributed)
         if primary:
@@ -657,6 +678,7 @@ def train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, o
     niter = len(loader)
     meter = EpochMeter(loader, f"DINO epoch {epoch}", device, distributed, primary, args.log_interval)
     clip = (lambda: clip_gradients_per_parameter(student, args.clip_grad)) if args.clip_grad else None
+    entropy_sum = torch.zeros(2, device=device)  # the collapse monitors of DINOLoss, summed over steps
     for step, (crops, _labels) in meter:
         it = niter * epoch + step  # global iteration
         for i, group in enumerate(optimizer.param_groups):
@@ -675,10 +697,17 @@ def train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, o
         scaler.step(optimizer)
         scaler.update()
         update_teacher(student, teacher, float(momentum_schedule[it]))
+        entropy_sum += torch.stack([dino_loss.last_teacher_entropy, dino_loss.last_teacher_batch_entropy]).to(device)
         meter.update(step, loss_value, crops[0].shape[0], lr_schedule[it])
     last_it = niter * epoch + niter - 1
+    if distributed:
+        dist.all_reduce(entropy_sum)
+        entropy_sum /= dist.get_world_size()
+    entropy = (entropy_sum / max(niter, 1)).tolist()
     return {
         **meter.summary(),
+        "teacher_entropy": entropy[0],
+        "teacher_batch_entropy": entropy[1],
         "lr": float(lr_schedule[last_it]),
         "wd": float(wd_schedule[last_it]),
         "momentum": float(momentum_schedule[last_it]),
