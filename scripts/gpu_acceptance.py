@@ -179,6 +179,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
 }
 
 SYSTEMS = ("resmlp", "transformer")
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # as vision/configs/cifar10_*.yaml
 
 
 def elapsed() -> float:
@@ -744,15 +745,20 @@ class Acceptance:
         if "error" in res or proc["returncode"] != 0:
             raise RuntimeError(res.get("error") or f"worker exit {proc['returncode']} (timed out: {proc['timed_out']}): {tail(Path(proc['log']), 1500)}")
 
-    def vision_cli(self, cap: float) -> None:
-        cli = self.prof["cli"]
+    def cifar_stage(self, name: str) -> tuple[Path, Path]:
+        """``(CIFAR-10 root, a fresh empty work folder for stage name)`` of a stage that runs the
+        vision CLIs on real images; a missing CIFAR-10 fails the stage with where to put it."""
         if self.data_root is None or not (self.data_root / "cifar10" / "train").is_dir():
             raise RuntimeError("CIFAR-10 not found (set RESMLP_DATA or --data-root to the folder holding cifar10/)")
-        data = self.data_root / "cifar10"
-        out = self.workdir / "vision_cli"
+        out = self.workdir / name
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
+        return self.data_root / "cifar10", out
+
+    def vision_cli(self, cap: float) -> None:
+        cli = self.prof["cli"]
+        data, out = self.cifar_stage("vision_cli")
         deadline = time.monotonic() + cap
         res = self.report["vision"]["cli"]
         res["data"] = str(data)
@@ -802,19 +808,15 @@ class Acceptance:
     def vision_dino(self, cap: float) -> None:
         """vision.dino for one epoch, ``--resume auto`` for the next, vision.knn of the result."""
         d = self.prof["dino"]
-        if self.data_root is None or not (self.data_root / "cifar10" / "train").is_dir():
-            raise RuntimeError("CIFAR-10 not found (set RESMLP_DATA or --data-root to the folder holding cifar10/)")
-        data = self.data_root / "cifar10"
-        out = self.workdir / "vision_dino"
-        if out.exists():
-            shutil.rmtree(out)
+        data, out = self.cifar_stage("vision_dino")
         deadline = time.monotonic() + cap
         res = self.report["vision"]["dino"]
+        threads = ["--threads", str(d["threads"])] if d["threads"] else []
         base = [sys.executable, "-m", "vision.dino", "--config", d["config"], "--data-dir", str(data), "--output", str(out / "dino"),
                 "--max-per-class", str(d["max_per_class"]), "--batch-size", str(d["batch"]), "--epochs", str(d["epochs"]),
                 "--warmup-epochs", "1", "--warmup-teacher-temp-epochs", "1", "--workers", str(d["workers"]),
-                "--dataset-cache", "memory", "--mean", "0.4914", "0.4822", "0.4465", "--std", "0.2470", "0.2435", "0.2616",
-                "--log-interval", "5", *(["--threads", str(d["threads"])] if d["threads"] else []), *d["extra"]]
+                "--dataset-cache", "memory", "--mean", *map(str, CIFAR10_MEAN), "--std", *map(str, CIFAR10_STD),
+                "--log-interval", "5", *threads, *d["extra"]]
         runs = {"first": base + ["--stop-after-epoch", "0"], "resumed": base + ["--resume", "auto"]}
         ok = True
         for name, cmd in runs.items():
@@ -847,7 +849,7 @@ class Acceptance:
             return
         knn = [sys.executable, "-m", "vision.knn", "--checkpoint", str(out / "dino" / "last.pth"), "--data-dir", str(data),
                "--val-split", "test", "--max-per-class", str(d["knn_max_per_class"]), "--val-max-per-class", str(d["knn_val_max_per_class"]),
-               "--workers", str(d["workers"]), "--k", "20", "--out", str(out / "knn"), *(["--threads", str(d["threads"])] if d["threads"] else [])]
+               "--workers", str(d["workers"]), "--k", "20", "--out", str(out / "knn"), *threads]
         proc = run_logged(knn, self.workdir / "logs" / "vision_dino_knn.log", left, env=base_env(self.mode), what="vision.knn")
         report = json.loads((out / "knn.json").read_text()) if (out / "knn.json").exists() else {}
         top1 = report.get("results", {}).get("20", {}).get("top1")
@@ -881,7 +883,7 @@ def vision_config(cli: dict, model: str, model_kwargs: dict, epochs: int, lr: fl
         "warmup_epochs": 0.5 if epochs > 1 else 0.2, "warmup_lr": 1.0e-6, "min_lr": 1.0e-5, "drop_path": 0.0,
         "train_crop": "rrc", "hflip": 0.5, "aa": "none", "color_jitter": 0.0, "reprob": 0.0, "repeated_aug": 0,
         "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1, "model_ema": False, "crop_pct": 1.0, "interpolation": "bicubic",
-        "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "dataset_cache": "memory",
+        "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD), "dataset_cache": "memory",
         "max_per_class": cli["max_per_class"], "val_max_per_class": cli["val_max_per_class"], "workers": cli["workers"],
         "amp": True, "amp_dtype": "bfloat16", "distillation_alpha": 0.5, "distillation_tau": 1.0, "log_interval": 20,
     }

@@ -697,7 +697,7 @@ def train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, o
         scaler.step(optimizer)
         scaler.update()
         update_teacher(student, teacher, float(momentum_schedule[it]))
-        entropy_sum += torch.stack([dino_loss.last_teacher_entropy, dino_loss.last_teacher_batch_entropy]).to(device)
+        entropy_sum += torch.stack([dino_loss.last_teacher_entropy, dino_loss.last_teacher_batch_entropy])
         meter.update(step, loss_value, crops[0].shape[0], lr_schedule[it])
     last_it = niter * epoch + niter - 1
     if distributed:
