@@ -22,6 +22,8 @@ Writes ``RESULTS/NAME.json``, ``RESULTS/NAME.md`` and ``RESULTS/NAME_cross_patch
 k-NN after DINO >= random init + 20 points; fine-tuning from DINO beats scratch at equal epochs.
 Every stage writes into ``--runs-dir`` and is skipped when its output is complete, so an
 interrupted run continues where it stopped (training runs resume with ``--resume auto``).
+A DINO plan or run in ``--runs-dir`` made with another DINO recipe (config or ``--dino-args``) is
+not reused: the script stops and names the flags that differ.
 """
 
 from __future__ import annotations
@@ -59,16 +61,35 @@ def last_epoch(path: Path) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
+def dino_recipe(flags: list[str]):
+    """The resolved ``vision.dino`` arguments of ``flags`` (config defaults applied)."""
+    from vision.config import parse_with_config
+    from vision.dino import build_parser
+
+    return parse_with_config(build_parser(), flags)
+
+
+def check_dino_recipe(saved_args: dict, recipe, where: Path) -> None:
+    """Stop, naming the flags, when ``where`` (the plan or the finished DINO run this call would
+    reuse) was made with another recipe than this call's: its figures would not be this recipe's."""
+    from vision.dino import recipe_changes
+
+    changes = recipe_changes(saved_args, recipe)
+    if changes:
+        raise SystemExit(f"bench_dino: {where} was made with another DINO recipe than this call's ({'; '.join(changes)}); "
+                         "nothing was changed. Pass a new --runs-dir for the new recipe (--supervised CKPT reuses a "
+                         "supervised model already trained), or call with the flags of that run")
+
+
 def measure_dino_img_per_s(args, threads: int) -> float:
     """Images per second of one DINO training step of the config (student on all crops, teacher
     on the 2 global ones, backward, optimizer), on random crops, median of a few steps."""
     import torch
 
-    from vision.config import parse_with_config
-    from vision.dino import DINOLoss, build_parser, build_student_teacher, param_groups
+    from vision.dino import DINOLoss, build_student_teacher, param_groups
 
     torch.set_num_threads(threads)
-    cfg = parse_with_config(build_parser(), ["--config", args.dino_config, "--data-dir", "x", "--output", "x", *args.dino_args])
+    cfg = dino_recipe(["--config", args.dino_config, "--data-dir", "x", "--output", "x", *args.dino_args])
     student, teacher, _ = build_student_teacher(cfg)
     loss_fn = DINOLoss(cfg.out_dim, 2 + cfg.local_crops_number, nepochs=cfg.epochs)
     opt = torch.optim.AdamW(param_groups(student), lr=1e-4)
@@ -165,21 +186,33 @@ def main(argv=None) -> int:
     dino_dir = runs / "dino"
     plan_file = runs / "dino_plan.json"
     n_train = sum(min(len(list(c.iterdir())), 30 if args.quick else 10**9) for c in (args.data_dir / "train").iterdir() if c.is_dir())
+    dino_flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(dino_dir),
+                  "--max-train-minutes", str(args.minutes), "--threads", str(args.threads), "--resume", "auto",
+                  "--log-interval", "20", *subset_train, *args.dino_args]
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
+        if "recipe" in plan:  # plans written before the recipe was recorded are checked by the run below
+            check_dino_recipe(plan["recipe"], dino_recipe(dino_flags), plan_file)
     else:
+        from vision.checkpoint import args_dict
+
         img_s = measure_dino_img_per_s(args, args.threads)
         epochs = max(1, math.floor(args.minutes * 60 * img_s * 0.95 / n_train))  # 5% for data loading and augmentation
-        plan = {"probe_img_per_s": img_s, "train_images": n_train, "epochs": epochs, "minutes_budget": args.minutes}
+        plan = {"probe_img_per_s": img_s, "train_images": n_train, "epochs": epochs, "minutes_budget": args.minutes,
+                "recipe": args_dict(dino_recipe(dino_flags))}  # the config's epochs; the run's are "epochs"
         plan_file.write_text(json.dumps(plan, indent=2))
     log(f"DINO: {plan['probe_img_per_s']:.1f} img/s measured -> {plan['epochs']} epochs of {n_train} images in {args.minutes} minutes")
+    dino_flags += ["--epochs", str(plan["epochs"])]
     done = last_epoch(dino_dir / "last.pth")
+    if done is not None:
+        import torch
+
+        saved = torch.load(dino_dir / "last.pth", map_location="cpu", weights_only=True, mmap=True).get("args") or {}
+        check_dino_recipe(saved, dino_recipe(dino_flags), dino_dir / "last.pth")
     if done is None or done + 1 < plan["epochs"]:
         stopped = (dino_dir / "log.txt").is_file() and "stopping before epoch" in (dino_dir / "log.txt").read_text()
         if not stopped:
-            run([PY, "-m", "vision.dino", "--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(dino_dir),
-                 "--epochs", str(plan["epochs"]), "--max-train-minutes", str(args.minutes), "--threads", str(args.threads),
-                 "--resume", "auto", "--log-interval", "20", *subset_train, *args.dino_args])
+            run([PY, "-m", "vision.dino", *dino_flags])
     dino_ckpt = dino_dir / "last.pth"
 
     # ---- 2. the supervised model of the same size

@@ -24,6 +24,9 @@ import helpers
 import vision  # noqa: F401
 from vision import checkpoint as ckpt_io
 from vision.dino import (
+    RUN_FLAGS,
+    build_parser,
+    recipe_changes,
     DINOHead,
     DINOLoss,
     MultiCropAugmentation,
@@ -120,6 +123,22 @@ def test_teacher_entropies_tell_uniform_collapse_from_one_dimension_and_health()
     loss_fn(torch.zeros(4, 2), torch.zeros(4, 2), epoch=0)
     assert loss_fn.last_teacher_entropy.item() == pytest.approx(math.log(2))
     assert loss_fn.last_teacher_batch_entropy.item() == pytest.approx(math.log(2))
+
+
+def test_recipe_changes_name_recipe_flags_and_ignore_run_flags():
+    from vision.config import parse_with_config
+
+    base = [*TINY_DINO, "--data-dir", "d", "--output", "o"]
+    saved = ckpt_io.args_dict(parse_with_config(build_parser(), base))
+    assert recipe_changes(saved, parse_with_config(build_parser(), base)) == []
+    # where and how it runs may change; the recipe may not
+    moved = parse_with_config(build_parser(), [*base, "--threads", "2", "--data-dir", "elsewhere", "--max-train-minutes", "5"])
+    assert recipe_changes(saved, moved) == []
+    changed = parse_with_config(build_parser(), [*base, "--teacher-temp", "0.04", "--global-crops-scale", "0.3", "1"])
+    assert recipe_changes(saved, changed) == ["--global-crops-scale: [0.4, 1.0] -> [0.3, 1.0]", "--teacher-temp: 0.07 -> 0.04"]
+    # a flag the checkpoint does not record (added later) is not compared
+    assert recipe_changes({k: v for k, v in saved.items() if k != "teacher_temp"}, changed) == ["--global-crops-scale: [0.4, 1.0] -> [0.3, 1.0]"]
+    assert {"threads", "output", "resume", "device"} <= RUN_FLAGS and not RUN_FLAGS & {"lr", "epochs", "seed", "teacher_temp", "model_kwargs"}
 
 
 def test_update_teacher_is_an_ema_of_the_student_parameters():
@@ -417,6 +436,17 @@ def test_dino_cli_bad_input_is_named(jpeg_data, tmp_path, capsys):
     torch.save({"format": ckpt_io.FORMAT, "model_name": "resmlp_s12"}, tmp_path / "sup.pth")
     assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o2"), "--resume", str(tmp_path / "sup.pth")]) == 2
     assert "not a vision.dino checkpoint" in capsys.readouterr().out
+    # a DINO run is resumed with its own recipe: another one is refused, naming the flags
+    from vision.config import parse_with_config
+    from vision.dino import backbone_kwargs
+
+    saved_args = parse_with_config(build_parser(), [*TINY_DINO, "--data-dir", "d", "--output", "o", "--lr", "1e-3"])
+    teacher_kwargs, saved = backbone_kwargs(saved_args, 0.0), ckpt_io.args_dict(saved_args)
+    torch.save({"format": ckpt_io.DINO_FORMAT, "model_name": "resmlp_s12", "model_kwargs": teacher_kwargs, "args": saved},
+               tmp_path / "other_recipe.pth")
+    assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o3"), "--resume",
+                      str(tmp_path / "other_recipe.pth")]) == 2
+    assert "trained with another recipe (--lr: 0.001 -> 0.0005)" in capsys.readouterr().out
     # a DINO backbone has no classifier to evaluate with labels: vision.evaluate says what to use instead
     from vision.evaluate import main as evaluate_main
 
@@ -477,6 +507,17 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     # a second call finds every stage done and only rewrites the report
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0 and "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout
+    # another DINO recipe is refused, naming the flag, rather than served the old run's figures
+    plan = (tmp_path / "runs" / "dino_plan.json").read_text()
+    other = [*cmd[:-2], f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --teacher-temp 0.05", cmd[-1]]
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert refused.returncode != 0 and "-m vision.dino" not in refused.stdout
+    assert "dino_plan.json was made with another DINO recipe" in refused.stderr and "--teacher-temp: 0.04 -> 0.05" in refused.stderr
+    assert (tmp_path / "runs" / "dino_plan.json").read_text() == plan
+    # a plan without a recorded recipe (older runs): the finished run's own arguments are checked
+    (tmp_path / "runs" / "dino_plan.json").write_text(json.dumps({k: v for k, v in json.loads(plan).items() if k != "recipe"}))
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert refused.returncode != 0 and "dino/last.pth was made with another DINO recipe" in refused.stderr
 
 
 @pytest.mark.slow

@@ -497,6 +497,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags that say where and how a run executes, not what it trains: they may change between a run
+# and its resume (another machine, more threads, a time limit). Every other flag is the recipe.
+RUN_FLAGS = frozenset({
+    "config", "data_dir", "output", "resume", "stop_after_epoch", "max_train_minutes", "workers", "pin_mem",
+    "dataset_cache", "bad_images", "device", "amp", "amp_dtype", "threads", "log_interval",
+})
+
+
+def recipe_changes(saved_args: Dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """``--flag: saved -> now`` for every recipe flag (not in :data:`RUN_FLAGS`) whose value in
+    ``args`` differs from ``saved_args`` (a checkpoint's ``args``). Flags the checkpoint does not
+    record (added after it was written) are not compared."""
+    now = ckpt_io.args_dict(args)
+    changes = []
+    for key in sorted(now):
+        if key in RUN_FLAGS or key not in saved_args:
+            continue
+        if saved_args[key] != now[key]:
+            changes.append(f"--{key.replace('_', '-')}: {saved_args[key]!r} -> {now[key]!r}")
+    return changes
+
+
 def backbone_kwargs(args: argparse.Namespace, drop_path: float) -> Dict[str, Any]:
     """``timm.create_model`` arguments of the backbone (no classifier)."""
     return with_model_kwargs(args, num_classes=0, drop_path_rate=drop_path)
@@ -600,6 +622,10 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         if state["model_name"] != args.model or state["model_kwargs"] != teacher_kwargs:
             raise ValueError(f"--resume {resume_path}: the checkpoint is of {state['model_name']} {state['model_kwargs']}, "
                              f"this run trains {args.model} {teacher_kwargs}")
+        changes = recipe_changes(state.get("args") or {}, args)
+        if changes:
+            raise ValueError(f"--resume {resume_path}: the checkpoint was trained with another recipe ({'; '.join(changes)}). "
+                             "A resumed run continues its own recipe: resume with the checkpoint's flags, or start a new --output")
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         dino_loss.load_state_dict(state["dino_loss"])
