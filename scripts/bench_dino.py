@@ -203,12 +203,14 @@ def main(argv=None) -> int:
         plan_file.write_text(json.dumps(plan, indent=2))
     log(f"DINO: {plan['probe_img_per_s']:.1f} img/s measured -> {plan['epochs']} epochs of {n_train} images in {args.minutes} minutes")
     dino_flags += ["--epochs", str(plan["epochs"])]
-    done = last_epoch(dino_dir / "last.pth")
-    if done is not None:
+    done = None
+    if (dino_dir / "last.pth").is_file():  # one read: its epoch, and the recipe it was trained with
         import torch
 
-        saved = torch.load(dino_dir / "last.pth", map_location="cpu", weights_only=True, mmap=True).get("args") or {}
-        check_dino_recipe(saved, dino_recipe(dino_flags), dino_dir / "last.pth")
+        state = torch.load(dino_dir / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+        done = int(state["epoch"])
+        check_dino_recipe(state.get("args") or {}, dino_recipe(dino_flags), dino_dir / "last.pth")
+        del state
     if done is None or done + 1 < plan["epochs"]:
         stopped = (dino_dir / "log.txt").is_file() and "stopping before epoch" in (dino_dir / "log.txt").read_text()
         if not stopped:
