@@ -100,10 +100,16 @@ def test_curves_record_bleu_against_minutes_and_average_the_last_checkpoints(rac
             assert minutes[-1] >= 0.03 and not e["converged"]
         else:  # the tiny model's BLEU can stay at 0: no improvement in 3 evaluations
             assert e["stop_reason"].startswith("early stop") and len(points) >= 4 and e["converged"]
-        assert 1 <= len(e["averaged_checkpoints"]) <= 5
-        for model in ("best", "last", "averaged"):
+        models = ["best", "last"]
+        if e["converged"]:  # a plateau: the last checkpoints are averaged
+            assert 1 <= len(e["averaged_checkpoints"]) <= 5
+            assert e["eval"]["averaged"]["valid"]["sentences"] == 12
+            models.append("averaged")
+        else:  # stopped while rising: no average, the last checkpoint is the reported model
+            assert e["averaged_checkpoints"] == [] and "averaged" not in e["eval"]
+        assert race_mt.reported_model(e) == models[-1]
+        for model in models:
             assert e["eval"][model]["test"]["sentences"] == 10
-        assert e["eval"]["averaged"]["valid"]["sentences"] == 12
     for png in ("mt_curves.png", "mt_curves_en-de.png"):
         assert (raced["results"] / png).stat().st_size > 10_000
 
@@ -190,8 +196,12 @@ def _race(diffs, minutes=25, seeds=3, source="best of the sweep"):
 
 
 def _curves(test_diff, valid_diff, converged=True):
-    def entry(test, valid):
-        return {"eval": {"averaged": {"test": {"sacrebleu": test}, "valid": {"sacrebleu": valid}}}, "converged": converged,
+    def entry(test, valid):  # the last checkpoint 5 points under the average: a goal on it would fail
+        scores = {"averaged": {"test": {"sacrebleu": test}, "valid": {"sacrebleu": valid}},
+                  "last": {"test": {"sacrebleu": test - 5 * (test != 30)}, "valid": {"sacrebleu": valid - 5 * (valid != 30)}}}
+        if not converged:  # a budget-stopped run is reported by its last checkpoint
+            scores = {"averaged": scores["last"], "last": scores["averaged"]}  # an old result's average is ignored
+        return {"eval": scores, "converged": converged,
                 "stop_reason": "early stop" if converged else "training-minutes budget (120 min) reached"}
 
     return {"settings": {"recipe_source": "best of the sweep", "quick": False},
@@ -208,8 +218,35 @@ def test_goals_are_met_or_missed_by_their_figures():
     assert [f["met"] for f in missed[0]["figures"]] == [True, False, True, True]
     assert any("10 minutes" in c for c in missed[0]["caveats"]) and any("not tuned" in c for c in missed[0]["caveats"])
     assert any("not necessarily converged" in c for c in missed[1]["caveats"])
+    assert {f["model"] for f in met[1]["figures"]} == {"average of the last checkpoints"}
+    assert {f["model"] for f in missed[1]["figures"]} == {"last checkpoint"}
+    assert [f["difference"] for f in missed[1]["figures"]] == [pytest.approx(-0.6), pytest.approx(0.3)]
     one_pair = race_mt.assess_goals(_race({"en-de": (2, 2)}), None)
     assert one_pair[0]["status"] == "missed" and one_pair[1]["status"] == "not run"
+
+
+def test_curves_table_averages_only_runs_that_reached_a_plateau():
+    """A run stopped by its minutes budget is still rising: it is reported by its last checkpoint,
+    and an average of its last checkpoints (written by older versions) is not shown or compared."""
+    def entry(converged, last, averaged):
+        score = lambda b: {"test": {"sacrebleu": b}, "valid": {"sacrebleu": b - 1}}  # noqa: E731
+        return {"eval": {"best": score(last), "last": score(last), "averaged": score(averaged)}, "converged": converged,
+                "stop_reason": "early stop" if converged else "training-minutes budget (25 min) reached", "updates": 1500,
+                "train_minutes": 25.0, "best_point": {"valid_bleu": last - 1, "updates": 1500},
+                "averaged_checkpoints": [f"curve_{i}.pt" for i in range(5)], "points": [{"updates": 1500, "train_minutes": 25.0,
+                                                                                        "valid_bleu": last - 1}]}
+
+    d = {"settings": {"recipe_source": "test", "recipes": {}, "method": "test", "max_training_minutes": {"en-de": 120, "en-fr": 25},
+                      "early_stopping": {"en-de": True, "en-fr": False}},
+         "machine": {}, "pairs": {"en-de": {"resmlp": entry(True, 34.0, 36.0), "transformer": entry(True, 35.0, 38.0)},
+                                  "en-fr": {"resmlp": entry(False, 50.0, 49.0), "transformer": entry(False, 52.0, 47.0)}}}
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[1:-1]]
+            for line in race_mt.curves_markdown(d).splitlines() if line.startswith("| en-")}
+    assert rows[("en-de", "resmlp")][-1] == "**36.00 / 35.00** (N=5)"
+    assert rows[("en-de", "**ResMLP − Transformer**")][-1] == "**-2.00 / -2.00**"  # the averages
+    assert rows[("en-fr", "resmlp")][-2:] == ["**50.00 / 49.00**", "— (no plateau: last checkpoint reported)"]
+    assert rows[("en-fr", "**ResMLP − Transformer**")][-2:] == ["**-2.00 / -2.00**", ""]  # the last checkpoints, not +2
+    assert race_mt.reported_model(d["pairs"]["en-fr"]["resmlp"]) == "last"
 
 
 def test_a_cached_result_is_reused_only_with_the_same_settings(tmp_path):
