@@ -19,7 +19,8 @@ Transformer of the same depth, width, MLP size and heads, on Multi30k, in four s
    ``--max-minutes`` of training; En-Fr for ``--fr-minutes`` (no early stopping). A run that
    early-stopped (a plateau) then has its last 5 checkpoints averaged; a run stopped by its
    minutes budget is still rising and is reported by its last checkpoint (averaging would mix
-   in early, weaker models). Best, last (and averaged) models are scored on test and valid. Writes results/mt_curves.{json,md,png} and one PNG per pair.
+   in early, weaker models). Best, last (and averaged) models are scored on test and valid.
+   Writes results/mt_curves.{json,md,png} and one PNG per pair.
 4. ``report``: rebuilds every table and results/mt_report.{md,json} from the JSON files, with
    each goal of the issue stated as met or missed with its figures.
 
@@ -840,6 +841,12 @@ def reported_model(entry: dict) -> str:
     return "averaged" if entry.get("converged") and "averaged" in entry["eval"] else "last"
 
 
+def compared_model(systems: dict) -> str:
+    """The model both systems of a pair are compared by: ``"averaged"`` if each is reported by
+    its average, else ``"last"`` for both (a like-for-like difference)."""
+    return "averaged" if all(reported_model(systems[x]) == "averaged" for x in SYSTEMS) else "last"
+
+
 MODEL_NAMES = {"averaged": "average of the last checkpoints", "last": "last checkpoint"}
 
 
@@ -870,7 +877,7 @@ def curves_markdown(d: dict) -> str:
                 f"| {pair} | {system} | {e['stop_reason']} | {e['updates']} | {e['train_minutes']:.1f} | "
                 f"{bp['valid_bleu']:.2f} (@ {bp['updates']}) | {ev['best']['test']['sacrebleu']:.2f} | {last} | {averaged} |")
         if all(x in systems for x in SYSTEMS):
-            model = "averaged" if all(reported_model(systems[x]) == "averaged" for x in SYSTEMS) else "last"
+            model = compared_model(systems)
             r, t = systems["resmlp"]["eval"][model], systems["transformer"]["eval"][model]
             diff = f"**{r['test']['sacrebleu'] - t['test']['sacrebleu']:+.2f} / {r['valid']['sacrebleu'] - t['valid']['sacrebleu']:+.2f}**"
             lines.append(f"| {pair} | **ResMLP − Transformer** | | | | | | " + (f"| {diff} |" if model == "averaged" else f"{diff} | |"))
@@ -965,7 +972,7 @@ def assess_goals(race: Optional[dict], curves: Optional[dict]) -> List[dict]:
     if curves is not None and "en-de" in curves["pairs"] and all(s in curves["pairs"]["en-de"] for s in SYSTEMS):
         e = curves["pairs"]["en-de"]
         ok = True
-        model = "averaged" if all(reported_model(e[x]) == "averaged" for x in SYSTEMS) else "last"
+        model = compared_model(e)
         for split in SPLITS:
             r, t = e["resmlp"]["eval"][model][split]["sacrebleu"], e["transformer"]["eval"][model][split]["sacrebleu"]
             diff = r - t
