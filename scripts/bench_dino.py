@@ -190,17 +190,18 @@ def main(argv=None) -> int:
     dino_flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(dino_dir),
                   "--max-train-minutes", str(args.minutes), "--threads", str(args.threads), "--resume", "auto",
                   "--log-interval", "20", *subset_train, *args.dino_args]
+    recipe = dino_recipe(dino_flags)  # with the config's epochs: a plan records it before sizing the run
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
         if "recipe" in plan:  # plans written before the recipe was recorded are checked by the run below
-            check_dino_recipe(plan["recipe"], dino_recipe(dino_flags), plan_file)
+            check_dino_recipe(plan["recipe"], recipe, plan_file)
     else:
         from vision.checkpoint import args_dict
 
         img_s = measure_dino_img_per_s(args, args.threads)
         epochs = max(1, math.floor(args.minutes * 60 * img_s * 0.95 / n_train))  # 5% for data loading and augmentation
         plan = {"probe_img_per_s": img_s, "train_images": n_train, "epochs": epochs, "minutes_budget": args.minutes,
-                "recipe": args_dict(dino_recipe(dino_flags))}  # the config's epochs; the run's are "epochs"
+                "recipe": args_dict(recipe)}  # the config's epochs; the run's are "epochs"
         plan_file.write_text(json.dumps(plan, indent=2))
     log(f"DINO: {plan['probe_img_per_s']:.1f} img/s measured -> {plan['epochs']} epochs of {n_train} images in {args.minutes} minutes")
     dino_flags += ["--epochs", str(plan["epochs"])]
