@@ -108,7 +108,7 @@ def measure_dino_img_per_s(args, threads: int) -> float:
 
 def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
     data = ["--data-dir", str(args.data_dir), "--val-split", "test", "--workers", "0", "--threads", str(args.threads),
-            "--batch-size", "256", *args.subset_eval]
+            "--batch-size", "256", *args.subset_eval, "--features-cache", str(out_dir / f"features_{name}.pt")]
     knn_out, lin_out = out_dir / f"knn_{name}", out_dir / f"linear_{name}"
     if not knn_out.with_suffix(".json").is_file():
         run([PY, "-m", "vision.knn", *backbone, *data, "--k", "20", "--temperature", "0.07", "--out", str(knn_out)])

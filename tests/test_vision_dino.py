@@ -411,6 +411,53 @@ def test_dino_cli_resumes_exactly_then_evaluates_and_plots(jpeg_data, tmp_path):
         assert img.size[0] > 600
 
 
+def test_features_cache_serves_knn_and_linear_probe_and_is_refused_for_other_inputs(jpeg_data, tmp_path, monkeypatch, capsys):
+    """--features-cache: the k-NN extracts and keeps the features; the linear probe of the same
+    backbone reads them (no extraction) and scores as on fresh features; another seed, a rewritten
+    weights file or a file that is not a cache make a new extraction."""
+    import vision.features as features_mod
+    from vision.knn import main as knn_main
+    from vision.linear import main as linear_main
+
+    calls = []
+    real_extract = features_mod.extract_features
+
+    def counting_extract(*a, **kw):
+        calls.append(kw.get("desc") or a[-1])
+        return real_extract(*a, **kw)
+
+    monkeypatch.setattr(features_mod, "extract_features", counting_extract)
+    torch.manual_seed(1)
+    weights = tmp_path / "w.pth"
+    torch.save(timm.create_model("resmlp_s12", num_classes=0, **TINY).state_dict(), weights)
+    cache = tmp_path / "cache" / "f.pt"
+    model = [*TINY_ARGS, "img_size=32"]  # --model-kwargs last
+    base = [*model, "--weights", str(weights), "--data-dir", str(jpeg_data), "--val-split", "test", "--workers", "0",
+            "--threads", "1"]
+    assert knn_main([*base, "--features-cache", str(cache), "--out", str(tmp_path / "knn_cached")]) == 0
+    assert len(calls) == 2 and cache.is_file()  # train and val
+    assert linear_main([*base, "--features-cache", str(cache), "--weight-decay", "1e-3", "--out", str(tmp_path / "lin_cached")]) == 0
+    assert knn_main([*base, "--features-cache", str(cache), "--batch-size", "5", "--out", str(tmp_path / "knn_again")]) == 0
+    assert len(calls) == 2 and "from " + str(cache) in capsys.readouterr().out  # batch size does not change the features
+    assert linear_main([*base, "--weight-decay", "1e-3", "--out", str(tmp_path / "lin_fresh")]) == 0
+    assert len(calls) == 4
+    cached, fresh = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lin_cached", "lin_fresh"))
+    assert cached["result"] == fresh["result"] and cached["backbone"] == fresh["backbone"]
+    knn_first, knn_again = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("knn_cached", "knn_again"))
+    assert knn_first["results"] == knn_again["results"]
+    # other inputs are not served from the cache, and replace it
+    random_init = [*model, "--random-init", "--data-dir", str(jpeg_data), "--val-split", "test", "--workers", "0", "--threads", "1"]
+    for seed, expected_calls in (("0", 6), ("1", 8), ("1", 8)):
+        assert knn_main([*random_init, "--seed", seed, "--features-cache", str(cache)]) == 0
+        assert len(calls) == expected_calls, seed
+    torch.save(timm.create_model("resmlp_s12", num_classes=0, **TINY).state_dict(), weights)  # new weights, same path
+    os.utime(weights, ns=(1, 1))
+    assert knn_main([*base, "--features-cache", str(cache)]) == 0 and len(calls) == 10
+    cache.write_text("not a cache")
+    assert knn_main([*base, "--features-cache", str(cache)]) == 0 and len(calls) == 12
+    assert torch.load(cache, weights_only=True)["key"]["weights"]["path"] == str(weights.resolve())
+
+
 def test_dino_cli_bad_input_is_named(jpeg_data, tmp_path, capsys):
     from vision.dino import main as dino_main
     from vision.knn import main as knn_main

@@ -14,6 +14,11 @@ A backbone is given as one of:
 
 Features are the pooled, pre-classifier outputs of the backbone (``num_classes=0``): for a
 ResMLP the mean over patches after the final Affine, ``(B, embed_dim)``.
+
+``--features-cache FILE`` keeps them: the k-NN and the linear probe of one backbone then extract
+them once. The file records what the features depend on (the backbone's flags and files, with
+their size and modification time, the data folder, splits and transform); a file made from
+anything else is not used, and is replaced by the new extraction.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", "-j", type=int, default=2)
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--features-cache", default=None,
+                   help="a .pt file: reuse the features kept there if they were made from the same backbone, data and "
+                        "transform; else extract them and keep them there")
 
 
 def check_backbone_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -177,11 +185,62 @@ def extract_features(model: nn.Module, loader, device: torch.device, desc: str =
     return torch.cat(feats), torch.cat(labels).long()
 
 
+def _file_stamp(path: Optional[str]) -> Optional[Dict[str, Any]]:
+    if not path:
+        return None
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def features_key(args: argparse.Namespace) -> Dict[str, Any]:
+    """What the features of ``args`` depend on, for ``--features-cache``: the backbone's flags and
+    files (path, size, modification time), the data folder, splits and subsets, and the transform
+    flags. Thread count, batch size and device do not change them, and are not in it."""
+    return {
+        "checkpoint": _file_stamp(args.checkpoint), "weights": _file_stamp(args.weights), "model": args.model,
+        "pretrained": bool(args.pretrained), "random_init": bool(args.random_init),
+        "seed": args.seed if args.random_init else None, "model_kwargs": dict(args.model_kwargs or {}),
+        "use_ema": bool(args.use_ema), "data_dir": str(Path(args.data_dir).resolve()), "train_split": args.train_split,
+        "val_split": args.val_split, "max_per_class": args.max_per_class, "val_max_per_class": args.val_max_per_class,
+        "img_size": args.img_size, "crop_pct": args.crop_pct, "interpolation": args.interpolation,
+        "mean": list(args.mean) if args.mean else None, "std": list(args.std) if args.std else None,
+    }
+
+
+def load_cached_features(path: str | Path, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The features kept in ``path`` if they were made with ``key``, else None (no file, another
+    backbone or data, or a file that is not a features cache: each logged)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file is replaced, not trusted
+        _logger.warning("--features-cache %s: not readable as a features cache (%s); extracting again", path, err)
+        return None
+    if not isinstance(kept, dict) or kept.get("key") != key:
+        changed = sorted(k for k in key if not isinstance(kept, dict) or (kept.get("key") or {}).get(k) != key[k])
+        _logger.info("--features-cache %s was made from another %s; extracting again", path, ", ".join(changed) or "format")
+        return None
+    features = kept["features"]
+    features["train"], features["val"] = tuple(features["train"]), tuple(features["val"])
+    features["cached_in"] = str(path)
+    return features
+
+
 def features_for(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything an evaluation needs: the backbone's train and val features and labels, the
-    classes, the description of the backbone and the transform, and the extraction time."""
+    classes, the description of the backbone and the transform, and the extraction time (of
+    the extraction that made them, when they come from ``--features-cache``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    cache = getattr(args, "features_cache", None)
+    key = features_key(args) if cache else None
+    if cache:
+        features = load_cached_features(cache, key)
+        if features is not None:
+            print(f"features of {features['train'][0].shape[0]} train / {features['val'][0].shape[0]} val images from {cache}")
+            return features
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, info = load_backbone(args)
     data_config = resolve_data_config(args, info)
@@ -189,7 +248,7 @@ def features_for(args: argparse.Namespace) -> Dict[str, Any]:
     start = time.perf_counter()
     train_x, train_y = extract_features(model, train_loader, device, "train features")
     val_x, val_y = extract_features(model, val_loader, device, "val features")
-    return {
+    features = {
         "train": (train_x, train_y),
         "val": (val_x, val_y),
         "classes": classes,
@@ -198,6 +257,12 @@ def features_for(args: argparse.Namespace) -> Dict[str, Any]:
         "extract_seconds": time.perf_counter() - start,
         "device": str(device),
     }
+    if cache:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{cache}.tmp")
+        torch.save({"key": key, "features": features}, tmp)
+        os.replace(tmp, cache)  # a reader never sees half a file
+    return features
 
 
 def write_report(out: str | Path, report: Dict[str, Any], markdown: str) -> tuple[Path, Path]:
@@ -236,6 +301,8 @@ __all__ = [
     "resolve_data_config",
     "build_loaders",
     "extract_features",
+    "features_key",
+    "load_cached_features",
     "features_for",
     "write_report",
     "describe",
