@@ -580,3 +580,25 @@ def test_dino_ddp_with_two_cpu_processes(jpeg_data, tmp_path):
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["epoch"] == 0 and len(state["rng"]) == 2  # one generator state per rank
     assert torch.isfinite(state["dino_loss"]["center"]).all() and state["dino_loss"]["center"].abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_screen_dino_runs_screens_side_by_side_reports_and_reuses(jpeg_data, tmp_path):
+    """scripts/screen_dino.py on the tiny JPEGs: two screens at once, a table with both and the
+    random-init k-NN; a second call reuses the runs; a run folder made with other flags is refused."""
+    small = "--batch-size 8 --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --model-kwargs patch_size=8 embed_dim=32 depth=2"
+    common = [sys.executable, str(REPO / "scripts" / "screen_dino.py"), "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
+              "--results-dir", str(tmp_path / "results"), "--only", "short_sched", "lr_4x", "--parallel", "2"]
+    first = helpers.run([*common, "--dino-args", small], timeout=600)
+    assert first.stdout.count("-m vision.dino") == 2
+    report = json.loads((tmp_path / "results" / "dino_screens.json").read_text())
+    assert set(report["screens"]) == {"short_sched", "lr_4x"} and 0 <= report["random_init_knn_top1"] <= 100
+    for row in report["screens"].values():
+        assert row["epochs"] == 1 and row["threads"] == 1 and row["ln_out_dim"] == round(math.log(64), 3)
+    assert "--lr 4e-3" in " ".join(report["screens"]["lr_4x"]["flags"])
+    md = (tmp_path / "results" / "dino_screens.md").read_text()
+    assert "| lr_4x |" in md and "| short_sched |" in md
+    again = helpers.run([*common, "--dino-args", small], timeout=600)
+    assert "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout
+    refused = helpers.run([*common, "--dino-args", small.replace("--out-dim 64", "--out-dim 32")], check=False, timeout=600)
+    assert refused.returncode != 0 and "--out-dim: 64 -> 32" in refused.stderr

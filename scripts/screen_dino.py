@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Short DINO runs on CIFAR-10 that compare recipes before a 60-minute run (issue 9), by k-NN.
+
+    scripts/screen_dino.py                          # every screen below not yet done, 2 at a time
+    scripts/screen_dino.py --only short_sched lr_4x # some of them
+    scripts/screen_dino.py --list                   # the screens and their flags
+
+Each screen is ``python -m vision.dino --config dino_cifar10_cpu`` with a few flags changed, for
+the epochs it names, on the CIFAR-10 training images (labels unused); then the weighted k-NN
+(k=20, T=0.07) of its teacher on the CIFAR-10 test split, and once the k-NN of the same network
+at random initialisation (seed 0, the DINO runs' own initial weights). ``--parallel 2`` runs two
+screens side by side with one thread each: the same conditions for both, in half the wall clock.
+Accuracy does not depend on the thread count; the training minutes in the table do, so they
+compare only screens that ran the same way (the table says how each ran).
+
+Writes ``RESULTS/NAME.json`` and ``RESULTS/NAME.md`` (default ``results/dino_screens``). A screen
+whose run folder holds a finished run and its k-NN is not run again; a run folder made with other
+flags than the screen's stops the script, naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench_dino import PY, REPO, dino_recipe, last_epoch
+
+
+def log(msg: str) -> None:
+    print(f"[screen_dino {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+# The DINO recipe of dino_cifar10_cpu has schedules counted in epochs, made for 100-300 epochs: in
+# a run of a few epochs the last layer is frozen for a quarter of it, the teacher momentum reaches
+# 1 (a frozen teacher) and the weight decay climbs to 0.4. "short_sched" scales them to the run.
+SHORT_SCHED = ["--freeze-last-layer", "0", "--momentum-teacher", "0.99", "--out-dim", "1024", "--weight-decay-end", "0.04"]
+TWO_CROPS = ["--local-crops-number", "0", "--global-crops-scale", "0.2", "1.0", "--blur-probs", "0", "0", "0"]
+SCREENS: dict[str, dict] = {
+    "config": {"epochs": 1, "flags": [], "why": "the committed recipe (dino_cifar10_cpu)"},
+    "short_sched": {"epochs": 1, "flags": SHORT_SCHED,
+                    "why": "schedules for a short run: last layer never frozen, teacher momentum 0.99 -> 1, weight decay "
+                           "0.04 constant; 1024 outputs"},
+    "lr_4x": {"epochs": 1, "flags": [*SHORT_SCHED, "--lr", "4e-3"], "why": "short_sched with 4x the peak lr (2e-3 at batch 128)"},
+    "lr_10x": {"epochs": 1, "flags": [*SHORT_SCHED, "--lr", "1e-2"], "why": "short_sched with 10x the peak lr (5e-3 at batch 128)"},
+    # A 32 px local crop at scale 0.05-0.4 is 7-20 px of the image blown up to 32 px, and costs as much as a global crop:
+    # CIFAR recipes of DINO-like methods use 2 crops (scale 0.2-1) and no blur. 2 crops cost 8/14 of 2 + 2, so 2 epochs of
+    # them take about as long as 1 epoch of the screens above.
+    "two_crops": {"epochs": 2, "flags": [*SHORT_SCHED, *TWO_CROPS],
+                  "why": "short_sched with 2 global crops at scale 0.2-1, no local crop, no blur; 2 epochs (about the time of 1 above)"},
+    "two_crops_free_norm": {"epochs": 2, "flags": [*SHORT_SCHED, *TWO_CROPS, "--no-norm-last-layer"],
+                            "why": "two_crops with the head's last-layer norm learned (DINO's norm_last_layer False: logits can sharpen)"},
+    # In every screen above the teacher's entropy stays at its value at initialisation (about 6.2-6.3 of ln 1024 = 6.93):
+    # the head's logits (cosines, spread about 0.05) are too close for a teacher at 0.04 to give sharp targets.
+    # A colder teacher amplifies the differences.
+    "teacher_temp_002": {"epochs": 2, "flags": [*SHORT_SCHED, *TWO_CROPS, "--teacher-temp", "0.02", "--warmup-teacher-temp", "0.02"],
+                         "why": "two_crops with the teacher at temperature 0.02"},
+    "teacher_temp_001": {"epochs": 2, "flags": [*SHORT_SCHED, *TWO_CROPS, "--teacher-temp", "0.01", "--warmup-teacher-temp", "0.01"],
+                         "why": "two_crops with the teacher at temperature 0.01"},
+}
+
+
+def run_logged(cmd: list[str], log_file: Path) -> None:
+    """Run ``cmd`` with its output in ``log_file`` (two screens side by side would interleave)."""
+    log(f"$ {shlex.join(cmd)}  > {log_file}")
+    with open(log_file, "a") as out:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"screen_dino: command failed ({proc.returncode}), see {log_file}: {shlex.join(cmd)}")
+
+
+def knn(backbone: list[str], out: Path, args, threads: int) -> dict:
+    if not out.with_suffix(".json").is_file():
+        run_logged([PY, "-m", "vision.knn", *backbone, "--data-dir", str(args.data_dir), "--val-split", "test", "--workers", "0",
+                    "--threads", str(threads), "--batch-size", "256", *args.subset_eval, "--k", "20", "--temperature", "0.07", "--out", str(out)],
+                   out.parent / f"{out.name}.log")
+    return json.loads(out.with_suffix(".json").read_text())["results"]["20"]
+
+
+def screen(name: str, args, threads: int) -> dict:
+    """Train screen ``name`` (or reuse its finished run) and k-NN its teacher; its report row."""
+    spec = SCREENS[name]
+    folder = args.runs_dir / name
+    flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(folder), "--epochs", str(spec["epochs"]),
+             "--threads", str(threads), "--resume", "auto", "--log-interval", "20", *args.subset_train, *spec["flags"], *args.dino_args]
+    done = last_epoch(folder / "last.pth")
+    if done is not None:
+        import torch
+
+        from vision.dino import recipe_changes
+
+        saved = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True).get("args") or {}
+        changes = recipe_changes(saved, dino_recipe(flags))
+        if changes:
+            raise SystemExit(f"screen_dino: {folder / 'last.pth'} was trained with other flags than screen {name!r} "
+                             f"({'; '.join(changes)}); nothing was changed. Move that folder away or give --runs-dir")
+    if done is None or done + 1 < spec["epochs"]:
+        folder.mkdir(parents=True, exist_ok=True)
+        run_logged([PY, "-m", "vision.dino", *flags], folder / "train.log")
+    result = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn", args, threads)
+    import torch
+
+    state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+    rows = [r["train"] for r in state["summary"]]
+    return {
+        "name": name, "why": spec["why"], "flags": [*spec["flags"], *args.dino_args], "epochs": state["epoch"] + 1,
+        "threads": int(state["args"].get("threads") or 0),
+        "training_minutes": round(sum(r["minutes"] for r in rows), 2), "img_per_s": round(rows[-1]["img_per_s"], 1),
+        "loss_by_epoch": [round(r["loss"], 4) for r in rows],
+        "teacher_entropy": round(rows[-1].get("teacher_entropy", math.nan), 3),
+        "teacher_batch_entropy": round(rows[-1].get("teacher_batch_entropy", math.nan), 3),
+        "ln_out_dim": round(math.log(state["args"]["out_dim"]), 3),
+        "knn_top1": result["top1"], "knn_top5": result["top5"],
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_data = Path(__import__("os").environ.get("CIFAR10_DIR", REPO.parent / "shared" / "data" / "cifar10"))
+    p.add_argument("--data-dir", type=Path, default=default_data, help="CIFAR-10 ImageFolder root (train/, test/); env CIFAR10_DIR")
+    p.add_argument("--only", nargs="+", default=None, choices=sorted(SCREENS), help="these screens (default: all)")
+    p.add_argument("--list", action="store_true", help="print the screens and exit")
+    p.add_argument("--parallel", type=int, default=2, help="screens trained at once, each with 2 // parallel threads (min 1)")
+    p.add_argument("--dino-config", default="dino_cifar10_cpu")
+    p.add_argument("--dino-args", default="", help="more vision.dino flags for every screen, one string (e.g. \"--batch-size 64\")")
+    p.add_argument("--max-per-class", type=int, default=None, help="train on (and k-NN against) the first K images of each class")
+    p.add_argument("--val-max-per-class", type=int, default=None, help="k-NN of the first K test images of each class")
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "dino_screens")
+    p.add_argument("--results-dir", type=Path, default=REPO / "results")
+    p.add_argument("--name", default="dino_screens")
+    args = p.parse_args(argv)
+    args.dino_args = shlex.split(args.dino_args)
+    args.subset_train = ["--max-per-class", str(args.max_per_class)] if args.max_per_class else []
+    args.subset_eval = [*args.subset_train, *(["--val-max-per-class", str(args.val_max_per_class)] if args.val_max_per_class else [])]
+    if args.list:
+        for name, spec in SCREENS.items():
+            print(f"{name}: {spec['epochs']} epoch(s), {shlex.join(spec['flags']) or '(no flags)'}\n    {spec['why']}")
+        return 0
+    if not (args.data_dir / "train").is_dir() or not (args.data_dir / "test").is_dir():
+        p.error(f"--data-dir {args.data_dir}: expected train/ and test/ ImageFolder splits (CIFAR-10)")
+    if args.parallel < 1:
+        p.error("--parallel must be >= 1")
+    names = args.only or list(SCREENS)
+    threads = max(1, 2 // args.parallel)
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {name: pool.submit(screen, name, args, threads) for name in names}
+        rows = {name: f.result() for name, f in futures.items()}
+    random_init = knn(["--checkpoint", str(args.runs_dir / names[0] / "last.pth"), "--random-init", "--seed", "0"],
+                      args.runs_dir / "knn_random_init", args, 2)
+    json_path, md_path = args.results_dir / f"{args.name}.json", args.results_dir / f"{args.name}.md"
+    previous = json.loads(json_path.read_text()).get("screens", {}) if json_path.is_file() else {}
+    screens = {**previous, **rows}  # screens reported before and not rerun this call stay in the table
+    report = {"command": "scripts/screen_dino.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"], "screens": screens}
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md = [
+        "# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 test)\n",
+        f"`scripts/screen_dino.py` (config `{args.dino_config}`, flags below changed). Same network at random init: k-NN top-1 "
+        f"**{random_init['top1']:.2f}**. Threads: the torch threads of each run (2 screens side by side run with 1 each); "
+        "training minutes compare only rows with the same threads.\n",
+        "| screen | changed flags | epochs | threads | training min | final loss | teacher entropy / ln K | k-NN top-1 | vs random init |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in screens.values():
+        md.append(f"| {r['name']} | `{shlex.join(r['flags']) or '-'}` | {r['epochs']} | {r['threads']} | {r['training_minutes']:.1f} | "
+                  f"{r['loss_by_epoch'][-1]:.3f} | {r['teacher_entropy']:.2f} / {r['ln_out_dim']:.2f} | {r['knn_top1']:.2f} | "
+                  f"{r['knn_top1'] - random_init['top1']:+.2f} |")
+    md += ["", *[f"- **{r['name']}**: {r['why']}." for r in screens.values()]]
+    md_path.write_text("\n".join(md) + "\n")
+    log(f"wrote {json_path} and {md_path}")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
