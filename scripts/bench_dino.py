@@ -40,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+DEFAULT_DATA = Path(os.environ.get("RESMLP_DATA", REPO.parent / "shared" / "data")) / "cifar10"
 
 
 def log(msg: str) -> None:
@@ -69,16 +70,17 @@ def dino_recipe(flags: list[str]):
     return parse_with_config(build_parser(), flags)
 
 
-def check_dino_recipe(saved_args: dict, recipe, where: Path) -> None:
+def check_dino_recipe(saved_args: dict, recipe, where: Path, prog: str = "bench_dino",
+                      advice: str = "Pass a new --runs-dir for the new recipe (--supervised CKPT reuses a supervised model "
+                                    "already trained), or call with the flags of that run") -> None:
     """Stop, naming the flags, when ``where`` (the plan or the finished DINO run this call would
     reuse) was made with another recipe than this call's: its figures would not be this recipe's."""
     from vision.dino import recipe_changes
 
     changes = recipe_changes(saved_args, recipe)
     if changes:
-        raise SystemExit(f"bench_dino: {where} was made with another DINO recipe than this call's ({'; '.join(changes)}); "
-                         "nothing was changed. Pass a new --runs-dir for the new recipe (--supervised CKPT reuses a "
-                         "supervised model already trained), or call with the flags of that run")
+        raise SystemExit(f"{prog}: {where} was made with another DINO recipe than this call's ({'; '.join(changes)}); "
+                         f"nothing was changed. {advice}")
 
 
 def measure_dino_img_per_s(args, threads: int) -> float:
@@ -139,8 +141,7 @@ def train_summary(folder: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_data = Path(os.environ.get("RESMLP_DATA", REPO.parent / "shared" / "data")) / "cifar10"
-    p.add_argument("--data-dir", type=Path, default=default_data, help="CIFAR-10 ImageFolder root (train/, test/)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
     p.add_argument("--minutes", type=float, default=60.0, help="DINO training budget")
     p.add_argument("--supervised", type=Path, default=None, help="a vision.train checkpoint of the same model (else trained here)")
     p.add_argument("--supervised-epochs", type=int, default=15)

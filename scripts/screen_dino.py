@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_dino import PY, REPO, dino_recipe, last_epoch
+from bench_dino import DEFAULT_DATA, PY, REPO, check_dino_recipe, dino_recipe
 
 
 def log(msg: str) -> None:
@@ -102,27 +102,23 @@ def knn(backbone: list[str], out: Path, args, threads: int) -> dict:
 
 def screen(name: str, args, threads: int) -> dict:
     """Train screen ``name`` (or reuse its finished run) and k-NN its teacher; its report row."""
+    import torch
+
     spec = SCREENS[name]
     folder = args.runs_dir / name
     flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(folder), "--epochs", str(spec["epochs"]),
              "--threads", str(threads), "--resume", "auto", "--log-interval", "20", *args.subset_train, *screen_flags(name), *args.dino_args]
-    done = last_epoch(folder / "last.pth")
-    if done is not None:
-        import torch
-
-        from vision.dino import recipe_changes
-
-        saved = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True).get("args") or {}
-        changes = recipe_changes(saved, dino_recipe(flags))
-        if changes:
-            raise SystemExit(f"screen_dino: {folder / 'last.pth'} was trained with other flags than screen {name!r} "
-                             f"({'; '.join(changes)}); nothing was changed. Move that folder away or give --runs-dir")
+    done = None
+    if (folder / "last.pth").is_file():  # one read: its epoch, and the flags it was trained with
+        saved = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+        done = int(saved["epoch"])
+        check_dino_recipe(saved.get("args") or {}, dino_recipe(flags), folder / "last.pth", prog="screen_dino",
+                          advice=f"Move that folder away or give --runs-dir to run screen {name!r}")
+        del saved
     if done is None or done + 1 < spec["epochs"]:
         folder.mkdir(parents=True, exist_ok=True)
         run_logged([PY, "-m", "vision.dino", *flags], folder / "train.log")
     result = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn", args, threads)
-    import torch
-
     state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
     rows = [r["train"] for r in state["summary"]]
     return {
@@ -140,8 +136,7 @@ def screen(name: str, args, threads: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_data = Path(__import__("os").environ.get("CIFAR10_DIR", REPO.parent / "shared" / "data" / "cifar10"))
-    p.add_argument("--data-dir", type=Path, default=default_data, help="CIFAR-10 ImageFolder root (train/, test/); env CIFAR10_DIR")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
     p.add_argument("--only", nargs="+", default=None, choices=sorted(SCREENS), help="these screens (default: all)")
     p.add_argument("--list", action="store_true", help="print the screens and exit")
     p.add_argument("--parallel", type=int, default=2, help="screens trained at once, each with 2 // parallel threads (min 1)")

@@ -234,9 +234,9 @@ def features_for(args: argparse.Namespace) -> Dict[str, Any]:
     the extraction that made them, when they come from ``--features-cache``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    cache = getattr(args, "features_cache", None)
-    key = features_key(args) if cache else None
+    cache, key = getattr(args, "features_cache", None), None
     if cache:
+        key = features_key(args)
         features = load_cached_features(cache, key)
         if features is not None:
             print(f"features of {features['train'][0].shape[0]} train / {features['val'][0].shape[0]} val images from {cache}")
