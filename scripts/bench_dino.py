@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Issue 9's CPU runs: self-supervised ResMLP (DINO) on CIFAR-10, evaluated and fine-tuned.
 
-    scripts/bench_dino.py                       # = make bench-dino: the real runs (about 2 hours on 2 cores)
+    scripts/bench_dino.py                       # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
     scripts/bench_dino.py --quick               # a smoke test on a slice of the data (a few minutes)
 
 1. **DINO** (``vision.dino --config dino_cifar10_cpu``) on the CIFAR-10 training images, labels
    unused, for at most ``--minutes`` (60) of training: the number of epochs is set from a
-   measured step time so that the cosine schedules end inside the budget, and
-   ``--max-train-minutes`` stops at an epoch boundary if it would not.
+   measured speed (one short DINO epoch on real images, loader and augmentation included) so
+   that the cosine schedules end inside the budget, and ``--max-train-minutes`` stops at an
+   epoch boundary if it would not.
 2. **The supervised model of the same size** (``vision.train --config cifar10_cpu``, the README's
    CIFAR-10 run, ``--supervised-epochs`` 15), or ``--supervised CKPT`` to reuse one.
 3. **k-NN** (k=20, T=0.07) and **linear probe** on the CIFAR-10 test split for the DINO teacher,
@@ -83,29 +84,23 @@ def check_dino_recipe(saved_args: dict, recipe, where: Path, prog: str = "bench_
                          f"nothing was changed. {advice}")
 
 
-def measure_dino_img_per_s(args, threads: int) -> float:
-    """Images per second of one DINO training step of the config (student on all crops, teacher
-    on the 2 global ones, backward, optimizer), on random crops, median of a few steps."""
+def measure_dino_img_per_s(args, batch_size: int, probe_dir: Path, n_classes: int) -> float:
+    """Images per second of DINO training with this call's recipe, measured by training it: one
+    ``vision.dino`` epoch of ``--probe-steps`` batches on a class-balanced slice of the training
+    images, so that decoding, multi-crop augmentation and the loader are timed with the model
+    steps (in a short run with ``workers: 0`` they are a large share of a step). The first steps,
+    slower, are kept in: the estimate errs on the slow side."""
+    import shutil
+
     import torch
 
-    from vision.dino import DINOLoss, build_student_teacher, param_groups
-
-    torch.set_num_threads(threads)
-    cfg = dino_recipe(["--config", args.dino_config, "--data-dir", "x", "--output", "x", *args.dino_args])
-    student, teacher, _ = build_student_teacher(cfg)
-    loss_fn = DINOLoss(cfg.out_dim, 2 + cfg.local_crops_number, nepochs=cfg.epochs)
-    opt = torch.optim.AdamW(param_groups(student), lr=1e-4)
-    crops = [torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size) for _ in range(2 + cfg.local_crops_number)]
-    times = []
-    for _ in range(args.probe_steps):
-        start = time.perf_counter()
-        loss = loss_fn(student(crops), teacher(crops[:2]).detach(), 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    times = sorted(times[2:] or times)  # the first steps allocate and warm up
-    return cfg.batch_size / times[len(times) // 2]
+    per_class = math.ceil(batch_size * args.probe_steps / n_classes) + 1
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    run([PY, "-m", "vision.dino", "--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(probe_dir),
+         "--threads", str(args.threads), "--log-interval", "1000", *args.dino_args, "--epochs", "1", "--max-per-class", str(per_class)])
+    row = torch.load(probe_dir / "last.pth", map_location="cpu", weights_only=True, mmap=True)["summary"][-1]
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    return float(row["train"]["img_per_s"])
 
 
 def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
@@ -151,8 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--dino-args", default="", help="more vision.dino flags, one string (e.g. \"--batch-size 64\")")
     p.add_argument("--train-args", default="", help="more vision.train flags for the supervised and fine-tuning runs")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--probe-steps", type=int, default=8,
-                   help="DINO steps timed to plan the epochs (median of all but the first 2)")
+    p.add_argument("--probe-steps", type=int, default=10,
+                   help="DINO steps (real data, augmentation and loader included) timed to plan the epochs")
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="also the linear probe")
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench_dino")
     p.add_argument("--results-dir", type=Path, default=REPO / "results")
@@ -187,7 +182,8 @@ def main(argv=None) -> int:
     # ---- 1. DINO, epochs sized to the budget
     dino_dir = runs / "dino"
     plan_file = runs / "dino_plan.json"
-    n_train = sum(min(len(list(c.iterdir())), 30 if args.quick else 10**9) for c in (args.data_dir / "train").iterdir() if c.is_dir())
+    class_dirs = [c for c in (args.data_dir / "train").iterdir() if c.is_dir()]
+    n_train, n_classes = sum(min(len(list(c.iterdir())), 30 if args.quick else 10**9) for c in class_dirs), len(class_dirs)
     dino_flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(dino_dir),
                   "--max-train-minutes", str(args.minutes), "--threads", str(args.threads), "--resume", "auto",
                   "--log-interval", "20", *subset_train, *args.dino_args]
@@ -195,12 +191,13 @@ def main(argv=None) -> int:
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
         if "recipe" in plan:  # plans written before the recipe was recorded are checked by the run below
-            check_dino_recipe(plan["recipe"], recipe, plan_file)
+            # the epochs are the plan's own ("epochs"), not the config's: a config whose epochs changed is the same recipe
+            check_dino_recipe({k: v for k, v in plan["recipe"].items() if k != "epochs"}, recipe, plan_file)
     else:
         from vision.checkpoint import args_dict
 
-        img_s = measure_dino_img_per_s(args, args.threads)
-        epochs = max(1, math.floor(args.minutes * 60 * img_s * 0.95 / n_train))  # 5% for data loading and augmentation
+        img_s = measure_dino_img_per_s(args, recipe.batch_size, runs / "dino_probe", n_classes)
+        epochs = max(1, math.floor(args.minutes * 60 * img_s * 0.95 / n_train))  # 5% for the variation of step times
         plan = {"probe_img_per_s": img_s, "train_images": n_train, "epochs": epochs, "minutes_budget": args.minutes,
                 "recipe": args_dict(recipe)}  # the config's epochs; the run's are "epochs"
         plan_file.write_text(json.dumps(plan, indent=2))

@@ -536,6 +536,11 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
            f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16", f"--train-args={tiny}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the epochs are planned from a real DINO epoch on a slice (loader and augmentation timed), then the probe is removed
+    probe_cmd = next(line for line in proc.stdout.splitlines() if "dino_probe" in line and "-m vision.dino" in line)
+    assert "--epochs 1 --max-per-class" in probe_cmd and not (tmp_path / "runs" / "dino_probe").exists()
+    plan = json.loads((tmp_path / "runs" / "dino_plan.json").read_text())
+    assert plan["probe_img_per_s"] > 0 and plan["epochs"] >= 1
     report = json.loads((tmp_path / "results" / "dino_cifar10.json").read_text())
     ev = report["frozen_features"]
     assert set(ev) == {"dino", "random_init", "supervised"} and ev["dino"]["train_images"] == 24 and ev["dino"]["test_images"] == 12
@@ -554,6 +559,10 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     # a second call finds every stage done and only rewrites the report
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0 and "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout
+    # the epochs are the plan's: a config (here --epochs) with other epochs is the same recipe, and the run is reused
+    same = [*cmd[:-2], f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --epochs 7", cmd[-1]]
+    reused = subprocess.run(same, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert reused.returncode == 0 and "-m vision.dino" not in reused.stdout, reused.stderr[-2000:]
     # another DINO recipe is refused, naming the flag, rather than served the old run's figures
     plan = (tmp_path / "runs" / "dino_plan.json").read_text()
     other = [*cmd[:-2], f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --teacher-temp 0.05", cmd[-1]]
