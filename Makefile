@@ -50,7 +50,8 @@ bench-vision:
 # Issue 9, self-supervised ResMLP: DINO on the CIFAR-10 training images for at most 60 minutes, k-NN and
 # linear probe against random init and the supervised model of the same size (trained here, 15 epochs,
 # unless BENCH_DINO_ARGS="--supervised CKPT"), fine-tuning from DINO vs scratch (3 epochs each);
-# results/dino_cifar10.{json,md,_cross_patch.png}. About 3 hours on 2 cores; resumes where it stopped.
+# results/dino_cifar10.{json,md,_cross_patch.png}. About 2.5 hours on 2 cores (80 minutes with --supervised
+# CKPT); resumes where it stopped.
 # BENCH_DINO_ARGS=--quick: a smoke test on a slice of the data (a few minutes, runs/bench_dino_quick/).
 bench-dino:
 	$(PY) scripts/bench_dino.py $(BENCH_DINO_ARGS)

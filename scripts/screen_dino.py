@@ -5,8 +5,9 @@
     scripts/screen_dino.py --only short_sched lr_4x # some of them
     scripts/screen_dino.py --list                   # the screens and their flags
 
-Each screen is ``python -m vision.dino --config dino_cifar10_cpu`` with a few flags changed, for
-the epochs it names, on the CIFAR-10 training images (labels unused); then the weighted k-NN
+Each screen is ``python -m vision.dino --config dino_cifar10_cpu_multicrop`` (DINO's multi-crop
+recipe scaled to 32 px) with a few flags changed, for the epochs it names, on the CIFAR-10
+training images (labels unused); then the weighted k-NN
 (k=20, T=0.07) of its teacher on the CIFAR-10 test split, and once the k-NN of the same network
 at random initialisation (seed 0, the DINO runs' own initial weights). ``--parallel 2`` runs two
 screens side by side with one thread each: the same conditions for both, in half the wall clock.
@@ -37,11 +38,11 @@ def log(msg: str) -> None:
     print(f"[screen_dino {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 # Each screen is its "base" screen's flags followed by its own "extra" flags (a later flag wins).
-# The DINO recipe of dino_cifar10_cpu has schedules counted in epochs, made for 100-300 epochs: in
-# a run of a few epochs the last layer is frozen for a quarter of it, the teacher momentum reaches
+# The DINO recipe of dino_cifar10_cpu_multicrop has schedules counted in epochs, made for 100-300
+# epochs: in a run of a few epochs the last layer is frozen for a quarter of it, the teacher momentum reaches
 # 1 (a frozen teacher) and the weight decay climbs to 0.4. "short_sched" scales them to the run.
 SCREENS: dict[str, dict] = {
-    "config": {"epochs": 1, "extra": [], "why": "the committed recipe (dino_cifar10_cpu)"},
+    "config": {"epochs": 1, "extra": [], "why": "the base recipe (dino_cifar10_cpu_multicrop)"},
     "short_sched": {"epochs": 1, "extra": ["--freeze-last-layer", "0", "--momentum-teacher", "0.99", "--out-dim", "1024",
                                            "--weight-decay-end", "0.04"],
                     "why": "schedules for a short run: last layer never frozen, teacher momentum 0.99 -> 1, weight decay "
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=None, choices=sorted(SCREENS), help="these screens (default: all)")
     p.add_argument("--list", action="store_true", help="print the screens and exit")
     p.add_argument("--parallel", type=int, default=2, help="screens trained at once, each with 2 // parallel threads (min 1)")
-    p.add_argument("--dino-config", default="dino_cifar10_cpu")
+    p.add_argument("--dino-config", default="dino_cifar10_cpu_multicrop",
+                   help="the base recipe the screens change (bs64_lr_4x became dino_cifar10_cpu)")
     p.add_argument("--dino-args", default="", help="more vision.dino flags for every screen, one string (e.g. \"--batch-size 64\")")
     p.add_argument("--max-per-class", type=int, default=None, help="train on (and k-NN against) the first K images of each class")
     p.add_argument("--val-max-per-class", type=int, default=None, help="k-NN of the first K test images of each class")
