@@ -120,6 +120,43 @@ def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
     return result
 
 
+def holdout_split(train_dir: Path, out: Path, per_class: int, max_per_class: int | None) -> Path:
+    """An ImageFolder of symlinks to the training images, for a k-NN free of the test split:
+    ``out/val/CLASS`` holds the last ``per_class`` images of each class (sorted by name, as
+    ``vision.data`` lists them; the first ``max_per_class`` only, if given) and ``out/train/CLASS``
+    the others. Made once; an existing split with the same counts is reused."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    spec = {"train_dir": str(train_dir.resolve()), "per_class": per_class, "max_per_class": max_per_class}
+    stamp = out / "split.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == spec:
+        return out
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    for cls in sorted(c for c in train_dir.iterdir() if c.is_dir() and not c.name.startswith(".")):
+        files = sorted(f.name for f in cls.iterdir() if f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS))[:max_per_class]
+        if len(files) <= per_class:
+            raise SystemExit(f"bench_dino: --holdout-per-class {per_class}: class folder {cls} has {len(files)} images, "
+                             "none would be left for the k-NN memory")
+        for split, names in (("train", files[:-per_class]), ("val", files[-per_class:])):
+            (out / split / cls.name).mkdir(parents=True)
+            for name in names:
+                (out / split / cls.name / name).symlink_to((cls / name).resolve())
+    stamp.write_text(json.dumps(spec))
+    return out
+
+
+def holdout_knn(name: str, backbone: list[str], args, split: Path, out_dir: Path) -> float:
+    """k-NN top-1 (k=20, T=0.07) of ``backbone`` with the held-out training images as queries."""
+    out = out_dir / f"knn_holdout_{name}"
+    if not out.with_suffix(".json").is_file():
+        run([PY, "-m", "vision.knn", *backbone, "--data-dir", str(split), "--val-split", "val", "--workers", "0",
+             "--threads", str(args.threads), "--batch-size", "256", "--k", "20", "--temperature", "0.07",
+             "--features-cache", str(out_dir / f"features_holdout_{name}.pt"), "--out", str(out)])
+    return json.loads(out.with_suffix(".json").read_text())["results"]["20"]["top1"]
+
+
 def train_summary(folder: Path) -> dict:
     import torch
 
@@ -149,6 +186,9 @@ def main(argv=None) -> int:
     p.add_argument("--probe-steps", type=int, default=10,
                    help="DINO steps (real data, augmentation and loader included) timed to plan the epochs")
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="also the linear probe")
+    p.add_argument("--holdout-per-class", type=int, default=500,
+                   help="also the k-NN of DINO and random init with the last N training images of each class as queries and "
+                        "the others as memory: a check free of the test split (on which screen_dino chose the recipe); 0: none")
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench_dino")
     p.add_argument("--results-dir", type=Path, default=REPO / "results")
     p.add_argument("--name", default="dino_cifar10")
@@ -172,6 +212,7 @@ def main(argv=None) -> int:
         args.supervised_epochs = min(args.supervised_epochs, 1)
         args.finetune_epochs = min(args.finetune_epochs, 1)
         args.probe_steps = min(args.probe_steps, 2)
+        args.holdout_per_class = min(args.holdout_per_class, 3)
         subset_train = ["--max-per-class", "30"]
         args.subset_eval = ["--max-per-class", "30", "--val-max-per-class", "10"]
     runs = args.runs_dir
@@ -235,6 +276,13 @@ def main(argv=None) -> int:
         "supervised": knn_and_probe("supervised", ["--checkpoint", str(sup_ckpt)], args, runs),
     }
 
+    holdout = None
+    if args.holdout_per_class > 0:
+        split = holdout_split(args.data_dir / "train", runs / "holdout_split", args.holdout_per_class, 30 if args.quick else None)
+        top1 = {name: holdout_knn(name, backbone, args, split, runs) for name, backbone in (
+            ("dino", ["--checkpoint", str(dino_ckpt)]), ("random_init", ["--checkpoint", str(dino_ckpt), "--random-init", "--seed", "0"]))}
+        holdout = {"queries_per_class": args.holdout_per_class, "knn_top1": top1, "gain": top1["dino"] - top1["random_init"]}
+
     # ---- 4. fine-tuning from DINO vs from scratch, same recipe and epochs
     finetune = {}
     for name, extra in (("from_dino", ["--initial-checkpoint", str(dino_ckpt)]), ("from_scratch", [])):
@@ -293,6 +341,7 @@ def main(argv=None) -> int:
         "plan": plan,
         "supervised_checkpoint": str(sup_ckpt),
         "frozen_features": evals,
+        "holdout_knn": holdout,
         "finetune": finetune,
         "goals": goals,
         "figure": figure.name,
@@ -319,6 +368,9 @@ def main(argv=None) -> int:
         md.append(f"| {label} | {e['knn_top1']:.2f} | {e['knn_top5']:.2f} |" + (f" {e['linear_top1']:.2f} |" if args.linear else ""))
     md += [
         f"\n{evals['dino']['train_images']} training images as the k-NN memory / probe training set, {evals['dino']['test_images']} test images.\n",
+        *([f"k-NN free of the test split (the last {holdout['queries_per_class']} training images of each class as queries, the "
+           f"other training images as memory): DINO teacher {holdout['knn_top1']['dino']:.2f}, random init "
+           f"{holdout['knn_top1']['random_init']:.2f} ({holdout['gain']:+.2f}).\n"] if holdout else []),
         f"## Fine-tuning ({args.train_config} recipe, {args.finetune_epochs} epochs, new 10-class head)\n",
         "| start | top-1 by epoch | final top-1 | training minutes |",
         "|---|---|---:|---:|",

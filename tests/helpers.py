@@ -27,6 +27,17 @@ from conftest import REPO
 # --- commands ---------------------------------------------------------------------------------
 
 
+def load_script(name: str):
+    """``scripts/NAME.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(args, check: bool = True, env=None, **kwargs) -> subprocess.CompletedProcess:
     """Run a command (from the repository root unless ``cwd`` is given; ``env`` adds to the
     environment), capture its output as text (``text=False`` for bytes), and fail with the

@@ -8,7 +8,6 @@ note, with it they must be there."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from helpers import run, write_corpus
+from helpers import load_script, run, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +38,7 @@ L = 7
 
 def test_quick_benchmark_has_every_row(tmp_path):
     raw = write_corpus(tmp_path / "raw", sizes={"train": 300, "val": 12, "test_2016_flickr": 24})
-    spec = importlib.util.spec_from_file_location("prepare_multi30k", REPO / "scripts" / "prepare_multi30k.py")
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
+    prepare = load_script("prepare_multi30k")
     assert prepare.main(["--raw-dir", str(raw), "--destdir-root", str(tmp_path / "data-bin"), "--vocab-size", "120",
                          "--workers", "1"]) == 0
     data = tmp_path / "data-bin" / "multi30k.en-de"

@@ -5,23 +5,18 @@ subprocess it always is."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from helpers import CORPUS_SIZES as SIZES, write_corpus
+from helpers import load_script, write_corpus
 
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("prepare_multi30k", REPO / "scripts" / "prepare_multi30k.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("prepare_multi30k")
 
 
 @pytest.fixture(scope="module")

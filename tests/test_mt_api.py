@@ -6,7 +6,6 @@ A corpus written by the test, a tiny model trained by ``fairseq-train`` for a fe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
@@ -16,7 +15,7 @@ import torch
 
 import resmlp_mt  # noqa: F401
 from conftest import REPO
-from helpers import run, tool, write_corpus
+from helpers import load_script, run, tool, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +30,11 @@ TINY = [
 SENTENCES = ["A man runs in the park.", "Two dogs play with a ball near the water.", "", "A girl sits."]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("mt_api")
     raw = write_corpus(root / "raw")
-    assert _script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"),
+    assert load_script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"),
                                              "--vocab-size", "120", "--workers", "1"]) == 0
     data = root / "data-bin" / "multi30k.en-de"
     ckpt = root / "ckpt"
@@ -140,11 +132,7 @@ def test_token_mixing_matrices_are_rendered(exported, tmp_path):
     out = tmp_path / "mixing.png"
     result = run([sys.executable, "scripts/plot_mt_mixing.py", exported["ckpt"] / "checkpoint_best.pt", out, "--positions", "16"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in result.stdout
-    import importlib.util as iu
-
-    spec = iu.spec_from_file_location("plot_mt_mixing", REPO / "scripts" / "plot_mt_mixing.py")
-    module = iu.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("plot_mt_mixing")
     state = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)["model"]
     matrices = module.mixing_matrices(state, 16)
     assert len(matrices["encoder"]) == len(matrices["decoder"]) == 1

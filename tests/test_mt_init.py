@@ -6,32 +6,25 @@ resmlp_mt_small and +19.6 for resmlp_mt on Multi30k."""
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 from fairseq.models import ARCH_MODEL_INV_REGISTRY
 
 import resmlp_mt  # noqa: F401
-from conftest import REPO
-from helpers import write_corpus
+from helpers import load_script, write_corpus
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("mt_init")
     raw = write_corpus(root / "raw")
-    spec = importlib.util.spec_from_file_location("prepare_multi30k", REPO / "scripts" / "prepare_multi30k.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("prepare_multi30k")
     assert script.main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"), "--vocab-size", "120", "--workers", "1"]) == 0
     return root / "data-bin" / "multi30k.en-de"
 
 
 def _ablation_script():
-    spec = importlib.util.spec_from_file_location("ablate_mt_init", REPO / "scripts" / "ablate_mt_init.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ablate_mt_init")
 
 
 def initial_nll_bits(data, arch, *flags):

@@ -4,25 +4,19 @@ tiny corpus written by the test, with a tiny model; the cache of finished runs; 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from helpers import write_corpus
+from helpers import load_script, write_corpus
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 race_mt = _script("race_mt")

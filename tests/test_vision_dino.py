@@ -528,6 +528,26 @@ def test_configs_are_valid_for_their_cli():
     assert load_config("transfer_cifar10_s24", train_parser())["drop_path"] == 0.1
 
 
+def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg_data, tmp_path):
+    """The k-NN free of the test split: per class the last N training images (by name) are the
+    queries, the others the memory, as symlinks; made once, remade for another N; a class too
+    small for N is refused by name."""
+    bench = helpers.load_script("bench_dino")
+    split = bench.holdout_split(jpeg_data / "train", tmp_path / "split", 3, None)
+    for cls in ("red", "green", "blue"):
+        assert sorted(f.name for f in (split / "val" / cls).iterdir()) == ["0005.jpg", "0006.jpg", "0007.jpg"]
+        assert sorted(f.name for f in (split / "train" / cls).iterdir()) == [f"{i:04d}.jpg" for i in range(5)]
+        assert (split / "val" / cls / "0007.jpg").resolve() == (jpeg_data / "train" / cls / "0007.jpg").resolve()
+    stamp = (split / "split.json").stat().st_mtime_ns
+    assert bench.holdout_split(jpeg_data / "train", tmp_path / "split", 3, None) == split
+    assert (split / "split.json").stat().st_mtime_ns == stamp  # reused
+    bench.holdout_split(jpeg_data / "train", tmp_path / "split", 2, 6)  # the first 6 of each class, the last 2 of them held out
+    assert sorted(f.name for f in (split / "val" / "red").iterdir()) == ["0004.jpg", "0005.jpg"]
+    assert len(list((split / "train" / "red").iterdir())) == 4
+    with pytest.raises(SystemExit, match=r"--holdout-per-class 8: class folder .*blue has 8 images"):
+        bench.holdout_split(jpeg_data / "train", tmp_path / "split2", 8, None)
+
+
 @pytest.mark.slow
 def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_path):
     tiny = "--batch-size 8 --model-kwargs patch_size=8 embed_dim=32 depth=2"
@@ -544,6 +564,9 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     report = json.loads((tmp_path / "results" / "dino_cifar10.json").read_text())
     ev = report["frozen_features"]
     assert set(ev) == {"dino", "random_init", "supervised"} and ev["dino"]["train_images"] == 24 and ev["dino"]["test_images"] == 12
+    holdout = report["holdout_knn"]  # the k-NN free of the test split: 3 held-out training images a class as queries
+    assert holdout["queries_per_class"] == 3 and set(holdout["knn_top1"]) == {"dino", "random_init"}
+    assert len(list((tmp_path / "runs" / "holdout_split" / "val" / "red").iterdir())) == 3
     knn_goal = report["goals"]["knn_dino_vs_random_init"]
     assert knn_goal["met"] == (ev["dino"]["knn_top1"] - ev["random_init"]["knn_top1"] >= 20)
     ft = report["finetune"]
@@ -555,6 +578,7 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     assert all(0.0 <= h <= d["ln_out_dim"] + 1e-3 for h in d["teacher_entropy_by_epoch"] + d["teacher_batch_entropy_by_epoch"])
     md = (tmp_path / "results" / "dino_cifar10.md").read_text()
     assert "QUICK SMOKE RUN" in md and md.count("**met**") + md.count("**missed**") == 2
+    assert "k-NN free of the test split (the last 3 training images of each class as queries" in md
     assert (tmp_path / "results" / "dino_cifar10_cross_patch.png").is_file()
     # a second call finds every stage done and only rewrites the report
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
