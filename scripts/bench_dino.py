@@ -103,12 +103,20 @@ def measure_dino_img_per_s(args, batch_size: int, probe_dir: Path, n_classes: in
     return float(row["train"]["img_per_s"])
 
 
+def eval_flags(args, data_dir: Path, val_split: str, cache: Path) -> list[str]:
+    """The data and feature-cache flags of ``vision.knn`` / ``vision.linear``."""
+    return ["--data-dir", str(data_dir), "--val-split", val_split, "--workers", "0", "--threads", str(args.threads),
+            "--batch-size", "256", "--features-cache", str(cache)]
+
+
+KNN = ["--k", "20", "--temperature", "0.07"]  # DINO's eval_knn.py
+
+
 def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
-    data = ["--data-dir", str(args.data_dir), "--val-split", "test", "--workers", "0", "--threads", str(args.threads),
-            "--batch-size", "256", *args.subset_eval, "--features-cache", str(out_dir / f"features_{name}.pt")]
+    data = [*eval_flags(args, args.data_dir, "test", out_dir / f"features_{name}.pt"), *args.subset_eval]
     knn_out, lin_out = out_dir / f"knn_{name}", out_dir / f"linear_{name}"
     if not knn_out.with_suffix(".json").is_file():
-        run([PY, "-m", "vision.knn", *backbone, *data, "--k", "20", "--temperature", "0.07", "--out", str(knn_out)])
+        run([PY, "-m", "vision.knn", *backbone, *data, *KNN, "--out", str(knn_out)])
     if args.linear and not lin_out.with_suffix(".json").is_file():
         run([PY, "-m", "vision.linear", *backbone, *data, "--out", str(lin_out)])
     knn = json.loads(knn_out.with_suffix(".json").read_text())
@@ -151,9 +159,8 @@ def holdout_knn(name: str, backbone: list[str], args, split: Path, out_dir: Path
     """k-NN top-1 (k=20, T=0.07) of ``backbone`` with the held-out training images as queries."""
     out = out_dir / f"knn_holdout_{name}"
     if not out.with_suffix(".json").is_file():
-        run([PY, "-m", "vision.knn", *backbone, "--data-dir", str(split), "--val-split", "val", "--workers", "0",
-             "--threads", str(args.threads), "--batch-size", "256", "--k", "20", "--temperature", "0.07",
-             "--features-cache", str(out_dir / f"features_holdout_{name}.pt"), "--out", str(out)])
+        run([PY, "-m", "vision.knn", *backbone, *eval_flags(args, split, "val", out_dir / f"features_holdout_{name}.pt"), *KNN,
+             "--out", str(out)])
     return json.loads(out.with_suffix(".json").read_text())["results"]["20"]["top1"]
 
 
