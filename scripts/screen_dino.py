@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_dino import DEFAULT_DATA, PY, REPO, check_dino_recipe, dino_recipe
+from bench_dino import DEFAULT_DATA, KNN, PY, REPO, check_dino_recipe, dino_recipe, holdout_split
 
 
 def log(msg: str) -> None:
@@ -93,11 +93,14 @@ def run_logged(cmd: list[str], log_file: Path) -> None:
         raise SystemExit(f"screen_dino: command failed ({proc.returncode}), see {log_file}: {shlex.join(cmd)}")
 
 
-def knn(backbone: list[str], out: Path, args, threads: int) -> dict:
+def knn(backbone: list[str], out: Path, args, threads: int, holdout: bool = False) -> dict:
+    """k-NN (k=20, T=0.07) of ``backbone`` on the CIFAR-10 test split, or with ``holdout`` on the
+    held-out training images (``args.holdout_dir``: queries not used to rank the screens' test k-NN)."""
+    data = (["--data-dir", str(args.holdout_dir), "--val-split", "val"] if holdout
+            else ["--data-dir", str(args.data_dir), "--val-split", "test", *args.subset_eval])
     if not out.with_suffix(".json").is_file():
-        run_logged([PY, "-m", "vision.knn", *backbone, "--data-dir", str(args.data_dir), "--val-split", "test", "--workers", "0",
-                    "--threads", str(threads), "--batch-size", "256", *args.subset_eval, "--k", "20", "--temperature", "0.07", "--out", str(out)],
-                   out.parent / f"{out.name}.log")
+        run_logged([PY, "-m", "vision.knn", *backbone, *data, "--workers", "0", "--threads", str(threads), "--batch-size", "256",
+                    *KNN, "--out", str(out)], out.parent / f"{out.name}.log")
     return json.loads(out.with_suffix(".json").read_text())["results"]["20"]
 
 
@@ -120,6 +123,7 @@ def screen(name: str, args, threads: int) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         run_logged([PY, "-m", "vision.dino", *flags], folder / "train.log")
     result = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn", args, threads)
+    held_out = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn_holdout", args, threads, holdout=True) if args.holdout_dir else None
     state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
     rows = [r["train"] for r in state["summary"]]
     return {
@@ -132,6 +136,7 @@ def screen(name: str, args, threads: int) -> dict:
         "teacher_batch_entropy": round(rows[-1].get("teacher_batch_entropy", math.nan), 3),
         "ln_out_dim": round(math.log(state["args"]["out_dim"]), 3),
         "knn_top1": result["top1"], "knn_top5": result["top5"],
+        **({"holdout_knn_top1": held_out["top1"]} if held_out else {}),
     }
 
 
@@ -149,6 +154,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "dino_screens")
     p.add_argument("--results-dir", type=Path, default=REPO / "results")
     p.add_argument("--name", default="dino_screens")
+    p.add_argument("--holdout-per-class", type=int, default=500,
+                   help="also the k-NN with the last N training images of each class as queries and the others as memory "
+                        "(bench_dino's split): a ranking not made on the test split; 0: none")
     args = p.parse_args(argv)
     args.dino_args = shlex.split(args.dino_args)
     args.subset_train = ["--max-per-class", str(args.max_per_class)] if args.max_per_class else []
@@ -161,34 +169,45 @@ def main(argv=None) -> int:
         p.error(f"--data-dir {args.data_dir}: expected train/ and test/ ImageFolder splits (CIFAR-10)")
     if args.parallel < 1:
         p.error("--parallel must be >= 1")
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    args.holdout_dir = (holdout_split(args.data_dir / "train", args.runs_dir / "holdout_split", args.holdout_per_class, args.max_per_class)
+                        if args.holdout_per_class > 0 else None)
     names = args.only or list(SCREENS)
     threads = max(1, 2 // args.parallel)
-    args.runs_dir.mkdir(parents=True, exist_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {name: pool.submit(screen, name, args, threads) for name in names}
         rows = {name: f.result() for name, f in futures.items()}
-    random_init = knn(["--checkpoint", str(args.runs_dir / names[0] / "last.pth"), "--random-init", "--seed", "0"],
-                      args.runs_dir / "knn_random_init", args, 2)
+    init = ["--checkpoint", str(args.runs_dir / names[0] / "last.pth"), "--random-init", "--seed", "0"]
+    random_init = knn(init, args.runs_dir / "knn_random_init", args, 2)
+    random_init_holdout = knn(init, args.runs_dir / "knn_holdout_random_init", args, 2, holdout=True) if args.holdout_dir else None
     json_path, md_path = args.results_dir / f"{args.name}.json", args.results_dir / f"{args.name}.md"
     previous = json.loads(json_path.read_text()).get("screens", {}) if json_path.is_file() else {}
     screens = {**previous, **rows}  # screens reported before and not rerun this call stay in the table
     report = {"command": "scripts/screen_dino.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"], "screens": screens}
+              "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"],
+              "holdout_per_class": args.holdout_per_class if args.holdout_dir else None,
+              "random_init_holdout_knn_top1": random_init_holdout["top1"] if random_init_holdout else None, "screens": screens}
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md = [
-        "# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 test)\n",
+        f"# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 test{' and held-out training images' if random_init_holdout else ''})\n",
         f"`scripts/screen_dino.py` (config `{args.dino_config}`, flags below changed). Same network at random init: k-NN top-1 "
         f"**{random_init['top1']:.2f}**. Threads: the torch threads of each run (2 screens side by side run with 1 each); "
         "training minutes compare only rows with the same threads.\n",
-        "| screen | = base + flags | epochs | threads | training min | final loss | teacher entropy / ln K | k-NN top-1 | vs random init |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *([f"Held-out k-NN: the last {args.holdout_per_class} training images of each class as queries, the other training images "
+           f"as memory (images DINO saw without labels, but not used to rank the screens on test); random init "
+           f"**{random_init_holdout['top1']:.2f}**.\n"] if random_init_holdout else []),
+        "| screen | = base + flags | epochs | threads | training min | final loss | teacher entropy / ln K | k-NN top-1 | vs random init |"
+        " held-out k-NN | vs random init |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in screens.values():
         change = f"{r['base'] + ' + ' if r.get('base') else ''}`{shlex.join(r.get('extra', r['flags'])) or '-'}`"
         md.append(f"| {r['name']} | {change} | {r['epochs']} | {r['threads']} | {r['training_minutes']:.1f} | "
                   f"{r['loss_by_epoch'][-1]:.3f} | {r['teacher_entropy']:.2f} / {r['ln_out_dim']:.2f} | {r['knn_top1']:.2f} | "
-                  f"{r['knn_top1'] - random_init['top1']:+.2f} |")
+                  f"{r['knn_top1'] - random_init['top1']:+.2f} | "
+                  + (f"{r['holdout_knn_top1']:.2f} | {r['holdout_knn_top1'] - random_init_holdout['top1']:+.2f} |"
+                     if random_init_holdout and "holdout_knn_top1" in r else "- | - |"))
     md += ["", *[f"- **{r['name']}**: {r['why']}. All flags: `{shlex.join(r['flags']) or '-'}`." for r in screens.values()]]
     md_path.write_text("\n".join(md) + "\n")
     log(f"wrote {json_path} and {md_path}")

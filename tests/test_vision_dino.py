@@ -621,16 +621,20 @@ def test_screen_dino_runs_screens_side_by_side_reports_and_reuses(jpeg_data, tmp
     random-init k-NN; a second call reuses the runs; a run folder made with other flags is refused."""
     small = "--batch-size 8 --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --model-kwargs patch_size=8 embed_dim=32 depth=2"
     common = [sys.executable, str(REPO / "scripts" / "screen_dino.py"), "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
-              "--results-dir", str(tmp_path / "results"), "--only", "short_sched", "lr_4x", "--parallel", "2"]
+              "--results-dir", str(tmp_path / "results"), "--only", "short_sched", "lr_4x", "--parallel", "2", "--holdout-per-class", "3"]
     first = helpers.run([*common, "--dino-args", small], timeout=600)
     assert first.stdout.count("-m vision.dino") == 2
     report = json.loads((tmp_path / "results" / "dino_screens.json").read_text())
     assert set(report["screens"]) == {"short_sched", "lr_4x"} and 0 <= report["random_init_knn_top1"] <= 100
+    assert report["holdout_per_class"] == 3 and 0 <= report["random_init_holdout_knn_top1"] <= 100
     for row in report["screens"].values():
         assert row["epochs"] == 1 and row["threads"] == 1 and row["ln_out_dim"] == round(math.log(64), 3)
+        assert 0 <= row["holdout_knn_top1"] <= 100  # ranked also on held-out training images, not only on test
     assert "--lr 4e-3" in " ".join(report["screens"]["lr_4x"]["flags"])
     md = (tmp_path / "results" / "dino_screens.md").read_text()
-    assert "| lr_4x |" in md and "| short_sched |" in md
+    assert "| lr_4x |" in md and "| short_sched |" in md and "Held-out k-NN: the last 3 training images of each class" in md
+    lr_row = next(line for line in md.splitlines() if line.startswith("| lr_4x |"))
+    assert lr_row.count("|") == 12 and not lr_row.endswith("- | - |")  # both k-NN columns filled
     again = helpers.run([*common, "--dino-args", small], timeout=600)
     assert "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout
     refused = helpers.run([*common, "--dino-args", small.replace("--out-dim 64", "--out-dim 32")], check=False, timeout=600)
