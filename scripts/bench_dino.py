@@ -128,11 +128,18 @@ def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
     return result
 
 
+def holdout_name(per_class: int, max_per_class: int | None) -> str:
+    """The folder name of a held-out split: one per split, so that k-NN outputs and feature caches
+    named after it (keyed by the data folder's path, not its files) never serve another split."""
+    return f"holdout_{per_class}" + (f"_of_first_{max_per_class}" if max_per_class else "")
+
+
 def holdout_split(train_dir: Path, out: Path, per_class: int, max_per_class: int | None) -> Path:
     """An ImageFolder of symlinks to the training images, for a k-NN free of the test split:
     ``out/val/CLASS`` holds the last ``per_class`` images of each class (sorted by name, as
     ``vision.data`` lists them; the first ``max_per_class`` only, if given) and ``out/train/CLASS``
-    the others. Made once; an existing split with the same counts is reused."""
+    the others. Made once; an existing split with the same counts is reused. Name ``out`` with
+    :func:`holdout_name`."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     spec = {"train_dir": str(train_dir.resolve()), "per_class": per_class, "max_per_class": max_per_class}
@@ -157,9 +164,9 @@ def holdout_split(train_dir: Path, out: Path, per_class: int, max_per_class: int
 
 def holdout_knn(name: str, backbone: list[str], args, split: Path, out_dir: Path) -> float:
     """k-NN top-1 (k=20, T=0.07) of ``backbone`` with the held-out training images as queries."""
-    out = out_dir / f"knn_holdout_{name}"
+    out = out_dir / f"knn_{split.name}_{name}"
     if not out.with_suffix(".json").is_file():
-        run([PY, "-m", "vision.knn", *backbone, *eval_flags(args, split, "val", out_dir / f"features_holdout_{name}.pt"), *KNN,
+        run([PY, "-m", "vision.knn", *backbone, *eval_flags(args, split, "val", out_dir / f"features_{split.name}_{name}.pt"), *KNN,
              "--out", str(out)])
     return json.loads(out.with_suffix(".json").read_text())["results"]["20"]["top1"]
 
@@ -285,7 +292,8 @@ def main(argv=None) -> int:
 
     holdout = None
     if args.holdout_per_class > 0:
-        split = holdout_split(args.data_dir / "train", runs / "holdout_split", args.holdout_per_class, 30 if args.quick else None)
+        first = 30 if args.quick else None
+        split = holdout_split(args.data_dir / "train", runs / holdout_name(args.holdout_per_class, first), args.holdout_per_class, first)
         top1 = {name: holdout_knn(name, backbone, args, split, runs) for name, backbone in (
             ("dino", ["--checkpoint", str(dino_ckpt)]), ("random_init", ["--checkpoint", str(dino_ckpt), "--random-init", "--seed", "0"]))}
         holdout = {"queries_per_class": args.holdout_per_class, "knn_top1": top1, "gain": top1["dino"] - top1["random_init"]}

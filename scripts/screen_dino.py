@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_dino import DEFAULT_DATA, KNN, PY, REPO, check_dino_recipe, dino_recipe, holdout_split
+from bench_dino import DEFAULT_DATA, KNN, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
 
 
 def log(msg: str) -> None:
@@ -123,7 +123,8 @@ def screen(name: str, args, threads: int) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         run_logged([PY, "-m", "vision.dino", *flags], folder / "train.log")
     result = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn", args, threads)
-    held_out = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn_holdout", args, threads, holdout=True) if args.holdout_dir else None
+    held_out = (knn(["--checkpoint", str(folder / "last.pth")], folder / f"knn_{args.holdout_dir.name}", args, threads, holdout=True)
+                if args.holdout_dir else None)
     state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
     rows = [r["train"] for r in state["summary"]]
     return {
@@ -170,8 +171,8 @@ def main(argv=None) -> int:
     if args.parallel < 1:
         p.error("--parallel must be >= 1")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    args.holdout_dir = (holdout_split(args.data_dir / "train", args.runs_dir / "holdout_split", args.holdout_per_class, args.max_per_class)
-                        if args.holdout_per_class > 0 else None)
+    args.holdout_dir = (holdout_split(args.data_dir / "train", args.runs_dir / holdout_name(args.holdout_per_class, args.max_per_class),
+                                      args.holdout_per_class, args.max_per_class) if args.holdout_per_class > 0 else None)
     names = args.only or list(SCREENS)
     threads = max(1, 2 // args.parallel)
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,8 @@ def main(argv=None) -> int:
         rows = {name: f.result() for name, f in futures.items()}
     init = ["--checkpoint", str(args.runs_dir / names[0] / "last.pth"), "--random-init", "--seed", "0"]
     random_init = knn(init, args.runs_dir / "knn_random_init", args, 2)
-    random_init_holdout = knn(init, args.runs_dir / "knn_holdout_random_init", args, 2, holdout=True) if args.holdout_dir else None
+    random_init_holdout = (knn(init, args.runs_dir / f"knn_{args.holdout_dir.name}_random_init", args, 2, holdout=True)
+                           if args.holdout_dir else None)
     json_path, md_path = args.results_dir / f"{args.name}.json", args.results_dir / f"{args.name}.md"
     previous = json.loads(json_path.read_text()).get("screens", {}) if json_path.is_file() else {}
     screens = {**previous, **rows}  # screens reported before and not rerun this call stay in the table

@@ -544,6 +544,8 @@ def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg
     bench.holdout_split(jpeg_data / "train", tmp_path / "split", 2, 6)  # the first 6 of each class, the last 2 of them held out
     assert sorted(f.name for f in (split / "val" / "red").iterdir()) == ["0004.jpg", "0005.jpg"]
     assert len(list((split / "train" / "red").iterdir())) == 4
+    # one folder name per split: k-NN outputs and feature caches named after it never serve another split
+    assert bench.holdout_name(500, None) == "holdout_500" and bench.holdout_name(2, 6) == "holdout_2_of_first_6"
     with pytest.raises(SystemExit, match=r"--holdout-per-class 8: class folder .*blue has 8 images"):
         bench.holdout_split(jpeg_data / "train", tmp_path / "split2", 8, None)
 
@@ -566,7 +568,7 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     assert set(ev) == {"dino", "random_init", "supervised"} and ev["dino"]["train_images"] == 24 and ev["dino"]["test_images"] == 12
     holdout = report["holdout_knn"]  # the k-NN free of the test split: 3 held-out training images a class as queries
     assert holdout["queries_per_class"] == 3 and set(holdout["knn_top1"]) == {"dino", "random_init"}
-    assert len(list((tmp_path / "runs" / "holdout_split" / "val" / "red").iterdir())) == 3
+    assert len(list((tmp_path / "runs" / "holdout_3_of_first_30" / "val" / "red").iterdir())) == 3
     knn_goal = report["goals"]["knn_dino_vs_random_init"]
     assert knn_goal["met"] == (ev["dino"]["knn_top1"] - ev["random_init"]["knn_top1"] >= 20)
     ft = report["finetune"]
