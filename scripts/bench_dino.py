@@ -149,7 +149,9 @@ def holdout_split(train_dir: Path, out: Path, per_class: int, max_per_class: int
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    for cls in sorted(c for c in train_dir.iterdir() if c.is_dir() and not c.name.startswith(".")):
+    from vision.data import find_classes
+
+    for cls in (train_dir / name for name in find_classes(train_dir)):
         files = sorted(f.name for f in cls.iterdir() if f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS))[:max_per_class]
         if len(files) <= per_class:
             raise SystemExit(f"bench_dino: --holdout-per-class {per_class}: class folder {cls} has {len(files)} images, "
