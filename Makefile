@@ -47,7 +47,7 @@ bench-mt-speed:
 bench-vision:
 	scripts/bench_vision.sh
 
-# Issue 9, self-supervised ResMLP: DINO on the CIFAR-10 training images for at most 60 minutes, k-NN and
+# Self-supervised ResMLP: DINO on the CIFAR-10 training images for at most 60 minutes, k-NN and
 # linear probe against random init and the supervised model of the same size (trained here, 15 epochs,
 # unless BENCH_DINO_ARGS="--supervised CKPT"), fine-tuning from DINO vs scratch (3 epochs each);
 # results/dino_cifar10.{json,md,_cross_patch.png}. About 2.5 hours on 2 cores (80 minutes with --supervised
@@ -61,7 +61,7 @@ bench-dino:
 gpu-acceptance:
 	PYTHON=$(PY) scripts/gpu_acceptance.sh $(ARGS)
 
-# Decoding speed (issue 8): ResMLP (fairseq-generate, Python API, fast path fp32/int8) against the
+# Decoding speed: ResMLP (fairseq-generate, Python API, fast path fp32/int8) against the
 # Transformer (fairseq-generate, CTranslate2 fp32/int8), batch 128 and batch 1, and at equal output
 # length; results/bench_decode.{json,md}. Reads the checkpoints of scripts/train_multi30k.sh en-de
 # (checkpoints/multi30k.en-de.{resmlp,transformer}/checkpoint_best.pt); other options go in

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Initialisation ablation for the translation model (issue 7): initial NLL and validation
+"""Initialisation ablation for the translation model: initial NLL and validation
 loss after a fixed number of updates, for each way of starting the decoder's output.
 
 Every variant trains with the CPU recipe of ``scripts/train_multi30k.sh`` (Adam 2e-3,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Decoding benchmark (issue 8): ResMLP against a Transformer of the same size, per engine,
+"""Decoding benchmark: ResMLP against a Transformer of the same size, per engine,
 at batch 128 (throughput) and batch 1 (latency), plus an equal-output-length measurement.
 
     python scripts/bench_decode.py --resmlp checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Issue 9's CPU runs: self-supervised ResMLP (DINO) on CIFAR-10, evaluated and fine-tuned.
+"""The DINO study's CPU runs: self-supervised ResMLP (DINO) on CIFAR-10, evaluated and fine-tuned.
 
     scripts/bench_dino.py                       # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
     scripts/bench_dino.py --quick               # a smoke test on a slice of the data (a few minutes)

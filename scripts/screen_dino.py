@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Short DINO runs on CIFAR-10 that compare recipes before a 60-minute run (issue 9), by k-NN.
+"""Short DINO runs on CIFAR-10 that compare recipes before a 60-minute run, by k-NN.
 
     scripts/screen_dino.py                          # every screen below not yet done, 2 at a time
     scripts/screen_dino.py --only short_sched lr_4x # some of them

@@ -1,4 +1,4 @@
-"""The decoding benchmark (issue 8, ``scripts/bench_decode.py --quick``) on two tiny models
+"""The decoding benchmark (``scripts/bench_decode.py --quick``) on two tiny models
 trained by ``fairseq-train`` for a few updates on a corpus written by the test: every row is
 there with positive speeds, the equal-length rows hold exactly L tokens + end-of-sentence per
 hypothesis, and the API's fast path translates as fairseq-generate does.

@@ -1,4 +1,4 @@
-"""``fairseq-interactive --user-dir resmlp_mt`` on bad input lines (issue 12, item 5): a line that
+"""``fairseq-interactive --user-dir resmlp_mt`` on bad input lines: a line that
 is not UTF-8, an empty line and an over-long line each get a per-line answer, and the session goes
 on (resmlp_mt/interactive_input.py). A real run on a tiny model trained here for 2 updates."""
 

@@ -1,4 +1,4 @@
-"""A sane start (issue 7): every registered ResMLP translation arch, untrained, puts at most one
+"""A sane start: every registered ResMLP translation arch, untrained, puts at most one
 bit more than a uniform guess on the target tokens of a real batch (fairseq's Transformer: about
 0.6 bits more). Before the fix, the untied-looking start (final Affine at 1, tied embeddings
 scaled by sqrt(d)) confidently predicted a copy of the input token: +9.8 bits for

@@ -1,4 +1,4 @@
-"""The translation race (issue 7): scripts/race_mt.py's stages (sweep, race, curves, report) on a
+"""The translation race: scripts/race_mt.py's stages (sweep, race, curves, report) on a
 tiny corpus written by the test, with a tiny model; the cache of finished runs; the goal logic."""
 
 from __future__ import annotations
