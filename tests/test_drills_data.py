@@ -1,4 +1,4 @@
-"""Bad corpora at preparation time : undecodable bytes, a file that is not
+"""Bad corpora at preparation time: undecodable bytes, a file that is not
 text, sentences too long for the model. Tiny synthetic Multi30k-style corpora in tmp_path; the
 preparation script runs in-process (its imports are paid once), fairseq-preprocess as the
 subprocess it always is."""
