@@ -8,6 +8,7 @@
 * :func:`find_data_root`, :func:`data_ready`, :func:`slice_raw`, :func:`prepare_command`: the
   raw Multi30k and its binarized form (``scripts/prepare_multi30k.py``).
 * :func:`machine_info`: versions and the GPU as ``nvidia-smi`` reports it (no CUDA context).
+* :class:`Checks`: named assertions with their measured values, thresholds and statuses.
 * :func:`log`, :func:`fmt`, :func:`json_safe`, :func:`scrub_paths`: progress lines with the
   clock and the seconds since the start, numbers for tables, strict JSON, and reports free of
   this machine's absolute paths.
@@ -99,6 +100,67 @@ def scrub_paths(x: Any, names: Mapping[str, str]) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------
+
+NOT_SELECTED = "not selected (--stages)"
+
+
+class Checks:
+    """Named assertions, declared up front (so the report lists every one even when its stage
+    did not run), each with a measured value, a threshold and a status: pass, fail, n/a
+    (a GPU goal in a dry run), skipped (its stage did not run) or not selected (its stage was
+    left out with ``--stages``; not a failure)."""
+
+    def __init__(self) -> None:
+        self.items: Dict[str, Dict[str, Any]] = {}
+
+    def declare(self, name: str, section: str, stage: str, threshold: str, kind: str = "check") -> None:
+        self.items[name] = {
+            "name": name,
+            "section": section,
+            "stage": stage,
+            "kind": kind,
+            "threshold": threshold,
+            "value": None,
+            "status": None,
+            "note": "",
+        }
+
+    def set(
+        self, name: str, value: Any, passed: Optional[bool], note: str = "", threshold: Optional[str] = None
+    ) -> None:
+        item = self.items[name]
+        item["value"] = value
+        item["status"] = "n/a" if passed is None else ("pass" if passed else "fail")
+        if note:
+            item["note"] = note
+        if threshold is not None:
+            item["threshold"] = threshold
+        log(
+            f"check {name}: {item['status']} (value {fmt(value)}, threshold {item['threshold']})"
+            + (f" [{note}]" if note else "")
+        )
+
+    def finalize(self, stages: Dict[str, Dict[str, Any]]) -> None:
+        for item in self.items.values():
+            if item["status"] is None:
+                stage = stages.get(item["stage"], {})
+                status = stage.get("status", "not run")
+                item["status"] = "not selected" if status == NOT_SELECTED else "skipped"
+                item["note"] = f"stage {item['stage']}: {status}" + (
+                    f" ({stage['error']})" if stage.get("error") else ""
+                )
+
+    def failed(self, strict_goals: bool) -> List[str]:
+        return [
+            i["name"]
+            for i in self.items.values()
+            if i["status"] in ("fail", "skipped") and (i["kind"] == "check" or strict_goals)
+        ]
+
+
+# ----------------------------------------------------------------------------------------------
 # The machine's speed
 # ----------------------------------------------------------------------------------------------
 
@@ -128,9 +190,15 @@ def measure_slowdown(rounds: int = 5) -> Dict[str, Any]:
     workload = statistics.median(times) / REFERENCE_WORKLOAD_S
     per_core = load / cores
     factor = min(MAX_SLOWDOWN, max(1.0, workload, per_core))
-    return {"factor": round(factor, 2), "workload_ratio": round(workload, 2), "load_per_core": round(per_core, 2),
-            "load_average_1min": round(load, 2), "cores": cores, "workload_s": [round(t, 4) for t in times],
-            "reference_workload_s": REFERENCE_WORKLOAD_S}
+    return {
+        "factor": round(factor, 2),
+        "workload_ratio": round(workload, 2),
+        "load_per_core": round(per_core, 2),
+        "load_average_1min": round(load, 2),
+        "cores": cores,
+        "workload_s": [round(t, 4) for t in times],
+        "reference_workload_s": REFERENCE_WORKLOAD_S,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,7 +221,9 @@ def base_env(mode: str) -> dict:
     return env
 
 
-def run_logged(cmd: List[Any], log_path: Path, timeout: float, env: Optional[dict] = None, what: str = "") -> Dict[str, Any]:
+def run_logged(
+    cmd: List[Any], log_path: Path, timeout: float, env: Optional[dict] = None, what: str = ""
+) -> Dict[str, Any]:
     """Run ``cmd`` in its own process group, output to ``log_path``; kill the group after
     ``timeout`` seconds. Prints a heartbeat with the log's last line every 20 s."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +231,9 @@ def run_logged(cmd: List[Any], log_path: Path, timeout: float, env: Optional[dic
     with open(log_path, "w") as fh:
         fh.write("$ " + " ".join(map(str, cmd)) + "\n")
         fh.flush()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+        )
         timed_out, last_beat = False, start
         while proc.poll() is None:
             now = time.monotonic()
@@ -226,8 +298,16 @@ def find_data_root(given: Optional[str]) -> Optional[Path]:
 
 def data_ready(data: Path) -> bool:
     """Whether ``data`` is a complete binarized Multi30k En-De of ``scripts/prepare_multi30k.py``."""
-    needed = ["prep.json", "dict.en.txt", "dict.de.txt", "train.en-de.en.bin", "valid.en-de.en.bin", "test.en-de.de.bin",
-              "ref/test.de", "ref/valid.de"]
+    needed = [
+        "prep.json",
+        "dict.en.txt",
+        "dict.de.txt",
+        "train.en-de.en.bin",
+        "valid.en-de.en.bin",
+        "test.en-de.de.bin",
+        "ref/test.de",
+        "ref/valid.de",
+    ]
     return all((data / n).exists() for n in needed)
 
 
@@ -245,8 +325,21 @@ def slice_raw(raw: Path, dest: Path, sizes: Dict[str, int]) -> Path:
 def prepare_command(raw: Path, data: Path, vocab_size: int, workers: int) -> List[str]:
     """``scripts/prepare_multi30k.py`` binarizing the raw En-De text of ``raw`` into ``data``
     (whose name must be ``multi30k.en-de``)."""
-    return [sys.executable, str(REPO / "scripts" / "prepare_multi30k.py"), "--raw-dir", str(raw), "--pairs", "en-de",
-            "--destdir-root", str(data.parent), "--vocab-size", str(vocab_size), "--workers", str(workers), "--force"]
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "prepare_multi30k.py"),
+        "--raw-dir",
+        str(raw),
+        "--pairs",
+        "en-de",
+        "--destdir-root",
+        str(data.parent),
+        "--vocab-size",
+        str(vocab_size),
+        "--workers",
+        str(workers),
+        "--force",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,15 +352,24 @@ def machine_info(mode: str) -> Dict[str, Any]:
     import torch
 
     info: Dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
     }
     from resmlp_core.machine import cpu_name
 
     info["cpu"] = cpu_name()
     from importlib.metadata import PackageNotFoundError, version
 
-    for pkg, dists in (("fairseq", ("ve-fairseq", "fairseq")), ("timm", ("timm",)), ("torchvision", ("torchvision",)), ("sacrebleu", ("sacrebleu",))):
+    for pkg, dists in (
+        ("fairseq", ("ve-fairseq", "fairseq")),
+        ("timm", ("timm",)),
+        ("torchvision", ("torchvision",)),
+        ("sacrebleu", ("sacrebleu",)),
+    ):
         info[pkg] = None
         for dist in dists:
             try:
@@ -277,8 +379,16 @@ def machine_info(mode: str) -> Dict[str, Any]:
                 continue
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             if out:
                 name, driver, mem = [s.strip() for s in out[0].split(",")][:3]
                 info.update(gpu_name=name, driver=driver, gpu_memory=mem, gpu_count=len(out))

@@ -16,8 +16,10 @@ from typing import Dict, Tuple
 
 SYSTEMS = ("resmlp", "transformer")
 # scripts/train_multi30k.sh's recipe: used when no sweep was run
-DEFAULT_RECIPES = {"resmlp": {"lr": 2e-3, "warmup": 400, "layerscale_init": 0.5},
-                   "transformer": {"lr": 2e-3, "warmup": 400, "norm": "pre"}}
+DEFAULT_RECIPES = {
+    "resmlp": {"lr": 2e-3, "warmup": 400, "layerscale_init": 0.5},
+    "transformer": {"lr": 2e-3, "warmup": 400, "norm": "pre"},
+}
 
 
 def fmt_lr(lr: float) -> str:
@@ -54,8 +56,10 @@ def tuned_recipes(sweep_json: Path, quick: bool = False) -> Tuple[Dict[str, dict
     except (OSError, json.JSONDecodeError):
         sweep = None
     if sweep and "best" in sweep and sweep["settings"].get("quick") == quick:
-        return ({s: sweep["best"][s]["recipe"] for s in SYSTEMS},
-                f"best of the sweep ({sweep_json}: {sweep['settings']['updates']} updates on "
-                f"{sweep['settings']['pair']}, valid sacreBLEU)")
+        return (
+            {s: sweep["best"][s]["recipe"] for s in SYSTEMS},
+            f"best of the sweep ({sweep_json}: {sweep['settings']['updates']} updates on "
+            f"{sweep['settings']['pair']}, valid sacreBLEU)",
+        )
     why = "no sweep results found" if not sweep else "the sweep results found were made in another --quick mode"
     return dict(DEFAULT_RECIPES), f"default recipe of scripts/train_multi30k.sh ({why}: the Transformer is NOT tuned)"
