@@ -411,6 +411,7 @@ class GpuRace:
         if ok:
             prep = json.loads((data / "prep.json").read_text())
             info["sentences"] = {k: v.get("kept") for k, v in prep.get("splits", {}).items()}
+            info["vocab_size"] = prep.get("vocab_size")
         self.checks.set("data.ready", info["status"], ok)
         if not ok:
             raise RuntimeError(f"translation data not ready ({info['status']})")
@@ -575,7 +576,9 @@ class GpuRace:
             vision_on_the_gpu=vision_findings(REPO / "results" / "gpu_acceptance.json"),
         )
         # paths inside the repo become relative to it; others are named by what they are
-        names = {str(REPO): "", sys.executable: "python", sys.prefix: "<python>", sys.base_prefix: "<python>"}
+        names = {str(REPO): "", sys.executable: "python"}
+        if sys.prefix != sys.base_prefix:  # a virtual environment (its site-packages in tracebacks)
+            names[sys.prefix] = "<venv>"
         for path, name in ((self.out.parent, "<out>"), (self.workdir, "<workdir>"), (self.data_root, "$RESMLP_DATA")):
             if path is not None and not path.is_relative_to(REPO):
                 names[str(path)] = name
