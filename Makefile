@@ -10,7 +10,7 @@ FAIRSEQ := ve-fairseq==0.12.3
 # Tests run on both cores; each worker and each CLI it starts uses one thread.
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-fast multi30k bench-mt bench-mt-speed bench-vision bench-dino bench-decode gpu-acceptance clean
+.PHONY: install test test-fast multi30k bench-mt bench-mt-speed bench-vision bench-dino bench-decode gpu-acceptance gpu-race clean
 
 install:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -60,6 +60,14 @@ bench-dino:
 # (scripts/gpu_acceptance.py). ARGS=--dry-run rehearses it on the CPU in under 2 minutes.
 gpu-acceptance:
 	PYTHON=$(PY) scripts/gpu_acceptance.sh $(ARGS)
+
+# One GPU (H100/H200): ResMLP against the Transformer for the same GPU minutes on Multi30k En-De, the CPU
+# race's small pair and ResMLP-6 vs Transformer-base if the budget allows, in at most 8 minutes;
+# results/gpu_race.{json,md} (benchmarks/gpu_race.py). Reads data-bin/multi30k.en-de (prepared if absent).
+# ARGS=--dry-run rehearses it on the CPU in under 2 minutes (results under runs/gpu_race_dryrun/).
+# Without .venv (a GPU machine with fairseq carried as wheels) it runs python3, the repo on PYTHONPATH.
+gpu-race:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $$(test -x $(PY) && echo $(PY) || echo python3) -m benchmarks.gpu_race $(ARGS)
 
 # Decoding speed: ResMLP (fairseq-generate, Python API, fast path fp32/int8) against the
 # Transformer (fairseq-generate, CTranslate2 fp32/int8), batch 128 and batch 1, and at equal output

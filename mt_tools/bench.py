@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -345,3 +347,86 @@ def plot_valid_curves(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- the GPU studies (scripts/gpu_acceptance.py, benchmarks/gpu_race.py) ----------------------------
+
+#: fairseq-train flags of Transformer-base at the depth and width of ResMLP-6 (``--arch resmlp_mt``'s
+#: defaults): 6+6 layers, d 512, FFN 2048, 8 heads.
+TRANSFORMER_BASE = ["--encoder-layers", "6", "--decoder-layers", "6", "--encoder-embed-dim", "512", "--decoder-embed-dim", "512",
+                    "--encoder-ffn-embed-dim", "2048", "--decoder-ffn-embed-dim", "2048",
+                    "--encoder-attention-heads", "8", "--decoder-attention-heads", "8"]
+#: Stand-ins of both at 2 layers, d 64 for the CPU rehearsals of the GPU runs.
+TINY_TRANSFORMER = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+                    "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
+                    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
+TINY_RESMLP = ["--encoder-layers", "2", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "256", "--decoder-attention-heads", "2"]
+
+_OVERFLOW = ("gradient overflow detected", "AMP: overflow detected")
+
+
+def _num(r: dict, k: str) -> float:
+    try:
+        return float(r[k])
+    except (KeyError, TypeError, ValueError):
+        return float("nan")
+
+
+def words_per_second_spread(values: List[float]) -> dict:
+    """Median, quartiles, extremes and count of per-interval words/s (non-finite values left out)."""
+    v = sorted(x for x in values if math.isfinite(x))
+    if not v:
+        return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else (v[0], v[0], v[0])
+    return {"median": statistics.median(v), "q1": q1, "q3": q3, "min": v[0], "max": v[-1], "n": len(v)}
+
+
+def fairseq_figures(text: str) -> dict:
+    """Figures of a ``fairseq-train --log-format json`` log, also of one stopped early: updates,
+    losses, words/s (fairseq's ``wps`` per log interval; the median over the intervals after the
+    first, which holds the start-up (CUDA context, first allocations), with its spread), overflow
+    skips, non-finite values, parameters."""
+    records = parse_json_log(text)
+    inner, train, valid = records.get("train_inner", []), records.get("train", []), records.get("valid", [])
+    losses = [_num(r, "loss") for r in inner]
+    quarter = max(1, len(losses) // 4)
+    wps = [_num(r, "wps") for r in inner]
+    steady = [w for w in (wps[1:] if len(wps) > 1 else wps) if math.isfinite(w)]
+    updates = 0
+    if train and math.isfinite(_num(train[-1], "train_num_updates")):
+        updates = int(_num(train[-1], "train_num_updates"))
+    if not updates and inner and math.isfinite(_num(inner[-1], "num_updates")):
+        updates = int(_num(inner[-1], "num_updates"))
+    words, wall, done = 0.0, 0.0, 0
+    for r in train:  # as training_figures: target tokens / time in training steps
+        n = int(_num(r, "train_num_updates")) if math.isfinite(_num(r, "train_num_updates")) else done
+        words += (n - done) * (_num(r, "train_wpb") if math.isfinite(_num(r, "train_wpb")) else 0.0)
+        wall += _num(r, "train_train_wall") if math.isfinite(_num(r, "train_train_wall")) else 0.0
+        done = n
+    checked = [_num(r, k) for r in inner for k in ("loss", "nll_loss", "gnorm") if k in r]
+    checked += [_num(r, "valid_loss") for r in valid if "valid_loss" in r]
+    params = re.search(r"num\. (?:shared )?model params: ([\d,]+)", text)
+    return {
+        "updates": updates,
+        "log_records": len(inner),
+        # means over the first and the last quarter of the log intervals (one interval is noisy)
+        "first_loss": statistics.fmean(losses[:quarter]) if losses else float("nan"),
+        "last_loss": statistics.fmean(losses[-quarter:]) if losses else float("nan"),
+        "final_lr": _num(inner[-1], "lr") if inner else float("nan"),
+        "train_losses": losses,
+        "wps": statistics.median(steady) if steady else float("nan"),
+        "wps_spread": words_per_second_spread(steady),
+        "wps_by_interval": wps,
+        "words_per_train_second": words / wall if wall > 0 else float("nan"),
+        "train_wall_s": wall,
+        "valid_loss": _num(valid[-1], "valid_loss") if valid else float("nan"),
+        "loss_scale": _num(inner[-1], "loss_scale") if inner and "loss_scale" in inner[-1] else None,
+        "overflows": sum(text.count(s) for s in _OVERFLOW),
+        # the dynamic loss scale starts high (fairseq: 128) and halves on each overflow until it
+        # fits: overflows before the first log interval are that calibration, not instability
+        "calibration_overflows": sum(any(s in line for s in _OVERFLOW)
+                                     for line in text.split("| train_inner |", 1)[0].splitlines()) if inner else 0,
+        "nonfinite": sum(1 for v in checked if not math.isfinite(v)),
+        "fatal_errors": sum(text.count(s) for s in ("FloatingPointError", "Minimum loss scale reached", "Traceback (most recent call last)")),
+        "parameters": int(params.group(1).replace(",", "")) if params else None,
+    }

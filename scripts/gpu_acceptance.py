@@ -72,7 +72,9 @@ pairs, 24 test sentences, 600-piece vocabulary), 2-layer d=64 translation models
 7 s (warm-up 1000), fp32 for fairseq (its fp16 path needs CUDA), short generation limits,
 32-px images, batch 4, bf16 autocast on the CPU for the vision timings,
 ``torch.compile(backend="aot_eager")``, CIFAR-10 slices of 2 images a class. The vision stages
-run beside the translation ones there (their timings mean nothing). Results go to
+run beside the translation ones there (their timings mean nothing). Its budgets are sized for
+the idle 2-core bench machine and stretched by this machine's measured slowdown
+(``benchmarks.harness.measure_slowdown``), so that a busy machine does not fail it. Results go to
 ``results/gpu_acceptance_dryrun.{json,md}`` (or ``--out``); the GPU goals and thresholds
 (BLEU, fp16 overflow, speed) are "n/a".
 """
@@ -82,12 +84,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
-import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -99,21 +98,19 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a file: the repo's packages without an install
+    sys.path.insert(0, str(REPO))
+from benchmarks.harness import (NOT_SELECTED, Checks, base_env, data_ready, elapsed, find_data_root, finite, fmt,  # noqa: E402
+                                json_safe, kill_group, log, machine_info, measure_slowdown, prepare_command, run_logged,
+                                slice_raw, tail)
+from mt_tools.bench import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures  # noqa: E402
+
 PAPER_S12_IMG_S = 1415.0  # ResMLP paper, Table 4: ResMLP-S12 throughput on one V100 (img/s)
 WPS_GOAL_RATIO = 1.2
-T0 = time.monotonic()
 
 # ----------------------------------------------------------------------------------------------
 # Settings of the two modes. Nothing here is tuned on the GPU: these are the only values used.
 # ----------------------------------------------------------------------------------------------
-
-TRANSFORMER_BASE = ["--encoder-layers", "6", "--decoder-layers", "6", "--encoder-embed-dim", "512", "--decoder-embed-dim", "512",
-                    "--encoder-ffn-embed-dim", "2048", "--decoder-ffn-embed-dim", "2048",
-                    "--encoder-attention-heads", "8", "--decoder-attention-heads", "8"]
-TINY_TRANSFORMER = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
-                    "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
-                    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
-TINY_RESMLP = ["--encoder-layers", "2", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "256", "--decoder-attention-heads", "2"]
 
 PROFILES: Dict[str, Dict[str, Any]] = {
     "gpu": {
@@ -178,23 +175,18 @@ PROFILES: Dict[str, Dict[str, Any]] = {
     },
 }
 
+
+
+def scale_budgets(prof: Dict[str, Any], factor: float) -> None:
+    """Stretch a profile's global deadline and every stage's budget (its minimum start time and
+    its longest run) by ``factor`` >= 1, in place: the work stays the same, the machine is slower."""
+    factor = max(1.0, factor)
+    prof["budgets"] = {k: (lo * factor, hi * factor) for k, (lo, hi) in prof["budgets"].items()}
+    prof["deadline_s"] *= factor
+
+
 SYSTEMS = ("resmlp", "transformer")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # as vision/configs/cifar10_*.yaml
-
-
-def elapsed() -> float:
-    return time.monotonic() - T0
-
-
-def log(msg: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')} +{elapsed():6.1f}s] {msg}", flush=True)
-
-
-def finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,60 +194,9 @@ def finite(x: Any) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-NOT_SELECTED = "not selected (--stages)"
 # --stages: the groups of stages a run may be limited to (e.g. to re-check some on a second call)
 STAGE_GROUPS = {"vision_bench": ("vision_bench",), "mt": ("mt_prep", "mt_train_resmlp", "mt_train_transformer", "mt_generate"),
                 "vision_cli": ("vision_cli",), "vision_compile": ("vision_compile",), "vision_dino": ("vision_dino",)}
-
-
-class Checks:
-    """Named assertions, declared up front (so the report lists every one even when its stage
-    did not run), each with a measured value, a threshold and a status: pass, fail, n/a
-    (a GPU goal in a dry run), skipped (its stage did not run) or not selected (its stage was
-    left out with ``--stages``; not a failure)."""
-
-    def __init__(self) -> None:
-        self.items: Dict[str, Dict[str, Any]] = {}
-
-    def declare(self, name: str, section: str, stage: str, threshold: str, kind: str = "check") -> None:
-        self.items[name] = {"name": name, "section": section, "stage": stage, "kind": kind, "threshold": threshold,
-                            "value": None, "status": None, "note": ""}
-
-    def set(self, name: str, value: Any, passed: Optional[bool], note: str = "", threshold: Optional[str] = None) -> None:
-        item = self.items[name]
-        item["value"] = value
-        item["status"] = "n/a" if passed is None else ("pass" if passed else "fail")
-        if note:
-            item["note"] = note
-        if threshold is not None:
-            item["threshold"] = threshold
-        log(f"check {name}: {item['status']} (value {fmt(value)}, threshold {item['threshold']})" + (f" [{note}]" if note else ""))
-
-    def finalize(self, stages: Dict[str, Dict[str, Any]]) -> None:
-        for item in self.items.values():
-            if item["status"] is None:
-                stage = stages.get(item["stage"], {})
-                status = stage.get("status", "not run")
-                item["status"] = "not selected" if status == NOT_SELECTED else "skipped"
-                item["note"] = f"stage {item['stage']}: {status}" + (f" ({stage['error']})" if stage.get("error") else "")
-
-    def failed(self, strict_goals: bool) -> List[str]:
-        return [i["name"] for i in self.items.values()
-                if i["status"] in ("fail", "skipped") and (i["kind"] == "check" or strict_goals)]
-
-
-def fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.3g}" if abs(v) < 1 else f"{v:,.1f}" if abs(v) < 1e5 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
 
 
 def declare_checks(checks: Checks, mode: str) -> None:
@@ -304,74 +245,6 @@ def declare_checks(checks: Checks, mode: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_logged(cmd: List[str], log_path: Path, timeout: float, env: Optional[dict] = None, what: str = "") -> Dict[str, Any]:
-    """Run ``cmd`` in its own process group, output to ``log_path``; kill the group after
-    ``timeout`` seconds. Prints a heartbeat with the log's last line every 20 s."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(log_path, "w") as fh:
-        fh.write("$ " + " ".join(map(str, cmd)) + "\n")
-        fh.flush()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-        timed_out, last_beat = False, start
-        while proc.poll() is None:
-            now = time.monotonic()
-            if now - start > timeout:
-                timed_out = True
-                kill_group(proc)
-                break
-            if now - last_beat >= 20:
-                last_beat = now
-                log(f"  {what or Path(str(cmd[0])).name} running {now - start:.0f}s: {last_line(log_path)[:150]}")
-            time.sleep(0.5)
-    seconds = time.monotonic() - start
-    return {"returncode": proc.returncode, "seconds": round(seconds, 1), "timed_out": timed_out, "log": str(log_path)}
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def last_line(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 4000))
-            lines = [ln for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-        return lines[-1].strip() if lines else ""
-    except OSError:
-        return ""
-
-
-def tail(path: Path, n: int = 2500) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return text[-n:]
-
-
-def base_env(mode: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if mode == "dry-run":
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    else:  # one GPU: fairseq-train would otherwise start one process per visible GPU
-        env.setdefault("CUDA_VISIBLE_DEVICES", "0")
-    return env
-
-
 def run_worker(name: str, config: dict, out_json: Path, timeout: float, mode: str, log_path: Path) -> Dict[str, Any]:
     """Run a stage in a child process (``--worker``) so that the deadline can stop it; the child
     writes its figures to ``out_json`` as it goes, so a stopped stage still reports what it did."""
@@ -396,10 +269,15 @@ class Acceptance:
         self.args = args
         self.mode = "dry-run" if args.dry_run else "gpu"
         self.prof = copy.deepcopy(PROFILES[self.mode])
+        # The dry run's budgets are sized for the idle bench machine: on a slower or busier one
+        # they stretch by its measured slowdown (benchmarks.harness.measure_slowdown), a larger
+        # --deadline-s stretches them further; the GPU run's are never stretched.
+        self.slowdown = measure_slowdown() if self.mode == "dry-run" else None
+        factor = self.slowdown["factor"] if self.slowdown else 1.0
         if args.deadline_s:
-            # a longer deadline (a loaded machine) lengthens every stage's budget alike
-            factor = max(1.0, args.deadline_s / self.prof["deadline_s"])
-            self.prof["budgets"] = {k: (lo, hi * factor) for k, (lo, hi) in self.prof["budgets"].items()}
+            factor = max(factor, args.deadline_s / self.prof["deadline_s"])
+        scale_budgets(self.prof, factor)
+        if args.deadline_s:
             self.prof["deadline_s"] = args.deadline_s
         if args.mt_minutes:
             self.prof["mt"]["minutes"] = args.mt_minutes
@@ -418,6 +296,8 @@ class Acceptance:
             "workdir": str(self.workdir),
             "data_root": str(self.data_root) if self.data_root else None,
             "machine": {},
+            "budget_factor": factor,
+            "slowdown": self.slowdown,
             "settings": {k: self.prof[k] for k in ("mt", "vision", "cli", "dino", "budgets")},
             "translation": {"prep": {}, "train": {}, "generate": {}, "ratios": {}},
             "vision": {"bench": {}, "compile": {}, "cli": {}, "dino": {}},
@@ -465,6 +345,10 @@ class Acceptance:
         log(f"GPU acceptance ({self.mode}), deadline {self.prof['deadline_s']:.0f}s, workdir {self.workdir}, data {self.data_root}")
         self.report["machine"] = machine_info(self.mode)
         m = self.report["machine"]
+        if self.slowdown:
+            sd = self.slowdown
+            log(f"budgets x{self.report['budget_factor']:.2f}: this machine runs {sd['workload_ratio']:.2f}x the idle bench "
+                f"machine's time on a fixed workload, load average {sd['load_average_1min']:.1f} on {sd['cores']} cores")
         log(f"machine: {m.get('gpu_name') or 'no GPU'}, driver {m.get('driver')}, torch {m.get('torch')}, "
             f"CUDA {m.get('cuda')}, {m.get('cpu_count')} CPU cores")
         self.start_prep()
@@ -545,8 +429,7 @@ class Acceptance:
         if self.prof["mt"]["slice"]:
             raw = slice_raw(raw, self.workdir / "raw-slice", self.prof["mt"]["slice"])
         workers = min(self.prof["mt"]["prep_workers"], os.cpu_count() or 1)
-        cmd = [sys.executable, str(REPO / "scripts" / "prepare_multi30k.py"), "--raw-dir", str(raw), "--pairs", "en-de",
-               "--destdir-root", str(data.parent), "--vocab-size", str(self.prof["mt"]["vocab_size"]), "--workers", str(workers), "--force"]
+        cmd = prepare_command(raw, data, self.prof["mt"]["vocab_size"], workers)
         prep.update(status="running", command=cmd, raw=str(raw))
         log(f"preparing {data} in the background: {' '.join(cmd[1:])}")
         log_path = self.workdir / "logs" / "mt_prep.log"
@@ -858,17 +741,6 @@ class Acceptance:
                         note=f"k=20 on {d['knn_max_per_class']} train / {d['knn_val_max_per_class']} test images a class")
 
 
-def json_safe(x: Any) -> Any:
-    """Strict JSON: a non-finite float becomes the string "nan", "inf" or "-inf"."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    return x
-
-
 def _ratio(a: Any, b: Any) -> Optional[float]:
     return a / b if finite(a) and finite(b) and b else None
 
@@ -913,141 +785,6 @@ def vision_train_figures(log_txt: Path) -> Dict[str, Any]:
         "distillation": dist.group(1) if dist else "none",
     }
     return fig
-
-
-# ----------------------------------------------------------------------------------------------
-# fairseq logs
-# ----------------------------------------------------------------------------------------------
-
-_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| INFO \| (train_inner|train|valid) \| (\{.*\})\s*$")
-
-
-def fairseq_figures(text: str) -> Dict[str, Any]:
-    """Figures of a ``fairseq-train --log-format json`` log: updates, losses, words/s (fairseq's
-    ``wps`` per log interval; the median over the intervals after the first, which holds CUDA
-    start-up), overflow skips, non-finite values, parameters."""
-    records: Dict[str, List[dict]] = {"train_inner": [], "train": [], "valid": []}
-    for line in text.splitlines():
-        m = _RECORD.match(line)
-        if m:
-            try:
-                records[m.group(1)].append(json.loads(m.group(2)))
-            except json.JSONDecodeError:
-                continue
-    inner, train, valid = records["train_inner"], records["train"], records["valid"]
-
-    def num(r: dict, k: str) -> float:
-        try:
-            return float(r[k])
-        except (KeyError, TypeError, ValueError):
-            return float("nan")
-
-    losses = [num(r, "loss") for r in inner]
-    quarter = max(1, len(losses) // 4)
-    wps = [num(r, "wps") for r in inner]
-    steady = [w for w in (wps[1:] if len(wps) > 1 else wps) if finite(w)]
-    updates = 0
-    if train:
-        updates = int(num(train[-1], "train_num_updates")) if finite(num(train[-1], "train_num_updates")) else 0
-    if not updates and inner:
-        updates = int(num(inner[-1], "num_updates")) if finite(num(inner[-1], "num_updates")) else 0
-    words, wall, done = 0.0, 0.0, 0
-    for r in train:  # as mt_tools.bench.training_figures: target tokens / time in training steps
-        n = int(num(r, "train_num_updates")) if finite(num(r, "train_num_updates")) else done
-        words += (n - done) * (num(r, "train_wpb") if finite(num(r, "train_wpb")) else 0.0)
-        wall += num(r, "train_train_wall") if finite(num(r, "train_train_wall")) else 0.0
-        done = n
-    checked = [num(r, k) for r in inner for k in ("loss", "nll_loss", "gnorm") if k in r]
-    checked += [num(r, "valid_loss") for r in valid if "valid_loss" in r]
-    params = re.search(r"num\. (?:shared )?model params: ([\d,]+)", text)
-    return {
-        "updates": updates,
-        "log_records": len(inner),
-        # means over the first and the last quarter of the log intervals (one interval is noisy)
-        "first_loss": statistics.fmean(losses[:quarter]) if losses else float("nan"),
-        "last_loss": statistics.fmean(losses[-quarter:]) if losses else float("nan"),
-        "final_lr": num(inner[-1], "lr") if inner else float("nan"),
-        "train_losses": losses,
-        "wps": statistics.median(steady) if steady else float("nan"),
-        "wps_by_interval": wps,
-        "words_per_train_second": words / wall if wall > 0 else float("nan"),
-        "train_wall_s": wall,
-        "valid_loss": num(valid[-1], "valid_loss") if valid else float("nan"),
-        "loss_scale": num(inner[-1], "loss_scale") if inner and "loss_scale" in inner[-1] else None,
-        "overflows": text.count("gradient overflow detected") + text.count("AMP: overflow detected"),
-        # the dynamic loss scale starts high (fairseq: 128) and halves on each overflow until it
-        # fits: overflows before the first log interval are that calibration, not instability
-        "calibration_overflows": sum(("gradient overflow detected" in line or "AMP: overflow detected" in line)
-                                     for line in text.split('| train_inner |', 1)[0].splitlines()) if inner else 0,
-        "nonfinite": sum(1 for v in checked if not math.isfinite(v)),
-        "fatal_errors": sum(text.count(s) for s in ("FloatingPointError", "Minimum loss scale reached", "Traceback (most recent call last)")),
-        "parameters": int(params.group(1).replace(",", "")) if params else None,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Data and machine
-# ----------------------------------------------------------------------------------------------
-
-
-def find_data_root(given: Optional[str]) -> Optional[Path]:
-    candidates = [given, os.environ.get("RESMLP_DATA"), REPO.parent / "shared" / "data", REPO / "shared" / "data"]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c).resolve()
-    return None
-
-
-def data_ready(data: Path) -> bool:
-    needed = ["prep.json", "dict.en.txt", "dict.de.txt", "train.en-de.en.bin", "valid.en-de.en.bin", "test.en-de.de.bin", "ref/test.de"]
-    return all((data / n).exists() for n in needed)
-
-
-def slice_raw(raw: Path, dest: Path, sizes: Dict[str, int]) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, n in sizes.items():
-        for lang in ("en", "de"):
-            with open(raw / f"{name}.{lang}", encoding="utf-8") as fh:
-                lines = [next(fh, "") for _ in range(n)]
-            (dest / f"{name}.{lang}").write_text("".join(lines), encoding="utf-8")
-    return dest
-
-
-def machine_info(mode: str) -> Dict[str, Any]:
-    """Versions and the GPU as nvidia-smi reports it (the parent never opens a CUDA context; the
-    vision worker adds torch's view of the device)."""
-    import torch
-
-    info: Dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-    }
-    from resmlp_core.machine import cpu_name
-
-    info["cpu"] = cpu_name()
-    from importlib.metadata import PackageNotFoundError, version
-
-    for pkg, dists in (("fairseq", ("ve-fairseq", "fairseq")), ("timm", ("timm",)), ("torchvision", ("torchvision",)), ("sacrebleu", ("sacrebleu",))):
-        info[pkg] = None
-        for dist in dists:
-            try:
-                info[pkg] = version(dist)
-                break
-            except PackageNotFoundError:
-                continue
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
-            if out:
-                name, driver, mem = [s.strip() for s in out[0].split(",")][:3]
-                info.update(gpu_name=name, driver=driver, gpu_memory=mem, gpu_count=len(out))
-        except Exception as err:
-            info["nvidia_smi_error"] = str(err)
-    if mode == "dry-run":
-        info.setdefault("gpu_name", None)
-        info.setdefault("driver", None)
-    return info
 
 
 # ----------------------------------------------------------------------------------------------

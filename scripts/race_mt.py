@@ -78,6 +78,7 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 from mt_tools.bench import machine_info, training_figures  # noqa: E402
 from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
+from mt_tools.recipes import DEFAULT_RECIPES, fmt_lr, recipe_flags, recipe_name, recipe_text, tuned_recipes  # noqa: E402,F401
 
 log = logging.getLogger("race_mt")
 
@@ -89,9 +90,6 @@ SWEEP_LRS = (5e-4, 1e-3, 2e-3)
 SWEEP_WARMUPS = (300, 1000)
 SWEEP_LAYERSCALE = (0.2, 0.5)
 SWEEP_NORMS = ("pre", "post")
-# scripts/train_multi30k.sh's recipe: used by the race when no sweep was run
-DEFAULT_RECIPES = {"resmlp": {"lr": 2e-3, "warmup": 400, "layerscale_init": 0.5},
-                   "transformer": {"lr": 2e-3, "warmup": 400, "norm": "pre"}}
 GOAL_RACE = "At 25 minutes: ResMLP >= tuned Transformer + 1.0 sacreBLEU, mean of 3 seeds, on test and valid, both pairs"
 GOAL_CONVERGENCE = "At convergence (En-De): ResMLP >= tuned Transformer - 0.5 sacreBLEU"
 PATIENCE = 3
@@ -99,31 +97,6 @@ AVERAGE_LAST = 5
 
 
 # --- small helpers ------------------------------------------------------------------------------
-
-
-def fmt_lr(lr: float) -> str:
-    return f"{lr:g}"
-
-
-def recipe_name(system: str, recipe: dict) -> str:
-    tail = f"ls{recipe['layerscale_init']:g}" if system == "resmlp" else recipe["norm"]
-    return f"{system}.lr{fmt_lr(recipe['lr'])}.wu{recipe['warmup']}.{tail}"
-
-
-def recipe_text(system: str, recipe: dict) -> str:
-    tail = f"LayerScale init {recipe['layerscale_init']:g}" if system == "resmlp" else f"{recipe['norm']}-norm"
-    return f"lr {fmt_lr(recipe['lr'])}, warm-up {recipe['warmup']}, {tail}"
-
-
-def recipe_flags(system: str, recipe: dict):
-    """fairseq-train flags and environment of a recipe for scripts/train_multi30k.sh."""
-    flags = ["--lr", fmt_lr(recipe["lr"]), "--warmup-updates", str(recipe["warmup"])]
-    env = {}
-    if system == "resmlp":
-        flags += ["--layerscale-init", f"{recipe['layerscale_init']:g}"]
-    else:
-        env["TRANSFORMER_NORM"] = recipe["norm"]
-    return flags, env
 
 
 def sweep_grid(quick: bool, lrs=SWEEP_LRS, warmups=SWEEP_WARMUPS) -> Dict[str, List[dict]]:
@@ -554,13 +527,7 @@ class Race:
     # -- stage 2: race -------------------------------------------------------------------------------
 
     def recipes(self) -> (Dict[str, dict], str):
-        sweep = read_json(self.results / "mt_sweep.json")
-        if sweep and "best" in sweep and sweep["settings"].get("quick") == self.args.quick:
-            return ({s: sweep["best"][s]["recipe"] for s in SYSTEMS},
-                    f"best of the sweep ({self.results / 'mt_sweep.json'}: {sweep['settings']['updates']} updates on "
-                    f"{sweep['settings']['pair']}, valid sacreBLEU)")
-        why = "no sweep results found" if not sweep else "the sweep results found were made in another --quick mode"
-        return dict(DEFAULT_RECIPES), f"default recipe of scripts/train_multi30k.sh ({why}: the Transformer is NOT tuned)"
+        return tuned_recipes(self.results / "mt_sweep.json", quick=self.args.quick)
 
     def race(self) -> dict:
         a = self.args

@@ -312,6 +312,62 @@ def test_folded_block_matches_block_including_pre_affine_shift(batch):
     torch.testing.assert_close(folded(x), block(x), atol=1e-5, rtol=1e-5)
 
 
+class _CountGemms(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the channel MLP's GEMMs (``addmm``, ``addmm_``) that reach the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.gemms = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default):
+            self.gemms += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_folded_block_chunks_its_channel_mlp_only_on_the_cpu():
+    """The invariant behind the folded model's GPU speed: the row chunks of the channel MLP (a CPU
+    cache optimisation) run only for CPU tensors. On a GPU they made the folded S12 half as fast
+    as the unfolded one (many small GEMMs). Checked here on the meta device, a non-CPU device that
+    runs on the CPU: one GEMM pair for the whole block."""
+    torch.manual_seed(1)
+    folded = perturb_(ResMLPBlock(dim=24, num_tokens=9, init_values=0.1)).eval().fuse()
+    folded.mlp_chunk_rows = 2  # 27 rows: 14 chunks on the CPU
+    x = torch.randn(9, 3, 24)
+    counts = {}
+    for device in ("cpu", "meta"):
+        block = copy.deepcopy(folded).to(device)
+        with torch.no_grad(), _CountGemms() as mode:
+            out = block(x.to(device))
+        assert out.shape == (9, 3, 24) and out.device.type == device
+        counts[device] = mode.gemms
+    assert counts == {"cpu": 2 * 14, "meta": 2}
+
+
+@pytest.mark.slow
+def test_folded_block_is_not_chunked_under_torch_compile():
+    """Under torch.compile the channel MLP is one GEMM pair per block, also on the CPU: the chunk
+    loop would hand Inductor dozens of in-place GEMMs on views per block (on an H100 it did not
+    finish compiling the folded S12 in 110-130 s). The traced graph is inspected; its result
+    equals eager's."""
+    torch.manual_seed(1)
+    folded = perturb_(ResMLPBlock(dim=24, num_tokens=9, init_values=0.1)).eval().fuse()
+    folded.mlp_chunk_rows = 2
+    graphs = []
+
+    def inspect(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(folded, backend=inspect, fullgraph=True)
+    x = torch.randn(9, 3, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), folded(x), atol=1e-5, rtol=1e-5)
+    gemms = [n for gm in graphs for n in gm.graph.nodes if "addmm" in str(n.target)]
+    assert len(graphs) == 1 and len(gemms) == 2, [str(n.target) for n in gemms]
+
+
 def test_folded_model_runs_in_bfloat16_and_under_autocast():
     torch.manual_seed(0)
     model = perturb_(timm.create_model("resmlp_s12", num_classes=10, **SMALL)).eval()

@@ -186,9 +186,11 @@ class FoldedResMLPBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         num_tokens, batch, dim = x.shape
         # One compute dtype for every operand (the in-place GEMM below is not autocast):
-        # autocast's dtype when autocast is on (CUDA bf16), else the input's.
+        # autocast's dtype when autocast is on (CUDA bf16), else the input's (also on devices
+        # without autocast, such as meta, where asking whether it is on is an error).
         device_type = x.device.type
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
         A, scale, const, w1, b1, w2 = (
             p if p.dtype == dtype else p.to(dtype)
             for p in (self.token_weight, self.token_scale, self.token_const, self.fc1.weight, self.fc1.bias, self.fc2.weight)
