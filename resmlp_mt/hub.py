@@ -17,7 +17,10 @@ long lists cut into batches of similar lengths, and the lean beam search of
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import threading
 from pathlib import Path
 from typing import List, Sequence, Union
 
@@ -28,6 +31,12 @@ MODEL_FILE = "model.pt"
 SPM_FILE = "sentencepiece.bpe.model"  # the name fairseq's hub looks for in a model folder
 CARD_FILE = "model_card.json"
 ENGINES = ("fast", "onnx", "exact", "fairseq")
+
+logger = logging.getLogger(__name__)
+
+# Builds engines (folding, int8 quantization, ONNX export) one at a time in the whole process:
+# torch.onnx.export keeps process-wide state, so two exports at once fail even for two models.
+_BUILD_LOCK = threading.Lock()
 
 
 class Translator(GeneratorHubInterface):
@@ -40,7 +49,8 @@ class Translator(GeneratorHubInterface):
         self.source_lang = self.card.get("source_lang", getattr(cfg.task, "source_lang", None))
         self.quantized = False
         self.batch_size = cfg.dataset.batch_size or 64
-        self._decoders = {}  # engine -> the model it decodes with (folded, int8, ONNX), built on first use
+        self._decoders = {}  # (engine, int8) -> the model it decodes with (folded, ONNX...), built on first use
+        self._fairseq_lock = threading.Lock()  # the fairseq engine sets its batch size in self.cfg per call
 
     def normalize(self, sentence: str) -> str:
         """The normalisation the training data went through (Moses punctuation, whitespace)."""
@@ -88,8 +98,8 @@ class Translator(GeneratorHubInterface):
                                   max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, **kwargs)[0]
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-        if self.quantized and engine not in ("fast", "onnx"):
-            raise ValueError("an int8-quantized model decodes with engine='fast' or 'onnx' only")
+        if self.quantized and engine == "fairseq":
+            raise ValueError("an int8-quantized model decodes with engine='fast', 'onnx' or 'exact', not 'fairseq'")
         batch_size = batch_size or self.batch_size
         lengths = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len)
         normalized = [self.normalize(s) for s in sentences]
@@ -98,12 +108,13 @@ class Translator(GeneratorHubInterface):
         if not todo:
             return out
         if engine == "fairseq":
-            saved = (self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens)
-            self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens = batch_size, None  # batch_size sentences
-            try:
-                texts = self.sample([normalized[i] for i in todo], beam=beam, **lengths, **kwargs)
-            finally:
-                self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens = saved
+            with self._fairseq_lock:  # callers in other threads wait: the batch size lives in self.cfg
+                saved = (self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens)
+                self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens = batch_size, None  # batch_size sentences
+                try:
+                    texts = self.sample([normalized[i] for i in todo], beam=beam, **lengths, **kwargs)
+                finally:
+                    self.cfg.dataset.batch_size, self.cfg.dataset.max_tokens = saved
         else:
             if kwargs:
                 raise TypeError(f"engine={engine!r} does not take {', '.join(kwargs)}")
@@ -113,22 +124,29 @@ class Translator(GeneratorHubInterface):
         return out
 
     def _decoder(self, engine: str):
-        """The model :func:`~resmlp_mt.fast_generate.generate` runs for ``engine`` (cached)."""
-        if engine not in self._decoders:
-            from .fast_generate import fold_for_inference, quantize_int8
+        """The model :func:`~resmlp_mt.fast_generate.generate` runs for ``engine``, built on first
+        use under a process-wide lock (threads that ask at once get the one built) and cached."""
+        key = (engine, self.quantized)
+        decoder = self._decoders.get(key)
+        if decoder is not None:
+            return decoder
+        with _BUILD_LOCK:
+            if key not in self._decoders:
+                self._decoders[key] = self._build_decoder(engine)
+            return self._decoders[key]
 
-            model = self.models[0]
-            if engine == "exact":
-                decoder = quantize_int8(model) if self.quantized else model
-            elif engine == "fast":
-                decoder = fold_for_inference(model)
-                decoder = quantize_int8(decoder) if self.quantized else decoder
-            else:
-                from .onnx_decoder import OnnxModel
+    def _build_decoder(self, engine: str):
+        from .fast_generate import fold_for_inference, quantize_int8
 
-                decoder = OnnxModel(model, int8=self.quantized)
-            self._decoders[engine] = decoder
-        return self._decoders[engine]
+        model = self.models[0]
+        if engine == "exact":
+            return quantize_int8(model) if self.quantized else model
+        if engine == "fast":
+            decoder = fold_for_inference(model)
+            return quantize_int8(decoder) if self.quantized else decoder
+        from .onnx_decoder import OnnxModel
+
+        return OnnxModel(model, int8=self.quantized)
 
     def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, model, **options) -> List[str]:
         from .fast_generate import generate
@@ -156,30 +174,72 @@ class Translator(GeneratorHubInterface):
 
     def quantize(self) -> "Translator":
         """Decode with int8 weights from now on: dynamically quantized linear layers
-        (:func:`resmlp_mt.fast_generate.quantize_int8`) for ``engine="fast"`` and ``"exact"``,
-        ONNX Runtime's int8 graph for ``engine="onnx"``; ``engine="fairseq"`` is then refused.
-        The float model is kept (the quantized copies are built from it on first use)."""
+        (:func:`resmlp_mt.fast_generate.quantize_int8`) for ``engine="fast"`` and ``"exact"``
+        (``"exact"`` then follows the int8 model, no longer fairseq's float hypotheses), ONNX
+        Runtime's int8 graph for ``engine="onnx"``; ``engine="fairseq"`` is then refused. The float
+        model is kept (the quantized copies are built from it on first use)."""
         self.quantized = True
-        self._decoders.clear()
         return self
+
+
+def read_card(path: Path) -> dict:
+    """The model card at ``path`` (informational): ``{}`` with a warning naming the file when it is
+    missing, unreadable or not a JSON object, never an error."""
+    if not path.exists():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        logger.warning("%s: model card not read (%s); loading the model without it", path, err)
+        return {}
+    if not isinstance(card, dict):
+        logger.warning("%s: model card not read (a JSON %s, not an object); loading the model without it",
+                       path, type(card).__name__)
+        return {}
+    return card
+
+
+def required_files(folder: Path, checkpoint_file: str, bpe, card: dict) -> List[Path]:
+    """The files loading ``folder`` reads: the checkpoint, the dictionary of each language its
+    configuration names (the model card's languages when the checkpoint is missing), and the
+    SentencePiece model unless ``bpe`` names another one (or None)."""
+    checkpoint = folder / checkpoint_file
+    langs = [card.get("source_lang"), card.get("target_lang")]
+    if checkpoint.is_file():
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+            task = (state.get("cfg") or {}).get("task") or vars(state.get("args") or argparse.Namespace())
+            langs = [task.get("source_lang"), task.get("target_lang")]
+        except Exception:  # an unreadable checkpoint: fairseq's loader names the problem
+            pass
+    files = [checkpoint, *(folder / f"dict.{lang}.txt" for lang in dict.fromkeys(langs) if lang)]
+    if bpe == "sentencepiece":
+        files.append(folder / SPM_FILE)
+    return files
 
 
 def from_pretrained(
     model_cls, folder: Union[str, Path], checkpoint_file: str = MODEL_FILE, data_name_or_path: str = ".", **kwargs
 ) -> Translator:
-    """Load a model folder written by ``scripts/export_model.py`` (or any fairseq model folder
-    with dictionaries and, optionally, ``sentencepiece.bpe.model``)."""
+    """Load a model folder written by ``scripts/export_model.py``: ``model.pt``, the dictionaries
+    and ``sentencepiece.bpe.model`` must be there (``FileNotFoundError`` naming every missing
+    file). ``bpe=None`` loads a folder without a SentencePiece model, whose inputs are then
+    taken as pieces already."""
     from fairseq import hub_utils
 
     folder = Path(folder)
-    if not (folder / checkpoint_file).is_file():
+    kwargs.setdefault("bpe", "sentencepiece")  # the hub sets sentencepiece_model itself
+    card = read_card(folder / CARD_FILE)
+    missing = [path for path in required_files(folder, checkpoint_file, kwargs["bpe"], card) if not path.is_file()]
+    if missing:
         raise FileNotFoundError(
-            f"{folder / checkpoint_file} not found: give a folder written by scripts/export_model.py "
-            "(or pass checkpoint_file=... for another file name)"
+            f"{folder} is not a complete model folder: missing {', '.join(p.name for p in missing)} "
+            f"({', '.join(str(p) for p in missing)} not found); give a folder written by "
+            "scripts/export_model.py (or pass checkpoint_file=... for another checkpoint name, bpe=None for a "
+            "model without SentencePiece)"
         )
-    card = json.loads((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).exists() else {}
-    if (folder / SPM_FILE).exists():
-        kwargs.setdefault("bpe", "sentencepiece")  # the hub sets sentencepiece_model itself
+    if kwargs["bpe"] is None:
+        kwargs.pop("bpe")
     kwargs.setdefault("batch_size", card.get("batch_size", 64))
     loaded = hub_utils.from_pretrained(str(folder), checkpoint_file=checkpoint_file, data_name_or_path=data_name_or_path,
                                        archive_map=model_cls.hub_models(), **kwargs)

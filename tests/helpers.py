@@ -168,6 +168,32 @@ TINY_MODEL = ["--model", "resmlp_s12", "--img-size", "32", "--model-kwargs", "pa
 FAST = ["--workers", "0", "--warmup-epochs", "1", "--lr", "2e-3", "--weight-decay", "0.05", "--batch-size", "16", "--threads", "1"]
 
 
+# a translation model small enough to train in seconds: fairseq-train flags (tests/test_mt_api.py...)
+TINY_MT = [
+    "--arch", "resmlp_mt_small", "--encoder-embed-dim", "32", "--encoder-layers", "1",
+    "--decoder-layers", "1", "--decoder-attention-heads", "2", "--share-all-embeddings",
+    "--max-source-positions", "64", "--max-target-positions", "64", "--optimizer", "adam", "--lr", "5e-3",
+    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "1000",
+    "--no-progress-bar", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints",
+]
+
+
+def export_tiny_model(root: Path, updates: int = 30, model: Path | None = None) -> dict:
+    """A corpus written here, prepared (``data-bin/multi30k.en-de``), a tiny model trained by
+    ``fairseq-train`` for ``updates`` updates (``ckpt/``) and, when ``model`` is given, exported
+    there by ``scripts/export_model.py``. Returns the paths: root, data, ckpt, model."""
+    raw = write_corpus(root / "raw")
+    assert load_script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"),
+                                                 "--vocab-size", "120", "--workers", "1"]) == 0
+    data = root / "data-bin" / "multi30k.en-de"
+    ckpt = root / "ckpt"
+    run([tool("fairseq-train"), data, "--user-dir", REPO / "resmlp_mt", *TINY_MT, "--save-dir", ckpt,
+         "--max-update", str(updates)])
+    if model is not None:
+        run([sys.executable, "scripts/export_model.py", ckpt / "checkpoint_best.pt", data, model])
+    return {"root": root, "data": data, "ckpt": ckpt, "model": model}
+
+
 def link_images(src: Path, dest: Path, per_class: int, classes=None) -> Path:
     """An ImageFolder of symlinks to the first ``per_class`` images of each class of ``src``."""
     for cls in classes or sorted(os.listdir(src)):

@@ -27,7 +27,7 @@ COMMON = [
     "--max-tokens", "1000", "--no-progress-bar", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints",
     "--no-save-optimizer-state", "--max-update", "30",
 ]
-# as tests/test_mt_api.py's TINY, and a Transformer of the same width, depth and heads
+# as tests/helpers.py's TINY_MT, and a Transformer of the same width, depth and heads
 RESMLP = ["--arch", "resmlp_mt_small", "--encoder-embed-dim", "32", "--encoder-layers", "1", "--decoder-layers", "1",
           "--decoder-attention-heads", "2"]
 TRANSFORMER = ["--arch", "transformer", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "128",

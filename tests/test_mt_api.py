@@ -15,36 +15,23 @@ import torch
 
 import resmlp_mt  # noqa: F401
 from conftest import REPO
-from helpers import load_script, run, tool, write_corpus
+from helpers import export_tiny_model, load_script, run, tool
 
 pytestmark = pytest.mark.slow
 
 USER_DIR = str(REPO / "resmlp_mt")
-TINY = [
-    "--user-dir", USER_DIR, "--arch", "resmlp_mt_small", "--encoder-embed-dim", "32", "--encoder-layers", "1",
-    "--decoder-layers", "1", "--decoder-attention-heads", "2", "--share-all-embeddings",
-    "--max-source-positions", "64", "--max-target-positions", "64", "--optimizer", "adam", "--lr", "5e-3",
-    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "1000",
-    "--no-progress-bar", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints",
-]
 SENTENCES = ["A man runs in the park.", "Two dogs play with a ball near the water.", "", "A girl sits."]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mt_api")
-    raw = write_corpus(root / "raw")
-    assert load_script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"),
-                                             "--vocab-size", "120", "--workers", "1"]) == 0
-    data = root / "data-bin" / "multi30k.en-de"
-    ckpt = root / "ckpt"
-    run([tool("fairseq-train"), data, *TINY, "--save-dir", ckpt, "--max-update", "30"])
-    run([sys.executable, "scripts/evaluate_mt.py", data, "--path", ckpt / "checkpoint_best.pt", "--split", "test",
-         "--batch-size", "4", "--output", ckpt / "eval_test.json"])
-    out = root / "model"
-    result = run([sys.executable, "scripts/export_model.py", ckpt / "checkpoint_best.pt", data, out])
+    exported = export_tiny_model(tmp_path_factory.mktemp("mt_api"))
+    run([sys.executable, "scripts/evaluate_mt.py", exported["data"], "--path", exported["ckpt"] / "checkpoint_best.pt",
+         "--split", "test", "--batch-size", "4", "--output", exported["ckpt"] / "eval_test.json"])
+    out = exported["root"] / "model"
+    result = run([sys.executable, "scripts/export_model.py", exported["ckpt"] / "checkpoint_best.pt", exported["data"], out])
     assert "wrote" in result.stdout
-    return {"root": root, "data": data, "ckpt": ckpt, "model": out}
+    return dict(exported, model=out)
 
 
 def test_export_writes_a_self_contained_folder(exported):
