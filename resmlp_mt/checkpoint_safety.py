@@ -1,20 +1,21 @@
 """Safe checkpoint handling for every fairseq tool that loads this plugin.
 
 Installed once, on ``import resmlp_mt`` (``--user-dir resmlp_mt`` does that before any
-checkpoint is read), by :func:`install`. It closes three holes of fairseq 0.12:
+checkpoint is read), by :func:`install`. It closes these holes of fairseq 0.12:
 
 1. **Code in configuration strings.** torch's ``weights_only`` loading refuses pickled code,
    but a checkpoint's *configuration* holds strings that fairseq later passes to ``eval()``:
    ``fairseq.utils.eval_str_list`` / ``eval_str_dict`` / ``eval_bool`` (about 60 call sites,
    e.g. the Transformer's ``adaptive_softmax_cutoff``) and direct ``eval(args.encoder_layers)``
    in fconv, wav2vec and others. A checkpoint with ``"[__import__('os').system('...')]"`` in
-   such an option would run the command. Two guards:
+   such an option would run the command, one with ``"[0] * 10**12"`` exhaust memory. Guards:
 
    * every string of a loaded checkpoint's ``args`` / ``cfg`` is parsed (never evaluated)
-     and refused if it holds a call or a lambda (:func:`check_checkpoint_config`), before
-     fairseq upgrades the config or builds a model; the error names the file and the option;
-   * fairseq's three ``eval_*`` helpers evaluate literals and arithmetic on literals only
-     (:func:`literal_value`), whoever calls them.
+     and refused if it holds a call or a lambda, or is a literal too large to evaluate
+     (:func:`check_checkpoint_config`), before fairseq upgrades the config or builds a model;
+     the error names the file and the option;
+   * fairseq's three ``eval_*`` helpers evaluate literals and arithmetic on literals only,
+     within bounds of size and depth (:func:`literal_value`), whoever calls them;
 
 2. **Torn copies.** fairseq writes the numbered checkpoint atomically, then *copies* it to
    ``checkpoint_last.pt`` / ``checkpoint_best.pt`` with ``shutil.copyfile``; a kill during the
@@ -73,11 +74,27 @@ def check_fairseq_layout(state: Any, source: str = "checkpoint") -> None:
 # ---------------------------------------------------------------------------------------------
 
 _EXECUTING_NODES = (ast.Call, ast.Lambda)
-_LITERAL_NODES = (
-    ast.Expression, ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Load,
-    ast.UnaryOp, ast.UAdd, ast.USub, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div,
-    ast.FloorDiv, ast.Mod,
-)  # fmt: skip
+
+# Bounds of :func:`literal_value`: what an option of a real configuration never comes near, and
+# what any string within them costs to evaluate (microseconds, kilobytes).
+MAX_LITERAL_SIZE = 100_000  # elements of a sequence (all levels counted) or characters of a string
+MAX_LITERAL_INT = 2**64  # magnitude of an integer
+MAX_LITERAL_DEPTH = 50  # nesting of containers and operators
+
+
+class LiteralLimitError(ValueError):
+    """A configuration string is a literal, but too large or too deep to evaluate safely."""
+
+
+def _parse_expression(text: str, option: str) -> ast.Expression:
+    try:
+        return ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"{option}: {_shown(text)} is not a Python literal ({e.msg})") from None
+    except (RecursionError, MemoryError):  # Python's own parser gave up: nested far too deep
+        raise LiteralLimitError(
+            f"{option}: {_shown(text)} is nested too deeply to evaluate (more than {MAX_LITERAL_DEPTH} levels)"
+        ) from None
 
 
 def executes_code(text: str) -> bool:
@@ -85,9 +102,121 @@ def executes_code(text: str) -> bool:
     call or a lambda. Plain strings (paths, names, ``"[(512, 3)] * 20"``) do not."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError):  # not an expression, or a NUL byte: eval() would fail too
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # eval() would fail too
         return False
     return any(isinstance(node, _EXECUTING_NODES) for node in ast.walk(tree))
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 120 else f"{text[:100]!r}... ({len(text)} characters)"
+
+
+def _size(value: Any) -> int:
+    """Elements of a literal value, all levels counted (characters of a string; a number or an
+    empty container counts 1)."""
+    if isinstance(value, (str, bytes)):
+        return max(len(value), 1)
+    if isinstance(value, dict):
+        return max(sum(_size(k) + _size(v) for k, v in value.items()), 1)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return max(sum(_size(item) for item in value), 1)
+    return 1
+
+
+_ARITHMETIC = {
+    ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
+    ast.Pow: lambda a, b: a**b,
+}  # fmt: skip
+_NUMBER = (int, float, complex)  # bool is an int
+
+
+class _BoundedLiteral:
+    """Evaluate a parsed literal bottom-up, checking every intermediate result against the
+    bounds *before* computing it: no string of any length costs more than the bounds allow."""
+
+    def __init__(self, text: str, option: str):
+        self.text, self.option = text, option
+
+    def refuse(self, why: str, error=ValueError):
+        raise error(f"{self.option}: {_shown(self.text)} {why}")
+
+    def too_large(self, what: str):
+        self.refuse(
+            f"is too large to evaluate ({what}; at most {MAX_LITERAL_SIZE} elements or characters, integers "
+            f"below 2**64)",
+            LiteralLimitError,
+        )
+
+    def checked(self, value):
+        if isinstance(value, int) and abs(value) >= MAX_LITERAL_INT:
+            self.too_large(f"an integer of {abs(value).bit_length()} bits")
+        if isinstance(value, (str, bytes, list, tuple, set, frozenset, dict)) and _size(value) > MAX_LITERAL_SIZE:
+            self.too_large(f"{_size(value)} elements")
+        return value
+
+    def __call__(self, node: ast.AST, depth: int = 0):
+        if depth > MAX_LITERAL_DEPTH:
+            self.refuse(f"is nested too deeply to evaluate (more than {MAX_LITERAL_DEPTH} levels)", LiteralLimitError)
+        if isinstance(node, ast.Expression):
+            return self(node.body, depth)
+        if isinstance(node, ast.Constant):
+            return self.checked(node.value)
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            items, size = [], 0
+            for element in node.elts:
+                if isinstance(element, ast.Starred):
+                    self.not_literal(element)
+                items.append(self(element, depth + 1))
+                size += _size(items[-1])
+                if size > MAX_LITERAL_SIZE:
+                    self.too_large(f"more than {size} elements")
+            kind = {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)]
+            try:
+                return kind(items)
+            except TypeError as e:  # a list in a set
+                self.refuse(f"is not a valid literal ({e})")
+        if isinstance(node, ast.Dict):
+            if any(key is None for key in node.keys):  # {**other}
+                self.not_literal(node)
+            pairs = [(self(k, depth + 1), self(v, depth + 1)) for k, v in zip(node.keys, node.values)]
+            try:
+                return self.checked(dict(pairs))
+            except TypeError as e:  # a list as a key
+                self.refuse(f"is not a valid literal ({e})")
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+            operand = self(node.operand, depth + 1)
+            if not isinstance(operand, _NUMBER):
+                self.refuse(f"is not a valid literal (unary {type(node.op).__name__} of a {type(operand).__name__})")
+            return -operand if isinstance(node.op, ast.USub) else +operand
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            left, right = self(node.left, depth + 1), self(node.right, depth + 1)
+            self.check_cost(node.op, left, right)
+            try:
+                return self.checked(_ARITHMETIC[type(node.op)](left, right))
+            except (TypeError, ZeroDivisionError, OverflowError, ValueError) as e:
+                self.refuse(f"is not a valid literal ({type(e).__name__}: {e})")
+        self.not_literal(node)
+
+    def check_cost(self, op: ast.operator, left, right) -> None:
+        """Refuse an operation whose result would break the bounds, before it is computed."""
+        sequence = (str, bytes, list, tuple)
+        if isinstance(op, ast.Mult) and (isinstance(left, sequence) or isinstance(right, sequence)):
+            seq, times = (left, right) if isinstance(left, sequence) else (right, left)
+            if isinstance(times, int) and _size(seq) * max(times, 0) > MAX_LITERAL_SIZE:
+                self.too_large(f"{_size(seq)} element(s) repeated {times} times")
+        elif isinstance(op, ast.Mod) and isinstance(left, (str, bytes)):
+            self.refuse("is not a literal (%-formatting is not evaluated)")
+        elif isinstance(op, ast.Pow) and isinstance(left, int) and isinstance(right, int):
+            if right > 0 and abs(left) > 1 and abs(left).bit_length() * right > MAX_LITERAL_INT.bit_length():
+                self.too_large(f"{left} ** {right}")
+        # other arithmetic is on numbers below 2**64 (or floats): computed in no time, then checked
+
+    def not_literal(self, node: ast.AST):
+        self.refuse(
+            f"is not a Python literal (it holds {type(node).__name__}); only numbers, strings, lists, tuples, "
+            "dicts, sets, True/False/None and arithmetic on them are accepted, nothing is evaluated"
+        )
 
 
 def iter_strings(value: Any, path: str = "") -> Iterator[Tuple[str, str]]:
@@ -116,41 +245,57 @@ def iter_strings(value: Any, path: str = "") -> Iterator[Tuple[str, str]]:
 
 def check_checkpoint_config(state: dict, source: str = "checkpoint") -> None:
     """Refuse a checkpoint whose ``args`` or ``cfg`` hold a string that would run code if
-    evaluated. Raises :class:`UnsafeCheckpointError` naming ``source`` and every such option."""
-    bad = [
-        (name, text)
-        for key in ("args", "cfg")
-        if state.get(key) is not None
-        for name, text in iter_strings(state[key], key)
-        if executes_code(text)
-    ]
-    if bad:
-        shown = "; ".join(f"{name} = {text[:120]!r}" for name, text in bad[:5])
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    evaluated, or a literal too large to evaluate (``"[0] * 10**12"``: fconv and others pass
+    their options to ``eval()`` itself). Raises :class:`UnsafeCheckpointError` naming ``source``
+    and every such option."""
+    code, costly = [], []
+    for key in ("args", "cfg"):
+        if state.get(key) is None:
+            continue
+        for name, text in iter_strings(state[key], key):
+            if executes_code(text):
+                code.append(f"{name} = {_shown(text)}")
+            else:
+                why = costly_literal(text, name)
+                if why is not None:
+                    costly.append(why)
+    if code or costly:
+        parts = []
+        if code:
+            more = f" (and {len(code) - 5} more)" if len(code) > 5 else ""
+            parts.append(f"{len(code)} option(s) that fairseq would evaluate as Python code: {'; '.join(code[:5])}{more}")
+        if costly:
+            more = f" (and {len(costly) - 5} more)" if len(costly) > 5 else ""
+            parts.append(f"{len(costly)} option(s) too large to evaluate: {'; '.join(costly[:5])}{more}")
         raise UnsafeCheckpointError(
-            f"{source}: refusing to load this checkpoint: its configuration holds "
-            f"{len(bad)} option(s) that fairseq would evaluate as Python code: {shown}{more}. "
-            "A checkpoint written by fairseq never holds calls in its options; this file was "
-            "crafted or corrupted. Nothing was executed."
+            f"{source}: refusing to load this checkpoint: its configuration holds {', and '.join(parts)}. "
+            "A checkpoint written by fairseq holds neither; this file was crafted or corrupted. "
+            "Nothing was executed."
         )
 
 
 def literal_value(text: str, option: str = "option"):
     """The value of ``text`` as a Python literal (numbers, strings, lists, tuples, dicts,
-    sets, booleans, None) or arithmetic on literals (``"[3] * 4"``). Anything else, a call
-    above all, raises ``ValueError`` naming ``option``: it is never evaluated."""
+    sets, booleans, None) or arithmetic on literals (``"[(512, 3)] * 20"``), evaluated by
+    walking its syntax tree within bounds: at most ``MAX_LITERAL_SIZE`` elements or characters
+    (all levels counted), integers below ``MAX_LITERAL_INT``, ``MAX_LITERAL_DEPTH`` levels of
+    nesting. Anything else (a call above all) raises ``ValueError`` naming ``option``, a value
+    past the bounds (``"[0] * 10**12"``, ``"9**9**9"``) :class:`LiteralLimitError`, before any
+    large value is built: no string costs more than microseconds and kilobytes."""
+    return _BoundedLiteral(text, option)(_parse_expression(text, option))
+
+
+def costly_literal(text: str, option: str = "option") -> str | None:
+    """Why evaluating ``text`` (as fairseq's ``eval()`` would) could exhaust memory or time, or
+    None: it is a literal past the bounds of :func:`literal_value`, or nested too deeply to
+    parse. Strings that are not literals (paths, names, code) are not this function's concern."""
     try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ValueError(f"{option}: {text!r} is not a Python literal ({e.msg})") from None
-    for node in ast.walk(tree):
-        if not isinstance(node, _LITERAL_NODES):
-            raise ValueError(
-                f"{option}: {text!r} is not a Python literal (it holds {type(node).__name__}); "
-                "only numbers, strings, lists, tuples, dicts, sets, True/False/None and "
-                "arithmetic on them are accepted, nothing is evaluated"
-            )
-    return eval(compile(tree, "<literal>", "eval"), {"__builtins__": {}}, {})  # literals only
+        literal_value(text, option)
+    except LiteralLimitError as e:
+        return str(e)
+    except ValueError:
+        return None
+    return None
 
 
 def eval_str_list(x, type=float):

@@ -12,6 +12,7 @@ import json
 import random
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,54 @@ def test_evaluation_script_names_a_vision_checkpoint(transformer_run, tmp_path):
     result = run([sys.executable, "scripts/evaluate_mt.py", transformer_run["data"], "--path", vision_like], check=False)
     out = result.stdout + result.stderr
     assert result.returncode == 2 and f"{vision_like}: not a fairseq checkpoint" in out and "KeyError" not in out, out[-2000:]
+
+
+# --- literals too large to evaluate -----------------------------------------------------------
+
+COSTLY = ["9**9**9", "[0] * 10**12", "'a' * 10**10", "[0] * 1000000000000", "'a' * 10000000000", "(1,) * 10**9",
+          "[[0] * 100000] * 100000", "[[[0] * 1000] * 1000] * 1000", "10**100 * 10**100", "2**64",
+          "-" * 100000 + "1", "1+" * 100000 + "1", "[" * 60 + "]" * 60]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", COSTLY, ids=lambda t: t if len(t) < 40 else f"{t[:20]}...({len(t)} chars)")
+def test_literals_too_large_to_evaluate_are_refused_quickly(text):
+    from fairseq import utils
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^model\.cutoff: .* (too large|nested too deeply) to evaluate"):
+        checkpoint_safety.literal_value(text, "model.cutoff")
+    with pytest.raises(ValueError, match="list option"):
+        utils.eval_str_list(text, type=int)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_literals_of_real_configurations_still_parse():
+    from fairseq import utils
+
+    assert checkpoint_safety.literal_value("[(512, 3)] * 20") == [(512, 3)] * 20
+    assert checkpoint_safety.literal_value("(0.9, 0.98)") == (0.9, 0.98)
+    assert checkpoint_safety.literal_value("[4000, 8000]") == [4000, 8000]
+    assert checkpoint_safety.literal_value("True") is True
+    assert checkpoint_safety.literal_value("{'beta': -0.5, 'n': 2 ** 10}") == {"beta": -0.5, "n": 1024}
+    assert checkpoint_safety.literal_value("[0] * 100000") == [0] * 100000  # the bound itself
+    assert utils.eval_str_list("[(512, 3)] * 20", type=tuple) == [(512, 3)] * 20
+    assert utils.eval_str_list("1e-3") == [1e-3]
+    with pytest.raises(ValueError, match="not a literal"):
+        checkpoint_safety.literal_value("'%0*d' % (10**9, 1)")  # %-formatting builds strings of any size
+
+
+def test_checkpoints_with_literals_too_large_to_evaluate_are_refused_by_name(tmp_path):
+    """fconv evaluates its options with eval() itself: the configuration check refuses them."""
+    from fairseq import checkpoint_utils
+
+    args = argparse.Namespace(arch="fconv", task="translation", encoder_layers="[(512, 3)] * 10**12",
+                              decoder_layers="[(512, 3)] * 20", data="data-bin/x")
+    path = tmp_path / "fconv.pt"
+    torch.save({"args": args, "model": {}, "optimizer_history": []}, path)
+    start = time.perf_counter()
+    with pytest.raises(checkpoint_safety.UnsafeCheckpointError) as error:
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    message = str(error.value)
+    assert str(path) in message and "1 option(s) too large to evaluate: args.encoder_layers" in message, message
+    assert "decoder_layers" not in message
+    assert time.perf_counter() - start < 2.0
