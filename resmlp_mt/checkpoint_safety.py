@@ -16,6 +16,8 @@ checkpoint is read), by :func:`install`. It closes these holes of fairseq 0.12:
      the error names the file and the option;
    * fairseq's three ``eval_*`` helpers evaluate literals and arithmetic on literals only,
      within bounds of size and depth (:func:`literal_value`), whoever calls them;
+   * a file that holds pickled objects is refused with a message naming it and the global it
+     wanted, not torch's advice to load it unsafely.
 
 2. **Torn copies.** fairseq writes the numbered checkpoint atomically, then *copies* it to
    ``checkpoint_last.pt`` / ``checkpoint_best.pt`` with ``shutil.copyfile``; a kill during the
@@ -40,6 +42,8 @@ import tempfile
 import time
 import zipfile
 from typing import Any, Iterator, Tuple
+
+from resmlp_core.checkpoint import weights_only_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -460,6 +464,9 @@ def checked_load_checkpoint_to_cpu(original_load, original_upgrade):
         except Exception as e:
             if read or isinstance(e, OSError):  # read fine (the error is fairseq's), or no file
                 raise
+            refusal = weights_only_refusal(e, path)
+            if refusal is not None:  # without torch's advice to load it unsafely
+                raise UnsafeCheckpointError(f"refusing to load {refusal}") from None
             first_line = str(e).splitlines()[0] if str(e) else ""
             raise NotAFairseqCheckpointError(
                 f"{path}: not a torch checkpoint that loads weights-only ({type(e).__name__}: "

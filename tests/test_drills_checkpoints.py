@@ -251,6 +251,68 @@ def test_evaluation_script_names_a_vision_checkpoint(transformer_run, tmp_path):
     assert result.returncode == 2 and f"{vision_like}: not a fairseq checkpoint" in out and "KeyError" not in out, out[-2000:]
 
 
+# --- pickled objects ---------------------------------------------------------------------------
+
+
+class PickledPayload:
+    """Any class of the writer's: weights-only loading refuses to import it."""
+
+    def __init__(self):
+        self.command = "touch /tmp/never"
+
+
+TORCH_ADVICE = ("weights_only", "add_safe_globals", "safe_globals", "trusted source", "can still be loaded")
+
+
+def assert_refused_as_pickled(message: str, path: Path):
+    assert str(path) in message and "holds pickled objects that safe (weights-only) loading refuses" in message, message
+    assert re.search(r"it wanted the global \S*PickledPayload", message), message
+    assert not any(advice in message for advice in TORCH_ADVICE), message
+
+
+@pytest.fixture
+def pickled_checkpoint(transformer_run, tmp_path):
+    state = torch.load(transformer_run["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    state["extra_state"]["note"] = PickledPayload()
+    path = tmp_path / "pickled.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_pickled_objects_are_refused_naming_the_file_and_the_global(pickled_checkpoint, tmp_path):
+    from fairseq import checkpoint_utils
+
+    from vision import checkpoint as vision_checkpoint
+
+    with pytest.raises(checkpoint_safety.UnsafeCheckpointError) as error:
+        checkpoint_utils.load_model_ensemble_and_task([str(pickled_checkpoint)])
+    assert_refused_as_pickled(str(error.value), pickled_checkpoint)
+    assert error.value.__cause__ is None and error.value.__suppress_context__  # torch's message not chained
+    from mt_tools.evaluate import EvaluationError, average_checkpoints  # evaluate_mt.py / export_model.py --average
+
+    with pytest.raises(EvaluationError) as error:
+        average_checkpoints([pickled_checkpoint, pickled_checkpoint], tmp_path / "averaged.pt")
+    assert_refused_as_pickled(str(error.value), pickled_checkpoint)
+    assert not (tmp_path / "averaged.pt").exists()
+    vision_file = tmp_path / "vision.pth"
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "args": PickledPayload()}, vision_file)
+    with pytest.raises(ValueError) as error:
+        vision_checkpoint.load(vision_file)
+    assert_refused_as_pickled(str(error.value), vision_file)
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+@pytest.mark.slow
+def test_pickled_objects_are_refused_by_fairseq_generate(transformer_run, pickled_checkpoint):
+    result = run([tool("fairseq-generate"), transformer_run["data"], "--user-dir", USER_DIR, "--path", pickled_checkpoint,
+                  "--gen-subset", "test", "--beam", "2", "--batch-size", "4"], check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    (line,) = [line for line in out.splitlines() if "holds pickled objects" in line]
+    assert_refused_as_pickled(line, pickled_checkpoint)
+    assert not any(advice in out for advice in TORCH_ADVICE[1:]), out[-3000:]
+
+
 # --- literals too large to evaluate -----------------------------------------------------------
 
 COSTLY = ["9**9**9", "[0] * 10**12", "'a' * 10**10", "[0] * 1000000000000", "'a' * 10000000000", "(1,) * 10**9",
