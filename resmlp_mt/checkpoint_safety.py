@@ -22,12 +22,18 @@ checkpoint is read), by :func:`install`. It closes these holes of fairseq 0.12:
 2. **Torn copies.** fairseq writes the numbered checkpoint atomically, then *copies* it to
    ``checkpoint_last.pt`` / ``checkpoint_best.pt`` with ``shutil.copyfile``; a kill during the
    copy leaves a truncated file that every restart then fails to read. Copies are now made
-   to a temporary file in the same folder and renamed into place (:class:`AtomicCopyPathManager`).
+   to a temporary file in the same folder, named with the writer's pid, and renamed into
+   place (:class:`AtomicCopyPathManager`, :func:`resmlp_core.io.copy_atomic`).
 
-3. **Restart from a torn ``checkpoint_last.pt``** (written by another tool, or before this
-   plugin was used): the restart moves the unreadable file aside (nothing is deleted),
-   resumes from the newest readable checkpoint of the run and logs a warning naming both
-   files (:func:`load_checkpoint_with_fallback`).
+3. **Restarts** (:func:`load_checkpoint_with_fallback`), of ``fairseq-train`` with the default
+   ``--restore-file checkpoint_last.pt``: temporaries of killed saves are removed; an
+   unreadable ``checkpoint_last.pt`` is kept aside and the run resumes from its newest readable
+   checkpoint; a ``checkpoint_last.pt`` older than a complete numbered checkpoint (a kill
+   between the save and the copy) is replaced by it; a run that has already reached
+   ``--max-update`` (or ``--max-epoch``, ``--stop-time-hours``) stops with one log line and exit
+   status 0, writing nothing (fairseq would train one more update and overwrite
+   ``checkpoint_last.pt`` and ``checkpoint_best.pt`` at every retry). Each logs what it did,
+   naming the files.
 """
 
 from __future__ import annotations
@@ -38,12 +44,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import zipfile
 from typing import Any, Iterator, Tuple
 
 from resmlp_core.checkpoint import weights_only_refusal
+from resmlp_core.io import copy_atomic, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -338,27 +344,10 @@ def eval_bool(x, default=False):
 # ---------------------------------------------------------------------------------------------
 
 
-def atomic_copy(src: str, dst: str) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder and an atomic
-    rename: ``dst`` is always either the old file or the complete new one."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, length=16 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        shutil.copymode(src, tmp)  # mkstemp makes it private; keep the source's permissions
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _atomic_path_manager(base):
     class AtomicCopyPathManager(base):
-        """fairseq's PathManager, with local copies made atomic (:func:`atomic_copy`)."""
+        """fairseq's PathManager, with local copies made atomic (:func:`resmlp_core.io.copy_atomic`:
+        a temporary file named with the writer's pid, renamed into place)."""
 
         @staticmethod
         def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
@@ -366,14 +355,14 @@ def _atomic_path_manager(base):
                 return base.copy(src_path, dst_path, overwrite=overwrite)
             if not overwrite and os.path.exists(dst_path):
                 return False
-            atomic_copy(src_path, dst_path)
+            copy_atomic(src_path, dst_path)
             return True
 
     return AtomicCopyPathManager
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Restart from an unreadable checkpoint_last.pt
+# 3. Restarts: the newest complete checkpoint, never a torn one, and nothing past the end
 # ---------------------------------------------------------------------------------------------
 
 
@@ -386,59 +375,183 @@ def readable_checkpoint(path: str) -> bool:
         return False
 
 
-_RUN_CHECKPOINT = re.compile(r"^checkpoint(\d+|_\d+_\d+|_best)\.pt$")
+def checkpoint_updates(path: str) -> int | None:
+    """The number of updates a fairseq checkpoint was saved at (``optimizer_history[-1]``),
+    read with the tensors memory-mapped, not read (cheap for any size); None if ``path`` cannot
+    be read as one."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["optimizer_history"][-1]["num_updates"])
+    except Exception:  # torn, not a zip archive, not a fairseq checkpoint
+        return None
 
 
-def newest_readable_checkpoint(folder: str):
-    """The most recently written readable checkpoint of a run folder: the newest numbered one
-    (``checkpointN.pt`` / ``checkpoint_E_U.pt``), unless ``checkpoint_best.pt`` is more than a
-    few seconds newer (it is otherwise a copy of a numbered one); None if there is none."""
-    names = [name for name in os.listdir(folder) if _RUN_CHECKPOINT.match(name)]
-    numbered = sorted((os.path.join(folder, n) for n in names if n != "checkpoint_best.pt"), key=os.path.getmtime, reverse=True)
-    newest = next((path for path in numbered if readable_checkpoint(path)), None)
-    best = os.path.join(folder, "checkpoint_best.pt")
-    if "checkpoint_best.pt" in names and readable_checkpoint(best):
-        if newest is None or os.path.getmtime(best) > os.path.getmtime(newest) + 5:
-            return best
-    return newest
+def _run_checkpoint_name(suffix: str) -> "re.Pattern[str]":
+    return re.compile(rf"^checkpoint(\d+|_\d+_\d+|_best|\.best_.+){re.escape(suffix)}\.pt$")
 
 
-def recover_last_checkpoint(path: str) -> bool:
-    """If ``path`` (a run's ``checkpoint_last.pt``) exists and is unreadable, move it aside
+def run_checkpoints(folder: str, suffix: str = "") -> list:
+    """The checkpoints a run writes besides ``checkpoint_last``: numbered ones
+    (``checkpointN.pt``, ``checkpoint_E_U.pt``), ``checkpoint_best.pt`` and the kept best ones
+    (``checkpoint.best_<metric>_<value>.pt``); fairseq writes the first of those a save makes
+    and copies it to the others and to ``checkpoint_last.pt``."""
+    pattern = _run_checkpoint_name(suffix)
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if pattern.match(name))
+
+
+def newest_checkpoint(folder: str, suffix: str = "", than: int = -1, written_after: float | None = None):
+    """``(path, updates)`` of the run checkpoint (:func:`run_checkpoints`) with the most updates,
+    more than ``than`` (and, with ``written_after``, written later than that time), that is
+    complete; None if there is none. Updates are read from the files, not guessed from names or
+    times; of equals, a numbered checkpoint (the file fairseq saved, the others are its copies),
+    then the newest file."""
+    found = []
+    for path in run_checkpoints(folder, suffix):
+        if written_after is not None and os.path.getmtime(path) <= written_after:
+            continue
+        updates = checkpoint_updates(path)
+        if updates is not None and updates > than:
+            original = not os.path.basename(path).startswith(("checkpoint_best", "checkpoint.best_"))
+            found.append((updates, original, os.path.getmtime(path), path))
+    for updates, _, _, path in sorted(found, reverse=True):
+        if readable_checkpoint(path):
+            return path, updates
+    return None
+
+
+def _say(level: int, message: str, *args) -> None:
+    # fairseq-train's logging.config.dictConfig disables loggers created before it (ours).
+    logger.disabled = False
+    logger.log(level, message, *args)
+
+
+def recover_last_checkpoint(path: str, suffix: str = "") -> bool:
+    """If ``path`` (a run's ``checkpoint_last.pt``) exists and is unreadable, keep it aside
     and put a copy of the run's newest readable checkpoint in its place, with a warning that
     names both files. Returns True when it did so. With no readable checkpoint to fall back on,
-    raises an error naming the file (fairseq would otherwise fail on it at every restart)."""
+    raises an error naming the file (fairseq would otherwise fail on it at every restart).
+    ``path`` exists throughout (other ranks may be looking)."""
     if not os.path.exists(path) or readable_checkpoint(path):
         return False
     folder = os.path.dirname(os.path.abspath(path))
-    aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-    fallback = newest_readable_checkpoint(folder)
+    fallback = newest_checkpoint(folder, suffix)
     if fallback is None:
         raise RuntimeError(
             f"{path} is not a complete checkpoint (a torn or corrupted file, "
             f"{os.path.getsize(path)} bytes) and {folder} holds no other readable checkpoint to "
             "resume from; move it away to start afresh"
         )
-    os.replace(path, aside)
-    atomic_copy(fallback, path)
-    # fairseq-train's logging.config.dictConfig disables loggers created before it (ours).
-    logger.disabled = False
-    logger.warning(
-        "%s was unreadable (a torn or corrupted file, kept as %s); resuming from %s, the newest "
+    aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        os.link(path, aside)
+    except OSError:  # no hard links here
+        shutil.copy2(path, aside)
+    copy_atomic(fallback[0], path)
+    _say(
+        logging.WARNING,
+        "%s was unreadable (a torn or corrupted file, kept as %s); resuming from %s (%d updates), the newest "
         "readable checkpoint of this run: updates since it was written are trained again",
-        path, aside, fallback,
+        path, aside, fallback[0], fallback[1],
     )  # fmt: skip
     return True
 
 
+def resume_from_newest_checkpoint(path: str, suffix: str = "") -> bool:
+    """If the run holds a complete checkpoint with more updates than ``path`` (its readable
+    ``checkpoint_last.pt``), written after it, put a copy of it in ``path``'s place and log a
+    warning naming both: a kill between fairseq's save of the numbered checkpoint and its copy
+    to ``checkpoint_last.pt`` left the older one there. Returns True when it did so. (A
+    ``checkpoint_last.pt`` copied from an older checkpoint on purpose, to go back, is newer than
+    the others and is kept.)"""
+    last_updates = checkpoint_updates(path)
+    if last_updates is None:
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    newer = newest_checkpoint(folder, suffix, than=last_updates, written_after=os.path.getmtime(path))
+    if newer is None:
+        return False
+    copy_atomic(newer[0], path)
+    _say(
+        logging.WARNING,
+        "%s (%d updates) is older than %s (%d updates), a complete checkpoint of this run whose copy to it was "
+        "interrupted: resuming from %s",
+        path, last_updates, newer[0], newer[1], newer[0],
+    )  # fmt: skip
+    return True
+
+
+def remove_stale_checkpoint_temporaries(folder: str, suffix: str = "") -> list:
+    """Remove the temporary files that killed saves left in a run folder (the copies to
+    ``checkpoint_last.pt`` / ``checkpoint_best.pt`` / kept best checkpoints, see
+    :func:`resmlp_core.io.remove_stale_temporaries`); those of live writers are kept."""
+    if not os.path.isdir(folder):
+        return []
+    run_file = _run_checkpoint_name(suffix)
+    # .NAME.<pid>.<random>.tmp: the name of the file being written, whether or not it exists yet
+    names = {entry[1:].rsplit(".", 3)[0] for entry in os.listdir(folder) if entry.startswith(".checkpoint")}
+    names = {name for name in names if name == f"checkpoint_last{suffix}.pt" or run_file.match(name)}
+    removed = remove_stale_temporaries(folder, names=sorted(names))
+    if removed:
+        _say(logging.INFO, "removed %d temporary file(s) of killed checkpoint saves from %s: %s", len(removed),
+             folder, ", ".join(p.name for p in removed))  # fmt: skip
+    return removed
+
+
+def finished_because(cfg, trainer, epoch_itr) -> str | None:
+    """Why a run restored from its checkpoint has already met its stopping condition
+    (``--max-update``, ``--max-epoch``, ``--stop-time-hours``), or None. fairseq would train one
+    more update past ``--max-update`` (and past ``--stop-time-hours``) before noticing, and
+    overwrite ``checkpoint_last.pt`` and ``checkpoint_best.pt``."""
+    optimization = cfg.optimization
+    updates = trainer.get_num_updates()
+    if optimization.max_update and updates >= optimization.max_update:
+        return f"{updates} updates done, --max-update {optimization.max_update}"
+    if optimization.max_epoch and epoch_itr.next_epoch_idx > optimization.max_epoch:
+        return f"{epoch_itr.next_epoch_idx - 1} epochs done, --max-epoch {optimization.max_epoch}"
+    hours = trainer.cumulative_training_time() / 3600
+    if optimization.stop_time_hours > 0 and hours > optimization.stop_time_hours:
+        return f"{hours:.2f} hours trained, --stop-time-hours {optimization.stop_time_hours}"
+    return None
+
+
 def load_checkpoint_with_fallback(original):
+    """fairseq's ``checkpoint_utils.load_checkpoint`` (what ``fairseq-train`` calls before it
+    trains), made safe for restarts of a run (the default ``--restore-file checkpoint_last.pt``):
+
+    * temporaries of killed saves are removed (:func:`remove_stale_checkpoint_temporaries`);
+    * a torn ``checkpoint_last.pt`` is replaced by the newest readable checkpoint
+      (:func:`recover_last_checkpoint`), an older one by a newer complete checkpoint
+      (:func:`resume_from_newest_checkpoint`);
+    * a run already finished (:func:`finished_because`) stops there, with one log line and exit
+      status 0, having written nothing: a retry or requeue of a finished command is harmless.
+    """
+
     def load_checkpoint(cfg, trainer, **passthrough_args):
+        restart = None
         if cfg.restore_file == "checkpoint_last.pt" and getattr(cfg, "save_dir", None):
             suffix = getattr(trainer, "checkpoint_suffix", "") or ""
             last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
             if getattr(trainer, "data_parallel_rank", 0) == 0 or getattr(cfg, "load_checkpoint_on_all_dp_ranks", False):
-                recover_last_checkpoint(last)
-        return original(cfg, trainer, **passthrough_args)
+                remove_stale_checkpoint_temporaries(cfg.save_dir, suffix)
+                if not recover_last_checkpoint(last, suffix):
+                    resume_from_newest_checkpoint(last, suffix)
+            if os.path.exists(last):
+                restart = last
+        extra_state, epoch_itr = original(cfg, trainer, **passthrough_args)
+        full_cfg = getattr(trainer, "cfg", None)
+        if restart is not None and extra_state is not None and full_cfg is not None:
+            why = finished_because(full_cfg, trainer, epoch_itr)
+            if why is not None:
+                _say(
+                    logging.INFO,
+                    "this run is already finished (%s, restored from %s): nothing to train, nothing written; "
+                    "raise the limit to train further",
+                    why, restart,
+                )  # fmt: skip
+                raise SystemExit(0)
+        return extra_state, epoch_itr
 
     load_checkpoint.__wrapped__ = original
     load_checkpoint.__doc__ = original.__doc__

@@ -1,6 +1,8 @@
-"""Drills on translation checkpoints (issue 12): crafted configuration strings never run code,
-through every loader the project offers or plugs into; torn ``checkpoint_last.pt`` files never
-make a run unrecoverable; foreign files get an error naming them.
+"""Drills on translation checkpoints: crafted configuration strings never run code nor exhaust
+memory, through every loader the project offers or plugs into; files holding pickled objects are
+refused with a message naming them; torn or stale ``checkpoint_last.pt`` files never make a run
+unrecoverable or lose updates; a finished run started again writes nothing; foreign files get
+an error naming them.
 
 Runs on a corpus the test writes (no shared data), with fairseq's own command-line tools.
 """
@@ -8,9 +10,12 @@ Runs on a corpus the test writes (no shared data), with fairseq's own command-li
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import resmlp_core.io
 import resmlp_mt  # noqa: F401  (installs the guards, allows argparse.Namespace)
 from resmlp_mt import checkpoint_safety
 from conftest import REPO
@@ -69,7 +75,7 @@ def transformer_run(tmp_path_factory):
 
 def crafted_checkpoint(source: Path, dest: Path, marker: Path) -> Path:
     """``source`` with ``adaptive_softmax_cutoff`` set to a string that, if evaluated, creates
-    ``marker`` and still yields a valid cutoff list (the exploit of issue 12). The file holds no
+    ``marker`` and still yields a valid cutoff list. The file holds no
     pickled code: torch's weights-only loading accepts it."""
     state = torch.load(source, map_location="cpu", weights_only=True)
     state["cfg"]["model"].adaptive_softmax_cutoff = f"[__import__('os').system('touch {marker}') + 500]"
@@ -211,7 +217,7 @@ def test_checkpoint_copies_are_atomic(tmp_path, monkeypatch):
         out.write(inp.read(1000))
         raise KeyboardInterrupt  # as a kill would stop the copy
 
-    monkeypatch.setattr(checkpoint_safety.shutil, "copyfileobj", dies_half_way)
+    monkeypatch.setattr(resmlp_core.io.shutil, "copyfileobj", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == b"old checkpoint"
@@ -249,6 +255,145 @@ def test_evaluation_script_names_a_vision_checkpoint(transformer_run, tmp_path):
     result = run([sys.executable, "scripts/evaluate_mt.py", transformer_run["data"], "--path", vision_like], check=False)
     out = result.stdout + result.stderr
     assert result.returncode == 2 and f"{vision_like}: not a fairseq checkpoint" in out and "KeyError" not in out, out[-2000:]
+
+
+
+# --- restarts of fairseq-train ---------------------------------------------------------------
+
+RESMLP = [
+    "--arch", "resmlp_mt_small", "--encoder-embed-dim", "16", "--encoder-layers", "1", "--decoder-layers", "1",
+    "--decoder-attention-heads", "2", "--share-all-embeddings", "--max-source-positions", "16",
+    "--max-target-positions", "16",
+]
+
+
+def train_command(data, save_dir, *flags):
+    return [tool("fairseq-train"), data, "--user-dir", USER_DIR, *RESMLP, *TRAIN, "--save-dir", save_dir, *flags]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file of ``folder``: name -> (sha256 of the bytes, mtime in ns)."""
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def saved_updates(path: Path) -> int:
+    """The number of updates a fairseq checkpoint was saved at."""
+    return torch.load(path, map_location="cpu", weights_only=True)["optimizer_history"][-1]["num_updates"]
+
+
+def checkpoint_lines(log: str) -> str:
+    return "\n".join(line for line in log.splitlines() if re.search("heckpoint|finished|update", line))
+
+
+@pytest.mark.slow
+def test_starting_a_finished_run_again_writes_nothing(transformer_run, tmp_path):
+    """A retry wrapper or a scheduler requeue runs the same command again once it has finished:
+    fairseq would train one update past --max-update and overwrite checkpoint_last.pt and
+    checkpoint_best.pt, once more at every retry."""
+    ckpt = tmp_path / "ckpt"
+    command = train_command(transformer_run["data"], ckpt, "--max-update", "3")
+    run(command)
+    before = snapshot(ckpt)
+    assert {"checkpoint_last.pt", "checkpoint_best.pt"} <= set(before)
+    for _ in range(2):
+        result = run(command)  # exit status 0
+        log = result.stdout + result.stderr
+        assert snapshot(ckpt) == before, checkpoint_lines(log)
+        finished = [line for line in log.splitlines() if "this run is already finished" in line]
+        assert len(finished) == 1 and "3 updates done, --max-update 3" in finished[0], checkpoint_lines(log)
+        assert str(ckpt / "checkpoint_last.pt") in finished[0] and "Saved checkpoint" not in log
+    # a higher limit trains on from where the run stopped
+    result = run(train_command(transformer_run["data"], ckpt, "--max-update", "4"))
+    assert "num_updates=4" in (result.stdout + result.stderr).replace(" ", "")
+    assert saved_updates(ckpt / "checkpoint_last.pt") == 4
+
+
+@pytest.mark.slow
+def test_starting_a_run_finished_by_max_epoch_again_writes_nothing(transformer_run, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    command = train_command(transformer_run["data"], ckpt, "--max-epoch", "1")
+    run(command)
+    before = snapshot(ckpt)
+    result = run(command)
+    log = result.stdout + result.stderr
+    assert snapshot(ckpt) == before
+    assert re.search(r"this run is already finished \(1 epochs done, --max-epoch 1", log), checkpoint_lines(log)
+
+
+@pytest.mark.slow
+def test_restart_resumes_from_a_newer_numbered_checkpoint_than_checkpoint_last(transformer_run, tmp_path):
+    """A kill between fairseq's save of a numbered checkpoint (checkpoint_E_U.pt) and its copy to
+    checkpoint_last.pt leaves checkpoint_last.pt at the previous save: the restart resumes from
+    the numbered one."""
+    ckpt = tmp_path / "ckpt"
+    command = train_command(transformer_run["data"], ckpt, "--save-interval-updates", "1")
+    run([*command, "--max-update", "5"])
+    numbered = sorted((saved_updates(p), p) for p in ckpt.glob("checkpoint_*_*.pt"))
+    (before, previous), (newest_updates, newest) = numbered[-2:]
+    assert newest_updates == 5
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):  # both as the previous save left them
+        shutil.copy2(previous, ckpt / name)
+    last = ckpt / "checkpoint_last.pt"
+    result = run([*command, "--max-update", "7"])
+    log = result.stdout + result.stderr
+    assert re.search(rf"{re.escape(str(last))} \({before} updates\) is older than {re.escape(str(newest))} \(5 updates\)",
+                     log), checkpoint_lines(log)
+    compact = log.replace(" ", "")
+    assert "num_updates=6" in compact and f"num_updates={before + 1}" not in compact  # resumed at 5, not before
+    assert saved_updates(last) == 7
+
+
+def test_a_checkpoint_last_copied_back_on_purpose_is_kept(transformer_run, tmp_path):
+    """Going back to an older checkpoint by copying it to checkpoint_last.pt (after a divergence)
+    is not undone: the newer numbered checkpoint was written before the copy."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(transformer_run["ckpt"], run_dir)
+    newer = run_dir / "checkpoint_1_99.pt"
+    state = torch.load(run_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    state["optimizer_history"][-1]["num_updates"] = 99
+    torch.save(state, newer)
+    last = run_dir / "checkpoint_last.pt"
+    old = os.stat(newer).st_mtime_ns - 10**9
+    os.utime(last, ns=(old, old))  # written before checkpoint_1_99.pt: a kill before the copy
+    kept = last.read_bytes()
+    os.utime(newer, ns=(old - 10**9, old - 10**9))  # checkpoint_last.pt copied back afterwards
+    assert not checkpoint_safety.resume_from_newest_checkpoint(str(last))
+    assert last.read_bytes() == kept
+    os.utime(newer, ns=(old + 10**9, old + 10**9))  # and the other way round
+    assert checkpoint_safety.resume_from_newest_checkpoint(str(last))
+    assert last.read_bytes() == newer.read_bytes()
+
+
+KILLED_COPY = """
+import os, shutil, sys
+import resmlp_mt
+from fairseq import checkpoint_utils
+
+def killed_half_way(inp, out, length=0):
+    out.write(inp.read(1000))
+    out.flush()
+    os._exit(9)  # as SIGKILL would stop the copy: no clean-up runs
+
+shutil.copyfileobj = killed_half_way
+checkpoint_utils.PathManager.copy(sys.argv[1], sys.argv[2], overwrite=True)
+"""
+
+
+@pytest.mark.slow
+def test_temporaries_of_killed_saves_are_removed_at_restart(transformer_run, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    command = train_command(transformer_run["data"], ckpt, "--max-update", "2")
+    run(command)
+    killed = run([sys.executable, "-c", KILLED_COPY, ckpt / "checkpoint_best.pt", ckpt / "checkpoint_last.pt"], check=False)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    (left,) = [p for p in ckpt.iterdir() if p.name.endswith(".tmp")]
+    assert re.fullmatch(r"\.checkpoint_last\.pt\.\d+\.\w+\.tmp", left.name), left.name  # named by its writer's pid
+    in_progress = ckpt / f".checkpoint_best.pt.{os.getpid()}.abc123.tmp"  # a live writer's: kept
+    in_progress.write_bytes(b"partial")
+    result = run(command)
+    log = result.stdout + result.stderr
+    assert not left.exists() and in_progress.exists(), sorted(p.name for p in ckpt.iterdir())
+    assert f"removed 1 temporary file(s) of killed checkpoint saves from {ckpt}: {left.name}" in log, checkpoint_lines(log)
 
 
 # --- pickled objects ---------------------------------------------------------------------------
