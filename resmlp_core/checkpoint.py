@@ -91,11 +91,11 @@ def weights_only_refusal(error: BaseException, path) -> Optional[str]:
         wanted = f"it wanted the global {found.group(1)}"
     else:
         detail = _REFUSAL_DETAIL.search(text)
-        wanted = detail.group(1).split(" Please ")[0].strip().rstrip(".") if detail else "an object torch does not allow"
+        wanted = detail.group(1).split(" Please ")[0].strip().rstrip(".") if detail else "an object torch refuses"
     return (
-        f"{path}: the file holds pickled objects that safe (weights-only) loading refuses ({wanted}); a checkpoint holds "
-        "only tensors, numbers, strings and containers of them, and no file is loaded here in a way that could "
-        "run code it carries"
+        f"{path}: the file holds pickled objects that safe (weights-only) loading refuses ({wanted}); "
+        "a checkpoint holds only tensors, numbers, strings and containers of them, and no file is loaded "
+        "here in a way that could run code it carries"
     )
 
 

@@ -273,7 +273,8 @@ def check_checkpoint_config(state: dict, source: str = "checkpoint") -> None:
         parts = []
         if code:
             more = f" (and {len(code) - 5} more)" if len(code) > 5 else ""
-            parts.append(f"{len(code)} option(s) that fairseq would evaluate as Python code: {'; '.join(code[:5])}{more}")
+            shown = "; ".join(code[:5])
+            parts.append(f"{len(code)} option(s) that fairseq would evaluate as Python code: {shown}{more}")
         if costly:
             more = f" (and {len(costly) - 5} more)" if len(costly) > 5 else ""
             parts.append(f"{len(costly)} option(s) too large to evaluate: {'; '.join(costly[:5])}{more}")

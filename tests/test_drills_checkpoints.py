@@ -273,7 +273,8 @@ def train_command(data, save_dir, *flags):
 
 def snapshot(folder: Path) -> dict:
     """Every file of ``folder``: name -> (sha256 of the bytes, mtime in ns)."""
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.iterdir())}
 
 
 def saved_updates(path: Path) -> int:
@@ -336,8 +337,8 @@ def test_restart_resumes_from_a_newer_numbered_checkpoint_than_checkpoint_last(t
     last = ckpt / "checkpoint_last.pt"
     result = run([*command, "--max-update", "7"])
     log = result.stdout + result.stderr
-    assert re.search(rf"{re.escape(str(last))} \({before} updates\) is older than {re.escape(str(newest))} \(5 updates\)",
-                     log), checkpoint_lines(log)
+    older = rf"{re.escape(str(last))} \({before} updates\) is older than {re.escape(str(newest))} \(5 updates\)"
+    assert re.search(older, log), checkpoint_lines(log)
     compact = log.replace(" ", "")
     assert "num_updates=6" in compact and f"num_updates={before + 1}" not in compact  # resumed at 5, not before
     assert saved_updates(last) == 7
@@ -384,7 +385,8 @@ def test_temporaries_of_killed_saves_are_removed_at_restart(transformer_run, tmp
     ckpt = tmp_path / "ckpt"
     command = train_command(transformer_run["data"], ckpt, "--max-update", "2")
     run(command)
-    killed = run([sys.executable, "-c", KILLED_COPY, ckpt / "checkpoint_best.pt", ckpt / "checkpoint_last.pt"], check=False)
+    killed = run([sys.executable, "-c", KILLED_COPY, ckpt / "checkpoint_best.pt", ckpt / "checkpoint_last.pt"],
+                 check=False)
     assert killed.returncode == 9, killed.stderr[-2000:]
     (left,) = [p for p in ckpt.iterdir() if p.name.endswith(".tmp")]
     assert re.fullmatch(r"\.checkpoint_last\.pt\.\d+\.\w+\.tmp", left.name), left.name  # named by its writer's pid
@@ -393,7 +395,8 @@ def test_temporaries_of_killed_saves_are_removed_at_restart(transformer_run, tmp
     result = run(command)
     log = result.stdout + result.stderr
     assert not left.exists() and in_progress.exists(), sorted(p.name for p in ckpt.iterdir())
-    assert f"removed 1 temporary file(s) of killed checkpoint saves from {ckpt}: {left.name}" in log, checkpoint_lines(log)
+    removed = f"removed 1 temporary file(s) of killed checkpoint saves from {ckpt}: {left.name}"
+    assert removed in log, checkpoint_lines(log)
 
 
 # --- pickled objects ---------------------------------------------------------------------------
@@ -449,8 +452,9 @@ def test_pickled_objects_are_refused_naming_the_file_and_the_global(pickled_chec
 
 @pytest.mark.slow
 def test_pickled_objects_are_refused_by_fairseq_generate(transformer_run, pickled_checkpoint):
-    result = run([tool("fairseq-generate"), transformer_run["data"], "--user-dir", USER_DIR, "--path", pickled_checkpoint,
-                  "--gen-subset", "test", "--beam", "2", "--batch-size", "4"], check=False)
+    result = run([tool("fairseq-generate"), transformer_run["data"], "--user-dir", USER_DIR,
+                  "--path", pickled_checkpoint, "--gen-subset", "test", "--beam", "2", "--batch-size", "4"],
+                 check=False)
     out = result.stdout + result.stderr
     assert result.returncode != 0
     (line,) = [line for line in out.splitlines() if "holds pickled objects" in line]
