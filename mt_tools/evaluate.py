@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from resmlp_core.checkpoint import load_weights_only
+
 from .layout import PreparedData
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ def average_checkpoints(paths: Sequence[Path], output: Path) -> Path:
     total: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
     state = None
     for path in paths:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path, error=EvaluationError)
         for key, value in state["model"].items():
             value = value.double() if value.is_floating_point() else value
             if key not in total:

@@ -1,9 +1,13 @@
-"""Comparing a checkpoint's state dict with a model's, for error messages that name what differs."""
+"""Comparing a checkpoint's state dict with a model's, for error messages that name what differs;
+what a weights-only ``torch.load`` refused in a file, for error messages that name it
+(:func:`load_weights_only`)."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Mapping, Tuple, Type
+from typing import Callable, Iterable, List, Mapping, Optional, Tuple, Type
 
 import torch
 
@@ -65,3 +69,44 @@ def check_state_dict_fits(
     diff = compare_state_dicts(model_state, checkpoint_state, ignore_shapes)
     if diff:
         raise error("\n  ".join([header, *diff.lines(checkpoint=checkpoint), *hints(diff)]))
+
+
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
+_REFUSAL_DETAIL = re.compile(r"WeightsUnpickler error: ([^\n]*)")
+
+
+def weights_only_refusal(error: BaseException, path) -> Optional[str]:
+    """What to say when ``torch.load(path, weights_only=True)`` raised ``error`` because the file
+    holds pickled objects (a class instance, a function, ...), or None for any other error.
+
+    torch's message advises retrying with ``weights_only=False`` or allow-listing the global,
+    which would run whatever the file was crafted to run; this one names the file and the global
+    it wanted instead: ``x.pt: the file holds pickled objects that safe (weights-only) loading refuses (it
+    wanted the global __main__.Payload); ...``."""
+    text = str(error)
+    if not isinstance(error, pickle.UnpicklingError) or "Weights only load failed" not in text:
+        return None
+    found = _REFUSED_GLOBAL.search(text)
+    if found:
+        wanted = f"it wanted the global {found.group(1)}"
+    else:
+        detail = _REFUSAL_DETAIL.search(text)
+        wanted = detail.group(1).split(" Please ")[0].strip().rstrip(".") if detail else "an object torch refuses"
+    return (
+        f"{path}: the file holds pickled objects that safe (weights-only) loading refuses ({wanted}); "
+        "a checkpoint holds only tensors, numbers, strings and containers of them, and no file is loaded "
+        "here in a way that could run code it carries"
+    )
+
+
+def load_weights_only(path, error: Type[Exception] = ValueError, **kwargs):
+    """``torch.load(path, map_location="cpu", weights_only=True, **kwargs)``; a file holding
+    pickled objects raises ``error`` with :func:`weights_only_refusal`'s message (not torch's,
+    which advises loading it unsafely). Other errors are torch's."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        refusal = weights_only_refusal(e, path)
+        if refusal is None:
+            raise
+        raise error(f"cannot load {refusal}") from None

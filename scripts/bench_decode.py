@@ -69,6 +69,7 @@ import torch
 
 import mt_tools.evaluate as mt_evaluate
 from mt_tools.layout import PreparedData
+from resmlp_core.checkpoint import load_weights_only
 import resmlp_mt  # noqa: F401  (registers the model; safe loading of fairseq checkpoints)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def read_lines(path: Path) -> List[str]:
 
 def checkpoint_info(path: Path) -> dict:
     """Architecture, update count, parameters (tied tensors once) of a fairseq checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path)
     model_cfg = state["cfg"]["model"]
     seen, params = set(), 0
     for key, value in state["model"].items():

@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 import resmlp_mt  # noqa: F401  (registers the model; allows fairseq's Namespace in safe loading)
-from mt_tools.evaluate import average_checkpoints
+from mt_tools.evaluate import EvaluationError, average_checkpoints
 from mt_tools.layout import PreparedData
+from resmlp_core.checkpoint import load_weights_only
 from resmlp_mt.hub import CARD_FILE, MODEL_FILE, SPM_FILE
 
 log = logging.getLogger("export_model")
@@ -181,7 +182,7 @@ def export(checkpoint: Path, data_bin: Path, out_dir: Path, average=(), eval_jso
             state = torch.load(average_checkpoints(sources, tmp / "averaged.pt"), map_location="cpu", weights_only=True)
             (tmp / "averaged.pt").unlink()
         else:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            state = load_weights_only(checkpoint, error=ExportError)
         if "cfg" not in state or "model" not in state:
             raise ExportError(f"{checkpoint} is not a fairseq checkpoint (keys: {', '.join(sorted(state))})")
         state = exported_state(state, src, tgt)
@@ -218,7 +219,7 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
     try:
         export(args.checkpoint, args.data_bin, args.out_dir, args.average, args.eval_json, args.force)
-    except ExportError as e:
+    except (ExportError, EvaluationError) as e:  # EvaluationError: a checkpoint given to --average
         log.error("%s", e)
         return 2
     return 0

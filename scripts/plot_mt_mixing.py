@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def mixing_matrices(state: dict, positions: int):
@@ -45,8 +44,9 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
     import matplotlib.pyplot as plt
 
     import resmlp_mt  # noqa: F401  (allows fairseq's Namespace in weights-only loading)
+    from resmlp_core.checkpoint import load_weights_only
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_weights_only(checkpoint)
     matrices = mixing_matrices(state["model"], positions)
     cols = max(len(m) for m in matrices.values())
     fig, axes = plt.subplots(2, cols, figsize=(2.8 * cols, 6.0), squeeze=False)

@@ -350,7 +350,7 @@ class Race:
         text = "".join(lines)
         if rc != 0:
             raise RuntimeError(f"{tag}: fairseq-train failed (exit {rc}); log in {save_dir / log_name}:\n{text[-3000:]}")
-        if tracker.start is None:
+        if tracker.start is None and "this run is already finished" not in text:  # (resumed after its last update)
             raise RuntimeError(f"{tag}: fairseq-train never started training; log in {save_dir / log_name}")
         return text, tracker
 

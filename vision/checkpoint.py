@@ -171,6 +171,11 @@ def load(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind == "zip")
     except Exception as err:  # corrupt file, or a pickle that needs code
+        from resmlp_core.checkpoint import weights_only_refusal
+
+        refusal = weights_only_refusal(err, path)
+        if refusal is not None:  # without torch's advice to load it unsafely
+            raise ValueError(f"cannot read checkpoint {refusal}; {EXPECTED}") from None
         detail = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__} (truncated or damaged file?)"
         raise _not_a_checkpoint(path, detail) from err
     if not isinstance(obj, dict):
