@@ -296,3 +296,57 @@ def test_loading_stays_weights_only(tmp_path, capsys):
     with pytest.raises(ValueError, match=re.escape(str(path))):
         ckpt_io.load(path)
     assert "code ran" not in capsys.readouterr().out
+
+
+def test_evaluate_on_an_unreadable_image_prints_one_line_naming_it(tmp_path, capsys):
+    """Like vision.train: rc 2 and one ``error:`` line naming the file, no DataLoader traceback,
+    also when the image is read in a worker process."""
+    from vision.evaluate import main
+
+    data = write_images(tmp_path / "data", 3)
+    bad = data / "dog" / "001.png"
+    bad.write_bytes(b"not an image")
+    weights = tmp_path / "w.pth"
+    torch.save(timm.create_model("resmlp_s12", **TINY_KWARGS).state_dict(), weights)
+    common = ["--model", "resmlp_s12", "--weights", str(weights), "--model-kwargs", *(f"{k}={v}" for k, v in TINY_KWARGS.items()),
+              "--img-size", "8", "--bench-batch", "0", "--batch-size", "2", "--no-reference", "--data-dir", str(data)]
+    for workers in ("0", "1"):
+        assert main([*common, "--workers", workers]) == 2, workers
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error" in line.lower()]  # besides the progress bar
+        assert "Traceback" not in err and len(errors) == 1, (workers, err)
+        assert errors[0].startswith(f"error: cannot read image {bad}"), (workers, err)
+
+
+def test_features_cache_follows_the_image_files(tmp_path, monkeypatch, capsys):
+    """--features-cache: removing, adding or rewriting images of a split gives the counts and
+    accuracy of a run without the cache, never the old features."""
+    from vision.knn import main as knn_main
+
+    data = tmp_path / "data"
+    write_images(data / "train", 6, seed=1)
+    write_images(data / "val", 3, seed=2)
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resmlp_s12", **{**TINY_KWARGS, "num_classes": 0}).state_dict(), weights)
+    common = [*TINY[:4], "--model-kwargs", "patch_size=4", "embed_dim=16", "depth=1", "img_size=8", "--weights", str(weights),
+              "--data-dir", str(data), "--workers", "0", "--threads", "1", "--k", "3"]
+
+    def knn(name, cache=True):
+        out = tmp_path / name
+        assert knn_main([*common, *(["--features-cache", str(tmp_path / "f.pt")] if cache else []), "--out", str(out)]) == 0
+        report = json.loads(out.with_suffix(".json").read_text())
+        return report["data"]["train_images"], report["data"]["val_images"], report["results"]
+
+    assert knn("first") == knn("fresh0", cache=False)
+    capsys.readouterr()
+    knn("unchanged")
+    assert f"from {tmp_path / 'f.pt'}" in capsys.readouterr().out  # an unchanged folder is served from the cache
+    for path in sorted((data / "train" / "cat").iterdir())[:4]:
+        path.unlink()  # 4 training images fewer
+    assert knn("removed") == knn("fresh1", cache=False)
+    write_images(data / "val", 6, classes=("cat",), seed=3)  # rewrites 3 cat images, adds 3
+    assert knn("added") == knn("fresh2", cache=False)
+    shutil.rmtree(data / "train" / "dog")
+    write_images(data / "train", 6, classes=("dog",), size=(9, 9), seed=4)  # the same names, other images
+    assert knn("replaced") == knn("fresh3", cache=False)

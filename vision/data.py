@@ -41,6 +41,19 @@ class BadImageError(ValueError):
     """An image file of a dataset that cannot be read; the message names the file."""
 
 
+def error_line(err: BaseException) -> str:
+    """The one line a command prints for a bad-input error (``error: <this>``). An error raised in
+    a DataLoader worker comes back with the worker's traceback in its message (``Caught
+    BadImageError in DataLoader worker process 0. Original Traceback ...``): its last line, the
+    original message, is what names the file."""
+    text = str(err).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]  # "vision.data.BadImageError: cannot read image ..."
+        name, sep, message = last.partition(": ")
+        return message if sep and " " not in name else last
+    return " ".join(text.splitlines()) or type(err).__name__
+
+
 def find_classes(root: Path) -> list[str]:
     """Class names: the sub-folders of ``root``, sorted (torchvision's ImageFolder order)."""
     root = Path(root)

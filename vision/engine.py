@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import BadImageError
+from .data import BadImageError, error_line
 
 #: The exit status of a run stopped by a non-finite loss.
 EXIT_NONFINITE_LOSS = 3
@@ -120,7 +120,7 @@ def run_guarded(run: Callable[[], int], output: Path, primary: bool, distributed
         logger.error(f"stopping: {err}; {kept} (left unchanged). Lower the learning rate or check the data.")
         return EXIT_NONFINITE_LOSS
     except (BadImageError, ValueError, FileNotFoundError) as err:
-        logger.error(f"error: {err}")
+        logger.error(f"error: {error_line(err)}")
         if primary:
             with open(output / "log.txt", "a") as fh:
                 traceback.print_exc(file=fh)

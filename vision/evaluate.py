@@ -51,7 +51,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .data import error_line
 
+    try:
+        return run(args, p)
+    except (ValueError, FileNotFoundError) as err:  # bad input (BadImageError is a ValueError): one line, rc 2
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     import timm
     from timm.utils import reparameterize_model
 
@@ -65,43 +74,39 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classes = None
-    try:
-        if args.checkpoint:
-            model, ckpt = ckpt_io.create_model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
-            if ckpt.get("format") == ckpt_io.DINO_FORMAT:
-                raise ValueError(f"{args.checkpoint} is a vision.dino checkpoint: a backbone without classifier. Evaluate its features "
-                                 "with python -m vision.knn / vision.linear, or fine-tune it (vision.train --initial-checkpoint)")
-            data_cfg = dict(ckpt["data_config"])
-            classes = ckpt.get("classes")
-            name = ckpt["model_name"]
-        elif args.model:
-            check_model_name(args.model)
-            model = timm.create_model(args.model, pretrained=args.pretrained, **args.model_kwargs)
-            if args.weights:
-                ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
-            elif not args.pretrained:
-                p.error("--model needs --weights FILE or --pretrained")
-            data_cfg = timm.data.resolve_data_config({}, model=model)
-            name = args.model
-        else:
-            p.error("give --checkpoint, or --model with --weights/--pretrained")
-        img_size = args.img_size or data_cfg["input_size"][-1]
-        crop_pct = args.crop_pct or data_cfg.get("crop_pct", 0.9)
-        interpolation = args.interpolation or data_cfg.get("interpolation", "bicubic")
-        root = Path(args.data_dir)
-        found = find_classes(root)
-        if classes is not None:
-            check_same_classes(classes, found, Path(args.checkpoint), root)
-        transform = build_eval_transform(img_size, crop_pct, interpolation, data_cfg["mean"], data_cfg["std"])
-        # skip: unreadable files are left out up front (not replaced by another image), so every
-        # count and score is over the readable images only, each once
-        dataset = ImageFolderDataset(
-            root, transform, found, bad_images=args.bad_images, max_per_class=args.max_per_class,
-            cache_threads=max(1, args.workers), check_readable=True,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.checkpoint:
+        model, ckpt = ckpt_io.create_model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
+        if ckpt.get("format") == ckpt_io.DINO_FORMAT:
+            raise ValueError(f"{args.checkpoint} is a vision.dino checkpoint: a backbone without classifier. Evaluate its features "
+                             "with python -m vision.knn / vision.linear, or fine-tune it (vision.train --initial-checkpoint)")
+        data_cfg = dict(ckpt["data_config"])
+        classes = ckpt.get("classes")
+        name = ckpt["model_name"]
+    elif args.model:
+        check_model_name(args.model)
+        model = timm.create_model(args.model, pretrained=args.pretrained, **args.model_kwargs)
+        if args.weights:
+            ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
+        elif not args.pretrained:
+            p.error("--model needs --weights FILE or --pretrained")
+        data_cfg = timm.data.resolve_data_config({}, model=model)
+        name = args.model
+    else:
+        p.error("give --checkpoint, or --model with --weights/--pretrained")
+    img_size = args.img_size or data_cfg["input_size"][-1]
+    crop_pct = args.crop_pct or data_cfg.get("crop_pct", 0.9)
+    interpolation = args.interpolation or data_cfg.get("interpolation", "bicubic")
+    root = Path(args.data_dir)
+    found = find_classes(root)
+    if classes is not None:
+        check_same_classes(classes, found, Path(args.checkpoint), root)
+    transform = build_eval_transform(img_size, crop_pct, interpolation, data_cfg["mean"], data_cfg["std"])
+    # skip: unreadable files are left out up front (not replaced by another image), so every
+    # count and score is over the readable images only, each once
+    dataset = ImageFolderDataset(
+        root, transform, found, bad_images=args.bad_images, max_per_class=args.max_per_class,
+        cache_threads=max(1, args.workers), check_readable=True,
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     model = model.to(device).eval()
 

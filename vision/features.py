@@ -24,6 +24,7 @@ anything else is not used, and is replaced by the new extraction.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -192,11 +193,33 @@ def _file_stamp(path: Optional[str]) -> Optional[Dict[str, Any]]:
     return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def image_files_stamp(root: Path, classes, max_per_class: Optional[int]) -> Dict[str, Any]:
+    """The images a split's features are made of, as the dataset lists them (class, file name,
+    size, modification time): their count and a digest. One directory walk and one ``stat`` per
+    file; no image is read."""
+    from .data import ImageFolderDataset
+
+    digest = hashlib.sha256()
+    samples = ImageFolderDataset(root, None, classes, max_per_class=max_per_class).samples
+    for path, label in samples:
+        st = os.stat(path)
+        digest.update(f"{label}\t{Path(path).relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return {"images": len(samples), "sha256": digest.hexdigest()}
+
+
 def features_key(args: argparse.Namespace) -> Dict[str, Any]:
     """What the features of ``args`` depend on, for ``--features-cache``: the backbone's flags and
-    files (path, size, modification time), the data folder, splits and subsets, and the transform
-    flags. Thread count, batch size and device do not change them, and are not in it."""
+    files (path, size, modification time), the data folder, splits and subsets, the image files
+    of each split (:func:`image_files_stamp`: an image added, removed or rewritten makes another
+    key), and the transform flags. Thread count, batch size and device do not change them, and
+    are not in it."""
+    from .data import find_classes
+
+    root = Path(args.data_dir)
+    classes = find_classes(root / args.train_split)
     return {
+        "train_files": image_files_stamp(root / args.train_split, classes, args.max_per_class),
+        "val_files": image_files_stamp(root / args.val_split, classes, args.val_max_per_class),
         "checkpoint": _file_stamp(args.checkpoint), "weights": _file_stamp(args.weights), "model": args.model,
         "pretrained": bool(args.pretrained), "random_init": bool(args.random_init),
         "seed": args.seed if args.random_init else None, "model_kwargs": dict(args.model_kwargs or {}),
@@ -325,8 +348,10 @@ def report_header(evaluation: str, features: dict, args) -> dict:
 def features_or_error(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """:func:`features_for` for a command line: a bad input (a missing file, a checkpoint of
     another model) is printed as one ``error:`` line and None is returned."""
+    from .data import error_line
+
     try:
         return features_for(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as err:  # BadImageError is a ValueError
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return None
