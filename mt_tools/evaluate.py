@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from resmlp_core.io import save_atomic
+
 from .layout import PreparedData
 
 logger = logging.getLogger(__name__)
@@ -100,9 +102,7 @@ def average_checkpoints(paths: Sequence[Path], output: Path) -> Path:
         (k, (v / len(paths)).to(state["model"][k].dtype) if v.is_floating_point() else v) for k, v in total.items()
     )
     state["model"] = averaged
-    tmp = Path(str(output) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, output)
+    save_atomic(state, output)
     logger.info("averaged %d checkpoints into %s: %s", len(paths), output, ", ".join(p.name for p in paths))
     return output
 

@@ -24,6 +24,8 @@ from typing import List, Sequence, Union
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
 
+from resmlp_core.io import recover_folder
+
 MODEL_FILE = "model.pt"
 SPM_FILE = "sentencepiece.bpe.model"  # the name fairseq's hub looks for in a model folder
 CARD_FILE = "model_card.json"
@@ -172,6 +174,7 @@ def from_pretrained(
     from fairseq import hub_utils
 
     folder = Path(folder)
+    recover_folder(folder)  # an export killed mid-replacement, where the folder swap is not atomic
     if not (folder / checkpoint_file).is_file():
         raise FileNotFoundError(
             f"{folder / checkpoint_file} not found: give a folder written by scripts/export_model.py "
