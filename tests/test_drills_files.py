@@ -290,57 +290,13 @@ def test_a_kill_between_the_two_renames_is_recovered(tmp_path, recovered_by):
 from test_mt_api import exported  # noqa: E402,F401  (the trained tiny model, its data and export)
 
 
-def export_killed_at(export, step: int | str, ckpt: Path, data: Path, out: Path, exchange: bool) -> bool:
-    """Run ``export(ckpt, data, out, force=True)`` (``scripts/export_model.py``) in a forked process killed with
-    SIGKILL right after the ``step``-th file-system change beside ``out`` (a rename, an exchange,
-    a folder deletion), or in the middle of writing ``model.pt`` (``step="model.pt"``); without
-    the atomic swap unless ``exchange``. Returns False when the export finished before that step."""
+def in_forked_process(body, what: str) -> bool:
+    """Run ``body()`` in a forked process (which may kill itself with SIGKILL); True when it was
+    killed, False when it finished (it must not fail otherwise)."""
     pid = os.fork()
     if pid == 0:  # the child: never returns to pytest
         try:
-            import shutil
-
-            import torch
-
-            steps = [0]
-
-            def changed(*paths) -> None:
-                if any(Path(p).parent == out.parent for p in paths):
-                    steps[0] += 1
-                    if steps[0] == step:
-                        os.kill(os.getpid(), signal.SIGKILL)
-
-            real_rename, real_replace, real_rmtree, real_exchange = os.rename, os.replace, shutil.rmtree, safe_io._exchange
-            real_save = torch.save
-
-            def rename(a, b, *args, **kwargs):
-                real_rename(a, b, *args, **kwargs)
-                changed(a, b)
-
-            def replace(a, b, *args, **kwargs):
-                real_replace(a, b, *args, **kwargs)
-                changed(a, b)
-
-            def rmtree(path, *args, **kwargs):
-                existed = os.path.lexists(path)
-                real_rmtree(path, *args, **kwargs)
-                if existed:
-                    changed(path)
-
-            def swap(a, b):
-                if not exchange or not real_exchange(a, b):
-                    return False
-                changed(a, b)
-                return True
-
-            def save(obj, f, *args, **kwargs):
-                if step == "model.pt" and Path(f).name == "model.pt":
-                    Path(f).write_bytes(b"PK\x03\x04 half a model")
-                    os.kill(os.getpid(), signal.SIGKILL)
-                real_save(obj, f, *args, **kwargs)
-
-            os.rename, os.replace, shutil.rmtree, safe_io._exchange, torch.save = rename, replace, rmtree, swap, save
-            export(ckpt, data, out, force=True)
+            body()
             os._exit(0)
         except BaseException:
             import traceback
@@ -355,13 +311,67 @@ def export_killed_at(export, step: int | str, ckpt: Path, data: Path, out: Path,
         if time.time() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            pytest.fail(f"the export killed at step {step} hung")
+            pytest.fail(f"{what} hung")
         time.sleep(0.05)
     if os.WIFEXITED(status):
-        assert os.WEXITSTATUS(status) == 0, f"the export to be killed at step {step} failed"
+        assert os.WEXITSTATUS(status) == 0, f"{what} failed"
         return False
     assert os.WTERMSIG(status) == signal.SIGKILL
     return True
+
+
+def export_killed_at(export, step: int | str, ckpt: Path, data: Path, out: Path, exchange: bool) -> bool:
+    """Run ``export(ckpt, data, out, force=True)`` (``scripts/export_model.py``) in a forked
+    process killed with SIGKILL right after the ``step``-th file-system change beside ``out`` (a rename, an exchange,
+    a folder deletion), or in the middle of writing ``model.pt`` (``step="model.pt"``); without
+    the atomic swap unless ``exchange``. Returns False when the export finished before that step."""
+
+    def body() -> None:
+        import shutil
+
+        import torch
+
+        steps = [0]
+
+        def changed(*paths) -> None:
+            if any(Path(p).parent == out.parent for p in paths):
+                steps[0] += 1
+                if steps[0] == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        real_rename, real_replace, real_rmtree, real_exchange = os.rename, os.replace, shutil.rmtree, safe_io._exchange
+        real_save = torch.save
+
+        def rename(a, b, *args, **kwargs):
+            real_rename(a, b, *args, **kwargs)
+            changed(a, b)
+
+        def replace(a, b, *args, **kwargs):
+            real_replace(a, b, *args, **kwargs)
+            changed(a, b)
+
+        def rmtree(path, *args, **kwargs):
+            existed = os.path.lexists(path)
+            real_rmtree(path, *args, **kwargs)
+            if existed:
+                changed(path)
+
+        def swap(a, b):
+            if not exchange or not real_exchange(a, b):
+                return False
+            changed(a, b)
+            return True
+
+        def save(obj, f, *args, **kwargs):
+            if step == "model.pt" and Path(f).name == "model.pt":
+                Path(f).write_bytes(b"PK\x03\x04 half a model")
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_save(obj, f, *args, **kwargs)
+
+        os.rename, os.replace, shutil.rmtree, safe_io._exchange, torch.save = rename, replace, rmtree, swap, save
+        export(ckpt, data, out, force=True)
+
+    return in_forked_process(body, f"the export to be killed at step {step}")
 
 
 MODEL_FILES = ["README.md", "dict.de.txt", "dict.en.txt", "model.pt", "model_card.json", "sentencepiece.bpe.model"]
@@ -414,3 +424,42 @@ def test_export_force_killed_at_any_point_keeps_a_complete_model(exported, tmp_p
     with pytest.raises(export_model.ExportError, match="exists: pass --force"):
         export(new, data, out)
     assert model_in(out) == new.name
+
+
+# --------------------------------------------------------------------------------------
+# 4. Prepared data: a preparation killed midway
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_prepare_force_killed_midway_keeps_the_old_data_and_the_next_run_cleans_up(tmp_path):
+    from helpers import write_corpus
+
+    prepare = load_script("prepare_multi30k").main
+    root = tmp_path / "data-bin"
+    dest = root / "multi30k.en-de"
+
+    def run(raw: Path, *flags: str) -> int:
+        return prepare(["--raw-dir", str(raw), "--destdir-root", str(root), "--vocab-size", "120", "--workers", "1", *flags])
+
+    assert run(write_corpus(tmp_path / "raw")) == 0
+    before = {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}
+    other = write_corpus(tmp_path / "raw2", seed=1)
+
+    def killed_at_binarization() -> None:
+        real_run = subprocess.run
+
+        def run_or_die(cmd, *args, **kwargs):
+            if "fairseq_cli.preprocess" in cmd:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_run(cmd, *args, **kwargs)
+
+        subprocess.run = run_or_die
+        run(other, "--force")
+
+    assert in_forked_process(killed_at_binarization, "the preparation to be killed")
+    assert {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()} == before
+    assert len(hidden(root)) == 1  # the half-built folder
+    assert run(other, "--force") == 0
+    assert hidden(root) == []
+    assert {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()} != before
