@@ -31,7 +31,8 @@ The pipeline behind ``scripts/prepare_multi30k.py`` and ``scripts/prepare_wmt14.
 Nothing already written is lost: the output is built in a temporary folder beside the
 destination and moved into place only when complete (:func:`resmlp_core.io.staged_folder`: a
 kill at any point leaves the old folder or the new one, and the next run removes what it left),
-and an existing destination is kept unless ``force`` is set. Everything streams, so WMT-size corpora do not need to fit in memory.
+and an existing destination is kept unless ``force`` is set. Everything streams, so WMT-size
+corpora do not need to fit in memory.
 """
 
 from __future__ import annotations

@@ -237,8 +237,9 @@ def staged_folder(dest: str | os.PathLike, replace: bool = False) -> Iterator[Pa
 
     The body writes into a hidden folder beside ``dest`` (``.NAME.<pid>.<random>.dir``); on a
     clean exit it replaces ``dest`` (:func:`replace_folder`), on an exception it is deleted and
-    ``dest`` is untouched (or put back, when the exception interrupted the replacement). Half-built folders of killed writers are removed on entry. An
-    existing ``dest`` is an error (``FileExistsError``) unless ``replace``."""
+    ``dest`` is untouched (or put back, when the exception interrupted the replacement).
+    Half-built folders of killed writers are removed on entry. An existing ``dest`` is an error
+    (``FileExistsError``) unless ``replace``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(dest)

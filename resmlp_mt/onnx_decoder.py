@@ -137,7 +137,8 @@ def _export(graph: nn.Module, example: tuple, names: List[str], outputs: List[st
     def write_quantized(tmp: Path) -> None:
         root = logging.getLogger()
         level = root.level
-        root.setLevel(max(level, logging.ERROR))  # the quantizer logs an INFO line per tensor and a hint on the root logger
+        # the quantizer logs an INFO line per tensor and a hint on the root logger
+        root.setLevel(max(level, logging.ERROR))
         try:
             quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
         finally:

@@ -75,8 +75,8 @@ else:
 
 def killed_writer(what: str, dest: Path, content: str, kill: str) -> int:
     """Run :data:`WRITER`, which must die by SIGKILL; returns its process id (gone by now)."""
-    proc = subprocess.run([sys.executable, "-c", WRITER, str(REPO / "resmlp_core" / "io.py"), what, str(dest), content, kill],
-                          capture_output=True, text=True, timeout=60)
+    args = [sys.executable, "-c", WRITER, str(REPO / "resmlp_core" / "io.py"), what, str(dest), content, kill]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-2000:])
     return int(proc.stdout)
 
@@ -391,7 +391,7 @@ def model_in(out: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exchange", [True, False], ids=["atomic-swap", "two-renames"])
-def test_export_force_killed_at_any_point_keeps_a_complete_model(exported, tmp_path, exchange):
+def test_export_force_killed_at_any_point_keeps_a_complete_model(exported, tmp_path, exchange):  # noqa: F811
     if exchange and not exchange_works(tmp_path):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
     export_model = load_script("export_model")
@@ -440,7 +440,8 @@ def test_prepare_force_killed_midway_keeps_the_old_data_and_the_next_run_cleans_
     dest = root / "multi30k.en-de"
 
     def run(raw: Path, *flags: str) -> int:
-        return prepare(["--raw-dir", str(raw), "--destdir-root", str(root), "--vocab-size", "120", "--workers", "1", *flags])
+        return prepare(["--raw-dir", str(raw), "--destdir-root", str(root), "--vocab-size", "120", "--workers", "1",
+                        *flags])
 
     assert run(write_corpus(tmp_path / "raw")) == 0
     before = {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}

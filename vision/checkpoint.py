@@ -364,7 +364,10 @@ def append_summary_atomic(path: Path, row: Dict[str, Any]) -> None:
     ``update_summary`` (same columns and number formatting), through a copy and a rename."""
     from timm.utils import update_summary
 
-    safe_io.update_atomic(path, lambda tmp: update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"]))
+    def append(tmp: Path) -> None:
+        update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
+
+    safe_io.update_atomic(path, append)
 
 
 def write_summary_atomic(path: Path, rows: list[Dict[str, Any]]) -> None:
