@@ -29,8 +29,10 @@ The pipeline behind ``scripts/prepare_multi30k.py`` and ``scripts/prepare_wmt14.
    the layout of :mod:`mt_tools.layout`.
 
 Nothing already written is lost: the output is built in a temporary folder beside the
-destination and moved into place only when complete, and an existing destination is kept
-unless ``force`` is set. Everything streams, so WMT-size corpora do not need to fit in memory.
+destination and moved into place only when complete (:func:`resmlp_core.io.staged_folder`: a
+kill at any point leaves the old folder or the new one, and the next run removes what it left),
+and an existing destination is kept unless ``force`` is set. Everything streams, so WMT-size
+corpora do not need to fit in memory.
 """
 
 from __future__ import annotations
@@ -45,13 +47,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import urllib.request
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from resmlp_core.io import staged_folder, write_atomic
 
 from .layout import PreparedData
 
@@ -516,9 +519,8 @@ def prepare_parallel_corpus(
     if max_positions is not None and max_positions < 2:
         raise ValueError(f"max_positions must be at least 2 (one piece and end-of-sentence), got {max_positions}")
     scans = check_splits(splits, invalid_utf8, max_non_text)
-    destdir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{destdir.name}.tmp-", dir=destdir.parent))
-    try:
+    # an existing destination is checked above: an empty one or, with force, any is replaced
+    with staged_folder(destdir, replace=True) as work:
         text = work / "text"
         text.mkdir()
         with Pool(workers) if workers > 1 else nullcontext() as pool:
@@ -575,24 +577,7 @@ def prepare_parallel_corpus(
             **(extra_info or {}),
         }
         out.info_file.write_text(json.dumps(info, indent=2) + "\n")
-        _replace_dir(work, destdir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return stats
-
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``; an existing ``dest`` is removed only after the move."""
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
-        new.rename(dest)
-        shutil.rmtree(old)
-    else:
-        new.rename(dest)
 
 
 # --- downloads and archives --------------------------------------------------------------------
@@ -606,22 +591,22 @@ def download(url: str, dest: Path) -> Path:
     if dest.exists():
         logger.info("%s already downloaded", dest)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
+
+    def fill(tmp: Path) -> None:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             size = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
                 while block := response.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))
+
+    try:
+        write_atomic(dest, fill)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ConnectionError(
             f"could not download {url} ({e}); without internet access, point the script at a "
             "local copy of the data instead (see --help)"
         ) from e
-    tmp.rename(dest)
     return dest
 
 

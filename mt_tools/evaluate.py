@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from resmlp_core.checkpoint import load_weights_only
+from resmlp_core.io import save_atomic
 
 from .layout import PreparedData
 
@@ -102,9 +103,7 @@ def average_checkpoints(paths: Sequence[Path], output: Path) -> Path:
         (k, (v / len(paths)).to(state["model"][k].dtype) if v.is_floating_point() else v) for k, v in total.items()
     )
     state["model"] = averaged
-    tmp = Path(str(output) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, output)
+    save_atomic(state, output)
     logger.info("averaged %d checkpoints into %s: %s", len(paths), output, ", ".join(p.name for p in paths))
     return output
 

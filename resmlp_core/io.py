@@ -1,7 +1,8 @@
 """Crash-safe writes of files and folders: the one place every package and benchmark writes
 through when a kill mid-write must not lose what was there.
 
-* :func:`write_atomic` (and :func:`save_atomic`, :func:`copy_atomic`, :func:`write_text_atomic`):
+* :func:`write_atomic` (and :func:`save_atomic`, :func:`copy_atomic`, :func:`write_text_atomic`,
+  :func:`update_atomic`):
   a file is written to a temporary file in the same folder (``.NAME.<pid>.<random>.tmp``),
   flushed to disk and renamed over ``NAME``: a reader sees the old file or the complete new one.
 * :func:`replace_folder` / :func:`staged_folder`: a folder is built under a hidden name beside
@@ -35,6 +36,7 @@ __all__ = [
     "replace_folder",
     "save_atomic",
     "staged_folder",
+    "update_atomic",
     "write_atomic",
     "write_text_atomic",
 ]
@@ -89,6 +91,20 @@ def write_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` through :func:`write_atomic`."""
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+
+
+def update_atomic(path: str | os.PathLike, edit: Callable[[Path], None]) -> None:
+    """Change ``path`` atomically (append a row, drop some): the temporary file starts as a copy
+    of ``path`` (empty when ``path`` does not exist), ``edit(tmp)`` changes it in place, and it
+    is renamed over ``path`` as in :func:`write_atomic`."""
+    path = Path(path)
+
+    def fill(tmp: Path) -> None:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        edit(tmp)
+
+    write_atomic(path, fill)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -193,18 +209,22 @@ def replace_folder(new: str | os.PathLike, dest: str | os.PathLike) -> None:
     renames is undone by :func:`recover_folder`."""
     new, dest = Path(new), Path(dest)
     recover_folder(dest)
+    old, staged = _old_name(dest), _new_name(dest)
+    for leftover in (old, staged):  # what a kill left after (or before) a complete replacement
+        shutil.rmtree(leftover, ignore_errors=True)
     if not dest.exists():
         new.rename(dest)
         return
     if _exchange(new, dest):
         shutil.rmtree(new)  # now the old folder
         return
-    old, staged = _old_name(dest), _new_name(dest)
-    for leftover in (old, staged):
-        shutil.rmtree(leftover, ignore_errors=True)
-    new.rename(staged)
-    dest.rename(old)
-    staged.rename(dest)
+    try:
+        new.rename(staged)
+        dest.rename(old)
+        staged.rename(dest)
+    except BaseException:  # an interrupt between the renames: put a complete folder back at once
+        recover_folder(dest)
+        raise
     shutil.rmtree(old)
 
 
@@ -217,8 +237,9 @@ def staged_folder(dest: str | os.PathLike, replace: bool = False) -> Iterator[Pa
 
     The body writes into a hidden folder beside ``dest`` (``.NAME.<pid>.<random>.dir``); on a
     clean exit it replaces ``dest`` (:func:`replace_folder`), on an exception it is deleted and
-    ``dest`` is untouched. Half-built folders of killed writers are removed on entry. An
-    existing ``dest`` is an error (``FileExistsError``) unless ``replace``."""
+    ``dest`` is untouched (or put back, when the exception interrupted the replacement).
+    Half-built folders of killed writers are removed on entry. An existing ``dest`` is an error
+    (``FileExistsError``) unless ``replace``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(dest)

@@ -27,6 +27,8 @@ from typing import List, Sequence, Union
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
 
+from resmlp_core.io import recover_folder
+
 MODEL_FILE = "model.pt"
 SPM_FILE = "sentencepiece.bpe.model"  # the name fairseq's hub looks for in a model folder
 CARD_FILE = "model_card.json"
@@ -228,6 +230,7 @@ def from_pretrained(
     from fairseq import hub_utils
 
     folder = Path(folder)
+    recover_folder(folder)  # an export killed mid-replacement, where the folder swap is not atomic
     kwargs.setdefault("bpe", "sentencepiece")  # the hub sets sentencepiece_model itself
     card = read_card(folder / CARD_FILE)
     missing = [path for path in required_files(folder, checkpoint_file, kwargs["bpe"], card) if not path.is_file()]

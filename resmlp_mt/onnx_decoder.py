@@ -38,7 +38,6 @@ folded PyTorch model (equal up to float rounding); int8 quantizes every weight m
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import List, Optional
@@ -46,6 +45,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from resmlp_core.io import write_atomic
 
 from .fast_generate import (FoldedDecoder, FoldedModel, History, cross_attend, fold_for_inference, key_values,
                             padding_bias, shortlist, vocabulary_bias)
@@ -120,28 +121,31 @@ def _export(graph: nn.Module, example: tuple, names: List[str], outputs: List[st
             int8: bool) -> Path:
     """Export ``graph`` to ``path`` (float32), and its int8 quantization beside it when ``int8``
     (``onnxruntime.quantization.quantize_dynamic``: every weight matrix, per-tensor, signed);
-    returns the file to load. Each file is written under a temporary name, then renamed."""
+    returns the file to load. Each file is written atomically (:func:`resmlp_core.io.write_atomic`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with torch.no_grad():
-        torch.onnx.export(graph.eval(), example, str(tmp), input_names=names, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-    os.replace(tmp, path)
+
+    def write_graph(tmp: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(graph.eval(), example, str(tmp), input_names=names, output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+
+    write_atomic(path, write_graph)
     if not int8:
         return path
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    def write_quantized(tmp: Path) -> None:
+        root = logging.getLogger()
+        level = root.level
+        # the quantizer logs an INFO line per tensor and a hint on the root logger
+        root.setLevel(max(level, logging.ERROR))
+        try:
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+
     quantized = path.with_name(path.stem + ".int8.onnx")
-    tmp = quantized.with_name(f".{quantized.name}.{os.getpid()}.tmp")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))  # the quantizer logs an INFO line per tensor and a hint on the root logger
-    try:
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
-    os.replace(tmp, quantized)
+    write_atomic(quantized, write_quantized)
     return quantized
 
 

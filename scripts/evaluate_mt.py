@@ -23,6 +23,7 @@ from pathlib import Path
 from mt_tools.evaluate import (
     EvaluationError, average_checkpoints, evaluate, format_result, last_checkpoints, result_dict,
 )
+from resmlp_core.io import write_text_atomic
 
 
 def main(argv=None):
@@ -64,8 +65,7 @@ def main(argv=None):
         log.error("%s", e)
         return 2
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"checkpoint": str(checkpoint), "results": results}, indent=2) + "\n")
+        write_text_atomic(args.output, json.dumps({"checkpoint": str(checkpoint), "results": results}, indent=2) + "\n")
         log.info("wrote %s", args.output)
     return 0
 

@@ -15,8 +15,9 @@
   ``scripts/evaluate_mt.py --output``; by default ``eval_test.json`` beside CHECKPOINT if present).
 
 Load it with ``resmlp_mt.ResMLPTranslationModel.from_pretrained(OUT_DIR)`` (README, "Translating
-from Python"). The folder is built in a temporary folder and moved into place; an existing
-OUT_DIR is replaced only with ``--force``.
+from Python"). The folder is built in a hidden folder beside OUT_DIR and swapped into place once
+complete (:func:`resmlp_core.io.staged_folder`), so a kill at any point leaves a complete model at
+OUT_DIR, the old or the new one; an existing OUT_DIR is replaced only with ``--force``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +36,7 @@ import resmlp_mt  # noqa: F401  (registers the model; allows fairseq's Namespace
 from mt_tools.evaluate import EvaluationError, average_checkpoints
 from mt_tools.layout import PreparedData
 from resmlp_core.checkpoint import load_weights_only
+from resmlp_core.io import recover_folder, staged_folder
 from resmlp_mt.hub import CARD_FILE, MODEL_FILE, SPM_FILE
 
 log = logging.getLogger("export_model")
@@ -168,6 +169,7 @@ def export(checkpoint: Path, data_bin: Path, out_dir: Path, average=(), eval_jso
     for path in needed:
         if not path.is_file():
             raise ExportError(f"{path} not found in DATA_BIN")
+    recover_folder(out_dir)  # a replacement a kill interrupted, where the folder swap is not atomic
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir} exists: pass --force to replace it")
     if eval_json is None and (checkpoint.parent / "eval_test.json").is_file():
@@ -175,9 +177,9 @@ def export(checkpoint: Path, data_bin: Path, out_dir: Path, average=(), eval_jso
     evaluation = json.loads(Path(eval_json).read_text()) if eval_json else None
 
     sources = [checkpoint, *map(Path, average)]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        tmp = Path(tmp)
+    # built beside OUT_DIR and swapped into place once complete: a kill at any point leaves the
+    # old model folder or the new one at OUT_DIR, and what a killed export left is removed here
+    with staged_folder(out_dir, replace=force) as tmp:
         if len(sources) > 1:
             state = torch.load(average_checkpoints(sources, tmp / "averaged.pt"), map_location="cpu", weights_only=True)
             (tmp / "averaged.pt").unlink()
@@ -195,12 +197,6 @@ def export(checkpoint: Path, data_bin: Path, out_dir: Path, average=(), eval_jso
         card = model_card(state, data_bin, sources, evaluation)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(card_markdown(card))
-        final = tmp.with_name(tmp.name + ".done")
-        tmp.rename(final)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        final.rename(out_dir)
-        tmp.mkdir()  # for TemporaryDirectory's clean-up
     log.info("wrote %s: %s (%s parameters, %d updates)", out_dir, ", ".join(sorted(p.name for p in out_dir.iterdir())),
              f"{card['parameters']:,}", card["updates"])
     return out_dir

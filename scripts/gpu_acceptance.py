@@ -798,9 +798,9 @@ class Worker:
         self.result: Dict[str, Any] = {}
 
     def save(self) -> None:
-        tmp = self.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.result, indent=1, default=str))
-        os.replace(tmp, self.out)
+        from resmlp_core.io import write_text_atomic
+
+        write_text_atomic(self.out, json.dumps(self.result, indent=1, default=str))
 
     def left(self) -> float:
         return self.config["deadline_epoch"] - time.time()

@@ -64,7 +64,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -79,6 +78,7 @@ REPO = Path(__file__).resolve().parents[1]
 from mt_tools.bench import machine_info, training_figures  # noqa: E402
 from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 from mt_tools.recipes import DEFAULT_RECIPES, fmt_lr, recipe_flags, recipe_name, recipe_text, tuned_recipes  # noqa: E402,F401
+from resmlp_core.io import copy_atomic, remove_stale_temporaries, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("race_mt")
 
@@ -113,10 +113,7 @@ def sweep_grid(quick: bool, lrs=SWEEP_LRS, warmups=SWEEP_WARMUPS) -> Dict[str, L
 
 
 def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -619,6 +616,7 @@ class Race:
         a = self.args
         save_dir = self.run_dir(job)
         spec = self.spec(job)
+        remove_stale_temporaries(save_dir)  # the partial copies of a killed run
         prog = read_json(save_dir / "progress.json")
         fresh = not (prog and prog.get("spec") == spec and prog["points"] and (save_dir / "checkpoint_last.pt").is_file()
                      and (save_dir / prog["points"][-1]["checkpoint"]).is_file())
@@ -652,9 +650,7 @@ class Race:
             if tracker.updates != target or not tracker.points:
                 raise RuntimeError(f"{tag}: the segment to {target} updates ended at {tracker.updates}; see {log_path}")
             checkpoint = save_dir / f"curve_{target:07d}.pt"
-            tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-            shutil.copyfile(save_dir / "checkpoint_last.pt", tmp)
-            os.replace(tmp, checkpoint)
+            copy_atomic(save_dir / "checkpoint_last.pt", checkpoint)
             valid = self.score(job, checkpoint, "valid")
             point = {"updates": target, "train_minutes": round(done_minutes + tracker.points[-1]["train_minutes"], 3),
                      "segment_wall_minutes": round(tracker.wall_minutes(), 3), "valid_bleu": valid["sacrebleu"],
@@ -663,9 +659,7 @@ class Race:
             points.append(point)
             best = max(points, key=lambda p: p["valid_bleu"])  # the first of equal scores
             if best is point:
-                tmp = save_dir / "checkpoint_best_bleu.pt.tmp"
-                shutil.copyfile(checkpoint, tmp)
-                os.replace(tmp, save_dir / "checkpoint_best_bleu.pt")
+                copy_atomic(checkpoint, save_dir / "checkpoint_best_bleu.pt")
             for old in sorted(save_dir.glob("curve_*.pt"))[:-AVERAGE_LAST]:
                 old.unlink()  # the last few are kept for averaging, the best as checkpoint_best_bleu.pt
             write_json(save_dir / "progress.json", prog)

@@ -24,6 +24,9 @@ import torch
 
 from conftest import REPO
 
+#: A process id no process has (above Linux's PID_MAX_LIMIT): the writer of a stale temporary.
+DEAD_PID = 2**22 + 1
+
 # --- commands ---------------------------------------------------------------------------------
 
 

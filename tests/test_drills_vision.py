@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 
 import vision  # noqa: F401  (registers the models)
+from resmlp_core import io as safe_io
 from vision import checkpoint as ckpt_io
 from vision.data import ImageFolderDataset, build_eval_transform, build_train_transform
+from helpers import DEAD_PID
 
 TINY = ["--model", "resmlp_s12", "--img-size", "8", "--model-kwargs", "patch_size=4", "embed_dim=16", "depth=1"]
 TINY_KWARGS = dict(num_classes=2, img_size=8, patch_size=4, embed_dim=16, depth=1)
@@ -77,19 +79,19 @@ def test_kill_right_after_last_pth_is_repaired_on_resume(tiny_data, tmp_path, mo
     from vision.train import main
 
     out = tmp_path / "run"
-    real_save = ckpt_io.save_atomic
+    real_save = safe_io.save_atomic
 
     def save_then_die(obj, path):
         real_save(obj, path)
         if Path(path).name == "last.pth" and obj["epoch"] == 0:
             raise Killed()
 
-    monkeypatch.setattr(ckpt_io, "save_atomic", save_then_die)
+    monkeypatch.setattr(safe_io, "save_atomic", save_then_die)
     with pytest.raises(Killed):
         main(train_args(tiny_data, out, "--epochs", "1"))
-    monkeypatch.setattr(ckpt_io, "save_atomic", real_save)
+    monkeypatch.setattr(safe_io, "save_atomic", real_save)
     assert torch.load(out / "last.pth", weights_only=True)["best"]["epoch"] == 0
-    (out / ".last.pth.k1ll3d.tmp").write_bytes(b"")  # what a kill inside torch.save leaves
+    (out / f".last.pth.{DEAD_PID}.k1ll3d.tmp").write_bytes(b"")  # what a kill inside torch.save leaves
     # nothing left to train: the resume only has to put the folder right
     assert main(train_args(tiny_data, out, "--epochs", "1", "--resume", "auto")) == 0
     assert_outputs_agree(out)
@@ -105,17 +107,17 @@ def test_kill_before_last_pth_redoes_the_epoch(tiny_data, tmp_path, monkeypatch)
     from vision.train import main
 
     out = tmp_path / "run"
-    real_save = ckpt_io.save_atomic
+    real_save = safe_io.save_atomic
 
     def die_before_epoch_1(obj, path):
         if Path(path).name == "last.pth" and obj["epoch"] == 1:
             raise Killed()
         real_save(obj, path)
 
-    monkeypatch.setattr(ckpt_io, "save_atomic", die_before_epoch_1)
+    monkeypatch.setattr(safe_io, "save_atomic", die_before_epoch_1)
     with pytest.raises(Killed):
         main(train_args(tiny_data, out, "--epochs", "2"))
-    monkeypatch.setattr(ckpt_io, "save_atomic", real_save)
+    monkeypatch.setattr(safe_io, "save_atomic", real_save)
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 0
     assert main(train_args(tiny_data, out, "--epochs", "2", "--resume", "auto")) == 0
     assert_outputs_agree(out)
@@ -127,13 +129,13 @@ def test_summary_row_and_checkpoints_are_written_in_a_safe_order(tiny_data, tmp_
     from vision import train
 
     order: list[str] = []
-    real_write = ckpt_io.write_atomic
+    real_write = safe_io.write_atomic
 
     def record(path, fill):
         order.append(Path(path).name)
         real_write(path, fill)
 
-    monkeypatch.setattr(ckpt_io, "write_atomic", record)
+    monkeypatch.setattr(safe_io, "write_atomic", record)
     assert train.main(train_args(tiny_data, tmp_path / "run", "--epochs", "1")) == 0
     assert order[-3:] == ["summary.csv", "last.pth", "best.pth"], order
 

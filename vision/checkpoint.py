@@ -1,7 +1,8 @@
 """Training checkpoints and their output folder, writer and reader in one place: atomic writes,
 the epoch's outputs in a safe order (:func:`write_epoch`: the ``summary.csv`` row, ``last.pth``,
 ``best.pth``) and their repair on resume (:func:`reconcile_outputs`), safe loading, and models
-rebuilt from a checkpoint. ``vision.train`` and ``vision.dino`` write only through these functions.
+rebuilt from a checkpoint. ``vision.train`` and ``vision.dino`` write only through these functions,
+which write through :mod:`resmlp_core.io`.
 
 A checkpoint of ``python -m vision.train`` is a ``torch.save`` dict of plain data (no
 pickled code, so ``torch.load(weights_only=True)`` reads it):
@@ -38,68 +39,23 @@ Such a file also loads the timm way:
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from resmlp_core import io as safe_io
+
 FORMAT = "vision-resmlp-checkpoint/1"
 DINO_FORMAT = "vision-dino-checkpoint/1"
 
 _logger = logging.getLogger(__name__)
-
-
-def write_atomic(path: str | Path, fill: Callable[[Path], None]) -> None:
-    """Create ``path`` atomically: ``fill(tmp)`` writes a temporary file in the same folder
-    (``.NAME.*.tmp``), which is flushed to disk and renamed over ``path``; a crash mid-write
-    leaves the previous file intact (and at worst a temporary file, see
-    :func:`remove_stale_temporaries`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fill(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write
-    leaves the previous file intact."""
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def copy_atomic(src: str | Path, dst: str | Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file and a rename."""
-    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def remove_stale_temporaries(folder: str | Path, names: Sequence[str] = ("last.pth", "best.pth", "summary.csv")) -> list[Path]:
-    """Delete the temporary files ``.NAME.*.tmp`` that :func:`write_atomic` leaves behind when the
-    process is killed mid-write (a new run or a resume starts with none); returns them."""
-    folder = Path(folder)
-    stale = sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 #: What a weights file given to vision (or to ``timm.create_model`` for a ResMLP) must be.
@@ -413,12 +369,10 @@ def append_summary_atomic(path: Path, row: Dict[str, Any]) -> None:
     ``update_summary`` (same columns and number formatting), through a copy and a rename."""
     from timm.utils import update_summary
 
-    def fill(tmp: Path) -> None:
-        if path.exists():
-            shutil.copyfile(path, tmp)
+    def append(tmp: Path) -> None:
         update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
 
-    write_atomic(path, fill)
+    safe_io.update_atomic(path, append)
 
 
 def write_summary_atomic(path: Path, rows: list[Dict[str, Any]]) -> None:
@@ -429,7 +383,7 @@ def write_summary_atomic(path: Path, rows: list[Dict[str, Any]]) -> None:
         for row in rows:
             update_summary(row["epoch"], row["train"], row["eval"], str(tmp), lr=row["lr"])
 
-    write_atomic(path, fill)
+    safe_io.write_atomic(path, fill)
 
 
 def trim_summary_atomic(path: Path, start_epoch: int) -> None:
@@ -438,7 +392,7 @@ def trim_summary_atomic(path: Path, start_epoch: int) -> None:
 
     if not path.exists() or start_epoch > 0 and not any(e >= start_epoch for e in summary_epochs(path)):
         return
-    write_atomic(path, lambda tmp: (shutil.copyfile(path, tmp), trim_summary(str(tmp), start_epoch)))
+    safe_io.update_atomic(path, lambda tmp: trim_summary(str(tmp), start_epoch))
 
 
 def summary_epochs(path: Path) -> list[int]:
@@ -490,7 +444,7 @@ def reconcile_outputs(output: Path, last_path: Path, ckpt: Dict[str, Any]) -> No
     if best_epoch == best["epoch"]:
         return
     if best["epoch"] == done:
-        copy_atomic(last_path, best_path)
+        safe_io.copy_atomic(last_path, best_path)
         _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {done} "
                         f"(a run stopped between writing last.pth and best.pth): {best_path} rewritten from {last_path}")
     else:
@@ -504,9 +458,9 @@ def write_epoch(output: Path, state: Dict[str, Any], row: Dict[str, Any], is_bes
     when ``is_best``, ``best.pth`` (a copy of it, rebuilt from ``last.pth`` if the run dies before)."""
     output = Path(output)
     append_summary_atomic(output / "summary.csv", row)
-    save_atomic(state, output / "last.pth")
+    safe_io.save_atomic(state, output / "last.pth")
     if is_best:
-        save_atomic(state, output / "best.pth")
+        safe_io.save_atomic(state, output / "best.pth")
 
 
 def args_dict(args) -> Dict[str, Any]:
@@ -521,7 +475,8 @@ def data_config(img_size: int, crop_pct: float, interpolation: str, mean, std) -
 
 
 def prepare_output(output: Path, logger: logging.Logger = _logger) -> None:
-    """Delete the temporary files a killed write left in ``output`` (a new run or a resume starts with none)."""
-    stale = remove_stale_temporaries(output)
+    """Delete the temporary files a killed write left in ``output`` (a new run or a resume starts with none;
+    those of a live writer, a run still going in the same folder, are kept)."""
+    stale = safe_io.remove_stale_temporaries(output)
     if stale:
         logger.warning(f"deleted {len(stale)} temporary file(s) left by an interrupted write: {', '.join(str(p) for p in stale)}")

@@ -36,6 +36,8 @@ import torch
 from timm.utils import ParseKwargs
 from torch import nn
 
+from resmlp_core import io as safe_io
+
 from . import checkpoint as ckpt_io
 
 _logger = logging.getLogger(__name__)
@@ -281,10 +283,7 @@ def features_for(args: argparse.Namespace) -> Dict[str, Any]:
         "device": str(device),
     }
     if cache:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{cache}.tmp")
-        torch.save({"key": key, "features": features}, tmp)
-        os.replace(tmp, cache)  # a reader never sees half a file
+        safe_io.save_atomic({"key": key, "features": features}, cache)  # a reader never sees half a file
     return features
 
 
@@ -296,8 +295,8 @@ def write_report(out: str | Path, report: Dict[str, Any], markdown: str) -> tupl
     if out.suffix in (".json", ".md"):
         out = out.with_suffix("")
     json_path, md_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
-    ckpt_io.write_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n"))
-    ckpt_io.write_atomic(md_path, lambda tmp: tmp.write_text(markdown))
+    safe_io.write_text_atomic(json_path, json.dumps(report, indent=2, default=_jsonable) + "\n")
+    safe_io.write_text_atomic(md_path, markdown)
     return json_path, md_path
 
 
