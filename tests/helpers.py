@@ -2,6 +2,7 @@
 from each other).
 
 * commands: :func:`run` (a command from the repository root, failing with its output),
+  :func:`prepare_multi30k` (the data preparation script on a test corpus),
   :func:`tool` (a console script of the running environment: fairseq-train, ...),
   :func:`run_module` (``python -m vision.train ...``);
 * translation: tiny random ResMLP models for the property tests (:func:`tiny_model`), and small
@@ -27,17 +28,6 @@ from conftest import REPO
 # --- commands ---------------------------------------------------------------------------------
 
 
-def load_script(name: str):
-    """``scripts/NAME.py`` imported as a module (the scripts are not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(args, check: bool = True, env=None, **kwargs) -> subprocess.CompletedProcess:
     """Run a command (from the repository root unless ``cwd`` is given; ``env`` adds to the
     environment), capture its output as text (``text=False`` for bytes), and fail with the
@@ -50,6 +40,14 @@ def run(args, check: bool = True, env=None, **kwargs) -> subprocess.CompletedPro
     if check and result.returncode != 0:
         raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def prepare_multi30k(raw, dest_root, *flags, vocab_size: int = 120) -> subprocess.CompletedProcess:
+    """``scripts/prepare_multi30k.py`` on the raw corpus ``raw`` into ``dest_root`` (one worker, a
+    vocabulary of ``vocab_size``; ``flags`` added), as a user runs it; the caller checks the
+    return code and the output."""
+    return run([sys.executable, "scripts/prepare_multi30k.py", "--raw-dir", raw, "--destdir-root", dest_root,
+                "--vocab-size", str(vocab_size), "--workers", "1", *flags], check=False)
 
 
 def tool(name: str) -> str:

@@ -532,7 +532,8 @@ def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg
     """The k-NN free of the test split: per class the last N training images (by name) are the
     queries, the others the memory, as symlinks; made once, remade for another N; a class too
     small for N is refused by name."""
-    bench = helpers.load_script("bench_dino")
+    from benchmarks import bench_dino as bench
+
     split = bench.holdout_split(jpeg_data / "train", tmp_path / "split", 3, None)
     for cls in ("red", "green", "blue"):
         assert sorted(f.name for f in (split / "val" / cls).iterdir()) == ["0005.jpg", "0006.jpg", "0007.jpg"]
@@ -619,7 +620,7 @@ def test_dino_ddp_with_two_cpu_processes(jpeg_data, tmp_path):
 
 @pytest.mark.slow
 def test_screen_dino_runs_screens_side_by_side_reports_and_reuses(jpeg_data, tmp_path):
-    """scripts/screen_dino.py on the tiny JPEGs: two screens at once, a table with both and the
+    """python -m benchmarks.screen_dino on the tiny JPEGs: two screens at once, a table with both and the
     random-init k-NN; a second call reuses the runs; a run folder made with other flags is refused."""
     small = "--batch-size 8 --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --model-kwargs patch_size=8 embed_dim=32 depth=2"
     common = [sys.executable, str(REPO / "scripts" / "screen_dino.py"), "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),

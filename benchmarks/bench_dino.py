@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The DINO study's CPU runs: self-supervised ResMLP (DINO) on CIFAR-10, evaluated and fine-tuned.
 
-    scripts/bench_dino.py                       # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
-    scripts/bench_dino.py --quick               # a smoke test on a slice of the data (a few minutes)
+    python -m benchmarks.bench_dino                       # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
+    python -m benchmarks.bench_dino --quick               # a smoke test on a slice of the data (a few minutes)
 
 1. **DINO** (``vision.dino --config dino_cifar10_cpu``) on the CIFAR-10 training images, labels
    unused, for at most ``--minutes`` (60) of training: the number of epochs is set from a
@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -316,7 +318,7 @@ def main(argv=None) -> int:
          "--label", "DINO teacher (no labels)", "--out", str(figure)])
 
     # ---- report
-    from resmlp_core.machine import machine_info
+    from benchmarks.common import machine_info
     import torch
 
     dino_state = torch.load(dino_ckpt, map_location="cpu", weights_only=True, mmap=True)
@@ -348,7 +350,7 @@ def main(argv=None) -> int:
             "met": bool(ft_gain > 0),
         },
     }
-    command = "scripts/bench_dino.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.bench_dino " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = {
         "command": command.strip(),
         "quick": args.quick,
@@ -365,7 +367,7 @@ def main(argv=None) -> int:
         "wall_minutes_this_call": (time.time() - started) / 60,
     }
     json_path = args.results_dir / f"{args.name}.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_result(json_path, json.dumps(report, indent=2, default=str) + "\n")
     md = [
         f"# Self-supervised ResMLP (DINO) on CIFAR-10{' (QUICK SMOKE RUN: a slice of the data)' if args.quick else ''}\n",
         f"`{report['command']}` on {report['machine']['cpu']} (torch threads: {args.threads}), torch {report['machine']['torch']}, "
@@ -399,7 +401,7 @@ def main(argv=None) -> int:
     md += [f"- {g['goal']}: **{'met' if g['met'] else 'missed'}**, {g['figure']}" for g in goals.values()]
     md += [f"\n![cross-patch rows, supervised vs DINO]({figure.name})\n"]
     md_path = args.results_dir / f"{args.name}.md"
-    md_path.write_text("\n".join(md) + "\n")
+    write_result(md_path, "\n".join(md) + "\n")
     log(f"wrote {json_path}, {md_path}, {figure}")
     for g in goals.values():
         log(f"{g['goal']}: {'met' if g['met'] else 'missed'} ({g['figure']})")

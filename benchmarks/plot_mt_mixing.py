@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Render the learned token-mixing matrices A of a ResMLP translation model to one PNG.
 
-    python scripts/plot_mt_mixing.py checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
+    python -m benchmarks.plot_mt_mixing checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
         results/mt_token_mixing_en-de.png --positions 40
 
 One row of panels for the encoder, one for the decoder, one panel per layer: ``A[:P, :P]``

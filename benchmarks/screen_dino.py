@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Short DINO runs on CIFAR-10 that compare recipes before a 60-minute run, by k-NN.
 
-    scripts/screen_dino.py                          # every screen below not yet done, 2 at a time
-    scripts/screen_dino.py --only short_sched lr_4x # some of them
-    scripts/screen_dino.py --list                   # the screens and their flags
+    python -m benchmarks.screen_dino                          # every screen below not yet done, 2 at a time
+    python -m benchmarks.screen_dino --only short_sched lr_4x # some of them
+    python -m benchmarks.screen_dino --list                   # the screens and their flags
 
 Each screen is ``python -m vision.dino --config dino_cifar10_cpu_multicrop`` (DINO's multi-crop
 recipe scaled to 32 px) with a few flags changed, for the epochs it names, on the CIFAR-10
@@ -31,7 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_dino import DEFAULT_DATA, KNN, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
+from benchmarks.common import write_result
+from benchmarks.bench_dino import DEFAULT_DATA, KNN, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
 
 
 def log(msg: str) -> None:
@@ -186,14 +187,14 @@ def main(argv=None) -> int:
     json_path, md_path = args.results_dir / f"{args.name}.json", args.results_dir / f"{args.name}.md"
     previous = json.loads(json_path.read_text()).get("screens", {}) if json_path.is_file() else {}
     screens = {**previous, **rows}  # screens reported before and not rerun this call stay in the table
-    report = {"command": "scripts/screen_dino.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m benchmarks.screen_dino " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"],
               "holdout_per_class": args.holdout_per_class if args.holdout_dir else None,
               "random_init_holdout_knn_top1": random_init_holdout["top1"] if random_init_holdout else None, "screens": screens}
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(json_path, json.dumps(report, indent=2) + "\n")
     md = [
         f"# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 test{' and held-out training images' if random_init_holdout else ''})\n",
-        f"`scripts/screen_dino.py` (config `{args.dino_config}`, flags below changed). Same network at random init: k-NN top-1 "
+        f"`python -m benchmarks.screen_dino` (config `{args.dino_config}`, flags below changed). Same network at random init: k-NN top-1 "
         f"**{random_init['top1']:.2f}**. Threads: the torch threads of each run (2 screens side by side run with 1 each); "
         "training minutes compare only rows with the same threads.\n",
         *([f"Held-out k-NN: the last {args.holdout_per_class} training images of each class as queries, the other training images "
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
                   + (f"{r['holdout_knn_top1']:.2f} | {r['holdout_knn_top1'] - random_init_holdout['top1']:+.2f} |"
                      if random_init_holdout and "holdout_knn_top1" in r else "- | - |"))
     md += ["", *[f"- **{r['name']}**: {r['why']}. All flags: `{shlex.join(r['flags']) or '-'}`." for r in screens.values()]]
-    md_path.write_text("\n".join(md) + "\n")
+    write_result(md_path, "\n".join(md) + "\n")
     log(f"wrote {json_path} and {md_path}")
     print("\n".join(md))
     return 0

@@ -13,7 +13,7 @@ of each kind of sublayer during a real forward pass (token mixing, self-attentio
 cross-attention, channel MLP / FFN, output projection + loss) and replays each one alone,
 forward and backward, on a real batch.
 
-Entry point: ``scripts/bench_mt.py``.
+Entry point: ``python -m benchmarks.bench_mt``.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-from resmlp_core.machine import machine_info as _machine_info
+from benchmarks.common import machine_info as _machine_info
 
-from .evaluate import evaluate, result_dict, run_measured
-from .layout import PreparedData, folder_name
+from mt_tools.evaluate import evaluate, result_dict, run_measured
+from mt_tools.layout import PreparedData, folder_name
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def run_benchmark(
     profile_batches: int = 3,
 ) -> dict:
     """Prepare, train and evaluate both systems on every pair; return every figure."""
-    from .corpus import multi30k_splits, prepare_parallel_corpus
+    from mt_tools.corpus import multi30k_splits, prepare_parallel_corpus
 
     results: dict = {"settings": {"pairs": pairs, "minutes_per_system": minutes, "vocab_size": vocab_size,
                                   "budget": "same wall-clock training time (fairseq --stop-time-hours)",
@@ -349,7 +349,7 @@ def plot_valid_curves(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-# --- the GPU studies (scripts/gpu_acceptance.py, benchmarks/gpu_race.py) ----------------------------
+# --- the GPU studies (benchmarks/gpu_acceptance.py, benchmarks/gpu_race.py) ----------------------------
 
 #: fairseq-train flags of Transformer-base at the depth and width of ResMLP-6 (``--arch resmlp_mt``'s
 #: defaults): 6+6 layers, d 512, FFN 2048, 8 heads.
