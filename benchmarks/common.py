@@ -5,6 +5,9 @@
   lists) made relative to the repository, so that a results file read on another machine names
   no folder of the one that wrote it (``/work/repo/data-bin/x`` -> ``data-bin/x``,
   ``/tmp/run`` -> ``../../tmp/run``); system locations (``/usr``, ``/opt``, ...) stay absolute;
+* :func:`parse_fairseq_log`: the lines of a fairseq log (``--log-format json`` or ``simple``) as
+  (time, logger, message), and the JSON records among them; the one parser of fairseq's logs;
+* :func:`read_checkpoint`: a checkpoint read through the project's safe loader (weights only);
 * :func:`write_result`: a results file (JSON or markdown text) written atomically through
   :func:`repo_relative`, the one way the studies write ``results/``.
 """
@@ -14,9 +17,11 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import json
 import re
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 from resmlp_core.io import write_text_atomic
 
@@ -96,3 +101,50 @@ def machine_info(device: Optional[torch.device] = None, packages: Sequence[str] 
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
     )
     return info
+
+
+def read_checkpoint(path: Union[str, os.PathLike], mmap: bool = False) -> Dict[str, Any]:
+    """A checkpoint (a dict saved by ``torch.save``, or ``.safetensors``) read through the
+    project's safe loader, :func:`vision.checkpoint.load`: weights only, no code unpickled, an
+    error naming the file for anything else; ``mmap=True`` maps the tensors (cheap metadata
+    reads). A fairseq checkpoint needs ``resmlp_mt`` imported first (it allows fairseq's
+    ``Namespace`` in weights-only loading)."""
+    from vision.checkpoint import load
+
+    return load(path, mmap=mmap)
+
+
+# --- fairseq's logs -------------------------------------------------------------------------------
+
+#: One line of fairseq's log: ``2024-01-01 12:00:00 | INFO | train_inner | {"epoch": 1, ...}``.
+_FAIRSEQ_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| (\w+) \| ([\w.]+) \| (.*)$")
+
+
+class FairseqLogLine(NamedTuple):
+    """A line of fairseq's log: ``time`` (seconds since the epoch, from the log's timestamp),
+    ``level`` (INFO, WARNING, ...), ``logger`` (``train_inner``, ``valid``, ``fairseq.trainer``,
+    ...), ``message``; ``record``: the message as a dict when it is a JSON record
+    (``--log-format json``), else None."""
+
+    time: float
+    level: str
+    logger: str
+    message: str
+    record: Optional[dict]
+
+
+def parse_fairseq_log(lines: Union[str, Iterable[str]]) -> Iterator[FairseqLogLine]:
+    """The lines of a fairseq log (its text, or its lines one by one as they come) that carry a
+    timestamp, parsed; other lines (progress bars, tracebacks) are skipped."""
+    for line in lines.splitlines() if isinstance(lines, str) else lines:
+        match = _FAIRSEQ_LINE.match(line.rstrip("\n"))
+        if not match:
+            continue
+        message, record = match.group(4), None
+        if message.startswith("{"):
+            try:
+                record = json.loads(message)
+            except json.JSONDecodeError:
+                pass
+        when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+        yield FairseqLogLine(when, match.group(2), match.group(3), message, record)

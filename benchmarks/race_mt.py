@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import parse_fairseq_log, write_result  # noqa: E402
 from benchmarks.fairseq_runs import machine_info, training_figures  # noqa: E402
 from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 from mt_tools.recipes import DEFAULT_RECIPES, fmt_lr, recipe_flags, recipe_name, recipe_text, tuned_recipes  # noqa: E402,F401
@@ -169,9 +169,6 @@ def run_info(args) -> dict:
 
 # --- following a fairseq-train log live ---------------------------------------------------------
 
-_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| \w+ \| ([\w.]+) \| (.*)$")
-
-
 class LogTracker:
     """Reads fairseq-train's log (``--log-format json``) line by line: updates done, the
     validation points, and the training time with validation and checkpoint writing left out."""
@@ -203,11 +200,10 @@ class LogTracker:
 
     def feed(self, line: str) -> Optional[str]:
         """Update the state; return ``"train"``, ``"valid"`` or ``"saved"`` for those records."""
-        m = _LINE.match(line.rstrip("\n"))
-        if not m:
+        parsed = next(parse_fairseq_log([line]), None)
+        if parsed is None:
             return None
-        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
-        source, msg = m.group(2), m.group(3)
+        t, source, msg = parsed.time, parsed.logger, parsed.message
         self.now = t
         if msg.startswith("begin training epoch"):
             if self.start is None:
