@@ -67,7 +67,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import read_checkpoint, repo_relative, write_result
 import mt_tools.evaluate as mt_evaluate
 from mt_tools.layout import PreparedData
 import resmlp_mt  # noqa: F401  (registers the model; safe loading of fairseq checkpoints)
@@ -97,7 +97,7 @@ def read_lines(path: Path) -> List[str]:
 
 def checkpoint_info(path: Path) -> dict:
     """Architecture, update count, parameters (tied tensors once) of a fairseq checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     model_cfg = state["cfg"]["model"]
     seen, params = set(), 0
     for key, value in state["model"].items():
@@ -764,7 +764,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
     write_result(json_path, json.dumps(results, indent=1) + "\n")
-    table = markdown(results)
+    table = repo_relative(markdown(results))  # as written: the paths relative to the repository
     write_result(md_path, table)
     print(table)
     say(f"wrote {json_path} and {md_path}")

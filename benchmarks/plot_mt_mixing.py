@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from benchmarks.common import read_checkpoint
 
 
 def mixing_matrices(state: dict, positions: int):
@@ -46,7 +47,7 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
 
     import resmlp_mt  # noqa: F401  (allows fairseq's Namespace in weights-only loading)
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_checkpoint(checkpoint)
     matrices = mixing_matrices(state["model"], positions)
     cols = max(len(m) for m in matrices.values())
     fig, axes = plt.subplots(2, cols, figsize=(2.8 * cols, 6.0), squeeze=False)

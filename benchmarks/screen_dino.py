@@ -31,8 +31,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import write_result
-from benchmarks.bench_dino import DEFAULT_DATA, KNN, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
+from benchmarks.bench_dino import DEFAULT_DATA, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
+from benchmarks.bench_dino import knn as knn_report
+from benchmarks.common import read_checkpoint, write_result
 
 
 def log(msg: str) -> None:
@@ -99,23 +100,19 @@ def knn(backbone: list[str], out: Path, args, threads: int, holdout: bool = Fals
     held-out training images (``args.holdout_dir``: queries not used to rank the screens' test k-NN)."""
     data = (["--data-dir", str(args.holdout_dir), "--val-split", "val"] if holdout
             else ["--data-dir", str(args.data_dir), "--val-split", "test", *args.subset_eval])
-    if not out.with_suffix(".json").is_file():
-        run_logged([PY, "-m", "vision.knn", *backbone, *data, "--workers", "0", "--threads", str(threads), "--batch-size", "256",
-                    *KNN, "--out", str(out)], out.parent / f"{out.name}.log")
-    return json.loads(out.with_suffix(".json").read_text())["results"]["20"]
+    data += ["--workers", "0", "--threads", str(threads), "--batch-size", "256"]
+    return knn_report(backbone, data, out, runner=lambda cmd: run_logged(cmd, out.parent / f"{out.name}.log"))["results"]["20"]
 
 
 def screen(name: str, args, threads: int) -> dict:
     """Train screen ``name`` (or reuse its finished run) and k-NN its teacher; its report row."""
-    import torch
-
     spec = SCREENS[name]
     folder = args.runs_dir / name
     flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(folder), "--epochs", str(spec["epochs"]),
              "--threads", str(threads), "--resume", "auto", "--log-interval", "20", *args.subset_train, *screen_flags(name), *args.dino_args]
     done = None
     if (folder / "last.pth").is_file():  # one read: its epoch, and the flags it was trained with
-        saved = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+        saved = read_checkpoint(folder / "last.pth", mmap=True)
         done = int(saved["epoch"])
         check_dino_recipe(saved.get("args") or {}, dino_recipe(flags), folder / "last.pth", prog="screen_dino",
                           advice=f"Move that folder away or give --runs-dir to run screen {name!r}")
@@ -126,7 +123,7 @@ def screen(name: str, args, threads: int) -> dict:
     result = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn", args, threads)
     held_out = (knn(["--checkpoint", str(folder / "last.pth")], folder / f"knn_{args.holdout_dir.name}", args, threads, holdout=True)
                 if args.holdout_dir else None)
-    state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+    state = read_checkpoint(folder / "last.pth", mmap=True)
     rows = [r["train"] for r in state["summary"]]
     return {
         "name": name, "base": spec.get("base"), "extra": spec["extra"], "why": spec["why"],

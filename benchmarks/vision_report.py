@@ -20,7 +20,7 @@ from typing import Any, Dict
 import torch
 import yaml
 
-from benchmarks.common import write_result
+from benchmarks.common import read_checkpoint, write_result
 
 
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -32,7 +32,7 @@ def summarize_run(folder: Path) -> Dict[str, Any]:
         rows = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
     with open(folder / "args.yaml") as fh:
         args = yaml.safe_load(fh)
-    last = torch.load(folder / "last.pth", map_location="cpu", weights_only=True)
+    last = read_checkpoint(folder / "last.pth")
     # parameters only: a state dict also holds buffers (BatchNorm statistics of a convnet teacher)
     n_params = sum(v.numel() for k, v in last["model"].items() if not k.endswith(BUFFER_SUFFIXES))
     train_minutes = sum(r["train_minutes"] for r in rows)
