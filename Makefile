@@ -31,21 +31,22 @@ multi30k:
 	scripts/run_multi30k.sh
 
 # The benchmarks (results/ files; see README, "Results").
-# bench-mt: the translation race, scripts/race_mt.py --stage all (sweep, race, curves, report;
+# bench-mt: the translation race, python -m benchmarks.race_mt --stage all (sweep, race, curves, report;
 #   results/mt_{sweep,race,curves,report}.*), about 9 hours on 2 cores; MINUTES is the race's
 #   budget per run (default 25), STAGE runs one stage (sweep|race|curves|report); finished runs
 #   are cached under checkpoints/race, so an interrupted bench-mt resumes where it stopped.
-# bench-mt-speed: speed and sacreBLEU at a fixed budget, scripts/bench_mt.py: about 85 minutes
+# bench-mt-speed: speed and sacreBLEU at a fixed budget, python -m benchmarks.bench_mt: about 85 minutes
 #   (18 minutes of training per system; MINUTES=10 makes it about 50).
-# bench-vision: about 10 minutes on 2 cores.
+# bench-vision: our ResMLP S12/S24 (unfolded, folded) against timm's, python -m benchmarks.bench_vision
+#   (results/bench_vision.{json,md}; BENCH_VISION_ARGS=--quick for a smoke test): about 10 minutes on 2 cores.
 bench-mt:
-	$(PY) scripts/race_mt.py --stage $(or $(STAGE),all) $(if $(MINUTES),--minutes $(MINUTES))
+	$(PY) -m benchmarks.race_mt --stage $(or $(STAGE),all) $(if $(MINUTES),--minutes $(MINUTES))
 
 bench-mt-speed:
-	$(PY) scripts/bench_mt.py $(if $(MINUTES),--minutes $(MINUTES))
+	$(PY) -m benchmarks.bench_mt $(if $(MINUTES),--minutes $(MINUTES))
 
 bench-vision:
-	scripts/bench_vision.sh
+	$(PY) -m benchmarks.bench_vision $(BENCH_VISION_ARGS)
 
 # Self-supervised ResMLP: DINO on the CIFAR-10 training images for at most 60 minutes, k-NN and
 # linear probe against random init and the supervised model of the same size (trained here, 15 epochs,
@@ -54,12 +55,14 @@ bench-vision:
 # CKPT); resumes where it stopped.
 # BENCH_DINO_ARGS=--quick: a smoke test on a slice of the data (a few minutes, runs/bench_dino_quick/).
 bench-dino:
-	$(PY) scripts/bench_dino.py $(BENCH_DINO_ARGS)
+	$(PY) -m benchmarks.bench_dino $(BENCH_DINO_ARGS)
 
 # One GPU (H100/H200): the paper-scale paths in at most 8 minutes, results/gpu_acceptance.{json,md}
-# (scripts/gpu_acceptance.py). ARGS=--dry-run rehearses it on the CPU in under 2 minutes.
+# (benchmarks/gpu_acceptance.py). ARGS=--dry-run rehearses it on the CPU in under 2 minutes.
+# Exit status: 0 when every check passes, 1 when one fails or was skipped, 2 on a usage error.
+# Without .venv (a GPU machine with fairseq carried as wheels) it runs python3, the repo on PYTHONPATH.
 gpu-acceptance:
-	PYTHON=$(PY) scripts/gpu_acceptance.sh $(ARGS)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $$(test -x $(PY) && echo $(PY) || echo python3) -m benchmarks.gpu_acceptance $(ARGS)
 
 # One GPU (H100/H200): ResMLP against the Transformer for the same GPU minutes on Multi30k En-De, the CPU
 # race's small pair and ResMLP-6 vs Transformer-base if the budget allows, in at most 8 minutes;
@@ -76,7 +79,7 @@ gpu-race:
 # BENCH_DECODE_ARGS (e.g. "--resmlp R.pt --transformer T.pt", "--quick"). About 10 minutes on 2 cores.
 bench-decode:
 	$(PY) -m pip install --disable-pip-version-check -r requirements-bench.txt
-	$(PY) scripts/bench_decode.py $(BENCH_DECODE_ARGS)
+	$(PY) -m benchmarks.bench_decode $(BENCH_DECODE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,7 +21,7 @@ results/mt_sweep.json; Adam, inverse-sqrt schedule, label smoothing 0.1, dropout
 scripts/train_multi30k.sh, adapted to the GPU alike for both: ``--fp16`` (fairseq's
 FP16Optimizer: fp16 model, fp32 master weights, dynamic loss scale from 128, halved on an
 overflow; not ``--bf16``, which in fairseq 0.12 implies ``--tpu``, nor ``--amp``, whose
-optimizer unscales the gradients twice: scripts/gpu_acceptance.py), ``--max-tokens`` 8192
+optimizer unscales the gradients twice: benchmarks/gpu_acceptance.py), ``--max-tokens`` 8192
 (4x the CPU's 2048: the same for both systems; the learning rate and warm-up are the CPU's),
 no checkpoint or validation until the time is up (then one of each), no optimizer state saved.
 The paper's Adagrad recipe is not used: ResMLP-6 diverged with it on the H100 (README).
@@ -84,7 +84,7 @@ from benchmarks.harness import (
     slice_raw,
     tail,
 )
-from mt_tools.bench import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures
+from benchmarks.fairseq_runs import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures
 from mt_tools.recipes import SYSTEMS, recipe_flags, recipe_text, tuned_recipes
 from resmlp_core.io import write_text_atomic
 

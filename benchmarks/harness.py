@@ -359,7 +359,7 @@ def machine_info(mode: str) -> Dict[str, Any]:
         "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
     }
-    from resmlp_core.machine import cpu_name
+    from benchmarks.common import cpu_name
 
     info["cpu"] = cpu_name()
     from importlib.metadata import PackageNotFoundError, version

@@ -1,6 +1,7 @@
 """Translation tools that fairseq never loads: data preparation (:mod:`mt_tools.corpus`, into the
 folder layout of :mod:`mt_tools.layout`), evaluation with fairseq-generate and sacreBLEU
-(:mod:`mt_tools.evaluate`) and the training benchmark (:mod:`mt_tools.bench`).
+(:mod:`mt_tools.evaluate`) and the races' recipes (:mod:`mt_tools.recipes`). The studies that
+run them live in the ``benchmarks`` package.
 
 The model itself is the fairseq plugin :mod:`resmlp_mt`; these modules run it through fairseq's
 command-line tools and do not import it.

@@ -1,6 +1,6 @@
 """The training recipes of the Multi30k races: scripts/train_multi30k.sh (Adam, inverse-sqrt
 schedule, label smoothing 0.1, dropout 0.1, 2048 tokens) with the few settings the sweep of
-``scripts/race_mt.py`` tunes per system: the learning rate, the warm-up, and ResMLP's LayerScale
+``python -m benchmarks.race_mt`` tunes per system: the learning rate, the warm-up, and ResMLP's LayerScale
 init or the Transformer's pre- or post-norm.
 
 A recipe is a dict: ``{"lr", "warmup", "layerscale_init"}`` (ResMLP) or ``{"lr", "warmup",

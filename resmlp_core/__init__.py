@@ -3,8 +3,7 @@
 * :mod:`resmlp_core.layers`: :class:`Affine`, the token mixer :class:`CrossTokenLinear` (causal as
   an option, with its incremental step), the causal rule :func:`causal`, LayerScale
   (:func:`layer_scale`, :func:`add_scaled`);
-* :mod:`resmlp_core.checkpoint`: the state-dict check of both halves (:func:`check_state_dict_fits`);
-* :mod:`resmlp_core.machine`: the machine a benchmark ran on (:func:`machine_info`).
+* :mod:`resmlp_core.checkpoint`: the state-dict check of both halves (:func:`check_state_dict_fits`).
 """
 
 from .checkpoint import StateDictDiff, check_state_dict_fits, compare_state_dicts

@@ -24,7 +24,7 @@ $PY -m vision.train --config cifar10_student "${COMMON[@]}" --output "$OUT/stude
 $PY -m vision.train --config cifar10_student "${COMMON[@]}" --output "$OUT/student_hard" --threads 1 \
   --distillation-type hard --teacher-path "$OUT/teacher/best.pth" > "$OUT/student_hard.out" 2>&1 &
 wait
-$PY -m vision.report --name "${REPORT:-vision_distill_cifar10}" --run teacher="$OUT/teacher" --run student_none="$OUT/student_none" \
+$PY -m benchmarks.vision_report --name "${REPORT:-vision_distill_cifar10}" --run teacher="$OUT/teacher" --run student_none="$OUT/student_none" \
   --run student_hard="$OUT/student_hard" --command "scripts/distill_cifar10.sh --data $DATA --output $OUT" \
   --note "Teacher: RegNetY-400MF trained by vision.train; students: the same ResMLP for the same epochs, without a teacher and with hard distillation."
 cat "results/${REPORT:-vision_distill_cifar10}.md"

@@ -2,6 +2,7 @@
 from each other).
 
 * commands: :func:`run` (a command from the repository root, failing with its output),
+  :func:`prepare_multi30k` (the data preparation script on a test corpus),
   :func:`tool` (a console script of the running environment: fairseq-train, ...),
   :func:`run_module` (``python -m vision.train ...``);
 * translation: tiny random ResMLP models for the property tests (:func:`tiny_model`), and small
@@ -30,17 +31,6 @@ DEAD_PID = 2**22 + 1
 # --- commands ---------------------------------------------------------------------------------
 
 
-def load_script(name: str):
-    """``scripts/NAME.py`` imported as a module (the scripts are not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(args, check: bool = True, env=None, **kwargs) -> subprocess.CompletedProcess:
     """Run a command (from the repository root unless ``cwd`` is given; ``env`` adds to the
     environment), capture its output as text (``text=False`` for bytes), and fail with the
@@ -53,6 +43,14 @@ def run(args, check: bool = True, env=None, **kwargs) -> subprocess.CompletedPro
     if check and result.returncode != 0:
         raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def prepare_multi30k(raw, dest_root, *flags, vocab_size: int = 120) -> subprocess.CompletedProcess:
+    """``scripts/prepare_multi30k.py`` on the raw corpus ``raw`` into ``dest_root`` (one worker, a
+    vocabulary of ``vocab_size``; ``flags`` added), as a user runs it; the caller checks the
+    return code and the output."""
+    return run([sys.executable, "scripts/prepare_multi30k.py", "--raw-dir", raw, "--destdir-root", dest_root,
+                "--vocab-size", str(vocab_size), "--workers", "1", *flags], check=False)
 
 
 def tool(name: str) -> str:
@@ -186,8 +184,8 @@ def export_tiny_model(root: Path, updates: int = 30, model: Path | None = None) 
     ``fairseq-train`` for ``updates`` updates (``ckpt/``) and, when ``model`` is given, exported
     there by ``scripts/export_model.py``. Returns the paths: root, data, ckpt, model."""
     raw = write_corpus(root / "raw")
-    assert load_script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"),
-                                                 "--vocab-size", "120", "--workers", "1"]) == 0
+    prepared = prepare_multi30k(raw, root / "data-bin")
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     data = root / "data-bin" / "multi30k.en-de"
     ckpt = root / "ckpt"
     run([tool("fairseq-train"), data, "--user-dir", REPO / "resmlp_mt", *TINY_MT, "--save-dir", ckpt,

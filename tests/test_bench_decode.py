@@ -1,4 +1,4 @@
-"""The decoding benchmark (``scripts/bench_decode.py --quick``) on two tiny models
+"""The decoding benchmark (``python -m benchmarks.bench_decode --quick``) on two tiny models
 trained by ``fairseq-train`` for a few updates on a corpus written by the test: every row is
 there with positive speeds, the equal-length rows hold exactly L tokens + end-of-sentence per
 hypothesis, and the API's fast path translates as fairseq-generate does.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from helpers import load_script, run, write_corpus
+from helpers import prepare_multi30k, run, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +38,14 @@ L = 7
 
 def test_quick_benchmark_has_every_row(tmp_path):
     raw = write_corpus(tmp_path / "raw", sizes={"train": 300, "val": 12, "test_2016_flickr": 24})
-    prepare = load_script("prepare_multi30k")
-    assert prepare.main(["--raw-dir", str(raw), "--destdir-root", str(tmp_path / "data-bin"), "--vocab-size", "120",
-                         "--workers", "1"]) == 0
+    assert prepare_multi30k(raw, tmp_path / "data-bin").returncode == 0
     data = tmp_path / "data-bin" / "multi30k.en-de"
     fairseq_train = str(Path(sys.executable).parent / "fairseq-train")
     for name, flags in (("resmlp", RESMLP), ("transformer", TRANSFORMER)):
         run([fairseq_train, data, *flags, *COMMON, "--save-dir", tmp_path / name])
 
     out = tmp_path / "results" / "bench"
-    result = run([sys.executable, "scripts/bench_decode.py", "--quick", "--data", data,
+    result = run([sys.executable, "-m", "benchmarks.bench_decode", "--quick", "--data", data,
                   "--resmlp", tmp_path / "resmlp" / "checkpoint_best.pt",
                   "--transformer", tmp_path / "transformer" / "checkpoint_best.pt",
                   "--equal-length", L, "--threads", "1", "--out", out, "--work-dir", tmp_path / "work"])

@@ -11,21 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import load_script, write_corpus
-
-
-
-def _script():
-    return load_script("prepare_multi30k")
+from helpers import prepare_multi30k, write_corpus
 
 
 @pytest.fixture(scope="module")
 def prepare():
-    script = _script()
-
     def run(raw, dest_root, *flags):
-        return script.main(["--raw-dir", str(raw), "--destdir-root", str(dest_root), "--vocab-size", "120",
-                            "--workers", "1", *map(str, flags)])
+        """The script's exit status; its output (stdout, then stderr) printed for capsys."""
+        result = prepare_multi30k(raw, dest_root, *flags)
+        print(result.stdout + result.stderr, end="")
+        return result.returncode
 
     return run
 

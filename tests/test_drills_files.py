@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from helpers import DEAD_PID, load_script
+from helpers import DEAD_PID
 from resmlp_core import io as safe_io
 
 # --------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def model_in(out: Path) -> str:
 def test_export_force_killed_at_any_point_keeps_a_complete_model(exported, tmp_path, exchange):  # noqa: F811
     if exchange and not exchange_works(tmp_path):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
-    export_model = load_script("export_model")
+    from scripts import export_model  # the user script, imported to be killed mid-way in a fork
     export = export_model.export
     ckpt, data = exported["ckpt"], exported["data"]
     old, new = ckpt / "checkpoint_best.pt", ckpt / "checkpoint_last.pt"
@@ -435,7 +435,7 @@ def test_export_force_killed_at_any_point_keeps_a_complete_model(exported, tmp_p
 def test_prepare_force_killed_midway_keeps_the_old_data_and_the_next_run_cleans_up(tmp_path):
     from helpers import write_corpus
 
-    prepare = load_script("prepare_multi30k").main
+    from scripts.prepare_multi30k import main as prepare
     root = tmp_path / "data-bin"
     dest = root / "multi30k.en-de"
 

@@ -1,4 +1,4 @@
-"""scripts/gpu_acceptance.py: its dry run (the GPU run's code on the CPU at tiny sizes) reports
+"""benchmarks/gpu_acceptance.py: its dry run (the GPU run's code on the CPU at tiny sizes) reports
 every section, stage and check; the deadline skips stages with a clear status; fairseq log
 parsing (losses, words/s, overflow and NaN detection)."""
 
@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import load_script
+from benchmarks import gpu_acceptance
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "gpu_acceptance.py"
 
 
 @pytest.fixture(scope="module")
 def acc():
-    return load_script("gpu_acceptance")
+    return gpu_acceptance
 
 
 def expected_checks(acc, mode: str) -> dict:
@@ -118,7 +117,7 @@ def test_dry_run(tmp_path, multi30k_dir, cifar10_dir, acc):
     """The whole dry run on real data slices. The deadline is raised above the default 115 s
     (which the run keeps alone on this machine) because the test suite runs beside it."""
     out = tmp_path / "acceptance"
-    cmd = [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--workdir", str(tmp_path / "work"),
+    cmd = [sys.executable, "-m", "benchmarks.gpu_acceptance", "--dry-run", "--out", str(out), "--workdir", str(tmp_path / "work"),
            "--data-root", str(multi30k_dir.parent), "--deadline-s", "420"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     report = json.loads(Path(f"{out}.json").read_text())

@@ -1,6 +1,6 @@
 """benchmarks.gpu_race: its dry run (the GPU race's code on the CPU, through ``make gpu-race``),
 the flags it gives fairseq-train, the words/s spread, the budgets stretched by the machine's
-measured slowdown (also those of scripts/gpu_acceptance.py), a pair skipped for time, and
+measured slowdown (also those of benchmarks/gpu_acceptance.py), a pair skipped for time, and
 reports free of this machine's paths."""
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_race, harness
-from helpers import load_script
-from mt_tools.bench import fairseq_figures, words_per_second_spread
+from benchmarks import gpu_acceptance, gpu_race, harness
+from benchmarks.fairseq_runs import fairseq_figures, words_per_second_spread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +53,7 @@ def test_words_per_second_spread():
 
 def test_slowdown_stretches_the_dry_run_budgets(monkeypatch, tmp_path):
     """A machine with load average 8 on 2 cores gives each process a quarter of a core: the dry
-    runs' budgets (the race's and scripts/gpu_acceptance.py's) stretch 4x; the GPU run's never."""
+    runs' budgets (the race's and benchmarks/gpu_acceptance.py's) stretch 4x; the GPU run's never."""
     monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 8.0, 8.0))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     slow = harness.measure_slowdown(rounds=1)
@@ -64,7 +63,7 @@ def test_slowdown_stretches_the_dry_run_budgets(monkeypatch, tmp_path):
         gpu_race.PROFILES["dry-run"]["deadline_s"] * race.factor
     )
     assert race.prof["minutes"] == gpu_race.PROFILES["dry-run"]["minutes"]  # the work stays the same
-    acc = load_script("gpu_acceptance")
+    acc = gpu_acceptance
     run = acc.Acceptance(
         argparse.Namespace(
             dry_run=True,

@@ -15,7 +15,8 @@ import torch
 
 import resmlp_mt  # noqa: F401
 from conftest import REPO
-from helpers import export_tiny_model, load_script, run, tool
+from benchmarks import plot_mt_mixing
+from helpers import export_tiny_model, run, tool
 
 pytestmark = pytest.mark.slow
 
@@ -117,9 +118,9 @@ def test_export_errors_name_the_problem_and_keep_what_exists(exported, tmp_path)
 
 def test_token_mixing_matrices_are_rendered(exported, tmp_path):
     out = tmp_path / "mixing.png"
-    result = run([sys.executable, "scripts/plot_mt_mixing.py", exported["ckpt"] / "checkpoint_best.pt", out, "--positions", "16"])
+    result = run([sys.executable, "-m", "benchmarks.plot_mt_mixing", exported["ckpt"] / "checkpoint_best.pt", out, "--positions", "16"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in result.stdout
-    module = load_script("plot_mt_mixing")
+    module = plot_mt_mixing
     state = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)["model"]
     matrices = module.mixing_matrices(state, 16)
     assert len(matrices["encoder"]) == len(matrices["decoder"]) == 1
@@ -128,5 +129,5 @@ def test_token_mixing_matrices_are_rendered(exported, tmp_path):
     np.testing.assert_array_equal(matrices["encoder"][0], state["encoder.layers.0.token_mixer.weight"][:16, :16].numpy())
     vision_like = tmp_path / "vision.pth"
     torch.save({"model": {"blocks.0.linear_tokens.weight": torch.zeros(4, 4)}}, vision_like)
-    bad = run([sys.executable, "scripts/plot_mt_mixing.py", vision_like, tmp_path / "x.png"], check=False)
+    bad = run([sys.executable, "-m", "benchmarks.plot_mt_mixing", vision_like, tmp_path / "x.png"], check=False)
     assert bad.returncode == 2 and "not a ResMLP translation model" in bad.stderr

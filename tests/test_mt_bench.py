@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_bench_mt_quick_writes_json_table_and_plot(tmp_path):
     raw = write_corpus(tmp_path / "raw", sizes={"train": 2000, "val": 100, "test_2016_flickr": 100}, extra_words=600)
-    run([sys.executable, "scripts/bench_mt.py", "--quick", "--pairs", "en-de", "--raw-dir", raw,
+    run([sys.executable, "-m", "benchmarks.bench_mt", "--quick", "--pairs", "en-de", "--raw-dir", raw,
          "--workdir", tmp_path / "work", "--output-dir", tmp_path / "results", "--threads", "1"])
     results = json.loads((tmp_path / "results" / "bench_mt.json").read_text())
     pair = results["pairs"]["en-de"]

@@ -11,25 +11,21 @@ import pytest
 from fairseq.models import ARCH_MODEL_INV_REGISTRY
 
 import resmlp_mt  # noqa: F401
-from helpers import load_script, write_corpus
+from benchmarks import ablate_mt_init
+from helpers import prepare_multi30k, write_corpus
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("mt_init")
     raw = write_corpus(root / "raw")
-    script = load_script("prepare_multi30k")
-    assert script.main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"), "--vocab-size", "120", "--workers", "1"]) == 0
+    assert prepare_multi30k(raw, root / "data-bin").returncode == 0
     return root / "data-bin" / "multi30k.en-de"
-
-
-def _ablation_script():
-    return load_script("ablate_mt_init")
 
 
 def initial_nll_bits(data, arch, *flags):
     """Bits per target token of a freshly built ``arch`` on 32 validation pairs, and uniform's."""
-    return _ablation_script().initial_nll_bits(data, arch, list(flags), pairs=32, positions=64)
+    return ablate_mt_init.initial_nll_bits(data, arch, list(flags), pairs=32, positions=64)
 
 
 ARCHS = sorted(ARCH_MODEL_INV_REGISTRY["resmlp_mt"])

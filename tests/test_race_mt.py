@@ -1,4 +1,4 @@
-"""The translation race: scripts/race_mt.py's stages (sweep, race, curves, report) on a
+"""The translation race: python -m benchmarks.race_mt's stages (sweep, race, curves, report) on a
 tiny corpus written by the test, with a tiny model; the cache of finished runs; the goal logic."""
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from helpers import load_script, write_corpus
-
-
-def _script(name):
-    return load_script(name)
-
-
-race_mt = _script("race_mt")
+from benchmarks import race_mt
+from helpers import prepare_multi30k, write_corpus
 
 # Options both models take: a 1+1-layer, d=32 model, small batches, a progress record every 5 updates.
 TINY = ("--encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-layers 1 "
@@ -37,9 +31,8 @@ def raced(tmp_path_factory):
     raw = write_corpus(root / "raw")
     for name in ("train", "val", "test_2016_flickr"):  # an En-Fr pair too (the same words)
         shutil.copy(raw / f"{name}.de", raw / f"{name}.fr")
-    assert _script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(root / "data-bin"), "--vocab-size", "120",
-                                             "--workers", "1", "--pairs", "en-de", "en-fr"]) == 0
-    command = [sys.executable, "scripts/race_mt.py", "--quick", "--stage", "all", "--pairs", "en-de",
+    assert prepare_multi30k(raw, root / "data-bin", "--pairs", "en-de", "en-fr").returncode == 0
+    command = [sys.executable, "-m", "benchmarks.race_mt", "--quick", "--stage", "all", "--pairs", "en-de",
                "--data-root", str(root / "data-bin"), "--work-dir", str(root / "work"), "--results-dir", str(root / "results"),
                "--eval-every", str(EVAL_EVERY), "--max-minutes", "0.03", "--progress-seconds", "0", "--extra-train-args", TINY]
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)

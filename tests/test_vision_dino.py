@@ -532,7 +532,8 @@ def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg
     """The k-NN free of the test split: per class the last N training images (by name) are the
     queries, the others the memory, as symlinks; made once, remade for another N; a class too
     small for N is refused by name."""
-    bench = helpers.load_script("bench_dino")
+    from benchmarks import bench_dino as bench
+
     split = bench.holdout_split(jpeg_data / "train", tmp_path / "split", 3, None)
     for cls in ("red", "green", "blue"):
         assert sorted(f.name for f in (split / "val" / cls).iterdir()) == ["0005.jpg", "0006.jpg", "0007.jpg"]
@@ -553,7 +554,7 @@ def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg
 @pytest.mark.slow
 def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_path):
     tiny = "--batch-size 8 --model-kwargs patch_size=8 embed_dim=32 depth=2"
-    cmd = [sys.executable, str(REPO / "scripts" / "bench_dino.py"), "--quick", "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
+    cmd = [sys.executable, "-m", "benchmarks.bench_dino", "--quick", "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
            "--results-dir", str(tmp_path / "results"), "--minutes", "0.3", "--threads", "1", "--probe-steps", "2",
            f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16", f"--train-args={tiny}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -619,10 +620,10 @@ def test_dino_ddp_with_two_cpu_processes(jpeg_data, tmp_path):
 
 @pytest.mark.slow
 def test_screen_dino_runs_screens_side_by_side_reports_and_reuses(jpeg_data, tmp_path):
-    """scripts/screen_dino.py on the tiny JPEGs: two screens at once, a table with both and the
+    """python -m benchmarks.screen_dino on the tiny JPEGs: two screens at once, a table with both and the
     random-init k-NN; a second call reuses the runs; a run folder made with other flags is refused."""
     small = "--batch-size 8 --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --model-kwargs patch_size=8 embed_dim=32 depth=2"
-    common = [sys.executable, str(REPO / "scripts" / "screen_dino.py"), "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
+    common = [sys.executable, "-m", "benchmarks.screen_dino", "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
               "--results-dir", str(tmp_path / "results"), "--only", "short_sched", "lr_4x", "--parallel", "2", "--holdout-per-class", "3"]
     first = helpers.run([*common, "--dino-args", small], timeout=600)
     assert first.stdout.count("-m vision.dino") == 2

@@ -80,7 +80,7 @@ def test_evaluate_and_plot_a_trained_checkpoint(cifar10_dir, tmp_path):
     bad = run_train("--checkpoint", str(ckpt), "--data-dir", str(other / "test"), "--bench-batch", "0", module="vision.evaluate", check=False)
     assert bad.returncode == 2 and "only in validation: ['lorry']" in bad.stderr
     # the published summary of the run
-    run_train("--name", "vision_test", "--run", f"tiny={tmp_path / 'run'}", "--command", "test", "--results-dir", str(tmp_path / "results"), module="vision.report")
+    run_train("--name", "vision_test", "--run", f"tiny={tmp_path / 'run'}", "--command", "test", "--results-dir", str(tmp_path / "results"), module="benchmarks.vision_report")
     summary = json.loads((tmp_path / "results" / "vision_test.json").read_text())
     assert summary["runs"]["tiny"]["final"]["top1"] == pytest.approx(trained["top1"]) and summary["runs"]["tiny"]["epochs"] == 1
     assert "| tiny | resmlp_s12 (" in (tmp_path / "results" / "vision_test.md").read_text()
@@ -93,7 +93,7 @@ def test_evaluate_and_plot_a_trained_checkpoint(cifar10_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bench_quick_mode_writes_json_and_markdown(tmp_path):
-    proc = run_train("--quick", "--sizes", "S12", "--device", "cpu", "--out", str(tmp_path / "bench"), module="vision.bench")
+    proc = run_train("--quick", "--sizes", "S12", "--device", "cpu", "--out", str(tmp_path / "bench"), module="benchmarks.bench_vision")
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["settings"]["quick"] is True and report["matmul_gflops_fp32"] > 0
     res = report["results"]["S12"]

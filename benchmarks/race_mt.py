@@ -2,9 +2,9 @@
 """An honest translation race (issue 7): ResMLP (resmlp_mt_small) against a tuned fairseq
 Transformer of the same depth, width, MLP size and heads, on Multi30k, in four stages.
 
-    .venv/bin/python scripts/race_mt.py --stage all          # everything: about 9 hours on 2 cores
+    .venv/bin/python -m benchmarks.race_mt --stage all          # everything: about 9 hours on 2 cores
     make bench-mt MINUTES=25                                 # the same
-    .venv/bin/python scripts/race_mt.py --stage sweep        # then race, curves, report
+    .venv/bin/python -m benchmarks.race_mt --stage sweep        # then race, curves, report
 
 1. ``sweep``: the same small sweep for both systems, lr {5e-4, 1e-3, 2e-3} x warm-up
    {300, 1000}, plus pre- vs post-norm for the Transformer (``TRANSFORMER_NORM``) and the
@@ -75,7 +75,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from mt_tools.bench import machine_info, training_figures  # noqa: E402
+from benchmarks.common import parse_fairseq_log, write_result  # noqa: E402
+from benchmarks.fairseq_runs import machine_info, training_figures  # noqa: E402
 from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 from mt_tools.recipes import DEFAULT_RECIPES, fmt_lr, recipe_flags, recipe_name, recipe_text, tuned_recipes  # noqa: E402,F401
 from resmlp_core.io import copy_atomic, remove_stale_temporaries, write_text_atomic  # noqa: E402
@@ -165,9 +166,6 @@ def run_info(args) -> dict:
 
 # --- following a fairseq-train log live ---------------------------------------------------------
 
-_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| \w+ \| ([\w.]+) \| (.*)$")
-
-
 class LogTracker:
     """Reads fairseq-train's log (``--log-format json``) line by line: updates done, the
     validation points, and the training time with validation and checkpoint writing left out."""
@@ -199,11 +197,10 @@ class LogTracker:
 
     def feed(self, line: str) -> Optional[str]:
         """Update the state; return ``"train"``, ``"valid"`` or ``"saved"`` for those records."""
-        m = _LINE.match(line.rstrip("\n"))
-        if not m:
+        parsed = next(parse_fairseq_log([line]), None)
+        if parsed is None:
             return None
-        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
-        source, msg = m.group(2), m.group(3)
+        t, source, msg = parsed.time, parsed.logger, parsed.message
         self.now = t
         if msg.startswith("begin training epoch"):
             if self.start is None:
@@ -706,22 +703,22 @@ class Race:
         renderers = {"mt_sweep": sweep_markdown, "mt_race": race_markdown, "mt_curves": curves_markdown}
         for name, data in loaded.items():
             if data is not None:  # tables rebuilt from the JSON
-                (self.results / f"{name}.md").write_text(renderers[name](data))
+                write_result(self.results / f"{name}.md", renderers[name](data))
         if loaded["mt_curves"] is not None:
             plot_curves(loaded["mt_curves"], self.results)
         goals = assess_goals(loaded["mt_race"], loaded["mt_curves"])
         out = {"goals": goals, "sources": {k: (str(self.results / f"{k}.json") if v else None) for k, v in loaded.items()},
                "machine": self.info, "command": self.args.command}
         text = report_markdown(out, loaded)
-        write_json(self.results / "mt_report.json", out)
-        (self.results / "mt_report.md").write_text(text)
+        write_result(self.results / "mt_report.json", json.dumps(out, indent=1) + "\n")
+        write_result(self.results / "mt_report.md", text)
         print(text)
         log.info("wrote %s and %s", self.results / "mt_report.md", self.results / "mt_report.json")
         return out
 
     def publish(self, stem: str, data: dict, text: str) -> None:
-        write_json(self.results / f"{stem}.json", data)
-        (self.results / f"{stem}.md").write_text(text)
+        write_result(self.results / f"{stem}.json", json.dumps(data, indent=1) + "\n")
+        write_result(self.results / f"{stem}.md", text)
         print(text)
         log.info("wrote %s and %s", self.results / f"{stem}.json", self.results / f"{stem}.md")
 
@@ -955,7 +952,7 @@ def assess_goals(race: Optional[dict], curves: Optional[dict]) -> List[dict]:
 
 def report_markdown(out: dict, loaded: dict) -> str:
     lines = ["# Translation race: ResMLP against a tuned Transformer of the same size (Multi30k)", "",
-             "Rebuilt by `scripts/race_mt.py --stage report` from " +
+             "Rebuilt by `python -m benchmarks.race_mt --stage report` from " +
              ", ".join(f"`{Path(p).name}`" for p in out["sources"].values() if p) + ".", "", "## Goals", ""]
     for g in out["goals"]:
         lines.append(f"- **{g['status'].upper()}**: {g['goal']}.")
@@ -1005,7 +1002,7 @@ def main(argv=None):
             setattr(args, name, small if quick else full)
     if args.parallel < 1 or args.threads < 1 or args.seeds < 1:
         p.error("--parallel, --threads and --seeds must be at least 1")
-    args.command = " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["scripts/race_mt.py", *argv])])
+    args.command = " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["python -m benchmarks.race_mt", *argv])])
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
     logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)
     args.results_dir.mkdir(parents=True, exist_ok=True)

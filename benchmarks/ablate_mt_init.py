@@ -8,7 +8,7 @@ updates, two at a time side by side with one thread each (identical conditions),
 compared by fairseq's validation loss (base 2) at the last update. Writes
 ``results/mt_init_ablation.{json,md}``.
 
-    .venv/bin/python scripts/ablate_mt_init.py --pair en-de --updates 400
+    .venv/bin/python -m benchmarks.ablate_mt_init --pair en-de --updates 400
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import re
 import subprocess
 import sys
 import time
+
+from benchmarks.common import write_result
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,8 +98,8 @@ def write_report(result: dict, out: Path) -> str:
               for r in rows]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(text)
+    write_result(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    write_result(out.with_suffix(".md"), text)
     return text
 
 
@@ -127,7 +129,7 @@ def main(argv=None):
     result = {"pair": args.pair, "updates": args.updates, "model": "resmlp_mt_small",
               "recipe": "scripts/train_multi30k.sh (Adam 2e-3, inverse-sqrt warm-up 400, label smoothing 0.1, dropout 0.1, "
                         "2048 tokens), one thread per run, side by side",
-              "command": "scripts/ablate_mt_init.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python -m benchmarks.ablate_mt_init " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": rows}
     print(write_report(result, args.out))
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The DINO study's CPU runs: self-supervised ResMLP (DINO) on CIFAR-10, evaluated and fine-tuned.
 
-    scripts/bench_dino.py                       # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
-    scripts/bench_dino.py --quick               # a smoke test on a slice of the data (a few minutes)
+    python -m benchmarks.bench_dino                       # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
+    python -m benchmarks.bench_dino --quick               # a smoke test on a slice of the data (a few minutes)
 
 1. **DINO** (``vision.dino --config dino_cifar10_cpu``) on the CIFAR-10 training images, labels
    unused, for at most ``--minutes`` (60) of training: the number of epochs is set from a
@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import read_checkpoint, write_result
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 DEFAULT_DATA = Path(os.environ.get("RESMLP_DATA", REPO.parent / "shared" / "data")) / "cifar10"
@@ -58,9 +60,7 @@ def run(cmd: list[str]) -> None:
 def last_epoch(path: Path) -> int | None:
     if not path.is_file():
         return None
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    return int(read_checkpoint(path, mmap=True)["epoch"])
 
 
 def dino_recipe(flags: list[str]):
@@ -92,13 +92,11 @@ def measure_dino_img_per_s(args, batch_size: int, probe_dir: Path, n_classes: in
     slower, are kept in: the estimate errs on the slow side."""
     import shutil
 
-    import torch
-
     per_class = math.ceil(batch_size * args.probe_steps / n_classes) + 1
     shutil.rmtree(probe_dir, ignore_errors=True)
     run([PY, "-m", "vision.dino", "--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(probe_dir),
          "--threads", str(args.threads), "--log-interval", "1000", *args.dino_args, "--epochs", "1", "--max-per-class", str(per_class)])
-    row = torch.load(probe_dir / "last.pth", map_location="cpu", weights_only=True, mmap=True)["summary"][-1]
+    row = read_checkpoint(probe_dir / "last.pth", mmap=True)["summary"][-1]
     shutil.rmtree(probe_dir, ignore_errors=True)
     return float(row["train"]["img_per_s"])
 
@@ -112,16 +110,22 @@ def eval_flags(args, data_dir: Path, val_split: str, cache: Path) -> list[str]:
 KNN = ["--k", "20", "--temperature", "0.07"]  # DINO's eval_knn.py
 
 
+def knn(backbone: list[str], data: list[str], out: Path, runner=None) -> dict:
+    """The report of ``python -m vision.knn`` (k=20, T=0.07) of ``backbone`` on ``data`` (its
+    flags), ``OUT.json``: read back when it is there, else run by ``runner`` (default :func:`run`)."""
+    if not out.with_suffix(".json").is_file():
+        (runner or run)([PY, "-m", "vision.knn", *backbone, *data, *KNN, "--out", str(out)])
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
     data = [*eval_flags(args, args.data_dir, "test", out_dir / f"features_{name}.pt"), *args.subset_eval]
     knn_out, lin_out = out_dir / f"knn_{name}", out_dir / f"linear_{name}"
-    if not knn_out.with_suffix(".json").is_file():
-        run([PY, "-m", "vision.knn", *backbone, *data, *KNN, "--out", str(knn_out)])
+    found = knn(backbone, data, knn_out)
     if args.linear and not lin_out.with_suffix(".json").is_file():
         run([PY, "-m", "vision.linear", *backbone, *data, "--out", str(lin_out)])
-    knn = json.loads(knn_out.with_suffix(".json").read_text())
-    result = {"knn_top1": knn["results"]["20"]["top1"], "knn_top5": knn["results"]["20"]["top5"], "backbone": knn["backbone"],
-              "train_images": knn["data"]["train_images"], "test_images": knn["data"]["val_images"]}
+    result = {"knn_top1": found["results"]["20"]["top1"], "knn_top5": found["results"]["20"]["top5"], "backbone": found["backbone"],
+              "train_images": found["data"]["train_images"], "test_images": found["data"]["val_images"]}
     if args.linear:
         lin = json.loads(lin_out.with_suffix(".json").read_text())
         result.update(linear_top1=lin["result"]["val"]["top1"], linear_weight_decay=lin["result"]["weight_decay"])
@@ -166,17 +170,12 @@ def holdout_split(train_dir: Path, out: Path, per_class: int, max_per_class: int
 
 def holdout_knn(name: str, backbone: list[str], args, split: Path, out_dir: Path) -> float:
     """k-NN top-1 (k=20, T=0.07) of ``backbone`` with the held-out training images as queries."""
-    out = out_dir / f"knn_{split.name}_{name}"
-    if not out.with_suffix(".json").is_file():
-        run([PY, "-m", "vision.knn", *backbone, *eval_flags(args, split, "val", out_dir / f"features_{split.name}_{name}.pt"), *KNN,
-             "--out", str(out)])
-    return json.loads(out.with_suffix(".json").read_text())["results"]["20"]["top1"]
+    features = out_dir / f"features_{split.name}_{name}.pt"
+    return knn(backbone, eval_flags(args, split, "val", features), out_dir / f"knn_{split.name}_{name}")["results"]["20"]["top1"]
 
 
 def train_summary(folder: Path) -> dict:
-    import torch
-
-    state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+    state = read_checkpoint(folder / "last.pth", mmap=True)
     rows = state["summary"]
     return {
         "epochs": state["epoch"] + 1,
@@ -262,9 +261,7 @@ def main(argv=None) -> int:
     dino_flags += ["--epochs", str(plan["epochs"])]
     done = None
     if (dino_dir / "last.pth").is_file():  # one read: its epoch, and the recipe it was trained with
-        import torch
-
-        state = torch.load(dino_dir / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+        state = read_checkpoint(dino_dir / "last.pth", mmap=True)
         done = int(state["epoch"])
         check_dino_recipe(state.get("args") or {}, dino_recipe(dino_flags), dino_dir / "last.pth")
         del state
@@ -316,10 +313,10 @@ def main(argv=None) -> int:
          "--label", "DINO teacher (no labels)", "--out", str(figure)])
 
     # ---- report
-    from resmlp_core.machine import machine_info
+    from benchmarks.common import machine_info
     import torch
 
-    dino_state = torch.load(dino_ckpt, map_location="cpu", weights_only=True, mmap=True)
+    dino_state = read_checkpoint(dino_ckpt, mmap=True)
     dino_rows = dino_state["summary"]
     dino = {
         "epochs": dino_state["epoch"] + 1,
@@ -348,7 +345,7 @@ def main(argv=None) -> int:
             "met": bool(ft_gain > 0),
         },
     }
-    command = "scripts/bench_dino.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.bench_dino " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = {
         "command": command.strip(),
         "quick": args.quick,
@@ -365,7 +362,7 @@ def main(argv=None) -> int:
         "wall_minutes_this_call": (time.time() - started) / 60,
     }
     json_path = args.results_dir / f"{args.name}.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_result(json_path, json.dumps(report, indent=2, default=str) + "\n")
     md = [
         f"# Self-supervised ResMLP (DINO) on CIFAR-10{' (QUICK SMOKE RUN: a slice of the data)' if args.quick else ''}\n",
         f"`{report['command']}` on {report['machine']['cpu']} (torch threads: {args.threads}), torch {report['machine']['torch']}, "
@@ -399,7 +396,7 @@ def main(argv=None) -> int:
     md += [f"- {g['goal']}: **{'met' if g['met'] else 'missed'}**, {g['figure']}" for g in goals.values()]
     md += [f"\n![cross-patch rows, supervised vs DINO]({figure.name})\n"]
     md_path = args.results_dir / f"{args.name}.md"
-    md_path.write_text("\n".join(md) + "\n")
+    write_result(md_path, "\n".join(md) + "\n")
     log(f"wrote {json_path}, {md_path}, {figure}")
     for g in goals.values():
         log(f"{g['goal']}: {'met' if g['met'] else 'missed'} ({g['figure']})")

@@ -2,9 +2,9 @@
 """Decoding benchmark: ResMLP against a Transformer of the same size, per engine,
 at batch 128 (throughput) and batch 1 (latency), plus an equal-output-length measurement.
 
-    python scripts/bench_decode.py --resmlp checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
+    python -m benchmarks.bench_decode --resmlp checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
         --transformer checkpoints/multi30k.en-de.transformer/checkpoint_best.pt    # or: make bench-decode
-    python scripts/bench_decode.py --resmlp R.pt --transformer T.pt --quick        # smoke test, seconds
+    python -m benchmarks.bench_decode --resmlp R.pt --transformer T.pt --quick        # smoke test, seconds
 
 Rows (beam 4 everywhere):
 
@@ -67,9 +67,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from benchmarks.common import read_checkpoint, repo_relative, write_result
 import mt_tools.evaluate as mt_evaluate
 from mt_tools.layout import PreparedData
-from resmlp_core.checkpoint import load_weights_only
 import resmlp_mt  # noqa: F401  (registers the model; safe loading of fairseq checkpoints)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def read_lines(path: Path) -> List[str]:
 
 def checkpoint_info(path: Path) -> dict:
     """Architecture, update count, parameters (tied tensors once) of a fairseq checkpoint."""
-    state = load_weights_only(path)
+    state = read_checkpoint(path)
     model_cfg = state["cfg"]["model"]
     seen, params = set(), 0
     for key, value in state["model"].items():
@@ -579,9 +579,9 @@ def equal_length_ratios(results: List[dict]) -> dict:
 
 
 def machine() -> dict:
-    """:func:`resmlp_core.machine.machine_info` (CPU, cores, GPU, versions) plus the cores this
+    """:func:`benchmarks.common.machine_info` (CPU, cores, GPU, versions) plus the cores this
     process may use and the load when the benchmark started."""
-    from resmlp_core.machine import machine_info
+    from benchmarks.common import machine_info
 
     return {**machine_info(packages=("fairseq",)), "logical_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -763,9 +763,9 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    table = markdown(results)
-    md_path.write_text(table)
+    write_result(json_path, json.dumps(results, indent=1) + "\n")
+    table = repo_relative(markdown(results))  # as written: the paths relative to the repository
+    write_result(md_path, table)
     print(table)
     say(f"wrote {json_path} and {md_path}")
     return 0

@@ -13,12 +13,11 @@ of each kind of sublayer during a real forward pass (token mixing, self-attentio
 cross-attention, channel MLP / FFN, output projection + loss) and replays each one alone,
 forward and backward, on a real batch.
 
-Entry point: ``scripts/bench_mt.py``.
+Entry point: ``python -m benchmarks.bench_mt``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,17 +26,17 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
-from resmlp_core.machine import machine_info as _machine_info
+from benchmarks.common import machine_info as _machine_info
+from benchmarks.common import parse_fairseq_log
 
-from .evaluate import evaluate, result_dict, run_measured
-from .layout import PreparedData, folder_name
+from mt_tools.evaluate import evaluate, result_dict, run_measured
+from mt_tools.layout import PreparedData, folder_name
 
 logger = logging.getLogger(__name__)
 
@@ -46,27 +45,22 @@ SYSTEMS = ("resmlp", "transformer")
 
 #: The machine, with fairseq's version.
 machine_info = partial(_machine_info, packages=("fairseq",))
-_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| (\w+) \| (\{.*\})\s*$")
 
 
 def parse_json_log(text: str) -> Dict[str, List[dict]]:
     """Group fairseq's ``--log-format json`` records by logger (train_inner, valid, train),
     each with its log timestamp as ``time`` (seconds since the epoch)."""
     records: Dict[str, List[dict]] = defaultdict(list)
-    for line in text.splitlines():
-        match = _TIMESTAMP.match(line)
-        if not match:
-            continue
-        try:
-            record = json.loads(match.group(3))
-        except json.JSONDecodeError:
-            continue
-        record["time"] = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
-        records[match.group(2)].append(record)
+    for line in parse_fairseq_log(text):
+        if line.level == "INFO" and line.record is not None and "." not in line.logger:
+            records[line.logger].append(dict(line.record, time=line.time))
     return records
 
 
-_BEGIN = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| fairseq.trainer \| begin training epoch 1$", re.M)
+def _training_start(text: str) -> Optional[float]:
+    """When fairseq-train began its first epoch (the log's timestamp), else None."""
+    return next((line.time for line in parse_fairseq_log(text)
+                 if line.logger == "fairseq.trainer" and line.message == "begin training epoch 1"), None)
 
 
 def training_figures(log_text: str) -> dict:
@@ -78,8 +72,8 @@ def training_figures(log_text: str) -> dict:
     """
     records = parse_json_log(log_text)
     epochs = records.get("train", [])
-    begin = _BEGIN.search(log_text)
-    if not epochs or begin is None:
+    start = _training_start(log_text)
+    if not epochs or start is None:
         raise RuntimeError("no training records in the fairseq-train log (was --log-format json used?)")
     words, train_wall, updates = 0.0, 0.0, 0
     for r in epochs:
@@ -87,7 +81,6 @@ def training_figures(log_text: str) -> dict:
         words += (done - updates) * float(r["train_wpb"])
         train_wall += float(r["train_train_wall"])
         updates = done
-    start = datetime.strptime(begin.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
     curve = [
         {"minutes": round((v["time"] - start) / 60, 2), "num_updates": int(v["valid_num_updates"]), "valid_loss": float(v["valid_loss"])}
         for v in records.get("valid", [])
@@ -141,7 +134,7 @@ def run_benchmark(
     profile_batches: int = 3,
 ) -> dict:
     """Prepare, train and evaluate both systems on every pair; return every figure."""
-    from .corpus import multi30k_splits, prepare_parallel_corpus
+    from mt_tools.corpus import multi30k_splits, prepare_parallel_corpus
 
     results: dict = {"settings": {"pairs": pairs, "minutes_per_system": minutes, "vocab_size": vocab_size,
                                   "budget": "same wall-clock training time (fairseq --stop-time-hours)",
@@ -349,7 +342,7 @@ def plot_valid_curves(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-# --- the GPU studies (scripts/gpu_acceptance.py, benchmarks/gpu_race.py) ----------------------------
+# --- the GPU studies (benchmarks/gpu_acceptance.py, benchmarks/gpu_race.py) ----------------------------
 
 #: fairseq-train flags of Transformer-base at the depth and width of ResMLP-6 (``--arch resmlp_mt``'s
 #: defaults): 6+6 layers, d 512, FFN 2048, 8 heads.

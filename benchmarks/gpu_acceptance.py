@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """GPU acceptance: the paper-scale paths on one NVIDIA GPU, in one run of at most 8 minutes.
 
-    scripts/gpu_acceptance.sh                 # one H100/H200, after `make install`
-    scripts/gpu_acceptance.sh --dry-run       # the same code on the CPU at tiny sizes (< 2 min)
+    make gpu-acceptance                 # one H100/H200, after `make install`
+    make gpu-acceptance ARGS=--dry-run   # the same code on the CPU at tiny sizes (< 2 min)
 
 Stages, in this order on the GPU (one at a time, so that none disturbs another's timing). Each
 has a time budget; a global deadline (8 minutes from the start) skips a stage that no longer
@@ -103,7 +103,8 @@ if str(REPO) not in sys.path:  # run as a file: the repo's packages without an i
 from benchmarks.harness import (NOT_SELECTED, Checks, base_env, data_ready, elapsed, find_data_root, finite, fmt,  # noqa: E402
                                 json_safe, kill_group, log, machine_info, measure_slowdown, prepare_command, run_logged,
                                 slice_raw, tail)
-from mt_tools.bench import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
+from benchmarks.fairseq_runs import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures  # noqa: E402
 
 PAPER_S12_IMG_S = 1415.0  # ResMLP paper, Table 4: ResMLP-S12 throughput on one V100 (img/s)
 WPS_GOAL_RATIO = 1.2
@@ -393,9 +394,9 @@ class Acceptance:
         out = out.with_suffix("") if out.suffix in (".json", ".md") else out
         out.parent.mkdir(parents=True, exist_ok=True)
         json_path, md_path = Path(f"{out}.json"), Path(f"{out}.md")
-        json_path.write_text(json.dumps(json_safe(self.report), indent=1, default=str, allow_nan=False) + "\n")
+        write_result(json_path, json.dumps(json_safe(self.report), indent=1, default=str, allow_nan=False) + "\n")
         md = markdown(self.report)
-        md_path.write_text(md)
+        write_result(md_path, md)
         print()
         print(md)
         log(f"wrote {json_path} and {md_path}")
@@ -869,7 +870,7 @@ def worker_vision_bench(w: Worker) -> None:
     import timm
     from timm.optim import create_optimizer_v2
 
-    from vision.bench import count_flops, interleaved, matmul_gflops
+    from benchmarks.bench_vision import count_flops, interleaved, matmul_gflops
 
     res = w.result
     res["device"] = {"torch_device": str(device)}
@@ -963,7 +964,7 @@ def worker_vision_bench(w: Worker) -> None:
 def worker_vision_compile(w: Worker) -> None:
     c = w.config
     torch, device, amp = _vision_setup(c)
-    from vision.bench import interleaved
+    from benchmarks.bench_vision import interleaved
 
     res = w.result
     res["backend"] = c["compile_backend"]

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Short DINO runs on CIFAR-10 that compare recipes before a 60-minute run, by k-NN.
 
-    scripts/screen_dino.py                          # every screen below not yet done, 2 at a time
-    scripts/screen_dino.py --only short_sched lr_4x # some of them
-    scripts/screen_dino.py --list                   # the screens and their flags
+    python -m benchmarks.screen_dino                          # every screen below not yet done, 2 at a time
+    python -m benchmarks.screen_dino --only short_sched lr_4x # some of them
+    python -m benchmarks.screen_dino --list                   # the screens and their flags
 
 Each screen is ``python -m vision.dino --config dino_cifar10_cpu_multicrop`` (DINO's multi-crop
 recipe scaled to 32 px) with a few flags changed, for the epochs it names, on the CIFAR-10
@@ -31,7 +31,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_dino import DEFAULT_DATA, KNN, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
+from benchmarks.bench_dino import DEFAULT_DATA, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
+from benchmarks.bench_dino import knn as knn_report
+from benchmarks.common import read_checkpoint, write_result
 
 
 def log(msg: str) -> None:
@@ -98,23 +100,19 @@ def knn(backbone: list[str], out: Path, args, threads: int, holdout: bool = Fals
     held-out training images (``args.holdout_dir``: queries not used to rank the screens' test k-NN)."""
     data = (["--data-dir", str(args.holdout_dir), "--val-split", "val"] if holdout
             else ["--data-dir", str(args.data_dir), "--val-split", "test", *args.subset_eval])
-    if not out.with_suffix(".json").is_file():
-        run_logged([PY, "-m", "vision.knn", *backbone, *data, "--workers", "0", "--threads", str(threads), "--batch-size", "256",
-                    *KNN, "--out", str(out)], out.parent / f"{out.name}.log")
-    return json.loads(out.with_suffix(".json").read_text())["results"]["20"]
+    data += ["--workers", "0", "--threads", str(threads), "--batch-size", "256"]
+    return knn_report(backbone, data, out, runner=lambda cmd: run_logged(cmd, out.parent / f"{out.name}.log"))["results"]["20"]
 
 
 def screen(name: str, args, threads: int) -> dict:
     """Train screen ``name`` (or reuse its finished run) and k-NN its teacher; its report row."""
-    import torch
-
     spec = SCREENS[name]
     folder = args.runs_dir / name
     flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(folder), "--epochs", str(spec["epochs"]),
              "--threads", str(threads), "--resume", "auto", "--log-interval", "20", *args.subset_train, *screen_flags(name), *args.dino_args]
     done = None
     if (folder / "last.pth").is_file():  # one read: its epoch, and the flags it was trained with
-        saved = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+        saved = read_checkpoint(folder / "last.pth", mmap=True)
         done = int(saved["epoch"])
         check_dino_recipe(saved.get("args") or {}, dino_recipe(flags), folder / "last.pth", prog="screen_dino",
                           advice=f"Move that folder away or give --runs-dir to run screen {name!r}")
@@ -125,7 +123,7 @@ def screen(name: str, args, threads: int) -> dict:
     result = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn", args, threads)
     held_out = (knn(["--checkpoint", str(folder / "last.pth")], folder / f"knn_{args.holdout_dir.name}", args, threads, holdout=True)
                 if args.holdout_dir else None)
-    state = torch.load(folder / "last.pth", map_location="cpu", weights_only=True, mmap=True)
+    state = read_checkpoint(folder / "last.pth", mmap=True)
     rows = [r["train"] for r in state["summary"]]
     return {
         "name": name, "base": spec.get("base"), "extra": spec["extra"], "why": spec["why"],
@@ -186,14 +184,14 @@ def main(argv=None) -> int:
     json_path, md_path = args.results_dir / f"{args.name}.json", args.results_dir / f"{args.name}.md"
     previous = json.loads(json_path.read_text()).get("screens", {}) if json_path.is_file() else {}
     screens = {**previous, **rows}  # screens reported before and not rerun this call stay in the table
-    report = {"command": "scripts/screen_dino.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m benchmarks.screen_dino " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"],
               "holdout_per_class": args.holdout_per_class if args.holdout_dir else None,
               "random_init_holdout_knn_top1": random_init_holdout["top1"] if random_init_holdout else None, "screens": screens}
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(json_path, json.dumps(report, indent=2) + "\n")
     md = [
         f"# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 test{' and held-out training images' if random_init_holdout else ''})\n",
-        f"`scripts/screen_dino.py` (config `{args.dino_config}`, flags below changed). Same network at random init: k-NN top-1 "
+        f"`python -m benchmarks.screen_dino` (config `{args.dino_config}`, flags below changed). Same network at random init: k-NN top-1 "
         f"**{random_init['top1']:.2f}**. Threads: the torch threads of each run (2 screens side by side run with 1 each); "
         "training minutes compare only rows with the same threads.\n",
         *([f"Held-out k-NN: the last {args.holdout_per_class} training images of each class as queries, the other training images "
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
                   + (f"{r['holdout_knn_top1']:.2f} | {r['holdout_knn_top1'] - random_init_holdout['top1']:+.2f} |"
                      if random_init_holdout and "holdout_knn_top1" in r else "- | - |"))
     md += ["", *[f"- **{r['name']}**: {r['why']}. All flags: `{shlex.join(r['flags']) or '-'}`." for r in screens.values()]]
-    md_path.write_text("\n".join(md) + "\n")
+    write_result(md_path, "\n".join(md) + "\n")
     log(f"wrote {json_path} and {md_path}")
     print("\n".join(md))
     return 0

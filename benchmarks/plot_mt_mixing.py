@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Render the learned token-mixing matrices A of a ResMLP translation model to one PNG.
 
-    python scripts/plot_mt_mixing.py checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
+    python -m benchmarks.plot_mt_mixing checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
         results/mt_token_mixing_en-de.png --positions 40
 
 One row of panels for the encoder, one for the decoder, one panel per layer: ``A[:P, :P]``
@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import read_checkpoint
 
 
 def mixing_matrices(state: dict, positions: int):
@@ -44,9 +46,8 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
     import matplotlib.pyplot as plt
 
     import resmlp_mt  # noqa: F401  (allows fairseq's Namespace in weights-only loading)
-    from resmlp_core.checkpoint import load_weights_only
 
-    state = load_weights_only(checkpoint)
+    state = read_checkpoint(checkpoint)
     matrices = mixing_matrices(state["model"], positions)
     cols = max(len(m) for m in matrices.values())
     fig, axes = plt.subplots(2, cols, figsize=(2.8 * cols, 6.0), squeeze=False)

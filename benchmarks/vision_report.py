@@ -1,7 +1,7 @@
 """Publish training runs as small result files: ``results/<name>.json`` and ``results/<name>.md``.
 
-    python -m vision.report --name vision_cifar10 --run runs/cifar10_final --command "scripts/train_cifar10.sh ..."
-    python -m vision.report --name vision_distill_cifar10 --run teacher=runs/d/teacher --run none=runs/d/student_none ...
+    python -m benchmarks.vision_report --name vision_cifar10 --run runs/cifar10_final --command "scripts/train_cifar10.sh ..."
+    python -m benchmarks.vision_report --name vision_distill_cifar10 --run teacher=runs/d/teacher --run none=runs/d/student_none ...
 
 For each run: the exact settings (``args.yaml``), the per-epoch rows of ``summary.csv``, the
 final and best top-1/top-5, the training minutes (sum of the epochs' training time) and the
@@ -20,6 +20,8 @@ from typing import Any, Dict
 import torch
 import yaml
 
+from benchmarks.common import read_checkpoint, write_result
+
 
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 
@@ -30,7 +32,7 @@ def summarize_run(folder: Path) -> Dict[str, Any]:
         rows = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
     with open(folder / "args.yaml") as fh:
         args = yaml.safe_load(fh)
-    last = torch.load(folder / "last.pth", map_location="cpu", weights_only=True)
+    last = read_checkpoint(folder / "last.pth")
     # parameters only: a state dict also holds buffers (BatchNorm statistics of a convnet teacher)
     n_params = sum(v.numel() for k, v in last["model"].items() if not k.endswith(BUFFER_SUFFIXES))
     train_minutes = sum(r["train_minutes"] for r in rows)
@@ -58,7 +60,7 @@ def summarize_run(folder: Path) -> Dict[str, Any]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vision.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.vision_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="results/NAME.json and results/NAME.md")
     p.add_argument("--run", action="append", required=True, help="a run folder, or LABEL=FOLDER (repeatable)")
     p.add_argument("--command", action="append", default=[], help="the exact command(s) that produced the runs")
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
 
-    from resmlp_core.machine import machine_info
+    from benchmarks.common import machine_info
 
     runs = {}
     for item in args.run:
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     report = {"machine": machine_info(torch.device("cpu"), packages=("timm", "numpy")), "commands": args.command, "note": args.note, "runs": runs}
     out = Path(args.results_dir) / args.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    write_result(out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     m = report["machine"]
     lines = [f"# {args.name}", "", f"Machine (where this report was written): {m['cpu']} ({m['cores']} cores), {m.get('gpu') or 'no GPU'}; torch {m['torch']}, timm {m['timm']}.", ""]
     if args.note:
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
         )
     for label, r in runs.items():
         lines += ["", f"{label}: top-1 by epoch: " + ", ".join(f"{row['eval_top1']:.1f}" for row in r["per_epoch"] if "eval_top1" in row)]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_result(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 

@@ -1,7 +1,7 @@
 """Speed of our ResMLP (unfolded and folded) against timm's ``resmlp_12_224`` / ``resmlp_24_224``.
 
-    python -m vision.bench                       # full run, writes results/bench_vision.{json,md}
-    python -m vision.bench --quick --out /tmp/b  # seconds: tiny sizes, for the test suite
+    python -m benchmarks.bench_vision                       # full run, writes results/bench_vision.{json,md}
+    python -m benchmarks.bench_vision --quick --out /tmp/b  # seconds: tiny sizes, for the test suite
 
 One process, the same random weights for every variant (timm's model loads our state dict):
 
@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
-from resmlp_core.machine import machine_info
+from benchmarks.common import machine_info, write_result
 
 SIZES = {"S12": ("resmlp_s12", "resmlp_12_224"), "S24": ("resmlp_s24", "resmlp_24_224")}
 
@@ -187,7 +187,7 @@ def _timm_model(timm_name: str, ours: nn.Module, args) -> nn.Module:
     with ``--quick``, timm's ``MlpMixer`` built at our tiny size (:func:`vision.reference.timm_reference`)."""
     import timm
 
-    from .reference import timm_reference
+    from vision.reference import timm_reference
 
     if args.quick:
         return timm_reference(ours)
@@ -253,7 +253,7 @@ def markdown(report: Dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vision.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_vision", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 64])
     p.add_argument("--train-batch", type=int, default=32)
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
 
     report: Dict[str, Any] = {
         "machine": info,
-        "command": "python -m vision.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench_vision " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "matmul_gflops_fp32": peak,
         "bf16_note": bf16_note,
@@ -308,8 +308,8 @@ def main(argv=None) -> int:
                 report["results"][size] = res
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    write_result(out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    write_result(out.with_suffix(".md"), markdown(report))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 

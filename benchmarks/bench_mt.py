@@ -10,8 +10,8 @@ and results/bench_mt_valid_loss.png (validation loss against wall-clock time).
 
 Run it alone on the machine (timings): about 4 x (MINUTES + 2) minutes.
 
-    python scripts/bench_mt.py                    # 18 minutes per system: about 85 minutes
-    python scripts/bench_mt.py --quick            # a few minutes: a data slice, 20 s per system
+    python -m benchmarks.bench_mt                    # 18 minutes per system: about 85 minutes
+    python -m benchmarks.bench_mt --quick            # a few minutes: a data slice, 20 s per system
 """
 
 import argparse
@@ -21,7 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from mt_tools.bench import markdown_table, plot_valid_curves, run_benchmark
+from benchmarks.common import write_result
+from benchmarks.fairseq_runs import markdown_table, plot_valid_curves, run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,9 +67,9 @@ def main(argv=None):
     results["settings"]["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / args.name
-    Path(f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_result(f"{stem}.json", json.dumps(results, indent=1) + "\n")
     table = markdown_table(results)
-    Path(f"{stem}.md").write_text(table)
+    write_result(f"{stem}.md", table)
     plot_valid_curves(results, Path(f"{stem}_valid_loss.png"))
     print(table)
     print(f"wrote {stem}.json, {stem}.md, {stem}_valid_loss.png")
