@@ -870,7 +870,7 @@ def worker_vision_bench(w: Worker) -> None:
     import timm
     from timm.optim import create_optimizer_v2
 
-    from benchmarks.bench_vision import count_flops, interleaved, matmul_gflops
+    from vision.speed import count_flops, interleaved, matmul_gflops
 
     res = w.result
     res["device"] = {"torch_device": str(device)}
@@ -964,7 +964,7 @@ def worker_vision_bench(w: Worker) -> None:
 def worker_vision_compile(w: Worker) -> None:
     c = w.config
     torch, device, amp = _vision_setup(c)
-    from benchmarks.bench_vision import interleaved
+    from vision.speed import interleaved
 
     res = w.result
     res["backend"] = c["compile_backend"]

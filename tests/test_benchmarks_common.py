@@ -48,7 +48,7 @@ def test_write_result_writes_repository_relative_text(tmp_path):
 def test_no_model_package_imports_the_benchmarks():
     """The studies import the packages, never the other way round."""
     code = ("import sys, resmlp_core, resmlp_mt, mt_tools, mt_tools.evaluate, mt_tools.corpus, mt_tools.recipes, vision, "
-            "vision.train, vision.knn; print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))")
+            "vision.train, vision.knn, vision.evaluate, vision.speed; print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=TESTS_REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     from timm.utils import reparameterize_model
 
     from . import checkpoint as ckpt_io
-    from .bench import count_flops, interleaved
+    from .speed import count_flops, interleaved
     from .config import check_model_name
     from .data import ImageFolderDataset, build_eval_transform, check_same_classes, find_classes
     from .engine import evaluate
