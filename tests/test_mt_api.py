@@ -113,7 +113,7 @@ def test_export_errors_name_the_problem_and_keep_what_exists(exported, tmp_path)
     assert (exported["model"] / "model.pt").is_file()
     missing = run([sys.executable, "-c", "from resmlp_mt import ResMLPTranslationModel as M; M.from_pretrained('/nonexistent')"],
                   check=False)
-    assert missing.returncode != 0 and "/nonexistent/model.pt not found" in missing.stderr
+    assert missing.returncode != 0 and "/nonexistent is not a complete model folder: missing model.pt" in missing.stderr
 
 
 def test_token_mixing_matrices_are_rendered(exported, tmp_path):
