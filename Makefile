@@ -21,6 +21,7 @@ install:
 	$(PY) -c 'import fairseq, timm, torchvision, resmlp_core, resmlp_mt, mt_tools, vision; print("installed: fairseq", fairseq.__version__, "timm", timm.__version__, "torch", __import__("torch").__version__)'
 
 test:
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-fast:

@@ -205,7 +205,7 @@ def _timed(fn, repeats: int) -> float:
 def profile_components(checkpoint: Path, data: Path, batches: int = 3, max_tokens: int = 2048, threads: int = 2) -> dict:
     """Seconds per training step (forward + backward) spent in each kind of sublayer, on real
     batches of ``max_tokens`` target tokens, next to the whole step (forward, backward, Adam)."""
-    from fairseq import checkpoint_utils, tasks
+    from fairseq import checkpoint_utils
 
     import resmlp_mt  # noqa: F401
 

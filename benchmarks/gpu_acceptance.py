@@ -201,7 +201,6 @@ STAGE_GROUPS = {"vision_bench": ("vision_bench",), "mt": ("mt_prep", "mt_train_r
 
 
 def declare_checks(checks: Checks, mode: str) -> None:
-    gpu = mode == "gpu"
     prof = PROFILES[mode]
     checks.declare("mt.data.ready", "translation", "mt_prep", "binarized train/valid/test, joined dictionary and references present")
     for s in SYSTEMS:
@@ -880,7 +879,6 @@ def worker_vision_bench(w: Worker) -> None:
                              multiprocessors=p.multi_processor_count, cudnn=torch.backends.cudnn.version())
     res["settings"] = {k: c[k] for k in ("img", "train_batch", "infer_batch", "rounds", "train_rounds", "autocast")}
     w.save()
-    t = time.time()
     res["matmul_tflops_bf16" if device.type == "cuda" else "matmul_tflops_fp32"] = round(
         matmul_gflops(device, torch.bfloat16 if device.type == "cuda" else torch.float32, c["matmul_n"], 1.0) / 1e3, 2)
     print(f"matmul: {res}", flush=True)

@@ -610,7 +610,6 @@ class Race:
     def curve_run(self, job: Job, tag: str) -> dict:
         """One system's curve: segments of --eval-every updates, each scored on valid, until the
         validation BLEU stops improving (if early stopping) or the training-minutes budget."""
-        a = self.args
         save_dir = self.run_dir(job)
         spec = self.spec(job)
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run

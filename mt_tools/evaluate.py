@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import importlib.util
-import json
 import logging
 import os
 import re

@@ -4,7 +4,6 @@ photographs, CIFAR-10 reading and caching, bad input."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest

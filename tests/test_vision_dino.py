@@ -323,8 +323,8 @@ def test_pretrained_tags_resolve_offline_from_the_hub_cache(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "ref.pth")
     script = (
         "import torch, timm, vision, sys\n"
-        f"m = timm.create_model('resmlp_s12.fb_dino', pretrained=True, img_size=32, patch_size=8, embed_dim=32, depth=2).eval()\n"
-        f"ref = torch.load(sys.argv[1], weights_only=True)\n"
+        "m = timm.create_model('resmlp_s12.fb_dino', pretrained=True, img_size=32, patch_size=8, embed_dim=32, depth=2).eval()\n"
+        "ref = torch.load(sys.argv[1], weights_only=True)\n"
         "ok = all(torch.equal(m.state_dict()[k], v) for k, v in ref.items())\n"
         "print('loaded', ok, m.pretrained_cfg['hf_hub_id'])\n"
     )

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         lines.append(f"  k={k}: top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}")
     print("\n".join(lines))
     if args.out:
-        md = [f"# k-NN evaluation\n", f"Backbone: {describe(features['backbone'])}.\n",
+        md = ["# k-NN evaluation\n", f"Backbone: {describe(features['backbone'])}.\n",
               f"Data: `{args.data_dir}` {args.train_split} ({report['data']['train_images']} images) -> {args.val_split} "
               f"({report['data']['val_images']} images), transform {features['data_config']}; temperature {args.temperature}.\n",
               "| k | top-1 | top-5 |", "|---:|---:|---:|"]

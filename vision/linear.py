@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     print(f"linear probe on {describe(features['backbone'])}: {args.val_split} top-1 {result['val']['top1']:.2f} top-5 "
           f"{result['val']['top5']:.2f} (train top-1 {result['train']['top1']:.2f}, weight decay {result['weight_decay']:g})")
     if args.out:
-        md = [f"# Linear probe\n", f"Backbone: {describe(features['backbone'])}.\n",
+        md = ["# Linear probe\n", f"Backbone: {describe(features['backbone'])}.\n",
               f"Data: `{args.data_dir}` {args.train_split} ({report['data']['train_images']} images) -> {args.val_split} "
               f"({report['data']['val_images']} images). Logistic regression on standardised {report['feature_dim']}-d features, "
               f"L-BFGS ({args.max_iter} iterations), weight decay {result['weight_decay']:g} (chosen on 10% of the training features "

@@ -22,14 +22,11 @@ What differs from timm is the layout and the details of the official code:
 
 from __future__ import annotations
 
-import math
 import pickle
 import warnings
-from functools import partial
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Mlp, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
