@@ -19,7 +19,7 @@
 5. The paper's cross-patch figure, supervised and DINO side by side.
 
 Writes ``RESULTS/NAME.json``, ``RESULTS/NAME.md`` and ``RESULTS/NAME_cross_patch.png``
-(default ``results/dino_cifar10``), with each goal of the issue stated met or missed:
+(default ``results/dino_cifar10``), with each goal of the DINO study stated met or missed:
 k-NN after DINO >= random init + 20 points; fine-tuning from DINO beats scratch at equal epochs.
 Every stage writes into ``--runs-dir`` and is skipped when its output is complete, so an
 interrupted run continues where it stopped (training runs resume with ``--resume auto``).

@@ -102,7 +102,7 @@ if str(REPO) not in sys.path:  # run as a file: the repo's packages without an i
     sys.path.insert(0, str(REPO))
 from benchmarks.harness import (NOT_SELECTED, Checks, base_env, data_ready, elapsed, find_data_root, finite, fmt,  # noqa: E402
                                 json_safe, kill_group, log, machine_info, measure_slowdown, prepare_command, run_logged,
-                                slice_raw, tail)
+                                slice_raw, start_clock, tail)
 from benchmarks.common import write_result  # noqa: E402
 from benchmarks.fairseq_runs import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures  # noqa: E402
 
@@ -266,6 +266,7 @@ def run_worker(name: str, config: dict, out_json: Path, timeout: float, mode: st
 
 class Acceptance:
     def __init__(self, args: argparse.Namespace) -> None:
+        start_clock()  # the deadline counts from the run's start
         self.args = args
         self.mode = "dry-run" if args.dry_run else "gpu"
         self.prof = copy.deepcopy(PROFILES[self.mode])

@@ -39,7 +39,16 @@ REFERENCE_WORKLOAD_S = 0.05
 MAX_SLOWDOWN = 8.0
 
 
+def start_clock() -> None:
+    """Start the run's clock: :func:`elapsed` (deadlines, log times) counts from here. A run
+    calls it when it starts, not at import: a process may import a study long before it runs it
+    (a test session does)."""
+    global T0
+    T0 = time.monotonic()
+
+
 def elapsed() -> float:
+    """Seconds since the run started (:func:`start_clock`; the import, before that)."""
     return time.monotonic() - T0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""An honest translation race (issue 7): ResMLP (resmlp_mt_small) against a tuned fairseq
+"""An honest translation race: ResMLP (resmlp_mt_small) against a tuned fairseq
 Transformer of the same depth, width, MLP size and heads, on Multi30k, in four stages.
 
     .venv/bin/python -m benchmarks.race_mt --stage all          # everything: about 9 hours on 2 cores
@@ -22,7 +22,7 @@ Transformer of the same depth, width, MLP size and heads, on Multi30k, in four s
    in early, weaker models). Best, last (and averaged) models are scored on test and valid.
    Writes results/mt_curves.{json,md,png} and one PNG per pair.
 4. ``report``: rebuilds every table and results/mt_report.{md,json} from the JSON files, with
-   each goal of the issue stated as met or missed with its figures.
+   each goal of the race stated as met or missed with its figures.
 
 Fair conditions: every run trains with scripts/train_multi30k.sh (same data, vocabulary, shared
 embeddings, 2048 tokens per update, Adam, inverse-sqrt schedule, label smoothing, dropout), one

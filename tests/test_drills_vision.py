@@ -1,4 +1,4 @@
-"""Drills for the vision tools (issue 12): a run killed between its end-of-epoch writes, tiny
+"""Drills for the vision tools: a run killed between its end-of-epoch writes, tiny
 images, unreadable images at evaluation, and files that are not checkpoints. Everything runs on
 tiny images written into tmp_path and a tiny ResMLP (8x8 inputs), in-process, in seconds."""
 

@@ -151,3 +151,15 @@ def test_dry_run(tmp_path, multi30k_dir, cifar10_dir, acc):
     assert dino["epochs"] == [0, 1] and dino["resumed"] and 0.0 <= dino["knn"]["top1"] <= 100.0
     md = Path(f"{out}.md").read_text()
     assert all(name in md for name in checks) and all(name in proc.stdout for name in checks)
+
+
+def test_the_deadline_counts_from_the_run_not_the_import(acc, tmp_path, monkeypatch):
+    """A process may import the study long before it runs it (a test session does): the run's
+    deadline starts with the run."""
+    from benchmarks import harness
+
+    monkeypatch.setattr(harness, "T0", harness.T0 - 3600)  # imported an hour ago
+    args = argparse.Namespace(dry_run=True, deadline_s=300, workdir=str(tmp_path / "work"), data_root=None, out=str(tmp_path / "r"),
+                              mt_data=None, mt_minutes=None, mt_warmup=None, strict_goals=False, stages=None)
+    run = acc.Acceptance(args)
+    assert run.prof["deadline_s"] - run.prof["reserve_s"] - 5 < run.remaining() <= run.prof["deadline_s"]

@@ -1,4 +1,4 @@
-"""A model you can ship (issue 8): ``scripts/export_model.py`` writes a self-contained folder,
+"""A model you can ship: ``scripts/export_model.py`` writes a self-contained folder,
 ``ResMLPTranslationModel.from_pretrained(folder).translate(...)`` translates from Python in a
 fresh process, with the same output as fairseq's own command-line decoding.
 
