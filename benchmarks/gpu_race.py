@@ -85,6 +85,7 @@ from benchmarks.harness import (
     slice_raw,
     tail,
 )
+from benchmarks.common import write_result
 from benchmarks.fairseq_runs import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures
 from mt_tools.recipes import SYSTEMS, recipe_flags, recipe_text, tuned_recipes
 from resmlp_core.io import write_text_atomic
@@ -588,10 +589,9 @@ class GpuRace:
                 names[str(path)] = name
         report = scrub_paths(json_safe(self.report), names)
         json_path, md_path = Path(f"{self.out}.json"), Path(f"{self.out}.md")
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json_path, json.dumps(report, indent=1, default=str, allow_nan=False) + "\n")
+        write_result(json_path, json.dumps(report, indent=1, default=str, allow_nan=False) + "\n")
         md = markdown(report)
-        write_text_atomic(md_path, md)
+        write_result(md_path, md)
         print()
         print(md)
         log(f"wrote {json_path} and {md_path}")
