@@ -50,7 +50,7 @@ from resmlp_core.io import write_atomic
 
 from .fast_generate import (FoldedDecoder, FoldedModel, History, cross_attend, fold_for_inference, key_values,
                             padding_bias, shortlist, vocabulary_bias)
-from .model import left_align
+from .padding import left_align
 
 SHORTLIST = 16  # candidates per hypothesis: beams up to SHORTLIST // 2
 OPSET = 17
