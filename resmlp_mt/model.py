@@ -405,6 +405,13 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
 
         return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
+    def decoder_steps(self, src_tokens: Tensor, beam: int, max_len: int):
+        """The incremental decoder of the lean beam search (:func:`resmlp_mt.fast_generate.generate`,
+        ``engine="exact"``) for the batch ``src_tokens``: fairseq's arithmetic."""
+        from .fast_generate import ExactSteps
+
+        return ExactSteps(self, src_tokens, beam, max_len)
+
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, with a message that names what differs when the checkpoint is not
         a ResMLP translation model of the same shape."""
