@@ -135,14 +135,15 @@ class FoldedCrossTokenLinear(nn.Module):
         ``(t + 1, N, C)`` (the zero row and positions ``0 .. t - 1``), ``row`` ``(t + 1,)`` their
         weights (0 for the zero row), ``diag`` ``(1,)`` the weight ``A[t, t]`` of position ``t``
         itself, ``const`` ``(C,)``."""
-        return history[: t + 1], self.rows[t, : t + 1], self.rows[t, t + 1 : t + 2], self.const[t]
+        row = self.rows[t]
+        return history[: t + 1], row[: t + 1], row[t + 1 : t + 2], self.const[t]
 
     def step(self, x: Tensor, past: Tensor, row: Tensor, diag: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)``, the layer's input at position ``t`` for ``N`` hypotheses (any
         leading shape), and :meth:`step_inputs` -> ``(branch, entry)``: the branch's output
         ``(..., C)`` (LayerScale included: the layer adds it to ``x``) and what the history keeps
         of position ``t`` (row ``t + 1``): ``x`` itself."""
-        mixed = torch.matmul(row, past.reshape(past.size(0), -1)).view(x.shape) + diag * x
+        mixed = torch.addcmul(torch.matmul(row, past.view(past.size(0), -1)).view(x.shape), diag, x)
         return torch.addcmul(const, mixed, self.scale), x
 
 
