@@ -4,40 +4,56 @@ The same search as fairseq's ``SequenceGenerator`` with ``BeamSearch`` (candidat
 ``2 * beam`` of ``scores + log p``; end-of-sentence candidates among the first ``beam`` are
 finished with score ``sum log p / length ** lenpen``; a sentence is done when it has ``beam``
 finished hypotheses; the maximum length is ``min(max_len_a * S + max_len_b, max target
-positions - 1)``), written for this model's incremental step instead of the generic one:
+positions - 1)``; its rules in one place, :class:`SearchRules`), written for this model's
+incremental step instead of the generic one:
 
 * **Cross-attention keys and values once per sentence, never reordered.** They are computed
   once for the batch and shaped ``(B, H, S, d)``; the ``beam`` hypotheses of a sentence read
   them by broadcasting (``(B, H, beam, d) @ (B, H, d, S)``). fairseq stores them per hypothesis
   and re-indexes them at every step.
-* **Token-mixing history in preallocated buffers** ``(T, B, beam, C)`` per layer instead of a
-  ``torch.cat`` per step; beam reordering copies the rows written so far into a spare buffer in
-  one ``index_select`` and swaps the two; when sentences finish only the written rows move.
+* **Token-mixing history in preallocated buffers** ``(1 + T, B * beam, C)`` per layer
+  (:class:`History`) instead of a ``torch.cat`` per step; beam reordering copies the rows
+  written so far into a spare buffer in one ``index_select`` and swaps the two; when sentences
+  finish only the written rows move.
 * **Finished sentences leave the batch** (as in fairseq), by one ``index_select`` per buffer.
 * **No per-step Python bookkeeping per hypothesis** beyond the finished ones.
 
-The model it searches with: a fairseq ResMLP model as trained (the same arithmetic as fairseq:
-the tests check that it returns fairseq's hypotheses token for token); the same model folded
-for inference (:func:`fold_for_inference`: every Affine pre-normalisation and LayerScale
-multiplied into the neighbouring weights, equal up to float rounding); or the folded decoder
-step in ONNX Runtime (:class:`resmlp_mt.onnx_decoder.OnnxModel`, which returns a shortlist of
-the vocabulary per hypothesis instead of the full log-probabilities). Each works in float32 and
-with int8 weights (:func:`quantize_int8`: dynamic int8 with fbgemm for the PyTorch ones, since
-every linear layer is called as a module; ONNX Runtime's own quantization for the ONNX one).
+The model it searches with is any of three engines; each model returns the incremental decoder
+of a batch from ``model.decoder_steps(src_tokens, beam, max_len)`` (a :class:`DecoderSteps`),
+and the search knows nothing else of them:
 
-Shapes: ``B`` sentences, ``S`` source length, ``k`` beam, ``C`` channels, ``V`` vocabulary.
+* a fairseq ResMLP model as trained (:class:`ExactSteps`, each layer's
+  :meth:`~resmlp_mt.modules.ResMLPDecoderLayer.step`: fairseq's arithmetic; the tests check
+  that it returns fairseq's hypotheses token for token);
+* the same model folded for inference (:func:`fold_for_inference`, :class:`FoldedSteps`: every
+  Affine pre-normalisation and LayerScale multiplied into the neighbouring weights, equal up to
+  float rounding);
+* the folded decoder step in ONNX Runtime (:class:`resmlp_mt.onnx_decoder.OnnxModel`, which
+  returns a shortlist of the vocabulary per hypothesis instead of the full log-probabilities).
+
+The folded step is written once, :meth:`FoldedDecoder.step` (per layer
+:meth:`FoldedDecoderLayer.step`, the token mixer's :meth:`FoldedCrossTokenLinear.step`), and
+the ONNX engine exports a trace of that same method. Each engine works in float32 and with int8
+weights (:func:`quantize_int8`: dynamic int8 with fbgemm for the PyTorch ones, since every
+linear layer is called as a module; ONNX Runtime's own quantization for the ONNX one).
+
+Shapes: ``B`` sentences (``n`` still searched), ``S`` source length, ``k`` beam, ``N = n * k``
+hypotheses, ``C`` channels, ``V`` vocabulary, ``T`` maximum target positions.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resmlp_core import fold_affine_into_linear
+from resmlp_core import CrossTokenLinear, causal, fold_affine_into_linear
+
+from .modules import cross_attend, key_values, padding_bias
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -48,54 +64,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def key_values(attn, encoder_out: Tensor):
-    """The cross-attention keys ``(B, H, d, S)`` and values ``(B, H, S, d)`` of ``encoder_out``
-    ``(S, B, C)``, for ``attn`` with ``k_proj``, ``v_proj``, ``num_heads``, ``head_dim``."""
-    S, B, _ = encoder_out.shape
-    H, d = attn.num_heads, attn.head_dim
-    keys = attn.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0)
-    values = attn.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3)
-    return keys, values
-
-
-def padding_bias(padding_mask: Tensor) -> Tensor:
-    """``(B, S)`` bool -> ``(B, 1, 1, S)`` additive attention mask: ``-inf`` at padding, else 0."""
-    B, S = padding_mask.shape
-    return torch.zeros(B, 1, 1, S).masked_fill(padding_mask.view(B, 1, 1, S), -math.inf)
-
-
-def cross_attend(attn, x: Tensor, keys: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """Encoder-decoder attention of ``x`` ``(B, k, C)`` (the ``k`` hypotheses of each sentence
-    read the sentence's keys and values by broadcasting) -> ``(B, k, C)``. ``attn``: fairseq's
-    ``MultiheadAttention`` or a :class:`FoldedDecoderLayer` (``scaling`` 1, folded into ``q_proj``)."""
-    B, k, C = x.shape
-    q = attn.q_proj(x)
-    if attn.scaling != 1.0:
-        q = q * attn.scaling
-    weights = torch.matmul(q.view(B, k, attn.num_heads, attn.head_dim).transpose(1, 2), keys)  # (B, H, k, S)
-    if bias is not None:
-        weights = weights + bias
-    out = torch.matmul(torch.softmax(weights, dim=-1), values)  # (B, H, k, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(B, k, C))
-
-
-class _CrossAttention:
-    """Encoder-decoder attention of one decoder layer with its keys/values computed once
-    (:func:`key_values`); ``bias``: ``(B, 1, 1, S)`` additive mask or None."""
-
-    def __init__(self, attn, encoder_out: Tensor, padding_mask: Optional[Tensor]):
-        self.attn = attn
-        self.keys, self.values = key_values(attn, encoder_out)
-        self.bias = padding_bias(padding_mask) if padding_mask is not None and padding_mask.any() else None
-
-    def select(self, index: Tensor) -> None:
-        self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
-        if self.bias is not None:
-            self.bias = self.bias.index_select(0, index)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        """``x`` ``(B, k, C)`` -> ``(B, k, C)``."""
-        return cross_attend(self.attn, x, self.keys, self.values, self.bias)
+# --- the folded decoder and its step -----------------------------------------------------------
 
 
 def _affine(norm: nn.Module):
@@ -103,6 +72,13 @@ def _affine(norm: nn.Module):
     if not (hasattr(norm, "alpha") and hasattr(norm, "beta")):
         return None
     return norm.alpha.detach().reshape(-1), norm.beta.detach().reshape(-1)
+
+
+def _require_affine(*norms: nn.Module):
+    affines = [_affine(norm) for norm in norms]
+    if any(a is None for a in affines):
+        raise ValueError("only models with Affine pre-normalisations (--norm affine) fold")
+    return affines
 
 
 def _linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
@@ -114,37 +90,99 @@ def _linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
     return layer.requires_grad_(False)
 
 
+class FoldedCrossTokenLinear(nn.Module):
+    """The token-mixing branch of a decoder layer folded for incremental decoding: the Affine
+    pre-normalisation ``Aff(x) = a * x + b``, the causal cross-token linear layer ``A`` with bias
+    ``c`` (:class:`~resmlp_core.CrossTokenLinear`) and the LayerScale ``g``.
+
+    They are linear, so ``g * (sum_{j<=t} A[t, j] Aff(x_j) + c_t) = (g * a) * (sum_{j<=t} A[t, j]
+    x_j) + g * (b * sum_{j<=t} A[t, j] + c_t)``: the history holds the raw inputs ``x_j``, the
+    second term is a constant per position (``const``, ``(T, C)``).
+
+    The step is in two parts, so that it traces to ONNX with the state as graph inputs:
+    :meth:`step_inputs` reads what position ``t`` needs from the layer's history (Python: views,
+    nothing copied), :meth:`step` computes (the same code in PyTorch and in the ONNX graph).
+    History layout (:class:`History`): ``(1 + T, N, C)``, row 0 zeros and the input at position
+    ``j`` in row ``j + 1``, so that the first step reads a past of one row like the others.
+
+    A token mixer of another kind joins the folded engines with a class of its own with these
+    members (``STEP_INPUTS``, :meth:`step_inputs`, :meth:`step`, built from the decoder layer) in
+    :data:`FOLDED_TOKEN_MIXERS`.
+    """
+
+    #: the tensors :meth:`step_inputs` returns, in order, with their dynamic axes (the ONNX step
+    #: graph has one input of each per layer, ``<name>_<layer>``)
+    STEP_INPUTS = {"past": {0: "t", 1: "N"}, "row": {0: "t"}, "diag": {}, "const": {}}
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        mixer, (alpha, beta) = layer.token_mixer, _require_affine(layer.token_norm)[0]
+        g = layer.token_scale.detach()
+        with torch.no_grad():
+            A = causal(mixer.weight.detach())  # (T, T)
+            # row t: [0, A[t, 0], ..., A[t, t], 0, ...], the weights of the history rows, A[t, t] at t + 1
+            self.register_buffer("rows", torch.cat([A.new_zeros(A.size(0), 1), A], dim=1))  # (T, 1 + T)
+            self.register_buffer("scale", g * alpha)  # (C,)
+            self.register_buffer("const", g * (A.sum(1, keepdim=True) * beta + mixer.bias.detach()[:, None]))  # (T, C)
+
+    @property
+    def weight(self) -> Tensor:
+        """``(T, T)`` the causal mixing matrix ``A`` (lower triangle)."""
+        return self.rows[:, 1:]
+
+    def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
+        """What :meth:`step` reads at position ``t``, from ``history`` ``(1 + T, N, C)``: ``past``
+        ``(t + 1, N, C)`` (the zero row and positions ``0 .. t - 1``), ``row`` ``(t + 1,)`` their
+        weights (0 for the zero row), ``diag`` ``(1,)`` the weight ``A[t, t]`` of position ``t``
+        itself, ``const`` ``(C,)``."""
+        row = self.rows[t]
+        return history[: t + 1], row[: t + 1], row[t + 1 : t + 2], self.const[t]
+
+    def step(self, x: Tensor, past: Tensor, row: Tensor, diag: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
+        """``x`` ``(..., C)``, the layer's input at position ``t`` for ``N`` hypotheses (any
+        leading shape), and :meth:`step_inputs` -> ``(branch, entry)``: the branch's output
+        ``(..., C)`` (LayerScale included: the layer adds it to ``x``) and what the history keeps
+        of position ``t`` (row ``t + 1``): ``x`` itself."""
+        mixed = torch.addcmul(torch.matmul(row, past.view(past.size(0), -1)).view(x.shape), diag, x)
+        return torch.addcmul(const, mixed, self.scale), x
+
+
+#: the folded incremental step of each kind of token mixer (by the class of ``layer.token_mixer``),
+#: built from the decoder layer (the mixer with its norm and LayerScale)
+FOLDED_TOKEN_MIXERS = {CrossTokenLinear: FoldedCrossTokenLinear}
+
+
+def fold_token_mixing(layer: nn.Module) -> nn.Module:
+    """The token-mixing branch of decoder ``layer`` folded (:data:`FOLDED_TOKEN_MIXERS`)."""
+    folded = FOLDED_TOKEN_MIXERS.get(type(layer.token_mixer))
+    if folded is None:
+        raise ValueError(f"the folded decoder (engine='fast' or 'onnx') has no step for the token mixer "
+                         f"{type(layer.token_mixer).__name__}: decode with engine='exact', or add its folded step to "
+                         "resmlp_mt.fast_generate.FOLDED_TOKEN_MIXERS")
+    return folded(layer)
+
+
 class FoldedDecoderLayer(nn.Module):
     """One decoder layer for incremental decoding with every per-channel multiplier folded away.
 
     The Affine pre-normalisations and LayerScale vectors are linear, so they move into the
-    neighbouring weights (as the vision model's ``fold``): for the token mixer with ``Aff(x) =
-    a * x + b`` and LayerScale ``g``, ``g * (sum_j A[t, j] Aff(x_j) + c_t) = (g * a) * (sum_j A[t, j]
-    x_j) + g * (b * sum_j A[t, j] + c_t)``, so the history holds the raw inputs ``x_j`` and the
-    second term is a per-position constant ``(T, C)``; the cross-attention's Affine and its
-    ``1/sqrt(d)`` go into ``q_proj``, its LayerScale into ``out_proj``; the channel MLP's Affine
+    neighbouring weights (as the vision model's ``fold``): the token-mixing branch into
+    ``token_mixer`` (:func:`fold_token_mixing`); the cross-attention's Affine and its
+    ``1/sqrt(d)`` into ``q_proj``, its LayerScale into ``out_proj``; the channel MLP's Affine
     into ``fc1``, its LayerScale into ``fc2``. What is left per step: 4 matrix products, the
-    attention and 3 residual adds. Equal to the unfolded layer up to float rounding.
+    attention and 3 residual adds (:meth:`step`). Equal to the unfolded layer up to float rounding.
     """
 
     def __init__(self, layer: nn.Module):
         super().__init__()
-        token, cross, channel = _affine(layer.token_norm), _affine(layer.cross_attn_norm), _affine(layer.channel_norm)
-        if token is None or cross is None or channel is None:
-            raise ValueError("only models with Affine pre-normalisations (--norm affine) fold")
+        cross, channel = _require_affine(layer.cross_attn_norm, layer.channel_norm)
+        self.token_mixer = fold_token_mixing(layer)
         with torch.no_grad():
-            mixer = layer.token_mixer
-            A = mixer.weight.detach().tril()
-            g1 = layer.token_scale.detach()
-            self.register_buffer("mix_weight", A.clone())  # (T, T), lower triangle
-            self.register_buffer("mix_scale", g1 * token[0])  # (C,)
-            # (T, C): g1 * (beta * sum_{j<=t} A[t, j] + bias[t])
-            self.register_buffer("mix_const", g1 * (A.sum(1, keepdim=True) * token[1] + mixer.bias.detach()[:, None]))
             attn = layer.cross_attn
             self.num_heads, self.head_dim, self.scaling = attn.num_heads, attn.head_dim, 1.0  # see cross_attend
             qw, qb = fold_affine_into_linear(attn.q_proj.weight.detach(), attn.q_proj.bias.detach(), *cross)
             self.q_proj = _linear(attn.scaling * qw, attn.scaling * qb)
-            self.k_proj, self.v_proj = attn.k_proj, attn.v_proj  # applied once per sentence
+            self.k_proj, self.v_proj = attn.k_proj, attn.v_proj  # applied once per sentence (key_values)
             g2 = layer.cross_attn_scale.detach()
             self.out_proj = _linear(g2[:, None] * attn.out_proj.weight.detach(), g2 * attn.out_proj.bias.detach())
             mlp = layer.channel_mlp
@@ -153,9 +191,25 @@ class FoldedDecoderLayer(nn.Module):
             g3 = layer.channel_scale.detach()
             self.fc2 = _linear(g3[:, None] * mlp.fc2.weight.detach(), g3 * mlp.fc2.bias.detach())
 
+    @property
+    def mix_weight(self) -> Tensor:
+        """``(T, T)`` the token mixer's causal matrix."""
+        return self.token_mixer.weight
+
     def channel_mlp(self, x: Tensor) -> Tensor:
         """The folded channel MLP branch (Affine before, LayerScale after included)."""
         return self.fc2(self.activation_fn(self.fc1(x)))
+
+    def step(self, x: Tensor, mixer_inputs: Sequence[Tensor], keys: Tensor, values: Tensor,
+             bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """The layer at one position: ``x`` ``(n, k, C)``; ``mixer_inputs``, the token mixer's
+        ``step_inputs`` for this position; ``keys`` ``(n, H, d, S)``, ``values`` ``(n, H, S, d)``
+        and ``bias`` ``(n, 1, 1, S)`` or None, the sources' cross-attention inputs. Returns the
+        output ``(n, k, C)`` and the token mixer's history entry of this position."""
+        mixed, entry = self.token_mixer.step(x, *mixer_inputs)
+        x = x + mixed
+        x = x + cross_attend(self, x, keys, values, bias)
+        return x + self.channel_mlp(x), entry
 
 
 class FoldedDecoder(nn.Module):
@@ -167,9 +221,7 @@ class FoldedDecoder(nn.Module):
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
-        final = _affine(decoder.final_norm)
-        if final is None:
-            raise ValueError("only models with Affine pre-normalisations (--norm affine) fold")
+        (final,) = _require_affine(decoder.final_norm)
         self.dictionary = decoder.dictionary
         self.max_target_positions = decoder.max_positions()
         self.layers = nn.ModuleList([FoldedDecoderLayer(layer) for layer in decoder.layers])
@@ -182,6 +234,26 @@ class FoldedDecoder(nn.Module):
     def max_positions(self) -> int:
         return self.max_target_positions
 
+    def embed(self, prefix: Tensor) -> Tensor:
+        """``prefix`` ``(N, t + 1)``, the tokens of ``N`` hypotheses up to position ``t`` -> ``(N, C)``,
+        the input of position ``t`` (its token's scaled embedding, plus its position's if any)."""
+        x = F.embedding(prefix[:, -1], self.embed_weight)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(prefix, incremental_state={}).view_as(x)
+        return x
+
+    def step(self, x: Tensor, layer_inputs: Sequence[Tuple[Sequence[Tensor], Tensor, Tensor]],
+             bias: Optional[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """One decoder step, run by both folded engines (PyTorch, and ONNX Runtime as a trace):
+        ``x`` ``(n, k, C)`` (:meth:`embed`); per layer, ``(mixer_inputs, keys, values)`` and the
+        common ``bias`` (see :meth:`FoldedDecoderLayer.step`). Returns the logits ``(n, k, V)``
+        and every layer's history entry of this position."""
+        entries = []
+        for layer, (mixer_inputs, keys, values) in zip(self.layers, layer_inputs):
+            x, entry = layer.step(x, mixer_inputs, keys, values, bias)
+            entries.append(entry)
+        return self.output_projection(x), entries
+
 
 class FoldedModel(nn.Module):
     """A ResMLP translation model for :func:`generate`: the model's encoder as it is and a
@@ -193,6 +265,10 @@ class FoldedModel(nn.Module):
         self.decoder = FoldedDecoder(model.decoder)
         self.eval()
 
+    def decoder_steps(self, src_tokens: Tensor, beam: int, max_len: int) -> "FoldedSteps":
+        """The incremental decoder of :func:`generate` for the batch ``src_tokens``."""
+        return FoldedSteps(self, src_tokens, beam, max_len)
+
 
 def fold_for_inference(model: nn.Module) -> FoldedModel:
     """The model with its decoder folded for :func:`generate` (faster; equal to the unfolded
@@ -201,161 +277,221 @@ def fold_for_inference(model: nn.Module) -> FoldedModel:
     return FoldedModel(model)
 
 
-class History:
-    """The token-mixing history of a beam search: per decoder layer, the inputs of every
-    hypothesis at the positions decoded so far, in a preallocated ``(T, N, C)`` buffer (time,
-    ``N = n * k`` hypotheses, channels). Beam reordering copies the rows written so far into a
-    spare buffer in one ``index_select`` and swaps the two; when sentences finish only the
-    written rows of the others move."""
+# --- the incremental decoders of a batch ------------------------------------------------------
 
-    def __init__(self, layers: int, length: int, hypotheses: int, channels: int):
-        self.buffers = [torch.zeros(length, hypotheses, channels) for _ in range(layers)]
+
+class History:
+    """The token-mixing history of a beam search: per decoder layer, what its token mixer keeps
+    of every hypothesis at the positions decoded so far, in a preallocated ``(1 + T, N, C)``
+    buffer: row 0 zeros, position ``j`` in row ``j + 1`` (time, ``N = n * k`` hypotheses,
+    channels). Beam reordering copies the rows written so far into a spare buffer in one
+    ``index_select`` and swaps the two; when sentences finish only the written rows of the
+    others move."""
+
+    def __init__(self, layers: int, positions: int, hypotheses: int, channels: int):
+        self.buffers = [torch.zeros(1 + positions, hypotheses, channels) for _ in range(layers)]
         self.spare = [torch.empty_like(b) for b in self.buffers]
 
+    def positions(self, layer: int) -> Tensor:
+        """``(T, N, C)``: layer ``layer``'s buffer from position 0 (a view)."""
+        return self.buffers[layer][1:]
+
+    def write(self, t: int, entries: Sequence[Tensor]) -> None:
+        """Keep every layer's entry ``(..., C)`` (``N`` hypotheses) of position ``t``."""
+        for b, entry in zip(self.buffers, entries):
+            b[t + 1] = entry.reshape(b.shape[1:])
+
     def select(self, sentences: Tensor, k: int, used: int) -> None:
-        """Keep the ``k`` hypotheses of each sentence of ``sentences`` (the others finished)."""
+        """Keep the ``k`` hypotheses of each sentence of ``sentences`` (the others finished);
+        positions ``:used`` are written."""
         rows = (sentences.unsqueeze(1) * k + torch.arange(k)).view(-1)
         for i, b in enumerate(self.buffers):
             out = b.new_empty(b.size(0), rows.numel(), b.size(2))
-            out[:used] = b[:used].index_select(1, rows)
+            out[: used + 1] = b[: used + 1].index_select(1, rows)
             self.buffers[i] = out
 
     def reorder(self, flat: Tensor, used: int) -> None:
-        """Hypothesis ``i`` continues hypothesis ``flat[i]``; rows ``:used`` are written."""
+        """Hypothesis ``i`` continues hypothesis ``flat[i]``; positions ``:used`` are written."""
         for i, b in enumerate(self.buffers):
             if self.spare[i].shape != b.shape:
                 self.spare[i] = torch.empty_like(b)
-            torch.index_select(b[:used], 1, flat, out=self.spare[i][:used])
+            torch.index_select(b[: used + 1], 1, flat, out=self.spare[i][: used + 1])
             self.buffers[i], self.spare[i] = self.spare[i], b
 
 
-def vocabulary_bias(dictionary, unk_penalty: float) -> Dict[bool, Tensor]:
-    """``{allow_eos: (V,)}`` additive logit masks of fairseq's rules: ``-inf`` for padding (and
-    end-of-sentence when not allowed), ``-unk_penalty`` for unknown. Applied after the
-    log-normaliser, as fairseq applies them to log-probabilities."""
-    allow = torch.zeros(len(dictionary))
-    allow[dictionary.pad()] = -math.inf
-    allow[dictionary.unk()] -= unk_penalty
-    forbid = allow.clone()
-    forbid[dictionary.eos()] = -math.inf
-    return {True: allow, False: forbid}
+class VocabularyBias(NamedTuple):
+    """fairseq's masks of one step as an additive bias of the log-probabilities: ``values``
+    ``(V,)`` (``-inf`` where a token is not allowed, ``-unk_penalty`` for unknown, else 0) and
+    ``columns``, the tokens where it is not 0. Built by :meth:`SearchRules.vocabulary_bias`."""
+
+    values: Tensor
+    columns: Tensor
+
+    def add_to(self, lprobs: Tensor) -> Tensor:
+        """In place on ``lprobs`` ``(..., V)``, on its ``columns`` only (the values fairseq's
+        in-place masks give, without a pass over the vocabulary); returns ``lprobs``."""
+        lprobs[..., self.columns] += self.values[self.columns]
+        return lprobs
 
 
-def shortlist(logits: Tensor, bias: Tensor, width: int, eos: int):
-    """Log-probabilities of the ``width`` best tokens of each row of ``logits`` ``(..., V)``
-    after adding ``bias`` ``(V,)`` (fairseq's masks), their tokens, and the end-of-sentence
-    log-probability ``(...)``, from ``log_softmax`` as fairseq's. (In ONNX Runtime 1.32 a
-    ``logsumexp`` here, ``ReduceLogSumExp``, took longer than the step's matrix products.)"""
-    lprobs = F.log_softmax(logits, dim=-1)
-    values, tokens = torch.topk(lprobs + bias, width, dim=-1)
-    return values, tokens, lprobs[..., eos]
+class Continuations(NamedTuple):
+    """What a decoder step scores: ``lprobs`` ``(n, k, W)``, the log-probabilities of ``W``
+    tokens per hypothesis with the step's :class:`VocabularyBias` added, and ``tokens``
+    ``(n, k, W)``, which tokens; None when ``W`` is the vocabulary (column ``v`` is token ``v``)."""
+
+    lprobs: Tensor
+    tokens: Optional[Tensor]
 
 
-class _TorchSteps:
-    """Decoder steps in PyTorch, on a fairseq model (exactly fairseq's arithmetic) or on a
-    :class:`FoldedModel`. :meth:`step` returns the full log-probabilities ``(n, k, V)``. (A
-    shortlist as the ONNX steps return, :func:`shortlist`, measured 5-8% slower here: torch's
-    ``logsumexp`` plus ``topk`` cost more than the fused ``log_softmax`` plus the score pass.)"""
+class DecoderSteps:
+    """The incremental decoder of one batch, for :func:`generate`; every engine's model returns
+    one from ``model.decoder_steps(src_tokens, beam, max_len)``. It holds the token-mixing
+    :class:`History` and every layer's cross-attention keys ``(n, H, d, S)`` and values
+    ``(n, H, S, d)`` with the sources' padding ``bias`` ``(n, 1, 1, S)`` (or None), and follows
+    the search: :meth:`select` (sentences that remain), :meth:`reorder` (beam reordering).
+    Engines implement :meth:`step`."""
 
-    full_vocabulary = True
+    def __init__(self, keys: List[Tensor], values: List[Tensor], bias: Optional[Tensor], history: History, k: int):
+        self.keys, self.values, self.bias, self.history, self.k = keys, values, bias, history, k
 
-    def __init__(self, model, encoder_out: Tensor, padding_mask: Optional[Tensor], k: int, max_len: int):
-        decoder = model.decoder
-        self.decoder, self.folded = decoder, isinstance(decoder, FoldedDecoder)
-        self.cross = [_CrossAttention(layer if self.folded else layer.cross_attn, encoder_out, padding_mask)
-                      for layer in decoder.layers]
-        S, B, C = encoder_out.shape
-        self.channels, self.k = C, k
-        self.history = History(len(decoder.layers), max_len + 2, B * k, C)  # rows <= step are written
-
-    def step(self, tokens: Tensor, step: int) -> Tensor:
-        """``tokens`` ``(n, k, step + 1)``, the prefixes; returns log-probabilities ``(n, k, V)``."""
-        decoder, (n, k) = self.decoder, tokens.shape[:2]
-        C = self.channels
-        prev = tokens[:, :, step]
-        if self.folded:
-            x = F.embedding(prev, decoder.embed_weight)
-        else:
-            x = decoder.embed_scale * decoder.embed_tokens(prev)
-        if decoder.embed_positions is not None:
-            prefix = tokens[:, :, : step + 1].reshape(n * k, step + 1)
-            x = x + decoder.embed_positions(prefix, incremental_state={}).view(n, k, C)
-        if self.folded:
-            for layer, buffer, attend in zip(decoder.layers, self.history.buffers, self.cross):
-                buffer[step] = x.view(n * k, C)
-                mixed = torch.matmul(layer.mix_weight[step, : step + 1], buffer[: step + 1].view(step + 1, -1))
-                x = torch.addcmul(x + layer.mix_const[step], mixed.view(n, k, C), layer.mix_scale)
-                x = x + attend(x)
-                x = x + layer.channel_mlp(x)
-            logits = decoder.output_projection(x)
-        else:
-            for layer, buffer, attend in zip(decoder.layers, self.history.buffers, self.cross):
-                buffer[step] = layer.token_norm(x).view(n * k, C)
-                mixer = layer.token_mixer
-                row = mixer.weight[step, : step + 1]
-                mixed = torch.matmul(row, buffer[: step + 1].view(step + 1, -1)).view(n, k, C) + mixer.bias[step]
-                x = torch.addcmul(x, mixed, layer.token_scale)
-                x = torch.addcmul(x, attend(layer.cross_attn_norm(x)), layer.cross_attn_scale)
-                x = torch.addcmul(x, layer.channel_mlp(layer.channel_norm(x)), layer.channel_scale)
-            logits = decoder.output_layer(decoder.final_norm(x))
-        return F.log_softmax(logits.float(), dim=-1)
+    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        """``tokens`` ``(n, k, >= step + 1)``, the hypotheses' prefixes (position 0 is
+        end-of-sentence) -> the scores of their continuations at position ``step``."""
+        raise NotImplementedError
 
     def select(self, index: Tensor, used: int) -> None:
-        """Keep the sentences ``index`` (the others finished)."""
+        """Keep the sentences ``index`` (the others finished); positions ``:used`` are decoded."""
         self.history.select(index, self.k, used)
-        for attend in self.cross:
-            attend.select(index)
+        self.keys = [t.index_select(0, index) for t in self.keys]
+        self.values = [t.index_select(0, index) for t in self.values]
+        if self.bias is not None:
+            self.bias = self.bias.index_select(0, index)
 
     def reorder(self, flat: Tensor, used: int) -> None:
-        """Hypothesis ``i`` continues hypothesis ``flat[i]`` (of ``n * k``)."""
+        """Hypothesis ``i`` continues hypothesis ``flat[i]`` (of ``n * k``); positions ``:used``
+        are decoded."""
         self.history.reorder(flat, used)
 
 
-def _mask_lprobs(lprobs: Tensor, step: int, max_len: int, min_len: int, eos: int, pad: int, unk: int,
-                 unk_penalty: float) -> None:
-    """fairseq's rules, in place on ``(n, k, V)`` log-probabilities."""
-    # (fairseq also maps NaN to -inf here, a full pass over (n, k, V); a model in eval mode
-    # with finite weights produces none, and a NaN would surface as a NaN score)
-    lprobs[:, :, pad] = -math.inf
-    lprobs[:, :, unk] -= unk_penalty
-    if step >= max_len:
-        lprobs[:, :, :eos] = -math.inf
-        lprobs[:, :, eos + 1 :] = -math.inf
-    if step < min_len:
-        lprobs[:, :, eos] = -math.inf
+class _TorchSteps(DecoderSteps):
+    """Decoder steps in PyTorch: the encoder runs here, each layer's keys and values once
+    (:func:`~resmlp_mt.modules.key_values` of ``attentions[i]``). :meth:`step` returns the full
+    log-probabilities (a shortlist as the ONNX steps return measured 5-8% slower here: torch's
+    ``logsumexp`` plus ``topk`` cost more than the fused ``log_softmax`` plus the score pass)."""
+
+    def __init__(self, model, attentions: Sequence[nn.Module], src_tokens: Tensor, k: int, max_len: int):
+        enc = model.encoder(src_tokens)
+        encoder_out, padding_mask = enc["encoder_out"][0], enc["encoder_padding_mask"][0]
+        keys, values = zip(*[key_values(attn, encoder_out) for attn in attentions])
+        bias = padding_bias(padding_mask) if padding_mask is not None and padding_mask.any() else None
+        S, B, C = encoder_out.shape
+        super().__init__(list(keys), list(values), bias, History(len(attentions), max_len + 1, B * k, C), k)
+        self.decoder = model.decoder
 
 
-def _candidates(steps, tokens: Tensor, scores: Tensor, step: int, k: int, max_len: int, min_len: int,
-                eos: int, pad: int, unk: int, unk_penalty: float):
+class ExactSteps(_TorchSteps):
+    """Decoder steps of a fairseq ResMLP model as trained (float or :func:`quantize_int8`):
+    fairseq's arithmetic, each layer's :meth:`~resmlp_mt.modules.ResMLPDecoderLayer.step`
+    (``ResMLPTranslationModel.decoder_steps``)."""
+
+    def __init__(self, model, src_tokens: Tensor, k: int, max_len: int):
+        super().__init__(model, [layer.cross_attn for layer in model.decoder.layers], src_tokens, k, max_len)
+
+    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        decoder, (n, k) = self.decoder, tokens.shape[:2]
+        x = decoder.embed(tokens.view(n * k, -1)[:, : step + 1], incremental_state={})[0].view(n, k, -1)
+        for i, layer in enumerate(decoder.layers):
+            x = layer.step(x, self.history.positions(i), step, self.keys[i], self.values[i], self.bias)
+        logits = decoder.output_layer(decoder.final_norm(x))
+        return Continuations(vocabulary_bias.add_to(F.log_softmax(logits.float(), dim=-1)), None)
+
+
+class FoldedSteps(_TorchSteps):
+    """Decoder steps of a :class:`FoldedModel` (float or :func:`quantize_int8`):
+    :meth:`FoldedDecoder.step`."""
+
+    def __init__(self, model: FoldedModel, src_tokens: Tensor, k: int, max_len: int):
+        super().__init__(model, model.decoder.layers, src_tokens, k, max_len)
+
+    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        decoder, (n, k) = self.decoder, tokens.shape[:2]
+        x = decoder.embed(tokens.view(n * k, -1)[:, : step + 1]).view(n, k, -1)
+        layer_inputs = [(layer.token_mixer.step_inputs(history, step), keys, values)
+                        for layer, history, keys, values in zip(decoder.layers, self.history.buffers, self.keys,
+                                                                self.values)]
+        logits, entries = decoder.step(x, layer_inputs, self.bias)
+        self.history.write(step, entries)
+        return Continuations(vocabulary_bias.add_to(F.log_softmax(logits.float(), dim=-1)), None)
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchRules:
+    """fairseq's rules of the beam search, in one place: the beam ``k``, the lengths (a
+    hypothesis ends at ``min_len`` tokens at the earliest, ``max_len`` at the latest: then only
+    end-of-sentence), the length penalty and fairseq's masks of the vocabulary (padding never,
+    unknown penalised by ``unk_penalty``)."""
+
+    k: int
+    min_len: int
+    max_len: int
+    lenpen: float
+    unk_penalty: float
+    eos: int
+    pad: int
+    unk: int
+    vocab_size: int
+    _biases: Dict[Tuple[bool, bool], VocabularyBias] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, decoder, src_len: int, beam: int, max_len_a: float, max_len_b: int, min_len: int, lenpen: float,
+           unk_penalty: float) -> "SearchRules":
+        """The rules for a batch of sources of ``src_len`` tokens and ``decoder`` (its dictionary
+        and maximum positions), with fairseq's options."""
+        d = decoder.dictionary
+        max_len = min(int(max_len_a * src_len + max_len_b), decoder.max_positions() - 1)
+        return cls(beam, min_len, max_len, lenpen, unk_penalty, d.eos(), d.pad(), d.unk(), len(d))
+
+    def vocabulary_bias(self, step: int) -> VocabularyBias:
+        """fairseq's masks at position ``step`` (``SequenceGenerator._generate``, in its order)."""
+        key = (step >= self.max_len, step < self.min_len)
+        if key not in self._biases:
+            values = torch.zeros(self.vocab_size)
+            values[self.pad] = -math.inf
+            values[self.unk] -= self.unk_penalty
+            if step >= self.max_len:
+                values[: self.eos] = -math.inf
+                values[self.eos + 1 :] = -math.inf
+            if step < self.min_len:
+                values[self.eos] = -math.inf
+            self._biases[key] = VocabularyBias(values, values.nonzero(as_tuple=True)[0])
+        return self._biases[key]
+
+    def final_score(self, score: Tensor, step: int) -> Tensor:
+        """The score of a hypothesis finished at ``step`` (``step + 1`` tokens with its
+        end-of-sentence) from its sum of log-probabilities."""
+        return score / (step + 1) ** self.lenpen
+
+
+def _candidates(steps: DecoderSteps, tokens: Tensor, scores: Tensor, step: int, rules: SearchRules):
     """The ``2k`` best continuations of each sentence: ``(scores, beams, tokens)``, each ``(n, 2k)``,
-    best first, as fairseq's ``BeamSearch.step``."""
-    n = tokens.size(0)
-    if steps.full_vocabulary:
-        lprobs = steps.step(tokens, step)
-        _mask_lprobs(lprobs, step, max_len, min_len, eos, pad, unk, unk_penalty)
-        V = lprobs.size(-1)
-        if step == 0:
-            flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
-        else:
-            flat = (lprobs + scores.unsqueeze(-1)).view(n, k * V)
-        cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1) - 1), dim=1)
-        return cand_scores, torch.div(cand_indices, V, rounding_mode="floor"), cand_indices.fmod(V)
-    # a shortlist per hypothesis: its best 2k tokens (the sentence's best 2k continuations are among
-    # them) and the end-of-sentence log-probability, masks applied by the step
-    values, indices, eos_lprobs = steps.step(tokens, step, allow_eos=step >= min_len)
-    if step >= max_len:  # only end-of-sentence: one candidate per hypothesis
-        cand_scores, cand_beams = torch.sort(scores + eos_lprobs, dim=1, descending=True)
-        pad_inf = cand_scores.new_full((n, k), -math.inf)
-        return (torch.cat([cand_scores, pad_inf], 1), torch.cat([cand_beams, cand_beams], 1),
-                cand_beams.new_full((n, 2 * k), eos))
-    width = values.size(-1)
+    best first, as fairseq's ``BeamSearch.step``. From a shortlist per hypothesis (its best ``2k``
+    tokens), the sentence's best ``2k`` continuations are the same."""
+    lprobs, vocabulary = steps.step(tokens, step, rules.vocabulary_bias(step))
+    n, k, width = lprobs.shape
     if step == 0:
-        flat, flat_tokens = values[:, 0, :], indices[:, 0, :]
+        flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
     else:
-        flat, flat_tokens = (values + scores.unsqueeze(-1)).view(n, k * width), indices.reshape(n, k * width)
-    cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1)), dim=1)
-    cand_beams = torch.div(cand_indices, width, rounding_mode="floor") if step > 0 else torch.zeros_like(cand_indices)
-    return cand_scores, cand_beams, flat_tokens.gather(1, cand_indices)
+        flat = (lprobs + scores.unsqueeze(-1)).view(n, k * width)
+    # fairseq leaves one token of the vocabulary out ("so we never select pad")
+    count = min(2 * k, flat.size(1) - (1 if vocabulary is None else 0))
+    cand_scores, cand_indices = torch.topk(flat, k=count, dim=1)
+    cand_beams = torch.div(cand_indices, width, rounding_mode="floor")
+    if vocabulary is None:
+        return cand_scores, cand_beams, cand_indices.fmod(width)
+    return cand_scores, cand_beams, vocabulary.reshape(n, k * width).gather(1, cand_indices)
 
 
 @torch.inference_mode()
@@ -373,26 +509,19 @@ def generate(
 
     ``model``: a fairseq ResMLP model (fairseq's arithmetic: the same hypotheses as
     ``SequenceGenerator``), a :class:`FoldedModel` or an ONNX decoder
-    (:class:`resmlp_mt.onnx_decoder.OnnxModel`), float or int8.
+    (:class:`resmlp_mt.onnx_decoder.OnnxModel`), float or int8: anything with a ``decoder``
+    (dictionary, maximum positions) and ``decoder_steps`` (:class:`DecoderSteps`).
 
     ``src_tokens`` ``(B, S)`` (either padding side, ending in end-of-sentence). Returns, per
     sentence, its ``beam`` finished hypotheses sorted best first, each a dict with ``tokens``
     (ending in end-of-sentence, as fairseq) and ``score``.
     """
-    decoder = model.decoder
-    dictionary = decoder.dictionary
-    eos, pad, unk = dictionary.eos(), dictionary.pad(), dictionary.unk()
     bsz, src_len = src_tokens.shape
-    max_len = min(int(max_len_a * src_len + max_len_b), decoder.max_positions() - 1)
-    k = beam
+    rules = SearchRules.of(model.decoder, src_len, beam, max_len_a, max_len_b, min_len, lenpen, unk_penalty)
+    k, eos, max_len = rules.k, rules.eos, rules.max_len
+    steps = model.decoder_steps(src_tokens, k, max_len)
 
-    if hasattr(model, "decoder_steps"):  # an ONNX model runs its own encoder
-        steps = model.decoder_steps(src_tokens, k, max_len, unk_penalty=unk_penalty)
-    else:
-        enc = model.encoder(src_tokens)
-        steps = _TorchSteps(model, enc["encoder_out"][0], enc["encoder_padding_mask"][0], k, max_len)
-
-    tokens = src_tokens.new_full((bsz, k, max_len + 2), pad)
+    tokens = src_tokens.new_full((bsz, k, max_len + 2), rules.pad)
     tokens[:, :, 0] = eos
     scores = torch.zeros(bsz, k)  # cumulative log-probabilities
     ignore = torch.zeros(bsz, k, dtype=torch.bool)
@@ -402,8 +531,7 @@ def generate(
 
     for step in range(max_len + 1):
         n = alive.numel()
-        cand_scores, cand_beams, cand_tokens = _candidates(steps, tokens, scores, step, k, max_len, min_len,
-                                                           eos, pad, unk, unk_penalty)
+        cand_scores, cand_beams, cand_tokens = _candidates(steps, tokens, scores, step, rules)
 
         # finish the hypotheses that end here, among the top k candidates
         eos_mask = cand_tokens.eq(eos) & cand_scores.ne(-math.inf)
@@ -416,7 +544,7 @@ def generate(
                 if len(finalized[sent]) < k:
                     hyp = tokens[r, cand_beams[r, c], 1 : step + 2].clone()
                     hyp[step] = eos
-                    finalized[sent].append({"tokens": hyp, "score": cand_scores[r, c] / (step + 1) ** lenpen})
+                    finalized[sent].append({"tokens": hyp, "score": rules.final_score(cand_scores[r, c], step)})
             finished_rows = [r for r in sorted(set(rows.tolist())) if len(finalized[int(alive[r])]) >= k]
         if step >= max_len:
             break

@@ -51,29 +51,11 @@ from torch import Tensor, nn
 from resmlp_core import check_state_dict_fits
 
 from .modules import NORMS, ResMLPDecoderLayer, ResMLPEncoderLayer, build_norm
+from .padding import inverse_order, left_align, restore_order
 
 logger = logging.getLogger(__name__)
 
 POSITIONAL_EMBEDDINGS = ("none", "sinusoidal", "learned")
-
-
-def left_align(padding_mask: Tensor) -> Optional[Tensor]:
-    """Gather indices that move each row's non-padding entries to its front, in order.
-
-    ``padding_mask``: ``(B, T)`` bool. Returns ``(B, T)`` long ``order`` such that
-    ``tokens.gather(1, order)`` is right-padded, whatever padding side (or mix) came in; None
-    when the batch is right-padded already (no padding before a token).
-    """
-    if not (padding_mask[:, :-1] & ~padding_mask[:, 1:]).any():
-        return None
-    return torch.sort(padding_mask.to(torch.uint8), dim=1, stable=True).indices
-
-
-def restore_order(x: Tensor, order: Tensor) -> Tensor:
-    """Inverse of :func:`left_align` for time-first states: ``x`` ``(T, B, C)`` in aligned
-    order goes back to the caller's layout, ``out[order[b, i], b] = x[i, b]``."""
-    index = order.t().unsqueeze(-1).expand_as(x)
-    return torch.empty_like(x).scatter_(0, index, x)
 
 
 def build_embedding(dictionary, dim: int) -> nn.Embedding:
@@ -282,7 +264,7 @@ class ResMLPDecoder(AlignedEmbedding, FairseqIncrementalDecoder):
             x = restore_order(x, order)
             inner_states = [restore_order(s, order) for s in inner_states]
             if attn is not None:
-                attn = attn.gather(1, _inverse(order).unsqueeze(-1).expand_as(attn))
+                attn = attn.gather(1, inverse_order(order).unsqueeze(-1).expand_as(attn))
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
     def output_layer(self, features: Tensor) -> Tensor:
@@ -325,11 +307,6 @@ def init_final_scale(norm: nn.Module, how: str, embed_scale: float, vocab_size: 
     }[how]
     with torch.no_grad():
         scale.fill_(value)
-
-
-def _inverse(order: Tensor) -> Tensor:
-    """Inverse permutation of each row of ``order`` ``(B, T)``."""
-    return torch.argsort(order, dim=1)
 
 
 @register_model("resmlp_mt")
@@ -427,6 +404,13 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         from .hub import from_pretrained
 
         return from_pretrained(cls, model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
+
+    def decoder_steps(self, src_tokens: Tensor, beam: int, max_len: int):
+        """The incremental decoder of the lean beam search (:func:`resmlp_mt.fast_generate.generate`,
+        ``engine="exact"``) for the batch ``src_tokens``: fairseq's arithmetic."""
+        from .fast_generate import ExactSteps
+
+        return ExactSteps(self, src_tokens, beam, max_len)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load parameters, with a message that names what differs when the checkpoint is not

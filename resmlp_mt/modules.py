@@ -13,7 +13,10 @@ the paper's Table 3 ablation), and ``layer_scale`` a per-channel vector initiali
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
+
+import torch
 
 from fairseq import utils
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
@@ -111,6 +114,41 @@ class ResMLPEncoderLayer(ResMLPLayer):
         return self.channel_mixing(self.token_mixing(x, padding_mask))
 
 
+def key_values(attn, encoder_out: Tensor):
+    """The cross-attention keys ``(B, H, d, S)`` and values ``(B, H, S, d)`` of ``encoder_out``
+    ``(S, B, C)``, for ``attn`` with ``k_proj``, ``v_proj``, ``num_heads``, ``head_dim`` (fairseq's
+    ``MultiheadAttention`` or a folded decoder layer): computed once per batch for incremental
+    decoding (:func:`cross_attend`)."""
+    S, B, _ = encoder_out.shape
+    H, d = attn.num_heads, attn.head_dim
+    keys = attn.k_proj(encoder_out).view(S, B, H, d).permute(1, 2, 3, 0)
+    values = attn.v_proj(encoder_out).view(S, B, H, d).permute(1, 2, 0, 3)
+    return keys, values
+
+
+def padding_bias(padding_mask: Tensor) -> Tensor:
+    """``(B, S)`` bool -> ``(B, 1, 1, S)`` additive attention mask: ``-inf`` at padding, else 0."""
+    B, S = padding_mask.shape
+    return torch.zeros(B, 1, 1, S).masked_fill(padding_mask.view(B, 1, 1, S), -math.inf)
+
+
+def cross_attend(attn, x: Tensor, keys: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """Encoder-decoder attention of ``x`` ``(B, k, C)`` with the keys ``(B, H, d, S)`` and values
+    ``(B, H, S, d)`` of :func:`key_values` (the ``k`` hypotheses of each sentence read the
+    sentence's keys and values by broadcasting) and ``bias`` ``(B, 1, 1, S)`` (:func:`padding_bias`)
+    or None -> ``(B, k, C)``. ``attn``: fairseq's ``MultiheadAttention`` or a folded decoder layer
+    (``scaling`` 1, folded into ``q_proj``)."""
+    B, k, C = x.shape
+    q = attn.q_proj(x)
+    if attn.scaling != 1.0:
+        q = q * attn.scaling
+    weights = torch.matmul(q.view(B, k, attn.num_heads, attn.head_dim).transpose(1, 2), keys)  # (B, H, k, S)
+    if bias is not None:
+        weights = weights + bias
+    out = torch.matmul(torch.softmax(weights, dim=-1), values)  # (B, H, k, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(B, k, C))
+
+
 class ResMLPDecoderLayer(ResMLPLayer):
     """One decoder layer: causal cross-token linear, encoder-decoder attention, channel MLP.
 
@@ -125,6 +163,10 @@ class ResMLPDecoderLayer(ResMLPLayer):
 
     Returns ``(x, attn)``: new states ``(T, B, C)`` and, if ``need_attn``, the cross-attention
     weights averaged over heads ``(B, T, S)``.
+
+    :meth:`step` is the same layer for the lean beam search (:mod:`resmlp_mt.fast_generate`,
+    ``engine="exact"``): one position from a preallocated history, the cross-attention keys and
+    values computed once per batch; the same arithmetic as fairseq's incremental :meth:`forward`.
     """
 
     def __init__(self, args, num_tokens: int):
@@ -164,3 +206,18 @@ class ResMLPDecoderLayer(ResMLPLayer):
         )
         x = add_scaled(x, self.dropout_module(h), self.cross_attn_scale)
         return self.channel_mixing(x), attn
+
+    def step(self, x: Tensor, history: Tensor, t: int, keys: Tensor, values: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """The layer at position ``t`` of ``N = n * k`` hypotheses (``n`` sentences, ``k`` each), in eval mode.
+
+        ``x`` ``(n, k, C)``, the layer's input; ``history`` ``(>= t + 1, N, C)``, the token mixer's
+        normalised inputs at positions ``0 .. t - 1`` (row ``t`` is written here); ``keys``,
+        ``values``, ``bias``: the sources' cross-attention inputs (:func:`key_values`,
+        :func:`padding_bias` or None), ``n`` sentences. Returns ``(n, k, C)``. The token mixer steps
+        with its ``forward_last`` (the step of fairseq's incremental decoding, on a buffer).
+        """
+        h = self.token_norm(x)
+        history[t] = h.view(-1, h.size(-1))
+        x = add_scaled(x, self.token_mixer.forward_last(history[: t + 1]).view_as(x), self.token_scale)
+        h = cross_attend(self.cross_attn, self.cross_attn_norm(x), keys, values, bias)
+        return self.channel_mixing(add_scaled(x, h, self.cross_attn_scale))

@@ -10,22 +10,28 @@ quantization (``MatMulInteger``) packs the weights once. The beam search stays i
 (:func:`resmlp_mt.fast_generate.generate`); the encoder and every layer's cross-attention keys
 and values run once per batch in a second graph (:class:`SourceGraph`).
 
-One step takes, for ``N = n * k`` hypotheses (``n`` sentences, beam ``k``), ``C`` channels,
-``H`` heads of ``d`` channels, source length ``S``, vocabulary ``V``:
+The step graph is a trace of the PyTorch engine's step, :meth:`FoldedDecoder.step
+<resmlp_mt.fast_generate.FoldedDecoder.step>` (the same code, with the decoding state passed as
+tensors), plus a shortlist of the vocabulary. It takes, for ``N = n * k`` hypotheses (``n``
+sentences, beam ``k``), ``C`` channels, ``H`` heads of ``d`` channels, source length ``S``,
+vocabulary ``V``:
 
 * ``tokens`` ``(N,)`` int64, the previous output token of each hypothesis;
 * ``bias`` ``(n, 1, 1, S)``, the additive padding mask of the sources;
-* ``vocab_bias`` ``(V,)``: added to the log-probabilities (``-inf`` for padding, for
-  end-of-sentence before ``min_len``; ``-unk_penalty`` for unknown);
-* per layer ``i`` (separate inputs, so that the graph slices nothing): ``past_i``
-  ``(t + 1, N, C)``, the layer's inputs at the earlier positions after a zero row (so that the
-  first step has the same shapes); ``row_i`` ``(t + 1,)``, the token-mixing row of position
-  ``t`` for them (0 for the zero row), ``diag_i`` ``(1,)`` its diagonal entry, ``const_i``
-  ``(C,)`` the folded constant; ``keys_i`` ``(n, H, d, S)`` and ``values_i`` ``(n, H, S, d)``,
-  computed once per batch;
+* ``vocabulary_bias`` ``(V,)``: the step's masks, added to the log-probabilities
+  (:meth:`~resmlp_mt.fast_generate.SearchRules.vocabulary_bias`: ``-inf`` for padding, for
+  end-of-sentence before ``min_len``, for all but end-of-sentence at ``max_len``;
+  ``-unk_penalty`` for unknown);
+* per layer ``i`` (separate inputs, so that the graph slices nothing): its token mixer's
+  ``step_inputs`` (:class:`~resmlp_mt.fast_generate.FoldedCrossTokenLinear`: ``past_i``
+  ``(t + 1, N, C)``, the layer's inputs at the earlier positions after a zero row, so that the
+  first step has the same shapes; ``row_i`` ``(t + 1,)``, the token-mixing row of position ``t``
+  for them, 0 for the zero row; ``diag_i`` ``(1,)`` its diagonal entry; ``const_i`` ``(C,)`` the
+  folded constant); ``keys_i`` ``(n, H, d, S)`` and ``values_i`` ``(n, H, S, d)``, computed once
+  per batch;
 
-and returns ``top_lprobs`` / ``top_tokens`` ``(N, SHORTLIST)``, ``eos_lprobs`` ``(N,)`` and
-``input_i`` ``(N, C)`` (this position's layer inputs, for the history). The beam search needs
+and returns ``top_lprobs`` / ``top_tokens`` ``(n, k, SHORTLIST)`` and ``entry_i`` ``(n, k, C)``
+(what layer ``i``'s token mixer keeps of this position, for the history). The beam search needs
 the best ``2k`` tokens of each hypothesis: ``SHORTLIST`` bounds the beam at 8.
 
 ``OnnxModel(model)`` exports the graphs when built (files per model and precision, in
@@ -48,9 +54,10 @@ from torch import Tensor, nn
 
 from resmlp_core.io import write_atomic
 
-from .fast_generate import (FoldedDecoder, FoldedModel, History, cross_attend, fold_for_inference, key_values,
-                            padding_bias, shortlist, vocabulary_bias)
-from .model import left_align
+from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedModel, History, VocabularyBias,
+                            fold_for_inference)
+from .modules import key_values, padding_bias
+from .padding import left_align
 
 SHORTLIST = 16  # candidates per hypothesis: beams up to SHORTLIST // 2
 OPSET = 17
@@ -64,9 +71,25 @@ def _require_onnxruntime():
     return onnxruntime
 
 
+def shortlist(logits: Tensor, vocabulary_bias: Tensor, width: int):
+    """The ``width`` best tokens of each row of ``logits`` ``(..., V)``: their log-probabilities
+    (``log_softmax`` as fairseq's) after adding ``vocabulary_bias`` ``(V,)`` (the step's masks,
+    :meth:`~resmlp_mt.fast_generate.SearchRules.vocabulary_bias`), and the tokens. (In ONNX
+    Runtime 1.32 a ``logsumexp`` here, ``ReduceLogSumExp``, took longer than the step's matrix
+    products.)"""
+    return torch.topk(F.log_softmax(logits, dim=-1) + vocabulary_bias, width, dim=-1)
+
+
+def step_input_names(decoder: FoldedDecoder, layer: int) -> List[str]:
+    """The inputs of layer ``layer`` in the step graph, in order: its token mixer's
+    ``STEP_INPUTS``, then ``keys``, ``values`` (each suffixed ``_<layer>``)."""
+    return [f"{name}_{layer}" for name in (*decoder.layers[layer].token_mixer.STEP_INPUTS, "keys", "values")]
+
+
 class DecoderStepGraph(nn.Module):
-    """The folded decoder step as a traceable module (the graph that is exported; see the
-    module docstring for inputs and outputs)."""
+    """:meth:`FoldedDecoder.step <resmlp_mt.fast_generate.FoldedDecoder.step>` as a traceable
+    module, with a shortlist of the vocabulary (the graph that is exported; see the module
+    docstring for inputs and outputs)."""
 
     def __init__(self, decoder: FoldedDecoder):
         super().__init__()
@@ -74,28 +97,19 @@ class DecoderStepGraph(nn.Module):
             raise ValueError("the ONNX decoder supports models without positional embeddings (the default, "
                              "--positional-embeddings none)")
         self.decoder = decoder
-        self.eos = decoder.dictionary.eos()
+        self.layer_sizes = [len(step_input_names(decoder, i)) for i in range(len(decoder.layers))]
 
-    def forward(self, tokens: Tensor, bias: Tensor, vocab_bias: Tensor, *per_layer: Tensor):
-        """``per_layer``: for each layer ``past_i, row_i, diag_i, const_i, keys_i, values_i`` (one
-        input each, so that the graph slices nothing)."""
-        x = F.embedding(tokens, self.decoder.embed_weight)  # (N, C)
-        N = x.size(0)
-        inputs: List[Tensor] = []
-        for i, layer in enumerate(self.decoder.layers):
-            width = len(LAYER_INPUTS)
-            history, row, diag, const, keys, values = per_layer[width * i : width * (i + 1)]
-            n = keys.size(0)
-            inputs.append(x)
-            mixed = torch.matmul(row, history.reshape(history.size(0), -1)).view(N, -1) + diag * x
-            x = x + const + layer.mix_scale * mixed
-            x = x + cross_attend(layer, x.view(n, N // n, -1), keys, values, bias).view(N, -1)
-            x = x + layer.channel_mlp(x)
-        top_lprobs, top_tokens, eos_lprobs = shortlist(self.decoder.output_projection(x).float(), vocab_bias, SHORTLIST, self.eos)
-        return (top_lprobs, top_tokens, eos_lprobs, *inputs)
-
-
-LAYER_INPUTS = ("past", "row", "diag", "const", "keys", "values")  # the per-layer inputs of a step, in order
+    def forward(self, tokens: Tensor, bias: Tensor, vocabulary_bias: Tensor, *per_layer: Tensor):
+        """``per_layer``: for each layer its token mixer's step inputs, ``keys_i``, ``values_i``
+        (one input each, so that the graph slices nothing)."""
+        x = self.decoder.embed(tokens.unsqueeze(1))  # (N, C)
+        layer_inputs, start = [], 0
+        for size in self.layer_sizes:
+            *mixer_inputs, keys, values = per_layer[start : start + size]
+            layer_inputs.append((mixer_inputs, keys, values))
+            start += size
+        logits, entries = self.decoder.step(x.view(bias.size(0), -1, x.size(-1)), layer_inputs, bias)
+        return (*shortlist(logits.float(), vocabulary_bias, SHORTLIST), *entries)
 
 
 class SourceGraph(nn.Module):
@@ -156,7 +170,7 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False) -> tuple
     decoder = model.decoder
     L, C = len(decoder.layers), decoder.embed_weight.size(1)
     H, d = decoder.layers[0].num_heads, decoder.layers[0].head_dim
-    n, k, S, t = 2, 4, 5, 3
+    n, k, S, t = 2, 4, 5, min(3, decoder.max_positions() - 1)
     N = n * k
     pad, eos = decoder.dictionary.pad(), decoder.dictionary.eos()
     # right padding in the example, so that the encoder's padding mask is part of the graph
@@ -168,16 +182,16 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False) -> tuple
                      Path(folder) / "source.onnx", int8)
 
     example = [torch.full((N,), eos), torch.zeros(n, 1, 1, S), torch.zeros(len(decoder.dictionary))]
-    names = ["tokens", "bias", "vocab_bias"]
+    names = ["tokens", "bias", "vocabulary_bias"]
     dynamic = {"tokens": {0: "N"}, "bias": {0: "n", 3: "S"}}
-    for i in range(L):
-        example += [torch.zeros(t, N, C), torch.zeros(t), torch.zeros(1), torch.zeros(C), torch.zeros(n, H, d, S),
-                    torch.zeros(n, H, S, d)]
-        names += [f"{name}_{i}" for name in LAYER_INPUTS]
-        dynamic.update({f"past_{i}": {0: "t", 1: "N"}, f"row_{i}": {0: "t"}, f"keys_{i}": {0: "n", 3: "S"},
-                        f"values_{i}": {0: "n", 2: "S"}})
+    history = torch.zeros(t + 1, N, C)
+    for i, layer in enumerate(decoder.layers):
+        example += [*layer.token_mixer.step_inputs(history, t), torch.zeros(n, H, d, S), torch.zeros(n, H, S, d)]
+        names += step_input_names(decoder, i)
+        dynamic.update({f"{name}_{i}": axes for name, axes in layer.token_mixer.STEP_INPUTS.items()})
+        dynamic.update({f"keys_{i}": {0: "n", 3: "S"}, f"values_{i}": {0: "n", 2: "S"}})
     step = _export(DecoderStepGraph(decoder), tuple(example), names,
-                   ["top_lprobs", "top_tokens", "eos_lprobs", *[f"input_{i}" for i in range(L)]], dynamic,
+                   ["top_lprobs", "top_tokens", *[f"entry_{i}" for i in range(L)]], dynamic,
                    Path(folder) / "decoder_step.onnx", int8)
     return source, step
 
@@ -201,7 +215,6 @@ class OnnxModel:
         self.decoder, self.int8 = folded.decoder, int8
         self.max_source_positions = folded.encoder.max_positions()
         self.padding_idx = folded.encoder.padding_idx
-        decoder = self.decoder
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="resmlp_onnx_")
             cache_dir = Path(self._tmp.name)
@@ -212,16 +225,10 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.source_session, self.session = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
                                              for p in self.paths)
-        with torch.no_grad():
-            A = torch.stack([layer.mix_weight for layer in decoder.layers])  # (L, T, T)
-            T = A.size(1)
-            self.rows = torch.cat([A.new_zeros(len(decoder.layers), T, 1), A], dim=2)  # [0, A[t, :t], ...]
-            self.diag = torch.diagonal(A, dim1=1, dim2=2).contiguous()  # (L, T)
-            self.const = torch.stack([layer.mix_const for layer in decoder.layers])  # (L, T, C)
 
     def encode(self, src_tokens: Tensor):
-        """``src_tokens`` ``(B, S)``, either padding side -> ``bias`` ``(B, 1, 1, S)``, ``keys``
-        ``(L, B, H, d, S)``, ``values`` ``(L, B, H, S, d)``."""
+        """``src_tokens`` ``(B, S)``, either padding side -> ``bias`` ``(B, 1, 1, S)`` and, per layer,
+        ``keys`` ``(B, H, d, S)`` and ``values`` ``(B, H, S, d)``."""
         if src_tokens.size(1) > self.max_source_positions:
             raise ValueError(f"source sentence of {src_tokens.size(1)} tokens is longer than the model's "
                              f"--max-source-positions {self.max_source_positions}")
@@ -229,55 +236,38 @@ class OnnxModel:
         if order is not None:  # left padding: move every sentence to the front
             src_tokens = src_tokens.gather(1, order)
         bias, *kv = self.source_session.run(None, {"src_tokens": src_tokens.contiguous().numpy()})
-        return (torch.from_numpy(bias), torch.stack([torch.from_numpy(a) for a in kv[0::2]]),
-                torch.stack([torch.from_numpy(a) for a in kv[1::2]]))
+        kv = [torch.from_numpy(a) for a in kv]
+        return torch.from_numpy(bias), kv[0::2], kv[1::2]
 
-    def decoder_steps(self, src_tokens: Tensor, k: int, max_len: int, unk_penalty: float = 0.0) -> "_OnnxSteps":
-        return _OnnxSteps(self, src_tokens, k, max_len, unk_penalty)
+    def decoder_steps(self, src_tokens: Tensor, beam: int, max_len: int) -> "OnnxSteps":
+        """The incremental decoder of :func:`~resmlp_mt.fast_generate.generate` for the batch
+        ``src_tokens``."""
+        return OnnxSteps(self, src_tokens, beam, max_len)
 
 
-class _OnnxSteps:
-    """Decoder steps of one batch in ONNX Runtime; :meth:`step` returns a shortlist."""
+class OnnxSteps(DecoderSteps):
+    """Decoder steps of one batch in ONNX Runtime (the traced :meth:`FoldedDecoder.step
+    <resmlp_mt.fast_generate.FoldedDecoder.step>`); :meth:`step` returns a shortlist of ``2k``
+    tokens per hypothesis."""
 
-    full_vocabulary = False
-
-    def __init__(self, model: OnnxModel, src_tokens: Tensor, k: int, max_len: int, unk_penalty: float):
+    def __init__(self, model: OnnxModel, src_tokens: Tensor, k: int, max_len: int):
         if 2 * k > SHORTLIST:
             raise ValueError(f"engine='onnx' supports beams up to {SHORTLIST // 2}, got {k}")
-        self.model, self.k = model, k
         decoder = model.decoder
-        self.bias, self.keys, self.values = model.encode(src_tokens)
-        B, C = src_tokens.size(0), decoder.embed_weight.size(1)
-        # row 0 stays zero, position j is row j + 1
-        self.history = History(len(decoder.layers), max_len + 3, B * k, C)
-        self.vocab_bias = {allow: bias.numpy() for allow, bias in vocabulary_bias(decoder.dictionary, unk_penalty).items()}
+        bias, keys, values = model.encode(src_tokens)
+        history = History(len(decoder.layers), max_len + 1, src_tokens.size(0) * k, decoder.embed_weight.size(1))
+        super().__init__(keys, values, bias, history, k)
+        self.model = model
 
-    def step(self, tokens: Tensor, step: int, allow_eos: bool):
+    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
         n, k = tokens.shape[:2]
-        m = self.model
+        decoder = self.model.decoder
         feed = {"tokens": tokens[:, :, step].reshape(-1).contiguous().numpy(), "bias": self.bias.numpy(),
-                "vocab_bias": self.vocab_bias[allow_eos]}
-        for i, h in enumerate(self.history.buffers):  # contiguous views: nothing is copied
-            feed[f"past_{i}"] = h[: step + 1].numpy()
-            feed[f"row_{i}"] = m.rows[i, step, : step + 1].numpy()
-            feed[f"diag_{i}"] = m.diag[i, step : step + 1].numpy()
-            feed[f"const_{i}"] = m.const[i, step].numpy()
-            feed[f"keys_{i}"] = self.keys[i].numpy()
-            feed[f"values_{i}"] = self.values[i].numpy()
-        top_lprobs, top_tokens, eos_lprobs, *inputs = m.session.run(None, feed)
-        for h, x in zip(self.history.buffers, inputs):
-            h[step + 1] = torch.from_numpy(x)
+                "vocabulary_bias": vocabulary_bias.values.numpy()}
+        for i, (layer, history) in enumerate(zip(decoder.layers, self.history.buffers)):
+            inputs = (*layer.token_mixer.step_inputs(history, step), self.keys[i], self.values[i])
+            feed.update({name: value.numpy() for name, value in zip(step_input_names(decoder, i), inputs)})
+        top_lprobs, top_tokens, *entries = self.model.session.run(None, feed)  # inputs: views, nothing copied
+        self.history.write(step, [torch.from_numpy(e) for e in entries])
         width = 2 * k
-        return (torch.from_numpy(top_lprobs[:, :width]).view(n, k, width),
-                torch.from_numpy(top_tokens[:, :width]).view(n, k, width),
-                torch.from_numpy(eos_lprobs).view(n, k))
-
-    def select(self, index: Tensor, used: int) -> None:
-        """Keep the sentences ``index``."""
-        self.history.select(index, self.k, used + 1)
-        self.keys, self.values = self.keys.index_select(1, index), self.values.index_select(1, index)
-        self.bias = self.bias.index_select(0, index)
-
-    def reorder(self, flat: Tensor, used: int) -> None:
-        """Hypothesis ``i`` continues hypothesis ``flat[i]``."""
-        self.history.reorder(flat, used + 1)
+        return Continuations(torch.from_numpy(top_lprobs[:, :, :width]), torch.from_numpy(top_tokens[:, :, :width]))

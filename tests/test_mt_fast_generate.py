@@ -10,7 +10,7 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from helpers import dictionary, random_tokens, tiny_model
-from resmlp_mt.fast_generate import FoldedModel, fold_for_inference, generate, quantize_int8
+from resmlp_mt.fast_generate import FoldedDecoder, FoldedModel, SearchRules, fold_for_inference, generate, quantize_int8
 from resmlp_mt.onnx_decoder import OnnxModel
 
 D = dictionary()
@@ -103,6 +103,40 @@ def test_folded_and_onnx_decoders_give_fairseq_hypotheses(engine):
     build = eos_biased_folded if engine == "folded" else (lambda *c: OnnxModel(eos_biased_folded(*c)))
     cases = ((0, 0.0), (1, 1.0), (2, 1.0), (0, 2.0))
     check_against_fairseq({c: build(*c) for c in cases}, [(4, 1.0, True), (2, 0.6, False)])
+
+
+def test_fast_and_onnx_engines_run_the_same_step(monkeypatch):
+    """The folded step is written once: the ONNX step graph is a trace of FoldedDecoder.step, which
+    the PyTorch engine runs; from the same state (prefixes, history, sources) both engines give the
+    same log-probabilities and history entries."""
+    calls = []
+    step = FoldedDecoder.step
+
+    def spy(self, *args, **kwargs):
+        calls.append(torch.jit.is_tracing())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(FoldedDecoder, "step", spy)
+    folded = eos_biased_folded(3, 1.0)
+    onnx = OnnxModel(folded)
+    assert calls and all(calls)  # the export traced it
+    calls.clear()
+    src, k, max_len, t = source_batch(3), 4, 8, 3
+    fast_steps, onnx_steps = folded.decoder_steps(src, k, max_len), onnx.decoder_steps(src, k, max_len)
+    generator = torch.Generator().manual_seed(0)
+    tokens = random_tokens(src.size(0) * k, max_len + 2, generator).view(src.size(0), k, -1)
+    for fast_history, onnx_history in zip(fast_steps.history.buffers, onnx_steps.history.buffers):
+        fast_history[1 : t + 1] = torch.randn(t, *fast_history.shape[1:], generator=generator)  # positions 0 .. t-1
+        onnx_history.copy_(fast_history)
+    bias = SearchRules.of(folded.decoder, src.size(1), k, 0.0, max_len, 1, 1.0, 0.5).vocabulary_bias(t)
+    full, short = fast_steps.step(tokens, t, bias), onnx_steps.step(tokens, t, bias)
+    assert calls == [False]  # the PyTorch engine ran it, untraced
+    assert full.tokens is None and short.tokens.shape == (src.size(0), k, 2 * k)
+    torch.testing.assert_close(short.lprobs, full.lprobs.topk(2 * k, dim=-1).values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(short.lprobs, full.lprobs.gather(-1, short.tokens), atol=1e-5, rtol=0)
+    for fast_history, onnx_history in zip(fast_steps.history.buffers, onnx_steps.history.buffers):
+        assert fast_history[t + 1].abs().sum() > 0
+        torch.testing.assert_close(fast_history[: t + 2], onnx_history[: t + 2], atol=1e-5, rtol=0)
 
 
 def test_folded_layer_keeps_causality_of_a_full_matrix():
