@@ -3,6 +3,8 @@
 * :mod:`resmlp_core.layers`: :class:`Affine`, the token mixer :class:`CrossTokenLinear` (causal as
   an option, with its incremental step), the causal rule :func:`causal`, LayerScale
   (:func:`layer_scale`, :func:`add_scaled`);
+* :mod:`resmlp_core.token_mixers`: options of the token mixer for ablations (heads, relative
+  positions, band, softmax rows, gates), :func:`~resmlp_core.token_mixers.build_token_mixer`;
 * :mod:`resmlp_core.checkpoint`: the state-dict check of both halves (:func:`check_state_dict_fits`).
 """
 

@@ -136,9 +136,15 @@ class CrossTokenLinear(nn.Module):
         weight = self.weight[:length, :length]
         return causal(weight) if self.causal else weight
 
-    def forward(self, x: Tensor, incremental_state: Optional[IncrementalState] = None) -> Tensor:
+    def forward(self, x: Tensor, incremental_state: Optional[IncrementalState] = None,
+                padding_mask: Optional[Tensor] = None) -> Tensor:
+        """``x`` ``(L, B, C)``; ``padding_mask`` ``(L, B, 1)`` bool, True at padding, or None: padding
+        inputs are zeroed, so they contribute nothing (the interface of every token mixer,
+        :func:`resmlp_core.token_mixers.build_token_mixer`)."""
         if incremental_state is not None:
             return self._step(x, incremental_state)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask, 0.0)
         length = x.size(0)
         out = torch.addmm(self.bias[:length, None], self.matrix(length), x.reshape(length, -1))
         return out.view(x.shape)

@@ -49,6 +49,7 @@ from fairseq.modules import FairseqDropout, PositionalEmbedding
 from torch import Tensor, nn
 
 from resmlp_core import check_state_dict_fits
+from resmlp_core.token_mixers import GATES, NORMALIZATIONS, POSITIONS
 
 from .modules import NORMS, ResMLPDecoderLayer, ResMLPEncoderLayer, build_norm
 from .padding import inverse_order, left_align, restore_order
@@ -56,6 +57,43 @@ from .padding import inverse_order, left_align, restore_order
 logger = logging.getLogger(__name__)
 
 POSITIONAL_EMBEDDINGS = ("none", "sinusoidal", "learned")
+
+#: The token-mixing options (model args) and their defaults, the paper's model.
+TOKEN_MIXING_DEFAULTS = {
+    "token_mixer_heads": 1,
+    "token_mixer_positions": "absolute",
+    "token_mixer_kernel": 0,
+    "token_mixer_normalize": "none",
+    "token_mixer_gate": "none",
+    "hybrid_encoder_attention_heads": 0,
+}
+
+
+def token_mixing_options(args) -> Dict[str, Any]:
+    """The token-mixing flags of ``args`` set away from the paper's model, ``{"--flag": value}``
+    (empty for the paper's model)."""
+    return {
+        "--" + name.replace("_", "-"): getattr(args, name, default)
+        for name, default in TOKEN_MIXING_DEFAULTS.items()
+        if getattr(args, name, default) != default
+    }
+
+
+def check_token_mixing_args(args) -> None:
+    """Errors that name the flag, before any layer is built."""
+    for side in ("encoder", "decoder"):
+        dim = getattr(args, f"{side}_embed_dim")
+        if args.token_mixer_heads < 1 or dim % args.token_mixer_heads:
+            raise ValueError(f"--token-mixer-heads {args.token_mixer_heads} must be positive and divide "
+                             f"--{side}-embed-dim {dim}")
+        positions = getattr(args, f"max_{'source' if side == 'encoder' else 'target'}_positions")
+        if not 0 <= args.token_mixer_kernel <= positions:
+            raise ValueError(f"--token-mixer-kernel {args.token_mixer_kernel} must be between 1 and "
+                             f"--max-{'source' if side == 'encoder' else 'target'}-positions {positions} (0: no band)")
+    heads = args.hybrid_encoder_attention_heads
+    if heads < 0 or (heads and args.encoder_embed_dim % heads):
+        raise ValueError(f"--hybrid-encoder-attention-heads {heads} must divide --encoder-embed-dim "
+                         f"{args.encoder_embed_dim} (0: no self-attention, the attention-free model)")
 
 
 def build_embedding(dictionary, dim: int) -> nn.Embedding:
@@ -312,7 +350,12 @@ def init_final_scale(norm: nn.Module, how: str, embed_scale: float, vocab_size: 
 @register_model("resmlp_mt")
 class ResMLPTranslationModel(FairseqEncoderDecoderModel):
     """ResMLP encoder-decoder (paper §3.6). Archs: ``resmlp_mt`` (ResMLP-6), ``resmlp_mt_12``
-    (ResMLP-12), ``resmlp_mt_small`` (for Multi30k-size data on a CPU)."""
+    (ResMLP-12), ``resmlp_mt_small`` (for Multi30k-size data on a CPU).
+
+    ``token_mixing_options``: the token-mixing flags set away from the paper's model (``{}`` for
+    the paper's model; :func:`token_mixing_options`)."""
+
+    token_mixing_options: Dict[str, Any] = {}
 
     @staticmethod
     def add_args(parser):
@@ -357,6 +400,24 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         parser.add_argument("--freeze-token-mixers", action="store_true",
                             help="ablation: keep every cross-token matrix and bias at its initialisation "
                                  "(no gradient), e.g. to test their part in an optimiser's instability")
+        parser.add_argument("--token-mixer-heads", type=int, metavar="H",
+                            help="H token-mixing matrices, each mixing a group of C/H channels "
+                                 "(1, the paper: one matrix shared by all channels)")
+        parser.add_argument("--token-mixer-positions", choices=POSITIONS,
+                            help="absolute (the paper: A[t, s] free for every pair of positions) or relative "
+                                 "(A[t, s] = w[t - s], a Toeplitz matrix: a convolution over offsets)")
+        parser.add_argument("--token-mixer-kernel", type=int, metavar="K",
+                            help="band of the token mixer: only offsets |t - s| < K mix (decoder: 0 <= t - s < K, "
+                                 "decoding then keeps the last K-1 inputs); 0 (default): no band")
+        parser.add_argument("--token-mixer-normalize", choices=NORMALIZATIONS,
+                            help="none (the paper) or softmax: each row of the mixing matrix is the softmax of "
+                                 "its weights over the positions it may read (in the sentence, causal, in the band)")
+        parser.add_argument("--token-mixer-gate", choices=GATES,
+                            help="none (the paper); glu: Linear C->2C and GLU before mixing (LightConv); "
+                                 "sgu: Linear C->2C into u, v and u * mix(LayerNorm(v)) (gMLP's spatial gating unit)")
+        parser.add_argument("--hybrid-encoder-attention-heads", type=int, metavar="N",
+                            help="NOT attention-free (a reference for ablations): add a self-attention sublayer "
+                                 "with N heads to every encoder layer, after the token mixer; 0 (default): none")
         parser.add_argument("--no-scale-embedding", action="store_true",
                             help="do not multiply token embeddings by sqrt(d)")
         parser.add_argument("--share-decoder-input-output-embed", action="store_true",
@@ -369,6 +430,7 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, args, task):
         base_architecture(args)
+        check_token_mixing_args(args)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
@@ -383,6 +445,7 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         encoder = ResMLPEncoder(args, src_dict, encoder_embed)
         decoder = ResMLPDecoder(args, tgt_dict, decoder_embed)
         model = cls(encoder, decoder)
+        model.token_mixing_options = token_mixing_options(args)
         mixers = [p for n, p in model.named_parameters() if ".token_mixer." in n]
         mixer_params = sum(p.numel() for p in mixers)
         logger.disabled = False  # fairseq-train's logging.config.dictConfig disables earlier loggers
@@ -395,6 +458,9 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
             "(set --max-source-positions/--max-target-positions to the longest sentences you need)",
             args.max_source_positions, args.max_target_positions, mixer_params,
         )
+        if model.token_mixing_options:
+            logger.info("token mixing differs from the paper's model: %s",
+                        " ".join(f"{k} {v}" for k, v in model.token_mixing_options.items()))
         return model
 
     @classmethod
@@ -453,6 +519,8 @@ def base_architecture(args):
     _set_default(args, "final_norm_init", "log-vocab")
     _set_default(args, "scale_output", False)
     _set_default(args, "freeze_token_mixers", False)
+    for name, value in TOKEN_MIXING_DEFAULTS.items():
+        _set_default(args, name, value)
     _set_default(args, "share_decoder_input_output_embed", False)
     _set_default(args, "share_all_embeddings", False)
     _set_default(args, "max_source_positions", 1024)

@@ -9,6 +9,10 @@ Every residual branch has the same shape (paper Eqs. 2-3)::
 with ``norm`` an Affine layer (``--norm affine``, the paper) or LayerNorm (``--norm layernorm``,
 the paper's Table 3 ablation), and ``layer_scale`` a per-channel vector initialised to
 ``--layerscale-init`` (0.2 in the paper's translation models).
+
+The token mixer is the paper's cross-token linear layer unless a ``--token-mixer-*`` option is
+set (:func:`resmlp_core.token_mixers.build_token_mixer`); ``--hybrid-encoder-attention-heads``
+adds a self-attention sublayer to every encoder layer (the model is then not attention-free).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from fairseq import utils
 from fairseq.modules import FairseqDropout, LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
-from resmlp_core import Affine, CrossTokenLinear, add_scaled, layer_scale
+from resmlp_core import Affine, add_scaled, layer_scale
+from resmlp_core.token_mixers import build_token_mixer
 
 NORMS = ("affine", "layernorm")
 
@@ -70,7 +75,10 @@ class ResMLPLayer(nn.Module):
 
     def build_token_mixing(self, args, dim: int, num_tokens: int, causal: bool) -> None:
         self.token_norm = build_norm(args.norm, dim)
-        self.token_mixer = CrossTokenLinear(num_tokens, causal=causal)
+        self.token_mixer = build_token_mixer(
+            num_tokens, dim, causal=causal, heads=args.token_mixer_heads, positions=args.token_mixer_positions,
+            kernel=args.token_mixer_kernel, normalize=args.token_mixer_normalize, gate=args.token_mixer_gate,
+        )
         self.token_scale = layer_scale(dim, args.layerscale_init)
 
     def build_channel_mixing(self, args, dim: int, hidden_dim: int) -> None:
@@ -80,19 +88,20 @@ class ResMLPLayer(nn.Module):
         self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
 
     def token_mixing(self, x: Tensor, padding_mask: Optional[Tensor], incremental_state=None) -> Tensor:
-        """``x + token_scale * dropout(token_mixer(token_norm(x)))``, the normalised input zeroed
-        at padding positions first."""
-        h = self.token_norm(x)
-        if padding_mask is not None:
-            h = h.masked_fill(padding_mask, 0.0)
-        return add_scaled(x, self.dropout_module(self.token_mixer(h, incremental_state)), self.token_scale)
+        """``x + token_scale * dropout(token_mixer(token_norm(x)))``; the mixer zeroes the
+        normalised input at padding positions (``padding_mask``) first."""
+        h = self.token_mixer(self.token_norm(x), incremental_state=incremental_state, padding_mask=padding_mask)
+        return add_scaled(x, self.dropout_module(h), self.token_scale)
 
     def channel_mixing(self, x: Tensor) -> Tensor:
         return add_scaled(x, self.dropout_module(self.channel_mlp(self.channel_norm(x))), self.channel_scale)
 
 
 class ResMLPEncoderLayer(ResMLPLayer):
-    """One encoder layer: the cross-token linear sublayer, then the channel MLP.
+    """One encoder layer: the cross-token linear sublayer, then the channel MLP; with
+    ``--hybrid-encoder-attention-heads N`` (not attention-free), a self-attention sublayer of ``N``
+    heads between them (``self_attn_norm``, ``self_attn``, ``self_attn_scale``), a residual branch
+    like the others.
 
     Args of :meth:`forward`:
         x: ``(T, B, C)``, sequences aligned to the left (position 0 is each sentence's first
@@ -108,10 +117,23 @@ class ResMLPEncoderLayer(ResMLPLayer):
         super().__init__()
         dim = args.encoder_embed_dim
         self.build_token_mixing(args, dim, num_tokens, causal=False)
+        self.self_attn = None
+        if args.hybrid_encoder_attention_heads:
+            self.self_attn_norm = build_norm(args.norm, dim)
+            self.self_attn = MultiheadAttention(
+                dim, args.hybrid_encoder_attention_heads, dropout=args.attention_dropout, self_attention=True
+            )
+            self.self_attn_scale = layer_scale(dim, args.layerscale_init)
         self.build_channel_mixing(args, dim, args.encoder_ffn_embed_dim)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
-        return self.channel_mixing(self.token_mixing(x, padding_mask))
+        x = self.token_mixing(x, padding_mask)
+        if self.self_attn is not None:
+            h = self.self_attn_norm(x)
+            key_padding_mask = None if padding_mask is None else padding_mask[..., 0].t()
+            h, _ = self.self_attn(query=h, key=h, value=h, key_padding_mask=key_padding_mask, need_weights=False)
+            x = add_scaled(x, self.dropout_module(h), self.self_attn_scale)
+        return self.channel_mixing(x)
 
 
 def key_values(attn, encoder_out: Tensor):

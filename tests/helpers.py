@@ -5,7 +5,8 @@ from each other).
   :func:`prepare_multi30k` (the data preparation script on a test corpus),
   :func:`tool` (a console script of the running environment: fairseq-train, ...),
   :func:`run_module` (``python -m vision.train ...``);
-* translation: tiny random ResMLP models for the property tests (:func:`tiny_model`), and small
+* translation: tiny random ResMLP models for the property tests (:func:`tiny_model`; batches:
+  :func:`pad_batch`, :func:`with_eos`, :func:`prev_output`), and small
   Multi30k-style corpora written by the tests (:func:`write_corpus`, as fairseq's
   ``tests/utils.py`` ``create_dummy_data``), so that the command-line tests need no shared data;
 * vision: the tiny model and fast flags of the training CLI, slices of a real image folder.
@@ -114,6 +115,26 @@ def random_tokens(batch: int, length: int, generator=None) -> torch.Tensor:
     """(batch, length) ids of real symbols (no pad/eos/bos/unk)."""
     d = dictionary()
     return torch.randint(d.nspecial, len(d), (batch, length), generator=generator)
+
+
+def pad_batch(sentences, pad, left):
+    """(B, max_len) batch of 1-D token tensors, padded on the left or the right."""
+    width = max(len(s) for s in sentences)
+    out = torch.full((len(sentences), width), pad, dtype=torch.long)
+    for i, s in enumerate(sentences):
+        if left:
+            out[i, width - len(s):] = s
+        else:
+            out[i, : len(s)] = s
+    return out
+
+
+def with_eos(tokens, eos):
+    return torch.cat([tokens, torch.full((tokens.size(0), 1), eos)], dim=1)
+
+
+def prev_output(tokens, eos):
+    return torch.cat([torch.full((tokens.size(0), 1), eos), tokens], dim=1)
 
 
 # --- translation: corpora ---------------------------------------------------------------------

@@ -1,0 +1,392 @@
+"""The token-mixer options (``resmlp_core/token_mixers.py``, ``--token-mixer-*`` and
+``--hybrid-encoder-attention-heads``): the mixing rules on the layer itself, then the properties
+of the translation model for every option and a few combinations (incremental decoding equal to
+the full pass also after a beam reorder, causality, padding invariance, gradients), the default
+being the paper's model, and one real ``fairseq-train`` / ``fairseq-generate`` / export run."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+
+import resmlp_mt  # noqa: F401  (registers the model)
+from conftest import REPO
+from helpers import load_script, pad_batch, prev_output, random_tokens, run, tiny_model, tool, with_eos, write_corpus
+from resmlp_core import CrossTokenLinear
+from resmlp_core.token_mixers import TokenMixer, build_token_mixer
+
+# --- the layer --------------------------------------------------------------------------------
+
+LAYER_OPTIONS = [
+    dict(),
+    dict(heads=2),
+    dict(positions="relative"),
+    dict(positions="relative", kernel=3),
+    dict(kernel=3),
+    dict(normalize="softmax"),
+    dict(positions="relative", kernel=3, normalize="softmax", heads=2),
+]
+
+
+def layer_id(options):
+    return ",".join(f"{k}={v}" for k, v in options.items()) or "plain"
+
+
+def random_mixer(causal, seed=0, num_tokens=10, dim=4, gate="none", **options):
+    """A token mixer with random weights and bias (no property holds by accident of init)."""
+    torch.manual_seed(seed)
+    mixer = build_token_mixer(num_tokens, dim, causal=causal, gate=gate, **options)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.normal_(0, 0.5)
+    return mixer
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+@pytest.mark.parametrize("options", LAYER_OPTIONS, ids=layer_id)
+def test_softmax_rows_sum_to_one_over_the_positions_they_may_read(options, causal):
+    mixer = random_mixer(causal, **dict(options, normalize="softmax"))
+    lengths = torch.tensor([7, 4, 1])
+    positions = torch.arange(7)
+    valid = positions[None, :] < lengths[:, None]  # (B, S): sentences start at position 0
+    weights = mixer.mixing_weights(positions, positions, valid)  # (B, H, L, L)
+    offsets = positions[:, None] - positions[None, :]
+    allowed = (offsets >= 0) if causal else torch.ones(7, 7, dtype=torch.bool)
+    if mixer.kernel:
+        allowed &= offsets.abs() < mixer.kernel
+    readable = allowed[None, None] & valid[:, None, None, :]
+    assert torch.all(weights[~readable.expand_as(weights)] == 0), "padding, future and out-of-band positions get 0"
+    rows = weights.sum(-1)  # (B, H, L)
+    has_any = readable.any(-1).expand_as(rows)
+    torch.testing.assert_close(rows[has_any], torch.ones_like(rows[has_any]))
+    assert torch.all(rows[~has_any] == 0)
+    first = rows[:, :, 0]  # position 0 of every sentence reads at least itself
+    torch.testing.assert_close(first, torch.ones_like(first))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+@pytest.mark.parametrize("kernel", [0, 3])
+def test_relative_mixing_matrix_is_toeplitz_and_banded(kernel, causal):
+    mixer = random_mixer(causal, positions="relative", kernel=kernel, heads=2)
+    positions = torch.arange(8)
+    M = mixer.mixing_weights(positions, positions)  # (H, L, L)
+    for t in range(8):
+        for s in range(8):
+            d = t - s
+            inside = (d >= 0 or not causal) and (not kernel or abs(d) < kernel)
+            if not inside:
+                assert torch.all(M[:, t, s] == 0), (t, s)
+            else:  # the same weight on every diagonal
+                torch.testing.assert_close(M[:, t, s], M[:, t - min(t, s), s - min(t, s)], rtol=0, atol=0)
+    assert torch.count_nonzero(M[0] - M[1]) > 0, "heads have their own weights"
+    width = (kernel or 10) if causal else 2 * (kernel or 10) - 1
+    assert mixer.weight.shape == (2, width)
+
+
+def test_heads_mix_their_channel_group_with_their_own_matrix():
+    mixer = random_mixer(False, heads=2, dim=6)
+    x = torch.randn(5, 2, 6)
+    out = mixer(x)
+    with torch.no_grad():
+        mixer.weight[1].normal_()
+    changed = mixer(x)
+    torch.testing.assert_close(changed[..., :3], out[..., :3], rtol=0, atol=0)
+    assert not torch.allclose(changed[..., 3:], out[..., 3:])
+    expected = torch.einsum("ts,sbc->tbc", mixer.weight[0, :5, :5], x[..., :3]) + mixer.bias[:5, None, None]
+    torch.testing.assert_close(changed[..., :3], expected)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+def test_general_mixer_with_the_papers_options_is_the_papers_layer(causal):
+    paper = random_mixer(causal)
+    assert type(paper) is CrossTokenLinear, "no option set: the paper's layer, its names and arithmetic"
+    general = TokenMixer(10, 4, causal=causal)
+    general.load_state_dict({"weight": paper.weight[None], "bias": paper.bias})
+    x = torch.randn(6, 3, 4)
+    torch.testing.assert_close(general(x), paper(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["none", "glu", "sgu"])
+@pytest.mark.parametrize("options", LAYER_OPTIONS, ids=layer_id)
+def test_layer_output_ignores_padding_rows_and_batch_length(options, gate):
+    """A sequence of 4 positions padded to 7 with garbage, or alone: the same 4 outputs."""
+    mixer = random_mixer(False, gate=gate, **options)
+    x = torch.randn(7, 2, 4)
+    padding = torch.zeros(7, 2, 1, dtype=torch.bool)
+    padding[4:, 0] = True
+    out = mixer(x, padding_mask=padding)
+    alone = mixer(x[:4, :1])
+    torch.testing.assert_close(out[:4, :1], alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[:, 1:], mixer(x[:, 1:]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("gate", ["none", "glu", "sgu"])
+@pytest.mark.parametrize("options", LAYER_OPTIONS, ids=layer_id)
+def test_layer_incremental_steps_equal_the_full_pass_also_after_reorder(options, gate):
+    mixer = random_mixer(True, gate=gate, **options)
+    x = torch.randn(9, 3, 4)
+    state, order = {}, torch.tensor([2, 0, 0])
+    for t in range(9):
+        if t == 5:
+            for module in mixer.modules():  # as fairseq's decoders do
+                if hasattr(module, "reorder_incremental_state"):
+                    module.reorder_incremental_state(state, order)
+            x = x.index_select(1, order)
+        step = mixer(x[t : t + 1], incremental_state=state)
+        torch.testing.assert_close(step, mixer(x[: t + 1])[t:], rtol=0, atol=1e-5, msg=f"step {t}")
+    # causality of the full pass: later inputs do not change earlier outputs
+    changed = x.clone()
+    changed[6:] = torch.randn(3, 3, 4)
+    torch.testing.assert_close(mixer(changed)[:6], mixer(x)[:6], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 4])
+def test_banded_causal_relative_mixer_decodes_with_the_last_k_minus_1_inputs(kernel):
+    mixer = random_mixer(True, positions="relative", kernel=kernel, normalize="softmax", num_tokens=12)
+    x = torch.randn(12, 2, 4)
+    full, state = mixer(x), {}
+    for t in range(12):
+        step = mixer(x[t : t + 1], incremental_state=state)
+        torch.testing.assert_close(step, full[t : t + 1], rtol=0, atol=1e-5)
+        (buffer,) = [v["inputs"] for v in state.values()]
+        assert buffer.size(0) == min(t + 1, kernel - 1), f"step {t}: {buffer.size(0)} inputs kept"
+        torch.testing.assert_close(buffer, x[t + 1 - buffer.size(0) : t + 1], rtol=0, atol=0)
+    # without a band the whole prefix is kept (the paper's absolute matrix needs it)
+    unbanded, state = random_mixer(True, positions="relative", num_tokens=12), {}
+    for t in range(12):
+        unbanded(x[t : t + 1], incremental_state=state)
+    assert [v["inputs"].size(0) for v in state.values()] == [12]
+
+
+def test_layer_options_are_checked():
+    with pytest.raises(ValueError, match="heads=3 must be positive and divide the 4 channels"):
+        build_token_mixer(8, 4, heads=3)
+    with pytest.raises(ValueError, match="positions must be one of absolute, relative"):
+        build_token_mixer(8, 4, positions="rotary")
+    with pytest.raises(ValueError, match="gate must be one of none, glu, sgu"):
+        build_token_mixer(8, 4, gate="swiglu")
+    with pytest.raises(ValueError, match="longer than this token mixer supports"):
+        build_token_mixer(8, 4, heads=2)(torch.randn(9, 1, 4))
+
+
+# --- the translation model --------------------------------------------------------------------
+
+MODEL_OPTIONS = [
+    dict(token_mixer_heads=2),
+    dict(token_mixer_positions="relative"),
+    dict(token_mixer_positions="relative", token_mixer_kernel=3),
+    dict(token_mixer_normalize="softmax"),
+    dict(token_mixer_gate="glu"),
+    dict(token_mixer_gate="sgu"),
+    dict(hybrid_encoder_attention_heads=2),
+    dict(token_mixer_positions="relative", token_mixer_kernel=3, token_mixer_normalize="softmax",
+         token_mixer_heads=2, token_mixer_gate="glu"),
+    dict(token_mixer_kernel=4, token_mixer_normalize="softmax", token_mixer_gate="sgu",
+         hybrid_encoder_attention_heads=2),
+    dict(token_mixer_positions="relative", token_mixer_normalize="softmax", token_mixer_gate="sgu",
+         token_mixer_heads=4, positional_embeddings="sinusoidal"),
+]
+
+
+def model_id(options):
+    return ",".join(f"{k.replace('token_mixer_', '')}={v}" for k, v in options.items())
+
+
+def tiny(seed=0, **options):
+    """helpers.tiny_model, with every token-mixer parameter random (gate projections, norms, biases)."""
+    model = tiny_model(seed, **options)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".token_mixer." in name and not name.endswith("token_mixer.weight"):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=model_id)
+def test_incremental_decoding_equals_full_pass_also_after_beam_reorder(options):
+    model = tiny(**options)
+    eos = model.decoder.dictionary.eos()
+    src = with_eos(random_tokens(2, 7), eos).repeat_interleave(2, dim=0)
+    enc = model.encoder(src)
+    tgt = prev_output(random_tokens(4, 10), eos)
+    full, _ = model.decoder(tgt, enc)
+    state, new_order = {}, torch.tensor([1, 0, 3, 3])
+    for t in range(tgt.size(1)):
+        if t == 5:
+            model.decoder.reorder_incremental_state_scripting(state, new_order)
+            enc = model.encoder.reorder_encoder_out(enc, new_order)
+            tgt = tgt.index_select(0, new_order)
+            full, _ = model.decoder(tgt, enc)
+        step, _ = model.decoder(tgt[:, : t + 1], enc, incremental_state=state)
+        torch.testing.assert_close(step[:, 0], full[:, t], rtol=0, atol=1e-5, msg=f"step {t}")
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=model_id)
+def test_decoder_is_causal(options):
+    model = tiny(**options)
+    eos = model.decoder.dictionary.eos()
+    enc = model.encoder(with_eos(random_tokens(2, 6), eos))
+    tgt = prev_output(random_tokens(2, 9), eos)
+    out, _ = model.decoder(tgt, enc)
+    for t in (0, 3, 7):
+        changed = tgt.clone()
+        changed[:, t + 1 :] = random_tokens(2, tgt.size(1) - t - 1)
+        out2, _ = model.decoder(changed, enc)
+        torch.testing.assert_close(out2[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :]), "later positions depend on later tokens"
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=model_id)
+def test_outputs_do_not_depend_on_padding_side_or_batch(options):
+    model = tiny(**options)
+    d = model.encoder.dictionary
+    g = torch.Generator().manual_seed(1)
+    sentences = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (9, 4, 6)]
+    alone = [model.encoder(s[None])["encoder_out"][0][:, 0] for s in sentences]
+    for left in (True, False):
+        out = model.encoder(pad_batch(sentences, d.pad(), left=left))
+        for i, ref in enumerate(alone):
+            states, mask = out["encoder_out"][0][:, i], out["encoder_padding_mask"][0][i]
+            torch.testing.assert_close(states[~mask], ref, rtol=0, atol=1e-5)
+            assert torch.all(states[mask] == 0)
+    # the decoder: targets right-padded (fairseq) or left-padded, beside other sentences
+    enc = model.encoder(with_eos(random_tokens(3, 6, g), d.eos()))
+    prefixes = [prev_output(random_tokens(1, n, g), d.eos())[0] for n in (3, 7, 5)]
+    right, _ = model.decoder(pad_batch(prefixes, d.pad(), left=False), enc)
+    left, _ = model.decoder(pad_batch(prefixes, d.pad(), left=True), enc)
+    for i, p in enumerate(prefixes):
+        n = len(p)
+        single, _ = model.decoder(p[None], model.encoder.reorder_encoder_out(enc, torch.tensor([i])))
+        torch.testing.assert_close(right[i, :n], single[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(left[i, left.size(1) - n :], single[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS[-3:], ids=model_id)
+def test_beam_search_translation_does_not_depend_on_padding_side_or_batch(options):
+    model = tiny(**options)
+    d = model.decoder.dictionary
+    generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=8)
+    g = torch.Generator().manual_seed(2)
+    sentences = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (3, 8, 5)]
+
+    def translate(batch):
+        net_input = {"src_tokens": batch, "src_lengths": batch.ne(d.pad()).sum(1)}
+        hypos = generator.generate([model], {"net_input": net_input})
+        return [(h[0]["tokens"].tolist(), h[0]["score"].item()) for h in hypos]
+
+    alone = [translate(s[None])[0] for s in sentences]
+    for left in (True, False):
+        for (tokens, score), (ref_tokens, ref_score) in zip(translate(pad_batch(sentences, d.pad(), left=left)), alone):
+            assert tokens == ref_tokens
+            assert score == pytest.approx(ref_score, abs=1e-5)
+
+
+@pytest.mark.parametrize("options", MODEL_OPTIONS, ids=model_id)
+def test_training_step_gives_every_parameter_a_finite_gradient(options):
+    model = tiny(dropout=0.1, attention_dropout=0.1, **options).train()
+    d = model.decoder.dictionary
+    g = torch.Generator().manual_seed(3)
+    src = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (5, 9, 3)], d.pad(), left=True)
+    tgt = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (4, 7, 6)], d.pad(), left=False)
+    prev = torch.roll(tgt, 1, dims=1)
+    prev[:, 0] = d.eos()
+    prev[tgt.eq(d.pad())] = d.pad()
+    logits, _ = model(src, src.ne(d.pad()).sum(1), prev)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=d.pad())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_default_options_are_the_papers_model_with_its_names_and_outputs():
+    explicit = dict(token_mixer_heads=1, token_mixer_positions="absolute", token_mixer_kernel=0,
+                    token_mixer_normalize="none", token_mixer_gate="none", hybrid_encoder_attention_heads=0)
+    paper, default = tiny_model(0), tiny_model(0, **explicit)
+    assert default.token_mixing_options == {} and paper.token_mixing_options == {}
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in paper.state_dict().items()}
+    for side in (default.encoder, default.decoder):
+        assert all(type(layer.token_mixer) is CrossTokenLinear for layer in side.layers)
+        assert all(getattr(layer, "self_attn", None) is None for layer in side.layers)
+    default.load_state_dict(paper.state_dict())
+    src, prev = random_tokens(2, 6), random_tokens(2, 5)
+    torch.testing.assert_close(default(src, None, prev)[0], paper(src, None, prev)[0], rtol=0, atol=0)
+
+
+def test_options_change_the_parameters_as_documented():
+    names = lambda m: {k for k in m.state_dict() if k.startswith("decoder.layers.0.token_mixer.")}  # noqa: E731
+    shape = lambda m, k: tuple(m.state_dict()[k].shape)  # noqa: E731
+    m = tiny(token_mixer_heads=2)
+    assert shape(m, "decoder.layers.0.token_mixer.weight") == (2, 12, 12)
+    m = tiny(token_mixer_positions="relative", token_mixer_kernel=3)
+    assert shape(m, "encoder.layers.0.token_mixer.weight") == (1, 5)
+    assert shape(m, "decoder.layers.0.token_mixer.weight") == (1, 3)
+    m = tiny(token_mixer_gate="sgu")
+    assert names(m) == {f"decoder.layers.0.token_mixer.{k}" for k in (
+        "in_proj.weight", "in_proj.bias", "v_norm.weight", "v_norm.bias", "mixer.weight", "mixer.bias")}
+    m = tiny(hybrid_encoder_attention_heads=2)
+    assert m.token_mixing_options == {"--hybrid-encoder-attention-heads": 2}
+    assert "encoder.layers.1.self_attn.k_proj.weight" in m.state_dict()
+    assert not any(".self_attn." in k for k in m.state_dict() if k.startswith("decoder."))
+    # a checkpoint of another mixer is refused with the differences
+    with pytest.raises(RuntimeError, match=r"(?s)missing keys.*token_mixer\.in_proj"):
+        tiny(token_mixer_gate="glu").load_state_dict(tiny_model().state_dict())
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(token_mixer_heads=3), "--token-mixer-heads 3 must be positive and divide --encoder-embed-dim 16"),
+    (dict(token_mixer_kernel=13), "--token-mixer-kernel 13 must be between 1 and --max-source-positions 12"),
+    (dict(hybrid_encoder_attention_heads=5), "--hybrid-encoder-attention-heads 5 must divide --encoder-embed-dim 16"),
+])
+def test_bad_options_name_the_flag(options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**options)
+
+
+# --- the command-line tools and the Python API ------------------------------------------------
+
+USER_DIR = str(REPO / "resmlp_mt")
+OPTIONS_FLAGS = [
+    "--token-mixer-heads", "2", "--token-mixer-positions", "relative", "--token-mixer-kernel", "5",
+    "--token-mixer-normalize", "softmax", "--token-mixer-gate", "sgu", "--hybrid-encoder-attention-heads", "2",
+]
+TINY_TRAIN = [
+    "--user-dir", USER_DIR, "--arch", "resmlp_mt_small", "--encoder-embed-dim", "32", "--encoder-layers", "1",
+    "--decoder-layers", "1", "--decoder-attention-heads", "2", "--share-all-embeddings",
+    "--max-source-positions", "64", "--max-target-positions", "64", "--optimizer", "adam", "--lr", "5e-3",
+    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "1000",
+    "--no-progress-bar", "--log-interval", "1", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints",
+]
+
+
+@pytest.mark.slow
+def test_a_model_with_every_option_trains_decodes_and_translates_from_python(tmp_path):
+    raw = write_corpus(tmp_path / "raw", sizes={"train": 200, "val": 12, "test_2016_flickr": 9})
+    assert load_script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(tmp_path / "data-bin"),
+                                             "--vocab-size", "120", "--workers", "1"]) == 0
+    data, ckpt = tmp_path / "data-bin" / "multi30k.en-de", tmp_path / "ckpt"
+    train = run([tool("fairseq-train"), data, *TINY_TRAIN, *OPTIONS_FLAGS, "--save-dir", ckpt, "--max-update", "12"])
+    log = (train.stdout + train.stderr).replace(" ", "")
+    assert "num_updates=12" in log and "--token-mixer-gatesgu--hybrid-encoder-attention-heads2" in log
+    generate = run([tool("fairseq-generate"), data, "--user-dir", USER_DIR, "--path", ckpt / "checkpoint_best.pt",
+                    "--gen-subset", "test", "--beam", "3", "--batch-size", "4", "--required-batch-size-multiple", "1",
+                    "--post-process", "sentencepiece"])
+    assert sorted(int(line.split("\t")[0][2:]) for line in generate.stdout.splitlines() if line.startswith("H-")) \
+        == list(range(9))
+
+    run([sys.executable, "scripts/export_model.py", ckpt / "checkpoint_best.pt", data, tmp_path / "model"])
+    from resmlp_mt import ResMLPTranslationModel
+
+    translator = ResMLPTranslationModel.from_pretrained(tmp_path / "model")
+    sentences = ["A man runs in the park.", "Two dogs play with a ball near the water."]
+    exact = translator.translate(sentences, beam=3, engine="exact")
+    assert exact == translator.translate(sentences, beam=3, engine="fairseq") and all(exact)
+    for engine in ("fast", "onnx"):
+        with pytest.raises(ValueError, match=rf"engine='{engine}' supports the paper's token mixer only.*"
+                                             r"--token-mixer-heads 2.*use engine='exact' or engine='fairseq'"):
+            translator.translate(sentences, engine=engine)
+    with pytest.raises(ValueError, match="engine='fast' supports the paper's token mixer only"):
+        translator.quantize().translate(sentences)  # int8 decodes with engine fast or onnx only
