@@ -404,21 +404,23 @@ class Race:
 
     def run_jobs(self, stage: str, slots: List[List[Job]], finish=None, runner=None) -> List[dict]:
         """Run the jobs, ``--parallel`` at a time in the order given (a slot's jobs together), skip
-        the cached ones; return every result in job order."""
+        the cached ones (a slot that fits in the places they leave joins the group before); return every result in job order."""
         jobs = [j for slot in slots for j in slot]
-        groups = [jobs[i:i + self.args.parallel] for i in range(0, len(jobs), self.args.parallel)]
         results: Dict[str, dict] = {}
-        todo_groups = []
-        for group in groups:
+        todo_groups: List[List[Job]] = []
+        for slot in slots:
             todo = []
-            for job in group:
+            for job in slot:
                 hit = self.cached(job)
                 if hit is not None:
                     results[job.name] = hit
                 else:
                     todo.append(job)
-            if todo:
-                todo_groups.append(todo)
+            # a slot's jobs go together; a slot that fits in the free places of the last group joins it
+            if todo and todo_groups and len(todo_groups[-1]) + len(todo) <= self.args.parallel:
+                todo_groups[-1] += todo
+            else:
+                todo_groups += [todo[i:i + self.args.parallel] for i in range(0, len(todo), self.args.parallel)]
         n_cached = len(results)
         log.info("[%s] %d runs: %d cached (skipped), %d to run, %d at a time; estimated %s", stage, len(jobs), n_cached,
                  len(jobs) - n_cached, self.args.parallel,

@@ -14,7 +14,7 @@ from fairseq.sequence_generator import SequenceGenerator
 
 import resmlp_mt  # noqa: F401  (registers the model)
 from conftest import REPO
-from helpers import load_script, pad_batch, prev_output, random_tokens, run, tiny_model, tool, with_eos, write_corpus
+from helpers import pad_batch, prepare_multi30k, prev_output, random_tokens, run, tiny_model, tool, with_eos, write_corpus
 from resmlp_core import CrossTokenLinear
 from resmlp_core.token_mixers import TokenMixer, build_token_mixer
 
@@ -365,8 +365,7 @@ TINY_TRAIN = [
 @pytest.mark.slow
 def test_a_model_with_every_option_trains_decodes_and_translates_from_python(tmp_path):
     raw = write_corpus(tmp_path / "raw", sizes={"train": 200, "val": 12, "test_2016_flickr": 9})
-    assert load_script("prepare_multi30k").main(["--raw-dir", str(raw), "--destdir-root", str(tmp_path / "data-bin"),
-                                             "--vocab-size", "120", "--workers", "1"]) == 0
+    assert prepare_multi30k(raw, tmp_path / "data-bin").returncode == 0
     data, ckpt = tmp_path / "data-bin" / "multi30k.en-de", tmp_path / "ckpt"
     train = run([tool("fairseq-train"), data, *TINY_TRAIN, *OPTIONS_FLAGS, "--save-dir", ckpt, "--max-update", "12"])
     log = (train.stdout + train.stderr).replace(" ", "")
