@@ -119,8 +119,8 @@ class TokenMixer(nn.Module):
     def _weights(self, rows: Tensor, cols: Tensor) -> Tensor:
         """``(H, R, S)`` the free weights ``A_h[t, s]`` for ``t`` in ``rows``, ``s`` in ``cols``
         (contiguous ranges of positions), before masking."""
-        if self.positions == "absolute":
-            return self.weight[:, int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+        if self.positions == "absolute":  # (indexed by the position tensors: an ONNX trace keeps the length free)
+            return self.weight.index_select(1, rows).index_select(2, cols)
         offsets = rows[:, None] - cols[None, :]
         if not self.causal:
             offsets = offsets + self.weight.size(1) // 2
@@ -168,6 +168,14 @@ class TokenMixer(nn.Module):
             if self.normalize != "none" and padding_mask.any():  # zero inputs suffice without it
                 valid = ~padding_mask[..., 0].t()
         return self._mix(self.mixing_weights(positions, positions, valid), x, 0, length)
+
+    def forward_last(self, history: Tensor) -> Tensor:
+        """Output at the last position only: ``history`` ``(t + 1, B, C)``, the inputs at positions
+        ``0 .. t`` -> ``(1, B, C)``, equal to ``forward(history)[t:]`` for a causal mixer (the
+        interface of :meth:`CrossTokenLinear.forward_last`, used by the lean beam search)."""
+        t = history.size(0) - 1
+        positions = torch.arange(t + 1, device=history.device)
+        return self._mix(self.mixing_weights(positions[-1:], positions), history, t, 1)
 
     def _step(self, x: Tensor, incremental_state: IncrementalState) -> Tensor:
         if not self.causal:
@@ -233,6 +241,15 @@ class GatedTokenMixer(nn.Module):
         if self.gate == "glu":
             return self.mixer(a * torch.sigmoid(b), incremental_state=incremental_state, padding_mask=padding_mask)
         return a * self.mixer(self.v_norm(b), incremental_state=incremental_state, padding_mask=padding_mask)
+
+    def forward_last(self, history: Tensor) -> Tensor:
+        """Output at the last position from the raw inputs ``history`` ``(t + 1, B, C)`` at
+        positions ``0 .. t`` -> ``(1, B, C)`` (the gate's projection of every position, then the
+        inner mixer's :meth:`~TokenMixer.forward_last`): the interface of the lean beam search."""
+        a, b = self.in_proj(history).chunk(2, dim=-1)
+        if self.gate == "glu":
+            return self.mixer.forward_last(a * torch.sigmoid(b))
+        return a[-1:] * self.mixer.forward_last(self.v_norm(b))
 
     def extra_repr(self) -> str:
         return f"gate={self.gate}"

@@ -32,7 +32,8 @@ and the search knows nothing else of them:
   returns a shortlist of the vocabulary per hypothesis instead of the full log-probabilities).
 
 The folded step is written once, :meth:`FoldedDecoder.step` (per layer
-:meth:`FoldedDecoderLayer.step`, the token mixer's :meth:`FoldedCrossTokenLinear.step`), and
+:meth:`FoldedDecoderLayer.step`, the token mixer's :meth:`FoldedCrossTokenLinear.step` or, for
+the study's options, :meth:`FoldedTokenMixer.step`), and
 the ONNX engine exports a trace of that same method. Each engine works in float32 and with int8
 weights (:func:`quantize_int8`: dynamic int8 with fbgemm for the PyTorch ones, since every
 linear layer is called as a module; ONNX Runtime's own quantization for the ONNX one).
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resmlp_core import CrossTokenLinear, causal, fold_affine_into_linear
+from resmlp_core.token_mixers import GatedTokenMixer, TokenMixer
 
 from .modules import cross_attend, key_values, padding_bias
 
@@ -59,9 +61,13 @@ from .modules import cross_attend, key_values, padding_bias
 def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (int8 weights,
     activations quantized on the fly per batch; fbgemm on x86), for CPU inference. The
-    token-mixing matrices, embeddings and norms stay float32."""
+    token-mixing matrices, embeddings and norms stay float32, and so does the hybrid encoder's
+    self-attention (fairseq's, which reads its weights as tensors)."""
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
-    return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    spec = {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}
+    # fairseq's own self-attention (the hybrid encoder's) reads its projections' tensors directly: float
+    spec.update({name: None for name, _ in model.named_modules() if ".self_attn." in name})
+    return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 # --- the folded decoder and its step -----------------------------------------------------------
@@ -147,9 +153,83 @@ class FoldedCrossTokenLinear(nn.Module):
         return torch.addcmul(const, mixed, self.scale), x
 
 
+class FoldedTokenMixer(nn.Module):
+    """The token-mixing branch of a decoder layer whose mixer has the study's options
+    (:class:`~resmlp_core.token_mixers.TokenMixer`: heads, relative positions, band, softmax rows;
+    optionally inside a :class:`~resmlp_core.token_mixers.GatedTokenMixer`), folded for
+    incremental decoding as :class:`FoldedCrossTokenLinear`, with the same members.
+
+    A decoder never sees padding (every hypothesis has the same length), so the mixing weights of
+    every output position are fixed: ``M`` ``(H, T, T)`` (:meth:`TokenMixer.mixing_weights`,
+    softmax rows included) is computed once. Head ``h`` mixes channels ``h*R .. (h+1)*R - 1``.
+
+    * no gate: the history holds the raw inputs ``x_j`` and, as for the paper's layer,
+      ``g * (sum_j M[h, t, j] Aff(x_j) + c_t) = (g * a) * (sum_j M[h, t, j] x_j) + const[t]``;
+    * ``glu``: the Affine folds into the input projection; the history holds ``z_j = a * sigmoid(b)``,
+      output ``g * (sum_j M z_j + c_t)``;
+    * ``sgu``: the history holds ``z_j = LayerNorm(v_j)``, output ``g * u_t * (sum_j M z_j + c_t)``.
+
+    A band keeps the whole history here (its weights outside the band are 0): the buffer of
+    ``K - 1`` inputs is fairseq's incremental path's (:class:`~resmlp_core.token_mixers.TokenMixer`).
+    """
+
+    STEP_INPUTS = {"past": {0: "t", 1: "N"}, "row": {1: "t"}, "diag": {}, "const": {}}
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        (alpha, beta), = _require_affine(layer.token_norm)
+        g = layer.token_scale.detach()
+        mixer = layer.token_mixer
+        self.gate = getattr(mixer, "gate", "none")
+        inner = mixer.mixer if self.gate != "none" else mixer
+        self.heads = inner.heads
+        with torch.no_grad():
+            positions = torch.arange(inner.num_tokens)
+            M = inner.mixing_weights(positions, positions).detach()  # (H, T, T), causal
+            self.register_buffer("rows", torch.cat([M.new_zeros(*M.shape[:2], 1), M], dim=2))  # (H, T, 1 + T)
+            bias = inner.bias.detach()[:, None]  # (T, 1)
+            if self.gate == "none":
+                group_sums = M.sum(2).repeat_interleave(g.numel() // self.heads, dim=0).t()  # (T, C)
+                self.register_buffer("scale", g * alpha)
+                self.register_buffer("const", g * (group_sums * beta + bias))
+            else:
+                self.in_proj = _linear(*fold_affine_into_linear(mixer.in_proj.weight.detach(),
+                                                                mixer.in_proj.bias.detach(), alpha, beta))
+                self.v_norm = mixer.v_norm
+                self.register_buffer("scale", g.clone())
+                self.register_buffer("const", g * bias.expand(-1, g.numel()).clone())  # (T, C)
+
+    @property
+    def weight(self) -> Tensor:
+        """``(H, T, T)`` the causal mixing weights ``M``."""
+        return self.rows[:, :, 1:]
+
+    def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
+        """As :meth:`FoldedCrossTokenLinear.step_inputs`, per head: ``past`` ``(t + 1, N, C)``, ``row``
+        ``(H, t + 1)``, ``diag`` ``(H, 1)``, ``const`` ``(C,)``."""
+        row = self.rows[:, t]
+        return history[: t + 1], row[:, : t + 1], row[:, t + 1 : t + 2], self.const[t]
+
+    def step(self, x: Tensor, past: Tensor, row: Tensor, diag: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
+        """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
+        u = None
+        if self.gate == "none":
+            entry = x
+        else:
+            a, b = self.in_proj(x).chunk(2, dim=-1)
+            entry, u = (a * torch.sigmoid(b), None) if self.gate == "glu" else (self.v_norm(b), a)
+        shape = (*entry.shape[:-1], self.heads, entry.size(-1) // self.heads)
+        groups = past.view(past.size(0), -1, self.heads, shape[-1])  # (t + 1, N, H, R)
+        mixed = torch.einsum("hs,snhr->nhr", row, groups).reshape(shape) + diag * entry.reshape(shape)
+        mixed = mixed.reshape(entry.shape)
+        branch = torch.addcmul(const, mixed, self.scale)
+        return (branch if u is None else u * branch), entry
+
+
 #: the folded incremental step of each kind of token mixer (by the class of ``layer.token_mixer``),
 #: built from the decoder layer (the mixer with its norm and LayerScale)
-FOLDED_TOKEN_MIXERS = {CrossTokenLinear: FoldedCrossTokenLinear}
+FOLDED_TOKEN_MIXERS = {CrossTokenLinear: FoldedCrossTokenLinear, TokenMixer: FoldedTokenMixer,
+                       GatedTokenMixer: FoldedTokenMixer}
 
 
 def fold_token_mixing(layer: nn.Module) -> nn.Module:

@@ -91,9 +91,9 @@ class Translator(GeneratorHubInterface):
         * ``"fairseq"``: fairseq's generic ``SequenceGenerator`` (accepts its other options as
           ``kwargs``).
 
-        A model trained with a token mixer other than the paper's (``--token-mixer-*``,
-        ``--hybrid-encoder-attention-heads``) decodes with ``"exact"`` (then fairseq's generator,
-        the same hypotheses) or ``"fairseq"`` only, in float32.
+        Every engine decodes every token mixer (``--token-mixer-*``, ``--hybrid-encoder-attention-heads``):
+        ``"exact"`` through each mixer's ``forward_last``, ``"fast"`` and ``"onnx"`` through its folded
+        step (:class:`~resmlp_mt.fast_generate.FoldedTokenMixer`).
 
         Folding changes float rounding only: ``"fast"`` and ``"onnx"`` (float32) return the
         hypotheses of ``"exact"`` except where two candidates tie within rounding. The per-call
@@ -104,15 +104,6 @@ class Translator(GeneratorHubInterface):
                                   max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, **kwargs)[0]
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-        mixing = getattr(self.models[0], "token_mixing_options", {})
-        if mixing and engine in ("fast", "onnx"):
-            flags = " ".join(f"{k} {v}" for k, v in mixing.items())
-            raise ValueError(f"engine={engine!r} supports the paper's token mixer only, and this model was trained "
-                             f"with {flags}: use engine='exact' or engine='fairseq' (float32)")
-        if mixing and engine == "exact":  # the lean search steps the paper's mixer only; fairseq's, any
-            if kwargs:
-                raise TypeError(f"engine='exact' does not take {', '.join(kwargs)}")
-            engine = "fairseq"
         if self.quantized and engine == "fairseq":
             raise ValueError("an int8-quantized model decodes with engine='fast', 'onnx' or 'exact', not 'fairseq'")
         batch_size = batch_size or self.batch_size

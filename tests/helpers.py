@@ -230,3 +230,53 @@ def make_slice(cifar10_dir: Path, dest: Path, train_per_class: int = 8, test_per
     for split, k in (("train", train_per_class), ("test", test_per_class)):
         link_images(cifar10_dir / split, dest / split, k)
     return dest
+
+
+# --- decoding: random models whose hypotheses end at different steps, fairseq as the reference ---
+
+
+def eos_biased_model(seed: int, strength: float, model=None, **overrides):
+    """A tiny random model whose end-of-sentence logit is raised by ``strength``, so that
+    hypotheses end at different steps (a random model otherwise runs to the maximum length).
+    Both generators compute logits through ``decoder.output_layer``."""
+    model = tiny_model(seed, **overrides) if model is None else model
+    output_layer = model.decoder.output_layer
+    bias = torch.zeros(len(dictionary()))
+    bias[dictionary().eos()] = strength
+    model.decoder.output_layer = lambda features: output_layer(features) + bias
+    return model
+
+
+def eos_biased_folded(seed: int, strength: float, model=None):
+    """:func:`eos_biased_model` folded (or ``model``, unbiased, folded): the folded output
+    projection has a bias to raise."""
+    from resmlp_mt.fast_generate import fold_for_inference
+
+    folded = fold_for_inference(tiny_model(seed) if model is None else model)
+    with torch.no_grad():
+        folded.decoder.output_projection.bias[dictionary().eos()] += strength
+    return folded
+
+
+def source_batch(seed: int, batch: int = 6, length: int = 7, left_pad: bool = True):
+    src = random_tokens(batch, length, torch.Generator().manual_seed(seed))
+    src[:, -1] = dictionary().eos()
+    for row, n in ((1, 3), (4, 2)):  # two shorter sentences
+        if left_pad:
+            src[row, :n] = dictionary().pad()
+        else:
+            src[row] = torch.cat([src[row, n:], src.new_full((n,), dictionary().pad())])
+    return src
+
+
+def fairseq_generate(model, src, beam, lenpen=1.0):
+    from fairseq.sequence_generator import SequenceGenerator
+
+    generator = SequenceGenerator([model], dictionary(), beam_size=beam, len_penalty=lenpen, max_len_b=200)
+    return generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": src.ne(dictionary().pad()).sum(1)}})
+
+
+def assert_same(ours, theirs):
+    for mine, ref in zip(ours, theirs):
+        assert [h["tokens"].tolist() for h in mine] == [h["tokens"].tolist() for h in ref]
+        torch.testing.assert_close(torch.stack([h["score"] for h in mine]), torch.stack([h["score"] for h in ref]))

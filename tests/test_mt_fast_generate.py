@@ -7,55 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fairseq.sequence_generator import SequenceGenerator
 
-from helpers import dictionary, random_tokens, tiny_model
-from resmlp_mt.fast_generate import FoldedDecoder, FoldedModel, SearchRules, fold_for_inference, generate, quantize_int8
+from helpers import (
+    assert_same, dictionary, eos_biased_folded, eos_biased_model, fairseq_generate, random_tokens, source_batch, tiny_model,
+)
+from resmlp_mt.fast_generate import FoldedDecoder, SearchRules, fold_for_inference, generate, quantize_int8
 from resmlp_mt.onnx_decoder import OnnxModel
 
 D = dictionary()
-
-
-def eos_biased_model(seed: int, strength: float, **overrides):
-    """A tiny random model whose end-of-sentence logit is raised by ``strength``, so that
-    hypotheses end at different steps (a random model otherwise runs to the maximum length).
-    Both generators compute logits through ``decoder.output_layer``."""
-    model = tiny_model(seed, **overrides)
-    output_layer = model.decoder.output_layer
-    bias = torch.zeros(len(D))
-    bias[D.eos()] = strength
-    model.decoder.output_layer = lambda features: output_layer(features) + bias
-    return model
-
-
-def eos_biased_folded(seed: int, strength: float) -> FoldedModel:
-    """:func:`eos_biased_model` folded: the folded output projection has a bias to raise."""
-    folded = fold_for_inference(tiny_model(seed))
-    with torch.no_grad():
-        folded.decoder.output_projection.bias[D.eos()] += strength
-    return folded
-
-
-def source_batch(seed: int, batch: int = 6, length: int = 7, left_pad: bool = True):
-    src = random_tokens(batch, length, torch.Generator().manual_seed(seed))
-    src[:, -1] = D.eos()
-    for row, n in ((1, 3), (4, 2)):  # two shorter sentences
-        if left_pad:
-            src[row, :n] = D.pad()
-        else:
-            src[row] = torch.cat([src[row, n:], src.new_full((n,), D.pad())])
-    return src
-
-
-def fairseq_generate(model, src, beam, lenpen=1.0):
-    generator = SequenceGenerator([model], D, beam_size=beam, len_penalty=lenpen, max_len_b=200)
-    return generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": src.ne(D.pad()).sum(1)}})
-
-
-def assert_same(ours, theirs):
-    for mine, ref in zip(ours, theirs):
-        assert [h["tokens"].tolist() for h in mine] == [h["tokens"].tolist() for h in ref]
-        torch.testing.assert_close(torch.stack([h["score"] for h in mine]), torch.stack([h["score"] for h in ref]))
 
 
 def check_against_fairseq(models, settings) -> None:
