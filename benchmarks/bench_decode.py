@@ -337,7 +337,7 @@ class CT2System:
         import ctranslate2
         import sentencepiece
 
-        from mt_tools.corpus import normalize
+        from resmlp_core.text import normalize
 
         self.translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
                                                  intra_threads=threads, inter_threads=1)
@@ -435,7 +435,7 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
     if args.equal_length > 0:
         from fairseq.models.transformer import TransformerModel
 
-        from mt_tools.corpus import normalize
+        from resmlp_core.text import normalize
 
         say("loading the Transformer for fairseq's SequenceGenerator in process")
         transformer = TransformerModel.from_pretrained(

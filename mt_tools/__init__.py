@@ -3,6 +3,7 @@ folder layout of :mod:`mt_tools.layout`), evaluation with fairseq-generate and s
 (:mod:`mt_tools.evaluate`) and the races' recipes (:mod:`mt_tools.recipes`). The studies that
 run them live in the ``benchmarks`` package.
 
-The model itself is the fairseq plugin :mod:`resmlp_mt`; these modules run it through fairseq's
-command-line tools and do not import it.
+The model itself is the fairseq plugin :mod:`resmlp_mt`, a layer below: these modules run it
+through fairseq's command-line tools (checkpoint averaging imports it, for weights-only loading),
+and the plugin never imports them (``tests/test_import_graph.py``).
 """

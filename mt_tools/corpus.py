@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from resmlp_core.io import staged_folder, write_atomic
+from resmlp_core.text import normalize  # noqa: F401  (also mt_tools.corpus.normalize for its callers)
 
 from .layout import PreparedData
 
@@ -224,19 +225,6 @@ def check_splits(
 
 
 # --- normalisation (runs in worker processes) ------------------------------------------------
-
-_NORMALIZERS: Dict[str, object] = {}
-
-
-def normalize(line: str, lang: str) -> str:
-    """Moses punctuation normalisation, control characters removed, whitespace collapsed."""
-    moses = _NORMALIZERS.get(lang)
-    if moses is None:
-        from sacremoses import MosesPunctNormalizer
-
-        moses = _NORMALIZERS[lang] = MosesPunctNormalizer(lang, post_remove_control_chars=True)
-    return " ".join(moses.normalize(line).split())
-
 
 def _normalize_chunk(args):
     pairs, src_lang, tgt_lang = args

@@ -5,7 +5,9 @@
   (:func:`layer_scale`, :func:`add_scaled`);
 * :mod:`resmlp_core.token_mixers`: options of the token mixer for ablations (heads, relative
   positions, band, softmax rows, gates), :func:`~resmlp_core.token_mixers.build_token_mixer`;
-* :mod:`resmlp_core.checkpoint`: the state-dict check of both halves (:func:`check_state_dict_fits`).
+* :mod:`resmlp_core.checkpoint`: the state-dict check of both halves (:func:`check_state_dict_fits`);
+* :mod:`resmlp_core.io`: crash-safe writes of files and folders;
+* :mod:`resmlp_core.text`: the normalisation of translation inputs (data preparation and the Python API).
 """
 
 from .checkpoint import StateDictDiff, check_state_dict_fits, compare_state_dicts

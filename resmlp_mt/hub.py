@@ -58,7 +58,7 @@ class Translator(GeneratorHubInterface):
         """The normalisation the training data went through (Moses punctuation, whitespace)."""
         if self.card.get("normalization") != "moses-punct" or not self.source_lang:
             return " ".join(sentence.split())
-        from mt_tools.corpus import normalize
+        from resmlp_core.text import normalize
 
         return normalize(sentence, self.source_lang)
 

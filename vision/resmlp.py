@@ -461,13 +461,13 @@ def check_state_dict_matches(
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm's ``pretrained_filter_fn``: the pretrained weights must be a state dict
-    (:func:`vision.checkpoint.check_state_dict`); a DINO checkpoint (``vision.dino``'s
+    (:func:`vision.weights.check_state_dict`); a DINO checkpoint (``vision.dino``'s
     ``last.pth``, facebookresearch/dino's ``checkpoint.pth``) gives its teacher's backbone
-    (:func:`vision.checkpoint.dino_teacher_backbone`). The classifier follows the model: weights
+    (:func:`vision.weights.dino_teacher_backbone`). The classifier follows the model: weights
     without one (a self-supervised backbone) leave the model's head at its initialisation (with
     a warning), a model without one (``num_classes=0``) drops the weights'. Then
     :func:`remap_state_dict`."""
-    from .checkpoint import check_state_dict, dino_teacher_backbone
+    from .weights import check_state_dict, dino_teacher_backbone
 
     teacher = dino_teacher_backbone(state_dict)
     state_dict = check_state_dict(teacher if teacher is not None else state_dict, what="pretrained weights")
@@ -589,7 +589,7 @@ def _create_resmlp(variant: str, pretrained: bool = False, **kwargs) -> ResMLP:
     model_args = {**_ARCHS[variant], **kwargs}  # caller's kwargs (patch_size, init_values, ...) win
     file = _pretrained_file(variant, kwargs) if pretrained else None
     if file is not None:
-        from .checkpoint import EXPECTED, check_weights_file
+        from .weights import EXPECTED, check_weights_file
 
         # timm's reader gives bare errors (a text file: KeyError 544502645); name the file instead
         check_weights_file(file)
