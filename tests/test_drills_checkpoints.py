@@ -25,7 +25,7 @@ import torch
 
 import resmlp_core.io
 import resmlp_mt  # noqa: F401  (installs the guards, allows argparse.Namespace)
-from resmlp_mt import checkpoint_safety
+from resmlp_mt.fairseq_patches import checkpoints as checkpoint_safety
 from conftest import REPO
 from helpers import run, tool
 

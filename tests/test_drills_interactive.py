@@ -1,6 +1,6 @@
 """``fairseq-interactive --user-dir resmlp_mt`` on bad input lines: a line that
 is not UTF-8, an empty line and an over-long line each get a per-line answer, and the session goes
-on (resmlp_mt/interactive_input.py). A real run on a tiny model trained here for 2 updates."""
+on (resmlp_mt/fairseq_patches/interactive_input.py). A real run on a tiny model trained here for 2 updates."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_install_is_idempotent_and_only_touches_a_loaded_interactive():
         "import sys, resmlp_mt\n"
         "assert 'fairseq_cli.interactive' not in sys.modules\n"
         "import fairseq_cli.interactive as fi\n"
-        "from resmlp_mt import interactive_input as ii\n"
+        "from resmlp_mt.fairseq_patches import interactive_input as ii\n"
         "original = fi.make_batches\n"
         "ii.install(); hardened = fi.make_batches\n"
         "ii.install()\n"

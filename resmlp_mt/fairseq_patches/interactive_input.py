@@ -15,7 +15,7 @@ and sends whole buffers through the model, so one bad line spoils a session:
 
 ``main()`` imports the user module (this package) before it reads any input, and it looks up
 the module-level functions ``buffered_read`` and ``make_batches`` when it calls them. So
-:func:`install` (called from ``resmlp_mt/__init__.py``) swaps in hardened versions of those two
+:func:`install` (called by :func:`resmlp_mt.fairseq_patches.install`) swaps in hardened versions of those two
 functions, and only when ``fairseq_cli.interactive`` is the running script:
 
 * ``buffered_read`` reads bytes and decodes every line strictly as UTF-8 on its own; a line that

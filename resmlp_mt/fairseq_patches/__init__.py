@@ -1,0 +1,53 @@
+"""What this plugin changes in fairseq 0.12, in one place; :func:`install` puts every patch in
+place (idempotent) and is called once by ``import resmlp_mt``, which ``--user-dir resmlp_mt``
+does before any checkpoint or input is read. The model files register the model and nothing else.
+
+==========================  ==========================================  ==========================================
+patch                       replaces (fairseq)                          why
+==========================  ==========================================  ==========================================
+safe loading                ``torch.serialization``'s allow-list        torch >= 2.6 loads weights only; fairseq
+                            (:data:`FAIRSEQ_CHECKPOINT_GLOBALS`)        checkpoints hold an ``argparse.Namespace``
+checkpoint configuration    ``checkpoint_utils.load_checkpoint_to_cpu``  a configuration string fairseq later
+check                       (:mod:`.checkpoints`)                       ``eval``s could run code: refused, naming
+                                                                        the file and option; non-fairseq files
+                                                                        named as such
+eval guard                  ``utils.eval_str_list``, ``eval_str_dict``, literals only, within size and depth limits,
+                            ``eval_bool`` (also in ``options``)          whoever calls them
+atomic checkpoint copies    ``checkpoint_utils.PathManager.copy``       a kill during fairseq's ``shutil`` copy
+                                                                        left a torn ``checkpoint_last.pt``
+restarts                    ``checkpoint_utils.load_checkpoint``        stale temporaries removed, an unreadable
+                                                                        or older last checkpoint replaced, a
+                                                                        finished run not trained again
+interactive input           ``fairseq_cli.interactive.buffered_read``,  one bad line (not UTF-8, too long, empty)
+                            ``make_batches``                            ended or spoiled a whole session
+                            (:mod:`.interactive_input`)
+==========================  ==========================================  ==========================================
+
+Each replacement's docstring names the function it wraps; tests: ``tests/test_drills_checkpoints.py``,
+``tests/test_drills_interactive.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from . import checkpoints, interactive_input
+
+# The class is registered twice on purpose: scoped allow-lists such as timm's checkpoint loader
+# (`with torch.serialization.safe_globals([argparse.Namespace])`) remove the plain entry when
+# they exit, which would silently revoke ours in a process that also loads a timm checkpoint.
+# The (class, "module.name") entry is a distinct element of torch's allow-list that such a
+# context does not remove.
+FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace, (argparse.Namespace, "argparse.Namespace")]
+
+
+def install() -> None:
+    """Every patch of the table above (idempotent)."""
+    torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
+    checkpoints.install()
+    interactive_input.install()
+
+
+__all__ = ["FAIRSEQ_CHECKPOINT_GLOBALS", "checkpoints", "install", "interactive_input"]
