@@ -549,3 +549,14 @@ def resmlp_mt_small(args):
     _set_default(args, "decoder_attention_heads", 4)
     _set_default(args, "layerscale_init", 0.5)
     base_architecture(args)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt_small_deep_shallow")
+def resmlp_mt_small_deep_shallow(args):
+    """A student for sequence-level distillation: ``resmlp_mt_small``'s width (d = 256, MLP 1024,
+    4 cross-attention heads) with a deep encoder and a shallow decoder, 6 + 1 layers (Kasai et
+    al. 2021: a one-layer autoregressive decoder behind a deep encoder keeps the accuracy, and
+    decoding, which runs the decoder once per token, is faster)."""
+    _set_default(args, "encoder_layers", 6)
+    _set_default(args, "decoder_layers", 1)
+    resmlp_mt_small(args)

@@ -1,0 +1,95 @@
+"""Sequence-level distillation data (mt_tools/distill.py): a tiny Transformer teacher trained here
+translates the training sources; the distilled folder has its hypotheses as training targets,
+the original dictionaries, SentencePiece model, valid and test splits and references; a killed
+run resumes at its first missing chunk; a student trains on the folder with fairseq-train."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+from helpers import TINY_MT, prepare_multi30k, run, tool, write_corpus
+from mt_tools import distill as distill_module
+from mt_tools.distill import DistillationError, distill
+
+TEACHER = ["--arch", "transformer", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--encoder-layers", "1",
+           "--decoder-layers", "1", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+           "--share-all-embeddings", "--optimizer", "adam", "--lr", "5e-3", "--max-tokens", "1000",
+           "--no-progress-bar", "--num-workers", "0", "--seed", "1", "--no-epoch-checkpoints"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    raw = write_corpus(root / "raw", sizes={"train": 60, "val": 8, "test_2016_flickr": 6})
+    assert prepare_multi30k(raw, root / "data-bin").returncode == 0
+    data = root / "data-bin" / "multi30k.en-de"
+    run([tool("fairseq-train"), data, "--user-dir", REPO / "resmlp_mt", *TEACHER, "--save-dir", root / "teacher",
+         "--max-update", "20"])
+    return {"root": root, "data": data, "ckpt": root / "teacher" / "checkpoint_last.pt"}
+
+
+def read_pieces(folder, split, lang):
+    """The lines of a binarized split, as pieces (fairseq's own dataset reader)."""
+    from fairseq.data import Dictionary, data_utils
+
+    d = Dictionary.load(str(folder / f"dict.{lang}.txt"))
+    dataset = data_utils.load_indexed_dataset(str(folder / f"{split}.en-de.{lang}"), d)
+    return [d.string(dataset[i]) for i in range(len(dataset))]
+
+
+@pytest.mark.slow
+def test_distilled_folder_has_the_teachers_translations_and_the_original_evaluation_splits(teacher, tmp_path):
+    out = tmp_path / "multi30k.en-de.distilled"
+    entry = distill(teacher["ckpt"], teacher["data"], out, beam=2, chunk=16, progress=False)
+    assert entry["sentences"] == 60 and entry["pairs"] + entry["left_out_empty"] == 60 and entry["beam"] == 2
+    info = json.loads((out / "prep.json").read_text())
+    assert info["distillation"] == entry and info["src_lang"] == "en"
+    for name in ("dict.en.txt", "dict.de.txt", "spm.model", "valid.en-de.en.bin", "test.en-de.de.idx", "ref/test.de"):
+        assert filecmp.cmp(teacher["data"] / name, out / name, shallow=False), name
+    sources, targets = read_pieces(out, "train", "en"), read_pieces(out, "train", "de")
+    assert len(sources) == len(targets) == entry["pairs"] > 0
+    assert set(sources) <= set(read_pieces(teacher["data"], "train", "en"))  # the same sources...
+    assert targets != read_pieces(teacher["data"], "train", "de")[: len(targets)]  # ...with the teacher's targets
+    assert not (tmp_path / "multi30k.en-de.distilled.work").exists()
+    # a student trains on it with fairseq-train
+    run([tool("fairseq-train"), out, "--user-dir", REPO / "resmlp_mt", *TINY_MT,
+         "--arch", "resmlp_mt_small_deep_shallow", "--save-dir", tmp_path / "student", "--max-update", "3"])
+    assert (tmp_path / "student" / "checkpoint_last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_distillation_resumes_at_its_first_missing_chunk(teacher, tmp_path, monkeypatch):
+    out = tmp_path / "distilled"
+    translate, calls = distill_module.translate_chunk, []
+
+    def dies_at_third_chunk(models, task, indices, beam, max_tokens):
+        calls.append(indices[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill between two chunks
+        return translate(models, task, indices, beam, max_tokens)
+
+    monkeypatch.setattr(distill_module, "translate_chunk", dies_at_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher["ckpt"], teacher["data"], out, beam=2, chunk=16, progress=False)
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "distilled.work").glob("chunk_*")) == ["chunk_0.tsv", "chunk_1.tsv"]
+    calls.clear()
+    monkeypatch.setattr(distill_module, "translate_chunk", translate)
+    reference = distill(teacher["ckpt"], teacher["data"], tmp_path / "reference", beam=2, chunk=16, progress=False)
+    monkeypatch.setattr(distill_module, "translate_chunk", lambda *a: calls.append(a[2][0]) or translate(*a))
+    resumed = distill(teacher["ckpt"], teacher["data"], out, beam=2, chunk=16, progress=False)
+    assert calls == [32, 48]  # chunks 2 and 3 only
+    assert {k: v for k, v in resumed.items() if "seconds" not in k} == {k: v for k, v in reference.items() if "seconds" not in k}
+    assert read_pieces(out, "train", "de") == read_pieces(tmp_path / "reference", "train", "de")
+
+
+def test_bad_input_names_the_flag(tmp_path):
+    with pytest.raises(DistillationError, match="--data .*not a prepared folder"):
+        distill(tmp_path / "teacher.pt", tmp_path / "nothing", tmp_path / "out")
+    result = run([sys.executable, "-m", "mt_tools.distill", "--teacher", tmp_path / "missing.pt", "--data", tmp_path],
+                 check=False)
+    assert result.returncode == 2 and "error: --data" in result.stderr
