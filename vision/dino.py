@@ -17,7 +17,8 @@ Every DINO piece is written once, here, after DINO's reference code (facebookres
   global crop and the student distribution of every other crop; centre EMA (momentum 0.9);
   teacher temperature warmed up linearly over epochs (0.04 -> 0.07), student temperature 0.1;
 * :func:`cosine_schedule` (``utils.cosine_scheduler``): per-iteration lr (linear warm-up from 0,
-  then cosine to ``min_lr``), weight decay (0.04 -> 0.4) and teacher momentum (0.996 -> 1);
+  then cosine to ``min_lr``), weight decay (0.04 -> 0.4) and teacher momentum (0.996 -> 1), held
+  with the epochs of the frozen last layer in :class:`DINOSchedule`;
 * :func:`update_teacher` (EMA of the student's parameters), :func:`clip_gradients_per_parameter`
   (``utils.clip_gradients``: each parameter's gradient norm clipped to 3.0 on its own),
   :func:`cancel_last_layer_gradients` (the last layer frozen in the first epoch),
@@ -48,6 +49,7 @@ import math
 import os
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -62,9 +64,9 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from .data import ImageFolderDataset, build_train_sampler
-from .engine import EpochMeter, autocast_context, backward, check_finite, grad_scaler
+from .engine import EpochMeter, backward, check_finite
 from .resmlp import MODEL_NAMES
-from .train import add_device_args, launch, parse_run_args, with_model_kwargs
+from .run import RunContext, add_device_args, launch, parse_run_args, unwrap, with_model_kwargs
 
 _logger = logging.getLogger("vision.dino")
 
@@ -366,6 +368,19 @@ def cosine_schedule(
     return schedule
 
 
+@dataclass(frozen=True)
+class DINOSchedule:
+    """What DINO changes along the run: per-iteration values (``epochs * iterations per epoch``,
+    :func:`cosine_schedule`) of the learning rate, the weight decay of the regularised parameter
+    group and the teacher's EMA momentum; and ``freeze_last_layer``, the first epochs in which
+    the head's last layer is not trained."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    teacher_momentum: np.ndarray
+    freeze_last_layer: int
+
+
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
     """EMA of the parameters: ``teacher = momentum * teacher + (1 - momentum) * student``
@@ -555,8 +570,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     return launch(args, _run, _logger)
 
 
-def _run(args, device, rank, world_size, distributed, primary, output: Path) -> int:
-    random_seed(args.seed, rank)
+def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
+    random_seed(args.seed, ctx.rank)
 
     # ---- data
     train_root = Path(args.data_dir) / args.train_split
@@ -575,44 +590,45 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     )
     dataset = ImageFolderDataset(train_root, augment, cache=args.dataset_cache, bad_images=args.bad_images,
                                  max_per_class=args.max_per_class, cache_threads=min(8, os.cpu_count() or 1))
-    sampler = build_train_sampler(dataset, 0, rank, world_size, args.seed)
+    sampler = build_train_sampler(dataset, 0, ctx.rank, ctx.world_size, args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True, num_workers=args.workers,
-        pin_memory=args.pin_mem and device.type == "cuda",
+        pin_memory=args.pin_mem and ctx.device.type == "cuda",
     )
     if len(loader) == 0:
         raise ValueError(f"{len(sampler)} images per process ({train_root}) is less than one batch of {args.batch_size}")
     ncrops = 2 + args.local_crops_number
     _logger.info(f"data: {len(dataset)} images ({train_root}, labels unused), {ncrops} crops each (2 global + "
-                 f"{args.local_crops_number} local at {args.local_crop_size or args.img_size} px); {world_size} process(es) on "
-                 f"{device}, {len(loader)} steps per epoch")
+                 f"{args.local_crops_number} local at {args.local_crop_size or args.img_size} px); "
+                 f"{ctx.world_size} process(es) on {ctx.device}, {len(loader)} steps per epoch")
 
     # ---- models, loss, optimizer, schedules
     student, teacher, teacher_kwargs = build_student_teacher(args)
-    student.to(device)
-    teacher.to(device)
+    student.to(ctx.device)
+    teacher.to(ctx.device)
     n_backbone = sum(p.numel() for p in student.backbone.parameters())
     n_head = sum(p.numel() for p in student.head.parameters())
     _logger.info(f"model: {args.model} {teacher_kwargs}, backbone {n_backbone:,} parameters, DINO head {n_head:,} "
                  f"(out_dim {args.out_dim}, norm_last_layer {args.norm_last_layer})")
     dino_loss = DINOLoss(args.out_dim, ncrops, args.warmup_teacher_temp, args.teacher_temp, args.warmup_teacher_temp_epochs,
-                         args.epochs, args.student_temp, args.center_momentum).to(device)
+                         args.epochs, args.student_temp, args.center_momentum).to(ctx.device)
     optimizer = torch.optim.AdamW(param_groups(student))  # lr and wd are set every step from the schedules
-    global_batch = args.batch_size * world_size
+    global_batch = args.batch_size * ctx.world_size
     lr = args.lr * global_batch / args.lr_base_size
     niter = len(loader)
-    lr_schedule = cosine_schedule(lr, args.min_lr, args.epochs, niter, warmup_epochs=args.warmup_epochs)
-    wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, niter)
-    momentum_schedule = cosine_schedule(args.momentum_teacher, 1.0, args.epochs, niter)
+    schedule = DINOSchedule(
+        lr=cosine_schedule(lr, args.min_lr, args.epochs, niter, warmup_epochs=args.warmup_epochs),
+        weight_decay=cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, niter),
+        teacher_momentum=cosine_schedule(args.momentum_teacher, 1.0, args.epochs, niter),
+        freeze_last_layer=args.freeze_last_layer,
+    )
     _logger.info(f"optimizer: AdamW, peak lr {lr:.3g} (global batch {global_batch}), weight decay {args.weight_decay} -> "
                  f"{args.weight_decay_end}, teacher momentum {args.momentum_teacher} -> 1, teacher temperature "
                  f"{args.warmup_teacher_temp} -> {args.teacher_temp} over {args.warmup_teacher_temp_epochs} epochs")
-    scaler = grad_scaler(args, device)
-    autocast = autocast_context(args, device)
 
     # ---- resume
     start_epoch, history, resume_rng = 0, [], None
-    if primary:
+    if ctx.primary:
         ckpt_io.prepare_output(output, _logger)
     resume_path = ckpt_io.latest(output) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume_path is not None:
@@ -630,21 +646,19 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         teacher.load_state_dict(state["teacher"])
         dino_loss.load_state_dict(state["dino_loss"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        ctx.scaler.load_state_dict(state["scaler"])
         start_epoch = state["epoch"] + 1
         history = list(state.get("summary") or [])
         resume_rng = state["rng"]
         _logger.info(f"resumed from {resume_path}: epoch {state['epoch']} done")
         del state
-    train_student: nn.Module = student
-    if distributed:
-        train_student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-    if primary:
+    train_student = ctx.wrap(student)
+    if ctx.primary:
         with open(output / "args.yaml", "w") as fh:
-            yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": world_size}, fh, sort_keys=False)
+            yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": ctx.world_size}, fh, sort_keys=False)
         ckpt_io.trim_summary_atomic(output / "summary.csv", start_epoch)
     if resume_rng is not None:
-        ckpt_io.restore_rng_state(resume_rng, rank, world_size, _logger)
+        ckpt_io.restore_rng_state(resume_rng, ctx.rank, ctx.world_size, _logger)
 
     last_epoch = args.epochs - 1 if args.stop_after_epoch is None else min(args.epochs - 1, args.stop_after_epoch)
     train_minutes = sum(row["train"]["minutes"] for row in history)
@@ -656,8 +670,8 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                              f"(~{per_epoch:.1f}) would pass --max-train-minutes {args.max_train_minutes}")
                 break
         sampler.set_epoch(epoch)
-        metrics = train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, optimizer, scaler, autocast,
-                                  lr_schedule, wd_schedule, momentum_schedule, args, device, distributed, primary)
+        metrics = train_one_epoch(train_student, teacher, dino_loss, loader, optimizer, ctx,
+                                  epoch=epoch, schedule=schedule)
         train_minutes += metrics["minutes"]
         _logger.info(
             f"epoch {epoch}: DINO loss {metrics['loss']:.4f}, {metrics['img_per_s']:.1f} img/s, {metrics['minutes']:.2f} min; "
@@ -665,8 +679,8 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             f"{metrics['teacher_temp']:.3f}, centre norm {dino_loss.center.norm().item():.3f}; teacher entropy per image "
             f"{metrics['teacher_entropy']:.3f}, of the batch mean {metrics['teacher_batch_entropy']:.3f} (ln K = {math.log(args.out_dim):.3f})"
         )
-        rng = ckpt_io.gather_rng_state(world_size, distributed)
-        if primary:
+        rng = ckpt_io.gather_rng_state(ctx.world_size, ctx.distributed)
+        if ctx.primary:
             row = {"epoch": epoch, "train": dict(metrics), "eval": {}, "lr": metrics["lr"]}
             history = [*history, row]
             state = {
@@ -679,7 +693,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "teacher": teacher.state_dict(),
                 "dino_loss": dino_loss.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
+                "scaler": ctx.scaler.state_dict(),
                 "epoch": epoch,
                 "num_updates": (epoch + 1) * niter,
                 "rng": rng,
@@ -687,46 +701,49 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "summary": history,
             }
             ckpt_io.write_epoch(output, state, row)  # summary.csv row, then last.pth
-        if distributed:
+        if ctx.distributed:
             dist.barrier()
-    if primary:
+    if ctx.primary:
         _logger.info(f"done: {train_minutes:.1f} training minutes; the teacher backbone of {output / 'last.pth'} is the model to evaluate "
                      f"(python -m vision.knn --checkpoint {output / 'last.pth'} ...)")
     return 0
 
 
-def train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, optimizer, scaler, autocast, lr_schedule, wd_schedule,
-                    momentum_schedule, args, device, distributed, primary) -> Dict[str, float]:
-    """One epoch of DINO (``main_dino.train_one_epoch``): schedules set per iteration, teacher on
-    the 2 global crops, student on all, per-parameter clipping, last layer frozen in the first
-    epochs, EMA update of the teacher."""
+def train_one_epoch(student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss, loader, optimizer, ctx: RunContext, *,
+                    epoch: int, schedule: DINOSchedule) -> Dict[str, float]:
+    """One epoch of DINO (``main_dino.train_one_epoch``): ``student`` (:meth:`RunContext.wrap`-ped)
+    on every crop of ``loader``'s ``([crops (B, 3, H_i, W_i)], labels)`` batches, ``teacher`` on the
+    2 global crops; lr, weight decay and teacher momentum set per iteration from ``schedule``,
+    ``--clip-grad`` per parameter, the last layer frozen in the first epochs, EMA update of the
+    teacher. Returns the epoch's loss, throughput, last schedule values and collapse monitors."""
+    train_student, student = student, unwrap(student)  # the forward / the parameters (no "module." prefix)
     train_student.train()
     niter = len(loader)
-    meter = EpochMeter(loader, f"DINO epoch {epoch}", device, distributed, primary, args.log_interval)
-    clip = (lambda: clip_gradients_per_parameter(student, args.clip_grad)) if args.clip_grad else None
-    entropy_sum = torch.zeros(2, device=device)  # the collapse monitors of DINOLoss, summed over steps
+    meter = EpochMeter(loader, f"DINO epoch {epoch}", ctx)
+    clip = (lambda: clip_gradients_per_parameter(student, ctx.clip_grad)) if ctx.clip_grad else None
+    entropy_sum = torch.zeros(2, device=ctx.device)  # the collapse monitors of DINOLoss, summed over steps
     for step, (crops, _labels) in meter:
         it = niter * epoch + step  # global iteration
         for i, group in enumerate(optimizer.param_groups):
-            group["lr"] = float(lr_schedule[it])
+            group["lr"] = float(schedule.lr[it])
             if i == 0:  # only the regularized parameters
-                group["weight_decay"] = float(wd_schedule[it])
-        crops = [c.to(device, non_blocking=True) for c in crops]
-        with autocast():
+                group["weight_decay"] = float(schedule.weight_decay[it])
+        crops = [c.to(ctx.device, non_blocking=True) for c in crops]
+        with ctx.autocast():
             teacher_output = teacher(crops[:2])  # only the 2 global crops go through the teacher
             student_output = train_student(crops)
             loss = dino_loss(student_output.float(), teacher_output.float(), epoch)
         loss_value = loss.item()
-        check_finite(loss_value, device, distributed, f"epoch {epoch}, step {step}")
-        backward(loss, optimizer, scaler, clip)
-        cancel_last_layer_gradients(student, epoch, args.freeze_last_layer)
-        scaler.step(optimizer)
-        scaler.update()
-        update_teacher(student, teacher, float(momentum_schedule[it]))
+        check_finite(loss_value, ctx, f"epoch {epoch}, step {step}")
+        backward(loss, optimizer, ctx.scaler, clip)
+        cancel_last_layer_gradients(student, epoch, schedule.freeze_last_layer)
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+        update_teacher(student, teacher, float(schedule.teacher_momentum[it]))
         entropy_sum += torch.stack([dino_loss.last_teacher_entropy, dino_loss.last_teacher_batch_entropy])
-        meter.update(step, loss_value, crops[0].shape[0], lr_schedule[it])
+        meter.update(step, loss_value, crops[0].shape[0], schedule.lr[it])
     last_it = niter * epoch + niter - 1
-    if distributed:
+    if ctx.distributed:
         dist.all_reduce(entropy_sum)
         entropy_sum /= dist.get_world_size()
     entropy = (entropy_sum / max(niter, 1)).tolist()
@@ -734,9 +751,9 @@ def train_one_epoch(epoch, train_student, student, teacher, dino_loss, loader, o
         **meter.summary(),
         "teacher_entropy": entropy[0],
         "teacher_batch_entropy": entropy[1],
-        "lr": float(lr_schedule[last_it]),
-        "wd": float(wd_schedule[last_it]),
-        "momentum": float(momentum_schedule[last_it]),
+        "lr": float(schedule.lr[last_it]),
+        "wd": float(schedule.weight_decay[last_it]),
+        "momentum": float(schedule.teacher_momentum[last_it]),
         "teacher_temp": dino_loss.teacher_temp(epoch),
     }
 

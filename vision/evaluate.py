@@ -69,6 +69,7 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     from .config import check_model_name
     from .data import ImageFolderDataset, build_eval_transform, check_same_classes, find_classes
     from .engine import evaluate
+    from .run import RunContext
     from .reference import timm_reference
     from .resmlp import ResMLP
 
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     }
     for key, m in variants.items():
         t0 = time.perf_counter()
-        report["accuracy"][key] = evaluate(m, loader, device, null, distributed=False, desc=f"eval {key}")
+        report["accuracy"][key] = evaluate(m, loader, RunContext(device, autocast=null), desc=f"eval {key}")
         report["accuracy"][key]["seconds"] = time.perf_counter() - t0
     if args.bench_batch:
         x = torch.randn(args.bench_batch, 3, img_size, img_size, device=device)

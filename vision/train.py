@@ -22,8 +22,9 @@ A non-finite loss stops the run with a message; the last checkpoint (the end of 
 complete epoch) is left as it was.
 
 This module is the CLI and the wiring (deit's ``main.py``); the training and evaluation loops
-are in :mod:`vision.engine`, the checkpoint and output-folder format (writer and reader) in
-:mod:`vision.checkpoint`.
+are in :mod:`vision.engine`, the process set-up shared with :mod:`vision.dino` (options of the
+device, distributed start, log, exit status) in :mod:`vision.run`, the checkpoint and
+output-folder format (writer and reader) in :mod:`vision.checkpoint`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from timm.utils import ParseKwargs, random_seed, unwrap_model
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .config import check_model_name, parse_with_config
+from .config import check_model_name
 from .data import (
     ImageFolderDataset,
     ShardSampler,
@@ -52,9 +53,10 @@ from .data import (
     check_same_classes,
     find_classes,
 )
-from .engine import autocast_context, evaluate, grad_scaler, run_guarded, train_one_epoch
+from .engine import evaluate, train_one_epoch
 from .losses import DISTILLATION_TYPES, DistillationLoss
 from .resmlp import MODEL_NAMES
+from .run import RunContext, add_device_args, launch, parse_run_args, with_model_kwargs
 
 _logger = logging.getLogger("vision.train")
 
@@ -149,56 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_device_args(g) -> None:
-    """The options of where and how a run computes (vision.train and vision.dino): --device,
-    --amp, --amp-dtype, --threads, --log-interval."""
-    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA (no effect on the CPU)")
-    g.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    g.add_argument("--log-interval", type=int, default=50)
-
-
 # --------------------------------------------------------------------------------------
 # Set-up helpers
 # --------------------------------------------------------------------------------------
 
 
-def with_model_kwargs(args: argparse.Namespace, **kwargs: Any) -> Dict[str, Any]:
-    """``kwargs``, then ``img_size`` for a ResMLP (which needs it), then ``--model-kwargs``: the
-    ``timm.create_model`` keyword arguments of a run (vision.train and vision.dino)."""
-    if args.model in MODEL_NAMES:
-        kwargs["img_size"] = args.img_size
-    kwargs.update(args.model_kwargs or {})
-    return kwargs
-
-
 def model_create_kwargs(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
     """The ``timm.create_model`` keyword arguments of this run (stored in checkpoints)."""
     return with_model_kwargs(args, num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
-
-
-def setup_logging(output: Optional[Path], primary: bool) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if output is not None and primary:
-        handlers.append(logging.FileHandler(output / "log.txt"))
-    logging.basicConfig(
-        level=logging.INFO if primary else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=handlers,
-        force=True,
-    )
-
-
-def init_distributed(args: argparse.Namespace) -> tuple[torch.device, int, int, bool]:
-    """``(device, rank, world_size, distributed)``; torchrun's environment starts DDP (nccl on
-    CUDA, gloo on the CPU)."""
-    from timm.utils.distributed import init_distributed_device_so
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    info = init_distributed_device_so(device=device)
-    return torch.device(info["device"]), info["global_rank"], info["world_size"], info["distributed"]
 
 
 def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.device) -> Optional[nn.Module]:
@@ -230,32 +190,6 @@ def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.devi
 # --------------------------------------------------------------------------------------
 
 
-def parse_run_args(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
-    """The options of a training run (``--config`` file first): ``--data-dir``, ``--output`` and
-    a known ``--model`` required (vision.train and vision.dino)."""
-    args = parse_with_config(parser, argv)
-    if args.data_dir is None:
-        parser.error("--data-dir is required (or data_dir in the config)")
-    if args.output is None:
-        parser.error("--output is required (the folder for checkpoints and logs)")
-    check_model_name(args.model, parser)
-    return args
-
-
-def launch(args: argparse.Namespace, run, logger: logging.Logger) -> int:
-    """Set up the process (threads, distributed, the output folder and its log) and return
-    ``run(args, device, rank, world_size, distributed, primary, output)``'s exit status through
-    :func:`vision.engine.run_guarded` (vision.train and vision.dino)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, rank, world_size, distributed = init_distributed(args)
-    primary = rank == 0
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    setup_logging(output, primary)
-    return run_guarded(lambda: run(args, device, rank, world_size, distributed, primary, output), output, primary, distributed, logger)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parse_run_args(parser, argv)
@@ -264,7 +198,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return launch(args, _run, _logger)
 
 
-def _run(args, device, rank, world_size, distributed, primary, output: Path) -> int:
+def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
     import timm
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -272,7 +206,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
-    random_seed(args.seed, rank)
+    random_seed(args.seed, ctx.rank)
 
     # ---- data
     root = Path(args.data_dir)
@@ -307,17 +241,19 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     if val_set.skipped:
         _logger.warning(f"validation: left out {len(val_set.skipped)} unreadable image file(s): {', '.join(val_set.skipped[:20])}"
                         + (f" and {len(val_set.skipped) - 20} more" if len(val_set.skipped) > 20 else ""))
-    sampler = build_train_sampler(train_set, args.repeated_aug, rank, world_size, args.seed)
-    loader_kw = dict(num_workers=args.workers, pin_memory=args.pin_mem and device.type == "cuda", persistent_workers=False)
+    sampler = build_train_sampler(train_set, args.repeated_aug, ctx.rank, ctx.world_size, args.seed)
+    pin_memory = args.pin_mem and ctx.device.type == "cuda"
+    loader_kw = dict(num_workers=args.workers, pin_memory=pin_memory, persistent_workers=False)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_kw)
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=args.batch_size_eval or args.batch_size, sampler=ShardSampler(len(val_set), rank, world_size), **loader_kw
+        val_set, batch_size=args.batch_size_eval or args.batch_size,
+        sampler=ShardSampler(len(val_set), ctx.rank, ctx.world_size), **loader_kw,
     )
     if len(train_loader) == 0:
         raise ValueError(f"{len(sampler)} training images per process is less than one batch of {args.batch_size}")
     _logger.info(
         f"data: {len(train_set)} training images ({train_root}), {len(val_set)} validation images ({val_root}), "
-        f"{num_classes} classes; {world_size} process(es) on {device}, {len(train_loader)} steps per epoch"
+        f"{num_classes} classes; {ctx.world_size} process(es) on {ctx.device}, {len(train_loader)} steps per epoch"
     )
 
     # ---- model
@@ -328,17 +264,17 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         _logger.info(loaded)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    model.to(device)
+    model.to(ctx.device)
     n_params = sum(p.numel() for p in model.parameters())
     _logger.info(f"model: {args.model} {model_kwargs}, {n_params:,} parameters")
-    teacher = build_teacher(args, num_classes, device)
+    teacher = build_teacher(args, num_classes, ctx.device)
     if teacher is not None:
         _logger.info(
             f"distillation: {args.distillation_type} (alpha {args.distillation_alpha}, tau {args.distillation_tau}), teacher "
             f"{type(teacher).__name__} from {args.teacher_path or args.teacher_model}, {sum(p.numel() for p in teacher.parameters()):,} parameters"
         )
 
-    global_batch = args.batch_size * world_size
+    global_batch = args.batch_size * ctx.world_size
     lr = args.lr * global_batch / args.lr_base_size if args.lr_scale == "linear" else args.lr
     opt_kwargs = {}
     if args.opt_eps is not None:
@@ -357,8 +293,6 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         updates_per_epoch=len(train_loader),
     )
     _logger.info(f"optimizer: {args.opt}, lr {lr:.3g} (global batch {global_batch}, lr scale {args.lr_scale}), weight decay {args.weight_decay}")
-    scaler = grad_scaler(args, device)
-    autocast = autocast_context(args, device)
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
 
     mixup_active = args.mixup > 0 or args.cutmix > 0
@@ -380,7 +314,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
     # ---- resume
     start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
     history: list[Dict[str, Any]] = []  # the summary.csv rows so far (stored in last.pth, to repair the CSV)
-    if primary:
+    if ctx.primary:
         ckpt_io.prepare_output(output, _logger)
     resume_path = ckpt_io.latest(output) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     resume_state = None
@@ -396,7 +330,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
         ckpt_io.load_weights(model, state["model"], what=f"resumed checkpoint {resume_path}")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        ctx.scaler.load_state_dict(state["scaler"])
         if model_ema is not None:
             if state.get("model_ema") is None:
                 raise ValueError(f"--resume {resume_path}: --model-ema is on but the checkpoint has no EMA weights")
@@ -411,15 +345,13 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
 
     if args.compile:
         model = torch.compile(model)
-    train_model = model
-    if distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = ctx.wrap(model)
 
-    if primary:
+    if ctx.primary:
         with open(output / "args.yaml", "w") as fh:
-            yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": world_size}, fh, sort_keys=False)
+            yaml.safe_dump({**vars(args), "effective_lr": lr, "world_size": ctx.world_size}, fh, sort_keys=False)
     summary_csv = output / "summary.csv"
-    if primary:
+    if ctx.primary:
         ckpt_io.trim_summary_atomic(summary_csv, start_epoch)
         if resumed_ckpt is not None and resume_path.resolve() == (output / "last.pth").resolve():
             ckpt_io.reconcile_outputs(output, resume_path, resumed_ckpt)
@@ -427,21 +359,21 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
             _logger.info(f"best so far: top-1 {best['top1']:.2f} at epoch {best['epoch']}")
 
     if resume_state is not None:
-        ckpt_io.restore_rng_state(resume_state, rank, world_size, _logger)
+        ckpt_io.restore_rng_state(resume_state, ctx.rank, ctx.world_size, _logger)
 
     last_epoch = args.epochs - 1 if args.stop_after_epoch is None else min(args.epochs - 1, args.stop_after_epoch)
     for epoch in range(start_epoch, last_epoch + 1):
         sampler.set_epoch(epoch)
         train_metrics, num_updates = train_one_epoch(
-            epoch, train_model, model, criterion, train_loader, optimizer, scheduler, mixup_fn, model_ema, scaler, autocast,
-            num_updates, args, device, distributed, primary,
+            train_model, criterion, train_loader, optimizer, scheduler, ctx,
+            epoch=epoch, num_updates=num_updates, mixup_fn=mixup_fn, model_ema=model_ema,
         )
         scheduler.step(epoch + 1)
         metrics: Dict[str, float] = {}
         if (epoch + 1) % args.eval_interval == 0 or epoch == args.epochs - 1 or epoch == last_epoch:
-            metrics = evaluate(model, val_loader, device, autocast, distributed)
+            metrics = evaluate(model, val_loader, ctx)
             if model_ema is not None:
-                ema_metrics = evaluate(model_ema.module, val_loader, device, autocast, distributed, desc="eval ema")
+                ema_metrics = evaluate(model_ema.module, val_loader, ctx, desc="eval ema")
                 metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "count"})
         lr_now = optimizer.param_groups[0]["lr"]
         msg = f"epoch {epoch}: train loss {train_metrics['loss']:.4f}, {train_metrics['img_per_s']:.1f} img/s, {train_metrics['minutes']:.2f} min"
@@ -451,8 +383,8 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 msg += f"; EMA top-1 {metrics['ema_top1']:.2f}"
         _logger.info(msg + f"; lr {lr_now:.3g}")
 
-        rng = ckpt_io.gather_rng_state(world_size, distributed)  # every rank's generator states
-        if primary:
+        rng = ckpt_io.gather_rng_state(ctx.world_size, ctx.distributed)  # every rank's generator states
+        if ctx.primary:
             is_best = bool(metrics) and metrics["top1"] > best["top1"]
             if is_best:
                 best = {"top1": metrics["top1"], "epoch": epoch}
@@ -468,7 +400,7 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
+                "scaler": ctx.scaler.state_dict(),
                 "epoch": epoch,
                 "num_updates": num_updates,
                 "rng": rng,
@@ -478,9 +410,9 @@ def _run(args, device, rank, world_size, distributed, primary, output: Path) -> 
                 "summary": history,
             }
             ckpt_io.write_epoch(output, state, row, is_best)  # summary.csv row, last.pth, best.pth: in this order
-        if distributed:
+        if ctx.distributed:
             dist.barrier()
-    if primary:
+    if ctx.primary:
         _logger.info(f"done: best top-1 {best['top1']:.2f} at epoch {best['epoch']}; checkpoints in {output}")
     return 0
 
