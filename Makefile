@@ -10,7 +10,7 @@ FAIRSEQ := ve-fairseq==0.12.3
 # Tests run on both cores; each worker and each CLI it starts uses one thread.
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-fast multi30k bench-mt bench-mt-speed bench-vision bench-dino bench-decode gpu-acceptance gpu-race clean
+.PHONY: install test test-fast multi30k bench-mt bench-mt-speed bench-vision bench-dino bench-decode gpu-acceptance gpu-race bench-token-mixers bench-distill clean
 
 install:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -81,6 +81,17 @@ gpu-race:
 bench-decode:
 	$(PY) -m pip install --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m benchmarks.bench_decode $(BENCH_DECODE_ARGS)
+
+# The token-mixer study's screen (Multi30k, 600 updates per variant, both pairs; cached runs are
+# skipped): TOKEN_MIXERS_ARGS (e.g. "--pairs en-de --variants paper relative transformer").
+bench-token-mixers:
+	$(PY) -m benchmarks.mt_token_mixers $(TOKEN_MIXERS_ARGS)
+
+# Distillation of the Transformer into attention-free students (teacher, distilled data,
+# students, decoding speed, report; hours on 2 cores): DISTILL_ARGS (e.g. "--stage teacher").
+bench-distill:
+	$(PY) -m pip install --disable-pip-version-check -r requirements-bench.txt
+	$(PY) -m benchmarks.mt_distill $(DISTILL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,12 +5,17 @@ Transformer on Multi30k, with the translation race's harness and the same effort
     .venv/bin/python -m benchmarks.mt_token_mixers --stage screen            # En-De then En-Fr
     .venv/bin/python -m benchmarks.mt_token_mixers --stage screen --pairs en-de --variants paper heads16
 
-``screen``: every variant of :data:`VARIANTS` (``resmlp_mt_small`` with one or a few
+``screen`` (the default): every variant of :data:`VARIANTS` (``resmlp_mt_small`` with one or a few
 ``--token-mixer-*`` flags, ResMLP's tuned recipe) and the tuned Transformer, ``--updates``
 updates each (600, the sweep's budget), seed 1, scored by sacreBLEU of the last checkpoint on
 the valid split (beam 4). Rows: valid sacreBLEU, its difference to the paper's mixer and to the
 Transformer of the same pair, parameters, training words/s. Writes
 results/mt_token_mixers_screen.{json,md}.
+
+``race``: ``--race-variants`` (default: the paper's mixer and ``relative``, the screen's best on
+En-De) against the Transformer for ``--minutes`` (25) of wall-clock training, ``--seeds`` (3) seeds,
+both pairs: test and valid sacreBLEU, updates, updates per minute, training words/s, parameters.
+Writes results/mt_token_mixers_race.{json,md}.
 
 Same conditions as the race (:mod:`benchmarks.race_mt`): scripts/train_multi30k.sh, one thread
 per run, ``--parallel`` runs side by side, finished runs cached in ``<work-dir>`` with the
@@ -32,7 +37,7 @@ from typing import Dict
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
-    PAIRS, Job, Race, _machine_line, minutes_text,
+    PAIRS, Job, Race, _machine_line, mean_std, minutes_text, pm,
 )
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
 
@@ -122,6 +127,61 @@ class TokenMixerStudy(Race):
         self.publish(a.output, out, screen_markdown(out))
         return out
 
+    def race(self) -> dict:
+        """Each of ``--race-variants`` (the paper's mixer, the screen's best, ...) and the Transformer
+        at their recipes for ``--minutes`` of wall-clock training, ``--seeds`` seeds, both pairs;
+        test and valid sacreBLEU of the last checkpoint, training words/s and updates per minute.
+        A seed's runs go together, side by side (``--parallel`` places), so they see the same load."""
+        a = self.args
+        self.check_data(a.pairs)
+        systems = [*a.race_variants, TRANSFORMER]
+        slots = []
+        for pair in a.pairs:
+            for seed in range(1, a.seeds + 1):
+                slot = []
+                for v in systems:
+                    system = TRANSFORMER if v == TRANSFORMER else "resmlp"
+                    recipe = dict(TRANSFORMER_RECIPE) if system == TRANSFORMER else dict(RESMLP_RECIPE, lr=a.lrs[0])
+                    flags = [] if system == TRANSFORMER else VARIANTS[v][1]
+                    slot.append(Job("token_mixers_race", f"{pair}.{v}.seed{seed}", system, pair, seed, recipe,
+                                    label=f"{pair} {v} seed {seed}", minutes=a.minutes, train_args=list(flags),
+                                    estimate_minutes=a.minutes + 3))
+                slots.append(slot)
+        results = self.run_jobs("race", slots, self.score_both)
+        runs = []
+        for r in results:
+            variant = r["name"].split(".")[1]
+            f = r["figures"]
+            runs.append({"pair": r["pair"], "variant": variant, "seed": r["seed"], "updates": f["updates"],
+                         "wall_minutes": f["wall_minutes"], "words_per_second": f.get("words_per_second"),
+                         "updates_per_minute": round(f["updates"] / f["train_minutes"], 1) if f.get("train_minutes") else None,
+                         "parameters": parameters(self.work / r["stage"] / r["name"]),
+                         "sacrebleu": {split: r["eval"][split]["sacrebleu"] for split in ("test", "valid")}})
+        summary = {}
+        for pair in a.pairs:
+            summary[pair] = {}
+            for v in systems:
+                mine = [r for r in runs if r["pair"] == pair and r["variant"] == v]
+                summary[pair][v] = {split: mean_std([r["sacrebleu"][split] for r in mine]) for split in ("test", "valid")}
+                for key in ("updates", "words_per_second", "updates_per_minute"):
+                    summary[pair][v][key] = mean_std([r[key] for r in mine if r[key] is not None])
+                summary[pair][v]["parameters"] = mine[0]["parameters"] if mine else None
+        out = {"settings": {"pairs": a.pairs, "minutes": a.minutes, "seeds": a.seeds, "variants": systems,
+                            "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
+                            "score": "sacreBLEU of checkpoint_last.pt, beam 4 (mt_tools.evaluate)", "command": a.command},
+               "machine": self.info, "runs": runs, "summary": summary}
+        self.publish(a.output.replace("_screen", "") + "_race", out, race_markdown(out))
+        return out
+
+    def score_both(self, job, save_dir, figures, tag) -> dict:
+        evals = {split: self.score(job, save_dir / "checkpoint_last.pt", split) for split in ("test", "valid")}
+        log.info("%s %d updates; sacreBLEU test %.2f, valid %.2f", tag, figures["updates"], evals["test"]["sacrebleu"],
+                 evals["valid"]["sacrebleu"])
+        if not self.args.keep_checkpoints:
+            for p in save_dir.glob("checkpoint*.pt"):
+                p.unlink()
+        return {"figures": figures, "eval": evals}
+
     def score_valid(self, job, save_dir, figures, tag) -> dict:
         valid = self.score(job, save_dir / "checkpoint_last.pt", "valid")
         log.info("%s valid sacreBLEU %.2f after %d updates", tag, valid["sacrebleu"], figures["updates"])
@@ -164,9 +224,35 @@ def screen_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def race_markdown(d: dict) -> str:
+    s = d["settings"]
+    lines = [f"# Token-mixer race: {s['minutes']:g} minutes of training per run, {s['seeds']} seeds", "",
+             "Each variant and the Transformer trained for the same wall-clock minutes, a seed's runs side by side "
+             f"(1 thread each); {s['score']}; mean ± standard deviation over seeds.", "",
+             f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
+    for pair, systems in d["summary"].items():
+        ref = systems.get(TRANSFORMER, {})
+        lines += [f"## {pair}", "", "| variant | test | valid | test vs Transformer | valid vs Transformer | updates | "
+                  "updates/min | train words/s | parameters |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for v, r in systems.items():
+            diff = {split: (r[split]["mean"] - ref[split]["mean"]) if ref and r[split]["mean"] is not None else None
+                    for split in ("test", "valid")}
+            params = f"{r['parameters']:,}" if r.get("parameters") else "-"
+            wps = f"{r['words_per_second']['mean']:,.0f}" if r["words_per_second"]["mean"] else "-"
+            upm = f"{r['updates_per_minute']['mean']:.1f}" if r["updates_per_minute"]["mean"] else "-"
+            lines.append(f"| {v} | {pm(r['test'])} | {pm(r['valid'])} | {_signed(diff['test'])} | {_signed(diff['valid'])} "
+                         f"| {r['updates']['mean']:.0f} | {upm} | {wps} | {params} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["screen"], default="screen")
+    p.add_argument("--stage", choices=["screen", "race"], default="screen")
+    p.add_argument("--race-variants", nargs="+", choices=list(VARIANTS), default=["paper", "relative"],
+                   help="race: the ResMLP variants raced against the Transformer")
+    p.add_argument("--minutes", type=float, default=25.0, help="race: wall-clock training minutes per run")
+    p.add_argument("--seeds", type=int, default=3, help="race: seeds")
     p.add_argument("--variants", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=[*VARIANTS, TRANSFORMER])
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
     p.add_argument("--lrs", type=float, nargs="+", default=[RESMLP_RECIPE["lr"]], help="ResMLP variants' peak learning rates")

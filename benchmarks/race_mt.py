@@ -255,6 +255,7 @@ class Job:
     early_stop: bool = False  # curves: stop after PATIENCE evaluations without improvement
     train_args: List[str] = field(default_factory=list)
     estimate_minutes: float = 1.0  # a priori duration, for the ETA before any run has finished
+    data: Optional[str] = None  # a prepared folder other than the pair's (the spec records the one used)
 
 
 class Race:
@@ -275,6 +276,10 @@ class Race:
     def data(self, pair: str) -> Path:
         return self.data_root / f"multi30k.{pair}"
 
+    def job_data(self, job: Job) -> Path:
+        """The prepared folder ``job`` trains on: its own ``data`` (e.g. distilled) or the pair's."""
+        return Path(job.data) if job.data else self.data(job.pair)
+
     def check_data(self, pairs) -> None:
         for pair in pairs:
             if not (self.data(pair) / "prep.json").is_file():
@@ -286,7 +291,7 @@ class Race:
     def spec(self, job: Job) -> dict:
         """Everything that determines a run's figures: a cached result is reused only if equal."""
         spec = {k: v for k, v in asdict(job).items() if k not in ("label", "estimate_minutes")}
-        spec.update(extra_train_args=self.args.extra_train_args, data=str(self.data(job.pair).resolve()), threads=self.args.threads)
+        spec.update(extra_train_args=self.args.extra_train_args, data=str(self.job_data(job).resolve()), threads=self.args.threads)
         return json.loads(json.dumps(spec))  # as it reads back from result.json
 
     def run_dir(self, job: Job) -> Path:
@@ -315,7 +320,7 @@ class Race:
         cmd = [str(REPO / "scripts" / "train_multi30k.sh"), job.pair, *flags, *extra,
                *shlex.split(self.args.extra_train_args or "")]
         threads = str(self.args.threads)
-        env = dict(os.environ, MODEL=job.system, MINUTES=f"{job.minutes:g}", DATA=str(self.data(job.pair)),
+        env = dict(os.environ, MODEL=job.system, MINUTES=f"{job.minutes:g}", DATA=str(self.job_data(job)),
                    SAVE_DIR=str(save_dir), LOG_FORMAT="json", SEED=str(job.seed),
                    FAIRSEQ_TRAIN=str(Path(sys.executable).parent / "fairseq-train"),
                    OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **env_extra)
@@ -361,7 +366,7 @@ class Race:
         return text
 
     def score(self, job: Job, checkpoint: Path, split: str) -> dict:
-        r = evaluate(self.data(job.pair), checkpoint, split=split, beam=4, batch_size=128, num_samples=2, threads=self.args.threads)
+        r = evaluate(self.job_data(job), checkpoint, split=split, beam=4, batch_size=128, num_samples=2, threads=self.args.threads)
         d = result_dict(r)
         d.pop("command", None)
         return d

@@ -135,7 +135,8 @@ def distill(teacher: Path, data: Path, out: Path, beam: int = 4, chunk: int = 20
 
     pairs = [line.split("\t") for i in range(len(chunks)) for line in (work / f"chunk_{i}.tsv").read_text().splitlines()]
     kept = [(s, h) for _id, s, h in pairs if h.strip() and s.strip()]
-    entry = {"teacher": _shown(teacher), "beam": beam, "sentences": n, "pairs": len(kept),
+    entry = {"teacher": _shown(teacher), "teacher_mtime_ns": teacher.stat().st_mtime_ns, "beam": beam, "sentences": n,
+             "pairs": len(kept),
              "left_out_empty": len(pairs) - len(kept), "translate_seconds_this_run": round(seconds, 1)}
     with staged_folder(out, replace=force) as tmp:
         text = tmp / ".text"

@@ -93,3 +93,35 @@ def test_bad_input_names_the_flag(tmp_path):
     result = run([sys.executable, "-m", "mt_tools.distill", "--teacher", tmp_path / "missing.pt", "--data", tmp_path],
                  check=False)
     assert result.returncode == 2 and "error: --data" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
+    """python -m benchmarks.mt_distill on the tiny corpus, tiny models: teacher curve, distilled
+    data, students on both data, the decoding benchmark, the report with its summary keys."""
+    tiny = ("--encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-layers 1 "
+            "--decoder-layers 1 --decoder-attention-heads 2 --max-tokens 500 --num-workers 0 --log-interval 5 "
+            "--max-source-positions 64 --max-target-positions 64")
+    command = [sys.executable, "-m", "benchmarks.mt_distill", "--quick", "--stage", "all", "--pairs", "en-de",
+               "--data-root", teacher["data"].parent, "--work-dir", tmp_path / "work", "--results-dir", tmp_path / "results",
+               "--eval-every", "20", "--max-minutes", "0.02", "--progress-seconds", "0", "--no-progress-bar",
+               "--students", "resmlp_mt_small_deep_shallow",
+               "--extra-train-args", tiny]
+    result = run(command)
+    out = json.loads((tmp_path / "results" / "mt_distill.json").read_text())
+    rows = out["pairs"]["en-de"]["rows"]
+    assert [(r["model"], r["data"]) for r in rows] == [
+        ("teacher (Transformer)", "references"), ("resmlp_mt_small_deep_shallow", "distilled"),
+        ("resmlp_mt_small_deep_shallow", "references")]
+    summary = out["summary"]
+    assert set(summary) >= {"student", "teacher_test_bleu", "student_test_bleu", "speedup_b128", "speedup_b1"}
+    assert summary["teacher_test_bleu"] == rows[0]["test"]
+    assert summary["student_test_bleu"] == max(r["test"] for r in rows if r["data"] == "distilled")
+    assert out["goals"] and all(isinstance(g["met"], bool) for g in out["goals"])
+    text = (tmp_path / "results" / "mt_distill.md").read_text()
+    assert "## Goals" in text and f" {tmp_path}" not in text and f"`{tmp_path}" not in text  # no absolute paths
+    # a rerun trains nothing again
+    again = run(command)
+    assert "0 to run" in again.stdout and "translating the training sources" not in again.stdout
+    assert "[speed] en-de: cached" in again.stdout
+    assert result.returncode == 0

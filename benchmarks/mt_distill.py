@@ -1,0 +1,345 @@
+#!/usr/bin/env python
+"""Distilling the Transformer into fast attention-free students: sequence-level knowledge
+distillation on Multi30k, measured as a user would judge it (quality and decoding speed).
+
+    .venv/bin/python -m benchmarks.mt_distill --stage all --pairs en-de      # every stage, hours on 2 cores
+    .venv/bin/python -m benchmarks.mt_distill --stage students               # one stage (the earlier ones cached)
+
+Stages:
+
+1. ``teacher``: the tuned Transformer of the race (pre-norm, lr 2e-3, warm-up 300), trained to
+   convergence with the race's curve rule (segments of ``--eval-every`` updates, valid sacreBLEU
+   after each, stop after 3 evaluations without improvement or at ``--max-minutes`` of training);
+   the teacher is the average of its last 5 checkpoints when it converged, else its best.
+2. ``distill``: :mod:`mt_tools.distill` translates the training sources with the teacher (beam 4)
+   into ``<work-dir>/distilled/multi30k.<pair>`` (the original dictionaries, SentencePiece model
+   and evaluation splits with their human references).
+3. ``students``: every student of ``--students`` trained the same way twice, on the distilled
+   folder and on the original references, so that the effect of distillation is measured:
+   ``resmlp_mt_small`` (the paper's ResMLP), ``resmlp_mt_small_deep_shallow`` (6 + 1 layers) and
+   ``--variant-flags`` (the token-mixer study's best attention-free variant) when given.
+4. ``speed``: :mod:`benchmarks.bench_decode` with the best distilled student against the teacher
+   (rerun only when either checkpoint is newer than its figures), 1 thread, beam 4: sentences/s at batch 128 and batch 1 and the equal-output-length rows, the
+   student through the project's engines (fast and ONNX, int8), the teacher through CTranslate2
+   int8 and fairseq. Run it on an otherwise idle machine.
+5. ``report``: ``results/mt_distill.{json,md,png}``; the JSON's ``summary`` names the best student
+   and gives ``teacher_test_bleu``, ``student_test_bleu``, ``speedup_b128`` and ``speedup_b1``
+   (student sentences/s over the teacher's through CTranslate2 int8), each goal met or missed.
+
+Runs are cached in ``--work-dir`` with the settings that produced them and resume after a kill
+(the race's harness, :mod:`benchmarks.race_mt`); every score is sacreBLEU of mt_tools.evaluate
+(beam 4) against the original references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import write_result  # noqa: E402
+from benchmarks.race_mt import PAIRS, Job, Race, _machine_line, minutes_text, read_json  # noqa: E402
+from mt_tools.distill import distill  # noqa: E402
+
+log = logging.getLogger("mt_distill")
+
+STAGES = ("teacher", "distill", "students", "speed", "report")
+TEACHER_RECIPE = {"lr": 2e-3, "warmup": 300, "norm": "pre"}
+STUDENT_RECIPE = {"lr": 4e-3, "warmup": 300, "layerscale_init": 0.5}
+#: student name -> (what it is, fairseq-train flags)
+STUDENTS: Dict[str, tuple] = {
+    "resmlp_mt_small": ("the paper's ResMLP, 3 + 3 layers", []),
+    "resmlp_mt_small_deep_shallow": ("ResMLP, 6 + 1 layers (deep encoder, shallow decoder)",
+                                     ["--arch", "resmlp_mt_small_deep_shallow"]),
+}
+SEGMENT_ARGS = ["--save-interval-updates", "0", "--save-interval", "1000000", "--validate-interval", "1000000"]
+GOALS = {
+    "quality": "The best student within 0.5 sacreBLEU of its teacher on En-De test (and valid)",
+    "speed": "The same student >= 2.0x the teacher's sentences/s through CTranslate2 int8 at batch 128 and >= 1.5x at batch 1",
+    "distillation": "Distillation improves every student over the same architecture trained on the references",
+}
+
+
+class DistillStudy(Race):
+    def teacher_job(self, pair: str) -> Job:
+        a = self.args
+        return Job("distill", f"{pair}.teacher", "transformer", pair, 1, dict(TEACHER_RECIPE), label=f"{pair} teacher",
+                   cap_minutes=a.max_minutes, segment_updates=a.eval_every, early_stop=True, train_args=list(SEGMENT_ARGS),
+                   estimate_minutes=a.max_minutes * 1.3 + 6)
+
+    def teacher_checkpoint(self, pair: str) -> Path:
+        """The teacher: its averaged checkpoint when it converged, else its best (by valid BLEU)."""
+        job = self.teacher_job(pair)
+        result = self.cached(job)
+        if result is None:
+            raise SystemExit(f"the {pair} teacher is not trained yet: run --stage teacher first")
+        name = "checkpoint_averaged.pt" if result.get("converged") else "checkpoint_best_bleu.pt"
+        return self.run_dir(job) / name
+
+    def distilled(self, pair: str) -> Path:
+        return self.work / "distilled" / f"multi30k.{pair}"
+
+    def student_jobs(self, pair: str) -> List[Job]:
+        a = self.args
+        students = {name: STUDENTS[name] for name in a.students}
+        if a.variant_flags:
+            students[a.variant_name] = (f"the token-mixer study's variant: {a.variant_flags}", a.variant_flags.split())
+        jobs = []
+        for name, (_what, flags) in students.items():
+            for kind, data in (("distilled", str(self.distilled(pair))), ("references", None)):
+                jobs.append(Job("distill", f"{pair}.{name}.{kind}", "resmlp", pair, 1, dict(STUDENT_RECIPE),
+                                label=f"{pair} {name} on {kind}", cap_minutes=a.max_minutes, segment_updates=a.eval_every,
+                                early_stop=True, train_args=SEGMENT_ARGS + flags, data=data,
+                                estimate_minutes=a.max_minutes * 1.3 + 6))
+        return jobs
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def teacher(self) -> None:
+        self.check_data(self.args.pairs)
+        self.run_jobs("teacher", [[self.teacher_job(p)] for p in self.args.pairs], runner=self.curve_run)
+
+    def distill(self) -> None:
+        for pair in self.args.pairs:
+            out = self.distilled(pair)
+            teacher = self.teacher_checkpoint(pair)
+            done = read_json(out / "prep.json")
+            if done and done.get("distillation", {}).get("teacher_mtime_ns") == teacher.stat().st_mtime_ns:
+                log.info("[distill] %s: cached (%s)", pair, out)
+                continue
+            log.info("[distill] %s: translating the training sources with %s", pair, teacher)
+            distill(teacher, self.data(pair), out, beam=4, force=True, progress=self.args.progress_bar)
+
+    def students(self) -> None:
+        for pair in self.args.pairs:
+            if not (self.distilled(pair) / "prep.json").is_file():
+                raise SystemExit(f"{self.distilled(pair)} is missing: run --stage distill first")
+        jobs = [j for p in self.args.pairs for j in self.student_jobs(p)]
+        self.run_jobs("students", [[j] for j in jobs], runner=self.curve_run)
+
+    def speed(self) -> None:
+        from benchmarks import bench_decode
+
+        a = self.args
+        for pair in a.pairs:
+            best = self.best_student(pair)
+            if best is None:
+                raise SystemExit("no distilled student is trained yet: run --stage students first")
+            out = self.work / "speed" / f"{pair}.{best['name']}"
+            teacher = self.teacher_checkpoint(pair)
+            json_file = out.with_name(out.name + ".json")
+            if json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime, best["checkpoint"].stat().st_mtime):
+                log.info("[speed] %s: cached (%s)", pair, json_file)
+                continue
+            argv = ["--data", str(self.data(pair)), "--resmlp", str(best["checkpoint"]),
+                    "--transformer", str(teacher), "--threads", "1", "--out", str(out),
+                    "--work-dir", str(self.work / "speed" / "work")]
+            if a.quick:
+                argv.append("--quick")
+            log.info("[speed] %s: bench_decode %s", pair, " ".join(argv))
+            bench_decode.main(argv)
+
+    def best_student(self, pair: str) -> Optional[dict]:
+        """The distilled student with the best test sacreBLEU of its reported model."""
+        found = []
+        for job in self.student_jobs(pair):
+            result = self.cached(job)
+            if result is not None and job.data:
+                model = "averaged" if "averaged" in result["eval"] else "best"
+                name = "checkpoint_averaged.pt" if model == "averaged" else "checkpoint_best_bleu.pt"
+                found.append({"name": job.name.split(".")[1], "model": model, "checkpoint": self.run_dir(job) / name,
+                              "test": result["eval"][model]["test"]["sacrebleu"]})
+        return max(found, key=lambda r: r["test"]) if found else None
+
+    def report(self) -> dict:
+        a = self.args
+        out = {"settings": {"pairs": a.pairs, "eval_every": a.eval_every, "max_minutes": a.max_minutes,
+                            "teacher_recipe": TEACHER_RECIPE, "student_recipe": STUDENT_RECIPE,
+                            "variant_flags": a.variant_flags, "command": a.command},
+               "machine": self.info, "pairs": {}, "goals": []}
+        for pair in a.pairs:
+            teacher = self.cached(self.teacher_job(pair))
+            rows = []
+            if teacher:
+                rows.append(_row("teacher (Transformer)", "references", teacher))
+            for job in self.student_jobs(pair):
+                result = self.cached(job)
+                if result:
+                    rows.append(_row(job.name.split(".")[1], "distilled" if job.data else "references", result))
+            speed = read_json(self.work / "speed" / f"{pair}.{(self.best_student(pair) or {}).get('name')}.json")
+            out["pairs"][pair] = {"rows": rows, "distillation": (read_json(self.distilled(pair) / "prep.json") or {})
+                                  .get("distillation"), "speed": _speed_summary(speed)}
+        out["summary"] = summary(out)
+        out["goals"] = assess(out)
+        text = markdown(out)
+        write_result(self.results / "mt_distill.json", json.dumps(out, indent=1) + "\n")
+        write_result(self.results / "mt_distill.md", text)
+        plot(out, self.results / "mt_distill.png")
+        print(text)
+        return out
+
+
+def _row(name: str, data: str, result: dict) -> dict:
+    model = "averaged" if "averaged" in result["eval"] else "best"
+    e = result["eval"][model]
+    return {"model": name, "data": data, "reported": model, "test": e["test"]["sacrebleu"],
+            "valid": e["valid"]["sacrebleu"], "updates": result["updates"], "train_minutes": result["train_minutes"],
+            "converged": result["converged"]}
+
+
+def _speed_summary(speed: Optional[dict]) -> Optional[dict]:
+    """From a bench_decode JSON, per batch size (``b128``: its ``batch`` rows, ``b1``: ``latency``):
+    the student's fastest int8 engine and the teacher's CTranslate2 int8 and fairseq-generate rows
+    (sentences/s, ms per sentence at batch 1), the speedup over CTranslate2 int8; and the
+    equal-output-length ratios (tokens/s)."""
+    if not speed:
+        return None
+    out = {}
+    for key, group in (("b128", "batch"), ("b1", "latency")):
+        rows = [r for r in speed["rows"] if r["group"] == group]
+        mine = [r for r in rows if r["system"] == "ResMLP" and r["precision"] == "int8"]
+        ct2 = [r for r in rows if r["engine"] == "CTranslate2" and r["precision"] == "int8"]
+        fairseq = [r for r in rows if r["system"] == "Transformer" and r["engine"] == "fairseq-generate"]
+        if not mine or not ct2:
+            continue
+        best = max(mine, key=lambda r: r["sentences_per_second"])
+        out[key] = {"batch_size": best["batch_size"], "student_engine": best["engine"],
+                    "student_sentences_per_second": best["sentences_per_second"],
+                    "teacher_ct2_int8_sentences_per_second": ct2[0]["sentences_per_second"],
+                    "teacher_fairseq_sentences_per_second": fairseq[0]["sentences_per_second"] if fairseq else None,
+                    "student_ms_per_sentence": best.get("latency_ms_mean"),
+                    "teacher_ct2_int8_ms_per_sentence": ct2[0].get("latency_ms_mean"),
+                    "speedup": best["sentences_per_second"] / ct2[0]["sentences_per_second"]}
+    out["equal_length_tokens_per_second_ratios"] = speed.get("equal_length_ratios")
+    return out
+
+
+def summary(out: dict) -> Optional[dict]:
+    """The best distilled student of the first pair, in the keys the goals are checked by."""
+    pair = out["settings"]["pairs"][0]
+    p = out["pairs"].get(pair, {})
+    rows = p.get("rows", [])
+    teacher = next((r for r in rows if r["model"].startswith("teacher")), None)
+    students = [r for r in rows if r["data"] == "distilled"]
+    if not teacher or not students:
+        return None
+    best = max(students, key=lambda r: r["test"])
+    speed = p.get("speed") or {}
+    return {"pair": pair, "student": best["model"], "teacher_test_bleu": teacher["test"], "student_test_bleu": best["test"],
+            "teacher_valid_bleu": teacher["valid"], "student_valid_bleu": best["valid"],
+            "speedup_b128": (speed.get("b128") or {}).get("speedup"), "speedup_b1": (speed.get("b1") or {}).get("speedup")}
+
+
+def assess(out: dict) -> List[dict]:
+    s = out.get("summary")
+    goals = []
+    if s:
+        gap_test, gap_valid = s["teacher_test_bleu"] - s["student_test_bleu"], s["teacher_valid_bleu"] - s["student_valid_bleu"]
+        goals.append({"goal": GOALS["quality"], "met": gap_test <= 0.5 and gap_valid <= 0.5,
+                      "figures": f"{s['student']}: test {s['student_test_bleu']:.2f} vs {s['teacher_test_bleu']:.2f} "
+                                 f"({-gap_test:+.2f}), valid {s['student_valid_bleu']:.2f} vs {s['teacher_valid_bleu']:.2f}"})
+        if s["speedup_b128"] is not None and s["speedup_b1"] is not None:
+            goals.append({"goal": GOALS["speed"], "met": s["speedup_b128"] >= 2.0 and s["speedup_b1"] >= 1.5,
+                          "figures": f"{s['speedup_b128']:.2f}x at batch 128, {s['speedup_b1']:.2f}x at batch 1"})
+    for pair, p in out["pairs"].items():
+        rows = {(r["model"], r["data"]): r for r in p["rows"]}
+        gains = {m: rows[(m, "distilled")]["test"] - rows[(m, "references")]["test"]
+                 for m, d in rows if d == "distilled" and (m, "references") in rows}
+        if gains:
+            goals.append({"goal": f"{GOALS['distillation']} ({pair})", "met": all(g > 0 for g in gains.values()),
+                          "figures": ", ".join(f"{m} {g:+.2f} test" for m, g in gains.items())})
+    return goals
+
+
+def markdown(out: dict) -> str:
+    s = out["settings"]
+    lines = ["# Distilling the Transformer into attention-free students (Multi30k)", "",
+             "Sequence-level distillation (Kim and Rush 2016): the teacher's beam-4 translations of the training sources "
+             "are the students' targets; every student is also trained on the original references, the same way. "
+             "Every model trained to convergence with the race's curve rule (valid sacreBLEU every "
+             f"{s['eval_every']} updates, stop after 3 without improvement, at most {s['max_minutes']:g} training minutes); "
+             "reported: the average of the last 5 checkpoints when converged, else the best.", "",
+             f"Reproduce: `{s['command']}`.", "", _machine_line(out["machine"]), ""]
+    for pair, p in out["pairs"].items():
+        lines += [f"## {pair}", "", "| model | trained on | test sacreBLEU | valid sacreBLEU | updates | training min | converged |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for r in p["rows"]:
+            lines.append(f"| {r['model']} | {r['data']} | {r['test']:.2f} | {r['valid']:.2f} | {r['updates']} | "
+                         f"{r['train_minutes']:.1f} | {'yes' if r['converged'] else 'no (budget)'} |")
+        if p.get("speed"):
+            lines += ["", "| batch | student engine (int8) | student sent/s | teacher CTranslate2 int8 sent/s | teacher fairseq sent/s "
+                      "| speedup over CTranslate2 int8 |", "|---:|---|---:|---:|---:|---:|"]
+            for key, v in p["speed"].items():
+                if not key.startswith("b"):
+                    continue
+                fs = f"{v['teacher_fairseq_sentences_per_second']:.1f}" if v["teacher_fairseq_sentences_per_second"] else "-"
+                lines.append(f"| {v['batch_size']} | {v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
+                             f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
+        lines.append("")
+    lines += ["## Goals", ""] + [f"- **{'met' if g['met'] else 'missed'}**: {g['goal']}: {g['figures']}" for g in out["goals"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: dict, path: Path) -> None:
+    """Quality against decoding speed at batch 128: the teacher (CTranslate2 int8) and the best student."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = out.get("summary")
+    speed = (out["pairs"].get(s["pair"], {}).get("speed") or {}).get("b128") if s else None
+    if not speed:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter([speed["teacher_ct2_int8_sentences_per_second"]], [s["teacher_test_bleu"]], label="teacher, CTranslate2 int8")
+    ax.scatter([speed["student_sentences_per_second"]], [s["student_test_bleu"]], label=f"{s['student']}, {speed['student_engine']} int8")
+    ax.set_xlabel("sentences/s, batch 128, 1 thread")
+    ax.set_ylabel("test sacreBLEU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    p.add_argument("--pairs", nargs="+", choices=PAIRS, default=["en-de"])
+    p.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS), help="students to train")
+    p.add_argument("--variant-flags", default="", help="the token-mixer study's best variant, as fairseq-train flags")
+    p.add_argument("--variant-name", default="variant", help="its name in the tables")
+    p.add_argument("--eval-every", type=int, default=250, help="updates between validations")
+    p.add_argument("--max-minutes", type=float, default=120.0, help="most training minutes per model")
+    p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "distill")
+    p.add_argument("--results-dir", type=Path, default=REPO / "results")
+    p.add_argument("--data-root", type=Path, default=REPO / "data-bin")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--progress-seconds", type=float, default=120.0)
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.add_argument("--quick", action="store_true", help="smoke test (tiny bench_decode)")
+    p.add_argument("--extra-train-args", default="", help=argparse.SUPPRESS)  # testing: e.g. a tiny model
+    args = p.parse_args(argv)
+    args.command = " ".join(["python -m benchmarks.mt_distill", *(sys.argv[1:] if argv is None else argv)])
+    args.keep_checkpoints = True
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
+    logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    study = DistillStudy(args)
+    start = time.time()
+    for stage in STAGES if args.stage == "all" else (args.stage,):
+        log.info("=== stage %s ===", stage)
+        getattr(study, stage)()
+    log.info("done in %s", minutes_text((time.time() - start) / 60))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
