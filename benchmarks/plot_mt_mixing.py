@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Render the learned token-mixing matrices A of a ResMLP translation model to one PNG.
+"""Render the learned token-mixing weights of a ResMLP translation model to one PNG (the paper's
+matrices A, or the mixing weights of a token-mixer variant, per head).
 
     python -m benchmarks.plot_mt_mixing checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
         results/mt_token_mixing_en-de.png --positions 40
@@ -22,20 +23,52 @@ import numpy as np
 from benchmarks.common import read_checkpoint
 
 
-def mixing_matrices(state: dict, positions: int):
-    """``{"encoder": [A_0, ...], "decoder": [...]}`` as ``(P, P)`` arrays from a checkpoint's
-    ``model`` state dict; decoder matrices with the unused upper triangle set to NaN."""
+def _options(args) -> dict:
+    """The token-mixer options of a checkpoint's model configuration (the paper's by default)."""
+    get = (lambda k, d: args.get(k, d)) if isinstance(args, dict) else (lambda k, d: getattr(args, k, d))
+    return {"heads": get("token_mixer_heads", 1), "positions": get("token_mixer_positions", "absolute"),
+            "kernel": get("token_mixer_kernel", 0), "normalize": get("token_mixer_normalize", "none"),
+            "gate": get("token_mixer_gate", "none")}
+
+
+def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
+    """``{"encoder": [(title, M), ...], "decoder": [...]}``: per layer (and per head, the first
+    ``heads`` of a multi-head mixer) the ``(P, P)`` mixing weights for the first ``P`` positions,
+    as the model applies them (:meth:`resmlp_core.token_mixers.TokenMixer.mixing_weights`:
+    relative kernels laid out as matrices, softmax rows normalised); decoder matrices with the
+    unused upper triangle set to NaN. ``args``: the model configuration (the paper's mixer if None)."""
+    import torch
+
+    from resmlp_core.token_mixers import build_token_mixer
+
+    options = _options(args or {})
     out = {"encoder": [], "decoder": []}
     for side in out:
         layer = 0
-        while f"{side}.layers.{layer}.token_mixer.weight" in state:
-            a = state[f"{side}.layers.{layer}.token_mixer.weight"].float()[:positions, :positions].numpy().copy()
-            if side == "decoder":
-                a[np.triu_indices_from(a, k=1)] = np.nan
-            out[side].append(a)
+        while any(k.startswith(f"{side}.layers.{layer}.token_mixer.") for k in state):
+            prefix = f"{side}.layers.{layer}.token_mixer."
+            own = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+            bias = own.get("mixer.bias", own.get("bias"))
+            dim = own["in_proj.weight"].size(1) if "in_proj.weight" in own else 16 * options["heads"]
+            mixer = build_token_mixer(bias.numel(), dim, causal=side == "decoder", **options)
+            mixer.load_state_dict(own)
+            inner = getattr(mixer, "mixer", mixer)
+            n = min(positions, bias.numel())
+            with torch.no_grad():
+                if hasattr(inner, "mixing_weights"):
+                    grid = torch.arange(n)
+                    weights = inner.mixing_weights(grid, grid)  # (H, P, P)
+                else:  # the paper's CrossTokenLinear
+                    weights = inner.matrix(n)[None]
+            for h in range(min(heads, weights.size(0))):
+                a = weights[h].numpy().copy()
+                if side == "decoder":
+                    a[np.triu_indices_from(a, k=1)] = np.nan
+                title = f"{side} layer {layer}" + (f" head {h}" if weights.size(0) > 1 else "")
+                out[side].append((title + (" (causal)" if side == "decoder" else ""), a))
             layer += 1
     if not out["encoder"]:
-        raise ValueError("no token-mixing matrices (encoder.layers.N.token_mixer.weight) in this checkpoint: not a ResMLP translation model")
+        raise ValueError("no token mixers (encoder.layers.N.token_mixer.*) in this checkpoint: not a ResMLP translation model")
     return out
 
 
@@ -48,7 +81,8 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
     import resmlp_mt  # noqa: F401  (allows fairseq's Namespace in weights-only loading)
 
     state = read_checkpoint(checkpoint)
-    matrices = mixing_matrices(state["model"], positions)
+    args = state["cfg"]["model"] if state.get("cfg") else state.get("args")
+    matrices = mixing_matrices(state["model"], positions, args)
     cols = max(len(m) for m in matrices.values())
     fig, axes = plt.subplots(2, cols, figsize=(2.8 * cols, 6.0), squeeze=False)
     for row, (side, mats) in enumerate(matrices.items()):
@@ -57,15 +91,17 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
             if col >= len(mats):
                 ax.axis("off")
                 continue
-            lim = float(np.nanmax(np.abs(mats[col]))) or 1.0
-            image = ax.imshow(mats[col], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            ax.set_title(f"{side} layer {col}" + (" (causal)" if side == "decoder" else ""), fontsize=9)
+            name, matrix = mats[col]
+            lim = float(np.nanmax(np.abs(matrix))) or 1.0
+            image = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(name, fontsize=9)
             ax.set_xlabel("read position j", fontsize=8)
             ax.set_ylabel("position i", fontsize=8)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    args = state["cfg"]["model"] if state.get("cfg") else state.get("args")
     updates = state.get("optimizer_history", [{}])[-1].get("num_updates", "?")
-    fig.suptitle(title or f"token-mixing matrices A[:{positions}, :{positions}] of {getattr(args, 'arch', '?')} "
+    options = ", ".join(f"{k} {v}" for k, v in _options(args or {}).items() if v not in (1, "absolute", 0, "none"))
+    fig.suptitle(title or f"token-mixing weights [:{positions}, :{positions}] of {getattr(args, 'arch', '?')}"
+                          f"{' (' + options + ')' if options else ''} "
                           f"({checkpoint.name}, {updates} updates)", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -280,3 +280,25 @@ def assert_same(ours, theirs):
     for mine, ref in zip(ours, theirs):
         assert [h["tokens"].tolist() for h in mine] == [h["tokens"].tolist() for h in ref]
         torch.testing.assert_close(torch.stack([h["score"] for h in mine]), torch.stack([h["score"] for h in ref]))
+
+
+def assert_translation_ignores_padding(model) -> None:
+    """fairseq's beam search (beam 3) on ``model`` gives each of three sentences of different
+    lengths the same hypothesis and score alone as in a batch, padded on either side."""
+    import pytest
+    from fairseq.sequence_generator import SequenceGenerator
+
+    d = model.decoder.dictionary
+    generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=8)
+    g = torch.Generator().manual_seed(2)
+    sentences = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (3, 8, 5)]
+
+    def translate(batch):
+        hypos = generator.generate([model], {"net_input": {"src_tokens": batch, "src_lengths": batch.ne(d.pad()).sum(1)}})
+        return [(h[0]["tokens"].tolist(), h[0]["score"].item()) for h in hypos]
+
+    alone = [translate(s[None])[0] for s in sentences]
+    for left in (True, False):
+        for (tokens, score), (ref_tokens, ref_score) in zip(translate(pad_batch(sentences, d.pad(), left=left)), alone):
+            assert tokens == ref_tokens
+            assert score == pytest.approx(ref_score, abs=1e-5)

@@ -124,9 +124,10 @@ def test_token_mixing_matrices_are_rendered(exported, tmp_path):
     state = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)["model"]
     matrices = module.mixing_matrices(state, 16)
     assert len(matrices["encoder"]) == len(matrices["decoder"]) == 1
-    decoder = matrices["decoder"][0]
+    title, decoder = matrices["decoder"][0]
+    assert title == "decoder layer 0 (causal)"
     assert np.isnan(decoder[0, 1]) and not np.isnan(decoder[1, 0])  # the unused upper triangle is blank
-    np.testing.assert_array_equal(matrices["encoder"][0], state["encoder.layers.0.token_mixer.weight"][:16, :16].numpy())
+    np.testing.assert_array_equal(matrices["encoder"][0][1], state["encoder.layers.0.token_mixer.weight"][:16, :16].numpy())
     vision_like = tmp_path / "vision.pth"
     torch.save({"model": {"blocks.0.linear_tokens.weight": torch.zeros(4, 4)}}, vision_like)
     bad = run([sys.executable, "-m", "benchmarks.plot_mt_mixing", vision_like, tmp_path / "x.png"], check=False)

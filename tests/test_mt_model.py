@@ -6,9 +6,8 @@ and of beam-search translations, gradients, and the error messages of bad input.
 
 import pytest
 import torch
-from fairseq.sequence_generator import SequenceGenerator
 
-from helpers import random_tokens, tiny_model
+from helpers import assert_translation_ignores_padding, pad_batch, prev_output, random_tokens, tiny_model, with_eos
 
 VARIANTS = [
     dict(),
@@ -18,24 +17,10 @@ VARIANTS = [
 ]
 
 
-def pad_batch(sentences, pad, left):
-    """(B, max_len) batch of 1-D token tensors, padded on the left or the right."""
-    width = max(len(s) for s in sentences)
-    out = torch.full((len(sentences), width), pad, dtype=torch.long)
-    for i, s in enumerate(sentences):
-        if left:
-            out[i, width - len(s):] = s
-        else:
-            out[i, : len(s)] = s
-    return out
 
 
-def with_eos(tokens, eos):
-    return torch.cat([tokens, torch.full((tokens.size(0), 1), eos)], dim=1)
 
 
-def prev_output(tokens, eos):
-    return torch.cat([torch.full((tokens.size(0), 1), eos), tokens], dim=1)
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
@@ -100,23 +85,7 @@ def test_encoder_output_does_not_depend_on_padding_side_or_batch(overrides):
 
 @pytest.mark.parametrize("overrides", VARIANTS[:2], ids=["default", "layernorm"])
 def test_translation_does_not_depend_on_padding_side_or_batch(overrides):
-    model = tiny_model(**overrides)
-    d = model.decoder.dictionary
-    generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=8)
-    g = torch.Generator().manual_seed(2)
-    sentences = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (3, 8, 5)]
-
-    def translate(batch):
-        lengths = batch.ne(d.pad()).sum(1)
-        hypos = generator.generate([model], {"net_input": {"src_tokens": batch, "src_lengths": lengths}})
-        return [(h[0]["tokens"].tolist(), h[0]["score"].item()) for h in hypos]
-
-    alone = [translate(s[None])[0] for s in sentences]
-    for left in (True, False):
-        batched = translate(pad_batch(sentences, d.pad(), left=left))
-        for (tokens, score), (ref_tokens, ref_score) in zip(batched, alone):
-            assert tokens == ref_tokens
-            assert score == pytest.approx(ref_score, abs=1e-5)
+    assert_translation_ignores_padding(tiny_model(**overrides))
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")

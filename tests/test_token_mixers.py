@@ -10,11 +10,13 @@ import sys
 
 import pytest
 import torch
-from fairseq.sequence_generator import SequenceGenerator
 
 import resmlp_mt  # noqa: F401  (registers the model)
 from conftest import REPO
-from helpers import assert_same, eos_biased_folded, eos_biased_model, fairseq_generate, pad_batch, prepare_multi30k, source_batch, prev_output, random_tokens, run, tiny_model, tool, with_eos, write_corpus
+from helpers import (
+    assert_same, assert_translation_ignores_padding, eos_biased_folded, eos_biased_model, fairseq_generate, pad_batch, prepare_multi30k, prev_output,
+    random_tokens, run, source_batch, tiny_model, tool, with_eos, write_corpus,
+)
 from resmlp_core import CrossTokenLinear
 from resmlp_core.token_mixers import TokenMixer, build_token_mixer
 from resmlp_mt.fast_generate import generate, quantize_int8
@@ -268,22 +270,7 @@ def test_outputs_do_not_depend_on_padding_side_or_batch(options):
 
 @pytest.mark.parametrize("options", MODEL_OPTIONS[-3:], ids=model_id)
 def test_beam_search_translation_does_not_depend_on_padding_side_or_batch(options):
-    model = tiny(**options)
-    d = model.decoder.dictionary
-    generator = SequenceGenerator([model], d, beam_size=3, max_len_a=0, max_len_b=8)
-    g = torch.Generator().manual_seed(2)
-    sentences = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (3, 8, 5)]
-
-    def translate(batch):
-        net_input = {"src_tokens": batch, "src_lengths": batch.ne(d.pad()).sum(1)}
-        hypos = generator.generate([model], {"net_input": net_input})
-        return [(h[0]["tokens"].tolist(), h[0]["score"].item()) for h in hypos]
-
-    alone = [translate(s[None])[0] for s in sentences]
-    for left in (True, False):
-        for (tokens, score), (ref_tokens, ref_score) in zip(translate(pad_batch(sentences, d.pad(), left=left)), alone):
-            assert tokens == ref_tokens
-            assert score == pytest.approx(ref_score, abs=1e-5)
+    assert_translation_ignores_padding(tiny(**options))
 
 
 @pytest.mark.parametrize("options", MODEL_OPTIONS, ids=model_id)
@@ -411,3 +398,24 @@ def test_a_model_with_every_option_trains_decodes_and_translates_from_python(tmp
     for engine in ("fast", "onnx"):  # folded (FoldedTokenMixer): float rounding only
         assert translator.translate(sentences, beam=3, engine=engine) == exact
     assert all(translator.quantize().translate(sentences, beam=3))
+
+
+def test_learned_mixing_weights_of_a_variant_are_drawn_per_layer_and_head():
+    """benchmarks.plot_mt_mixing lays out what a variant applies: per layer and head, rows that sum
+    to 1 over the positions they read (softmax) and whose weight ratios follow the relative kernel."""
+    import numpy as np
+
+    from benchmarks.plot_mt_mixing import mixing_matrices
+
+    options = dict(token_mixer_heads=2, token_mixer_positions="relative", token_mixer_normalize="softmax",
+                   token_mixer_gate="glu")
+    model = tiny(**options)
+    matrices = mixing_matrices(model.state_dict(), 8, options, heads=4)
+    assert [t for t, _ in matrices["encoder"]] == [f"encoder layer {i} head {h}" for i in (0, 1) for h in (0, 1)]
+    for side in ("encoder", "decoder"):
+        for _, m in matrices[side]:
+            np.testing.assert_allclose(np.nansum(m, axis=1), 1.0, atol=1e-5)
+    kernel = model.encoder.layers[0].token_mixer.mixer.weight[0].detach()  # head 0's weights over offsets
+    logits = matrices["encoder"][0][1]
+    # an interior row of a relative softmax mixer: ratios of weights are exp(differences of the kernel)
+    np.testing.assert_allclose(np.log(logits[4, 3] / logits[4, 5]), float(kernel[12] - kernel[10]), atol=1e-4)
