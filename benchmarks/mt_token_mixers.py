@@ -56,6 +56,9 @@ VARIANTS: Dict[str, tuple] = {
     "lightconv": ("16 heads, relative, band of 15, softmax, GLU (LightConv's mixer)",
                   ["--token-mixer-heads", "16", "--token-mixer-positions", "relative", "--token-mixer-kernel", "15",
                    "--token-mixer-normalize", "softmax", "--token-mixer-gate", "glu"]),
+    "relative_band15": ("relative, band of 15 offsets (|t - s| < 15; decoding keeps 14 inputs)",
+                        ["--token-mixer-positions", "relative", "--token-mixer-kernel", "15"]),
+    "relative_glu": ("relative + GLU input projection", ["--token-mixer-positions", "relative", "--token-mixer-gate", "glu"]),
     "hybrid1": ("NOT attention-free: the paper's mixer + one self-attention head per encoder layer (upper reference)",
                 ["--hybrid-encoder-attention-heads", "1"]),
 }
@@ -115,8 +118,9 @@ class TokenMixerStudy(Race):
                          "train_minutes": r["figures"]["train_minutes"], "signature": r["valid"]["sacrebleu_signature"],
                          "run": str(Path(job.stage) / job.name)})
         for row in rows:
+            lr = a.lrs[0] if row["variant"] == TRANSFORMER else row["recipe"]["lr"]  # the paper's row at the same lr
             peers = {p["variant"]: p["valid_sacrebleu"] for p in rows if p["pair"] == row["pair"]
-                     and (p["variant"] == TRANSFORMER or p["recipe"]["lr"] == row["recipe"]["lr"])}
+                     and (p["variant"] == TRANSFORMER or p["recipe"]["lr"] == lr)}
             row["vs_paper"] = round(row["valid_sacrebleu"] - peers["paper"], 2) if "paper" in peers else None
             row["vs_transformer"] = round(row["valid_sacrebleu"] - peers[TRANSFORMER], 2) if TRANSFORMER in peers else None
         out = {"settings": {"pairs": a.pairs, "updates": a.updates, "seed": 1, "lrs": a.lrs, "variants": a.variants,
