@@ -560,3 +560,26 @@ def resmlp_mt_small_deep_shallow(args):
     _set_default(args, "encoder_layers", 6)
     _set_default(args, "decoder_layers", 1)
     resmlp_mt_small(args)
+
+
+def _relative_band(args) -> None:
+    """The token-mixer study's best attention-free mixer on Multi30k (results/mt_token_mixers_screen.md):
+    relative positions, ``A[t, s] = w[t - s]``, banded to 15 offsets (``--token-mixer-positions
+    relative --token-mixer-kernel 15``), one kernel for all channels as in the paper."""
+    _set_default(args, "token_mixer_positions", "relative")
+    _set_default(args, "token_mixer_kernel", 15)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt_relative_small")
+def resmlp_mt_relative_small(args):
+    """``resmlp_mt_small`` with the relative banded token mixer (:func:`_relative_band`)."""
+    _relative_band(args)
+    resmlp_mt_small(args)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt_relative")
+def resmlp_mt_relative(args):
+    """ResMLP-6's size (6 + 6 layers, d = 512, MLP 2048) with the relative banded token mixer
+    (:func:`_relative_band`)."""
+    _relative_band(args)
+    base_architecture(args)

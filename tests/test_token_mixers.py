@@ -419,3 +419,22 @@ def test_learned_mixing_weights_of_a_variant_are_drawn_per_layer_and_head():
     logits = matrices["encoder"][0][1]
     # an interior row of a relative softmax mixer: ratios of weights are exp(differences of the kernel)
     np.testing.assert_allclose(np.log(logits[4, 3] / logits[4, 5]), float(kernel[12] - kernel[10]), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_small", 3, 256), ("resmlp_mt_relative", 6, 512)])
+def test_relative_archs_are_the_papers_design_with_the_relative_banded_mixer(arch, layers, dim):
+    import argparse
+    from types import SimpleNamespace
+
+    from fairseq.models import ARCH_MODEL_REGISTRY, ARCH_CONFIG_REGISTRY
+
+    from helpers import dictionary
+
+    args = argparse.Namespace(max_source_positions=40, max_target_positions=40)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    d = dictionary()
+    model = ARCH_MODEL_REGISTRY[arch].build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
+    assert model.token_mixing_options == {"--token-mixer-positions": "relative", "--token-mixer-kernel": 15}
+    assert (args.encoder_layers, args.decoder_layers, args.encoder_embed_dim) == (layers, layers, dim)
+    assert tuple(model.decoder.layers[0].token_mixer.weight.shape) == (1, 15)  # causal: offsets 0 .. 14
+    assert tuple(model.encoder.layers[0].token_mixer.weight.shape) == (1, 29)  # offsets -14 .. 14
