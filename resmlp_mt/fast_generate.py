@@ -169,8 +169,9 @@ class FoldedTokenMixer(nn.Module):
       output ``g * (sum_j M z_j + c_t)``;
     * ``sgu``: the history holds ``z_j = LayerNorm(v_j)``, output ``g * u_t * (sum_j M z_j + c_t)``.
 
-    A band keeps the whole history here (its weights outside the band are 0): the buffer of
-    ``K - 1`` inputs is fairseq's incremental path's (:class:`~resmlp_core.token_mixers.TokenMixer`).
+    With a band of ``K``, a step reads the last ``K - 1`` rows of the history only
+    (:meth:`step_inputs`), as fairseq's incremental path keeps ``K - 1`` inputs
+    (:class:`~resmlp_core.token_mixers.TokenMixer`).
     """
 
     STEP_INPUTS = {"past": {0: "t", 1: "N"}, "row": {1: "t"}, "diag": {}, "const": {}}
@@ -182,7 +183,7 @@ class FoldedTokenMixer(nn.Module):
         mixer = layer.token_mixer
         self.gate = getattr(mixer, "gate", "none")
         inner = mixer.mixer if self.gate != "none" else mixer
-        self.heads = inner.heads
+        self.heads, self.kernel = inner.heads, inner.kernel
         with torch.no_grad():
             positions = torch.arange(inner.num_tokens)
             M = inner.mixing_weights(positions, positions).detach()  # (H, T, T), causal
@@ -205,10 +206,13 @@ class FoldedTokenMixer(nn.Module):
         return self.rows[:, :, 1:]
 
     def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
-        """As :meth:`FoldedCrossTokenLinear.step_inputs`, per head: ``past`` ``(t + 1, N, C)``, ``row``
-        ``(H, t + 1)``, ``diag`` ``(H, 1)``, ``const`` ``(C,)``."""
+        """As :meth:`FoldedCrossTokenLinear.step_inputs`, per head: ``past`` ``(P, N, C)``, ``row``
+        ``(H, P)``, ``diag`` ``(H, 1)``, ``const`` ``(C,)``. ``P = t + 1`` history rows (the zero row
+        and positions ``0 .. t - 1``), or with a band of ``K`` only the rows of positions
+        ``t - K + 1 .. t - 1`` (at least one row): a banded step reads ``K - 1`` inputs, not the prefix."""
         row = self.rows[:, t]
-        return history[: t + 1], row[:, : t + 1], row[:, t + 1 : t + 2], self.const[t]
+        first = max(0, min(t, t - self.kernel + 2)) if self.kernel else 0
+        return history[first : t + 1], row[:, first : t + 1], row[:, t + 1 : t + 2], self.const[t]
 
     def step(self, x: Tensor, past: Tensor, row: Tensor, diag: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
