@@ -56,9 +56,11 @@ VARIANTS: Dict[str, tuple] = {
     "lightconv": ("16 heads, relative, band of 15, softmax, GLU (LightConv's mixer)",
                   ["--token-mixer-heads", "16", "--token-mixer-positions", "relative", "--token-mixer-kernel", "15",
                    "--token-mixer-normalize", "softmax", "--token-mixer-gate", "glu"]),
-    "relative_band15": ("relative, band of 15 offsets (|t - s| < 15; decoding keeps 14 inputs)",
+    "relative_band15": ("relative, band of 15 offsets (abs(t - s) < 15; decoding keeps 14 inputs)",
                         ["--token-mixer-positions", "relative", "--token-mixer-kernel", "15"]),
     "relative_glu": ("relative + GLU input projection", ["--token-mixer-positions", "relative", "--token-mixer-gate", "glu"]),
+    "relative_band15_glu": ("relative, band of 15 offsets, GLU input projection",
+                            ["--token-mixer-positions", "relative", "--token-mixer-kernel", "15", "--token-mixer-gate", "glu"]),
     "hybrid1": ("NOT attention-free: the paper's mixer + one self-attention head per encoder layer (upper reference)",
                 ["--hybrid-encoder-attention-heads", "1"]),
 }
