@@ -562,24 +562,25 @@ def resmlp_mt_small_deep_shallow(args):
     resmlp_mt_small(args)
 
 
-def _relative_band(args) -> None:
-    """The token-mixer study's best attention-free mixer on Multi30k (results/mt_token_mixers_screen.md):
-    relative positions, ``A[t, s] = w[t - s]``, banded to 15 offsets (``--token-mixer-positions
-    relative --token-mixer-kernel 15``), one kernel for all channels as in the paper."""
+def _relative_glu(args) -> None:
+    """The token-mixer study's best attention-free mixer on Multi30k (results/mt_token_mixers_screen.md,
+    both pairs): relative positions, ``A[t, s] = w[t - s]`` (one kernel over offsets for all
+    channels, as the paper's one matrix), behind a GLU input projection (``--token-mixer-positions
+    relative --token-mixer-gate glu``)."""
     _set_default(args, "token_mixer_positions", "relative")
-    _set_default(args, "token_mixer_kernel", 15)
+    _set_default(args, "token_mixer_gate", "glu")
 
 
-@register_model_architecture("resmlp_mt", "resmlp_mt_relative_small")
-def resmlp_mt_relative_small(args):
-    """``resmlp_mt_small`` with the relative banded token mixer (:func:`_relative_band`)."""
-    _relative_band(args)
+@register_model_architecture("resmlp_mt", "resmlp_mt_relative_glu_small")
+def resmlp_mt_relative_glu_small(args):
+    """``resmlp_mt_small`` with the relative GLU token mixer (:func:`_relative_glu`)."""
+    _relative_glu(args)
     resmlp_mt_small(args)
 
 
-@register_model_architecture("resmlp_mt", "resmlp_mt_relative")
-def resmlp_mt_relative(args):
-    """ResMLP-6's size (6 + 6 layers, d = 512, MLP 2048) with the relative banded token mixer
-    (:func:`_relative_band`)."""
-    _relative_band(args)
+@register_model_architecture("resmlp_mt", "resmlp_mt_relative_glu")
+def resmlp_mt_relative_glu(args):
+    """ResMLP-6's size (6 + 6 layers, d = 512, MLP 2048) with the relative GLU token mixer
+    (:func:`_relative_glu`)."""
+    _relative_glu(args)
     base_architecture(args)

@@ -421,8 +421,8 @@ def test_learned_mixing_weights_of_a_variant_are_drawn_per_layer_and_head():
     np.testing.assert_allclose(np.log(logits[4, 3] / logits[4, 5]), float(kernel[12] - kernel[10]), atol=1e-4)
 
 
-@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_small", 3, 256), ("resmlp_mt_relative", 6, 512)])
-def test_relative_archs_are_the_papers_design_with_the_relative_banded_mixer(arch, layers, dim):
+@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_small", 3, 256), ("resmlp_mt_relative_glu", 6, 512)])
+def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(arch, layers, dim):
     import argparse
     from types import SimpleNamespace
 
@@ -434,7 +434,8 @@ def test_relative_archs_are_the_papers_design_with_the_relative_banded_mixer(arc
     ARCH_CONFIG_REGISTRY[arch](args)
     d = dictionary()
     model = ARCH_MODEL_REGISTRY[arch].build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
-    assert model.token_mixing_options == {"--token-mixer-positions": "relative", "--token-mixer-kernel": 15}
+    assert model.token_mixing_options == {"--token-mixer-positions": "relative", "--token-mixer-gate": "glu"}
     assert (args.encoder_layers, args.decoder_layers, args.encoder_embed_dim) == (layers, layers, dim)
-    assert tuple(model.decoder.layers[0].token_mixer.weight.shape) == (1, 15)  # causal: offsets 0 .. 14
-    assert tuple(model.encoder.layers[0].token_mixer.weight.shape) == (1, 29)  # offsets -14 .. 14
+    assert tuple(model.decoder.layers[0].token_mixer.mixer.weight.shape) == (1, 40)  # causal: offsets 0 .. 39
+    assert tuple(model.encoder.layers[0].token_mixer.mixer.weight.shape) == (1, 79)  # offsets -39 .. 39
+    assert tuple(model.encoder.layers[0].token_mixer.in_proj.weight.shape) == (2 * dim, dim)
