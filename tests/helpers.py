@@ -302,3 +302,23 @@ def assert_translation_ignores_padding(model) -> None:
         for (tokens, score), (ref_tokens, ref_score) in zip(translate(pad_batch(sentences, d.pad(), left=left)), alone):
             assert tokens == ref_tokens
             assert score == pytest.approx(ref_score, abs=1e-5)
+
+
+def assert_training_step_reaches_every_parameter(model) -> None:
+    """One training step of ``model`` (train mode) on a padded batch: a finite loss and a finite,
+    non-zero gradient for every parameter."""
+    d = model.decoder.dictionary
+    g = torch.Generator().manual_seed(3)
+    src = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (5, 9, 3)], d.pad(), left=True)
+    tgt = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (4, 7, 6)], d.pad(), left=False)
+    prev = torch.roll(tgt, 1, dims=1)
+    prev[:, 0] = d.eos()
+    prev[tgt.eq(d.pad())] = d.pad()
+    logits, _ = model(src, src.ne(d.pad()).sum(1), prev)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=d.pad())
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"

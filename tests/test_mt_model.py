@@ -7,7 +7,10 @@ and of beam-search translations, gradients, and the error messages of bad input.
 import pytest
 import torch
 
-from helpers import assert_translation_ignores_padding, pad_batch, prev_output, random_tokens, tiny_model, with_eos
+from helpers import (
+    assert_training_step_reaches_every_parameter, assert_translation_ignores_padding, pad_batch, prev_output,
+    random_tokens, tiny_model, with_eos,
+)
 
 VARIANTS = [
     dict(),
@@ -91,23 +94,7 @@ def test_translation_does_not_depend_on_padding_side_or_batch(overrides):
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_training_step_gives_every_parameter_a_gradient_and_no_nan(overrides):
     model = tiny_model(dropout=0.1, activation_dropout=0.1, attention_dropout=0.1, **overrides).train()
-    d = model.decoder.dictionary
-    g = torch.Generator().manual_seed(3)
-    src = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (5, 9, 3)], d.pad(), left=True)
-    tgt = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (4, 7, 6)], d.pad(), left=False)
-    prev = torch.roll(tgt, 1, dims=1)
-    prev[:, 0] = d.eos()
-    prev[tgt.eq(d.pad())] = d.pad()
-    logits, _ = model(src, src.ne(d.pad()).sum(1), prev)
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=d.pad()
-    )
-    assert torch.isfinite(loss)
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+    assert_training_step_reaches_every_parameter(model)
 
 
 def test_source_longer_than_max_positions_names_the_flag():

@@ -14,7 +14,8 @@ import torch
 import resmlp_mt  # noqa: F401  (registers the model)
 from conftest import REPO
 from helpers import (
-    assert_same, assert_translation_ignores_padding, eos_biased_folded, eos_biased_model, fairseq_generate, pad_batch, prepare_multi30k, prev_output,
+    assert_same, assert_training_step_reaches_every_parameter, assert_translation_ignores_padding,
+    eos_biased_folded, eos_biased_model, fairseq_generate, pad_batch, prepare_multi30k, prev_output,
     random_tokens, run, source_batch, tiny_model, tool, with_eos, write_corpus,
 )
 from resmlp_core import CrossTokenLinear
@@ -298,20 +299,7 @@ def test_every_engine_returns_fairseqs_hypotheses(options):
 
 @pytest.mark.parametrize("options", MODEL_OPTIONS, ids=model_id)
 def test_training_step_gives_every_parameter_a_finite_gradient(options):
-    model = tiny(dropout=0.1, attention_dropout=0.1, **options).train()
-    d = model.decoder.dictionary
-    g = torch.Generator().manual_seed(3)
-    src = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (5, 9, 3)], d.pad(), left=True)
-    tgt = pad_batch([with_eos(random_tokens(1, n, g), d.eos())[0] for n in (4, 7, 6)], d.pad(), left=False)
-    prev = torch.roll(tgt, 1, dims=1)
-    prev[:, 0] = d.eos()
-    prev[tgt.eq(d.pad())] = d.pad()
-    logits, _ = model(src, src.ne(d.pad()).sum(1), prev)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=d.pad())
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+    assert_training_step_reaches_every_parameter(tiny(dropout=0.1, attention_dropout=0.1, **options).train())
 
 
 def test_default_options_are_the_papers_model_with_its_names_and_outputs():
