@@ -61,7 +61,7 @@ def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
                 else:  # the paper's CrossTokenLinear
                     weights = inner.matrix(n)[None]
             for h in range(min(heads, weights.size(0))):
-                a = weights[h].numpy().copy()
+                a = weights[h].detach().numpy().copy()
                 if side == "decoder":
                     a[np.triu_indices_from(a, k=1)] = np.nan
                 title = f"{side} layer {layer}" + (f" head {h}" if weights.size(0) > 1 else "")
