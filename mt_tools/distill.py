@@ -71,21 +71,20 @@ def translate_chunk(models, task, indices: List[int], beam: int, max_tokens: int
     batch: List[int] = []
 
     def flush():
-        samples = [dataset[i] for i in batch]
-        for sample in samples:
+        samples = {i: dataset[i] for i in batch}
+        for sample in samples.values():
             sample["target"] = None  # decode, do not score
-        net = dataset.collater(samples)
+        net = dataset.collater(list(samples.values()))
         with torch.no_grad():
             hypos = generator.generate(models, net)
         for sample_id, hyps in zip(net["id"].tolist(), hypos):
-            source = src_dict.string(dataset[sample_id]["source"])
+            source = src_dict.string(samples[sample_id]["source"])
             best = tgt_dict.string(hyps[0]["tokens"]) if hyps else ""
             out[sample_id] = f"{sample_id}\t{source}\t{best}"
         batch.clear()
 
-    for i in order:
-        longest = max([int(dataset.src_sizes[j]) for j in batch] + [int(dataset.src_sizes[i])])
-        if batch and longest * (len(batch) + 1) > max_tokens:
+    for i in order:  # ascending length: sentence i is the longest of the batch it joins
+        if batch and int(dataset.src_sizes[i]) * (len(batch) + 1) > max_tokens:
             flush()
         batch.append(i)
     if batch:
