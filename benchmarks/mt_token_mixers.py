@@ -103,16 +103,15 @@ class TokenMixerStudy(Race):
     def screen(self) -> dict:
         a = self.args
         self.check_data(a.pairs)
-        jobs = [self.job(v, pair, a.updates, lr) for pair in a.pairs for lr in a.lrs for v in a.variants
-                if not (v == TRANSFORMER and lr != a.lrs[0])]  # the Transformer at its own recipe, once
-        results = self.run_jobs("screen", [[j] for j in jobs], self.score_valid)
+        planned = [(v, self.job(v, pair, a.updates, lr)) for pair in a.pairs for lr in a.lrs for v in a.variants
+                   if not (v == TRANSFORMER and lr != a.lrs[0])]  # the Transformer at its own recipe, once
+        results = self.run_jobs("screen", [[j] for _, j in planned], self.score_valid)
         rows = []
-        for job, r in zip(jobs, results):
-            variant = TRANSFORMER if job.system == TRANSFORMER else next(
-                v for v in a.variants if v != TRANSFORMER and job.train_args[4:] == VARIANTS[v][1])
+        for (variant, job), r in zip(planned, results):
+            transformer = variant == TRANSFORMER
             rows.append({"pair": job.pair, "variant": variant,
-                         "what": "pre-norm Transformer of the same size" if variant == TRANSFORMER else VARIANTS[variant][0],
-                         "flags": " ".join(job.train_args[4:]), "recipe": job.recipe,
+                         "what": "pre-norm Transformer of the same size" if transformer else VARIANTS[variant][0],
+                         "flags": "" if transformer else " ".join(VARIANTS[variant][1]), "recipe": job.recipe,
                          "recipe_text": recipe_text(job.system, job.recipe),
                          "valid_sacrebleu": r["valid"]["sacrebleu"], "updates": r["figures"]["updates"],
                          "parameters": parameters(self.run_dir(job)),
