@@ -69,8 +69,13 @@ class DistillStudy(Race):
     def teacher_job(self, pair: str) -> Job:
         a = self.args
         return Job("distill", f"{pair}.teacher", "transformer", pair, 1, dict(TEACHER_RECIPE), label=f"{pair} teacher",
-                   cap_minutes=a.max_minutes, segment_updates=a.eval_every, early_stop=True, train_args=list(SEGMENT_ARGS),
-                   estimate_minutes=a.max_minutes * 1.3 + 6)
+                   cap_minutes=self.teacher_minutes, segment_updates=a.eval_every, early_stop=True,
+                   train_args=list(SEGMENT_ARGS), estimate_minutes=self.teacher_minutes * 1.3 + 6)
+
+    @property
+    def teacher_minutes(self) -> float:
+        a = self.args
+        return a.max_minutes if a.teacher_max_minutes is None else a.teacher_max_minutes
 
     def teacher_checkpoint(self, pair: str) -> Path:
         """The teacher: its averaged checkpoint when it converged, else its best (by valid BLEU)."""
@@ -117,9 +122,11 @@ class DistillStudy(Race):
 
     def students(self) -> None:
         for pair in self.args.pairs:
-            if not (self.distilled(pair) / "prep.json").is_file():
+            if "distilled" in self.args.student_targets and not (self.distilled(pair) / "prep.json").is_file():
                 raise SystemExit(f"{self.distilled(pair)} is missing: run --stage distill first")
-        jobs = [j for p in self.args.pairs for j in self.student_jobs(p)]
+        targets = self.args.student_targets
+        jobs = [j for p in self.args.pairs for j in self.student_jobs(p)
+                if ("distilled" if j.data else "references") in targets]
         self.run_jobs("students", [[j] for j in jobs], runner=self.curve_run)
 
     def speed(self) -> None:
@@ -159,6 +166,7 @@ class DistillStudy(Race):
     def report(self) -> dict:
         a = self.args
         out = {"settings": {"pairs": a.pairs, "eval_every": a.eval_every, "max_minutes": a.max_minutes,
+                            "teacher_max_minutes": self.teacher_minutes,
                             "teacher_recipe": TEACHER_RECIPE, "student_recipe": STUDENT_RECIPE,
                             "variant_flags": a.variant_flags, "command": a.command},
                "machine": self.info, "pairs": {}, "goals": []}
@@ -261,8 +269,9 @@ def markdown(out: dict) -> str:
     lines = ["# Distilling the Transformer into attention-free students (Multi30k)", "",
              "Sequence-level distillation (Kim and Rush 2016): the teacher's beam-4 translations of the training sources "
              "are the students' targets; every student is also trained on the original references, the same way. "
-             "Every model trained to convergence with the race's curve rule (valid sacreBLEU every "
-             f"{s['eval_every']} updates, stop after 3 without improvement, at most {s['max_minutes']:g} training minutes); "
+             "Every model trained with the race's curve rule until it converged or reached its budget (valid sacreBLEU every "
+             f"{s['eval_every']} updates, stop after 3 without improvement, at most {s['max_minutes']:g} training minutes, "
+             f"the teacher at most {s.get('teacher_max_minutes', s['max_minutes']):g}); "
              "reported: the average of the last 5 checkpoints when converged, else the best.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(out["machine"]), ""]
     for pair, p in out["pairs"].items():
@@ -316,6 +325,11 @@ def main(argv=None) -> int:
     p.add_argument("--variant-name", default="variant", help="its name in the tables")
     p.add_argument("--eval-every", type=int, default=250, help="updates between validations")
     p.add_argument("--max-minutes", type=float, default=120.0, help="most training minutes per model")
+    p.add_argument("--teacher-max-minutes", type=float, default=None,
+                   help="most training minutes of the teacher (default: --max-minutes)")
+    p.add_argument("--student-targets", nargs="+", choices=["distilled", "references"], default=["distilled", "references"],
+                   help="students: which targets to train on; 'references' needs no teacher, so it can run beside "
+                        "the teacher stage (the report and speed stages read whatever is cached)")
     p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "distill")
     p.add_argument("--results-dir", type=Path, default=REPO / "results")
     p.add_argument("--data-root", type=Path, default=REPO / "data-bin")
