@@ -34,7 +34,8 @@ facebookresearch/dino's own ``checkpoint.pth`` layout (``teacher`` with ``module
 is read the same way.
 
 Such a file also loads the timm way:
-``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=K), num_classes=K, **model_kwargs)``.
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=K), num_classes=K,
+**model_kwargs)``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ _logger = logging.getLogger(__name__)
 TRAINING_KEYS = ("model_name", "model_kwargs", "model", "data_config")
 
 
-def create_model_from_checkpoint(path: str | Path, use_ema: bool = False, **overrides) -> tuple[nn.Module, Dict[str, Any]]:
+def create_model_from_checkpoint(path: str | Path, use_ema: bool = False,
+                                  **overrides) -> tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the model a training checkpoint was made with and load its weights.
 
     Returns ``(model, checkpoint)``; the model is in eval mode on the CPU.
@@ -73,15 +75,18 @@ def create_model_from_checkpoint(path: str | Path, use_ema: bool = False, **over
     ckpt = load(path)
     if not is_model_checkpoint(ckpt):
         raise ValueError(
-            f"{path} is not a checkpoint of vision.train or vision.dino (expected the format tag {FORMAT!r} or {DINO_FORMAT!r} and the model name; "
-            f"found keys: {', '.join(map(str, list(ckpt)[:8]))}{', ...' if len(ckpt) > 8 else ''}). For weights only (a state dict "
+            f"{path} is not a checkpoint of vision.train or vision.dino (expected the format tag {FORMAT!r} or "
+            f"{DINO_FORMAT!r} and the model name; found keys: {', '.join(map(str, list(ckpt)[:8]))}"
+            f"{', ...' if len(ckpt) > 8 else ''}). For weights only (a state dict "
             "of a ResMLP model) give the model name too (vision.evaluate: --model NAME --weights FILE; "
             "vision.train: --teacher-model NAME --teacher-path FILE)"
         )
-    required = TRAINING_KEYS if is_training_checkpoint(ckpt) else ("model_name", "model_kwargs", "teacher", "data_config")
+    required = (TRAINING_KEYS if is_training_checkpoint(ckpt)
+                else ("model_name", "model_kwargs", "teacher", "data_config"))
     missing = [k for k in required if k not in ckpt]
     if missing:
-        raise ValueError(f"checkpoint {path} says it is a {ckpt['format']} checkpoint but lacks {', '.join(missing)} (a damaged file?)")
+        raise ValueError(f"checkpoint {path} says it is a {ckpt['format']} checkpoint but lacks {', '.join(missing)} "
+                         "(a damaged file?)")
     kwargs = {**ckpt["model_kwargs"], **overrides}
     model = timm.create_model(ckpt["model_name"], **kwargs)
     load_weights(model, state_dict_of(ckpt, use_ema, what=f"checkpoint {path}"), what=f"checkpoint {path}")
@@ -118,7 +123,8 @@ def load_initial_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], 
     expected = model.state_dict()
     head_keys = [k for k in expected if k.startswith(classifier + ".")]
     found = [k for k in state_dict if k.startswith(classifier + ".")]
-    fits = bool(found) and set(found) == set(head_keys) and all(state_dict[k].shape == expected[k].shape for k in head_keys)
+    fits = (bool(found) and set(found) == set(head_keys)
+            and all(state_dict[k].shape == expected[k].shape for k in head_keys))
     if fits:
         load_weights(model, state_dict, what=what)
         return f"backbone and classifier ({classifier}) loaded from the {what}"
@@ -158,7 +164,8 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
 
 
 def gather_rng_state(world_size: int, distributed: bool) -> Dict[str, Any] | list[Dict[str, Any]]:
@@ -180,7 +187,8 @@ def restore_rng_state(saved: Dict[str, Any] | list[Dict[str, Any]], rank: int, w
     checkpoint was written by another number of processes: the random streams then differ)."""
     if isinstance(saved, list):  # saved by a distributed run: one state per rank
         if len(saved) != world_size:
-            logger.warning(f"the checkpoint was written by {len(saved)} processes, this run has {world_size}: random streams differ")
+            logger.warning(f"the checkpoint was written by {len(saved)} processes, this run has {world_size}: "
+                           "random streams differ")
         saved = saved[rank % len(saved)]
     set_rng_state(saved)
 
@@ -258,11 +266,11 @@ def reconcile_outputs(output: Path, last_path: Path, ckpt: Dict[str, Any]) -> No
     if missing:
         if history:
             write_summary_atomic(summary_csv, history)
-            _logger.warning(f"{summary_csv} lacked the rows of finished epoch(s) {missing} (a run stopped between its writes): "
-                            f"rewritten from {last_path}")
+            _logger.warning(f"{summary_csv} lacked the rows of finished epoch(s) {missing} "
+                            f"(a run stopped between its writes): rewritten from {last_path}")
         else:
-            _logger.warning(f"{summary_csv} lacks the rows of finished epoch(s) {missing}; {last_path} predates the stored "
-                            "rows, so they cannot be rewritten")
+            _logger.warning(f"{summary_csv} lacks the rows of finished epoch(s) {missing}; "
+                            f"{last_path} predates the stored rows, so they cannot be rewritten")
     # best.pth: the checkpoint of the best epoch recorded in last.pth
     best = ckpt["best"]
     if best.get("epoch", -1) < 0:
@@ -277,10 +285,12 @@ def reconcile_outputs(output: Path, last_path: Path, ckpt: Dict[str, Any]) -> No
         return
     if best["epoch"] == done:
         safe_io.copy_atomic(last_path, best_path)
-        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {done} "
-                        f"(a run stopped between writing last.pth and best.pth): {best_path} rewritten from {last_path}")
+        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} "
+                        f"at epoch {done} (a run stopped between writing last.pth and best.pth): "
+                        f"{best_path} rewritten from {last_path}")
     else:
-        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} at epoch {best['epoch']}; "
+        _logger.warning(f"{best_path} {found}, but {last_path} records the best top-1 {best['top1']:.2f} "
+                        f"at epoch {best['epoch']}; "
                         f"it cannot be rebuilt ({last_path} holds epoch {done}): the next better epoch will write it")
 
 
@@ -311,4 +321,5 @@ def prepare_output(output: Path, logger: logging.Logger = _logger) -> None:
     those of a live writer, a run still going in the same folder, are kept)."""
     stale = safe_io.remove_stale_temporaries(output)
     if stale:
-        logger.warning(f"deleted {len(stale)} temporary file(s) left by an interrupted write: {', '.join(str(p) for p in stale)}")
+        logger.warning(f"deleted {len(stale)} temporary file(s) left by an interrupted write: "
+                       f"{', '.join(str(p) for p in stale)}")

@@ -26,7 +26,8 @@ def resolve_config(name: str) -> Path:
     for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"config {name!r} is neither a file nor one of vision/configs: {', '.join(available_configs())}")
+    raise FileNotFoundError(f"config {name!r} is neither a file nor one of vision/configs: "
+                            f"{', '.join(available_configs())}")
 
 
 def load_config(name: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:

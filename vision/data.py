@@ -65,7 +65,8 @@ def find_classes(root: Path) -> list[str]:
     return classes
 
 
-def check_same_classes(train_classes: Sequence[str], val_classes: Sequence[str], train_root: Path, val_root: Path) -> None:
+def check_same_classes(train_classes: Sequence[str], val_classes: Sequence[str], train_root: Path,
+                       val_root: Path) -> None:
     """Raise ``ValueError`` unless both trees have the same class folders."""
     if list(train_classes) == list(val_classes):
         return
@@ -73,7 +74,8 @@ def check_same_classes(train_classes: Sequence[str], val_classes: Sequence[str],
     only_val = sorted(set(val_classes) - set(train_classes))
     raise ValueError(
         f"training classes ({train_root}, {len(train_classes)}) and validation classes ({val_root}, "
-        f"{len(val_classes)}) differ: only in training: {only_train or 'none'}; only in validation: {only_val or 'none'}"
+        f"{len(val_classes)}) differ: only in training: {only_train or 'none'}; "
+        f"only in validation: {only_val or 'none'}"
     )
 
 
@@ -155,7 +157,8 @@ class ImageFolderDataset(Dataset):
             samples += [(str(folder / f), self.class_to_idx[cls]) for f in images]
         if ignored:
             shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
-            warnings.warn(f"{self.root}: ignored {len(ignored)} file(s) without an image extension: {shown}", stacklevel=3)
+            warnings.warn(f"{self.root}: ignored {len(ignored)} file(s) without an image extension: {shown}",
+                          stacklevel=3)
         return samples
 
     def _decode_all(self, threads: int) -> np.ndarray | list[np.ndarray]:
@@ -229,7 +232,8 @@ class ImageFolderDataset(Dataset):
             try:
                 return self.transform(img), label
             except Exception as err:  # name the file: the transform's own message does not
-                raise RuntimeError(f"the transform failed on image {self.samples[i][0]} ({img.width}x{img.height}): {type(err).__name__}: {err}") from err
+                raise RuntimeError(f"the transform failed on image {self.samples[i][0]} ({img.width}x{img.height}): "
+                                   f"{type(err).__name__}: {err}") from err
         raise BadImageError(f"no readable image in {self.root}")
 
 
@@ -397,7 +401,8 @@ def build_train_sampler(dataset: Dataset, repeated_aug: int, rank: int, world_si
         from timm.data.distributed_sampler import RepeatAugSampler
 
         return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, num_repeats=repeated_aug)
-    return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                               drop_last=True)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

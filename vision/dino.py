@@ -350,7 +350,8 @@ def teacher_entropies(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def cosine_schedule(
-    base_value: float, final_value: float, epochs: int, niter_per_ep: int, warmup_epochs: float = 0, start_warmup_value: float = 0.0
+    base_value: float, final_value: float, epochs: int, niter_per_ep: int, warmup_epochs: float = 0,
+    start_warmup_value: float = 0.0
 ) -> np.ndarray:
     """Per-iteration values (``epochs * niter_per_ep``): a linear warm-up from
     ``start_warmup_value`` to ``base_value`` over ``warmup_epochs * niter_per_ep`` iterations,
@@ -450,11 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-supervised training of a ResMLP (or any timm backbone) with DINO.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", "-c", default=None, help="YAML file, or a name in vision/configs (its keys are these options)")
+    p.add_argument("--config", "-c", default=None,
+                   help="YAML file, or a name in vision/configs (its keys are these options)")
     g = p.add_argument_group("data (labels are not used)")
     g.add_argument("--data-dir", default=None, help="ImageFolder root (its --train-split is used)")
     g.add_argument("--train-split", default="train")
-    g.add_argument("--dataset-cache", default="none", choices=["none", "memory"], help="memory: decode every image once (small datasets)")
+    g.add_argument("--dataset-cache", default="none", choices=["none", "memory"],
+                   help="memory: decode every image once (small datasets)")
     g.add_argument("--bad-images", default="error", choices=["error", "skip"])
     g.add_argument("--max-per-class", type=int, default=None, help="use the first K images of each class folder")
     g.add_argument("--workers", "-j", type=int, default=10, help="data loader processes per training process")
@@ -464,34 +467,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--global-crops-scale", type=float, nargs=2, default=(0.4, 1.0))
     g.add_argument("--local-crops-number", type=int, default=8)
     g.add_argument("--local-crops-scale", type=float, nargs=2, default=(0.05, 0.4))
-    g.add_argument("--local-crop-size", type=int, default=None, help="default: --img-size (a ResMLP reads one input size)")
-    g.add_argument("--blur-probs", type=float, nargs=3, default=(1.0, 0.1, 0.5), help="Gaussian blur probability: global 1, global 2, local")
+    g.add_argument("--local-crop-size", type=int, default=None,
+                   help="default: --img-size (a ResMLP reads one input size)")
+    g.add_argument("--blur-probs", type=float, nargs=3, default=(1.0, 0.1, 0.5),
+                   help="Gaussian blur probability: global 1, global 2, local")
     g.add_argument("--blur-radius", type=float, nargs=2, default=(0.1, 2.0))
     g.add_argument("--solarization-prob", type=float, default=0.2, help="for the second global crop")
     g.add_argument("--interpolation", default="bicubic")
     g.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
     g.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
     g.add_argument("--eval-crop-pct", type=float, default=None,
-                   help="crop ratio stored for evaluating the checkpoint (vision.knn/linear); default 0.875 (DINO's eval_knn: "
-                        "resize 256, crop 224), 1.0 for images of 64 px or less")
+                   help="crop ratio stored for evaluating the checkpoint (vision.knn/linear); default 0.875 "
+                        "(DINO's eval_knn: resize 256, crop 224), 1.0 for images of 64 px or less")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resmlp_s12", help="timm backbone name (ResMLP: " + ", ".join(MODEL_NAMES) + ")")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="extra create_model arguments, key=value")
-    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth of the student (the teacher has none)")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs,
+                   help="extra create_model arguments, key=value")
+    g.add_argument("--drop-path", type=float, default=0.1,
+                   help="stochastic depth of the student (the teacher has none)")
     g.add_argument("--out-dim", type=int, default=65536, help="DINO head output dimension")
     g.add_argument("--head-hidden-dim", type=int, default=2048)
     g.add_argument("--head-bottleneck-dim", type=int, default=256)
     g.add_argument("--head-layers", type=int, default=3)
-    g.add_argument("--norm-last-layer", action=argparse.BooleanOptionalAction, default=True, help="fix the last layer's weight norm at 1")
+    g.add_argument("--norm-last-layer", action=argparse.BooleanOptionalAction, default=True,
+                   help="fix the last layer's weight norm at 1")
     g = p.add_argument_group("DINO")
-    g.add_argument("--momentum-teacher", type=float, default=0.996, help="teacher EMA momentum, raised to 1 by a cosine")
+    g.add_argument("--momentum-teacher", type=float, default=0.996,
+                   help="teacher EMA momentum, raised to 1 by a cosine")
     g.add_argument("--warmup-teacher-temp", type=float, default=0.04)
     g.add_argument("--teacher-temp", type=float, default=0.07)
     g.add_argument("--warmup-teacher-temp-epochs", type=int, default=30)
     g.add_argument("--student-temp", type=float, default=0.1)
     g.add_argument("--center-momentum", type=float, default=0.9)
     g = p.add_argument_group("optimizer and schedule")
-    g.add_argument("--lr", type=float, default=5e-4, help="peak lr for a global batch of --lr-base-size (scaled linearly, as DINO)")
+    g.add_argument("--lr", type=float, default=5e-4,
+                   help="peak lr for a global batch of --lr-base-size (scaled linearly, as DINO)")
     g.add_argument("--lr-base-size", type=int, default=256)
     g.add_argument("--min-lr", type=float, default=1e-6)
     g.add_argument("--warmup-epochs", type=float, default=10)
@@ -504,10 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", "-b", type=int, default=64, help="per process")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--output", default=None, help="output folder (checkpoints, logs)")
-    g.add_argument("--resume", default=None, help="a vision.dino checkpoint to continue from, or 'auto' (OUTPUT/last.pth if present)")
-    g.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (0-based) although the schedule spans --epochs")
+    g.add_argument("--resume", default=None,
+                   help="a vision.dino checkpoint to continue from, or 'auto' (OUTPUT/last.pth if present)")
+    g.add_argument("--stop-after-epoch", type=int, default=None,
+                   help="stop after this epoch (0-based) although the schedule spans --epochs")
     g.add_argument("--max-train-minutes", type=float, default=None,
-                   help="stop at the end of an epoch when the next one would pass this training time (the schedule still spans --epochs)")
+                   help="stop at the end of an epoch when the next one would pass this training time "
+                        "(the schedule still spans --epochs)")
     add_device_args(g)
     return p
 
@@ -549,8 +562,10 @@ def build_student_teacher(args: argparse.Namespace) -> tuple[MultiCropWrapper, M
     teacher_kwargs = backbone_kwargs(args, 0.0)
     teacher_backbone = timm.create_model(args.model, **teacher_kwargs)
     embed_dim = student_backbone.num_features
-    head_kwargs = dict(out_dim=args.out_dim, hidden_dim=args.head_hidden_dim, bottleneck_dim=args.head_bottleneck_dim, nlayers=args.head_layers)
-    student = MultiCropWrapper(student_backbone, DINOHead(embed_dim, norm_last_layer=args.norm_last_layer, **head_kwargs))
+    head_kwargs = dict(out_dim=args.out_dim, hidden_dim=args.head_hidden_dim, bottleneck_dim=args.head_bottleneck_dim,
+                       nlayers=args.head_layers)
+    student = MultiCropWrapper(student_backbone,
+                               DINOHead(embed_dim, norm_last_layer=args.norm_last_layer, **head_kwargs))
     teacher = MultiCropWrapper(teacher_backbone, DINOHead(embed_dim, **head_kwargs))
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
@@ -563,8 +578,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_run_args(parser, argv)
     local_size = args.local_crop_size or args.img_size
     if args.model in MODEL_NAMES and local_size != args.img_size:
-        parser.error(f"--local-crop-size {local_size}: a ResMLP reads one input size (its cross-patch matrix is fixed), "
-                     f"so local crops are resized to --img-size {args.img_size}; leave --local-crop-size out")
+        parser.error(f"--local-crop-size {local_size}: a ResMLP reads one input size "
+                     f"(its cross-patch matrix is fixed), so local crops are resized to --img-size {args.img_size}; "
+                     "leave --local-crop-size out")
     if args.batch_size < 1 or args.epochs < 1:
         parser.error("--batch-size and --epochs must be positive")
     return launch(args, _run, _logger)
@@ -596,7 +612,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         pin_memory=args.pin_mem and ctx.device.type == "cuda",
     )
     if len(loader) == 0:
-        raise ValueError(f"{len(sampler)} images per process ({train_root}) is less than one batch of {args.batch_size}")
+        raise ValueError(f"{len(sampler)} images per process ({train_root}) is less than one batch of "
+                         f"{args.batch_size}")
     ncrops = 2 + args.local_crops_number
     _logger.info(f"data: {len(dataset)} images ({train_root}, labels unused), {ncrops} crops each (2 global + "
                  f"{args.local_crops_number} local at {args.local_crop_size or args.img_size} px); "
@@ -610,8 +627,9 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
     n_head = sum(p.numel() for p in student.head.parameters())
     _logger.info(f"model: {args.model} {teacher_kwargs}, backbone {n_backbone:,} parameters, DINO head {n_head:,} "
                  f"(out_dim {args.out_dim}, norm_last_layer {args.norm_last_layer})")
-    dino_loss = DINOLoss(args.out_dim, ncrops, args.warmup_teacher_temp, args.teacher_temp, args.warmup_teacher_temp_epochs,
-                         args.epochs, args.student_temp, args.center_momentum).to(ctx.device)
+    dino_loss = DINOLoss(args.out_dim, ncrops, args.warmup_teacher_temp, args.teacher_temp,
+                         args.warmup_teacher_temp_epochs, args.epochs, args.student_temp,
+                         args.center_momentum).to(ctx.device)
     optimizer = torch.optim.AdamW(param_groups(student))  # lr and wd are set every step from the schedules
     global_batch = args.batch_size * ctx.world_size
     lr = args.lr * global_batch / args.lr_base_size
@@ -622,9 +640,10 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         teacher_momentum=cosine_schedule(args.momentum_teacher, 1.0, args.epochs, niter),
         freeze_last_layer=args.freeze_last_layer,
     )
-    _logger.info(f"optimizer: AdamW, peak lr {lr:.3g} (global batch {global_batch}), weight decay {args.weight_decay} -> "
-                 f"{args.weight_decay_end}, teacher momentum {args.momentum_teacher} -> 1, teacher temperature "
-                 f"{args.warmup_teacher_temp} -> {args.teacher_temp} over {args.warmup_teacher_temp_epochs} epochs")
+    _logger.info(f"optimizer: AdamW, peak lr {lr:.3g} (global batch {global_batch}), weight decay "
+                 f"{args.weight_decay} -> {args.weight_decay_end}, teacher momentum {args.momentum_teacher} -> 1, "
+                 f"teacher temperature {args.warmup_teacher_temp} -> {args.teacher_temp} over "
+                 f"{args.warmup_teacher_temp_epochs} epochs")
 
     # ---- resume
     start_epoch, history, resume_rng = 0, [], None
@@ -636,12 +655,13 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         if state.get("format") != ckpt_io.DINO_FORMAT:
             raise ValueError(f"--resume {resume_path}: not a vision.dino checkpoint (format {state.get('format')!r})")
         if state["model_name"] != args.model or state["model_kwargs"] != teacher_kwargs:
-            raise ValueError(f"--resume {resume_path}: the checkpoint is of {state['model_name']} {state['model_kwargs']}, "
-                             f"this run trains {args.model} {teacher_kwargs}")
+            raise ValueError(f"--resume {resume_path}: the checkpoint is of {state['model_name']} "
+                             f"{state['model_kwargs']}, this run trains {args.model} {teacher_kwargs}")
         changes = recipe_changes(state.get("args") or {}, args)
         if changes:
-            raise ValueError(f"--resume {resume_path}: the checkpoint was trained with another recipe ({'; '.join(changes)}). "
-                             "A resumed run continues its own recipe: resume with the checkpoint's flags, or start a new --output")
+            raise ValueError(f"--resume {resume_path}: the checkpoint was trained with another recipe "
+                             f"({'; '.join(changes)}). A resumed run continues its own recipe: "
+                             "resume with the checkpoint's flags, or start a new --output")
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         dino_loss.load_state_dict(state["dino_loss"])
@@ -666,18 +686,20 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         if args.max_train_minutes is not None and history:
             per_epoch = history[-1]["train"]["minutes"]
             if train_minutes + per_epoch > args.max_train_minutes:
-                _logger.info(f"stopping before epoch {epoch}: {train_minutes:.1f} training minutes so far, another epoch "
-                             f"(~{per_epoch:.1f}) would pass --max-train-minutes {args.max_train_minutes}")
+                _logger.info(f"stopping before epoch {epoch}: {train_minutes:.1f} training minutes so far, "
+                             f"another epoch (~{per_epoch:.1f}) would pass --max-train-minutes "
+                             f"{args.max_train_minutes}")
                 break
         sampler.set_epoch(epoch)
         metrics = train_one_epoch(train_student, teacher, dino_loss, loader, optimizer, ctx,
                                   epoch=epoch, schedule=schedule)
         train_minutes += metrics["minutes"]
         _logger.info(
-            f"epoch {epoch}: DINO loss {metrics['loss']:.4f}, {metrics['img_per_s']:.1f} img/s, {metrics['minutes']:.2f} min; "
-            f"lr {metrics['lr']:.3g}, wd {metrics['wd']:.3g}, teacher momentum {metrics['momentum']:.5f}, teacher temp "
-            f"{metrics['teacher_temp']:.3f}, centre norm {dino_loss.center.norm().item():.3f}; teacher entropy per image "
-            f"{metrics['teacher_entropy']:.3f}, of the batch mean {metrics['teacher_batch_entropy']:.3f} (ln K = {math.log(args.out_dim):.3f})"
+            f"epoch {epoch}: DINO loss {metrics['loss']:.4f}, {metrics['img_per_s']:.1f} img/s, "
+            f"{metrics['minutes']:.2f} min; lr {metrics['lr']:.3g}, wd {metrics['wd']:.3g}, teacher momentum "
+            f"{metrics['momentum']:.5f}, teacher temp {metrics['teacher_temp']:.3f}, centre norm "
+            f"{dino_loss.center.norm().item():.3f}; teacher entropy per image {metrics['teacher_entropy']:.3f}, "
+            f"of the batch mean {metrics['teacher_batch_entropy']:.3f} (ln K = {math.log(args.out_dim):.3f})"
         )
         rng = ckpt_io.gather_rng_state(ctx.world_size, ctx.distributed)
         if ctx.primary:
@@ -687,7 +709,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
                 "format": ckpt_io.DINO_FORMAT,
                 "model_name": args.model,
                 "model_kwargs": teacher_kwargs,
-                "data_config": ckpt_io.data_config(args.img_size, args.eval_crop_pct or (1.0 if args.img_size <= 64 else 0.875),
+                "data_config": ckpt_io.data_config(args.img_size,
+                                                   args.eval_crop_pct or (1.0 if args.img_size <= 64 else 0.875),
                                                    args.interpolation, args.mean, args.std),
                 "student": student.state_dict(),
                 "teacher": teacher.state_dict(),
@@ -704,8 +727,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         if ctx.distributed:
             dist.barrier()
     if ctx.primary:
-        _logger.info(f"done: {train_minutes:.1f} training minutes; the teacher backbone of {output / 'last.pth'} is the model to evaluate "
-                     f"(python -m vision.knn --checkpoint {output / 'last.pth'} ...)")
+        _logger.info(f"done: {train_minutes:.1f} training minutes; the teacher backbone of {output / 'last.pth'} "
+                     f"is the model to evaluate (python -m vision.knn --checkpoint {output / 'last.pth'} ...)")
     return 0
 
 

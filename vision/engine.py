@@ -109,7 +109,8 @@ def evaluate(model: nn.Module, loader, ctx: RunContext, *, desc: str = "eval") -
         count += labels.numel()
     totals = all_reduce_sum([correct1, correct5, loss_sum, count], ctx.device, ctx.distributed)
     correct1, correct5, loss_sum, count = totals
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count, "count": int(count)}
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
+            "count": int(count)}
 
 
 def train_one_epoch(

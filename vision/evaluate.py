@@ -26,12 +26,14 @@ from timm.utils import ParseKwargs
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vision.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m vision.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a vision.train checkpoint")
     p.add_argument("--model", help="or: a timm model name, with --weights FILE (timm or DeiT format) or --pretrained")
     p.add_argument("--weights", help="weights for --model")
     p.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model (download)")
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model arguments for --model, key=value")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs,
+                   help="create_model arguments for --model, key=value")
     p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
     p.add_argument("--data-dir", required=True, help="ImageFolder folder of the split to evaluate (<class>/<image>)")
     p.add_argument("--img-size", type=int, default=None)
@@ -41,7 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-per-class", type=int, default=None)
     p.add_argument("--bad-images", default="error", choices=["error", "skip"],
-                   help="an unreadable image file: stop naming it, or leave it out of every count and score (listed in the report)")
+                   help="an unreadable image file: stop naming it, or leave it out of every count and score "
+                        "(listed in the report)")
     p.add_argument("--no-reference", action="store_true", help="skip the folded and timm-implementation comparisons")
     p.add_argument("--bench-batch", type=int, default=32, help="batch size of the throughput measurement (0: skip)")
     p.add_argument("--bench-rounds", type=int, default=5)
@@ -78,8 +81,9 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     if args.checkpoint:
         model, ckpt = ckpt_io.create_model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
         if ckpt.get("format") == ckpt_io.DINO_FORMAT:
-            raise ValueError(f"{args.checkpoint} is a vision.dino checkpoint: a backbone without classifier. Evaluate its features "
-                             "with python -m vision.knn / vision.linear, or fine-tune it (vision.train --initial-checkpoint)")
+            raise ValueError(f"{args.checkpoint} is a vision.dino checkpoint: a backbone without classifier. "
+                             "Evaluate its features with python -m vision.knn / vision.linear, or fine-tune it "
+                             "(vision.train --initial-checkpoint)")
         data_cfg = dict(ckpt["data_config"])
         classes = ckpt.get("classes")
         name = ckpt["model_name"]
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         check_model_name(args.model)
         model = timm.create_model(args.model, pretrained=args.pretrained, **args.model_kwargs)
         if args.weights:
-            ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
+            ckpt_io.load_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema),
+                                 what=f"weights {args.weights}")
         elif not args.pretrained:
             p.error("--model needs --weights FILE or --pretrained")
         data_cfg = timm.data.resolve_data_config({}, model=model)
@@ -122,7 +127,8 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         "data_dir": str(root),
         "images": len(dataset),
         "skipped_files": list(dataset.skipped),
-        "preprocessing": {"img_size": img_size, "crop_pct": crop_pct, "interpolation": interpolation, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])},
+        "preprocessing": {"img_size": img_size, "crop_pct": crop_pct, "interpolation": interpolation,
+                          "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])},
         "params": sum(p.numel() for p in model.parameters()),
         "gmacs_per_image": count_flops(model, torch.randn(1, 3, img_size, img_size, device=device)) / 2e9,
         "accuracy": {},
@@ -146,16 +152,19 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         report["throughput_img_per_s"] = {k: args.bench_batch / statistics.median(v) for k, v in times.items()}
         report["throughput_batch"] = args.bench_batch
 
-    print(f"{name}: {report['params']:,} params, {report['gmacs_per_image']:.3f} GMACs/image, {len(dataset)} images from {root}")
+    print(f"{name}: {report['params']:,} params, {report['gmacs_per_image']:.3f} GMACs/image, "
+          f"{len(dataset)} images from {root}")
     if dataset.skipped:
-        print(f"  skipped {len(dataset.skipped)} unreadable image file(s), left out of every count and score: {', '.join(dataset.skipped)}")
+        print(f"  skipped {len(dataset.skipped)} unreadable image file(s), left out of every count and score: "
+              f"{', '.join(dataset.skipped)}")
     for key, acc in report["accuracy"].items():
         ips = report["throughput_img_per_s"].get(key)
         speed = f", {ips:.1f} img/s at batch {args.bench_batch}" if ips else ""
         print(f"  {key:12s} top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}  loss {acc['loss']:.4f}{speed}")
     if "timm" in report["throughput_img_per_s"]:
         tp = report["throughput_img_per_s"]
-        print(f"  speed vs timm's implementation: ours x{tp['ours'] / tp['timm']:.2f}, folded x{tp['ours_folded'] / tp['timm']:.2f}")
+        print(f"  speed vs timm's implementation: ours x{tp['ours'] / tp['timm']:.2f}, "
+              f"folded x{tp['ours_folded'] / tp['timm']:.2f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

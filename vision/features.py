@@ -46,11 +46,15 @@ _logger = logging.getLogger(__name__)
 def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone (one of)")
     g.add_argument("--checkpoint", default=None, help="a vision.dino (teacher backbone) or vision.train checkpoint")
-    g.add_argument("--model", default=None, help="a timm model name, with --weights FILE, --pretrained or --random-init")
+    g.add_argument("--model", default=None,
+                   help="a timm model name, with --weights FILE, --pretrained or --random-init")
     g.add_argument("--weights", default=None, help="weights file for --model (timm, DeiT or DINO layout)")
-    g.add_argument("--pretrained", action="store_true", help="timm's pretrained weights of --model (e.g. resmlp_s12.fb_dino)")
-    g.add_argument("--random-init", action="store_true", help="the architecture of --checkpoint / --model, randomly initialised")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model arguments for --model, key=value")
+    g.add_argument("--pretrained", action="store_true",
+                   help="timm's pretrained weights of --model (e.g. resmlp_s12.fb_dino)")
+    g.add_argument("--random-init", action="store_true",
+                   help="the architecture of --checkpoint / --model, randomly initialised")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs,
+                   help="create_model arguments for --model, key=value")
     g.add_argument("--use-ema", action="store_true", help="the EMA weights of a vision.train checkpoint")
     g.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     g = p.add_argument_group("data and evaluation transform")
@@ -103,20 +107,23 @@ def load_backbone(args: argparse.Namespace) -> tuple[nn.Module, Dict[str, Any]]:
         ckpt = ckpt_io.load(args.checkpoint, mmap=True)
         if not ckpt_io.is_model_checkpoint(ckpt):
             raise ValueError(
-                f"--checkpoint {args.checkpoint} is not a vision.dino or vision.train checkpoint (it does not name its model); "
+                f"--checkpoint {args.checkpoint} is not a vision.dino or vision.train checkpoint "
+                "(it does not name its model); "
                 "for a weights file give --model NAME --weights FILE"
             )
         name, kwargs = ckpt["model_name"], {**ckpt["model_kwargs"], "num_classes": 0, "drop_path_rate": 0.0}
         kind = "dino" if ckpt.get("format") == ckpt_io.DINO_FORMAT else "supervised"
-        info = {"source": str(args.checkpoint), "model_name": name, "model_kwargs": kwargs, "data_config": ckpt.get("data_config"),
-                "epoch": ckpt.get("epoch")}
+        info = {"source": str(args.checkpoint), "model_name": name, "model_kwargs": kwargs,
+                "data_config": ckpt.get("data_config"), "epoch": ckpt.get("epoch")}
         if args.random_init:
             torch.manual_seed(args.seed)
             model = timm.create_model(name, **kwargs)
-            info.update(kind="random", source=f"random init (seed {args.seed}) of the architecture of {args.checkpoint}")
+            info.update(kind="random",
+                        source=f"random init (seed {args.seed}) of the architecture of {args.checkpoint}")
         else:
             model = timm.create_model(name, **kwargs)
-            sd = ckpt_io.state_dict_of(ckpt_io.load(args.checkpoint), args.use_ema, what=f"checkpoint {args.checkpoint}")
+            sd = ckpt_io.state_dict_of(ckpt_io.load(args.checkpoint), args.use_ema,
+                                       what=f"checkpoint {args.checkpoint}")
             ckpt_io.load_initial_weights(model, sd, what=f"checkpoint {args.checkpoint}")
             info["kind"] = kind
         return model.eval(), info
@@ -127,15 +134,18 @@ def load_backbone(args: argparse.Namespace) -> tuple[nn.Module, Dict[str, Any]]:
         info = {"kind": "random", "source": f"random init (seed {args.seed})"}
     elif args.pretrained:
         model = timm.create_model(args.model, pretrained=True, **kwargs)
-        info = {"kind": "pretrained", "source": f"timm pretrained {model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url')}"}
+        info = {"kind": "pretrained",
+                "source": f"timm pretrained {model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url')}"}
     else:
         model = timm.create_model(args.model, **kwargs)
-        ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
+        ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema),
+                                     what=f"weights {args.weights}")
         info = {"kind": "weights", "source": str(args.weights)}
     cfg = model.pretrained_cfg
     info.update(model_name=args.model, model_kwargs=kwargs, data_config={
         "input_size": tuple(cfg.get("input_size", (3, 224, 224))), "crop_pct": cfg.get("crop_pct", 0.875),
-        "interpolation": cfg.get("interpolation", "bicubic"), "mean": tuple(cfg.get("mean")), "std": tuple(cfg.get("std")),
+        "interpolation": cfg.get("interpolation", "bicubic"), "mean": tuple(cfg.get("mean")),
+        "std": tuple(cfg.get("std")),
     })
     return model.eval(), info
 
@@ -165,14 +175,17 @@ def build_loaders(args: argparse.Namespace, data_config: Dict[str, Any]):
     tf = build_eval_transform(data_config["img_size"], data_config["crop_pct"], data_config["interpolation"],
                               data_config["mean"], data_config["std"])
     threads = min(8, os.cpu_count() or 1)
-    train_set = ImageFolderDataset(train_root, tf, classes, cache=args.dataset_cache, max_per_class=args.max_per_class, cache_threads=threads)
-    val_set = ImageFolderDataset(val_root, tf, classes, cache=args.dataset_cache, max_per_class=args.val_max_per_class, cache_threads=threads)
+    train_set = ImageFolderDataset(train_root, tf, classes, cache=args.dataset_cache, max_per_class=args.max_per_class,
+                                   cache_threads=threads)
+    val_set = ImageFolderDataset(val_root, tf, classes, cache=args.dataset_cache, max_per_class=args.val_max_per_class,
+                                 cache_threads=threads)
     kw = dict(batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     return torch.utils.data.DataLoader(train_set, **kw), torch.utils.data.DataLoader(val_set, **kw), classes
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader, device: torch.device, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(model: nn.Module, loader, device: torch.device,
+                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """``(features (N, D) float32 on the CPU, labels (N,) int64)`` of every image of ``loader``, in
     its order; ``model`` maps ``(B, 3, H, W) -> (B, D)``."""
     from tqdm import tqdm
@@ -182,7 +195,8 @@ def extract_features(model: nn.Module, loader, device: torch.device, desc: str =
     for images, target in tqdm(loader, desc=desc, leave=False, mininterval=5, dynamic_ncols=True):
         out = model(images.to(device, non_blocking=True))
         if out.ndim != 2:
-            raise ValueError(f"the backbone returns features of shape {tuple(out.shape)}, expected (batch, dim) (built with num_classes=0?)")
+            raise ValueError(f"the backbone returns features of shape {tuple(out.shape)}, expected (batch, dim) "
+                             "(built with num_classes=0?)")
         feats.append(out.float().cpu())
         labels.append(target)
     return torch.cat(feats), torch.cat(labels).long()
@@ -245,7 +259,8 @@ def load_cached_features(path: str | Path, key: Dict[str, Any]) -> Optional[Dict
         return None
     if not isinstance(kept, dict) or kept.get("key") != key:
         changed = sorted(k for k in key if not isinstance(kept, dict) or (kept.get("key") or {}).get(k) != key[k])
-        _logger.info("--features-cache %s was made from another %s; extracting again", path, ", ".join(changed) or "format")
+        _logger.info("--features-cache %s was made from another %s; extracting again", path,
+                     ", ".join(changed) or "format")
         return None
     features = kept["features"]
     features["train"], features["val"] = tuple(features["train"]), tuple(features["val"])
@@ -264,7 +279,8 @@ def features_for(args: argparse.Namespace) -> Dict[str, Any]:
         key = features_key(args)
         features = load_cached_features(cache, key)
         if features is not None:
-            print(f"features of {features['train'][0].shape[0]} train / {features['val'][0].shape[0]} val images from {cache}")
+            print(f"features of {features['train'][0].shape[0]} train / {features['val'][0].shape[0]} val images "
+                  f"from {cache}")
             return features
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, info = load_backbone(args)
@@ -312,7 +328,8 @@ def _jsonable(obj: Any) -> Any:
 
 def describe(info: Dict[str, Any]) -> str:
     """One line: kind, model and its size, source."""
-    kw = {k: v for k, v in (info.get("model_kwargs") or {}).items() if k not in ("num_classes", "drop_path_rate", "drop_rate")}
+    kw = {k: v for k, v in (info.get("model_kwargs") or {}).items()
+          if k not in ("num_classes", "drop_path_rate", "drop_rate")}
     return f"{info.get('kind')} {info.get('model_name')} {kw} ({info.get('source')})"
 
 

@@ -1,6 +1,7 @@
 """Weighted k-NN classification on frozen features (DINO's ``eval_knn.py``).
 
-    python -m vision.knn --checkpoint runs/dino_c10/last.pth --data-dir ../shared/data/cifar10 --val-split test --out results/knn
+    python -m vision.knn --checkpoint runs/dino_c10/last.pth --data-dir ../shared/data/cifar10 --val-split test \
+        --out results/knn
     python -m vision.knn --model resmlp_s12 --weights resmlp_12_dino.pth --data-dir /data/imagenet
     python -m vision.knn --model resmlp_s12.fb_dino --pretrained --data-dir /data/imagenet
 
@@ -22,7 +23,14 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import add_backbone_arguments, check_backbone_arguments, describe, features_or_error, report_header, write_report
+from .features import (
+    add_backbone_arguments,
+    check_backbone_arguments,
+    describe,
+    features_or_error,
+    report_header,
+    write_report,
+)
 
 
 @torch.no_grad()
@@ -68,7 +76,8 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 def run_knn(features: Dict[str, Any], ks: Sequence[int], temperature: float) -> Dict[str, Any]:
     (train_x, train_y), (val_x, val_y) = features["train"], features["val"]
     num_classes = len(features["classes"])
-    device = torch.device(features.get("device", "cpu"))  # the similarities where the features were computed (a GPU for ImageNet)
+    # the similarities where the features were computed (a GPU for ImageNet)
+    device = torch.device(features.get("device", "cpu"))
     train_x, train_y = train_x.to(device), train_y.to(device)
     results = {}
     for k in ks:
@@ -82,7 +91,8 @@ def run_knn(features: Dict[str, Any], ks: Sequence[int], temperature: float) -> 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vision.knn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m vision.knn", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_arguments(p)
     p.add_argument("--k", type=int, nargs="+", default=[20], help="numbers of neighbours")
     p.add_argument("--temperature", type=float, default=0.07)
@@ -102,15 +112,17 @@ def main(argv=None) -> int:
         "results": results,
         "seconds": {"features": features["extract_seconds"], "knn": time.perf_counter() - start},
     }
-    lines = [f"k-NN (T={args.temperature}) on {describe(features['backbone'])}: {report['data']['train_images']} train / "
-             f"{report['data']['val_images']} {args.val_split} images, {report['feature_dim']}-d features"]
+    lines = [f"k-NN (T={args.temperature}) on {describe(features['backbone'])}: "
+             f"{report['data']['train_images']} train / {report['data']['val_images']} {args.val_split} images, "
+             f"{report['feature_dim']}-d features"]
     for k, r in results.items():
         lines.append(f"  k={k}: top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}")
     print("\n".join(lines))
     if args.out:
         md = ["# k-NN evaluation\n", f"Backbone: {describe(features['backbone'])}.\n",
-              f"Data: `{args.data_dir}` {args.train_split} ({report['data']['train_images']} images) -> {args.val_split} "
-              f"({report['data']['val_images']} images), transform {features['data_config']}; temperature {args.temperature}.\n",
+              f"Data: `{args.data_dir}` {args.train_split} ({report['data']['train_images']} images) -> "
+              f"{args.val_split} ({report['data']['val_images']} images), transform {features['data_config']}; "
+              f"temperature {args.temperature}.\n",
               "| k | top-1 | top-5 |", "|---:|---:|---:|"]
         md += [f"| {k} | {r['top1']:.2f} | {r['top5']:.2f} |" for k, r in results.items()]
         paths = write_report(args.out, report, "\n".join(md) + "\n")

@@ -1,6 +1,7 @@
 """Linear probe on frozen features: multinomial logistic regression on the backbone's features.
 
-    python -m vision.linear --checkpoint runs/dino_c10/last.pth --data-dir ../shared/data/cifar10 --val-split test --out results/linear
+    python -m vision.linear --checkpoint runs/dino_c10/last.pth --data-dir ../shared/data/cifar10 --val-split test \
+        --out results/linear
     python -m vision.linear --model resmlp_s12 --weights resmlp_12_dino.pth --data-dir /data/imagenet
 
 The features of every training and validation image are extracted once (evaluation transform,
@@ -23,7 +24,14 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import add_backbone_arguments, check_backbone_arguments, describe, features_or_error, report_header, write_report
+from .features import (
+    add_backbone_arguments,
+    check_backbone_arguments,
+    describe,
+    features_or_error,
+    report_header,
+    write_report,
+)
 from .knn import topk_accuracy
 
 
@@ -83,9 +91,11 @@ def run_probe(features: Dict[str, Any], weight_decays: Sequence[float], max_iter
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vision.linear", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m vision.linear", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_arguments(p)
-    p.add_argument("--weight-decay", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2], help="L2 penalties to choose from")
+    p.add_argument("--weight-decay", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2],
+                   help="L2 penalties to choose from")
     p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
@@ -98,19 +108,21 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     result = run_probe(features, args.weight_decay, args.max_iter, args.seed)
     report = {
-        **report_header("linear probe on frozen features (logistic regression, L-BFGS, standardised features)", features, args),
+        **report_header("linear probe on frozen features (logistic regression, L-BFGS, standardised features)",
+                        features, args),
         "max_iter": args.max_iter,
         "result": result,
         "seconds": {"features": features["extract_seconds"], "probe": time.perf_counter() - start},
     }
     print(f"linear probe on {describe(features['backbone'])}: {args.val_split} top-1 {result['val']['top1']:.2f} top-5 "
-          f"{result['val']['top5']:.2f} (train top-1 {result['train']['top1']:.2f}, weight decay {result['weight_decay']:g})")
+          f"{result['val']['top5']:.2f} (train top-1 {result['train']['top1']:.2f}, "
+          f"weight decay {result['weight_decay']:g})")
     if args.out:
         md = ["# Linear probe\n", f"Backbone: {describe(features['backbone'])}.\n",
-              f"Data: `{args.data_dir}` {args.train_split} ({report['data']['train_images']} images) -> {args.val_split} "
-              f"({report['data']['val_images']} images). Logistic regression on standardised {report['feature_dim']}-d features, "
-              f"L-BFGS ({args.max_iter} iterations), weight decay {result['weight_decay']:g} (chosen on 10% of the training features "
-              f"from {args.weight_decay}).\n",
+              f"Data: `{args.data_dir}` {args.train_split} ({report['data']['train_images']} images) -> "
+              f"{args.val_split} ({report['data']['val_images']} images). Logistic regression on standardised "
+              f"{report['feature_dim']}-d features, L-BFGS ({args.max_iter} iterations), weight decay "
+              f"{result['weight_decay']:g} (chosen on 10% of the training features from {args.weight_decay}).\n",
               "| split | top-1 | top-5 |", "|---|---:|---:|",
               f"| {args.train_split} | {result['train']['top1']:.2f} | {result['train']['top5']:.2f} |",
               f"| {args.val_split} | {result['val']['top1']:.2f} | {result['val']['top5']:.2f} |"]

@@ -1,8 +1,8 @@
 """Render the learned cross-patch matrices of a ResMLP (the paper's Fig. 2 / B.1) to PNG.
 
     python -m vision.plot --checkpoint runs/c10/best.pth --out results/vision_cifar10_cross_patch.png
-    python -m vision.plot --checkpoint runs/c10/best.pth --label supervised --checkpoint runs/dino/last.pth --label DINO \
-        --out results/dino_cifar10_cross_patch.png
+    python -m vision.plot --checkpoint runs/c10/best.pth --label supervised --checkpoint runs/dino/last.pth \
+        --label DINO --out results/dino_cifar10_cross_patch.png
     python -m vision.plot --checkpoint runs/c10/best.pth --montage --out montage.png
 
 Row ``i`` of a block's ``N x N`` matrix ``A`` is what patch ``i`` reads: the weight it gives to
@@ -39,7 +39,8 @@ def cross_patch_montage(weight: torch.Tensor, grid: tuple[int, int]) -> np.ndarr
     return rows.permute(0, 2, 1, 3).reshape(h * h, w * w).numpy()
 
 
-def plot_cross_patch(model: torch.nn.Module, out: str | Path, blocks: Sequence[int] | None = None, cols: int = 6, title: str = "") -> Path:
+def plot_cross_patch(model: torch.nn.Module, out: str | Path, blocks: Sequence[int] | None = None, cols: int = 6,
+                     title: str = "") -> Path:
     """Write the montages of ``model.blocks[i].linear_tokens.weight`` for ``i`` in ``blocks`` to ``out``."""
     import matplotlib
 
@@ -151,7 +152,8 @@ def plot_cross_patch_rows(
                 if r == 0:
                     ax.set_title(f"patch ({pr},{pc})", fontsize=8)
                 if c == 0:
-                    ax.text(-0.12, 0.5, f"block {b}", transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=8)
+                    ax.text(-0.12, 0.5, f"block {b}", transform=ax.transAxes, rotation=90, va="center", ha="right",
+                            fontsize=8)
         subfig.suptitle(f"{label}\n{model_size(model)}", fontsize=9)
     if title:
         fig.text(0.5, 0.005, title, ha="center", va="bottom", fontsize=8)
@@ -177,21 +179,29 @@ def _load_model(args, checkpoint: str | None, parser) -> tuple[torch.nn.Module, 
         parser.error(f"--weights {args.weights}: no such file")
     kwargs = dict(args.model_kwargs)
     model = timm.create_model(args.model, **kwargs)
-    ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema), what=f"weights {args.weights}")
+    ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.weights, args.use_ema),
+                                 what=f"weights {args.weights}")
     return model, f"{args.model} ({Path(args.weights).name})"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vision.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", default=[], help="a vision.train or vision.dino checkpoint; repeat to compare models")
-    p.add_argument("--label", action="append", default=[], help="a title for each --checkpoint, in order (default: its model and file)")
+    p = argparse.ArgumentParser(prog="python -m vision.plot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="a vision.train or vision.dino checkpoint; repeat to compare models")
+    p.add_argument("--label", action="append", default=[],
+                   help="a title for each --checkpoint, in order (default: its model and file)")
     p.add_argument("--model", help="or: a ResMLP model name, with --weights (timm, DeiT or DINO format)")
     p.add_argument("--weights", help="weights file for --model")
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model arguments for --model, key=value")
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs,
+                   help="create_model arguments for --model, key=value")
     p.add_argument("--use-ema", action="store_true", help="plot the EMA weights of a vision.train checkpoint")
-    p.add_argument("--blocks", type=int, nargs="*", default=None, help="block indices (default: 4 spread over the depth; --montage: all)")
-    p.add_argument("--patches", type=int, nargs="*", default=None, help="row-major patch indices (default: centre, corner, edge)")
-    p.add_argument("--montage", action="store_true", help="every row of A, tiled by patch position, for each block (one model)")
+    p.add_argument("--blocks", type=int, nargs="*", default=None,
+                   help="block indices (default: 4 spread over the depth; --montage: all)")
+    p.add_argument("--patches", type=int, nargs="*", default=None,
+                   help="row-major patch indices (default: centre, corner, edge)")
+    p.add_argument("--montage", action="store_true",
+                   help="every row of A, tiled by patch position, for each block (one model)")
     p.add_argument("--cols", type=int, default=6, help="--montage: blocks per figure row")
     p.add_argument("--out", required=True, help="PNG file to write")
     args = p.parse_args(argv)
@@ -222,10 +232,12 @@ def main(argv=None) -> int:
         if len(entries) != 1:
             p.error("--montage draws one model")
         model, name = entries[0]
-        out = plot_cross_patch(model, args.out, args.blocks, args.cols, f"{name}: {model_size(model)}: every row of A on the patch grid")
+        out = plot_cross_patch(model, args.out, args.blocks, args.cols,
+                               f"{name}: {model_size(model)}: every row of A on the patch grid")
     else:
         out = plot_cross_patch_rows([(name, model) for model, name in entries], args.out, args.blocks, args.patches,
-                                    "row i of A reshaped to the patch grid: the weights patch i (outlined) gives every patch")
+                                    "row i of A reshaped to the patch grid: "
+                                    "the weights patch i (outlined) gives every patch")
     print(f"wrote {out}")
     return 0
 

@@ -34,7 +34,14 @@ from timm.models._features import feature_take_indices
 from timm.models.mlp_mixer import checkpoint_filter_fn as timm_resmlp_filter_fn
 from torch import nn
 
-from resmlp_core import Affine, CrossTokenLinear, add_scaled, check_state_dict_fits, fold_affine_into_linear, layer_scale
+from resmlp_core import (
+    Affine,
+    CrossTokenLinear,
+    add_scaled,
+    check_state_dict_fits,
+    fold_affine_into_linear,
+    layer_scale,
+)
 
 __all__ = [
     "ResMLP",
@@ -173,7 +180,8 @@ class FoldedResMLPBlock(nn.Module):
         self.mlp_chunk_rows = max(64, (1 << 21) // fc1_weight.shape[0])
 
     def extra_repr(self) -> str:
-        return f"num_tokens={self.token_weight.shape[0]}, dim={self.token_scale.numel()}, mlp_chunk_rows={self.mlp_chunk_rows}"
+        return (f"num_tokens={self.token_weight.shape[0]}, dim={self.token_scale.numel()}, "
+                f"mlp_chunk_rows={self.mlp_chunk_rows}")
 
     def _act_(self, h: torch.Tensor) -> torch.Tensor:
         if isinstance(self.act, nn.GELU):
@@ -190,7 +198,8 @@ class FoldedResMLPBlock(nn.Module):
         dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
         A, scale, const, w1, b1, w2 = (
             p if p.dtype == dtype else p.to(dtype)
-            for p in (self.token_weight, self.token_scale, self.token_const, self.fc1.weight, self.fc1.bias, self.fc2.weight)
+            for p in (self.token_weight, self.token_scale, self.token_const, self.fc1.weight, self.fc1.bias,
+                      self.fc2.weight)
         )
         x = x.to(dtype)
         t = torch.mm(A, x.reshape(num_tokens, batch * dim)).view(num_tokens, batch, dim)
@@ -246,8 +255,10 @@ class AffineToFold(nn.Module):
     @torch.no_grad()
     def fold_into(self, linear: nn.Linear) -> nn.Linear:
         """A new linear layer equal to ``linear(Aff(x))`` on inputs ``(..., dim)``."""
-        weight, bias = fold_affine_into_linear(linear.weight, linear.bias, self.affine.alpha.flatten(), self.affine.beta.flatten())
-        folded = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype)
+        weight, bias = fold_affine_into_linear(linear.weight, linear.bias, self.affine.alpha.flatten(),
+                                               self.affine.beta.flatten())
+        folded = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device,
+                           dtype=linear.weight.dtype)
         folded.weight.copy_(weight)
         folded.bias.copy_(bias)
         return folded
@@ -295,7 +306,8 @@ class ResMLP(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grad_checkpointing = False
 
-        self.stem = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, flatten=False)
+        self.stem = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                               flatten=False)
         self.num_tokens = self.stem.num_patches
         self.blocks = nn.Sequential(
             *[
@@ -408,7 +420,8 @@ class ResMLP(nn.Module):
             return intermediates
         return self.norm(x).transpose(0, 1), intermediates
 
-    def prune_intermediate_layers(self, indices: int | List[int] = 1, prune_norm: bool = False, prune_head: bool = True) -> List[int]:
+    def prune_intermediate_layers(self, indices: int | List[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
         """timm API: keep only the blocks up to the last of ``indices`` (for ``features_only``)."""
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max_index + 1]
@@ -546,8 +559,14 @@ MODEL_NAMES = tuple(_ARCHS)
 # the released "B24" is B24/8 (timm's resmlp_big_24_224). timm's own configs are kept except the
 # evaluation crop (0.9, the paper's).
 _RELEASED = {
-    "resmlp_s12": ("resmlp_12_224", {"fb_in1k": "resmlp_12_no_dist", "fb_distilled_in1k": "resmlp_12_dist", "fb_dino": "resmlp_12_dino"}),
-    "resmlp_s24": ("resmlp_24_224", {"fb_in1k": "resmlp_24_no_dist", "fb_distilled_in1k": "resmlp_24_dist", "fb_dino": "resmlp_24_dino"}),
+    "resmlp_s12": (
+        "resmlp_12_224",
+        {"fb_in1k": "resmlp_12_no_dist", "fb_distilled_in1k": "resmlp_12_dist", "fb_dino": "resmlp_12_dino"},
+    ),
+    "resmlp_s24": (
+        "resmlp_24_224",
+        {"fb_in1k": "resmlp_24_no_dist", "fb_distilled_in1k": "resmlp_24_dist", "fb_dino": "resmlp_24_dino"},
+    ),
     "resmlp_s36": ("resmlp_36_224", {"fb_in1k": "resmlp_36_no_dist", "fb_distilled_in1k": "resmlp_36_dist"}),
     "resmlp_b24_p8": (
         "resmlp_big_24_224",
@@ -579,7 +598,8 @@ def _pretrained_file(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
     dict(file=PATH)`` or a ``pretrained_cfg`` with a ``file``), or ``None``."""
     from timm.models import resolve_pretrained_cfg
 
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                 pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
     if cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir") or cfg.custom_load:
         return None
     return cfg.file or None

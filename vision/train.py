@@ -67,24 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a timm image classifier (ResMLP: resmlp_s12, ...) with the DeiT recipe.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", "-c", default=None, help="YAML file, or a name in vision/configs (its keys are these options)")
+    p.add_argument("--config", "-c", default=None,
+                   help="YAML file, or a name in vision/configs (its keys are these options)")
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="ImageFolder root holding the train and val splits")
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="val")
-    g.add_argument("--dataset-cache", default="none", choices=["none", "memory"], help="memory: decode every image once (small datasets)")
-    g.add_argument("--bad-images", default="error", choices=["error", "skip"], help="an unreadable image file: stop naming it, or skip it with a warning")
+    g.add_argument("--dataset-cache", default="none", choices=["none", "memory"],
+                   help="memory: decode every image once (small datasets)")
+    g.add_argument("--bad-images", default="error", choices=["error", "skip"],
+                   help="an unreadable image file: stop naming it, or skip it with a warning")
     g.add_argument("--max-per-class", type=int, default=None, help="use the first K training images of each class")
-    g.add_argument("--val-max-per-class", type=int, default=None, help="use the first K validation images of each class")
+    g.add_argument("--val-max-per-class", type=int, default=None,
+                   help="use the first K validation images of each class")
     g.add_argument("--workers", "-j", type=int, default=4, help="data loader processes per training process")
     g.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=True)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resmlp_s12", help="timm model name (ResMLP: " + ", ".join(MODEL_NAMES) + ")")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="extra create_model arguments, key=value")
-    g.add_argument("--img-size", type=int, default=224, help="input resolution (passed to ResMLP models, which need it)")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs,
+                   help="extra create_model arguments, key=value")
+    g.add_argument("--img-size", type=int, default=224,
+                   help="input resolution (passed to ResMLP models, which need it)")
     g.add_argument("--drop", type=float, default=0.0, help="dropout before the classifier")
-    g.add_argument("--drop-path", type=float, default=0.05, help="stochastic depth rate (ResMLP: the same at every depth)")
-    g.add_argument("--initial-checkpoint", default=None, help="start from these weights (vision.train, vision.dino, timm or DeiT checkpoint); a head of another size, or none, gives a new head")
+    g.add_argument("--drop-path", type=float, default=0.05,
+                   help="stochastic depth rate (ResMLP: the same at every depth)")
+    g.add_argument("--initial-checkpoint", default=None,
+                   help="start from these weights (vision.train, vision.dino, timm or DeiT checkpoint); "
+                        "a head of another size, or none, gives a new head")
     g.add_argument("--grad-checkpointing", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimizer and schedule")
@@ -107,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, default=5)
     g.add_argument("--warmup-lr", type=float, default=1e-6)
     g.add_argument("--min-lr", type=float, default=1e-5)
-    g.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=False, help="update the lr every step, not every epoch")
+    g.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=False,
+                   help="update the lr every step, not every epoch")
     g = p.add_argument_group("augmentation and regularisation")
-    g.add_argument("--train-crop", default="rrc", choices=["rrc", "pad"], help="rrc: RandomResizedCrop (DeiT); pad: pad-and-crop (small images)")
+    g.add_argument("--train-crop", default="rrc", choices=["rrc", "pad"],
+                   help="rrc: RandomResizedCrop (DeiT); pad: pad-and-crop (small images)")
     g.add_argument("--crop-pad", type=int, default=4, help="padding of --train-crop pad")
     g.add_argument("--hflip", type=float, default=0.5)
     g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment string; 'none' for none")
@@ -137,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("distillation")
     g.add_argument("--distillation-type", default="none", choices=DISTILLATION_TYPES)
     g.add_argument("--teacher-model", default=None, help="timm model name of the teacher (e.g. regnety_160)")
-    g.add_argument("--teacher-path", default=None, help="teacher weights: a vision.train checkpoint, or a timm-format file")
+    g.add_argument("--teacher-path", default=None,
+                   help="teacher weights: a vision.train checkpoint, or a timm-format file")
     g.add_argument("--teacher-pretrained", action="store_true", help="download timm's pretrained teacher weights")
     g.add_argument("--distillation-alpha", type=float, default=0.5)
     g.add_argument("--distillation-tau", type=float, default=1.0)
@@ -145,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", "-b", type=int, default=64, help="per process")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--output", required=False, default=None, help="output folder (checkpoints, logs)")
-    g.add_argument("--resume", default=None, help="a checkpoint to continue from, or 'auto' (OUTPUT/last.pth if present)")
-    g.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (0-based) although the schedule spans --epochs")
+    g.add_argument("--resume", default=None,
+                   help="a checkpoint to continue from, or 'auto' (OUTPUT/last.pth if present)")
+    g.add_argument("--stop-after-epoch", type=int, default=None,
+                   help="stop after this epoch (0-based) although the schedule spans --epochs")
     add_device_args(g)
     return p
 
@@ -172,11 +186,13 @@ def build_teacher(args: argparse.Namespace, num_classes: int, device: torch.devi
         check_model_name(args.teacher_model)
         teacher = timm.create_model(args.teacher_model, pretrained=args.teacher_pretrained, num_classes=num_classes)
         if args.teacher_path:
-            ckpt_io.load_weights(teacher, ckpt_io.load_state_dict(args.teacher_path), what=f"teacher weights {args.teacher_path}")
+            ckpt_io.load_weights(teacher, ckpt_io.load_state_dict(args.teacher_path),
+                                 what=f"teacher weights {args.teacher_path}")
         elif not args.teacher_pretrained:
             raise ValueError("the teacher has no weights: give --teacher-path FILE or --teacher-pretrained")
     else:
-        raise ValueError(f"{args.distillation_type} distillation needs --teacher-path (a vision.train checkpoint) or --teacher-model")
+        raise ValueError(f"{args.distillation_type} distillation needs --teacher-path (a vision.train checkpoint) "
+                         "or --teacher-model")
     teacher_classes = getattr(teacher, "num_classes", num_classes)
     if teacher_classes != num_classes:
         raise ValueError(f"the teacher predicts {teacher_classes} classes, the data has {num_classes}")
@@ -239,12 +255,14 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         max_per_class=args.val_max_per_class, cache_threads=min(8, os.cpu_count() or 1), check_readable=True,
     )
     if val_set.skipped:
-        _logger.warning(f"validation: left out {len(val_set.skipped)} unreadable image file(s): {', '.join(val_set.skipped[:20])}"
+        _logger.warning(f"validation: left out {len(val_set.skipped)} unreadable image file(s): "
+                        f"{', '.join(val_set.skipped[:20])}"
                         + (f" and {len(val_set.skipped) - 20} more" if len(val_set.skipped) > 20 else ""))
     sampler = build_train_sampler(train_set, args.repeated_aug, ctx.rank, ctx.world_size, args.seed)
     pin_memory = args.pin_mem and ctx.device.type == "cuda"
     loader_kw = dict(num_workers=args.workers, pin_memory=pin_memory, persistent_workers=False)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_kw)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                               **loader_kw)
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=args.batch_size_eval or args.batch_size,
         sampler=ShardSampler(len(val_set), ctx.rank, ctx.world_size), **loader_kw,
@@ -260,7 +278,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
     model_kwargs = model_create_kwargs(args, num_classes)
     model = timm.create_model(args.model, **model_kwargs)
     if args.initial_checkpoint:
-        loaded = ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.initial_checkpoint), what=f"initial checkpoint {args.initial_checkpoint}")
+        loaded = ckpt_io.load_initial_weights(model, ckpt_io.load_state_dict(args.initial_checkpoint),
+                                              what=f"initial checkpoint {args.initial_checkpoint}")
         _logger.info(loaded)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -270,8 +289,9 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
     teacher = build_teacher(args, num_classes, ctx.device)
     if teacher is not None:
         _logger.info(
-            f"distillation: {args.distillation_type} (alpha {args.distillation_alpha}, tau {args.distillation_tau}), teacher "
-            f"{type(teacher).__name__} from {args.teacher_path or args.teacher_model}, {sum(p.numel() for p in teacher.parameters()):,} parameters"
+            f"distillation: {args.distillation_type} (alpha {args.distillation_alpha}, tau {args.distillation_tau}), "
+            f"teacher {type(teacher).__name__} from {args.teacher_path or args.teacher_model}, "
+            f"{sum(p.numel() for p in teacher.parameters()):,} parameters"
         )
 
     global_batch = args.batch_size * ctx.world_size
@@ -281,7 +301,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         opt_kwargs["eps"] = args.opt_eps
     if args.opt_betas is not None:
         opt_kwargs["betas"] = tuple(args.opt_betas)
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs)
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                                    **opt_kwargs)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=args.sched,
@@ -292,7 +313,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         step_on_epochs=not args.sched_on_updates,
         updates_per_epoch=len(train_loader),
     )
-    _logger.info(f"optimizer: {args.opt}, lr {lr:.3g} (global batch {global_batch}, lr scale {args.lr_scale}), weight decay {args.weight_decay}")
+    _logger.info(f"optimizer: {args.opt}, lr {lr:.3g} (global batch {global_batch}, lr scale {args.lr_scale}), "
+                 f"weight decay {args.weight_decay}")
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
 
     mixup_active = args.mixup > 0 or args.cutmix > 0
@@ -309,7 +331,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
         base_criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
         base_criterion = nn.CrossEntropyLoss()
-    criterion = DistillationLoss(base_criterion, teacher, args.distillation_type, args.distillation_alpha, args.distillation_tau)
+    criterion = DistillationLoss(base_criterion, teacher, args.distillation_type, args.distillation_alpha,
+                                 args.distillation_tau)
 
     # ---- resume
     start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
@@ -322,9 +345,11 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
     if resume_path is not None:
         state = ckpt_io.load(resume_path)
         if not ckpt_io.is_training_checkpoint(state):
-            raise ValueError(f"--resume {resume_path}: not a vision.train checkpoint (use --initial-checkpoint for weights only)")
+            raise ValueError(f"--resume {resume_path}: not a vision.train checkpoint "
+                             "(use --initial-checkpoint for weights only)")
         if state["model_name"] != args.model:
-            raise ValueError(f"--resume {resume_path}: the checkpoint is of model {state['model_name']}, this run trains {args.model}")
+            raise ValueError(f"--resume {resume_path}: the checkpoint is of model {state['model_name']}, "
+                             f"this run trains {args.model}")
         if state.get("classes") != classes:
             raise ValueError(f"--resume {resume_path}: the checkpoint was trained on other classes than {train_root}")
         ckpt_io.load_weights(model, state["model"], what=f"resumed checkpoint {resume_path}")
@@ -376,7 +401,8 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
                 ema_metrics = evaluate(model_ema.module, val_loader, ctx, desc="eval ema")
                 metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "count"})
         lr_now = optimizer.param_groups[0]["lr"]
-        msg = f"epoch {epoch}: train loss {train_metrics['loss']:.4f}, {train_metrics['img_per_s']:.1f} img/s, {train_metrics['minutes']:.2f} min"
+        msg = (f"epoch {epoch}: train loss {train_metrics['loss']:.4f}, {train_metrics['img_per_s']:.1f} img/s, "
+               f"{train_metrics['minutes']:.2f} min")
         if metrics:
             msg += f"; val top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f} loss {metrics['loss']:.4f}"
             if "ema_top1" in metrics:
@@ -388,14 +414,16 @@ def _run(args: argparse.Namespace, ctx: RunContext, output: Path) -> int:
             is_best = bool(metrics) and metrics["top1"] > best["top1"]
             if is_best:
                 best = {"top1": metrics["top1"], "epoch": epoch}
-            row = {"epoch": epoch, "train": dict(train_metrics), "eval": {k: v for k, v in metrics.items() if k != "count"}, "lr": lr_now}
+            row = {"epoch": epoch, "train": dict(train_metrics),
+                   "eval": {k: v for k, v in metrics.items() if k != "count"}, "lr": lr_now}
             history = [*history, row]
             state = {
                 "format": ckpt_io.FORMAT,
                 "model_name": args.model,
                 "model_kwargs": model_kwargs,
                 "classes": classes,
-                "data_config": ckpt_io.data_config(args.img_size, args.crop_pct, args.interpolation, args.mean, args.std),
+                "data_config": ckpt_io.data_config(args.img_size, args.crop_pct, args.interpolation, args.mean,
+                                                   args.std),
                 "model": unwrap_model(model).state_dict(),
                 "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
                 "optimizer": optimizer.state_dict(),

@@ -110,10 +110,11 @@ def check_state_dict(state_dict: Any, what: str = "checkpoint") -> Dict[str, tor
         raise ValueError(f"the {what} holds an empty state dict; {EXPECTED}")
     bad = [(k, v) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        shown = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        shown = (", ".join(f"{k!r}: {type(v).__name__}" for k, v in bad[:5])
+                 + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
         raise ValueError(
-            f"the {what} is not a state dict: {len(bad)} of its {len(state_dict)} entries are not parameter name -> tensor "
-            f"({shown}); {EXPECTED}"
+            f"the {what} is not a state dict: {len(bad)} of its {len(state_dict)} entries are not "
+            f"parameter name -> tensor ({shown}); {EXPECTED}"
         )
     return dict(state_dict)
 
