@@ -316,7 +316,8 @@ def normalize_split(
                     if not src or not tgt:
                         stats.dropped_empty += 1
                         if len(stats.empty_examples) < 5:
-                            stats.empty_examples.append(f"line {loc[1]}" if len(split.files) == 1 else _where(split, loc))
+                            stats.empty_examples.append(f"line {loc[1]}" if len(split.files) == 1
+                                                        else _where(split, loc))
                         continue
                     ls, lt = len(src.split()), len(tgt.split())
                     if max_positions is not None and max(ls, lt) + 1 > max_positions:
@@ -429,7 +430,8 @@ def limit_positions(
 # --- SentencePiece ----------------------------------------------------------------------------
 
 
-def train_sentencepiece(inputs: Sequence[Path], model_prefix: Path, vocab_size: int, max_sentences: int = 10_000_000) -> Path:
+def train_sentencepiece(inputs: Sequence[Path], model_prefix: Path, vocab_size: int,
+                        max_sentences: int = 10_000_000) -> Path:
     """A joint BPE SentencePiece model over the lines of ``inputs``; returns the .model path."""
     import sentencepiece as spm
 
@@ -520,7 +522,8 @@ def prepare_parallel_corpus(
         logger.info("training a joint SentencePiece BPE model, %d pieces", vocab_size)
         out = PreparedData(work)
         sp_model = train_sentencepiece(
-            [text / f"train.norm.{src_lang}", text / f"train.norm.{tgt_lang}"], out.spm_model.with_suffix(""), vocab_size
+            [text / f"train.norm.{src_lang}", text / f"train.norm.{tgt_lang}"], out.spm_model.with_suffix(""),
+            vocab_size
         )
         out.ref_dir.mkdir()
         for split in splits:
@@ -625,7 +628,8 @@ def sgm_to_text(sgm: Path, dest: Path) -> Path:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise CorpusError(
-                    f"{sgm} is not valid UTF-8 at line {number}, byte {e.start + 1}: {raw[e.start:e.end]!r} ({e.reason})"
+                    f"{sgm} is not valid UTF-8 at line {number}, byte {e.start + 1}: "
+                    f"{raw[e.start:e.end]!r} ({e.reason})"
                 ) from None
             match = _SEG.search(line)
             if match:

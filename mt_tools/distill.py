@@ -51,7 +51,8 @@ def load_teacher(teacher: Path, data: Path):
 
     if not teacher.is_file():
         raise DistillationError(f"--teacher {teacher}: no such checkpoint")
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(teacher)], arg_overrides={"data": str(data)})
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(teacher)],
+                                                                       arg_overrides={"data": str(data)})
     for model in models:
         model.eval()
     return models, task
@@ -132,7 +133,8 @@ def distill(teacher: Path, data: Path, out: Path, beam: int = 4, chunk: int = 20
     bar.close()
     seconds = time.time() - start
 
-    pairs = [line.split("\t") for i in range(len(chunks)) for line in (work / f"chunk_{i}.tsv").read_text().splitlines()]
+    pairs = [line.split("\t") for i in range(len(chunks))
+             for line in (work / f"chunk_{i}.tsv").read_text().splitlines()]
     kept = [(s, h) for _id, s, h in pairs if h.strip() and s.strip()]
     entry = {"teacher": _shown(teacher), "teacher_mtime_ns": teacher.stat().st_mtime_ns, "beam": beam, "sentences": n,
              "pairs": len(kept),

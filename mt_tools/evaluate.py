@@ -74,11 +74,14 @@ def last_checkpoints(save_dir: Path, n: int) -> List[Path]:
     """The ``n`` newest of fairseq's numbered checkpoints in ``save_dir``: update-based
     (``checkpoint_E_U.pt``) if any, else epoch-based (``checkpointE.pt``)."""
     save_dir = Path(save_dir)
-    by_update = {int(m.group(1)): p for p in save_dir.glob("checkpoint_*_*.pt") if (m := re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", p.name))}
-    by_epoch = {int(m.group(1)): p for p in save_dir.glob("checkpoint*.pt") if (m := re.fullmatch(r"checkpoint(\d+)\.pt", p.name))}
+    by_update = {int(m.group(1)): p for p in save_dir.glob("checkpoint_*_*.pt")
+                 if (m := re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", p.name))}
+    by_epoch = {int(m.group(1)): p for p in save_dir.glob("checkpoint*.pt")
+                if (m := re.fullmatch(r"checkpoint(\d+)\.pt", p.name))}
     found = by_update or by_epoch
     if len(found) < n:
-        raise EvaluationError(f"asked to average the last {n} checkpoints but {save_dir} holds {len(found)} numbered ones")
+        raise EvaluationError(f"asked to average the last {n} checkpoints but {save_dir} holds {len(found)} "
+                              "numbered ones")
     return [found[k] for k in sorted(found)[-n:]]
 
 
@@ -234,7 +237,8 @@ def evaluate(
         tokens_per_second=tok_s,
         peak_rss_mb=round(result.peak_rss_mb, 1),
         command=cmd,
-        samples=[{"source": sources[i], "reference": refs[i], "hypothesis": hyps[i]} for i in range(min(num_samples, len(refs)))],
+        samples=[{"source": sources[i], "reference": refs[i], "hypothesis": hyps[i]}
+                 for i in range(min(num_samples, len(refs)))],
     )
 
 

@@ -29,7 +29,8 @@ class StateDictDiff:
         ``shape mismatches (1): blocks.0.ls1: (96,) in the checkpoint, (64,) in the model``."""
         out = []
         shapes = [f"{k}: {c} in the {checkpoint}, {m} in the {model}" for k, c, m in self.mismatched]
-        for title, keys in (("missing keys", self.missing), ("unexpected keys", self.unexpected), ("shape mismatches", shapes)):
+        for title, keys in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
+                            ("shape mismatches", shapes)):
             if keys:
                 shown = keys[:limit] + ([f"... and {len(keys) - limit} more"] if len(keys) > limit else [])
                 out.append(f"{title} ({len(keys)}): " + ", ".join(shown))
@@ -37,7 +38,8 @@ class StateDictDiff:
 
 
 def compare_state_dicts(
-    model_state: Mapping[str, torch.Tensor], checkpoint_state: Mapping[str, torch.Tensor], ignore_shapes: Iterable[str] = ()
+    model_state: Mapping[str, torch.Tensor], checkpoint_state: Mapping[str, torch.Tensor],
+    ignore_shapes: Iterable[str] = ()
 ) -> StateDictDiff:
     """What differs between ``model_state`` and ``checkpoint_state`` (shapes of the keys in
     ``ignore_shapes`` are not compared)."""

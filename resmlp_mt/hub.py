@@ -124,7 +124,8 @@ class Translator(GeneratorHubInterface):
         else:
             if kwargs:
                 raise TypeError(f"engine={engine!r} does not take {', '.join(kwargs)}")
-            texts = self._translate_fast([normalized[i] for i in todo], beam, batch_size, self._decoder(engine), **lengths)
+            texts = self._translate_fast([normalized[i] for i in todo], beam, batch_size, self._decoder(engine),
+                                         **lengths)
         for i, text in zip(todo, texts):
             out[i] = text
         return out
@@ -248,6 +249,7 @@ def from_pretrained(
     if kwargs["bpe"] is None:
         kwargs.pop("bpe")
     kwargs.setdefault("batch_size", card.get("batch_size", 64))
-    loaded = hub_utils.from_pretrained(str(folder), checkpoint_file=checkpoint_file, data_name_or_path=data_name_or_path,
-                                       archive_map=model_cls.hub_models(), **kwargs)
+    loaded = hub_utils.from_pretrained(str(folder), checkpoint_file=checkpoint_file,
+                                       data_name_or_path=data_name_or_path, archive_map=model_cls.hub_models(),
+                                       **kwargs)
     return Translator(loaded["args"], loaded["task"], loaded["models"], card=card)

@@ -125,7 +125,8 @@ class AlignedEmbedding:
         self.embed_positions = (
             None
             if args.positional_embeddings == "none"
-            else PositionalEmbedding(max_positions, dim, self.padding_idx, learned=args.positional_embeddings == "learned")
+            else PositionalEmbedding(max_positions, dim, self.padding_idx,
+                                     learned=args.positional_embeddings == "learned")
         )
         self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
 
@@ -434,7 +435,8 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError("--share-all-embeddings needs a joined dictionary (fairseq-preprocess --joined-dictionary)")
+                raise ValueError("--share-all-embeddings needs a joined dictionary "
+                                 "(fairseq-preprocess --joined-dictionary)")
             if args.encoder_embed_dim != args.decoder_embed_dim:
                 raise ValueError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
             encoder_embed = decoder_embed = build_embedding(src_dict, args.encoder_embed_dim)
@@ -452,7 +454,8 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         if args.freeze_token_mixers:
             for p in mixers:
                 p.requires_grad_(False)
-            logger.warning("--freeze-token-mixers: %d token-mixer parameters stay at their initialisation", mixer_params)
+            logger.warning("--freeze-token-mixers: %d token-mixer parameters stay at their initialisation",
+                           mixer_params)
         logger.info(
             "ResMLP token mixers sized for %d source / %d target positions: %d parameters "
             "(set --max-source-positions/--max-target-positions to the longest sentences you need)",
@@ -482,9 +485,11 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         """Load parameters, with a message that names what differs when the checkpoint is not
         a ResMLP translation model of the same shape."""
         if strict:
-            kind = "a ResMLP translation model" if any(".token_mixer." in k for k in state_dict) else "not a ResMLP translation model"
+            kind = ("a ResMLP translation model" if any(".token_mixer." in k for k in state_dict)
+                    else "not a ResMLP translation model")
             check_state_dict_fits(
-                self.state_dict(), state_dict, f"checkpoint does not fit this {type(self).__name__} (the checkpoint is {kind}):",
+                self.state_dict(), state_dict,
+                f"checkpoint does not fit this {type(self).__name__} (the checkpoint is {kind}):",
                 hints=lambda diff: ["the cross-token matrices differ in size: use the checkpoint's "
                                     "--max-source-positions/--max-target-positions"]
                 if any(".token_mixer." in k for k, _, _ in diff.mismatched) else [],

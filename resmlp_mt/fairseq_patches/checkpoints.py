@@ -71,7 +71,8 @@ def check_fairseq_layout(state: Any, source: str = "checkpoint") -> None:
         or ("args" not in state and "cfg" not in state)
         or ("optimizer_history" not in state and "best_loss" not in state)
     ):
-        holds = f"keys: {', '.join(sorted(map(str, state))[:12])}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        holds = (f"keys: {', '.join(sorted(map(str, state))[:12])}" if isinstance(state, dict)
+                 else f"a {type(state).__name__}")
         raise NotAFairseqCheckpointError(
             f"{source}: not a fairseq checkpoint (it holds {holds}; a fairseq checkpoint holds "
             "model, cfg or args, and optimizer_history). Vision checkpoints are read by "

@@ -153,8 +153,8 @@ def _hardened_make_batches(module, original):
                 report(i, f"could not be encoded ({type(e).__name__}: {e})")
                 continue
             if src_limit is not None and length > src_limit:
-                report(i, f"too long: {length} tokens (with </s>) but the model takes at most {src_limit} source positions "
-                          "(--max-source-positions)")
+                report(i, f"too long: {length} tokens (with </s>) but the model takes at most {src_limit} "
+                          "source positions (--max-source-positions)")
             elif max_tokens and length > max_tokens:
                 report(i, f"too long: {length} tokens (with </s>) but --max-tokens is {max_tokens}")
             else:
