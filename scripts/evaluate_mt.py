@@ -42,7 +42,8 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=5, help="translations to print")
     parser.add_argument("--output", type=Path, help="write the scores as JSON here")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
     log = logging.getLogger("evaluate_mt")
 
     try:
@@ -50,7 +51,8 @@ def main(argv=None):
         if args.checkpoint_dir is not None:
             if args.average_last > 0:
                 paths = last_checkpoints(args.checkpoint_dir, args.average_last)
-                checkpoint = average_checkpoints(paths, args.checkpoint_dir / f"checkpoint_avg_last{args.average_last}.pt")
+                checkpoint = average_checkpoints(paths,
+                                                 args.checkpoint_dir / f"checkpoint_avg_last{args.average_last}.pt")
             else:
                 checkpoint = args.checkpoint_dir / "checkpoint_best.pt"
         elif args.average_last:

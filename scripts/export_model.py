@@ -86,21 +86,24 @@ def exported_state(state: dict, src: str, tgt: str) -> dict:
             {"criterion_name": last.get("criterion_name"), "optimizer_name": last.get("optimizer_name"),
              "lr_scheduler_state": {}, "num_updates": last.get("num_updates", 0)}
         ],
-        "extra_state": {"train_iterator": {"epoch": state.get("extra_state", {}).get("train_iterator", {}).get("epoch", 0)}},
+        "extra_state": {"train_iterator": {
+            "epoch": state.get("extra_state", {}).get("train_iterator", {}).get("epoch", 0)}},
     }
 
 
 def model_card(state: dict, data_bin: Path, sources, evaluation) -> dict:
     cfg, model_cfg = state["cfg"], state["cfg"]["model"]
     prep = PreparedData(data_bin).info()
-    params = sum(v.numel() for k, v in state["model"].items() if v.is_floating_point() and not k.endswith("_float_tensor"))
+    params = sum(v.numel() for k, v in state["model"].items()
+                 if v.is_floating_point() and not k.endswith("_float_tensor"))
     # tied embeddings are stored under several names: count each tensor once
     seen, unique = set(), 0
     for key, value in state["model"].items():
         if value.is_floating_point() and value.data_ptr() not in seen:
             seen.add(value.data_ptr())
             unique += value.numel()
-    recipe = {f"{section}.{key}": _cfg_get(cfg.get(section), key) for section, keys in RECIPE_KEYS.items() for key in keys}
+    recipe = {f"{section}.{key}": _cfg_get(cfg.get(section), key)
+              for section, keys in RECIPE_KEYS.items() for key in keys}
     architecture = {
         key: getattr(model_cfg, key, None)
         for key in ("arch", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "decoder_layers",
@@ -133,8 +136,9 @@ def card_markdown(card: dict) -> str:
         f"ResMLP translation model (Touvron et al. 2021, §3.6), exported {card['exported']}.",
         "",
         "| | |", "|---|---|",
-        f"| architecture | {arch['arch']}: {arch['encoder_layers']}+{arch['decoder_layers']} layers, d={arch['encoder_embed_dim']}, "
-        f"MLP {arch['encoder_ffn_embed_dim']}, LayerScale init {arch['layerscale_init']}, norm {arch['norm']} |",
+        f"| architecture | {arch['arch']}: {arch['encoder_layers']}+{arch['decoder_layers']} layers, "
+        f"d={arch['encoder_embed_dim']}, MLP {arch['encoder_ffn_embed_dim']}, "
+        f"LayerScale init {arch['layerscale_init']}, norm {arch['norm']} |",
         f"| parameters | {card['parameters']:,} |",
         f"| updates | {card['updates']:,} |",
         f"| data | {card['data'].get('corpus', '?')}, SentencePiece {card['bpe']['vocab_size']} |",
@@ -147,15 +151,18 @@ def card_markdown(card: dict) -> str:
     if card["evaluation"]:
         lines += ["| split | sentences | sacreBLEU | tokenized BLEU | signature |", "|---|---:|---:|---:|---|"]
         for split, r in card["evaluation"]["results"].items():
-            lines.append(f"| {split} | {r['sentences']} | {r['sacrebleu']} | {r['tok_bleu']} | `{r['sacrebleu_signature']}` |")
+            lines.append(f"| {split} | {r['sentences']} | {r['sacrebleu']} | {r['tok_bleu']} | "
+                         f"`{r['sacrebleu_signature']}` |")
     else:
         lines.append("Not evaluated (export with --eval-json FILE from scripts/evaluate_mt.py --output FILE).")
     lines += ["", "## Use", "", "```python", "from resmlp_mt import ResMLPTranslationModel",
-              "m = ResMLPTranslationModel.from_pretrained(\"THIS_FOLDER\")", "m.translate([\"A dog runs.\"], beam=4)", "```", ""]
+              "m = ResMLPTranslationModel.from_pretrained(\"THIS_FOLDER\")", "m.translate([\"A dog runs.\"], beam=4)",
+              "```", ""]
     return "\n".join(lines)
 
 
-def export(checkpoint: Path, data_bin: Path, out_dir: Path, average=(), eval_json: Path | None = None, force: bool = False) -> Path:
+def export(checkpoint: Path, data_bin: Path, out_dir: Path, average=(), eval_json: Path | None = None,
+           force: bool = False) -> Path:
     checkpoint, data_bin, out_dir = Path(checkpoint), Path(data_bin), Path(out_dir)
     for path in (checkpoint, *map(Path, average)):
         if not path.is_file():
@@ -212,7 +219,8 @@ def main(argv=None):
     p.add_argument("--eval-json", type=Path, help="scores from scripts/evaluate_mt.py --output, for the model card")
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     args = p.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
     try:
         export(args.checkpoint, args.data_bin, args.out_dir, args.average, args.eval_json, args.force)
     except (ExportError, EvaluationError) as e:  # EvaluationError: a checkpoint given to --average

@@ -40,7 +40,8 @@ MAX_POSITIONS = 128  # --max-source-positions/--max-target-positions of scripts/
 def parse_pair(text: str):
     src, _, tgt = text.partition("-")
     if src not in LANGS or tgt not in LANGS or src == tgt:
-        raise argparse.ArgumentTypeError(f"--pairs: {text!r} is not a language pair like en-de (languages: {', '.join(LANGS)})")
+        raise argparse.ArgumentTypeError(f"--pairs: {text!r} is not a language pair like en-de "
+                                         f"(languages: {', '.join(LANGS)})")
     return src, tgt
 
 
@@ -55,7 +56,8 @@ def main(argv=None):
     parser.add_argument("--destdir-root", type=Path, default=DATA_BIN,
                         help="binarized data goes to <root>/multi30k.<src>-<tgt>")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece BPE vocabulary size")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for normalisation and binarization")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes for normalisation and binarization")
     parser.add_argument("--max-positions", type=int, default=MAX_POSITIONS,
                         help="longest sentence the model will take, in SentencePiece pieces plus the "
                              "end-of-sentence token: set it to the --max-source-positions/--max-target-positions "
@@ -70,7 +72,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_positions < 2:
         parser.error(f"--max-positions must be at least 2 (one piece and end-of-sentence), got {args.max_positions}")
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
     log = logging.getLogger("prepare_multi30k")
 
     raw = args.raw_dir
@@ -104,7 +107,8 @@ def main(argv=None):
             log.info(
                 "%s %s: %d pairs kept, %d dropped (empty side), %d dropped (longer than --max-positions %d)%s%s",
                 dest.name, name, s.kept, s.dropped_empty, s.dropped_long, args.max_positions,
-                f", {s.dropped_clean} dropped (length ratio above {args.max_ratio:g})" if args.max_ratio is not None else "",
+                f", {s.dropped_clean} dropped (length ratio above {args.max_ratio:g})"
+                if args.max_ratio is not None else "",
                 "".join(f", {n} lines of {f} with undecodable bytes replaced" for f, n in s.replaced_utf8.items()),
             )
         log.info("wrote %s", dest)

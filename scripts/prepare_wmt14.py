@@ -95,13 +95,16 @@ def main(argv=None):
                         help="En-De with News Commentary v9 instead of v12 (the ConvS2S data set)")
     parser.add_argument("--destdir", type=Path, help="output folder (default: data-bin/wmt14.<pair>)")
     parser.add_argument("--vocab-size", type=int, help="joint BPE vocabulary (default: 32000 En-De, 40000 En-Fr)")
-    parser.add_argument("--max-words", type=int, default=250, help="clean-corpus-n: longest training sentence, in words")
+    parser.add_argument("--max-words", type=int, default=250,
+                        help="clean-corpus-n: longest training sentence, in words")
     parser.add_argument("--max-ratio", type=float, default=1.5, help="clean-corpus-n: largest length ratio")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for normalisation and binarization")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for normalisation and binarization")
     add_input_check_arguments(parser)
     parser.add_argument("--force", action="store_true", help="rebuild a destination that already exists")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
     log = logging.getLogger("prepare_wmt14")
 
     src, tgt = args.pair.split("-")
@@ -134,7 +137,8 @@ def main(argv=None):
             ]
             stats = prepare_parallel_corpus(
                 splits, src, tgt, dest, args.vocab_size or VOCAB[args.pair], force=args.force,
-                workers=args.workers, extra_info={"corpus": f"wmt14 {args.pair}", "raw_dir": str(raw), "icml17": args.icml17},
+                workers=args.workers,
+                extra_info={"corpus": f"wmt14 {args.pair}", "raw_dir": str(raw), "icml17": args.icml17},
                 invalid_utf8=args.invalid_utf8, max_non_text=args.max_non_text_fraction,
             )
     except (CorpusError, FileExistsError) as e:
