@@ -42,7 +42,8 @@ def run(args, check: bool = True, env=None, **kwargs) -> subprocess.CompletedPro
         env = dict(os.environ, **env)
     result = subprocess.run([str(a) for a in args], capture_output=True, env=env, **kwargs)
     if check and result.returncode != 0:
-        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 
@@ -59,7 +60,8 @@ def tool(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def run_module(*args: str, check: bool = True, module: str = "vision.train", launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_module(*args: str, check: bool = True, module: str = "vision.train",
+               launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` (or ``LAUNCHER MODULE ARGS``, e.g. torchrun)."""
     return run([*(launcher or [sys.executable, "-m"]), module, *args], check=check, cwd=None, timeout=600)
 
@@ -143,7 +145,8 @@ WORDS = {
     "en": ("a man woman child dog girl boy two people red blue green big small young old runs walks sits "
            "stands plays jumps on in at the park street water beach with ball bike hat shirt near").split(),
     "de": ("ein mann frau kind hund mädchen junge zwei leute roter blauer grüner großer kleiner junger alter "
-           "läuft geht sitzt steht spielt springt auf im am dem park straße wasser strand mit ball rad hut hemd nahe").split(),
+           "läuft geht sitzt steht spielt springt auf im am dem park straße wasser strand mit ball rad hut hemd "
+           "nahe").split(),
     "fr": ("un homme femme enfant chien fille garçon deux gens rouge bleu vert grand petit jeune vieux court marche "
            "assis debout joue saute sur dans au le parc rue eau plage avec balle vélo chapeau chemise près").split(),
 }
@@ -155,7 +158,8 @@ def _made_up_words(n: int, rng: random.Random) -> list[str]:
     return ["".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))) for _ in range(n)]
 
 
-def write_corpus(raw: Path, seed: int = 0, sizes=None, langs=("en", "de"), long_every: int = 0, extra_words: int = 0) -> Path:
+def write_corpus(raw: Path, seed: int = 0, sizes=None, langs=("en", "de"), long_every: int = 0,
+                 extra_words: int = 0) -> Path:
     """Multi30k's file names (``train``/``val``/``test_2016_flickr`` ``.<lang>``), short sentences
     over a small vocabulary; every language translates the first word by word, so a model has
     something to learn.
@@ -187,7 +191,8 @@ def write_corpus(raw: Path, seed: int = 0, sizes=None, langs=("en", "de"), long_
 # --- vision -----------------------------------------------------------------------------------
 
 TINY_MODEL = ["--model", "resmlp_s12", "--img-size", "32", "--model-kwargs", "patch_size=8", "embed_dim=32", "depth=2"]
-FAST = ["--workers", "0", "--warmup-epochs", "1", "--lr", "2e-3", "--weight-decay", "0.05", "--batch-size", "16", "--threads", "1"]
+FAST = ["--workers", "0", "--warmup-epochs", "1", "--lr", "2e-3", "--weight-decay", "0.05", "--batch-size", "16",
+        "--threads", "1"]
 
 
 # a translation model small enough to train in seconds: fairseq-train flags (tests/test_mt_api.py...)
@@ -273,7 +278,8 @@ def fairseq_generate(model, src, beam, lenpen=1.0):
     from fairseq.sequence_generator import SequenceGenerator
 
     generator = SequenceGenerator([model], dictionary(), beam_size=beam, len_penalty=lenpen, max_len_b=200)
-    return generator.generate([model], {"net_input": {"src_tokens": src, "src_lengths": src.ne(dictionary().pad()).sum(1)}})
+    return generator.generate([model], {"net_input": {"src_tokens": src,
+                                                      "src_lengths": src.ne(dictionary().pad()).sum(1)}})
 
 
 def assert_same(ours, theirs):
@@ -294,7 +300,8 @@ def assert_translation_ignores_padding(model) -> None:
     sentences = [with_eos(random_tokens(1, n, g), d.eos())[0] for n in (3, 8, 5)]
 
     def translate(batch):
-        hypos = generator.generate([model], {"net_input": {"src_tokens": batch, "src_lengths": batch.ne(d.pad()).sum(1)}})
+        hypos = generator.generate([model], {"net_input": {"src_tokens": batch,
+                                                           "src_lengths": batch.ne(d.pad()).sum(1)}})
         return [(h[0]["tokens"].tolist(), h[0]["score"].item()) for h in hypos]
 
     alone = [translate(s[None])[0] for s in sentences]

@@ -47,8 +47,9 @@ def test_write_result_writes_repository_relative_text(tmp_path):
 
 def test_no_model_package_imports_the_benchmarks():
     """The studies import the packages, never the other way round."""
-    code = ("import sys, resmlp_core, resmlp_mt, mt_tools, mt_tools.evaluate, mt_tools.corpus, mt_tools.recipes, vision, "
-            "vision.train, vision.knn, vision.evaluate, vision.speed; print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))")
+    code = ("import sys, resmlp_core, resmlp_mt, mt_tools, mt_tools.evaluate, mt_tools.corpus, mt_tools.recipes, "
+            "vision, vision.train, vision.knn, vision.evaluate, vision.speed; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=TESTS_REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -59,7 +60,8 @@ epoch 001:  10%|#         | 5/50 [00:01<00:09, 5.0it/s]
 2026-01-02 10:00:05 | INFO | train_inner | {"epoch": 1, "update": 0.1, "loss": "9.5", "wps": "1200", "num_updates": "5"}
 2026-01-02 10:00:06 | WARNING | fairseq.trainer | gradient overflow detected, ignoring gradient
 2026-01-02 10:00:09 | INFO | valid | {"epoch": 1, "valid_loss": "8.25", "valid_num_updates": "10"}
-2026-01-02 10:00:10 | INFO | train | {"epoch": 1, "train_num_updates": "10", "train_wpb": "300", "train_train_wall": "8"}
+2026-01-02 10:00:10 | INFO | train | {"epoch": 1, "train_num_updates": "10", "train_wpb": "300", \
+"train_train_wall": "8"}
 2026-01-02 10:00:10 | INFO | train_inner | {not json
 """
 
@@ -68,8 +70,8 @@ def test_fairseq_log_lines_are_parsed_once_for_every_reader():
     from benchmarks.common import parse_fairseq_log
 
     lines = list(parse_fairseq_log(LOG))
-    assert [line.logger for line in lines] == ["fairseq_cli.train", "fairseq.trainer", "train_inner", "fairseq.trainer", "valid",
-                                               "train", "train_inner"]
+    assert [line.logger for line in lines] == ["fairseq_cli.train", "fairseq.trainer", "train_inner", "fairseq.trainer",
+                                               "valid", "train", "train_inner"]
     assert lines[3].level == "WARNING" and lines[3].record is None
     assert lines[4].record == {"epoch": 1, "valid_loss": "8.25", "valid_num_updates": "10"}
     assert lines[4].time - lines[1].time == 8.0 and lines[-1].record is None
@@ -92,7 +94,8 @@ def test_json_records_and_training_figures_from_the_one_parser():
                 record = json.loads(match.group(3))
             except json.JSONDecodeError:
                 continue
-            old[match.group(2)].append(dict(record, time=datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp()))
+            old[match.group(2)].append(dict(record,
+                                            time=datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp()))
     assert parse_json_log(LOG) == dict(old)
     figures = training_figures(LOG)
     assert figures["updates"] == 10 and figures["words_per_second"] == 375.0

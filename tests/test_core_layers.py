@@ -124,4 +124,5 @@ def test_state_dict_check_raises_the_given_error_with_header_differences_and_hin
     with pytest.raises(RuntimeError) as info:
         check_state_dict_fits(model, {"b": torch.zeros(4)}, "does not fit:", checkpoint="file",
                               hints=lambda diff: [f"{len(diff.mismatched)} resized"], error=RuntimeError)
-    assert str(info.value) == "does not fit:\n  missing keys (1): a\n  shape mismatches (1): b: (4,) in the file, (3,) in the model\n  1 resized"
+    assert str(info.value) == ("does not fit:\n  missing keys (1): a\n"
+                               "  shape mismatches (1): b: (4,) in the file, (3,) in the model\n  1 resized")

@@ -66,7 +66,8 @@ def test_a_broken_model_card_is_skipped_with_a_warning_naming_it(model_folder, t
     with caplog.at_level(logging.WARNING, logger="resmlp_mt.hub"):
         m = ResMLPTranslationModel.from_pretrained(copy)
     assert m.card == {} and f"{path}: model card not read" in caplog.text
-    assert m.translate(SENTENCES[0], beam=2) == ResMLPTranslationModel.from_pretrained(model_folder).translate(SENTENCES[0], beam=2)
+    assert (m.translate(SENTENCES[0], beam=2)
+            == ResMLPTranslationModel.from_pretrained(model_folder).translate(SENTENCES[0], beam=2))
 
 
 def test_an_int8_model_decodes_with_fast_onnx_and_exact_and_refuses_fairseq(model_folder):

@@ -60,16 +60,17 @@ def transformer_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("drills_ckpt")
     write_corpus(root / "raw")
     data = root / "data"
-    run([tool("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de", "--trainpref", root / "raw" / "train",
-         "--validpref", root / "raw" / "valid", "--testpref", root / "raw" / "test", "--destdir", data,
-         "--joined-dictionary", "--workers", "1"])
+    run([tool("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
+         "--trainpref", root / "raw" / "train", "--validpref", root / "raw" / "valid",
+         "--testpref", root / "raw" / "test", "--destdir", data, "--joined-dictionary", "--workers", "1"])
     (data / "ref").mkdir()
     for split in ("valid", "test"):
         for lang in ("en", "de"):
             (data / "ref" / f"{split}.{lang}").write_text((root / "raw" / f"{split}.{lang}").read_text())
     (data / "prep.json").write_text(json.dumps({"src_lang": "en", "tgt_lang": "de"}))
     ckpt = root / "ckpt"
-    run([tool("fairseq-train"), data, "--user-dir", USER_DIR, *TRANSFORMER, *TRAIN, "--save-dir", ckpt, "--max-update", "2"])
+    run([tool("fairseq-train"), data, "--user-dir", USER_DIR, *TRANSFORMER, *TRAIN, "--save-dir", ckpt,
+         "--max-update", "2"])
     return {"root": root, "data": data, "ckpt": ckpt}
 
 
@@ -149,7 +150,8 @@ def test_direct_eval_sites_are_covered_too(tmp_path):
     """fconv and wav2vec call eval() on their options themselves, not through fairseq's helpers:
     the configuration check refuses the file before any model is built."""
     marker = tmp_path / "PWNED"
-    args = argparse.Namespace(arch="fconv", task="translation", encoder_layers=f"[(__import__('os').system('touch {marker}'), 3)]")
+    args = argparse.Namespace(arch="fconv", task="translation",
+                              encoder_layers=f"[(__import__('os').system('touch {marker}'), 3)]")
     path = tmp_path / "fconv.pt"
     torch.save({"args": args, "model": {}}, path)
     from fairseq import checkpoint_utils
@@ -201,7 +203,8 @@ def test_foreign_files_are_named_with_what_was_expected(tmp_path):
     torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 3}, vision_like)
     with pytest.raises(checkpoint_safety.NotAFairseqCheckpointError, match=f"{text}.*not a torch checkpoint"):
         checkpoint_utils.load_checkpoint_to_cpu(str(text))
-    with pytest.raises(checkpoint_safety.NotAFairseqCheckpointError, match=f"{vision_like}.*not a fairseq checkpoint.*epoch, model"):
+    with pytest.raises(checkpoint_safety.NotAFairseqCheckpointError,
+                       match=f"{vision_like}.*not a fairseq checkpoint.*epoch, model"):
         checkpoint_utils.load_checkpoint_to_cpu(str(vision_like))
 
 
@@ -252,9 +255,11 @@ def test_restart_after_a_torn_checkpoint_last_reaches_max_update(transformer_run
 def test_evaluation_script_names_a_vision_checkpoint(transformer_run, tmp_path):
     vision_like = tmp_path / "best.pth"
     torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 3, "model_name": "resmlp_s12"}, vision_like)
-    result = run([sys.executable, "scripts/evaluate_mt.py", transformer_run["data"], "--path", vision_like], check=False)
+    result = run([sys.executable, "scripts/evaluate_mt.py", transformer_run["data"], "--path", vision_like],
+                 check=False)
     out = result.stdout + result.stderr
-    assert result.returncode == 2 and f"{vision_like}: not a fairseq checkpoint" in out and "KeyError" not in out, out[-2000:]
+    assert (result.returncode == 2 and f"{vision_like}: not a fairseq checkpoint" in out
+            and "KeyError" not in out), out[-2000:]
 
 
 

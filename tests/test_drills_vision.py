@@ -23,8 +23,9 @@ from helpers import DEAD_PID
 
 TINY = ["--model", "resmlp_s12", "--img-size", "8", "--model-kwargs", "patch_size=4", "embed_dim=16", "depth=1"]
 TINY_KWARGS = dict(num_classes=2, img_size=8, patch_size=4, embed_dim=16, depth=1)
-FAST = ["--workers", "0", "--warmup-epochs", "1", "--lr", "2e-3", "--batch-size", "4", "--threads", "1", "--device", "cpu",
-        "--aa", "none", "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--repeated-aug", "0", "--train-crop", "pad", "--no-pin-mem"]
+FAST = ["--workers", "0", "--warmup-epochs", "1", "--lr", "2e-3", "--batch-size", "4", "--threads", "1",
+        "--device", "cpu", "--aa", "none", "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--repeated-aug", "0",
+        "--train-crop", "pad", "--no-pin-mem"]
 
 
 def write_images(root: Path, per_class: int, size=(8, 8), classes=("cat", "dog"), seed: int = 0) -> Path:
@@ -162,7 +163,8 @@ def test_any_readable_image_fits_every_transform(size):
 
 def test_pad_crop_leaves_images_of_the_crop_size_untouched():
     img = Image.fromarray((torch.rand(32, 32, 3) * 255).to(torch.uint8).numpy())
-    tf = build_train_transform(32, train_crop="pad", pad=0, hflip=0, auto_augment=None, re_prob=0, mean=(0, 0, 0), std=(1, 1, 1))
+    tf = build_train_transform(32, train_crop="pad", pad=0, hflip=0, auto_augment=None, re_prob=0, mean=(0, 0, 0),
+                               std=(1, 1, 1))
     from torchvision.transforms.functional import to_tensor
 
     assert torch.equal(tf(img), to_tensor(img))
@@ -176,7 +178,8 @@ def test_training_with_a_1x1_image(tiny_data, tmp_path):
     (tiny_data / "train" / "dog" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "run"
     # 1 + 2 * 2 pixels after padding: smaller than the 8-pixel crop, so the image must be scaled up
-    assert main(train_args(tiny_data, out, "--epochs", "1", "--bad-images", "skip", "--batch-size", "2", "--crop-pad", "2")) == 0
+    assert main(train_args(tiny_data, out, "--epochs", "1", "--bad-images", "skip", "--batch-size", "2",
+                           "--crop-pad", "2")) == 0
     assert torch.load(out / "last.pth", weights_only=True)["metrics"]["count"] == 5
 
 
@@ -198,10 +201,12 @@ def test_evaluate_skip_leaves_unreadable_files_out_of_every_count(tmp_path, caps
     model = timm.create_model("resmlp_s12", **TINY_KWARGS)
     weights = tmp_path / "w.pth"
     torch.save(model.state_dict(), weights)
-    common = ["--model", "resmlp_s12", "--weights", str(weights), "--model-kwargs", *(f"{k}={v}" for k, v in TINY_KWARGS.items()),
+    common = ["--model", "resmlp_s12", "--weights", str(weights),
+              "--model-kwargs", *(f"{k}={v}" for k, v in TINY_KWARGS.items()),
               "--img-size", "8", "--workers", "0", "--bench-batch", "0", "--batch-size", "4", "--no-reference"]
     with pytest.warns(UserWarning, match=r"skipping .*_bad\."):
-        assert main([*common, "--data-dir", str(dirty), "--bad-images", "skip", "--out", str(tmp_path / "dirty.json")]) == 0
+        assert main([*common, "--data-dir", str(dirty), "--bad-images", "skip",
+                     "--out", str(tmp_path / "dirty.json")]) == 0
     stdout = capsys.readouterr().out
     assert "skipped 3 unreadable image file(s)" in stdout and all(str(p) in stdout for p in bad)
     assert main([*common, "--data-dir", str(clean), "--out", str(tmp_path / "clean.json")]) == 0
@@ -256,7 +261,8 @@ def test_timm_pretrained_file_that_is_not_a_checkpoint_names_it(tmp_path):
         msg = str(info.value)
         assert str(path) in msg and re.search(EXPECTED, msg), (kind, msg)
     # a good file still loads
-    model = timm.create_model("resmlp_s12", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "good.pth")), **TINY_KWARGS)
+    model = timm.create_model("resmlp_s12", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "good.pth")), **TINY_KWARGS)
     assert model.pretrained_cfg["file"] == str(tmp_path / "good.pth")
 
 
@@ -268,7 +274,8 @@ def test_vision_loaders_name_the_file_and_what_was_expected(tmp_path, capsys):
     (tmp_path / "val" / "cat").mkdir(parents=True)
     for kind, path in not_checkpoints(tmp_path).items():
         with pytest.raises(ValueError) as info:
-            ckpt_io.load_weights(model, ckpt_io.state_dict_of(ckpt_io.load(path), what=f"checkpoint {path}"), what=f"checkpoint {path}")
+            ckpt_io.load_weights(model, ckpt_io.state_dict_of(ckpt_io.load(path), what=f"checkpoint {path}"),
+                                 what=f"checkpoint {path}")
         assert str(path) in str(info.value) and re.search(EXPECTED, str(info.value)), (kind, str(info.value))
         with pytest.raises(ValueError, match=re.escape(str(path))):
             ckpt_io.create_model_from_checkpoint(path)
@@ -310,7 +317,8 @@ def test_evaluate_on_an_unreadable_image_prints_one_line_naming_it(tmp_path, cap
     bad.write_bytes(b"not an image")
     weights = tmp_path / "w.pth"
     torch.save(timm.create_model("resmlp_s12", **TINY_KWARGS).state_dict(), weights)
-    common = ["--model", "resmlp_s12", "--weights", str(weights), "--model-kwargs", *(f"{k}={v}" for k, v in TINY_KWARGS.items()),
+    common = ["--model", "resmlp_s12", "--weights", str(weights),
+              "--model-kwargs", *(f"{k}={v}" for k, v in TINY_KWARGS.items()),
               "--img-size", "8", "--bench-batch", "0", "--batch-size", "2", "--no-reference", "--data-dir", str(data)]
     for workers in ("0", "1"):
         assert main([*common, "--workers", workers]) == 2, workers
@@ -331,12 +339,13 @@ def test_features_cache_follows_the_image_files(tmp_path, monkeypatch, capsys):
     weights = tmp_path / "w.pth"
     torch.manual_seed(0)
     torch.save(timm.create_model("resmlp_s12", **{**TINY_KWARGS, "num_classes": 0}).state_dict(), weights)
-    common = [*TINY[:4], "--model-kwargs", "patch_size=4", "embed_dim=16", "depth=1", "img_size=8", "--weights", str(weights),
-              "--data-dir", str(data), "--workers", "0", "--threads", "1", "--k", "3"]
+    common = [*TINY[:4], "--model-kwargs", "patch_size=4", "embed_dim=16", "depth=1", "img_size=8",
+              "--weights", str(weights), "--data-dir", str(data), "--workers", "0", "--threads", "1", "--k", "3"]
 
     def knn(name, cache=True):
         out = tmp_path / name
-        assert knn_main([*common, *(["--features-cache", str(tmp_path / "f.pt")] if cache else []), "--out", str(out)]) == 0
+        assert knn_main([*common, *(["--features-cache", str(tmp_path / "f.pt")] if cache else []),
+                         "--out", str(out)]) == 0
         report = json.loads(out.with_suffix(".json").read_text())
         return report["data"]["train_images"], report["data"]["val_images"], report["results"]
 

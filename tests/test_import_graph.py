@@ -57,7 +57,8 @@ def test_no_import_circle():
         state[node] = "open"
         for nxt in edges.get(node, {}):
             if state.get(nxt) == "open":
-                circles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack else f"{node} -> {nxt}")
+                circles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack
+                               else f"{node} -> {nxt}")
             elif nxt not in state:
                 visit(nxt, stack + [node])
         state[node] = "done"
@@ -79,6 +80,7 @@ def test_no_import_runs_up_the_layers():
 def test_vision_needs_no_fairseq_and_the_plugin_no_torchvision():
     _, external = graph()
     found = [f"{name} imports {lib}" for name, libs in external.items() for lib in libs
-             if (name.startswith("vision") and lib == "fairseq") or (name.startswith("resmlp_mt") and lib == "torchvision")
+             if (name.startswith("vision") and lib == "fairseq")
+             or (name.startswith("resmlp_mt") and lib == "torchvision")
              or (name.startswith("resmlp_core") and lib in ("fairseq", "torchvision", "timm"))]
     assert not found, "; ".join(found)

@@ -30,7 +30,8 @@ def exported(tmp_path_factory):
     run([sys.executable, "scripts/evaluate_mt.py", exported["data"], "--path", exported["ckpt"] / "checkpoint_best.pt",
          "--split", "test", "--batch-size", "4", "--output", exported["ckpt"] / "eval_test.json"])
     out = exported["root"] / "model"
-    result = run([sys.executable, "scripts/export_model.py", exported["ckpt"] / "checkpoint_best.pt", exported["data"], out])
+    result = run([sys.executable, "scripts/export_model.py", exported["ckpt"] / "checkpoint_best.pt", exported["data"],
+                  out])
     assert "wrote" in result.stdout
     return dict(exported, model=out)
 
@@ -40,7 +41,8 @@ def test_export_writes_a_self_contained_folder(exported):
     assert sorted(p.name for p in model.iterdir()) == [
         "README.md", "dict.de.txt", "dict.en.txt", "model.pt", "model_card.json", "sentencepiece.bpe.model"]
     state = torch.load(model / "model.pt", map_location="cpu", weights_only=True)
-    assert "last_optimizer_state" not in state and all("last_optimizer_state" not in h for h in state["optimizer_history"])
+    assert "last_optimizer_state" not in state and all("last_optimizer_state" not in h
+                                                       for h in state["optimizer_history"])
     assert state["cfg"]["common"]["user_dir"] is None and state["cfg"]["task"]["data"] == "."
     original = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)
     assert (model / "model.pt").stat().st_size < (exported["ckpt"] / "checkpoint_best.pt").stat().st_size / 2
@@ -49,7 +51,8 @@ def test_export_writes_a_self_contained_folder(exported):
     card = json.loads((model / "model_card.json").read_text())
     built = resmlp_mt.ResMLPTranslationModel.from_pretrained(str(model)).models[0]
     assert card["parameters"] == sum(p.numel() for p in built.parameters())
-    assert card["architecture"]["arch"] == "resmlp_mt_small" and card["updates"] == original["optimizer_history"][-1]["num_updates"]
+    assert (card["architecture"]["arch"] == "resmlp_mt_small"
+            and card["updates"] == original["optimizer_history"][-1]["num_updates"])
     evaluation = json.loads((exported["ckpt"] / "eval_test.json").read_text())
     assert card["evaluation"]["results"]["test"]["sacrebleu"] == evaluation["results"]["test"]["sacrebleu"]
     readme = (model / "README.md").read_text()
@@ -111,14 +114,16 @@ def test_export_errors_name_the_problem_and_keep_what_exists(exported, tmp_path)
                   exported["model"]], check=False)
     assert result.returncode == 2 and "exists: pass --force" in result.stdout
     assert (exported["model"] / "model.pt").is_file()
-    missing = run([sys.executable, "-c", "from resmlp_mt import ResMLPTranslationModel as M; M.from_pretrained('/nonexistent')"],
+    missing = run([sys.executable, "-c",
+                   "from resmlp_mt import ResMLPTranslationModel as M; M.from_pretrained('/nonexistent')"],
                   check=False)
     assert missing.returncode != 0 and "/nonexistent is not a complete model folder: missing model.pt" in missing.stderr
 
 
 def test_token_mixing_matrices_are_rendered(exported, tmp_path):
     out = tmp_path / "mixing.png"
-    result = run([sys.executable, "-m", "benchmarks.plot_mt_mixing", exported["ckpt"] / "checkpoint_best.pt", out, "--positions", "16"])
+    result = run([sys.executable, "-m", "benchmarks.plot_mt_mixing", exported["ckpt"] / "checkpoint_best.pt", out,
+                  "--positions", "16"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in result.stdout
     module = plot_mt_mixing
     state = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)["model"]
@@ -127,7 +132,8 @@ def test_token_mixing_matrices_are_rendered(exported, tmp_path):
     title, decoder = matrices["decoder"][0]
     assert title == "decoder layer 0 (causal)"
     assert np.isnan(decoder[0, 1]) and not np.isnan(decoder[1, 0])  # the unused upper triangle is blank
-    np.testing.assert_array_equal(matrices["encoder"][0][1], state["encoder.layers.0.token_mixer.weight"][:16, :16].numpy())
+    np.testing.assert_array_equal(matrices["encoder"][0][1],
+                                  state["encoder.layers.0.token_mixer.weight"][:16, :16].numpy())
     vision_like = tmp_path / "vision.pth"
     torch.save({"model": {"blocks.0.linear_tokens.weight": torch.zeros(4, 4)}}, vision_like)
     bad = run([sys.executable, "-m", "benchmarks.plot_mt_mixing", vision_like, tmp_path / "x.png"], check=False)

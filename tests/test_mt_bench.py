@@ -29,7 +29,8 @@ def test_bench_mt_quick_writes_json_table_and_plot(tmp_path):
     assert pair["transformer"]["profile"]["self-attention (Transformer)"] > 0
     assert "self-attention (Transformer)" not in pair["resmlp"]["profile"]
     assert "token mixing (ResMLP cross-token linear)" not in pair["transformer"]["profile"]
-    assert set(pair["ratios"]) >= {"train_words_per_second", "test_generation_sentences_per_second", "test_sacrebleu_difference"}
+    assert set(pair["ratios"]) >= {"train_words_per_second", "test_generation_sentences_per_second",
+                                   "test_sacrebleu_difference"}
     table = (tmp_path / "results" / "bench_mt.md").read_text()
     assert "ResMLP / Transformer" in table and "sacreBLEU signature" in table
     assert "self-attention (Transformer)" in table and "token mixing (ResMLP cross-token linear)" in table

@@ -1,7 +1,7 @@
 """The real command-line tools on a small corpus written by the test (helpers.write_corpus, with
-Multi30k's file names), in a temp dir (as fairseq's tests/test_binaries.py): our preparation script, fairseq-preprocess, fairseq-train with
-``--user-dir resmlp_mt``, resuming, fairseq-generate, fairseq-interactive, our evaluation
-script, and the error messages of bad input."""
+Multi30k's file names), in a temp dir (as fairseq's tests/test_binaries.py): our preparation script,
+fairseq-preprocess, fairseq-train with ``--user-dir resmlp_mt``, resuming, fairseq-generate, fairseq-interactive,
+our evaluation script, and the error messages of bad input."""
 
 from __future__ import annotations
 
@@ -259,7 +259,8 @@ def test_distributed_training_with_two_cpu_processes_over_gloo(workdir, tmp_path
     assert "distributed init (rank 0)" in logs[0] and "distributed init (rank 1)" in logs[1]
     assert "training on 2 devices" in logs[0]
     # the effective batch is the sum of both ranks' batches: compare with one process
-    single = run([tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, *batch, "--save-dir", tmp_path / "single", "--max-update", "4"])
+    single = run([tool("fairseq-train"), workdir["data"], *TRAIN_FLAGS, *batch, "--save-dir", tmp_path / "single",
+                  "--max-update", "4"])
     bsz = lambda log: [float(m) for m in re.findall(r"bsz=([\d.]+)", log.replace(" ", ""))]  # noqa: E731
     assert bsz(logs[0]) and bsz(single.stdout + single.stderr)
     assert bsz(logs[0])[0] > 1.5 * bsz(single.stdout + single.stderr)[0]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers import (
-    assert_same, dictionary, eos_biased_folded, eos_biased_model, fairseq_generate, random_tokens, source_batch, tiny_model,
+    assert_same, dictionary, eos_biased_folded, eos_biased_model, fairseq_generate, random_tokens, source_batch,
+    tiny_model,
 )
 from resmlp_mt.fast_generate import FoldedDecoder, SearchRules, fold_for_inference, generate, quantize_int8
 from resmlp_mt.onnx_decoder import OnnxModel
@@ -19,8 +20,8 @@ D = dictionary()
 
 def check_against_fairseq(models, settings) -> None:
     """For each ``(seed, strength)`` of ``models`` and each ``(beam, lenpen, left_pad)`` of
-    ``settings``: ``generate`` on ``models[seed, strength]`` returns fairseq's hypotheses on :func:`eos_biased_model`; the
-    hypotheses must have at least 3 lengths, so that finishing is tested."""
+    ``settings``: ``generate`` on ``models[seed, strength]`` returns fairseq's hypotheses on
+    :func:`eos_biased_model`; the hypotheses must have at least 3 lengths, so that finishing is tested."""
     lengths = set()
     for (seed, strength), ours in models.items():
         reference = eos_biased_model(seed, strength)
@@ -103,7 +104,8 @@ def test_folded_layer_keeps_causality_of_a_full_matrix():
     model = tiny_model(0)
     assert model.decoder.layers[0].token_mixer.weight.triu(1).abs().sum() > 0
     folded = fold_for_inference(model)
-    assert torch.equal(folded.decoder.layers[0].mix_weight.triu(1), torch.zeros_like(folded.decoder.layers[0].mix_weight))
+    assert torch.equal(folded.decoder.layers[0].mix_weight.triu(1),
+                       torch.zeros_like(folded.decoder.layers[0].mix_weight))
 
 
 def test_onnx_length_limits_and_errors():

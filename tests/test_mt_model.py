@@ -106,10 +106,12 @@ def test_source_longer_than_max_positions_names_the_flag():
 def test_checkpoint_of_another_shape_lists_the_differences():
     small = tiny_model()
     other = tiny_model(max_source_positions=20)
-    with pytest.raises(RuntimeError, match=r"(?s)shape mismatches \(\d+\): encoder\.layers\.0\.token_mixer\.bias.*--max-source-positions"):
+    with pytest.raises(RuntimeError, match=r"(?s)shape mismatches \(\d+\): encoder\.layers\.0\.token_mixer\.bias"
+                                           r".*--max-source-positions"):
         small.load_state_dict(other.state_dict())
     transformer_like = {"encoder.layers.0.self_attn.k_proj.weight": torch.zeros(1)}
-    with pytest.raises(RuntimeError, match=r"not a ResMLP translation model(?s:.*)unexpected keys \(\d+\): .*encoder.layers.0.self_attn"):
+    with pytest.raises(RuntimeError, match=r"not a ResMLP translation model(?s:.*)unexpected keys \(\d+\): "
+                                           r".*encoder.layers.0.self_attn"):
         small.load_state_dict(transformer_like)
 
 
@@ -154,9 +156,11 @@ def test_state_dict_names_of_a_layer_are_those_of_earlier_checkpoints():
     assert decoder == sorted([
         "token_norm.alpha", "token_norm.beta", "token_mixer.weight", "token_mixer.bias", "token_scale",
         "cross_attn_norm.alpha", "cross_attn_norm.beta",
-        *(f"cross_attn.{p}_proj.{w}" for p in "kvq" for w in ("weight", "bias")), "cross_attn.out_proj.weight", "cross_attn.out_proj.bias",
+        *(f"cross_attn.{p}_proj.{w}" for p in "kvq" for w in ("weight", "bias")),
+        "cross_attn.out_proj.weight", "cross_attn.out_proj.bias",
         "cross_attn_scale", "channel_norm.alpha", "channel_norm.beta",
-        "channel_mlp.fc1.weight", "channel_mlp.fc1.bias", "channel_mlp.fc2.weight", "channel_mlp.fc2.bias", "channel_scale",
+        "channel_mlp.fc1.weight", "channel_mlp.fc1.bias", "channel_mlp.fc2.weight", "channel_mlp.fc2.bias",
+        "channel_scale",
     ])
     encoder = sorted(k[len("encoder.layers.0."):] for k in state if k.startswith("encoder.layers.0."))
     assert encoder == sorted(k for k in decoder if not k.startswith("cross_attn"))

@@ -23,9 +23,9 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("token_mixers")
     raw = write_corpus(root / "raw", sizes={"train": 80, "val": 8, "test_2016_flickr": 6})
     assert prepare_multi30k(raw, root / "data-bin").returncode == 0
-    base = [sys.executable, "-m", "benchmarks.mt_token_mixers", "--pairs", "en-de", "--data-root", str(root / "data-bin"),
-            "--work-dir", str(root / "work"), "--results-dir", str(root / "results"), "--progress-seconds", "0",
-            "--extra-train-args", TINY]
+    base = [sys.executable, "-m", "benchmarks.mt_token_mixers", "--pairs", "en-de",
+            "--data-root", str(root / "data-bin"), "--work-dir", str(root / "work"),
+            "--results-dir", str(root / "results"), "--progress-seconds", "0", "--extra-train-args", TINY]
     screen = base + ["--stage", "screen", "--updates", "4", "--variants", "paper", "relative", "glu", "transformer"]
     first = subprocess.run(screen, capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
@@ -43,7 +43,8 @@ def test_screen_rows_compare_every_variant_with_the_paper_and_the_transformer(st
     for name, row in rows.items():
         assert row["updates"] == 4 and row["parameters"] > 0
         assert row["vs_paper"] == pytest.approx(row["valid_sacrebleu"] - rows["paper"]["valid_sacrebleu"], abs=0.011)
-        assert row["vs_transformer"] == pytest.approx(row["valid_sacrebleu"] - rows["transformer"]["valid_sacrebleu"], abs=0.011)
+        assert row["vs_transformer"] == pytest.approx(row["valid_sacrebleu"] - rows["transformer"]["valid_sacrebleu"],
+                                                      abs=0.011)
         assert row["flags"] == ("" if name == "transformer" else " ".join(VARIANTS[name][1]))
     assert rows["glu"]["parameters"] > rows["paper"]["parameters"]  # the gate's projections
     assert rows["paper"]["run"].startswith("sweep/")  # the sweep's run of the paper's mixer, shared
@@ -55,9 +56,11 @@ def test_screen_rows_compare_every_variant_with_the_paper_and_the_transformer(st
 def test_race_reports_every_variant_per_seed_with_speed_and_parameters(study):
     out = json.loads((study["root"] / "results" / "mt_token_mixers_race.json").read_text())
     assert {(r["variant"], r["seed"]) for r in out["runs"]} == {("paper", 1), ("relative", 1), ("transformer", 1)}
-    assert all(r["updates"] > 0 and r["parameters"] > 0 and set(r["sacrebleu"]) == {"test", "valid"} for r in out["runs"])
+    assert all(r["updates"] > 0 and r["parameters"] > 0 and set(r["sacrebleu"]) == {"test", "valid"}
+               for r in out["runs"])
     summary = out["summary"]["en-de"]
-    assert summary["relative"]["test"]["values"] == [r["sacrebleu"]["test"] for r in out["runs"] if r["variant"] == "relative"]
+    assert summary["relative"]["test"]["values"] == [r["sacrebleu"]["test"] for r in out["runs"]
+                                                     if r["variant"] == "relative"]
     assert "test vs Transformer" in (study["root"] / "results" / "mt_token_mixers_race.md").read_text()
 
 

@@ -29,7 +29,8 @@ def write(path: Path, lines):
 
 
 def sgm(lines, setid, lang, kind):
-    doc = [f'<{kind}set setid="{setid}" srclang="any" trglang="{lang}">', '<doc sysid="ref" docid="d1" genre="news" origlang="en">']
+    doc = [f'<{kind}set setid="{setid}" srclang="any" trglang="{lang}">',
+           '<doc sysid="ref" docid="d1" genre="news" origlang="en">']
     doc += [f'<seg id="{i + 1}">{line}</seg>' for i, line in enumerate(lines)]
     return doc + ["</doc>", f"</{kind}set>"]
 
@@ -38,7 +39,8 @@ def fake_wmt14(root: Path, pair: str):
     """A written Multi30k-style corpus in the WMT14 file layout: train split over the pair's
     corpora, val as newstest2013, test as newstest2014 SGM (with a typographic apostrophe)."""
     src, tgt = pair.split("-")
-    multi30k = write_corpus(root.parent / "written", sizes={"train": 600, "val": 20, "test_2016_flickr": 15}, langs=(src, tgt))
+    multi30k = write_corpus(root.parent / "written", sizes={"train": 600, "val": 20, "test_2016_flickr": 15},
+                            langs=(src, tgt))
     lines = {lang: (multi30k / f"train.{lang}").read_text(encoding="utf-8").splitlines()[:600] for lang in (src, tgt)}
     # 300 pairs well inside clean-corpus-n's limits, so that only the two below are removed
     keep = [i for i in range(600) if max(len(lines[src][i].split()), len(lines[tgt][i].split()))
@@ -54,8 +56,10 @@ def fake_wmt14(root: Path, pair: str):
         for lang in (src, tgt):
             write(root / f"{corpus}.{lang}", train[lang][i::parts])
     for lang in (src, tgt):
-        write(root / "dev" / f"newstest2013.{lang}", (multi30k / f"val.{lang}").read_text(encoding="utf-8").splitlines()[:20])
-    test = {lang: (multi30k / f"test_2016_flickr.{lang}").read_text(encoding="utf-8").splitlines()[:15] for lang in (src, tgt)}
+        write(root / "dev" / f"newstest2013.{lang}",
+              (multi30k / f"val.{lang}").read_text(encoding="utf-8").splitlines()[:20])
+    test = {lang: (multi30k / f"test_2016_flickr.{lang}").read_text(encoding="utf-8").splitlines()[:15]
+            for lang in (src, tgt)}
     test[tgt][0] = test[tgt][0].rstrip(".") + " \u2019s."
     code = f"{tgt}{src}"
     write(root / "test-full" / f"newstest2014-{code}-src.{src}.sgm", sgm(test[src], f"newstest2014-{code}", src, "src"))
@@ -92,7 +96,8 @@ def test_paper_recipe_scripts_train_and_evaluate_on_the_slice(tmp_path):
     tiny = ["--encoder-embed-dim", "32", "--encoder-layers", "1", "--decoder-layers", "1",
             "--decoder-attention-heads", "2", "--max-update", "3", "--max-tokens", "800",
             "--save-interval-updates", "1", "--warmup-updates", "2", "--num-workers", "0"]
-    env = {"DATA": str(data), "SAVE_DIR": str(save), "FAIRSEQ_TRAIN": str(Path(sys.executable).parent / "fairseq-train")}
+    env = {"DATA": str(data), "SAVE_DIR": str(save),
+           "FAIRSEQ_TRAIN": str(Path(sys.executable).parent / "fairseq-train")}
     result = run(["scripts/train_wmt14.sh", "en-de", *tiny], env=env)
     # fairseq keeps the legacy command-line configuration as one Namespace
     args = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=True)["cfg"]["model"]
@@ -103,7 +108,8 @@ def test_paper_recipe_scripts_train_and_evaluate_on_the_slice(tmp_path):
     # without the override, the script trains with the paper's 32k warm-up updates
     command = run(["scripts/train_wmt14.sh", "en-de"], env={**env, "FAIRSEQ_TRAIN": "/bin/echo"}).stdout.split()
     assert command[command.index("--warmup-updates") + 1] == "32000"
-    assert sorted(p.name for p in save.glob("checkpoint_*_*.pt")) == ["checkpoint_1_1.pt", "checkpoint_1_2.pt", "checkpoint_1_3.pt"]
+    assert sorted(p.name for p in save.glob("checkpoint_*_*.pt")) == ["checkpoint_1_1.pt", "checkpoint_1_2.pt",
+                                                                      "checkpoint_1_3.pt"]
     result = run(["scripts/evaluate_wmt14.sh", "en-de", save],
                  env={"AVERAGE_LAST": "2", "PY": sys.executable, "DATA": str(data)})
     assert "tokenized BLEU, compound split" in result.stdout

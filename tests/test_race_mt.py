@@ -33,13 +33,15 @@ def raced(tmp_path_factory):
         shutil.copy(raw / f"{name}.de", raw / f"{name}.fr")
     assert prepare_multi30k(raw, root / "data-bin", "--pairs", "en-de", "en-fr").returncode == 0
     command = [sys.executable, "-m", "benchmarks.race_mt", "--quick", "--stage", "all", "--pairs", "en-de",
-               "--data-root", str(root / "data-bin"), "--work-dir", str(root / "work"), "--results-dir", str(root / "results"),
-               "--eval-every", str(EVAL_EVERY), "--max-minutes", "0.03", "--progress-seconds", "0", "--extra-train-args", TINY]
+               "--data-root", str(root / "data-bin"), "--work-dir", str(root / "work"),
+               "--results-dir", str(root / "results"), "--eval-every", str(EVAL_EVERY), "--max-minutes", "0.03",
+               "--progress-seconds", "0", "--extra-train-args", TINY]
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     results = root / "results"
     return {"root": root, "results": results, "command": command, "first": first,
-            **{name: json.loads((results / f"{name}.json").read_text()) for name in ("mt_sweep", "mt_race", "mt_curves", "mt_report")}}
+            **{name: json.loads((results / f"{name}.json").read_text())
+               for name in ("mt_sweep", "mt_race", "mt_curves", "mt_report")}}
 
 
 @pytest.mark.slow
@@ -62,7 +64,8 @@ def test_race_uses_the_sweep_recipes_and_reports_each_seed(raced):
     race = raced["mt_race"]
     assert race["settings"]["recipe_source"].startswith("best of the sweep")
     assert race["settings"]["recipes"] == {s: raced["mt_sweep"]["best"][s]["recipe"] for s in ("resmlp", "transformer")}
-    assert sorted((r["pair"], r["system"], r["seed"]) for r in race["runs"]) == [("en-de", "resmlp", 1), ("en-de", "transformer", 1)]
+    assert sorted((r["pair"], r["system"], r["seed"]) for r in race["runs"]) == [("en-de", "resmlp", 1),
+                                                                                 ("en-de", "transformer", 1)]
     for run in race["runs"]:
         assert run["updates"] > 0
         assert run["eval"]["test"]["sentences"] == 10 and run["eval"]["valid"]["sentences"] == 12
@@ -137,7 +140,8 @@ def test_the_sweep_grid_is_the_same_for_both_systems():
     grid = race_mt.sweep_grid(quick=False)
     assert len(grid["resmlp"]) == len(grid["transformer"]) == 12
     for system in grid:
-        assert {(r["lr"], r["warmup"]) for r in grid[system]} == {(lr, w) for lr in (5e-4, 1e-3, 2e-3) for w in (300, 1000)}
+        assert {(r["lr"], r["warmup"]) for r in grid[system]} == {(lr, w) for lr in (5e-4, 1e-3, 2e-3)
+                                                                  for w in (300, 1000)}
     assert len(race_mt.sweep_grid(quick=True)["resmlp"]) == 2
     flags, env = race_mt.recipe_flags("transformer", {"lr": 1e-3, "warmup": 300, "norm": "post"})
     assert flags == ["--lr", "0.001", "--warmup-updates", "300"] and env == {"TRANSFORMER_NORM": "post"}
@@ -151,7 +155,8 @@ def test_training_minutes_leave_out_validation_and_checkpoint_writing():
 2024-01-01 10:00:50 | INFO | train_inner | {"epoch": 1, "num_updates": "50", "loss": "9"}
 2024-01-01 10:01:00 | INFO | fairseq_cli.train | begin validation on "valid" subset
 2024-01-01 10:01:30 | INFO | valid | {"epoch": 1, "valid_loss": "7.5", "valid_num_updates": "60"}
-2024-01-01 10:01:40 | INFO | fairseq.checkpoint_utils | Saved checkpoint x/checkpoint_last.pt (epoch 1 @ 60 updates, score 7.5)
+2024-01-01 10:01:40 | INFO | fairseq.checkpoint_utils | Saved checkpoint x/checkpoint_last.pt (epoch 1 @ 60 \
+updates, score 7.5)
 2024-01-01 10:02:40 | INFO | train_inner | {"epoch": 1, "num_updates": "100", "loss": "8"}
 2024-01-01 10:03:40 | INFO | fairseq_cli.train | begin validation on "valid" subset
 2024-01-01 10:04:00 | INFO | valid | {"epoch": 2, "valid_loss": "6.5", "valid_num_updates": "120"}
@@ -171,21 +176,25 @@ def test_curves_stop_after_three_evaluations_without_improvement_or_at_the_budge
 
     assert race_mt.curve_stop_reason([], 10, True) is None
     assert race_mt.curve_stop_reason(points([5, 6, 6, 5.9]), 10, True) is None  # 2 without improvement
-    assert race_mt.curve_stop_reason(points([5, 6, 6, 5.9, 6]), 10, True).startswith("early stop")  # equal is no improvement
+    # equal is no improvement
+    assert race_mt.curve_stop_reason(points([5, 6, 6, 5.9, 6]), 10, True).startswith("early stop")
     assert race_mt.curve_stop_reason(points([5, 6, 6, 5.9, 6]), 10, False) is None  # En-Fr: no early stopping
     assert race_mt.curve_stop_reason(points([5, 6], minutes=5), 10, False).startswith("training-minutes budget")
 
 
 def _race(diffs, minutes=25, seeds=3, source="best of the sweep"):
     summary = {pair: {"resmlp": {s: {"mean": 30 + d, "std": 0.1} for s, d in zip(("test", "valid"), ds)},
-                      "transformer": {s: {"mean": 30.0, "std": 0.1} for s in ("test", "valid")}} for pair, ds in diffs.items()}
-    return {"settings": {"minutes": minutes, "seeds": seeds, "recipe_source": source, "quick": False}, "summary": summary}
+                      "transformer": {s: {"mean": 30.0, "std": 0.1} for s in ("test", "valid")}}
+               for pair, ds in diffs.items()}
+    return {"settings": {"minutes": minutes, "seeds": seeds, "recipe_source": source, "quick": False},
+            "summary": summary}
 
 
 def _curves(test_diff, valid_diff, converged=True):
     def entry(test, valid):  # the last checkpoint 5 points under the average: a goal on it would fail
         scores = {"averaged": {"test": {"sacrebleu": test}, "valid": {"sacrebleu": valid}},
-                  "last": {"test": {"sacrebleu": test - 5 * (test != 30)}, "valid": {"sacrebleu": valid - 5 * (valid != 30)}}}
+                  "last": {"test": {"sacrebleu": test - 5 * (test != 30)},
+                           "valid": {"sacrebleu": valid - 5 * (valid != 30)}}}
         if not converged:  # a budget-stopped run is reported by its last checkpoint
             scores = {"averaged": scores["last"], "last": scores["averaged"]}  # an old result's average is ignored
         return {"eval": scores, "converged": converged,
@@ -199,7 +208,8 @@ def test_goals_are_met_or_missed_by_their_figures():
     met = race_mt.assess_goals(_race({"en-de": (1.2, 1.0), "en-fr": (1.5, 2.0)}), _curves(-0.4, 0.3))
     assert [g["status"] for g in met] == ["met", "met"] and not met[0]["caveats"] and not met[1]["caveats"]
     assert len(met[0]["figures"]) == 4 and met[0]["figures"][0]["difference"] == pytest.approx(1.2)
-    missed = race_mt.assess_goals(_race({"en-de": (1.2, 0.9), "en-fr": (1.5, 2.0)}, minutes=10, source="default recipe"),
+    missed = race_mt.assess_goals(_race({"en-de": (1.2, 0.9), "en-fr": (1.5, 2.0)}, minutes=10,
+                                        source="default recipe"),
                                   _curves(-0.6, 0.3, converged=False))
     assert [g["status"] for g in missed] == ["missed", "missed"]
     assert [f["met"] for f in missed[0]["figures"]] == [True, False, True, True]
@@ -218,15 +228,17 @@ def test_curves_table_averages_only_runs_that_reached_a_plateau():
     def entry(converged, last, averaged):
         score = lambda b: {"test": {"sacrebleu": b}, "valid": {"sacrebleu": b - 1}}  # noqa: E731
         return {"eval": {"best": score(last), "last": score(last), "averaged": score(averaged)}, "converged": converged,
-                "stop_reason": "early stop" if converged else "training-minutes budget (25 min) reached", "updates": 1500,
-                "train_minutes": 25.0, "best_point": {"valid_bleu": last - 1, "updates": 1500},
-                "averaged_checkpoints": [f"curve_{i}.pt" for i in range(5)], "points": [{"updates": 1500, "train_minutes": 25.0,
-                                                                                        "valid_bleu": last - 1}]}
+                "stop_reason": "early stop" if converged else "training-minutes budget (25 min) reached",
+                "updates": 1500, "train_minutes": 25.0, "best_point": {"valid_bleu": last - 1, "updates": 1500},
+                "averaged_checkpoints": [f"curve_{i}.pt" for i in range(5)],
+                "points": [{"updates": 1500, "train_minutes": 25.0, "valid_bleu": last - 1}]}
 
-    d = {"settings": {"recipe_source": "test", "recipes": {}, "method": "test", "max_training_minutes": {"en-de": 120, "en-fr": 25},
+    d = {"settings": {"recipe_source": "test", "recipes": {}, "method": "test",
+                      "max_training_minutes": {"en-de": 120, "en-fr": 25},
                       "early_stopping": {"en-de": True, "en-fr": False}},
          "machine": {}, "pairs": {"en-de": {"resmlp": entry(True, 34.0, 36.0), "transformer": entry(True, 35.0, 38.0)},
-                                  "en-fr": {"resmlp": entry(False, 50.0, 49.0), "transformer": entry(False, 52.0, 47.0)}}}
+                                  "en-fr": {"resmlp": entry(False, 50.0, 49.0),
+                                            "transformer": entry(False, 52.0, 47.0)}}}
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[1:-1]]
             for line in race_mt.curves_markdown(d).splitlines() if line.startswith("| en-")}
     assert rows[("en-de", "resmlp")][-1] == "**36.00 / 35.00** (N=5)"
@@ -240,8 +252,8 @@ def test_a_cached_result_is_reused_only_with_the_same_settings(tmp_path):
     args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
                               extra_train_args="", threads=1)
     race = race_mt.Race(args)
-    job = race_mt.Job("race", "en-de.resmlp.seed1", "resmlp", "en-de", 1, {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5},
-                      minutes=25.0)
+    job = race_mt.Job("race", "en-de.resmlp.seed1", "resmlp", "en-de", 1,
+                      {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5}, minutes=25.0)
     assert race.cached(job) is None
     race_mt.write_json(race.run_dir(job) / "result.json", {"spec": race.spec(job), "figures": {}})
     assert race.cached(job) is not None
@@ -285,11 +297,14 @@ def test_finished_runs_outside_a_narrowed_grid_are_listed_not_eligible(tmp_path)
 
     def job(warmup, updates=600):
         recipe = {"lr": 5e-4, "warmup": warmup, "layerscale_init": 0.5}
-        return race_mt.Job("sweep", race_mt.recipe_name("resmlp", recipe), "resmlp", "en-de", 1, recipe, max_update=updates)
+        return race_mt.Job("sweep", race_mt.recipe_name("resmlp", recipe), "resmlp", "en-de", 1, recipe,
+                           max_update=updates)
 
     asked, earlier, other_budget = job(300), job(1000), job(1000, updates=50)
-    race_mt.write_json(race.run_dir(earlier) / "result.json", {"spec": race.spec(earlier), "name": earlier.name, "system": "resmlp"})
-    race_mt.write_json(race.run_dir(asked) / "result.json", {"spec": race.spec(asked), "name": asked.name, "system": "resmlp"})
+    race_mt.write_json(race.run_dir(earlier) / "result.json",
+                       {"spec": race.spec(earlier), "name": earlier.name, "system": "resmlp"})
+    race_mt.write_json(race.run_dir(asked) / "result.json",
+                       {"spec": race.spec(asked), "name": asked.name, "system": "resmlp"})
     found = race.outside_grid({"resmlp": [asked], "transformer": []})
     assert [r["name"] for r in found] == [earlier.name] and not found[0]["in_grid"]
     # a run of another update budget is not this sweep's

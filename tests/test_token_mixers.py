@@ -409,7 +409,8 @@ def test_learned_mixing_weights_of_a_variant_are_drawn_per_layer_and_head():
     np.testing.assert_allclose(np.log(logits[4, 3] / logits[4, 5]), float(kernel[12] - kernel[10]), atol=1e-4)
 
 
-@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_small", 3, 256), ("resmlp_mt_relative_glu", 6, 512)])
+@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_small", 3, 256),
+                                               ("resmlp_mt_relative_glu", 6, 512)])
 def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(arch, layers, dim):
     import argparse
     from types import SimpleNamespace

@@ -39,7 +39,8 @@ def test_imagenet_eval_transform_is_resize_248_center_crop_224_bicubic(imagenet_
     tf = build_eval_transform(224, crop_pct=0.9, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     # by hand: short side to floor(224 / 0.9) = 248 with bicubic, centre 224 crop
     w, h = img.size
-    manual = T.Compose([T.Resize(248, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    manual = T.Compose([T.Resize(248, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
+                        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     out = tf(img)
     assert out.shape == (3, 224, 224)
     assert min(w, h) != 248  # a real resize happened
@@ -125,7 +126,8 @@ def test_class_folders_that_differ_are_an_error(tmp_path):
         for c in classes:
             (tmp_path / split / c).mkdir(parents=True)
     with pytest.raises(ValueError, match=r"only in training: \['emu'\]; only in validation: \['fox'\]"):
-        check_same_classes(find_classes(tmp_path / "train"), find_classes(tmp_path / "val"), tmp_path / "train", tmp_path / "val")
+        check_same_classes(find_classes(tmp_path / "train"), find_classes(tmp_path / "val"), tmp_path / "train",
+                           tmp_path / "val")
     with pytest.raises(FileNotFoundError, match="holds no image files"):
         ImageFolderDataset(tmp_path / "train")
     with pytest.raises(FileNotFoundError, match="does not exist"):

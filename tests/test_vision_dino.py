@@ -43,10 +43,11 @@ from vision.linear import fit_linear
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2)
-TINY_ARGS = ["--model", "resmlp_s12", "--img-size", "32", "--model-kwargs", "patch_size=8", "embed_dim=32", "depth=2"]
-TINY_DINO = [*TINY_ARGS, "--out-dim", "64", "--head-hidden-dim", "64", "--head-bottleneck-dim", "16", "--local-crops-number", "2",
-             "--warmup-epochs", "1", "--warmup-teacher-temp-epochs", "1", "--batch-size", "8", "--workers", "0", "--threads", "1",
-             "--drop-path", "0.1"]
+TINY_ARGS = ["--model", "resmlp_s12", "--img-size", "32", "--model-kwargs", "patch_size=8", "embed_dim=32",
+             "depth=2"]
+TINY_DINO = [*TINY_ARGS, "--out-dim", "64", "--head-hidden-dim", "64", "--head-bottleneck-dim", "16",
+             "--local-crops-number", "2", "--warmup-epochs", "1", "--warmup-teacher-temp-epochs", "1", "--batch-size",
+             "8", "--workers", "0", "--threads", "1", "--drop-path", "0.1"]
 
 
 def run(module: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -82,7 +83,8 @@ def _softmax(v):
 def test_dino_loss_and_centering_match_hand_computation():
     teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # 2 global crops, batch 1, K=3
     student = torch.tensor([[0.2, 0.1, 0.0], [0.0, 0.3, 0.1], [0.5, 0.0, 0.2]])  # 3 crops
-    loss_fn = DINOLoss(3, ncrops=3, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30, nepochs=100)
+    loss_fn = DINOLoss(3, ncrops=3, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30,
+                       nepochs=100)
     loss = loss_fn(student, teacher, epoch=0).item()
     q = [_softmax([x / 0.04 for x in row]) for row in teacher.tolist()]  # centre 0, temperature 0.04 at epoch 0
     logp = [[math.log(p) for p in _softmax([x / 0.1 for x in row])] for row in student.tolist()]
@@ -119,7 +121,8 @@ def test_teacher_entropies_tell_uniform_collapse_from_one_dimension_and_health()
     per_image, of_mean = teacher_entropies(healthy)
     assert per_image.item() == pytest.approx(0.0, abs=1e-6) and of_mean.item() == pytest.approx(math.log(4))
     # DINOLoss records them for the teacher distribution it used: [0.5, 0.5] rows -> ln 2 each
-    loss_fn = DINOLoss(2, ncrops=2, warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=1, nepochs=2)
+    loss_fn = DINOLoss(2, ncrops=2, warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=1,
+                       nepochs=2)
     loss_fn(torch.zeros(4, 2), torch.zeros(4, 2), epoch=0)
     assert loss_fn.last_teacher_entropy.item() == pytest.approx(math.log(2))
     assert loss_fn.last_teacher_batch_entropy.item() == pytest.approx(math.log(2))
@@ -132,13 +135,17 @@ def test_recipe_changes_name_recipe_flags_and_ignore_run_flags():
     saved = ckpt_io.args_dict(parse_with_config(build_parser(), base))
     assert recipe_changes(saved, parse_with_config(build_parser(), base)) == []
     # where and how it runs may change; the recipe may not
-    moved = parse_with_config(build_parser(), [*base, "--threads", "2", "--data-dir", "elsewhere", "--max-train-minutes", "5"])
+    moved = parse_with_config(build_parser(), [*base, "--threads", "2", "--data-dir", "elsewhere",
+                                               "--max-train-minutes", "5"])
     assert recipe_changes(saved, moved) == []
     changed = parse_with_config(build_parser(), [*base, "--teacher-temp", "0.04", "--global-crops-scale", "0.3", "1"])
-    assert recipe_changes(saved, changed) == ["--global-crops-scale: [0.4, 1.0] -> [0.3, 1.0]", "--teacher-temp: 0.07 -> 0.04"]
+    assert recipe_changes(saved, changed) == ["--global-crops-scale: [0.4, 1.0] -> [0.3, 1.0]",
+                                              "--teacher-temp: 0.07 -> 0.04"]
     # a flag the checkpoint does not record (added later) is not compared
-    assert recipe_changes({k: v for k, v in saved.items() if k != "teacher_temp"}, changed) == ["--global-crops-scale: [0.4, 1.0] -> [0.3, 1.0]"]
-    assert {"threads", "output", "resume", "device"} <= RUN_FLAGS and not RUN_FLAGS & {"lr", "epochs", "seed", "teacher_temp", "model_kwargs"}
+    assert recipe_changes({k: v for k, v in saved.items() if k != "teacher_temp"}, changed) == [
+        "--global-crops-scale: [0.4, 1.0] -> [0.3, 1.0]"]
+    assert {"threads", "output", "resume", "device"} <= RUN_FLAGS and not RUN_FLAGS & {"lr", "epochs", "seed",
+                                                                                       "teacher_temp", "model_kwargs"}
 
 
 def test_update_teacher_is_an_ema_of_the_student_parameters():
@@ -157,7 +164,8 @@ def test_cosine_schedule_warmup_then_cosine():
     sched = cosine_schedule(1.0, 0.0, epochs=2, niter_per_ep=2, warmup_epochs=1)
     assert sched.tolist() == pytest.approx([0.0, 1.0, 1.0, 0.5])  # linspace(0, 1, 2), then 0.5 * (1 + cos(pi * i / 2))
     momentum = cosine_schedule(0.996, 1.0, epochs=3, niter_per_ep=4)
-    assert momentum[0] == pytest.approx(0.996) and momentum[-1] == pytest.approx(1 - 0.004 * 0.5 * (1 + math.cos(math.pi * 11 / 12)))
+    assert momentum[0] == pytest.approx(0.996) and momentum[-1] == pytest.approx(1 - 0.004 * 0.5
+                                                                                 * (1 + math.cos(math.pi * 11 / 12)))
     assert np.all(np.diff(momentum) >= 0)
     assert len(cosine_schedule(1.0, 0.0, 3, 5, warmup_epochs=0.4)) == 15
     with pytest.raises(ValueError, match="longer than"):
@@ -203,7 +211,8 @@ def test_param_groups_leave_affine_layerscale_and_biases_undecayed():
     decayed_names = {names[id(p)] for p in decayed["params"]}
     plain_names = {names[id(p)] for p in plain["params"]}
     assert plain["weight_decay"] == 0.0
-    assert "backbone.blocks.0.norm1.alpha" in plain_names and "backbone.blocks.1.ls2" in plain_names and "backbone.norm.beta" in plain_names
+    assert ("backbone.blocks.0.norm1.alpha" in plain_names and "backbone.blocks.1.ls2" in plain_names
+            and "backbone.norm.beta" in plain_names)
     assert "backbone.blocks.0.linear_tokens.bias" in plain_names and "head.mlp.0.bias" in plain_names
     assert "backbone.blocks.0.linear_tokens.weight" in decayed_names and "head.mlp.0.weight" in decayed_names
     assert "head.last_layer.parametrizations.weight.original1" in decayed_names
@@ -286,12 +295,14 @@ def timm_resmlp(num_classes: int = 1000) -> torch.nn.Module:
 def test_fb_dino_layout_loads_as_a_backbone(tmp_path):
     ref = timm_resmlp()
     full = timm.create_model("resmlp_12_224", num_classes=1000)
-    assert set(ref.state_dict()) == {k for k in full.state_dict() if not k.startswith("blocks.") or k.split(".")[1] in ("0", "1")}
+    assert set(ref.state_dict()) == {k for k in full.state_dict()
+                                     if not k.startswith("blocks.") or k.split(".")[1] in ("0", "1")}
     torch.save(ref.state_dict(), tmp_path / "fb_dino.pth")
     from vision.features import load_backbone
 
     class Args:
-        checkpoint, model, weights, pretrained, random_init = None, "resmlp_s12", str(tmp_path / "fb_dino.pth"), False, False
+        checkpoint, model, weights, pretrained, random_init = (None, "resmlp_s12", str(tmp_path / "fb_dino.pth"),
+                                                               False, False)
         model_kwargs, use_ema, seed = dict(TINY), False, 0
 
     backbone, info = load_backbone(Args)
@@ -300,15 +311,18 @@ def test_fb_dino_layout_loads_as_a_backbone(tmp_path):
     torch.testing.assert_close(backbone(x), expected, atol=1e-5, rtol=1e-5)
     assert info["kind"] == "weights" and backbone.num_classes == 0
     # the same file through timm's pretrained path keeps its 1000-class head
-    model = timm.create_model("resmlp_s12", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "fb_dino.pth")), **TINY).eval()
+    model = timm.create_model("resmlp_s12", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "fb_dino.pth")), **TINY).eval()
     torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
 def test_pretrained_tags_resolve_offline_from_the_hub_cache(tmp_path):
     assert timm.models.get_pretrained_cfg("resmlp_s12").hf_hub_id == "timm/resmlp_12_224.fb_in1k"
-    assert set(timm.list_pretrained("resmlp_s*")) >= {"resmlp_s12.fb_in1k", "resmlp_s12.fb_distilled_in1k", "resmlp_s12.fb_dino",
-                                                       "resmlp_s24.fb_dino", "resmlp_s36.fb_distilled_in1k"}
-    assert timm.models.get_pretrained_cfg("resmlp_b24_p8.fb_in22k_ft_in1k").hf_hub_id == "timm/resmlp_big_24_224.fb_in22k_ft_in1k"
+    assert set(timm.list_pretrained("resmlp_s*")) >= {"resmlp_s12.fb_in1k", "resmlp_s12.fb_distilled_in1k",
+                                                      "resmlp_s12.fb_dino", "resmlp_s24.fb_dino",
+                                                      "resmlp_s36.fb_distilled_in1k"}
+    assert (timm.models.get_pretrained_cfg("resmlp_b24_p8.fb_in22k_ft_in1k").hf_hub_id
+            == "timm/resmlp_big_24_224.fb_in22k_ft_in1k")
     assert timm.models.get_pretrained_cfg("resmlp_s24.fb_dino").url.endswith("/resmlp_24_dino.pth")
     assert not timm.models.get_pretrained_cfg("resmlp_b24").hf_hub_id  # no weights released for B24/16
     from safetensors.torch import save_file
@@ -323,13 +337,15 @@ def test_pretrained_tags_resolve_offline_from_the_hub_cache(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "ref.pth")
     script = (
         "import torch, timm, vision, sys\n"
-        "m = timm.create_model('resmlp_s12.fb_dino', pretrained=True, img_size=32, patch_size=8, embed_dim=32, depth=2).eval()\n"
+        "m = timm.create_model('resmlp_s12.fb_dino', pretrained=True, img_size=32, patch_size=8, embed_dim=32, "
+        "depth=2).eval()\n"
         "ref = torch.load(sys.argv[1], weights_only=True)\n"
         "ok = all(torch.equal(m.state_dict()[k], v) for k, v in ref.items())\n"
         "print('loaded', ok, m.pretrained_cfg['hf_hub_id'])\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ref.pth")], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ref.pth")], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert "loaded True timm/resmlp_12_224.fb_dino" in proc.stdout, proc.stderr[-2000:]
     # no file in the cache and no network: timm's error, not a silent random model
     proc = subprocess.run([sys.executable, "-c", script.replace("fb_dino", "fb_in1k"), str(tmp_path / "ref.pth")],
@@ -338,10 +354,13 @@ def test_pretrained_tags_resolve_offline_from_the_hub_cache(tmp_path):
 
 
 def test_dino_checkpoint_gives_fine_tuning_a_backbone_and_a_new_head(tmp_path):
-    student = MultiCropWrapper(timm.create_model("resmlp_s12", num_classes=0, **TINY), DINOHead(32, out_dim=8, hidden_dim=16, bottleneck_dim=4))
-    teacher = MultiCropWrapper(timm.create_model("resmlp_s12", num_classes=0, **TINY), DINOHead(32, out_dim=8, hidden_dim=16, bottleneck_dim=4))
+    student = MultiCropWrapper(timm.create_model("resmlp_s12", num_classes=0, **TINY),
+                               DINOHead(32, out_dim=8, hidden_dim=16, bottleneck_dim=4))
+    teacher = MultiCropWrapper(timm.create_model("resmlp_s12", num_classes=0, **TINY),
+                               DINOHead(32, out_dim=8, hidden_dim=16, bottleneck_dim=4))
     state = {"format": ckpt_io.DINO_FORMAT, "model_name": "resmlp_s12", "model_kwargs": {**TINY, "num_classes": 0},
-             "data_config": {"input_size": (3, 32, 32)}, "student": student.state_dict(), "teacher": teacher.state_dict()}
+             "data_config": {"input_size": (3, 32, 32)}, "student": student.state_dict(),
+             "teacher": teacher.state_dict()}
     torch.save(state, tmp_path / "dino.pth")
     model = timm.create_model("resmlp_s12", num_classes=10, **TINY)
     head_before = model.head.weight.clone()
@@ -354,7 +373,8 @@ def test_dino_checkpoint_gives_fine_tuning_a_backbone_and_a_new_head(tmp_path):
     sup = timm.create_model("resmlp_s12", num_classes=10, **TINY)
     assert "backbone and classifier" in ckpt_io.load_initial_weights(model, sup.state_dict())
     assert torch.equal(model.head.weight, sup.head.weight)
-    assert "new classifier" in ckpt_io.load_initial_weights(timm.create_model("resmlp_s12", num_classes=3, **TINY), sup.state_dict())
+    assert "new classifier" in ckpt_io.load_initial_weights(timm.create_model("resmlp_s12", num_classes=3, **TINY),
+                                                            sup.state_dict())
     # facebookresearch/dino's checkpoint.pth layout (DDP prefixes) reads the same way
     fb = {"teacher": {f"module.{k}": v for k, v in teacher.state_dict().items()}, "epoch": 3}
     sd = ckpt_io.state_dict_of(fb)
@@ -385,8 +405,10 @@ def test_dino_cli_resumes_exactly_then_evaluates_and_plots(jpeg_data, tmp_path):
     for key in ("student", "teacher", "dino_loss"):
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), (key, name)
-    assert not torch.equal(a["teacher"]["backbone.blocks.0.linear_tokens.weight"], a["student"]["backbone.blocks.0.linear_tokens.weight"])
-    assert a["optimizer"]["param_groups"][0]["weight_decay"] > 0.04 and a["optimizer"]["param_groups"][1]["weight_decay"] == 0.0
+    assert not torch.equal(a["teacher"]["backbone.blocks.0.linear_tokens.weight"],
+                           a["student"]["backbone.blocks.0.linear_tokens.weight"])
+    assert (a["optimizer"]["param_groups"][0]["weight_decay"] > 0.04
+            and a["optimizer"]["param_groups"][1]["weight_decay"] == 0.0)
     rows_a, rows_b = (list(csv.DictReader(open(tmp_path / r / "summary.csv"))) for r in ("a", "b"))
     assert len(rows_a) == len(rows_b) == 2
     for ra, rb in zip(rows_a, rows_b):  # the same losses and schedules (timings differ)
@@ -398,7 +420,8 @@ def test_dino_cli_resumes_exactly_then_evaluates_and_plots(jpeg_data, tmp_path):
     ev = ["--data-dir", str(jpeg_data), "--val-split", "test", "--workers", "0", "--threads", "1"]
     run("vision.knn", "--checkpoint", ckpt, *ev, "--k", "5", "20", "--out", str(tmp_path / "knn"))
     report = json.loads((tmp_path / "knn.json").read_text())
-    assert report["backbone"]["kind"] == "dino" and report["data"]["train_images"] == 24 and report["data"]["val_images"] == 12
+    assert (report["backbone"]["kind"] == "dino" and report["data"]["train_images"] == 24
+            and report["data"]["val_images"] == 12)
     assert report["results"]["20"]["k_used"] == 20 and 0 <= report["results"]["5"]["top1"] <= 100
     assert "| 20 |" in (tmp_path / "knn.md").read_text()
     run("vision.linear", "--checkpoint", ckpt, *ev, "--weight-decay", "1e-3", "--out", str(tmp_path / "linear"))
@@ -406,12 +429,14 @@ def test_dino_cli_resumes_exactly_then_evaluates_and_plots(jpeg_data, tmp_path):
     assert probe["feature_dim"] == 32 and probe["result"]["weight_decay"] == 1e-3
     assert probe["result"]["val"]["top1"] >= 66.6  # colour classes: linearly separable even by these features
     # the paper's figure, supervised-shaped and DINO checkpoints side by side
-    run("vision.plot", "--checkpoint", ckpt, "--label", "DINO", "--checkpoint", ckpt, "--label", "again", "--out", str(tmp_path / "fig.png"))
+    run("vision.plot", "--checkpoint", ckpt, "--label", "DINO", "--checkpoint", ckpt, "--label", "again",
+        "--out", str(tmp_path / "fig.png"))
     with Image.open(tmp_path / "fig.png") as img:
         assert img.size[0] > 600
 
 
-def test_features_cache_serves_knn_and_linear_probe_and_is_refused_for_other_inputs(jpeg_data, tmp_path, monkeypatch, capsys):
+def test_features_cache_serves_knn_and_linear_probe_and_is_refused_for_other_inputs(jpeg_data, tmp_path, monkeypatch,
+                                                                                    capsys):
     """--features-cache: the k-NN extracts and keeps the features; the linear probe of the same
     backbone reads them (no extraction) and scores as on fresh features; another seed, a rewritten
     weights file or a file that is not a cache make a new extraction."""
@@ -436,9 +461,12 @@ def test_features_cache_serves_knn_and_linear_probe_and_is_refused_for_other_inp
             "--threads", "1"]
     assert knn_main([*base, "--features-cache", str(cache), "--out", str(tmp_path / "knn_cached")]) == 0
     assert len(calls) == 2 and cache.is_file()  # train and val
-    assert linear_main([*base, "--features-cache", str(cache), "--weight-decay", "1e-3", "--out", str(tmp_path / "lin_cached")]) == 0
-    assert knn_main([*base, "--features-cache", str(cache), "--batch-size", "5", "--out", str(tmp_path / "knn_again")]) == 0
-    assert len(calls) == 2 and "from " + str(cache) in capsys.readouterr().out  # batch size does not change the features
+    assert linear_main([*base, "--features-cache", str(cache), "--weight-decay", "1e-3",
+                        "--out", str(tmp_path / "lin_cached")]) == 0
+    assert knn_main([*base, "--features-cache", str(cache), "--batch-size", "5",
+                     "--out", str(tmp_path / "knn_again")]) == 0
+    # batch size does not change the features
+    assert len(calls) == 2 and "from " + str(cache) in capsys.readouterr().out
     assert linear_main([*base, "--weight-decay", "1e-3", "--out", str(tmp_path / "lin_fresh")]) == 0
     assert len(calls) == 4
     cached, fresh = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lin_cached", "lin_fresh"))
@@ -446,7 +474,8 @@ def test_features_cache_serves_knn_and_linear_probe_and_is_refused_for_other_inp
     knn_first, knn_again = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("knn_cached", "knn_again"))
     assert knn_first["results"] == knn_again["results"]
     # other inputs are not served from the cache, and replace it
-    random_init = [*model, "--random-init", "--data-dir", str(jpeg_data), "--val-split", "test", "--workers", "0", "--threads", "1"]
+    random_init = [*model, "--random-init", "--data-dir", str(jpeg_data), "--val-split", "test", "--workers", "0",
+                   "--threads", "1"]
     for seed, expected_calls in (("0", 6), ("1", 8), ("1", 8)):
         assert knn_main([*random_init, "--seed", seed, "--features-cache", str(cache)]) == 0
         assert len(calls) == expected_calls, seed
@@ -466,9 +495,11 @@ def test_dino_cli_bad_input_is_named(jpeg_data, tmp_path, capsys):
     assert dino_main([*TINY_DINO, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")]) == 2
     assert "nowhere/train does not exist" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        dino_main([*TINY_DINO, "--local-crop-size", "16", "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o")])
+        dino_main([*TINY_DINO, "--local-crop-size", "16", "--data-dir", str(jpeg_data),
+                   "--output", str(tmp_path / "o")])
     assert "--local-crop-size 16: a ResMLP reads one input size" in capsys.readouterr().err
-    assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o"), "--batch-size", "64"]) == 2
+    assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o"),
+                      "--batch-size", "64"]) == 2
     assert "less than one batch of 64" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         knn_main(["--checkpoint", str(tmp_path / "missing.pth"), "--data-dir", str(jpeg_data)])
@@ -478,10 +509,12 @@ def test_dino_cli_bad_input_is_named(jpeg_data, tmp_path, capsys):
     assert "exactly one of --weights FILE, --pretrained, --random-init" in capsys.readouterr().err
     # a supervised checkpoint is not a DINO run to resume; a text file is not a checkpoint
     (tmp_path / "notes.pth").write_text("hello")
-    assert knn_main(["--checkpoint", str(tmp_path / "notes.pth"), "--data-dir", str(jpeg_data), "--val-split", "test"]) == 2
+    assert knn_main(["--checkpoint", str(tmp_path / "notes.pth"), "--data-dir", str(jpeg_data),
+                     "--val-split", "test"]) == 2
     assert "not a PyTorch checkpoint" in capsys.readouterr().err
     torch.save({"format": ckpt_io.FORMAT, "model_name": "resmlp_s12"}, tmp_path / "sup.pth")
-    assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o2"), "--resume", str(tmp_path / "sup.pth")]) == 2
+    assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o2"),
+                      "--resume", str(tmp_path / "sup.pth")]) == 2
     assert "not a vision.dino checkpoint" in capsys.readouterr().out
     # a DINO run is resumed with its own recipe: another one is refused, naming the flags
     from vision.config import parse_with_config
@@ -489,8 +522,8 @@ def test_dino_cli_bad_input_is_named(jpeg_data, tmp_path, capsys):
 
     saved_args = parse_with_config(build_parser(), [*TINY_DINO, "--data-dir", "d", "--output", "o", "--lr", "1e-3"])
     teacher_kwargs, saved = backbone_kwargs(saved_args, 0.0), ckpt_io.args_dict(saved_args)
-    torch.save({"format": ckpt_io.DINO_FORMAT, "model_name": "resmlp_s12", "model_kwargs": teacher_kwargs, "args": saved},
-               tmp_path / "other_recipe.pth")
+    torch.save({"format": ckpt_io.DINO_FORMAT, "model_name": "resmlp_s12", "model_kwargs": teacher_kwargs,
+                "args": saved}, tmp_path / "other_recipe.pth")
     assert dino_main([*TINY_DINO, "--data-dir", str(jpeg_data), "--output", str(tmp_path / "o3"), "--resume",
                       str(tmp_path / "other_recipe.pth")]) == 2
     assert "trained with another recipe (--lr: 0.001 -> 0.0005)" in capsys.readouterr().out
@@ -511,11 +544,13 @@ def test_configs_are_valid_for_their_cli():
     from vision.train import build_parser as train_parser
 
     names = available_configs()
-    assert {"dino_imagenet_s12", "dino_imagenet_s24", "dino_cifar10_cpu", "transfer_cifar10_s12", "transfer_cifar10_s24"} <= set(names)
-    dino_defaults = dict(epochs=300, momentum_teacher=0.996, warmup_teacher_temp=0.04, teacher_temp=0.07, student_temp=0.1,
-                         center_momentum=0.9, weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, freeze_last_layer=1,
-                         head_hidden_dim=2048, head_bottleneck_dim=256, head_layers=3, global_crops_scale=[0.4, 1.0],
-                         local_crops_scale=[0.05, 0.4], out_dim=65536, lr=5e-4, lr_base_size=256, warmup_epochs=10)
+    assert {"dino_imagenet_s12", "dino_imagenet_s24", "dino_cifar10_cpu", "transfer_cifar10_s12",
+            "transfer_cifar10_s24"} <= set(names)
+    dino_defaults = dict(epochs=300, momentum_teacher=0.996, warmup_teacher_temp=0.04, teacher_temp=0.07,
+                         student_temp=0.1, center_momentum=0.9, weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0,
+                         freeze_last_layer=1, head_hidden_dim=2048, head_bottleneck_dim=256, head_layers=3,
+                         global_crops_scale=[0.4, 1.0], local_crops_scale=[0.05, 0.4], out_dim=65536, lr=5e-4,
+                         lr_base_size=256, warmup_epochs=10)
     for name in ("dino_imagenet_s12", "dino_imagenet_s24"):
         cfg = load_config(name, dino_parser())
         assert {k: cfg[k] for k in dino_defaults} == dino_defaults, name
@@ -523,7 +558,8 @@ def test_configs_are_valid_for_their_cli():
     assert load_config("dino_cifar10_cpu", dino_parser())["img_size"] == 32
     for name in ("transfer_cifar10_s12", "transfer_cifar10_s24"):
         cfg = load_config(name, train_parser())
-        assert (cfg["opt"], cfg["lr"], cfg["weight_decay"], cfg["epochs"], cfg["img_size"]) == ("adamw", 5e-6, 0.05, 1000, 224)
+        assert (cfg["opt"], cfg["lr"], cfg["weight_decay"], cfg["epochs"],
+                cfg["img_size"]) == ("adamw", 5e-6, 0.05, 1000, 224)
     assert load_config("transfer_cifar10_s12", train_parser())["drop_path"] == 0.05
     assert load_config("transfer_cifar10_s24", train_parser())["drop_path"] == 0.1
 
@@ -542,7 +578,8 @@ def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg
     stamp = (split / "split.json").stat().st_mtime_ns
     assert bench.holdout_split(jpeg_data / "train", tmp_path / "split", 3, None) == split
     assert (split / "split.json").stat().st_mtime_ns == stamp  # reused
-    bench.holdout_split(jpeg_data / "train", tmp_path / "split", 2, 6)  # the first 6 of each class, the last 2 of them held out
+    # the first 6 of each class, the last 2 of them held out
+    bench.holdout_split(jpeg_data / "train", tmp_path / "split", 2, 6)
     assert sorted(f.name for f in (split / "val" / "red").iterdir()) == ["0004.jpg", "0005.jpg"]
     assert len(list((split / "train" / "red").iterdir())) == 4
     # one folder name per split: k-NN outputs and feature caches named after it never serve another split
@@ -554,31 +591,36 @@ def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg
 @pytest.mark.slow
 def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_path):
     tiny = "--batch-size 8 --model-kwargs patch_size=8 embed_dim=32 depth=2"
-    cmd = [sys.executable, "-m", "benchmarks.bench_dino", "--quick", "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
-           "--results-dir", str(tmp_path / "results"), "--minutes", "0.3", "--threads", "1", "--probe-steps", "2",
+    cmd = [sys.executable, "-m", "benchmarks.bench_dino", "--quick", "--data-dir", str(jpeg_data),
+           "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--minutes", "0.3",
+           "--threads", "1", "--probe-steps", "2",
            f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16", f"--train-args={tiny}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # the epochs are planned from a real DINO epoch on a slice (loader and augmentation timed), then the probe is removed
+    # the epochs are planned from a real DINO epoch on a slice (loader and augmentation timed),
+    # then the probe is removed
     probe_cmd = next(line for line in proc.stdout.splitlines() if "dino_probe" in line and "-m vision.dino" in line)
     assert "--epochs 1 --max-per-class" in probe_cmd and not (tmp_path / "runs" / "dino_probe").exists()
     plan = json.loads((tmp_path / "runs" / "dino_plan.json").read_text())
     assert plan["probe_img_per_s"] > 0 and plan["epochs"] >= 1
     report = json.loads((tmp_path / "results" / "dino_cifar10.json").read_text())
     ev = report["frozen_features"]
-    assert set(ev) == {"dino", "random_init", "supervised"} and ev["dino"]["train_images"] == 24 and ev["dino"]["test_images"] == 12
+    assert (set(ev) == {"dino", "random_init", "supervised"} and ev["dino"]["train_images"] == 24
+            and ev["dino"]["test_images"] == 12)
     holdout = report["holdout_knn"]  # the k-NN free of the test split: 3 held-out training images a class as queries
     assert holdout["queries_per_class"] == 3 and set(holdout["knn_top1"]) == {"dino", "random_init"}
     assert len(list((tmp_path / "runs" / "holdout_3_of_first_30" / "val" / "red").iterdir())) == 3
     knn_goal = report["goals"]["knn_dino_vs_random_init"]
     assert knn_goal["met"] == (ev["dino"]["knn_top1"] - ev["random_init"]["knn_top1"] >= 20)
     ft = report["finetune"]
-    assert report["goals"]["finetune_dino_vs_scratch"]["met"] == (ft["from_dino"]["final_top1"] > ft["from_scratch"]["final_top1"])
+    assert report["goals"]["finetune_dino_vs_scratch"]["met"] == (ft["from_dino"]["final_top1"]
+                                                                  > ft["from_scratch"]["final_top1"])
     assert ft["from_dino"]["epochs"] == ft["from_scratch"]["epochs"] == 1
     assert report["dino"]["epochs"] >= 1 and report["dino"]["model_kwargs"]["embed_dim"] == 32
     d = report["dino"]  # collapse monitors, one per epoch, between 0 and ln K
     assert len(d["teacher_entropy_by_epoch"]) == len(d["teacher_batch_entropy_by_epoch"]) == d["epochs"]
-    assert all(0.0 <= h <= d["ln_out_dim"] + 1e-3 for h in d["teacher_entropy_by_epoch"] + d["teacher_batch_entropy_by_epoch"])
+    assert all(0.0 <= h <= d["ln_out_dim"] + 1e-3
+               for h in d["teacher_entropy_by_epoch"] + d["teacher_batch_entropy_by_epoch"])
     md = (tmp_path / "results" / "dino_cifar10.md").read_text()
     assert "QUICK SMOKE RUN" in md and md.count("**met**") + md.count("**missed**") == 2
     assert "k-NN free of the test split (the last 3 training images of each class as queries" in md
@@ -587,18 +629,22 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0 and "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout
     # the epochs are the plan's: a config (here --epochs) with other epochs is the same recipe, and the run is reused
-    same = [*cmd[:-2], f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --epochs 7", cmd[-1]]
+    same = [*cmd[:-2], f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --epochs 7",
+            cmd[-1]]
     reused = subprocess.run(same, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert reused.returncode == 0 and "-m vision.dino" not in reused.stdout, reused.stderr[-2000:]
     # another DINO recipe is refused, naming the flag, rather than served the old run's figures
     plan = (tmp_path / "runs" / "dino_plan.json").read_text()
-    other = [*cmd[:-2], f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --teacher-temp 0.05", cmd[-1]]
+    other = [*cmd[:-2], f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16"
+             " --teacher-temp 0.05", cmd[-1]]
     refused = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert refused.returncode != 0 and "-m vision.dino" not in refused.stdout
-    assert "dino_plan.json was made with another DINO recipe" in refused.stderr and "--teacher-temp: 0.04 -> 0.05" in refused.stderr
+    assert ("dino_plan.json was made with another DINO recipe" in refused.stderr
+            and "--teacher-temp: 0.04 -> 0.05" in refused.stderr)
     assert (tmp_path / "runs" / "dino_plan.json").read_text() == plan
     # a plan without a recorded recipe (older runs): the finished run's own arguments are checked
-    (tmp_path / "runs" / "dino_plan.json").write_text(json.dumps({k: v for k, v in json.loads(plan).items() if k != "recipe"}))
+    (tmp_path / "runs" / "dino_plan.json").write_text(json.dumps({k: v for k, v in json.loads(plan).items()
+                                                                  if k != "recipe"}))
     refused = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert refused.returncode != 0 and "dino/last.pth was made with another DINO recipe" in refused.stderr
 
@@ -607,12 +653,13 @@ def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_p
 def test_dino_ddp_with_two_cpu_processes(jpeg_data, tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vision.dino", *TINY_DINO,
-         "--data-dir", str(jpeg_data), "--epochs", "1", "--batch-size", "4", "--output", str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vision.dino",
+         *TINY_DINO, "--data-dir", str(jpeg_data), "--epochs", "1", "--batch-size", "4", "--output", str(out)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 process(es) on cpu, 3 steps per epoch" in proc.stdout and "peak lr" in proc.stdout and "global batch 8" in proc.stdout
+    assert ("2 process(es) on cpu, 3 steps per epoch" in proc.stdout and "peak lr" in proc.stdout
+            and "global batch 8" in proc.stdout)
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["epoch"] == 0 and len(state["rng"]) == 2  # one generator state per rank
     assert torch.isfinite(state["dino_loss"]["center"]).all() and state["dino_loss"]["center"].abs().sum() > 0
@@ -622,9 +669,11 @@ def test_dino_ddp_with_two_cpu_processes(jpeg_data, tmp_path):
 def test_screen_dino_runs_screens_side_by_side_reports_and_reuses(jpeg_data, tmp_path):
     """python -m benchmarks.screen_dino on the tiny JPEGs: two screens at once, a table with both and the
     random-init k-NN; a second call reuses the runs; a run folder made with other flags is refused."""
-    small = "--batch-size 8 --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --model-kwargs patch_size=8 embed_dim=32 depth=2"
-    common = [sys.executable, "-m", "benchmarks.screen_dino", "--data-dir", str(jpeg_data), "--runs-dir", str(tmp_path / "runs"),
-              "--results-dir", str(tmp_path / "results"), "--only", "short_sched", "lr_4x", "--parallel", "2", "--holdout-per-class", "3"]
+    small = ("--batch-size 8 --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16 --model-kwargs patch_size=8 "
+             "embed_dim=32 depth=2")
+    common = [sys.executable, "-m", "benchmarks.screen_dino", "--data-dir", str(jpeg_data),
+              "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--only", "short_sched",
+              "lr_4x", "--parallel", "2", "--holdout-per-class", "3"]
     first = helpers.run([*common, "--dino-args", small], timeout=600)
     assert first.stdout.count("-m vision.dino") == 2
     report = json.loads((tmp_path / "results" / "dino_screens.json").read_text())
@@ -635,10 +684,12 @@ def test_screen_dino_runs_screens_side_by_side_reports_and_reuses(jpeg_data, tmp
         assert 0 <= row["holdout_knn_top1"] <= 100  # ranked also on held-out training images, not only on test
     assert "--lr 4e-3" in " ".join(report["screens"]["lr_4x"]["flags"])
     md = (tmp_path / "results" / "dino_screens.md").read_text()
-    assert "| lr_4x |" in md and "| short_sched |" in md and "Held-out k-NN: the last 3 training images of each class" in md
+    assert ("| lr_4x |" in md and "| short_sched |" in md
+            and "Held-out k-NN: the last 3 training images of each class" in md)
     lr_row = next(line for line in md.splitlines() if line.startswith("| lr_4x |"))
     assert lr_row.count("|") == 12 and not lr_row.endswith("- | - |")  # both k-NN columns filled
     again = helpers.run([*common, "--dino-args", small], timeout=600)
     assert "-m vision.dino" not in again.stdout and "-m vision.knn" not in again.stdout
-    refused = helpers.run([*common, "--dino-args", small.replace("--out-dim 64", "--out-dim 32")], check=False, timeout=600)
+    refused = helpers.run([*common, "--dino-args", small.replace("--out-dim 64", "--out-dim 32")], check=False,
+                          timeout=600)
     assert refused.returncode != 0 and "--out-dim: 64 -> 32" in refused.stderr

@@ -25,7 +25,8 @@ PAPER_PARAMS = {
     "resmlp_s12_p8": 22_051_624,
     "resmlp_b24_p8": 129_138_280,
 }
-OFFICIAL_INIT = {"resmlp_s12": 0.1, "resmlp_s24": 1e-5, "resmlp_s36": 1e-6, "resmlp_b24": 1e-6, "resmlp_s12_p8": 0.1, "resmlp_b24_p8": 1e-6}
+OFFICIAL_INIT = {"resmlp_s12": 0.1, "resmlp_s24": 1e-5, "resmlp_s36": 1e-6, "resmlp_b24": 1e-6, "resmlp_s12_p8": 0.1,
+                 "resmlp_b24_p8": 1e-6}
 SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=3)  # 16 patches
 
 
@@ -115,7 +116,8 @@ def test_registered_names_do_not_shadow_timm_resmlp():
 
 
 def test_create_model_arguments():
-    model = timm.create_model("resmlp_s24", num_classes=7, img_size=64, patch_size=8, drop_path_rate=0.2, embed_dim=32, depth=4)
+    model = timm.create_model("resmlp_s24", num_classes=7, img_size=64, patch_size=8, drop_path_rate=0.2, embed_dim=32,
+                              depth=4)
     assert model.head.out_features == 7
     assert model.num_tokens == 64
     assert model.blocks[0].linear_tokens.weight.shape == (64, 64)
@@ -190,13 +192,15 @@ def test_forward_features_and_head_follow_timm_api():
         feats = ours.forward_features(x)
         torch.testing.assert_close(feats, ref.forward_features(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours.forward_head(feats), ours(x), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(ours.forward_head(feats, pre_logits=True), ref.forward_head(ref.forward_features(x), pre_logits=True), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.forward_head(feats, pre_logits=True),
+                                   ref.forward_head(ref.forward_features(x), pre_logits=True), atol=1e-5, rtol=1e-5)
 
 
 def _official_state_dict(model: nn.Module) -> dict:
     """Our weights under the official code's names and shapes, by loading them into the official model
     (an independent re-implementation) via explicit parameter copies."""
-    official = OfficialResMLP(model.stem.img_size[0], model.stem.patch_size[0], model.embed_dim, len(model.blocks), model.num_classes)
+    official = OfficialResMLP(model.stem.img_size[0], model.stem.patch_size[0], model.embed_dim, len(model.blocks),
+                              model.num_classes)
     with torch.no_grad():
         official.patch_embed.proj.load_state_dict(model.stem.proj.state_dict())
         for ob, b in zip(official.blocks, model.blocks):
@@ -223,12 +227,15 @@ def test_official_checkpoint_loads_through_timm_file_path(tmp_path):
     assert "blocks.0.attn.weight" in sd and sd["blocks.0.norm1.alpha"].shape == (384,) and "blocks.0.gamma_1" in sd
     deit_file = tmp_path / "resmlp_12_no_dist.pth"
     torch.save({"model": sd}, deit_file)
-    loaded = timm.create_model("resmlp_s12", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(deit_file), num_classes=10)).eval()
+    loaded = timm.create_model("resmlp_s12", pretrained=True, num_classes=10,
+                               pretrained_cfg_overlay=dict(file=str(deit_file), num_classes=10)).eval()
     timm_file = tmp_path / "timm_format.pth"
     torch.save(timm_reference(src).state_dict(), timm_file)
-    from_timm = timm.create_model("resmlp_s12", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(timm_file), num_classes=10)).eval()
+    from_timm = timm.create_model("resmlp_s12", pretrained=True, num_classes=10,
+                                  pretrained_cfg_overlay=dict(file=str(timm_file), num_classes=10)).eval()
     # timm itself loads the DeiT file through its checkpoint_filter_fn: the same mapping
-    timm_from_deit = timm.create_model("resmlp_12_224", pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(deit_file), num_classes=10)).eval()
+    timm_from_deit = timm.create_model("resmlp_12_224", pretrained=True, num_classes=10,
+                                       pretrained_cfg_overlay=dict(file=str(deit_file), num_classes=10)).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected = official(x)
@@ -247,7 +254,8 @@ def test_checkpoint_of_another_architecture_lists_keys(tmp_path):
     assert "unexpected keys (24)" in msg and "blocks.3.linear_tokens.weight" in msg and "blocks.4.ls2" in msg
     wide = timm.create_model("resmlp_s12", **{**SMALL, "embed_dim": 64})
     torch.save(wide.state_dict(), path)
-    with pytest.raises(ValueError, match=r"shape mismatches .*blocks\.0\.mlp_channels\.fc1\.weight: \(256, 64\) in the checkpoint, \(192, 48\) in the model"):
+    with pytest.raises(ValueError, match=r"shape mismatches .*blocks\.0\.mlp_channels\.fc1\.weight: "
+                       r"\(256, 64\) in the checkpoint, \(192, 48\) in the model"):
         timm.create_model("resmlp_s12", pretrained=True, **SMALL, pretrained_cfg_overlay=dict(file=str(path)))
 
 
@@ -276,7 +284,8 @@ def test_loading_never_unpickles_code(tmp_path, capsys):
 
 def test_folding_absorbs_every_affine_and_layerscale():
     torch.manual_seed(0)
-    model = perturb_(timm.create_model("resmlp_s12", num_classes=10, **{k: v for k, v in SMALL.items() if k != "depth"}, depth=4)).eval()
+    model = perturb_(timm.create_model("resmlp_s12", num_classes=10, **{k: v for k, v in SMALL.items() if k != "depth"},
+                                       depth=4)).eval()
     folded = reparameterize_model(model)
     kinds = {type(m) for m in folded.modules()}
     assert FoldedResMLPBlock in kinds
@@ -449,6 +458,7 @@ def test_vision_does_not_import_fairseq_or_translation_code():
     import subprocess
     import sys
 
-    code = "import sys, vision, vision.train, vision.evaluate, benchmarks.bench_vision, vision.plot; " "print(any(m.split('.')[0] in ('fairseq', 'resmlp_mt') for m in sys.modules))"
+    code = ("import sys, vision, vision.train, vision.evaluate, benchmarks.bench_vision, vision.plot; "
+            "print(any(m.split('.')[0] in ('fairseq', 'resmlp_mt') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

@@ -68,7 +68,8 @@ def _train(ctx: RunContext, seed: int = 0):
         assert set(summary) == {"loss", "img_per_s", "minutes"}
     assert num_updates == 8
     metrics = evaluate(model, batches, ctx)
-    return [p.detach().clone() for p in model.parameters()], [p.detach().clone() for p in ema.module.parameters()], metrics
+    return ([p.detach().clone() for p in model.parameters()], [p.detach().clone() for p in ema.module.parameters()],
+            metrics)
 
 
 def test_distributed_context_trains_as_a_single_process(tmp_path):
@@ -108,4 +109,5 @@ def _imports(path) -> set[str]:
 def test_training_clis_share_their_set_up_through_vision_run(cli, other):
     imported = _imports(REPO / "vision" / f"{cli}.py")
     assert not [name for name in imported if name == f"vision.{other}" or name.startswith(f"vision.{other}.")], imported
-    assert {"vision.run.launch", "vision.run.parse_run_args", "vision.run.add_device_args", "vision.run.with_model_kwargs"} <= imported
+    assert {"vision.run.launch", "vision.run.parse_run_args", "vision.run.add_device_args",
+            "vision.run.with_model_kwargs"} <= imported

@@ -23,7 +23,8 @@ from helpers import run_module as run_train
 def test_every_config_uses_known_options_and_imagenet_configs_follow_the_paper():
     parser = build_parser()
     names = available_configs()
-    assert {"imagenet_s12", "imagenet_s24", "imagenet_s36", "imagenet_b24", "imagenet_s12_p8", "imagenet_b24_p8", "cifar10_cpu"} <= set(names)
+    assert {"imagenet_s12", "imagenet_s24", "imagenet_s36", "imagenet_b24", "imagenet_s12_p8", "imagenet_b24_p8",
+            "cifar10_cpu"} <= set(names)
     for name in names:
         if name.startswith("dino_"):  # vision.dino's options (tests/test_vision_dino.py)
             continue
@@ -31,8 +32,9 @@ def test_every_config_uses_known_options_and_imagenet_configs_follow_the_paper()
         if name.startswith("imagenet_"):
             model = cfg["model"]
             assert timm.is_model(model)
-            paper = dict(opt="lamb", lr=5e-3, weight_decay=0.2, epochs=400, warmup_epochs=5, smoothing=0.1, repeated_aug=3,
-                         aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, crop_pct=0.9, interpolation="bicubic", img_size=224)
+            paper = dict(opt="lamb", lr=5e-3, weight_decay=0.2, epochs=400, warmup_epochs=5, smoothing=0.1,
+                         repeated_aug=3, aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, crop_pct=0.9,
+                         interpolation="bicubic", img_size=224)
             assert {k: cfg[k] for k in paper} == paper, name
             assert cfg["batch_size"] * 8 == 2048
     s12 = load_config("imagenet_s12", parser)
@@ -61,10 +63,12 @@ def test_cross_patch_montage_puts_row_i_at_patch_i():
 @pytest.mark.slow
 def test_evaluate_and_plot_a_trained_checkpoint(cifar10_dir, tmp_path):
     data = make_slice(cifar10_dir, tmp_path / "data", 6, 3)
-    run_train(*TINY_MODEL, *FAST, "--data-dir", str(data), "--val-split", "test", "--epochs", "1", "--output", str(tmp_path / "run"))
+    run_train(*TINY_MODEL, *FAST, "--data-dir", str(data), "--val-split", "test", "--epochs", "1",
+              "--output", str(tmp_path / "run"))
     ckpt = tmp_path / "run" / "last.pth"
-    proc = run_train("--checkpoint", str(ckpt), "--data-dir", str(data / "test"), "--workers", "0", "--bench-batch", "4",
-                     "--bench-rounds", "1", "--out", str(tmp_path / "eval.json"), module="vision.evaluate")
+    proc = run_train("--checkpoint", str(ckpt), "--data-dir", str(data / "test"), "--workers", "0",
+                     "--bench-batch", "4", "--bench-rounds", "1", "--out", str(tmp_path / "eval.json"),
+                     module="vision.evaluate")
     report = json.loads((tmp_path / "eval.json").read_text())
     acc = report["accuracy"]
     assert report["images"] == 30 and acc["ours"]["count"] == 30
@@ -77,12 +81,15 @@ def test_evaluate_and_plot_a_trained_checkpoint(cifar10_dir, tmp_path):
     # classes that differ from the checkpoint's
     other = make_slice(cifar10_dir, tmp_path / "other", 1, 1)
     (other / "test" / "truck").rename(other / "test" / "lorry")
-    bad = run_train("--checkpoint", str(ckpt), "--data-dir", str(other / "test"), "--bench-batch", "0", module="vision.evaluate", check=False)
+    bad = run_train("--checkpoint", str(ckpt), "--data-dir", str(other / "test"), "--bench-batch", "0",
+                    module="vision.evaluate", check=False)
     assert bad.returncode == 2 and "only in validation: ['lorry']" in bad.stderr
     # the published summary of the run
-    run_train("--name", "vision_test", "--run", f"tiny={tmp_path / 'run'}", "--command", "test", "--results-dir", str(tmp_path / "results"), module="benchmarks.vision_report")
+    run_train("--name", "vision_test", "--run", f"tiny={tmp_path / 'run'}", "--command", "test",
+              "--results-dir", str(tmp_path / "results"), module="benchmarks.vision_report")
     summary = json.loads((tmp_path / "results" / "vision_test.json").read_text())
-    assert summary["runs"]["tiny"]["final"]["top1"] == pytest.approx(trained["top1"]) and summary["runs"]["tiny"]["epochs"] == 1
+    assert (summary["runs"]["tiny"]["final"]["top1"] == pytest.approx(trained["top1"])
+            and summary["runs"]["tiny"]["epochs"] == 1)
     assert "| tiny | resmlp_s12 (" in (tmp_path / "results" / "vision_test.md").read_text()
     # the plot
     png = tmp_path / "cross_patch.png"
@@ -93,7 +100,8 @@ def test_evaluate_and_plot_a_trained_checkpoint(cifar10_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bench_quick_mode_writes_json_and_markdown(tmp_path):
-    proc = run_train("--quick", "--sizes", "S12", "--device", "cpu", "--out", str(tmp_path / "bench"), module="benchmarks.bench_vision")
+    proc = run_train("--quick", "--sizes", "S12", "--device", "cpu", "--out", str(tmp_path / "bench"),
+                     module="benchmarks.bench_vision")
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["settings"]["quick"] is True and report["matmul_gflops_fp32"] > 0
     res = report["results"]["S12"]

@@ -69,8 +69,9 @@ def test_distillation_loss_matches_deit_formulas():
 def test_resume_continues_exactly(tiny_cifar, tmp_path):
     """2 epochs in one go == 1 epoch, stop, --resume auto, 1 more: same weights, EMA, optimizer,
     CSV; with RandAugment, Mixup/CutMix, random erasing, drop path, EMA and a loader worker."""
-    common = [*TINY_MODEL, *FAST, "--data-dir", str(tiny_cifar), "--val-split", "test", "--epochs", "2", "--workers", "1",
-              "--model-ema", "--model-ema-decay", "0.9", "--sched-on-updates", "--repeated-aug", "0", "--train-crop", "pad"]
+    common = [*TINY_MODEL, *FAST, "--data-dir", str(tiny_cifar), "--val-split", "test", "--epochs", "2",
+              "--workers", "1", "--model-ema", "--model-ema-decay", "0.9", "--sched-on-updates", "--repeated-aug", "0",
+              "--train-crop", "pad"]
     run_train(*common, "--output", str(tmp_path / "a"))
     first = run_train(*common, "--output", str(tmp_path / "b"), "--stop-after-epoch", "0")
     assert "epoch 0:" in first.stdout and "epoch 1:" not in first.stdout
@@ -93,16 +94,19 @@ def test_resume_continues_exactly(tiny_cifar, tmp_path):
 
 @pytest.mark.slow
 def test_distillation_with_a_teacher_trained_by_the_cli(tiny_cifar, tmp_path):
-    base = ["--data-dir", str(tiny_cifar), "--val-split", "test", *FAST, "--epochs", "1", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0", "--repeated-aug", "0"]
+    base = ["--data-dir", str(tiny_cifar), "--val-split", "test", *FAST, "--epochs", "1", "--mixup", "0",
+            "--cutmix", "0", "--aa", "none", "--reprob", "0", "--repeated-aug", "0"]
     run_train("--model", "resnet10t", "--img-size", "32", *base, "--output", str(tmp_path / "teacher"))
     teacher = tmp_path / "teacher" / "last.pth"
-    hard = run_train(*TINY_MODEL, *base, "--output", str(tmp_path / "hard"), "--distillation-type", "hard", "--teacher-path", str(teacher))
-    soft = run_train(*TINY_MODEL, *base, "--output", str(tmp_path / "soft"), "--distillation-type", "soft", "--distillation-tau", "2",
-                     "--teacher-model", "resnet10t", "--teacher-path", str(teacher))
+    hard = run_train(*TINY_MODEL, *base, "--output", str(tmp_path / "hard"), "--distillation-type", "hard",
+                     "--teacher-path", str(teacher))
+    soft = run_train(*TINY_MODEL, *base, "--output", str(tmp_path / "soft"), "--distillation-type", "soft",
+                     "--distillation-tau", "2", "--teacher-model", "resnet10t", "--teacher-path", str(teacher))
     none = run_train(*TINY_MODEL, *base, "--output", str(tmp_path / "none"))
     losses = {k: float(read_csv(tmp_path / k / "summary.csv")[0]["train_loss"]) for k in ("hard", "soft", "none")}
     assert len(set(losses.values())) == 3, losses  # the teacher term changes the loss
-    assert "distillation: hard" in hard.stdout and "distillation: soft" in soft.stdout and "distillation: " not in none.stdout
+    assert ("distillation: hard" in hard.stdout and "distillation: soft" in soft.stdout
+            and "distillation: " not in none.stdout)
     missing = run_train(*TINY_MODEL, *base, "--output", str(tmp_path / "x"), "--distillation-type", "hard", check=False)
     assert missing.returncode == 2 and "needs --teacher-path" in missing.stdout
 
@@ -125,8 +129,9 @@ def test_ddp_with_two_cpu_processes(tiny_cifar, tmp_path):
 @pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar, tmp_path):
     out = tmp_path / "nan"
-    args = [*TINY_MODEL, *FAST, "--data-dir", str(tiny_cifar), "--val-split", "test", "--epochs", "3", "--output", str(out),
-            "--opt", "sgd", "--lr", "1e30", "--warmup-lr", "1e-6", "--mixup", "0", "--cutmix", "0", "--no-sched-on-updates"]
+    args = [*TINY_MODEL, *FAST, "--data-dir", str(tiny_cifar), "--val-split", "test", "--epochs", "3",
+            "--output", str(out), "--opt", "sgd", "--lr", "1e30", "--warmup-lr", "1e-6", "--mixup", "0",
+            "--cutmix", "0", "--no-sched-on-updates"]
     proc = run_train(*args, check=False)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "loss is nan at epoch 1" in proc.stdout or "loss is inf at epoch 1" in proc.stdout
