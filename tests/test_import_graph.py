@@ -84,3 +84,16 @@ def test_vision_needs_no_fairseq_and_the_plugin_no_torchvision():
              or (name.startswith("resmlp_mt") and lib == "torchvision")
              or (name.startswith("resmlp_core") and lib in ("fairseq", "torchvision", "timm"))]
     assert not found, "; ".join(found)
+
+
+def test_no_library_module_imports_an_entry_point():
+    """A module run as a program (``if __name__ == "__main__"``: vision.train, vision.knn, ...)
+    is imported by no other module of the model and tool packages; what two programs share lives
+    in a library module (vision.features holds what the k-NN and linear probes both use).
+    Benchmarks, the top layer, may drive each other."""
+    edges, _ = graph()
+    files = dict(module_files())
+    programs = {name for name, path in files.items() if '__name__ == "__main__"' in path.read_text()}
+    found = [f"{a} -> {b} ({where})" for a, targets in edges.items() for b, where in targets.items()
+             if b in programs and not a.startswith("benchmarks")]
+    assert not found, "library imports of entry points: " + "; ".join(found)

@@ -38,7 +38,8 @@ from vision.dino import (
     teacher_entropies,
     update_teacher,
 )
-from vision.knn import knn_scores, topk_accuracy
+from vision.features import topk_accuracy
+from vision.knn import knn_scores
 from vision.linear import fit_linear
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from timm.utils import ParseKwargs
@@ -333,6 +333,14 @@ def describe(info: Dict[str, Any]) -> str:
     return f"{info.get('kind')} {info.get('model_name')} {kw} ({info.get('source')})"
 
 
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
+    """``{"top1": %, "top5": %}`` of ``scores (n, C)`` against ``labels (n,)`` (ties: the lower
+    class index wins, as a stable sort)."""
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    hits = order.eq(labels[:, None])
+    return {f"top{k}": 100.0 * hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
+
+
 __all__ = [
     "add_backbone_arguments",
     "check_backbone_arguments",
@@ -345,6 +353,7 @@ __all__ = [
     "features_for",
     "write_report",
     "describe",
+    "topk_accuracy",
 ]
 
 

@@ -29,6 +29,7 @@ from .features import (
     describe,
     features_or_error,
     report_header,
+    topk_accuracy,
     write_report,
 )
 
@@ -63,14 +64,6 @@ def knn_scores(
         votes.scatter_add_(1, labels[top_idx], weights)
         scores.append(votes.cpu())
     return torch.cat(scores) if scores else torch.zeros(0, num_classes)
-
-
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
-    """``{"top1": %, "top5": %}`` of ``scores (n, C)`` against ``labels (n,)`` (ties: the lower
-    class index wins, as a stable sort)."""
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    hits = order.eq(labels[:, None])
-    return {f"top{k}": 100.0 * hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
 
 
 def run_knn(features: Dict[str, Any], ks: Sequence[int], temperature: float) -> Dict[str, Any]:

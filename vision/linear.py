@@ -30,9 +30,9 @@ from .features import (
     describe,
     features_or_error,
     report_header,
+    topk_accuracy,
     write_report,
 )
-from .knn import topk_accuracy
 
 
 def fit_linear(
