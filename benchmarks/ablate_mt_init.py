@@ -92,9 +92,11 @@ def write_report(result: dict, out: Path) -> str:
              "", f"Recipe: {result['recipe']}. Command: `{result['command']}`.", "",
              "Initial NLL: bits per target token of the untrained model on 64 validation pairs (uniform guess: "
              f"{rows[0]['uniform_bits']}); the goal is at most uniform + 1 bit.", "",
-             f"| variant | initial NLL resmlp_mt_small | initial NLL resmlp_mt | valid loss after {result['updates']} updates (bits) | valid nll (bits) | first logged train loss |",
+             "| variant | initial NLL resmlp_mt_small | initial NLL resmlp_mt | "
+             f"valid loss after {result['updates']} updates (bits) | valid nll (bits) | first logged train loss |",
              "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['initial_nll_small']} | {r['initial_nll_base']} | {r['valid_loss']:.3f} | {r['valid_nll']:.3f} | {r['first_logged_train_loss']} |"
+    lines += [f"| {r['variant']} | {r['initial_nll_small']} | {r['initial_nll_base']} | {r['valid_loss']:.3f} | "
+              f"{r['valid_nll']:.3f} | {r['first_logged_train_loss']} |"
               for r in rows]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +129,8 @@ def main(argv=None):
         row["initial_nll_small"], row["uniform_bits"] = initial_nll_bits(args.data, "resmlp_mt_small", row["flags"])
         row["initial_nll_base"], _ = initial_nll_bits(args.data, "resmlp_mt", row["flags"])
     result = {"pair": args.pair, "updates": args.updates, "model": "resmlp_mt_small",
-              "recipe": "scripts/train_multi30k.sh (Adam 2e-3, inverse-sqrt warm-up 400, label smoothing 0.1, dropout 0.1, "
-                        "2048 tokens), one thread per run, side by side",
+              "recipe": "scripts/train_multi30k.sh (Adam 2e-3, inverse-sqrt warm-up 400, "
+                        "label smoothing 0.1, dropout 0.1, 2048 tokens), one thread per run, side by side",
               "command": "python -m benchmarks.ablate_mt_init " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": rows}
     print(write_report(result, args.out))

@@ -163,7 +163,8 @@ class TextSet:
 def text_set(data: Path, split: str) -> TextSet:
     prepared = PreparedData(data)
     info = prepared.info()
-    return TextSet(data, read_lines(prepared.ref(split, info["src_lang"])), read_lines(prepared.ref(split, info["tgt_lang"])))
+    return TextSet(data, read_lines(prepared.ref(split, info["src_lang"])),
+                   read_lines(prepared.ref(split, info["tgt_lang"])))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,7 +463,8 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
         return lambda sources: run_fairseq_generate(ts, ckpt, split, beam, batch, threads, extra)
 
     rows = [
-        Row("resmlp/fairseq-generate/fp32/b", "batch", "ResMLP", "fairseq-generate", "fp32", B, ms, fg(args.resmlp, ms, B)),
+        Row("resmlp/fairseq-generate/fp32/b", "batch", "ResMLP", "fairseq-generate", "fp32", B, ms,
+            fg(args.resmlp, ms, B)),
         Row("resmlp/api-fairseq/fp32/b", "batch", "ResMLP", "API engine=fairseq", "fp32", B, ms,
             lambda s: run_api(fp32, s, "fairseq", B, beam)),
         Row("resmlp/api-fast/fp32/b", "batch", "ResMLP", "API engine=fast", "fp32", B, ms,
@@ -479,7 +481,8 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
                         lambda s, c=system: c.run(s, B, beam)))
     if args.latency_sentences > 0:
         rows += [
-            Row("resmlp/fairseq-generate/fp32/1", "latency", "ResMLP", "fairseq-generate", "fp32", 1, ls, fg(args.resmlp, ls, 1)),
+            Row("resmlp/fairseq-generate/fp32/1", "latency", "ResMLP", "fairseq-generate", "fp32", 1, ls,
+                fg(args.resmlp, ls, 1)),
             Row("resmlp/api-fast/fp32/1", "latency", "ResMLP", "API engine=fast", "fp32", 1, ls,
                 lambda s: run_api(fp32, s, "fast", 1, beam)),
             Row("resmlp/api-fast/int8/1", "latency", "ResMLP", "API engine=fast", "int8", 1, ls,
@@ -560,7 +563,8 @@ def equal_length_ratios(results: List[dict]) -> dict:
         return row["tokens_per_second"] if row else None
 
     pairs = {
-        "fairseq-generate ResMLP / Transformer": ("resmlp/fairseq-generate/fp32/L", "transformer/fairseq-generate/fp32/L"),
+        "fairseq-generate ResMLP / Transformer": ("resmlp/fairseq-generate/fp32/L",
+                                                  "transformer/fairseq-generate/fp32/L"),
         "SequenceGenerator in process ResMLP / Transformer": ("resmlp/sequence-generator/fp32/L",
                                                                "transformer/sequence-generator/fp32/L"),
         "fast path fp32 / CTranslate2 fp32": ("resmlp/fast/fp32/L", "transformer/ctranslate2/fp32/L"),
@@ -614,8 +618,8 @@ def markdown(results: dict) -> str:
         f"Beam {s['beam']}, split `{s['split']}`, median of {s['rounds']} interleaved round(s)"
         f"{' (--quick)' if s['quick'] else ''}.",
         "",
-        f"* ResMLP: `{c['resmlp']['arch']}`, {c['resmlp']['parameters']:,} parameters, {c['resmlp']['updates']} updates "
-        f"(`{c['resmlp']['path']}`)",
+        f"* ResMLP: `{c['resmlp']['arch']}`, {c['resmlp']['parameters']:,} parameters, "
+        f"{c['resmlp']['updates']} updates (`{c['resmlp']['path']}`)",
         f"* Transformer: `{c['transformer']['arch']}`, {c['transformer']['parameters']:,} parameters, "
         f"{c['transformer']['updates']} updates (`{c['transformer']['path']}`)",
         "",
@@ -647,7 +651,8 @@ def markdown(results: dict) -> str:
             lines.append(line)
         lines.append("")
         if group == "equal" and results["equal_length_ratios"]:
-            lines += [", ".join(f"{k}: **{val:.2f}×** tokens/s" for k, val in results["equal_length_ratios"].items()) + ".", ""]
+            lines += [", ".join(f"{k}: **{val:.2f}×** tokens/s" for k, val in results["equal_length_ratios"].items())
+                      + ".", ""]
     same: Dict[tuple, List[str]] = {}
     for r in results["rows"]:
         same.setdefault((r["group"], r["hypotheses_sha1"]), []).append(f"{r['system']} {r['engine']} {r['precision']}")
@@ -665,9 +670,9 @@ def markdown(results: dict) -> str:
         "(e.g. torch's first attention call in the Transformer's encoder). Other rows: wall-clock of the call, text in "
         "to text out, after an untimed warm-up call; \"SequenceGenerator in process\" is fairseq's search as "
         "fairseq-generate runs it, without that warm-up.",
-        f"* Equal length: fairseq `--min-len L --max-len-a 0 --max-len-b L` and the fast path `min_len = max_len_b = L` "
-        f"(L = {s['equal_length']}) give L pieces + end-of-sentence, checked for every hypothesis; CTranslate2 cannot "
-        "force an end-of-sentence, so it runs the same L + 1 decoder steps (min = max decoding length = L + 1).",
+        "* Equal length: fairseq `--min-len L --max-len-a 0 --max-len-b L` and the fast path `min_len = max_len_b = "
+        f"L` (L = {s['equal_length']}) give L pieces + end-of-sentence, checked for every hypothesis; CTranslate2 "
+        "cannot force an end-of-sentence, so it runs the same L + 1 decoder steps (min = max decoding length = L + 1).",
         "* CTranslate2 int8 quantizes the converted float32 model on load (compute_type=\"int8\").",
     ]
     if identical:
@@ -691,8 +696,10 @@ def main(argv=None) -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--sentences", type=int, default=0, help="translate the first N sentences of the split (0: all)")
-    p.add_argument("--latency-sentences", type=int, default=200, help="batch-1 rows translate the first N sentences (0: no batch-1 rows)")
-    p.add_argument("--equal-length", type=int, default=20, metavar="L", help="the equal-output-length rows' L (0: none)")
+    p.add_argument("--latency-sentences", type=int, default=200,
+                   help="batch-1 rows translate the first N sentences (0: no batch-1 rows)")
+    p.add_argument("--equal-length", type=int, default=20, metavar="L",
+                   help="the equal-output-length rows' L (0: none)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per system")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench_decode", help="writes OUT.json and OUT.md")
@@ -702,7 +709,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.sentences, args.latency_sentences, args.rounds = 16, 4, 1
-    for path, what in ((PreparedData(args.data).info_file, "--data"), (args.resmlp, "--resmlp"), (args.transformer, "--transformer")):
+    for path, what in ((PreparedData(args.data).info_file, "--data"), (args.resmlp, "--resmlp"),
+                       (args.transformer, "--transformer")):
         if not path.is_file():
             p.error(f"{what}: {path} not found")
     if args.rounds < 1 or args.threads < 1 or args.batch_size < 1:
@@ -713,7 +721,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "versions": versions()}
     info["checkpoints"] = {"resmlp": checkpoint_info(args.resmlp), "transformer": checkpoint_info(args.transformer)}
-    if info["checkpoints"]["transformer"]["arch"] is None or "transformer" not in str(info["checkpoints"]["transformer"]["arch"]):
+    if (info["checkpoints"]["transformer"]["arch"] is None
+            or "transformer" not in str(info["checkpoints"]["transformer"]["arch"])):
         p.error(f"--transformer: {args.transformer} is not a fairseq transformer checkpoint")
     notes: List[str] = []
     if info["machine"]["load_average_at_start"] and info["machine"]["load_average_at_start"][0] > 0.5:
@@ -722,9 +731,11 @@ def main(argv=None) -> int:
 
     full = text_set(args.data, args.split)
     n_main = args.sentences if 0 < args.sentences < len(full.refs) else len(full.refs)
-    main_set = text_set(make_subset(args.data, args.split, n_main, work / f"data-{args.split}-first{n_main}"), args.split)
+    main_set = text_set(make_subset(args.data, args.split, n_main, work / f"data-{args.split}-first{n_main}"),
+                        args.split)
     n_lat = min(args.latency_sentences, n_main)
-    latency_set = text_set(make_subset(args.data, args.split, n_lat, work / f"data-{args.split}-first{n_lat}"), args.split)
+    latency_set = text_set(make_subset(args.data, args.split, n_lat, work / f"data-{args.split}-first{n_lat}"),
+                           args.split)
     say(f"{n_main} sentences at batch {args.batch_size}, {n_lat} at batch 1, {args.rounds} round(s), "
         f"{args.threads} thread(s)")
 

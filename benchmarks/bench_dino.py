@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The DINO study's CPU runs: self-supervised ResMLP (DINO) on CIFAR-10, evaluated and fine-tuned.
 
-    python -m benchmarks.bench_dino                       # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
-    python -m benchmarks.bench_dino --quick               # a smoke test on a slice of the data (a few minutes)
+    python -m benchmarks.bench_dino                      # = make bench-dino: the real runs (about 2.5 hours on 2 cores)
+    python -m benchmarks.bench_dino --quick              # a smoke test on a slice of the data (a few minutes)
 
 1. **DINO** (``vision.dino --config dino_cifar10_cpu``) on the CIFAR-10 training images, labels
    unused, for at most ``--minutes`` (60) of training: the number of epochs is set from a
@@ -72,8 +72,8 @@ def dino_recipe(flags: list[str]):
 
 
 def check_dino_recipe(saved_args: dict, recipe, where: Path, prog: str = "bench_dino",
-                      advice: str = "Pass a new --runs-dir for the new recipe (--supervised CKPT reuses a supervised model "
-                                    "already trained), or call with the flags of that run") -> None:
+                      advice: str = "Pass a new --runs-dir for the new recipe (--supervised CKPT reuses a "
+                                    "supervised model already trained), or call with the flags of that run") -> None:
     """Stop, naming the flags, when ``where`` (the plan or the finished DINO run this call would
     reuse) was made with another recipe than this call's: its figures would not be this recipe's."""
     from vision.dino import recipe_changes
@@ -94,8 +94,9 @@ def measure_dino_img_per_s(args, batch_size: int, probe_dir: Path, n_classes: in
 
     per_class = math.ceil(batch_size * args.probe_steps / n_classes) + 1
     shutil.rmtree(probe_dir, ignore_errors=True)
-    run([PY, "-m", "vision.dino", "--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(probe_dir),
-         "--threads", str(args.threads), "--log-interval", "1000", *args.dino_args, "--epochs", "1", "--max-per-class", str(per_class)])
+    run([PY, "-m", "vision.dino", "--config", args.dino_config, "--data-dir", str(args.data_dir), "--output",
+         str(probe_dir), "--threads", str(args.threads), "--log-interval", "1000", *args.dino_args, "--epochs", "1",
+         "--max-per-class", str(per_class)])
     row = read_checkpoint(probe_dir / "last.pth", mmap=True)["summary"][-1]
     shutil.rmtree(probe_dir, ignore_errors=True)
     return float(row["train"]["img_per_s"])
@@ -124,8 +125,9 @@ def knn_and_probe(name: str, backbone: list[str], args, out_dir: Path) -> dict:
     found = knn(backbone, data, knn_out)
     if args.linear and not lin_out.with_suffix(".json").is_file():
         run([PY, "-m", "vision.linear", *backbone, *data, "--out", str(lin_out)])
-    result = {"knn_top1": found["results"]["20"]["top1"], "knn_top5": found["results"]["20"]["top5"], "backbone": found["backbone"],
-              "train_images": found["data"]["train_images"], "test_images": found["data"]["val_images"]}
+    result = {"knn_top1": found["results"]["20"]["top1"], "knn_top5": found["results"]["20"]["top5"],
+              "backbone": found["backbone"], "train_images": found["data"]["train_images"],
+              "test_images": found["data"]["val_images"]}
     if args.linear:
         lin = json.loads(lin_out.with_suffix(".json").read_text())
         result.update(linear_top1=lin["result"]["val"]["top1"], linear_weight_decay=lin["result"]["weight_decay"])
@@ -156,10 +158,11 @@ def holdout_split(train_dir: Path, out: Path, per_class: int, max_per_class: int
     from vision.data import find_classes
 
     for cls in (train_dir / name for name in find_classes(train_dir)):
-        files = sorted(f.name for f in cls.iterdir() if f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS))[:max_per_class]
+        files = sorted(f.name for f in cls.iterdir() if f.is_file()
+                       and f.name.lower().endswith(IMG_EXTENSIONS))[:max_per_class]
         if len(files) <= per_class:
-            raise SystemExit(f"bench_dino: --holdout-per-class {per_class}: class folder {cls} has {len(files)} images, "
-                             "none would be left for the k-NN memory")
+            raise SystemExit(f"bench_dino: --holdout-per-class {per_class}: class folder {cls} "
+                             f"has {len(files)} images, none would be left for the k-NN memory")
         for split, names in (("train", files[:-per_class]), ("val", files[-per_class:])):
             (out / split / cls.name).mkdir(parents=True)
             for name in names:
@@ -171,7 +174,8 @@ def holdout_split(train_dir: Path, out: Path, per_class: int, max_per_class: int
 def holdout_knn(name: str, backbone: list[str], args, split: Path, out_dir: Path) -> float:
     """k-NN top-1 (k=20, T=0.07) of ``backbone`` with the held-out training images as queries."""
     features = out_dir / f"features_{split.name}_{name}.pt"
-    return knn(backbone, eval_flags(args, split, "val", features), out_dir / f"knn_{split.name}_{name}")["results"]["20"]["top1"]
+    return knn(backbone, eval_flags(args, split, "val", features),
+               out_dir / f"knn_{split.name}_{name}")["results"]["20"]["top1"]
 
 
 def train_summary(folder: Path) -> dict:
@@ -188,9 +192,11 @@ def train_summary(folder: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+                   help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
     p.add_argument("--minutes", type=float, default=60.0, help="DINO training budget")
-    p.add_argument("--supervised", type=Path, default=None, help="a vision.train checkpoint of the same model (else trained here)")
+    p.add_argument("--supervised", type=Path, default=None,
+                   help="a vision.train checkpoint of the same model (else trained here)")
     p.add_argument("--supervised-epochs", type=int, default=15)
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--dino-config", default="dino_cifar10_cpu")
@@ -202,14 +208,15 @@ def main(argv=None) -> int:
                    help="DINO steps (real data, augmentation and loader included) timed to plan the epochs")
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="also the linear probe")
     p.add_argument("--holdout-per-class", type=int, default=500,
-                   help="also the k-NN of DINO and random init with the last N training images of each class as queries and "
-                        "the others as memory: a check free of the test split (on which screen_dino chose the recipe); 0: none")
+                   help="also the k-NN of DINO and random init with the last N training images "
+                        "of each class as queries and the others as memory: a check free of "
+                        "the test split (on which screen_dino chose the recipe); 0: none")
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench_dino")
     p.add_argument("--results-dir", type=Path, default=REPO / "results")
     p.add_argument("--name", default="dino_cifar10")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 30 train / 10 test images a class, 1 minute of DINO, 1 epoch of each training run; "
-                        "writes under runs/bench_dino_quick unless --runs-dir/--results-dir say otherwise")
+                   help="smoke test: 30 train / 10 test images a class, 1 minute of DINO, 1 epoch of each training "
+                        "run; writes under runs/bench_dino_quick unless --runs-dir/--results-dir say otherwise")
     args = p.parse_args(argv)
     args.dino_args, args.train_args = shlex.split(args.dino_args), shlex.split(args.train_args)
     if not (args.data_dir / "train").is_dir() or not (args.data_dir / "test").is_dir():
@@ -239,7 +246,8 @@ def main(argv=None) -> int:
     dino_dir = runs / "dino"
     plan_file = runs / "dino_plan.json"
     class_dirs = [c for c in (args.data_dir / "train").iterdir() if c.is_dir()]
-    n_train, n_classes = sum(min(len(list(c.iterdir())), 30 if args.quick else 10**9) for c in class_dirs), len(class_dirs)
+    n_train, n_classes = sum(min(len(list(c.iterdir())), 30 if args.quick else 10**9)
+                             for c in class_dirs), len(class_dirs)
     dino_flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(dino_dir),
                   "--max-train-minutes", str(args.minutes), "--threads", str(args.threads), "--resume", "auto",
                   "--log-interval", "20", *subset_train, *args.dino_args]
@@ -247,7 +255,8 @@ def main(argv=None) -> int:
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
         if "recipe" in plan:  # plans written before the recipe was recorded are checked by the run below
-            # the epochs are the plan's own ("epochs"), not the config's: a config whose epochs changed is the same recipe
+            # the epochs are the plan's own ("epochs"), not the config's: a config whose epochs changed is the
+            # same recipe
             check_dino_recipe({k: v for k, v in plan["recipe"].items() if k != "epochs"}, recipe, plan_file)
     else:
         from vision.checkpoint import args_dict
@@ -257,7 +266,8 @@ def main(argv=None) -> int:
         plan = {"probe_img_per_s": img_s, "train_images": n_train, "epochs": epochs, "minutes_budget": args.minutes,
                 "recipe": args_dict(recipe)}  # the config's epochs; the run's are "epochs"
         plan_file.write_text(json.dumps(plan, indent=2))
-    log(f"DINO: {plan['probe_img_per_s']:.1f} img/s measured -> {plan['epochs']} epochs of {n_train} images in {args.minutes} minutes")
+    log(f"DINO: {plan['probe_img_per_s']:.1f} img/s measured -> {plan['epochs']} epochs of {n_train} images in "
+        f"{args.minutes} minutes")
     dino_flags += ["--epochs", str(plan["epochs"])]
     done = None
     if (dino_dir / "last.pth").is_file():  # one read: its epoch, and the recipe it was trained with
@@ -277,40 +287,46 @@ def main(argv=None) -> int:
     else:
         sup_dir = runs / "supervised"
         if (last_epoch(sup_dir / "last.pth") or -1) + 1 < args.supervised_epochs:
-            run([PY, "-m", "vision.train", "--config", args.train_config, "--data-dir", str(args.data_dir), "--val-split", "test",
-                 "--output", str(sup_dir), "--epochs", str(args.supervised_epochs), "--threads", str(args.threads), "--resume", "auto",
-                 *subset_train, *(args.subset_eval[2:] if args.quick else []), *args.train_args])
+            run([PY, "-m", "vision.train", "--config", args.train_config, "--data-dir", str(args.data_dir),
+                 "--val-split", "test", "--output", str(sup_dir), "--epochs", str(args.supervised_epochs), "--threads",
+                 str(args.threads), "--resume", "auto", *subset_train, *(args.subset_eval[2:] if args.quick else []),
+                 *args.train_args])
         sup_ckpt = sup_dir / "last.pth"
 
     # ---- 3. frozen features: k-NN and linear probe
     evals = {
         "dino": knn_and_probe("dino", ["--checkpoint", str(dino_ckpt)], args, runs),
-        "random_init": knn_and_probe("random_init", ["--checkpoint", str(dino_ckpt), "--random-init", "--seed", "0"], args, runs),
+        "random_init": knn_and_probe("random_init", ["--checkpoint", str(dino_ckpt), "--random-init", "--seed", "0"],
+                                     args, runs),
         "supervised": knn_and_probe("supervised", ["--checkpoint", str(sup_ckpt)], args, runs),
     }
 
     holdout = None
     if args.holdout_per_class > 0:
         first = 30 if args.quick else None
-        split = holdout_split(args.data_dir / "train", runs / holdout_name(args.holdout_per_class, first), args.holdout_per_class, first)
+        split = holdout_split(args.data_dir / "train", runs / holdout_name(args.holdout_per_class, first),
+                              args.holdout_per_class, first)
         top1 = {name: holdout_knn(name, backbone, args, split, runs) for name, backbone in (
-            ("dino", ["--checkpoint", str(dino_ckpt)]), ("random_init", ["--checkpoint", str(dino_ckpt), "--random-init", "--seed", "0"]))}
-        holdout = {"queries_per_class": args.holdout_per_class, "knn_top1": top1, "gain": top1["dino"] - top1["random_init"]}
+            ("dino", ["--checkpoint", str(dino_ckpt)]),
+            ("random_init", ["--checkpoint", str(dino_ckpt), "--random-init", "--seed", "0"]))}
+        holdout = {"queries_per_class": args.holdout_per_class, "knn_top1": top1,
+                   "gain": top1["dino"] - top1["random_init"]}
 
     # ---- 4. fine-tuning from DINO vs from scratch, same recipe and epochs
     finetune = {}
     for name, extra in (("from_dino", ["--initial-checkpoint", str(dino_ckpt)]), ("from_scratch", [])):
         folder = runs / f"finetune_{name}"
         if (last_epoch(folder / "last.pth") or -1) + 1 < args.finetune_epochs:
-            run([PY, "-m", "vision.train", "--config", args.train_config, "--data-dir", str(args.data_dir), "--val-split", "test",
-                 "--output", str(folder), "--epochs", str(args.finetune_epochs), "--threads", str(args.threads), "--resume", "auto",
-                 *extra, *subset_train, *(args.subset_eval[2:] if args.quick else []), *args.train_args])
+            run([PY, "-m", "vision.train", "--config", args.train_config, "--data-dir", str(args.data_dir),
+                 "--val-split", "test", "--output", str(folder), "--epochs", str(args.finetune_epochs), "--threads",
+                 str(args.threads), "--resume", "auto", *extra, *subset_train,
+                 *(args.subset_eval[2:] if args.quick else []), *args.train_args])
         finetune[name] = train_summary(folder)
 
     # ---- 5. the figure
     figure = args.results_dir / f"{args.name}_cross_patch.png"
-    run([PY, "-m", "vision.plot", "--checkpoint", str(sup_ckpt), "--label", "supervised (labels)", "--checkpoint", str(dino_ckpt),
-         "--label", "DINO teacher (no labels)", "--out", str(figure)])
+    run([PY, "-m", "vision.plot", "--checkpoint", str(sup_ckpt), "--label", "supervised (labels)", "--checkpoint",
+         str(dino_ckpt), "--label", "DINO teacher (no labels)", "--out", str(figure)])
 
     # ---- report
     from benchmarks.common import machine_info
@@ -325,8 +341,10 @@ def main(argv=None) -> int:
         "img_per_s": [round(r["train"]["img_per_s"], 1) for r in dino_rows],
         "loss_by_epoch": [round(r["train"]["loss"], 4) for r in dino_rows],
         # collapse monitors (vision.dino.teacher_entropies); absent from runs made before they were logged
-        "teacher_entropy_by_epoch": [round(r["train"]["teacher_entropy"], 3) for r in dino_rows if "teacher_entropy" in r["train"]],
-        "teacher_batch_entropy_by_epoch": [round(r["train"]["teacher_batch_entropy"], 3) for r in dino_rows if "teacher_batch_entropy" in r["train"]],
+        "teacher_entropy_by_epoch": [round(r["train"]["teacher_entropy"], 3)
+                                     for r in dino_rows if "teacher_entropy" in r["train"]],
+        "teacher_batch_entropy_by_epoch": [round(r["train"]["teacher_batch_entropy"], 3)
+                                           for r in dino_rows if "teacher_batch_entropy" in r["train"]],
         "ln_out_dim": round(math.log(dino_state["args"]["out_dim"]), 3),
         "model": dino_state["model_name"],
         "model_kwargs": dino_state["model_kwargs"],
@@ -335,13 +353,15 @@ def main(argv=None) -> int:
     ft_gain = finetune["from_dino"]["final_top1"] - finetune["from_scratch"]["final_top1"]
     goals = {
         "knn_dino_vs_random_init": {
-            "goal": f"k-NN top-1 after DINO >= random init + 20 points (CIFAR-10 test, <= {args.minutes:g} CPU minutes of DINO)",
+            "goal": "k-NN top-1 after DINO >= random init + 20 points (CIFAR-10 test, "
+                    f"<= {args.minutes:g} CPU minutes of DINO)",
             "figure": f"{evals['dino']['knn_top1']:.2f} vs {evals['random_init']['knn_top1']:.2f} (+{knn_gain:.2f})",
             "met": bool(knn_gain >= 20.0 and dino["training_minutes"] <= args.minutes + 1e-6),
         },
         "finetune_dino_vs_scratch": {
             "goal": f"fine-tuning from DINO beats training from scratch at equal epochs ({args.finetune_epochs})",
-            "figure": f"{finetune['from_dino']['final_top1']:.2f} vs {finetune['from_scratch']['final_top1']:.2f} ({ft_gain:+.2f})",
+            "figure": f"{finetune['from_dino']['final_top1']:.2f} vs {finetune['from_scratch']['final_top1']:.2f} "
+                      f"({ft_gain:+.2f})",
             "met": bool(ft_gain > 0),
         },
     }
@@ -364,34 +384,44 @@ def main(argv=None) -> int:
     json_path = args.results_dir / f"{args.name}.json"
     write_result(json_path, json.dumps(report, indent=2, default=str) + "\n")
     md = [
-        f"# Self-supervised ResMLP (DINO) on CIFAR-10{' (QUICK SMOKE RUN: a slice of the data)' if args.quick else ''}\n",
-        f"`{report['command']}` on {report['machine']['cpu']} (torch threads: {args.threads}), torch {report['machine']['torch']}, "
-        f"timm {report['machine']['timm']}.\n",
-        f"DINO: {dino['model']} {{{', '.join(f'{k}: {v}' for k, v in dino['model_kwargs'].items() if k not in ('num_classes', 'drop_path_rate'))}}}, "
-        f"config `{args.dino_config}`, {dino['epochs']} epochs ({plan['epochs']} planned) in {dino['training_minutes']:.1f} training minutes, "
+        "# Self-supervised ResMLP (DINO) on "
+        f"CIFAR-10{' (QUICK SMOKE RUN: a slice of the data)' if args.quick else ''}\n",
+        f"`{report['command']}` on {report['machine']['cpu']} (torch threads: {args.threads}), "
+        f"torch {report['machine']['torch']}, timm {report['machine']['timm']}.\n",
+        f"DINO: {dino['model']} {{"
+        f"""{', '.join(f'{k}: {v}' for k, v in dino['model_kwargs'].items()
+                       if k not in ('num_classes', 'drop_path_rate'))}"""
+        f"}}, config `{args.dino_config}`, {dino['epochs']} epochs ({plan['epochs']} planned) in "
+        f"{dino['training_minutes']:.1f} training minutes, "
         f"{dino['img_per_s'][-1] if dino['img_per_s'] else 0} img/s; DINO loss by epoch {dino['loss_by_epoch']}"
-        + (f"; teacher entropy per image {dino['teacher_entropy_by_epoch']}, of the batch mean {dino['teacher_batch_entropy_by_epoch']} "
-           f"(ln K = {dino['ln_out_dim']}: both near it = a uniform teacher)" if dino["teacher_entropy_by_epoch"] else "") + ".\n",
+        + (f"; teacher entropy per image {dino['teacher_entropy_by_epoch']}, "
+           f"of the batch mean {dino['teacher_batch_entropy_by_epoch']} "
+           f"(ln K = {dino['ln_out_dim']}: both near it = a uniform teacher)" if dino["teacher_entropy_by_epoch"]
+           else "") + ".\n",
         "## Frozen features (CIFAR-10 test)\n",
         "| backbone | k-NN top-1 (k=20, T=0.07) | k-NN top-5 |" + (" linear probe top-1 |" if args.linear else ""),
         "|---|---:|---:|" + ("---:|" if args.linear else ""),
     ]
-    labels = {"dino": "DINO teacher", "random_init": "same network, random init", "supervised": "supervised (labels), same size"}
+    labels = {"dino": "DINO teacher", "random_init": "same network, random init",
+              "supervised": "supervised (labels), same size"}
     for key, label in labels.items():
         e = evals[key]
-        md.append(f"| {label} | {e['knn_top1']:.2f} | {e['knn_top5']:.2f} |" + (f" {e['linear_top1']:.2f} |" if args.linear else ""))
+        md.append(f"| {label} | {e['knn_top1']:.2f} | {e['knn_top5']:.2f} |"
+                  + (f" {e['linear_top1']:.2f} |" if args.linear else ""))
     md += [
-        f"\n{evals['dino']['train_images']} training images as the k-NN memory / probe training set, {evals['dino']['test_images']} test images.\n",
-        *([f"k-NN free of the test split (the last {holdout['queries_per_class']} training images of each class as queries, the "
-           f"other training images as memory): DINO teacher {holdout['knn_top1']['dino']:.2f}, random init "
-           f"{holdout['knn_top1']['random_init']:.2f} ({holdout['gain']:+.2f}).\n"] if holdout else []),
+        f"\n{evals['dino']['train_images']} training images as the k-NN memory / probe training set, "
+        f"{evals['dino']['test_images']} test images.\n",
+        *([f"k-NN free of the test split (the last {holdout['queries_per_class']} training images of each class as "
+           f"queries, the other training images as memory): DINO teacher {holdout['knn_top1']['dino']:.2f}, "
+           f"random init {holdout['knn_top1']['random_init']:.2f} ({holdout['gain']:+.2f}).\n"] if holdout else []),
         f"## Fine-tuning ({args.train_config} recipe, {args.finetune_epochs} epochs, new 10-class head)\n",
         "| start | top-1 by epoch | final top-1 | training minutes |",
         "|---|---|---:|---:|",
     ]
     for key, label in (("from_dino", "DINO checkpoint"), ("from_scratch", "random init")):
         f = finetune[key]
-        md.append(f"| {label} | {', '.join(f'{t:.2f}' for t in f['top1_by_epoch'])} | {f['final_top1']:.2f} | {f['training_minutes']:.1f} |")
+        md.append(f"| {label} | {', '.join(f'{t:.2f}' for t in f['top1_by_epoch'])} | {f['final_top1']:.2f} | "
+                  f"{f['training_minutes']:.1f} |")
     md += ["\n## Goals\n"]
     md += [f"- {g['goal']}: **{'met' if g['met'] else 'missed'}**, {g['figure']}" for g in goals.values()]
     md += [f"\n![cross-patch rows, supervised vs DINO]({figure.name})\n"]

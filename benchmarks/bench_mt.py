@@ -41,7 +41,8 @@ def slice_raw(raw: Path, dest: Path, pairs) -> Path:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw-dir", type=Path, default=Path(os.environ.get("MULTI30K_DIR", REPO.parent / "shared" / "data" / "multi30k")),
+    parser.add_argument("--raw-dir", type=Path,
+                        default=Path(os.environ.get("MULTI30K_DIR", REPO.parent / "shared" / "data" / "multi30k")),
                         help="raw Multi30k files (default: $MULTI30K_DIR or ../shared/data/multi30k)")
     parser.add_argument("--pairs", nargs="+", default=["en-de", "en-fr"], choices=["en-de", "en-fr"])
     parser.add_argument("--minutes", type=float, default=18.0, help="training budget per system (wall-clock)")
@@ -49,13 +50,16 @@ def main(argv=None):
     parser.add_argument("--output-dir", type=Path, default=REPO / "results", help="where the results go")
     parser.add_argument("--name", default="bench_mt", help="results file stem")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per process")
-    parser.add_argument("--quick", action="store_true", help="smoke test: a data slice, 20 s per system, small vocabulary")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: a data slice, 20 s per system, small vocabulary")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
     for name in ("train", "val", "test_2016_flickr"):
         for lang in {lang for pair in args.pairs for lang in pair.split("-")}:
             if not (args.raw_dir / f"{name}.{lang}").is_file():
-                parser.error(f"--raw-dir: {args.raw_dir / f'{name}.{lang}'} not found (prepare or download Multi30k first)")
+                parser.error(f"--raw-dir: {args.raw_dir / f'{name}.{lang}'} "
+                             "not found (prepare or download Multi30k first)")
 
     raw, minutes, vocab, batches = args.raw_dir, args.minutes, 8000, 3
     if args.quick:

@@ -106,7 +106,8 @@ def bench_size(size: str, args, device: torch.device, peak: float, autocast_dtyp
 
         times = interleaved({k: make(m) for k, m in variants.items()}, args.rounds, device)
         record("inference", f"{precision}_batch{batch}", batch * reps, times, flops)
-        print(_line(size, f"inference {precision} batch {batch}", result["inference"][f"{precision}_batch{batch}"]), flush=True)
+        print(_line(size, f"inference {precision} batch {batch}", result["inference"][f"{precision}_batch{batch}"]),
+              flush=True)
 
     # Training step: forward, loss, backward, optimizer step; fresh train-mode copies.
     batch = args.train_batch
@@ -132,7 +133,8 @@ def bench_size(size: str, args, device: torch.device, peak: float, autocast_dtyp
         steps[name] = step
     times = interleaved(steps, args.train_rounds, device)
     record("train_step", f"{precision}_batch{batch}", batch, times, 3 * flops)
-    print(_line(size, f"train step {precision} batch {batch}", result["train_step"][f"{precision}_batch{batch}"]), flush=True)
+    print(_line(size, f"train step {precision} batch {batch}", result["train_step"][f"{precision}_batch{batch}"]),
+          flush=True)
     return result
 
 
@@ -162,7 +164,8 @@ def _one_call(m: nn.Module, x: torch.Tensor, device: torch.device) -> float:
 
 
 def _line(size: str, what: str, entry: Dict[str, Any]) -> str:
-    parts = [f"{k} {v['img_per_s']:.1f} img/s" + (f" (x{v['speedup_vs_timm']:.2f})" if "speedup_vs_timm" in v else "") for k, v in entry.items()]
+    parts = [f"{k} {v['img_per_s']:.1f} img/s" + (f" (x{v['speedup_vs_timm']:.2f})" if "speedup_vs_timm" in v else "")
+             for k, v in entry.items()]
     return f"{size} {what}: " + ", ".join(parts)
 
 
@@ -178,9 +181,11 @@ def markdown(report: Dict[str, Any]) -> str:
         f"bf16: {report.get('bf16_note', '')}",
         f"Command: `{report['command']}`",
         "",
-        "img/s (median of interleaved rounds); speed-up vs timm in the same run; share = achieved GFLOP/s / measured matmul GFLOP/s.",
+        "img/s (median of interleaved rounds); speed-up vs timm in the same run; "
+        "share = achieved GFLOP/s / measured matmul GFLOP/s.",
         "",
-        "| model | measurement | timm img/s | ours img/s | ours folded img/s | ours / timm | folded / timm | timm share | folded share |",
+        "| model | measurement | timm img/s | ours img/s | ours folded img/s | ours / timm | folded / timm | "
+        "timm share | folded share |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for size, res in report["results"].items():
@@ -189,7 +194,8 @@ def markdown(report: Dict[str, Any]) -> str:
                 t, o = entry["timm"], entry["ours"]
                 f = entry.get("ours_folded")
                 lines.append(
-                    f"| {size} | {kind.replace('_', ' ')} {key.replace('_', ' ')} | {t['img_per_s']:.1f} | {o['img_per_s']:.1f} | "
+                    f"| {size} | {kind.replace('_', ' ')} {key.replace('_', ' ')} "
+                    f"| {t['img_per_s']:.1f} | {o['img_per_s']:.1f} | "
                     + (f"{f['img_per_s']:.1f}" if f else "-")
                     + f" | {o['speedup_vs_timm']:.2f}x | "
                     + (f"{f['speedup_vs_timm']:.2f}x" if f else "-")
@@ -201,13 +207,15 @@ def markdown(report: Dict[str, Any]) -> str:
     for size, res in report["results"].items():
         lines.append(
             f"- {size}: {res['ours']} {res['params']:,} params, {res['gflops_per_image']:.2f} GFLOP/image; "
-            f"max |ours - timm| = {res['max_abs_diff_ours_vs_timm']:.2e}, max |folded - ours| = {res['max_abs_diff_folded_vs_ours']:.2e}"
+            f"max |ours - timm| = {res['max_abs_diff_ours_vs_timm']:.2e}, "
+            f"max |folded - ours| = {res['max_abs_diff_folded_vs_ours']:.2e}"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_vision", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_vision", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 64])
     p.add_argument("--train-batch", type=int, default=32)
@@ -230,7 +238,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     info = machine_info(device, packages=("timm", "numpy"))
     peak = matmul_gflops(device, torch.float32, args.matmul_n, 0.2 if args.quick else 3.0)
-    print(f"machine: {info['cpu']}, {info['torch_threads']} threads, device {device}; fp32 matmul {peak:.1f} GFLOP/s", flush=True)
+    print(f"machine: {info['cpu']}, {info['torch_threads']} threads, device {device}; fp32 matmul {peak:.1f} GFLOP/s",
+          flush=True)
 
     precisions: List[Any] = [None]
     if device.type == "cuda":

@@ -82,7 +82,8 @@ def training_figures(log_text: str) -> dict:
         train_wall += float(r["train_train_wall"])
         updates = done
     curve = [
-        {"minutes": round((v["time"] - start) / 60, 2), "num_updates": int(v["valid_num_updates"]), "valid_loss": float(v["valid_loss"])}
+        {"minutes": round((v["time"] - start) / 60, 2), "num_updates": int(v["valid_num_updates"]),
+         "valid_loss": float(v["valid_loss"])}
         for v in records.get("valid", [])
     ]
     return {
@@ -106,7 +107,8 @@ def count_parameters(checkpoint: Path) -> int:
     return sum(p.numel() for p in models[0].parameters())
 
 
-def train_system(system: str, pair: str, data: Path, save_dir: Path, minutes: float, extra: List[str], threads: int) -> dict:
+def train_system(system: str, pair: str, data: Path, save_dir: Path, minutes: float, extra: List[str],
+                 threads: int) -> dict:
     env = dict(os.environ, MODEL=system, MINUTES=str(minutes), DATA=str(data), SAVE_DIR=str(save_dir),
                LOG_FORMAT="json", FAIRSEQ_TRAIN=str(Path(sys.executable).parent / "fairseq-train"),
                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -158,11 +160,13 @@ def run_benchmark(
             for split in eval_splits:
                 r = evaluate(data, checkpoint, split=split, beam=4, batch_size=128, num_samples=3, threads=threads)
                 figures["eval"][split] = result_dict(r)
-                logger.info("%s %s %s: sacreBLEU %.2f, %.1f sentences/s", pair, system, split, r.sacrebleu, r.sentences_per_second)
+                logger.info("%s %s %s: sacreBLEU %.2f, %.1f sentences/s", pair, system, split, r.sacrebleu,
+                            r.sentences_per_second)
             profile = profile_components(checkpoint, data, batches=profile_batches, threads=threads)
             # what fairseq-train spends per update beyond the model's own step (data loading,
             # criterion bookkeeping, gradient norm, logging), at the same tokens per batch
-            profile["fairseq overhead per update"] = round(figures["seconds_per_update"] - profile["whole training step"], 4)
+            profile["fairseq overhead per update"] = round(figures["seconds_per_update"]
+                                                           - profile["whole training step"], 4)
             figures["profile"] = profile
             pair_results[system] = figures
         pair_results["ratios"] = ratios(pair_results["resmlp"], pair_results["transformer"])
@@ -202,7 +206,8 @@ def _timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def profile_components(checkpoint: Path, data: Path, batches: int = 3, max_tokens: int = 2048, threads: int = 2) -> dict:
+def profile_components(checkpoint: Path, data: Path, batches: int = 3, max_tokens: int = 2048,
+                       threads: int = 2) -> dict:
     """Seconds per training step (forward + backward) spent in each kind of sublayer, on real
     batches of ``max_tokens`` target tokens, next to the whole step (forward, backward, Adam)."""
     from fairseq import checkpoint_utils
@@ -210,7 +215,8 @@ def profile_components(checkpoint: Path, data: Path, batches: int = 3, max_token
     import resmlp_mt  # noqa: F401
 
     torch.set_num_threads(threads)
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
+                                                                      arg_overrides={"data": str(data)})
     model = models[0].train()
     task.load_dataset("train")
     iterator = task.get_batch_iterator(
@@ -224,7 +230,8 @@ def profile_components(checkpoint: Path, data: Path, batches: int = 3, max_token
         net_output = model(**sample["net_input"])
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
         return torch.nn.functional.nll_loss(
-            lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1), ignore_index=task.target_dictionary.pad(), reduction="sum"
+            lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1), ignore_index=task.target_dictionary.pad(),
+            reduction="sum"
         )
 
     def full_step(sample):
@@ -241,7 +248,8 @@ def profile_components(checkpoint: Path, data: Path, batches: int = 3, max_token
             for category, pattern in CATEGORIES.items():
                 if pattern.search(name):
                     handles.append(module.register_forward_hook(
-                        lambda m, args, kwargs, out, c=category: captured.append((c, m, args, kwargs)), with_kwargs=True))
+                        lambda m, args, kwargs, out, c=category: captured.append((c, m, args, kwargs)),
+                        with_kwargs=True))
         decoder_features = {}
         handles.append(model.decoder.output_projection.register_forward_hook(
             lambda m, args, out: decoder_features.setdefault("x", args[0])))
@@ -270,7 +278,8 @@ def profile_components(checkpoint: Path, data: Path, batches: int = 3, max_token
 
 def _forward_backward(module, args, kwargs):
     args = [a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-    kwargs = {k: (v.detach().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kwargs.items()}
+    kwargs = {k: (v.detach().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v)
+              for k, v in kwargs.items()}
     out = module(*args, **kwargs)
     out = out[0] if isinstance(out, tuple) else out
     out.backward(torch.ones_like(out))
@@ -281,12 +290,14 @@ def _forward_backward(module, args, kwargs):
 
 def markdown_table(results: dict) -> str:
     lines = [
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['gpu'] or 'no GPU'}; "
-        f"torch {results['machine']['torch']}, fairseq {results['machine']['fairseq']}. "
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['gpu'] or 'no GPU'}; torch {results['machine']['torch']}, "
+        f"fairseq {results['machine']['fairseq']}. "
         f"Budget: {results['settings']['minutes_per_system']} minutes of training per system "
         "(same wall-clock time), then fairseq-generate with beam 4, batch 128.",
         "",
-        "| pair | system | params | updates | train words/s | best valid loss | sacreBLEU test_2016_flickr | sacreBLEU val | gen. sent/s | gen. tok/s | peak RSS train / gen (MB) |",
+        "| pair | system | params | updates | train words/s | best valid loss | sacreBLEU test_2016_flickr | "
+        "sacreBLEU val | gen. sent/s | gen. tok/s | peak RSS train / gen (MB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for pair, systems in results["pairs"].items():
@@ -295,18 +306,23 @@ def markdown_table(results: dict) -> str:
             test, val = f["eval"].get("test", {}), f["eval"].get("valid", {})
             lines.append(
                 f"| {pair} | {system} | {f['parameters']:,} | {f['updates']} | {f['words_per_second']:.0f} | "
-                f"{f['best_valid_loss']:.3f} | {test.get('sacrebleu', float('nan')):.2f} | {val.get('sacrebleu', float('nan')):.2f} | "
-                f"{test.get('sentences_per_second', float('nan')):.1f} | {test.get('tokens_per_second', float('nan')):.0f} | "
+                f"{f['best_valid_loss']:.3f} | {test.get('sacrebleu', float('nan')):.2f} | "
+                f"{val.get('sacrebleu', float('nan')):.2f} | "
+                f"{test.get('sentences_per_second', float('nan')):.1f} | "
+                f"{test.get('tokens_per_second', float('nan')):.0f} | "
                 f"{f['peak_rss_mb']:.0f} / {test.get('peak_rss_mb', float('nan')):.0f} |"
             )
         r = systems["ratios"]
         lines.append(
             f"| {pair} | **ResMLP / Transformer** | {r['parameters']:.2f}x | {r['updates']:.2f}x | "
-            f"**{r['train_words_per_second']:.2f}x** | | **{r.get('test_sacrebleu_difference', float('nan')):+.2f}** BLEU | "
-            f"{r.get('valid_sacrebleu_difference', float('nan')):+.2f} BLEU | **{r.get('test_generation_sentences_per_second', float('nan')):.2f}x** | | |"
+            f"**{r['train_words_per_second']:.2f}x** | | "
+            f"**{r.get('test_sacrebleu_difference', float('nan')):+.2f}** BLEU | "
+            f"{r.get('valid_sacrebleu_difference', float('nan')):+.2f} BLEU | "
+            f"**{r.get('test_generation_sentences_per_second', float('nan')):.2f}x** | | |"
         )
     signature = next(iter(next(iter(results["pairs"].values()))["resmlp"]["eval"].values()))["sacrebleu_signature"]
-    lines += ["", f"sacreBLEU signature: `{signature}`", "", "Where the time of a training step goes (seconds per batch, forward + backward):", ""]
+    lines += ["", f"sacreBLEU signature: `{signature}`", "",
+              "Where the time of a training step goes (seconds per batch, forward + backward):", ""]
     profiles = [systems[s]["profile"] for systems in results["pairs"].values() for s in SYSTEMS]
     categories = ["whole training step", *CATEGORIES, "output projection + softmax + loss",
                   "other (embeddings, norms, dropout, residuals, optimizer)", "fairseq overhead per update"]
@@ -316,7 +332,8 @@ def markdown_table(results: dict) -> str:
     for pair, systems in results["pairs"].items():
         for system in SYSTEMS:
             p = systems[system]["profile"]
-            lines.append(f"| {pair} | {system} | " + " | ".join(f"{p[c]:.3f}" if c in p else "-" for c in categories) + " |")
+            lines.append(f"| {pair} | {system} | " + " | ".join(f"{p[c]:.3f}" if c in p else "-" for c in categories)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -346,14 +363,15 @@ def plot_valid_curves(results: dict, path: Path) -> None:
 
 #: fairseq-train flags of Transformer-base at the depth and width of ResMLP-6 (``--arch resmlp_mt``'s
 #: defaults): 6+6 layers, d 512, FFN 2048, 8 heads.
-TRANSFORMER_BASE = ["--encoder-layers", "6", "--decoder-layers", "6", "--encoder-embed-dim", "512", "--decoder-embed-dim", "512",
-                    "--encoder-ffn-embed-dim", "2048", "--decoder-ffn-embed-dim", "2048",
+TRANSFORMER_BASE = ["--encoder-layers", "6", "--decoder-layers", "6", "--encoder-embed-dim", "512",
+                    "--decoder-embed-dim", "512", "--encoder-ffn-embed-dim", "2048", "--decoder-ffn-embed-dim", "2048",
                     "--encoder-attention-heads", "8", "--decoder-attention-heads", "8"]
 #: Stand-ins of both at 2 layers, d 64 for the CPU rehearsals of the GPU runs.
-TINY_TRANSFORMER = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
-                    "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
+TINY_TRANSFORMER = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64",
+                    "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
                     "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
-TINY_RESMLP = ["--encoder-layers", "2", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "256", "--decoder-attention-heads", "2"]
+TINY_RESMLP = ["--encoder-layers", "2", "--encoder-embed-dim", "64", "--encoder-ffn-embed-dim", "256",
+               "--decoder-attention-heads", "2"]
 
 _OVERFLOW = ("gradient overflow detected", "AMP: overflow detected")
 
@@ -369,7 +387,8 @@ def words_per_second_spread(values: List[float]) -> dict:
     """Median, quartiles, extremes and count of per-interval words/s (non-finite values left out)."""
     v = sorted(x for x in values if math.isfinite(x))
     if not v:
-        return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+        return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "min": float("nan"),
+                "max": float("nan"), "n": 0}
     q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else (v[0], v[0], v[0])
     return {"median": statistics.median(v), "q1": q1, "q3": q3, "min": v[0], "max": v[-1], "n": len(v)}
 
@@ -420,6 +439,7 @@ def fairseq_figures(text: str) -> dict:
         "calibration_overflows": sum(any(s in line for s in _OVERFLOW)
                                      for line in text.split("| train_inner |", 1)[0].splitlines()) if inner else 0,
         "nonfinite": sum(1 for v in checked if not math.isfinite(v)),
-        "fatal_errors": sum(text.count(s) for s in ("FloatingPointError", "Minimum loss scale reached", "Traceback (most recent call last)")),
+        "fatal_errors": sum(text.count(s) for s in ("FloatingPointError", "Minimum loss scale reached",
+                                                    "Traceback (most recent call last)")),
         "parameters": int(params.group(1).replace(",", "")) if params else None,
     }

@@ -44,8 +44,9 @@ lines carry the clock time and the seconds since the start.
    Checks from fairseq's JSON log: the training loss falls (mean of the last quarter of the log
    intervals below the first quarter's), the final validation loss below the first quarter's
    training loss (catches a divergence at the end), no NaN/inf and no FloatingPointError, fp16
-   overflow skips at most 1% of updates once the loss scale has calibrated, enough updates; figures: words/s (fairseq's ``wps``, median
-   over the log intervals after the first, which holds the CUDA start-up), parameters.
+   overflow skips at most 1% of updates once the loss scale has calibrated, enough updates;
+   figures: words/s (fairseq's ``wps``, median over the log intervals after the first, which
+   holds the CUDA start-up), parameters.
 4. ``mt_generate``: ``fairseq-generate`` beam 4, batch 128, ``--fp16``, on test_2016_flickr,
    through :func:`mt_tools.evaluate.evaluate`: sacreBLEU (with its signature), sentences/s.
 5. ``vision_cli``: ``python -m vision.train`` on CIFAR-10 upsampled to 224 px (1000 images a
@@ -100,9 +101,9 @@ from typing import Any, Callable, Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a file: the repo's packages without an install
     sys.path.insert(0, str(REPO))
-from benchmarks.harness import (NOT_SELECTED, Checks, base_env, data_ready, elapsed, find_data_root, finite, fmt,  # noqa: E402
-                                json_safe, kill_group, log, machine_info, measure_slowdown, prepare_command, run_logged,
-                                slice_raw, start_clock, tail)
+from benchmarks.harness import (NOT_SELECTED, Checks, base_env, data_ready, elapsed, find_data_root,  # noqa: E402
+                                finite, fmt, json_safe, kill_group, log, machine_info, measure_slowdown,
+                                prepare_command, run_logged, slice_raw, start_clock, tail)
 from benchmarks.common import write_result  # noqa: E402
 from benchmarks.fairseq_runs import TINY_RESMLP, TINY_TRANSFORMER, TRANSFORMER_BASE, fairseq_figures  # noqa: E402
 
@@ -138,8 +139,8 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         # vision.dino with the paper-scale config (dino_imagenet_s12: S12 at 224 px, 2 global + 8
         # local crops, 65536-d head) on a CIFAR-10 slice up-sampled to 224 px: one epoch, a resume
         # for the second, then vision.knn of the teacher backbone
-        "dino": {"config": "dino_imagenet_s12", "max_per_class": 100, "batch": 64, "epochs": 2, "workers": 8, "threads": None,
-                 "extra": [], "knn_max_per_class": 100, "knn_val_max_per_class": 20},
+        "dino": {"config": "dino_imagenet_s12", "max_per_class": 100, "batch": 64, "epochs": 2, "workers": 8,
+                 "threads": None, "extra": [], "knn_max_per_class": 100, "knn_val_max_per_class": 20},
         # stage: (minimum seconds to start it, most seconds it may take)
         "budgets": {
             "mt_prep": (5, 150), "vision_bench": (20, 60), "mt_train": (65, 110), "mt_generate": (20, 80),
@@ -153,8 +154,8 @@ PROFILES: Dict[str, Dict[str, Any]] = {
             "minutes": 0.12, "max_tokens": 1024, "warmup_updates": 1000, "log_interval": 2, "precision": "fp32",
             "resmlp_size": TINY_RESMLP, "transformer_size": TINY_TRANSFORMER,
             "slice": {"train": 1000, "val": 24, "test_2016_flickr": 24}, "vocab_size": 600,
-            "gen_batch": 128, "gen_fp16": False, "gen_extra": ["--max-len-a", "1.2", "--max-len-b", "10"], "min_updates": 5, "bleu_min": None,
-            "train_overhead_s": 40.0, "prep_workers": 1,
+            "gen_batch": 128, "gen_fp16": False, "gen_extra": ["--max-len-a", "1.2", "--max-len-b", "10"],
+            "min_updates": 5, "bleu_min": None, "train_overhead_s": 40.0, "prep_workers": 1,
         },
         "vision": {
             "img": 32, "train_batch": 4, "infer_batch": 4, "rounds": 2, "train_rounds": 2,
@@ -196,48 +197,65 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  
 
 
 # --stages: the groups of stages a run may be limited to (e.g. to re-check some on a second call)
-STAGE_GROUPS = {"vision_bench": ("vision_bench",), "mt": ("mt_prep", "mt_train_resmlp", "mt_train_transformer", "mt_generate"),
+STAGE_GROUPS = {"vision_bench": ("vision_bench",),
+                "mt": ("mt_prep", "mt_train_resmlp", "mt_train_transformer", "mt_generate"),
                 "vision_cli": ("vision_cli",), "vision_compile": ("vision_compile",), "vision_dino": ("vision_dino",)}
 
 
 def declare_checks(checks: Checks, mode: str) -> None:
     prof = PROFILES[mode]
-    checks.declare("mt.data.ready", "translation", "mt_prep", "binarized train/valid/test, joined dictionary and references present")
+    checks.declare("mt.data.ready", "translation", "mt_prep",
+                   "binarized train/valid/test, joined dictionary and references present")
     for s in SYSTEMS:
         st = f"mt_train_{s}"
-        checks.declare(f"mt.{s}.train.exit_ok", "translation", st, "fairseq-train exit status 0 and a checkpoint written")
+        checks.declare(f"mt.{s}.train.exit_ok", "translation", st,
+                       "fairseq-train exit status 0 and a checkpoint written")
         checks.declare(f"mt.{s}.train.updates", "translation", st, f">= {prof['mt']['min_updates']} updates")
-        checks.declare(f"mt.{s}.train.loss_falls", "translation", st, "mean training loss of the last quarter of log intervals < of the first")
-        checks.declare(f"mt.{s}.train.no_nan", "translation", st, "0 non-finite losses / grad norms, no FloatingPointError")
-        checks.declare(f"mt.{s}.train.valid_sane", "translation", st, "final validation loss < first quarter's training loss")
+        checks.declare(f"mt.{s}.train.loss_falls", "translation", st,
+                       "mean training loss of the last quarter of log intervals < of the first")
+        checks.declare(f"mt.{s}.train.no_nan", "translation", st,
+                       "0 non-finite losses / grad norms, no FloatingPointError")
+        checks.declare(f"mt.{s}.train.valid_sane", "translation", st,
+                       "final validation loss < first quarter's training loss")
         checks.declare(f"mt.{s}.train.fp16_overflow", "translation", st,
                        "fp16 overflow (skipped) updates after the loss-scale calibration <= 1% of updates")
-        checks.declare(f"mt.{s}.generate.complete", "translation", "mt_generate", "one hypothesis per test reference (beam 4)")
+        checks.declare(f"mt.{s}.generate.complete", "translation", "mt_generate",
+                       "one hypothesis per test reference (beam 4)")
         checks.declare(f"mt.{s}.generate.bleu", "translation", "mt_generate",
-                       f"sacreBLEU >= {prof['mt']['bleu_min']}" if prof["mt"]["bleu_min"] is not None else "sacreBLEU >= 1.0 (GPU)")
+                       f"sacreBLEU >= {prof['mt']['bleu_min']}" if prof["mt"]["bleu_min"] is not None
+                       else "sacreBLEU >= 1.0 (GPU)")
     checks.declare("mt.goal.resmlp_wps_vs_transformer", "translation", "mt_train_transformer",
                    f"ResMLP-6 words/s >= {WPS_GOAL_RATIO}x Transformer-base", kind="goal")
-    checks.declare("vision.bench.ours_matches_timm", "vision", "vision_bench", "max abs(ours - timm) <= 1e-4 (fp32, TF32 off)")
-    checks.declare("vision.bench.folded_matches_ours", "vision", "vision_bench", "max abs(folded - ours) <= 1e-4 (fp32, TF32 off)")
-    checks.declare("vision.bench.train_loss_finite", "vision", "vision_bench", "training-step losses finite (ours and timm)")
+    checks.declare("vision.bench.ours_matches_timm", "vision", "vision_bench",
+                   "max abs(ours - timm) <= 1e-4 (fp32, TF32 off)")
+    checks.declare("vision.bench.folded_matches_ours", "vision", "vision_bench",
+                   "max abs(folded - ours) <= 1e-4 (fp32, TF32 off)")
+    checks.declare("vision.bench.train_loss_finite", "vision", "vision_bench",
+                   "training-step losses finite (ours and timm)")
     checks.declare("vision.goal.s12_folded_img_s", "vision", "vision_bench",
-                   f"folded S12 inference img/s at batch {prof['vision']['infer_batch']} >= {PAPER_S12_IMG_S:.0f} (paper, V100, batch 256)", kind="goal")
+                   f"folded S12 inference img/s at batch {prof['vision']['infer_batch']} >= {PAPER_S12_IMG_S:.0f} "
+                   "(paper, V100, batch 256)", kind="goal")
     variants = PROFILES[mode]["vision"]["compile_variants"]
     checks.declare("vision.compile.all_variants", "vision", "vision_compile",
                    f"{len(variants)} of {len(variants)} variants compiled ({', '.join(variants)})")
-    checks.declare("vision.compile.matches_eager", "vision", "vision_compile", "max abs(compiled - eager) / max abs(eager) <= 0.05")
+    checks.declare("vision.compile.matches_eager", "vision", "vision_compile",
+                   "max abs(compiled - eager) / max abs(eager) <= 0.05")
     checks.declare("vision.goal.s12_folded_compiled_img_s", "vision", "vision_compile",
-                   f"compiled folded S12 img/s at batch {prof['vision']['infer_batch']} >= {PAPER_S12_IMG_S:.0f} (paper, V100, batch 256)", kind="goal")
-    checks.declare("vision.cli.teacher", "vision", "vision_cli", "vision.train of the timm convnet teacher: exit 0, every epoch done")
+                   f"compiled folded S12 img/s at batch {prof['vision']['infer_batch']} >= {PAPER_S12_IMG_S:.0f} "
+                   "(paper, V100, batch 256)", kind="goal")
+    checks.declare("vision.cli.teacher", "vision", "vision_cli",
+                   "vision.train of the timm convnet teacher: exit 0, every epoch done")
     checks.declare("vision.cli.student_hard_distillation", "vision", "vision_cli",
                    "vision.train of ResMLP-S12 with hard distillation: exit 0, every epoch done")
-    checks.declare("vision.cli.steps", "vision", "vision_cli", f">= {prof['cli']['min_steps']} training steps (teacher + student)")
+    checks.declare("vision.cli.steps", "vision", "vision_cli",
+                   f">= {prof['cli']['min_steps']} training steps (teacher + student)")
     checks.declare("vision.cli.loss_finite", "vision", "vision_cli", "every epoch's training loss finite")
     checks.declare("vision.dino.train_resume", "vision", "vision_dino",
                    f"vision.dino ({prof['dino']['config']}): epoch 0, then --resume auto for epoch 1: exit 0 twice, "
                    f"{prof['dino']['epochs']} epochs in summary.csv, the second run resumed")
     checks.declare("vision.dino.loss_finite", "vision", "vision_dino", "every epoch's DINO loss finite")
-    checks.declare("vision.dino.knn", "vision", "vision_dino", "vision.knn of the DINO teacher backbone: exit 0, top-1 reported")
+    checks.declare("vision.dino.knn", "vision", "vision_dino",
+                   "vision.knn of the DINO teacher backbone: exit 0, top-1 reported")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +271,8 @@ def run_worker(name: str, config: dict, out_json: Path, timeout: float, mode: st
     cfg_path.write_text(json.dumps(config))
     if out_json.exists():
         out_json.unlink()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-config", str(cfg_path), "--worker-out", str(out_json)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-config", str(cfg_path),
+           "--worker-out", str(out_json)]
     proc = run_logged(cmd, log_path, timeout, env=base_env(mode), what=name)
     proc["result"] = json.loads(out_json.read_text()) if out_json.exists() else {}
     return proc
@@ -284,7 +303,8 @@ class Acceptance:
             self.prof["mt"]["minutes"] = args.mt_minutes
         if args.mt_warmup:
             self.prof["mt"]["warmup_updates"] = args.mt_warmup
-        self.workdir = Path(args.workdir or REPO / "runs" / ("gpu_acceptance_dryrun" if args.dry_run else "gpu_acceptance")).resolve()
+        self.workdir = Path(args.workdir or REPO / "runs" / ("gpu_acceptance_dryrun" if args.dry_run
+                                                             else "gpu_acceptance")).resolve()
         self.data_root = find_data_root(args.data_root)
         self.checks = Checks()
         declare_checks(self.checks, self.mode)
@@ -343,13 +363,15 @@ class Acceptance:
 
     def run(self) -> int:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log(f"GPU acceptance ({self.mode}), deadline {self.prof['deadline_s']:.0f}s, workdir {self.workdir}, data {self.data_root}")
+        log(f"GPU acceptance ({self.mode}), deadline {self.prof['deadline_s']:.0f}s, workdir {self.workdir}, "
+            f"data {self.data_root}")
         self.report["machine"] = machine_info(self.mode)
         m = self.report["machine"]
         if self.slowdown:
             sd = self.slowdown
-            log(f"budgets x{self.report['budget_factor']:.2f}: this machine runs {sd['workload_ratio']:.2f}x the idle bench "
-                f"machine's time on a fixed workload, load average {sd['load_average_1min']:.1f} on {sd['cores']} cores")
+            log(f"budgets x{self.report['budget_factor']:.2f}: this machine runs {sd['workload_ratio']:.2f}x the idle "
+                "bench machine's time on a fixed workload, "
+                f"load average {sd['load_average_1min']:.1f} on {sd['cores']} cores")
         log(f"machine: {m.get('gpu_name') or 'no GPU'}, driver {m.get('driver')}, torch {m.get('torch')}, "
             f"CUDA {m.get('cuda')}, {m.get('cpu_count')} CPU cores")
         self.start_prep()
@@ -371,7 +393,8 @@ class Acceptance:
             translation()
             vision_rest()
         else:  # the dry run's timings mean nothing: the vision stages run beside the translation ones
-            lane = threading.Thread(target=lambda: (self.stage("vision_bench", "vision_bench", self.vision_bench), vision_rest()))
+            lane = threading.Thread(target=lambda: (self.stage("vision_bench", "vision_bench", self.vision_bench),
+                                                    vision_rest()))
             lane.start()
             translation()
             lane.join()
@@ -390,7 +413,8 @@ class Acceptance:
         self.report["wall_seconds"] = round(elapsed(), 1)
         self.report["passed"] = not failed
         self.report["failed_checks"] = failed
-        out = Path(self.args.out) if self.args.out else REPO / "results" / ("gpu_acceptance_dryrun" if self.mode == "dry-run" else "gpu_acceptance")
+        out = (Path(self.args.out) if self.args.out
+               else REPO / "results" / ("gpu_acceptance_dryrun" if self.mode == "dry-run" else "gpu_acceptance"))
         out = out.with_suffix("") if out.suffix in (".json", ".md") else out
         out.parent.mkdir(parents=True, exist_ok=True)
         json_path, md_path = Path(f"{out}.json"), Path(f"{out}.md")
@@ -400,8 +424,10 @@ class Acceptance:
         print()
         print(md)
         log(f"wrote {json_path} and {md_path}")
-        n = {s: sum(1 for i in self.checks.items.values() if i["status"] == s) for s in ("pass", "fail", "skipped", "n/a")}
-        log(f"{'PASSED' if not failed else 'FAILED'}: {n['pass']} pass, {n['fail']} fail, {n['skipped']} skipped, {n['n/a']} n/a"
+        n = {s: sum(1 for i in self.checks.items.values() if i["status"] == s)
+             for s in ("pass", "fail", "skipped", "n/a")}
+        log(f"{'PASSED' if not failed else 'FAILED'}: {n['pass']} pass, {n['fail']} fail, {n['skipped']} skipped, "
+            f"{n['n/a']} n/a"
             + (f"; failing: {', '.join(failed)}" if failed else "") + f"; wall clock {elapsed():.0f}s")
         return 0 if not failed else 1
 
@@ -440,10 +466,12 @@ class Acceptance:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
             with open(log_path, "w") as fh:
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                        start_new_session=True)
                 self.prep_result["proc"] = proc
                 proc.wait()
-            self.prep_result.update(returncode=proc.returncode, seconds=round(time.monotonic() - start, 1), log=str(log_path))
+            self.prep_result.update(returncode=proc.returncode, seconds=round(time.monotonic() - start, 1),
+                                    log=str(log_path))
 
         self.prep_thread = threading.Thread(target=target, daemon=True)
         self.prep_thread.start()
@@ -479,14 +507,17 @@ class Acceptance:
         if system == "resmlp":
             cmd += ["--arch", "resmlp_mt", "--layerscale-init", "0.2", *mt["resmlp_size"]]
         else:
-            cmd += ["--arch", "transformer", *mt["transformer_size"], "--encoder-normalize-before", "--decoder-normalize-before"]
+            cmd += ["--arch", "transformer", *mt["transformer_size"], "--encoder-normalize-before",
+                    "--decoder-normalize-before"]
         cmd += [
             "--share-all-embeddings", "--max-source-positions", positions, "--max-target-positions", positions,
-            "--optimizer", "adagrad", "--lr", "0.2", "--lr-scheduler", "fixed", "--warmup-updates", str(mt["warmup_updates"]),
+            "--optimizer", "adagrad", "--lr", "0.2", "--lr-scheduler", "fixed",
+            "--warmup-updates", str(mt["warmup_updates"]),
             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0.15",
             "--max-tokens", str(mt["max_tokens"]), "--stop-time-hours", f"{mt['minutes'] / 60:.6f}",
-            "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--save-interval", "1000000", "--validate-interval", "1000000",
-            "--skip-invalid-size-inputs-valid-test", "--log-format", "json", "--log-interval", str(mt["log_interval"]), "--seed", "1",
+            "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--save-interval", "1000000",
+            "--validate-interval", "1000000", "--skip-invalid-size-inputs-valid-test", "--log-format", "json",
+            "--log-interval", str(mt["log_interval"]), "--seed", "1",
         ]
         if mt["precision"] == "fp16":
             cmd += ["--fp16", "--fp16-no-flatten-grads"]
@@ -504,17 +535,20 @@ class Acceptance:
         save_dir.mkdir(parents=True)
         cmd = self.mt_command(system, save_dir)
         log(f"fairseq-train {system} for {mt['minutes']:.2f} min ({mt['precision']}): {' '.join(cmd[3:])}")
-        proc = run_logged(cmd, self.workdir / "logs" / f"mt_train_{system}.log", cap, env=base_env(self.mode), what=f"fairseq-train {system}")
+        proc = run_logged(cmd, self.workdir / "logs" / f"mt_train_{system}.log", cap, env=base_env(self.mode),
+                          what=f"fairseq-train {system}")
         text = Path(proc["log"]).read_text(errors="replace")
         fig = fairseq_figures(text)
         checkpoint = save_dir / "checkpoint_last.pt"
-        fig.update(process=proc, command=cmd, precision=mt["precision"], checkpoint=str(checkpoint) if checkpoint.exists() else None)
+        fig.update(process=proc, command=cmd, precision=mt["precision"],
+                   checkpoint=str(checkpoint) if checkpoint.exists() else None)
         self.report["translation"]["train"][system] = fig
         ok = proc["returncode"] == 0 and checkpoint.exists()
         if not ok:
             fig["log_tail"] = tail(Path(proc["log"]))
         self.checks.set(f"mt.{system}.train.exit_ok", proc["returncode"], ok,
-                        note="timed out" if proc["timed_out"] else ("" if ok else "see translation.train.%s.log_tail" % system))
+                        note="timed out" if proc["timed_out"]
+                        else ("" if ok else "see translation.train.%s.log_tail" % system))
         self.checks.set(f"mt.{system}.train.updates", fig["updates"], fig["updates"] >= mt["min_updates"])
         first, last = fig["first_loss"], fig["last_loss"]
         self.checks.set(f"mt.{system}.train.loss_falls", last, finite(first) and finite(last) and last < first,
@@ -529,12 +563,14 @@ class Acceptance:
             later = fig["overflows"] - fig["calibration_overflows"]
             self.checks.set(f"mt.{system}.train.fp16_overflow", later, later <= limit,
                             threshold=f"<= 1% of updates ({limit:.0f})",
-                            note=f"{fig['calibration_overflows']} more while the loss scale calibrated (before the first log "
-                                 f"interval); final loss scale {fmt(fig['loss_scale'])}")
+                            note=f"{fig['calibration_overflows']} more while the loss scale calibrated "
+                                 f"(before the first log interval); final loss scale {fmt(fig['loss_scale'])}")
         else:
-            self.checks.set(f"mt.{system}.train.fp16_overflow", fig["overflows"], None, note="not applicable on CPU (fp32)")
-        log(f"{system}: {fig['updates']} updates, fairseq wps {fmt(fig['wps'])} (median), loss {fmt(first)} -> {fmt(last)}, "
-            f"valid loss {fmt(fig['valid_loss'])}, final lr {fmt(fig['final_lr'])}, {fig['overflows']} overflow(s), {fmt(fig['parameters'])} parameters")
+            self.checks.set(f"mt.{system}.train.fp16_overflow", fig["overflows"], None,
+                            note="not applicable on CPU (fp32)")
+        log(f"{system}: {fig['updates']} updates, fairseq wps {fmt(fig['wps'])} (median), "
+            f"loss {fmt(first)} -> {fmt(last)}, valid loss {fmt(fig['valid_loss'])}, final lr {fmt(fig['final_lr'])}, "
+            f"{fig['overflows']} overflow(s), {fmt(fig['parameters'])} parameters")
 
     def mt_ratios(self) -> None:
         train = self.report["translation"]["train"]
@@ -544,7 +580,8 @@ class Acceptance:
         ratio = train["resmlp"]["wps"] / train["transformer"]["wps"]
         self.report["translation"]["ratios"] = {
             "wps": ratio,
-            "words_per_train_second": _ratio(train["resmlp"].get("words_per_train_second"), train["transformer"].get("words_per_train_second")),
+            "words_per_train_second": _ratio(train["resmlp"].get("words_per_train_second"),
+                                             train["transformer"].get("words_per_train_second")),
             "updates": _ratio(train["resmlp"]["updates"], train["transformer"]["updates"]),
             "parameters": _ratio(train["resmlp"].get("parameters"), train["transformer"].get("parameters")),
         }
@@ -560,9 +597,10 @@ class Acceptance:
         checkpoints = {s: train[s]["checkpoint"] for s in SYSTEMS if train.get(s, {}).get("checkpoint")}
         if not checkpoints:
             raise RuntimeError("no checkpoint from mt_train_*")
-        config = {"data": str(self.mt_data_dir()), "checkpoints": checkpoints, "batch_size": mt["gen_batch"], "fp16": mt["gen_fp16"],
-                  "extra": mt["gen_extra"], "threads": 1 if self.mode == "dry-run" else None}
-        proc = run_worker("mt_generate", config, self.workdir / "mt_generate.json", cap, self.mode, self.workdir / "logs" / "mt_generate.log")
+        config = {"data": str(self.mt_data_dir()), "checkpoints": checkpoints, "batch_size": mt["gen_batch"],
+                  "fp16": mt["gen_fp16"], "extra": mt["gen_extra"], "threads": 1 if self.mode == "dry-run" else None}
+        proc = run_worker("mt_generate", config, self.workdir / "mt_generate.json", cap, self.mode,
+                          self.workdir / "logs" / "mt_generate.log")
         res = proc.pop("result")
         gen = self.report["translation"]["generate"]
         gen["process"] = proc
@@ -578,17 +616,23 @@ class Acceptance:
             if mt["bleu_min"] is not None:
                 self.checks.set(f"mt.{system}.generate.bleu", r["sacrebleu"], r["sacrebleu"] >= mt["bleu_min"])
             else:
-                self.checks.set(f"mt.{system}.generate.bleu", r["sacrebleu"], None, note="not applicable on CPU (tiny model, seconds of training)")
-            log(f"{system}: sacreBLEU {r['sacrebleu']:.2f}, {r['sentences_per_second']:.1f} sentences/s ({'fp16' if mt['gen_fp16'] else 'fp32'})")
-        errors = [f"{s}: {res[s]['error']}" for s in SYSTEMS if "error" in res.get(s, {})] + ([res["error"]] if "error" in res else [])
+                self.checks.set(f"mt.{system}.generate.bleu", r["sacrebleu"], None,
+                                note="not applicable on CPU (tiny model, seconds of training)")
+            log(f"{system}: sacreBLEU {r['sacrebleu']:.2f}, {r['sentences_per_second']:.1f} sentences/s "
+                f"({'fp16' if mt['gen_fp16'] else 'fp32'})")
+        errors = ([f"{s}: {res[s]['error']}" for s in SYSTEMS if "error" in res.get(s, {})]
+                  + ([res["error"]] if "error" in res else []))
         if errors or proc["returncode"] != 0 or set(res) & set(SYSTEMS) != set(checkpoints):
-            raise RuntimeError("; ".join(errors) or f"worker exit {proc['returncode']} (timed out: {proc['timed_out']}): {tail(Path(proc['log']), 1500)}")
+            raise RuntimeError("; ".join(errors)
+                               or f"worker exit {proc['returncode']} (timed out: {proc['timed_out']}): "
+                                  f"{tail(Path(proc['log']), 1500)}")
 
     # -- vision --------------------------------------------------------------------------------
 
     def vision_bench(self, cap: float) -> None:
         beside_prep = self.prep_thread is not None and self.prep_thread.is_alive()  # CPU work only, recorded
-        proc = run_worker("vision_bench", {**self.prof["vision"], "mode": self.mode}, self.workdir / "vision_bench.json", cap, self.mode,
+        proc = run_worker("vision_bench", {**self.prof["vision"], "mode": self.mode},
+                          self.workdir / "vision_bench.json", cap, self.mode,
                           self.workdir / "logs" / "vision_bench.log")
         res = proc.pop("result")
         self.report["vision"]["bench"] = {"process": proc, "ran_beside_mt_prep": beside_prep, **res}
@@ -596,27 +640,34 @@ class Acceptance:
             self.report["machine"].update(res["device"])
         if "equivalence" in res:
             eq = res["equivalence"]
-            self.checks.set("vision.bench.ours_matches_timm", eq["max_abs_ours_vs_timm"], eq["max_abs_ours_vs_timm"] <= 1e-4)
-            self.checks.set("vision.bench.folded_matches_ours", eq["max_abs_folded_vs_ours"], eq["max_abs_folded_vs_ours"] <= 1e-4)
+            self.checks.set("vision.bench.ours_matches_timm", eq["max_abs_ours_vs_timm"],
+                            eq["max_abs_ours_vs_timm"] <= 1e-4)
+            self.checks.set("vision.bench.folded_matches_ours", eq["max_abs_folded_vs_ours"],
+                            eq["max_abs_folded_vs_ours"] <= 1e-4)
         if "train_step" in res:
             losses = res["train_step"]["last_loss"]
-            self.checks.set("vision.bench.train_loss_finite", max(losses.values()), all(finite(v) for v in losses.values()))
+            self.checks.set("vision.bench.train_loss_finite", max(losses.values()),
+                            all(finite(v) for v in losses.values()))
         if "inference" in res:
             ips = res["inference"]["img_per_s"]["ours_folded"]
             self.checks.set("vision.goal.s12_folded_img_s", round(ips, 1),
                             ips >= PAPER_S12_IMG_S if self.mode == "gpu" else None,
                             note="" if self.mode == "gpu" else "not applicable on CPU")
         if "error" in res or proc["returncode"] != 0:
-            raise RuntimeError(res.get("error") or f"worker exit {proc['returncode']} (timed out: {proc['timed_out']}): {tail(Path(proc['log']), 1500)}")
+            raise RuntimeError(res.get("error")
+                               or f"worker exit {proc['returncode']} (timed out: {proc['timed_out']}): "
+                                  f"{tail(Path(proc['log']), 1500)}")
 
     def vision_compile(self, cap: float) -> None:
         cfg = {**self.prof["vision"], "mode": self.mode}
-        proc = run_worker("vision_compile", cfg, self.workdir / "vision_compile.json", cap, self.mode, self.workdir / "logs" / "vision_compile.log")
+        proc = run_worker("vision_compile", cfg, self.workdir / "vision_compile.json", cap, self.mode,
+                          self.workdir / "logs" / "vision_compile.log")
         res = proc.pop("result")
         self.report["vision"]["compile"] = {"process": proc, **res}
         variants = res.get("variants", {})
         compiled = [k for k, v in variants.items() if v.get("status") == "ok"]
-        self.checks.set("vision.compile.all_variants", len(compiled), len(compiled) == len(self.prof["vision"]["compile_variants"]),
+        self.checks.set("vision.compile.all_variants", len(compiled),
+                        len(compiled) == len(self.prof["vision"]["compile_variants"]),
                         note=", ".join(f"{k}: {v.get('status')}" for k, v in variants.items()))
         diffs = [v["rel_diff_vs_eager"] for v in variants.values() if "rel_diff_vs_eager" in v]
         if diffs:
@@ -625,9 +676,12 @@ class Acceptance:
         if ips is not None:
             self.checks.set("vision.goal.s12_folded_compiled_img_s", round(ips, 1),
                             ips >= PAPER_S12_IMG_S if self.mode == "gpu" else None,
-                            note="" if self.mode == "gpu" else f"not applicable on CPU (backend {cfg['compile_backend']})")
+                            note="" if self.mode == "gpu"
+                            else f"not applicable on CPU (backend {cfg['compile_backend']})")
         if "error" in res or proc["returncode"] != 0:
-            raise RuntimeError(res.get("error") or f"worker exit {proc['returncode']} (timed out: {proc['timed_out']}): {tail(Path(proc['log']), 1500)}")
+            raise RuntimeError(res.get("error")
+                               or f"worker exit {proc['returncode']} (timed out: {proc['timed_out']}): "
+                                  f"{tail(Path(proc['log']), 1500)}")
 
     def cifar_stage(self, name: str) -> tuple[Path, Path]:
         """``(CIFAR-10 root, a fresh empty work folder for stage name)`` of a stage that runs the
@@ -659,8 +713,8 @@ class Acceptance:
             import yaml
 
             cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-            cmd = [sys.executable, "-m", "vision.train", "--config", str(cfg_path), "--data-dir", str(data), "--val-split", "test",
-                   "--output", str(out / name), *extra]
+            cmd = [sys.executable, "-m", "vision.train", "--config", str(cfg_path), "--data-dir", str(data),
+                   "--val-split", "test", "--output", str(out / name), *extra]
             left = deadline - time.monotonic()
             if left < 5:
                 res[name] = {"status": "skipped: out of time"}
@@ -668,7 +722,8 @@ class Acceptance:
             # the teacher may use at most 40% of what is left, so the student always gets its turn
             timeout = left * 0.4 if name == "teacher" else left
             log(f"vision.train {name}: {' '.join(cmd[3:])}")
-            proc = run_logged(cmd, self.workdir / "logs" / f"vision_cli_{name}.log", timeout, env=base_env(self.mode), what=f"vision.train {name}")
+            proc = run_logged(cmd, self.workdir / "logs" / f"vision_cli_{name}.log", timeout, env=base_env(self.mode),
+                              what=f"vision.train {name}")
             fig = vision_train_figures(out / name / "log.txt")
             fig.update(process=proc, command=cmd, config=config)
             done = proc["returncode"] == 0 and fig["epochs_done"] == config["epochs"]
@@ -696,11 +751,11 @@ class Acceptance:
         deadline = time.monotonic() + cap
         res = self.report["vision"]["dino"]
         threads = ["--threads", str(d["threads"])] if d["threads"] else []
-        base = [sys.executable, "-m", "vision.dino", "--config", d["config"], "--data-dir", str(data), "--output", str(out / "dino"),
-                "--max-per-class", str(d["max_per_class"]), "--batch-size", str(d["batch"]), "--epochs", str(d["epochs"]),
-                "--warmup-epochs", "1", "--warmup-teacher-temp-epochs", "1", "--workers", str(d["workers"]),
-                "--dataset-cache", "memory", "--mean", *map(str, CIFAR10_MEAN), "--std", *map(str, CIFAR10_STD),
-                "--log-interval", "5", *threads, *d["extra"]]
+        base = [sys.executable, "-m", "vision.dino", "--config", d["config"], "--data-dir", str(data), "--output",
+                str(out / "dino"), "--max-per-class", str(d["max_per_class"]), "--batch-size", str(d["batch"]),
+                "--epochs", str(d["epochs"]), "--warmup-epochs", "1", "--warmup-teacher-temp-epochs", "1", "--workers",
+                str(d["workers"]), "--dataset-cache", "memory", "--mean", *map(str, CIFAR10_MEAN), "--std",
+                *map(str, CIFAR10_STD), "--log-interval", "5", *threads, *d["extra"]]
         runs = {"first": base + ["--stop-after-epoch", "0"], "resumed": base + ["--resume", "auto"]}
         ok = True
         for name, cmd in runs.items():
@@ -711,8 +766,9 @@ class Acceptance:
                 continue
             log(f"vision.dino {name}: {' '.join(map(str, cmd[3:]))}")
             # the first run may use at most 45% of what is left, so the resume and k-NN get their turn
-            proc = run_logged(cmd, self.workdir / "logs" / f"vision_dino_{name}.log", left * 0.45 if name == "first" else left * 0.7,
-                              env=base_env(self.mode), what=f"vision.dino {name}")
+            proc = run_logged(cmd, self.workdir / "logs" / f"vision_dino_{name}.log",
+                              left * 0.45 if name == "first" else left * 0.7, env=base_env(self.mode),
+                              what=f"vision.dino {name}")
             res[name] = {"process": proc, "command": cmd}
             ok &= proc["returncode"] == 0
             if proc["returncode"] != 0:
@@ -720,10 +776,12 @@ class Acceptance:
         text = (out / "dino" / "log.txt").read_text(errors="replace") if (out / "dino" / "log.txt").exists() else ""
         epochs = [(int(m.group(1)), float(m.group(2)), float(m.group(3))) for m in _DINO_EPOCH.finditer(text)]
         resumed = "resumed from" in text
-        res.update(epochs=[e[0] for e in epochs], losses=[e[1] for e in epochs], img_per_s=[e[2] for e in epochs], resumed=resumed)
+        res.update(epochs=[e[0] for e in epochs], losses=[e[1] for e in epochs], img_per_s=[e[2] for e in epochs],
+                   resumed=resumed)
         done = ok and sorted({e[0] for e in epochs}) == list(range(d["epochs"])) and resumed
         self.checks.set("vision.dino.train_resume", len(epochs), done,
-                        note=f"epochs {res['epochs']}, losses {[round(v, 3) for v in res['losses']]}, resumed: {resumed}")
+                        note=f"epochs {res['epochs']}, losses {[round(v, 3) for v in res['losses']]}, "
+                             f"resumed: {resumed}")
         finite_losses = bool(epochs) and all(finite(e[1]) for e in epochs)
         self.checks.set("vision.dino.loss_finite", finite_losses, finite_losses)
         log(f"vision.dino: epochs {res['epochs']}, losses {res['losses']}, img/s {res['img_per_s']}, resumed {resumed}")
@@ -731,15 +789,18 @@ class Acceptance:
         if not (out / "dino" / "last.pth").exists() or left < 5:
             self.checks.set("vision.dino.knn", None, False, note="no checkpoint" if left >= 5 else "out of time")
             return
-        knn = [sys.executable, "-m", "vision.knn", "--checkpoint", str(out / "dino" / "last.pth"), "--data-dir", str(data),
-               "--val-split", "test", "--max-per-class", str(d["knn_max_per_class"]), "--val-max-per-class", str(d["knn_val_max_per_class"]),
-               "--workers", str(d["workers"]), "--k", "20", "--out", str(out / "knn"), *threads]
-        proc = run_logged(knn, self.workdir / "logs" / "vision_dino_knn.log", left, env=base_env(self.mode), what="vision.knn")
+        knn = [sys.executable, "-m", "vision.knn", "--checkpoint", str(out / "dino" / "last.pth"), "--data-dir",
+               str(data), "--val-split", "test", "--max-per-class", str(d["knn_max_per_class"]), "--val-max-per-class",
+               str(d["knn_val_max_per_class"]), "--workers", str(d["workers"]), "--k", "20", "--out", str(out / "knn"),
+               *threads]
+        proc = run_logged(knn, self.workdir / "logs" / "vision_dino_knn.log", left, env=base_env(self.mode),
+                          what="vision.knn")
         report = json.loads((out / "knn.json").read_text()) if (out / "knn.json").exists() else {}
         top1 = report.get("results", {}).get("20", {}).get("top1")
         res["knn"] = {"process": proc, "command": knn, "top1": top1}
         self.checks.set("vision.dino.knn", top1, proc["returncode"] == 0 and finite(top1),
-                        note=f"k=20 on {d['knn_max_per_class']} train / {d['knn_val_max_per_class']} test images a class")
+                        note=f"k=20 on {d['knn_max_per_class']} train / "
+                             f"{d['knn_val_max_per_class']} test images a class")
 
 
 def _ratio(a: Any, b: Any) -> Optional[float]:
@@ -751,8 +812,9 @@ def vision_config(cli: dict, model: str, model_kwargs: dict, epochs: int, lr: fl
     vision/configs/cifar10_student.yaml at ``cli['img']`` px (RandomResizedCrop up-samples the
     32-px images), without RandAugment / Mixup / erasing, which only pay off over many epochs."""
     cfg = {
-        "model": model, "model_kwargs": model_kwargs, "img_size": cli["img"], "batch_size": cli["batch"], "epochs": epochs,
-        "opt": "lamb", "lr": lr, "lr_scale": lr_scale, "lr_base_size": 512, "weight_decay": 0.05, "sched": "cosine", "sched_on_updates": True,
+        "model": model, "model_kwargs": model_kwargs, "img_size": cli["img"], "batch_size": cli["batch"],
+        "epochs": epochs, "opt": "lamb", "lr": lr, "lr_scale": lr_scale, "lr_base_size": 512, "weight_decay": 0.05,
+        "sched": "cosine", "sched_on_updates": True,
         "warmup_epochs": 0.5 if epochs > 1 else 0.2, "warmup_lr": 1.0e-6, "min_lr": 1.0e-5, "drop_path": 0.0,
         "train_crop": "rrc", "hflip": 0.5, "aa": "none", "color_jitter": 0.0, "reprob": 0.0, "repeated_aug": 0,
         "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1, "model_ema": False, "crop_pct": 1.0, "interpolation": "bicubic",
@@ -766,7 +828,8 @@ def vision_config(cli: dict, model: str, model_kwargs: dict, epochs: int, lr: fl
 
 
 _DINO_EPOCH = re.compile(r"epoch (\d+): DINO loss (\S+), (\S+) img/s")
-_EPOCH = re.compile(r"epoch (\d+): train loss (\S+), (\S+) img/s, (\S+) min(?:; val top-1 (\S+) top-5 (\S+) loss (\S+))?")
+_EPOCH = re.compile(r"epoch (\d+): train loss (\S+), (\S+) img/s, (\S+) min(?:; "
+                    r"val top-1 (\S+) top-5 (\S+) loss (\S+))?")
 
 
 def vision_train_figures(log_txt: Path) -> Dict[str, Any]:
@@ -822,10 +885,11 @@ def worker_mt_generate(w: Worker) -> None:
             w.save()
             continue
         w.result[system] = dict(
-            split=r.split, sentences=r.sentences, references=len(refs), sacrebleu=r.sacrebleu, signature=r.sacrebleu_signature,
-            tok_bleu=r.tok_bleu, tok_bleu_compound_split=r.tok_bleu_compound_split, sentences_per_second=r.sentences_per_second,
-            tokens_per_second=r.tokens_per_second, generation_seconds=r.generation_seconds, fp16=c["fp16"], beam=4,
-            batch_size=c["batch_size"], samples=r.samples, command=r.command)
+            split=r.split, sentences=r.sentences, references=len(refs), sacrebleu=r.sacrebleu,
+            signature=r.sacrebleu_signature, tok_bleu=r.tok_bleu, tok_bleu_compound_split=r.tok_bleu_compound_split,
+            sentences_per_second=r.sentences_per_second, tokens_per_second=r.tokens_per_second,
+            generation_seconds=r.generation_seconds, fp16=c["fp16"], beam=4, batch_size=c["batch_size"],
+            samples=r.samples, command=r.command)
         w.save()
         print(f"{system}: sacreBLEU {r.sacrebleu}, {r.sentences_per_second:.1f} sentences/s", flush=True)
 
@@ -841,7 +905,8 @@ def _vision_setup(c: dict):
     dtype = getattr(torch, c["autocast"]) if c.get("autocast") else None
 
     def amp():
-        return torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+        return (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                else torch.autocast(device.type, enabled=False))
 
     return torch, device, amp
 
@@ -876,8 +941,9 @@ def worker_vision_bench(w: Worker) -> None:
     res["device"] = {"torch_device": str(device)}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        res["device"].update(gpu_name_torch=p.name, compute_capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                             multiprocessors=p.multi_processor_count, cudnn=torch.backends.cudnn.version())
+        res["device"].update(gpu_name_torch=p.name, compute_capability=f"{p.major}.{p.minor}",
+                             gpu_memory_gib=round(p.total_memory / 2**30, 1), multiprocessors=p.multi_processor_count,
+                             cudnn=torch.backends.cudnn.version())
     res["settings"] = {k: c[k] for k in ("img", "train_batch", "infer_batch", "rounds", "train_rounds", "autocast")}
     w.save()
     res["matmul_tflops_bf16" if device.type == "cuda" else "matmul_tflops_fp32"] = round(
@@ -896,7 +962,8 @@ def worker_vision_bench(w: Worker) -> None:
     with torch.inference_mode():
         y_ref, y, y_fold = ref(x).float(), ours(x).float(), folded(x).float()
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    res["equivalence"] = {"max_abs_ours_vs_timm": (y - y_ref).abs().max().item(), "max_abs_folded_vs_ours": (y_fold - y).abs().max().item(),
+    res["equivalence"] = {"max_abs_ours_vs_timm": (y - y_ref).abs().max().item(),
+                          "max_abs_folded_vs_ours": (y_fold - y).abs().max().item(),
                           "max_abs_logit": y.abs().max().item()}
     w.save()
     print(f"equivalence: {res['equivalence']}", flush=True)
@@ -986,8 +1053,10 @@ def worker_vision_compile(w: Worker) -> None:
         if c["compile_backend"] == "inductor":
             import torch._inductor.config as inductor_config
 
-            print("inductor settings:", {k: v for k, v in os.environ.items() if k.startswith(("TORCHINDUCTOR", "TORCH_COMPILE"))},
-                  {k: getattr(inductor_config, k, None) for k in ("max_autotune", "max_autotune_gemm", "freezing")}, flush=True)
+            print("inductor settings:",
+                  {k: v for k, v in os.environ.items() if k.startswith(("TORCHINDUCTOR", "TORCH_COMPILE"))},
+                  {k: getattr(inductor_config, k, None) for k in ("max_autotune", "max_autotune_gemm", "freezing")},
+                  flush=True)
         options = {"max_autotune": False, "max_autotune_gemm": False, "coordinate_descent_tuning": False} \
             if c["compile_backend"] == "inductor" else None
         cm = torch.compile(eager, backend=c["compile_backend"], options=options)
@@ -1024,7 +1093,8 @@ def worker_vision_compile(w: Worker) -> None:
     print(f"compiled inference: {res['img_per_s']}", flush=True)
 
 
-WORKERS = {"mt_generate": worker_mt_generate, "vision_bench": worker_vision_bench, "vision_compile": worker_vision_compile}
+WORKERS = {"mt_generate": worker_mt_generate, "vision_bench": worker_vision_bench,
+           "vision_compile": worker_vision_compile}
 
 
 def worker_main(name: str, config_path: Path, out: Path) -> int:
@@ -1053,9 +1123,11 @@ def markdown(r: Dict[str, Any]) -> str:
         "",
         f"Card: {gpu or 'none (CPU)'}" + (f", driver {m.get('driver')}, {m.get('gpu_memory')}" if gpu else "")
         + (f", compute capability {m['compute_capability']}" if m.get("compute_capability") else "")
-        + f"; torch {m.get('torch')} (CUDA {m.get('cuda')}), fairseq {m.get('fairseq')}, timm {m.get('timm')}, Python {m.get('python')}; "
+        + f"; torch {m.get('torch')} (CUDA {m.get('cuda')}), fairseq {m.get('fairseq')}, timm {m.get('timm')}, "
+          f"Python {m.get('python')}; "
         f"{m.get('cpu_count')} CPU cores ({m.get('cpu', '?')}).",
-        f"Started {r['started_utc']}; wall clock {r['wall_seconds']:.0f}s of a {r['deadline_s']:.0f}s deadline. Command: `{r['command']}`",
+        f"Started {r['started_utc']}; wall clock {r['wall_seconds']:.0f}s of a {r['deadline_s']:.0f}s deadline. "
+        f"Command: `{r['command']}`",
         "",
         "| section | item | value | threshold | status |",
         "|---|---|---:|---|---|",
@@ -1071,9 +1143,12 @@ def markdown(r: Dict[str, Any]) -> str:
         lines.append(row(f[0], f[1], f[2], "", "figure"))
     lines += ["", "Stages:", ""]
     for name, s in r.get("stages", {}).items():
-        lines.append(f"- {name}: {s['status']}, {s.get('seconds', 0):.1f}s (budget {s['budget_s']}s, started at {s['started_at_s']}s)"
+        lines.append(f"- {name}: {s['status']}, {s.get('seconds', 0):.1f}s (budget {s['budget_s']}s, "
+                     f"started at {s['started_at_s']}s)"
                      + (f" — {s['error']}" if s.get("error") else ""))
-    lines += ["", "Goals (the paper's speed claims) are reported but only count in the exit status with --strict-goals.", ""]
+    lines += ["",
+              "Goals (the paper's speed claims) are reported but only count in the exit status with --strict-goals.",
+              ""]
     return "\n".join(lines) + "\n"
 
 
@@ -1083,7 +1158,8 @@ def figure_rows(r: Dict[str, Any]) -> List[tuple]:
     for s, f in t.get("train", {}).items():
         rows.append(("translation", f"{s} train words/s (fairseq wps, median)", fmt(f.get("wps"))))
         rows.append(("translation", f"{s} updates / params / valid loss / final lr",
-                     f"{fmt(f.get('updates'))} / {fmt(f.get('parameters'))} / {fmt(f.get('valid_loss'))} / {fmt(f.get('final_lr'))}"))
+                     f"{fmt(f.get('updates'))} / {fmt(f.get('parameters'))} / {fmt(f.get('valid_loss'))} / "
+                     f"{fmt(f.get('final_lr'))}"))
     for s, g in t.get("generate", {}).items():
         if isinstance(g, dict) and "sentences_per_second" in g:
             rows.append(("translation", f"{s} generate sentences/s (beam 4)", fmt(g["sentences_per_second"])))
@@ -1098,7 +1174,8 @@ def figure_rows(r: Dict[str, Any]) -> List[tuple]:
     if "inference" in b:
         inf = b["inference"]
         ips = inf["img_per_s"]
-        rows.append(("vision", f"S12 inference img/s folded / ours / timm (batch {inf['batch']}); paper V100 {PAPER_S12_IMG_S:.0f}",
+        rows.append(("vision", f"S12 inference img/s folded / ours / timm (batch {inf['batch']}); "
+                               f"paper V100 {PAPER_S12_IMG_S:.0f}",
                      f"{fmt(ips['ours_folded'])} / {fmt(ips['ours'])} / {fmt(ips['timm'])}"))
     comp = v.get("compile", {})
     if comp.get("img_per_s"):
@@ -1107,7 +1184,8 @@ def figure_rows(r: Dict[str, Any]) -> List[tuple]:
     dn = v.get("dino", {})
     if dn.get("epochs"):
         rows.append(("vision", "vision.dino: DINO loss by epoch / img/s (last epoch) / k-NN top-1",
-                     f"{', '.join(fmt(x) for x in dn['losses'])} / {fmt(dn['img_per_s'][-1])} / {fmt(dn.get('knn', {}).get('top1'))}"))
+                     f"{', '.join(fmt(x) for x in dn['losses'])} / {fmt(dn['img_per_s'][-1])} / "
+                     f"{fmt(dn.get('knn', {}).get('top1'))}"))
     for name in ("teacher", "student_hard"):
         f = v.get("cli", {}).get(name)
         if f and "steps" in f:
@@ -1122,13 +1200,18 @@ def figure_rows(r: Dict[str, Any]) -> List[tuple]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="the same stages on the CPU at tiny sizes (under 2 minutes)")
-    p.add_argument("--out", help="results path without extension (default: results/gpu_acceptance, or results/gpu_acceptance_dryrun with --dry-run)")
+    p.add_argument("--out",
+                   help="results path without extension (default: results/gpu_acceptance, "
+                        "or results/gpu_acceptance_dryrun with --dry-run)")
     p.add_argument("--workdir", help="data slices, checkpoints, logs (default: runs/gpu_acceptance[_dryrun])")
-    p.add_argument("--data-root", help="folder holding multi30k/ and cifar10/ (default: $RESMLP_DATA, else ../shared/data)")
+    p.add_argument("--data-root",
+                   help="folder holding multi30k/ and cifar10/ (default: $RESMLP_DATA, else ../shared/data)")
     p.add_argument("--mt-data", help="binarized Multi30k En-De (default: data-bin/multi30k.en-de, prepared if absent)")
     p.add_argument("--deadline-s", type=float, help="global deadline in seconds (default: 480; 115 with --dry-run)")
-    p.add_argument("--mt-minutes", type=float, help="training minutes per translation system (default: 0.75; 0.12 with --dry-run)")
-    p.add_argument("--mt-warmup", type=int, help="Adagrad warm-up updates (default: 32000, the paper's; 1000 with --dry-run)")
+    p.add_argument("--mt-minutes", type=float,
+                   help="training minutes per translation system (default: 0.75; 0.12 with --dry-run)")
+    p.add_argument("--mt-warmup", type=int,
+                   help="Adagrad warm-up updates (default: 32000, the paper's; 1000 with --dry-run)")
     p.add_argument("--stages", nargs="+", choices=sorted(STAGE_GROUPS),
                    help="run only these groups of stages (default: all); the checks of the others are reported "
                         "'not selected' and do not count as failures")

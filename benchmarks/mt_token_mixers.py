@@ -46,7 +46,8 @@ log = logging.getLogger("mt_token_mixers")
 #: name -> (what it is, fairseq-train flags). ``paper`` is the paper's mixer (no flag).
 VARIANTS: Dict[str, tuple] = {
     "paper": ("the paper's: one matrix A over absolute positions", []),
-    "heads16": ("16 matrices, one per group of 16 channels (Synthesizer Random's heads)", ["--token-mixer-heads", "16"]),
+    "heads16": ("16 matrices, one per group of 16 channels (Synthesizer Random's heads)",
+                ["--token-mixer-heads", "16"]),
     "relative": ("A[t, s] = w[t - s] (Toeplitz, one kernel over offsets)", ["--token-mixer-positions", "relative"]),
     "softmax": ("each row softmax-normalised over the positions it may read", ["--token-mixer-normalize", "softmax"]),
     "glu": ("GLU input projection before mixing (LightConv's)", ["--token-mixer-gate", "glu"]),
@@ -58,9 +59,11 @@ VARIANTS: Dict[str, tuple] = {
                    "--token-mixer-normalize", "softmax", "--token-mixer-gate", "glu"]),
     "relative_band15": ("relative, band of 15 offsets (abs(t - s) < 15; decoding keeps 14 inputs)",
                         ["--token-mixer-positions", "relative", "--token-mixer-kernel", "15"]),
-    "relative_glu": ("relative + GLU input projection", ["--token-mixer-positions", "relative", "--token-mixer-gate", "glu"]),
+    "relative_glu": ("relative + GLU input projection",
+                     ["--token-mixer-positions", "relative", "--token-mixer-gate", "glu"]),
     "relative_band15_glu": ("relative, band of 15 offsets, GLU input projection",
-                            ["--token-mixer-positions", "relative", "--token-mixer-kernel", "15", "--token-mixer-gate", "glu"]),
+                            ["--token-mixer-positions", "relative", "--token-mixer-kernel", "15",
+                             "--token-mixer-gate", "glu"]),
     "hybrid1": ("NOT attention-free: the paper's mixer + one self-attention head per encoder layer (upper reference)",
                 ["--hybrid-encoder-attention-heads", "1"]),
 }
@@ -123,7 +126,8 @@ class TokenMixerStudy(Race):
             peers = {p["variant"]: p["valid_sacrebleu"] for p in rows if p["pair"] == row["pair"]
                      and (p["variant"] == TRANSFORMER or p["recipe"]["lr"] == lr)}
             row["vs_paper"] = round(row["valid_sacrebleu"] - peers["paper"], 2) if "paper" in peers else None
-            row["vs_transformer"] = round(row["valid_sacrebleu"] - peers[TRANSFORMER], 2) if TRANSFORMER in peers else None
+            row["vs_transformer"] = (round(row["valid_sacrebleu"] - peers[TRANSFORMER], 2) if TRANSFORMER in peers
+                                     else None)
         out = {"settings": {"pairs": a.pairs, "updates": a.updates, "seed": 1, "lrs": a.lrs, "variants": a.variants,
                             "resmlp_recipe": RESMLP_RECIPE, "transformer_recipe": TRANSFORMER_RECIPE,
                             "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (mt_tools.evaluate)",
@@ -159,7 +163,8 @@ class TokenMixerStudy(Race):
             f = r["figures"]
             runs.append({"pair": r["pair"], "variant": variant, "seed": r["seed"], "updates": f["updates"],
                          "wall_minutes": f["wall_minutes"], "words_per_second": f.get("words_per_second"),
-                         "updates_per_minute": round(f["updates"] / f["train_minutes"], 1) if f.get("train_minutes") else None,
+                         "updates_per_minute": round(f["updates"] / f["train_minutes"], 1)
+                         if f.get("train_minutes") else None,
                          "parameters": parameters(self.work / r["stage"] / r["name"]),
                          "sacrebleu": {split: r["eval"][split]["sacrebleu"] for split in ("test", "valid")}})
         summary = {}
@@ -167,13 +172,15 @@ class TokenMixerStudy(Race):
             summary[pair] = {}
             for v in systems:
                 mine = [r for r in runs if r["pair"] == pair and r["variant"] == v]
-                summary[pair][v] = {split: mean_std([r["sacrebleu"][split] for r in mine]) for split in ("test", "valid")}
+                summary[pair][v] = {split: mean_std([r["sacrebleu"][split] for r in mine])
+                                    for split in ("test", "valid")}
                 for key in ("updates", "words_per_second", "updates_per_minute"):
                     summary[pair][v][key] = mean_std([r[key] for r in mine if r[key] is not None])
                 summary[pair][v]["parameters"] = mine[0]["parameters"] if mine else None
         out = {"settings": {"pairs": a.pairs, "minutes": a.minutes, "seeds": a.seeds, "variants": systems,
                             "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
-                            "score": "sacreBLEU of checkpoint_last.pt, beam 4 (mt_tools.evaluate)", "command": a.command},
+                            "score": "sacreBLEU of checkpoint_last.pt, beam 4 (mt_tools.evaluate)",
+                            "command": a.command},
                "machine": self.info, "runs": runs, "summary": summary}
         self.publish(a.output.replace("_screen", "") + "_race", out, race_markdown(out))
         return out
@@ -245,8 +252,8 @@ def race_markdown(d: dict) -> str:
             params = f"{r['parameters']:,}" if r.get("parameters") else "-"
             wps = f"{r['words_per_second']['mean']:,.0f}" if r["words_per_second"]["mean"] else "-"
             upm = f"{r['updates_per_minute']['mean']:.1f}" if r["updates_per_minute"]["mean"] else "-"
-            lines.append(f"| {v} | {pm(r['test'])} | {pm(r['valid'])} | {_signed(diff['test'])} | {_signed(diff['valid'])} "
-                         f"| {r['updates']['mean']:.0f} | {upm} | {wps} | {params} |")
+            lines.append(f"| {v} | {pm(r['test'])} | {pm(r['valid'])} | {_signed(diff['test'])} | "
+                         f"{_signed(diff['valid'])} | {r['updates']['mean']:.0f} | {upm} | {wps} | {params} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -260,7 +267,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="race: seeds")
     p.add_argument("--variants", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=[*VARIANTS, TRANSFORMER])
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
-    p.add_argument("--lrs", type=float, nargs="+", default=[RESMLP_RECIPE["lr"]], help="ResMLP variants' peak learning rates")
+    p.add_argument("--lrs", type=float, nargs="+", default=[RESMLP_RECIPE["lr"]],
+                   help="ResMLP variants' peak learning rates")
     p.add_argument("--updates", type=int, default=600, help="updates per screen run")
     p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "race", help="runs and their cached results "
                    "(the race's: the sweep's runs are reused)")

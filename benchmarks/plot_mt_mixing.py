@@ -68,7 +68,8 @@ def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
                 out[side].append((title + (" (causal)" if side == "decoder" else ""), a))
             layer += 1
     if not out["encoder"]:
-        raise ValueError("no token mixers (encoder.layers.N.token_mixer.*) in this checkpoint: not a ResMLP translation model")
+        raise ValueError("no token mixers (encoder.layers.N.token_mixer.*) in this checkpoint: "
+                         "not a ResMLP translation model")
     return out
 
 
@@ -112,7 +113,8 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="a ResMLP translation checkpoint (fairseq) or model.pt of a model folder")
+    p.add_argument("checkpoint", type=Path,
+                   help="a ResMLP translation checkpoint (fairseq) or model.pt of a model folder")
     p.add_argument("out", type=Path, help="PNG file to write")
     p.add_argument("--positions", type=int, default=40, help="how many positions to show (default 40)")
     p.add_argument("--title", help="figure title")

@@ -151,7 +151,8 @@ def run_info(args) -> dict:
     except ImportError:  # pragma: no cover
         pass
     try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                            text=True).stdout.strip()
         info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                                 capture_output=True, text=True).stdout.strip())
     except OSError:  # pragma: no cover
@@ -291,7 +292,8 @@ class Race:
     def spec(self, job: Job) -> dict:
         """Everything that determines a run's figures: a cached result is reused only if equal."""
         spec = {k: v for k, v in asdict(job).items() if k not in ("label", "estimate_minutes")}
-        spec.update(extra_train_args=self.args.extra_train_args, data=str(self.job_data(job).resolve()), threads=self.args.threads)
+        spec.update(extra_train_args=self.args.extra_train_args, data=str(self.job_data(job).resolve()),
+                    threads=self.args.threads)
         return json.loads(json.dumps(spec))  # as it reads back from result.json
 
     def run_dir(self, job: Job) -> Path:
@@ -340,7 +342,8 @@ class Race:
                     event = tracker.feed(line)
                     if event in ("train", "valid") and time.time() - last_report >= self.args.progress_seconds:
                         last_report = time.time()
-                        log.info("%s %s", tag, progress(tracker) if progress else self.progress_text(job, tracker, max_update))
+                        log.info("%s %s", tag,
+                                 progress(tracker) if progress else self.progress_text(job, tracker, max_update))
             rc = proc.wait()
         finally:
             if proc.poll() is None:  # this script was interrupted: do not leave the training behind
@@ -348,7 +351,8 @@ class Race:
                 proc.wait()
         text = "".join(lines)
         if rc != 0:
-            raise RuntimeError(f"{tag}: fairseq-train failed (exit {rc}); log in {save_dir / log_name}:\n{text[-3000:]}")
+            raise RuntimeError(f"{tag}: fairseq-train failed (exit {rc}); "
+                               f"log in {save_dir / log_name}:\n{text[-3000:]}")
         if tracker.start is None and "this run is already finished" not in text:  # (resumed after its last update)
             raise RuntimeError(f"{tag}: fairseq-train never started training; log in {save_dir / log_name}")
         return text, tracker
@@ -366,7 +370,8 @@ class Race:
         return text
 
     def score(self, job: Job, checkpoint: Path, split: str) -> dict:
-        r = evaluate(self.job_data(job), checkpoint, split=split, beam=4, batch_size=128, num_samples=2, threads=self.args.threads)
+        r = evaluate(self.job_data(job), checkpoint, split=split, beam=4, batch_size=128, num_samples=2,
+                     threads=self.args.threads)
         d = result_dict(r)
         d.pop("command", None)
         return d
@@ -384,7 +389,8 @@ class Race:
         resumed = self.resumable(job)
         earlier = (self.run_dir(job) / "train.log").read_text(errors="replace") if resumed else ""
         write_json(self.run_dir(job) / "started.json", self.spec(job))
-        text, tracker = self.train(job, tag, fresh=not resumed, log_name="train_resumed.log" if resumed else "train.log")
+        text, tracker = self.train(job, tag, fresh=not resumed,
+                                   log_name="train_resumed.log" if resumed else "train.log")
         text = earlier + text
         try:
             figures = training_figures(text)
@@ -403,13 +409,15 @@ class Race:
         result.update({"stage": job.stage, "name": job.name, "system": job.system, "pair": job.pair, "seed": job.seed,
                        "recipe": job.recipe, "recipe_text": recipe_text(job.system, job.recipe),
                        "run_minutes": round((time.time() - start) / 60, 2), "spec": self.spec(job),
-                       "command": (self.run_dir(job) / "command.txt").read_text().strip(), "finished": datetime.now().isoformat(timespec="seconds")})
+                       "command": (self.run_dir(job) / "command.txt").read_text().strip(),
+                       "finished": datetime.now().isoformat(timespec="seconds")})
         write_json(self.run_dir(job) / "result.json", result)
         return result
 
     def run_jobs(self, stage: str, slots: List[List[Job]], finish=None, runner=None) -> List[dict]:
         """Run the jobs, ``--parallel`` at a time in the order given (a slot's jobs together), skip
-        the cached ones (a slot that fits in the places they leave joins the group before); return every result in job order."""
+        the cached ones (a slot that fits in the places they leave joins the group before); return
+        every result in job order."""
         jobs = [j for slot in slots for j in slot]
         results: Dict[str, dict] = {}
         todo_groups: List[List[Job]] = []
@@ -476,12 +484,14 @@ class Race:
         results = self.run_jobs("sweep", slots, finish)
         rows = []
         for r in results + self.outside_grid(jobs):
-            rows.append({"system": r["system"], "name": r["name"], "recipe": r["recipe"], "recipe_text": r["recipe_text"],
-                         "valid_sacrebleu": r["valid"]["sacrebleu"], "updates": r["figures"]["updates"],
-                         "train_minutes": r["figures"]["train_minutes"],
-                         "last_valid_loss": r["figures"]["valid_points"][-1]["valid_loss"] if r["figures"]["valid_points"] else None,
-                         "words_per_second": r["figures"].get("words_per_second"), "signature": r["valid"]["sacrebleu_signature"],
-                         "resumed": bool(r["figures"].get("resumed")), "in_grid": r.get("in_grid", True)})
+            rows.append({"system": r["system"], "name": r["name"], "recipe": r["recipe"],
+                         "recipe_text": r["recipe_text"], "valid_sacrebleu": r["valid"]["sacrebleu"],
+                         "updates": r["figures"]["updates"], "train_minutes": r["figures"]["train_minutes"],
+                         "last_valid_loss": r["figures"]["valid_points"][-1]["valid_loss"]
+                         if r["figures"]["valid_points"] else None,
+                         "words_per_second": r["figures"].get("words_per_second"),
+                         "signature": r["valid"]["sacrebleu_signature"], "resumed": bool(r["figures"].get("resumed")),
+                         "in_grid": r.get("in_grid", True)})
         best = {}
         for s in SYSTEMS:
             mine = [row for row in rows if row["system"] == s and row["in_grid"]]
@@ -494,13 +504,15 @@ class Race:
         if len(a.sweep_lrs) > 1:
             edge = [s for s in SYSTEMS if best[s]["recipe"]["lr"] in (min(a.sweep_lrs), max(a.sweep_lrs))]
             if edge:
-                notes.append(f"The best learning rate of {' and '.join(edge)} is at the edge of the grid: a wider grid may find better.")
+                notes.append(f"The best learning rate of {' and '.join(edge)} is at "
+                             "the edge of the grid: a wider grid may find better.")
         if any(not row["in_grid"] for row in rows):
             notes.append("Rows in italics are earlier runs of this sweep's settings outside the grid asked for: "
                          "shown, not eligible.")
         out = {"settings": {"pair": pair, "updates": a.sweep_updates, "seed": 1, "quick": a.quick,
                             "grid": {"lr": list(a.sweep_lrs), "warmup": list(a.sweep_warmups),
-                                     "resmlp layerscale_init": list(SWEEP_LAYERSCALE), "transformer norm": list(SWEEP_NORMS)},
+                                     "resmlp layerscale_init": list(SWEEP_LAYERSCALE),
+                                     "transformer norm": list(SWEEP_NORMS)},
                             "configurations": {s: len(grid[s]) for s in SYSTEMS},
                             "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (mt_tools.evaluate)",
                             "data_root": str(self.data_root), "work_dir": str(self.work / "sweep"),
@@ -542,8 +554,8 @@ class Race:
         def finish(job, save_dir, figures, tag):
             ckpt = save_dir / "checkpoint_last.pt"
             evals = {split: self.score(job, ckpt, split) for split in SPLITS}
-            log.info("%s %d updates; sacreBLEU test %.2f, valid %.2f", tag, figures["updates"], evals["test"]["sacrebleu"],
-                     evals["valid"]["sacrebleu"])
+            log.info("%s %d updates; sacreBLEU test %.2f, valid %.2f", tag, figures["updates"],
+                     evals["test"]["sacrebleu"], evals["valid"]["sacrebleu"])
             if not a.keep_checkpoints:
                 for p in save_dir.glob("checkpoint*.pt"):
                     if p.name != "checkpoint_last.pt":
@@ -565,17 +577,20 @@ class Race:
                 ps[s]["updates"] = mean_std([r["updates"] for r in mine])
             diff = {}
             for split in SPLITS:
-                by_seed = {s: {r["seed"]: r["sacrebleu"][split] for r in runs if r["pair"] == pair and r["system"] == s} for s in SYSTEMS}
+                by_seed = {s: {r["seed"]: r["sacrebleu"][split] for r in runs if r["pair"] == pair and r["system"] == s}
+                           for s in SYSTEMS}
                 paired = [by_seed["resmlp"][k] - by_seed["transformer"][k] for k in sorted(by_seed["resmlp"])]
                 diff[split] = mean_std(paired)
             ps["resmlp_minus_transformer"] = diff
             summary[pair] = ps
         out = {"settings": {"minutes": a.minutes, "seeds": a.seeds, "pairs": a.pairs, "quick": a.quick,
                             "recipes": recipes, "recipe_source": source,
-                            "budget": "same wall-clock training time per run (fairseq --stop-time-hours, from scripts/train_multi30k.sh)",
+                            "budget": "same wall-clock training time per run (fairseq --stop-time-hours, "
+                                      "from scripts/train_multi30k.sh)",
                             "checkpoint": "checkpoint_last.pt (the model at the end of the budget)",
                             "generation": {"beam": 4, "batch_size": 128}, "data_root": str(self.data_root),
-                            "work_dir": str(self.work / "race"), "extra_train_args": a.extra_train_args, "command": a.command},
+                            "work_dir": str(self.work / "race"), "extra_train_args": a.extra_train_args,
+                            "command": a.command},
                "machine": self.info, "runs": runs, "summary": summary}
         self.publish("mt_race", out, race_markdown(out))
         return out
@@ -596,14 +611,16 @@ class Race:
                       segment_updates=a.eval_every, early_stop=early[pair], train_args=segment_args,
                       estimate_minutes=budgets[pair] * 1.3 + 6) for s in SYSTEMS] for pair in pairs]
         results = self.run_jobs("curves", slots, runner=self.curve_run)
-        out = {"settings": {"pairs": pairs, "eval_every": a.eval_every, "patience": PATIENCE, "average_last": AVERAGE_LAST,
-                            "max_training_minutes": {p: budgets[p] for p in pairs}, "early_stopping": {p: early[p] for p in pairs},
+        out = {"settings": {"pairs": pairs, "eval_every": a.eval_every, "patience": PATIENCE,
+                            "average_last": AVERAGE_LAST, "max_training_minutes": {p: budgets[p] for p in pairs},
+                            "early_stopping": {p: early[p] for p in pairs},
                             "recipes": recipes, "recipe_source": source, "quick": a.quick,
-                            "method": (f"training in segments of {a.eval_every} updates (fairseq-train --max-update, resumed "
-                                       "from checkpoint_last.pt); after each, valid sacreBLEU (mt_tools.evaluate, beam 4) "
-                                       "while that system's training waits; early stopping after "
-                                       f"{PATIENCE} evaluations without improvement; minutes = training time from the fairseq "
-                                       "log timestamps, validation, checkpoint writing and restarts left out"),
+                            "method": (f"training in segments of {a.eval_every} updates (fairseq-train "
+                                       "--max-update, resumed from checkpoint_last.pt); after each, valid "
+                                       "sacreBLEU (mt_tools.evaluate, beam 4) while that system's "
+                                       f"training waits; early stopping after {PATIENCE} evaluations "
+                                       "without improvement; minutes = training time from the fairseq log "
+                                       "timestamps, validation, checkpoint writing and restarts left out"),
                             "data_root": str(self.data_root), "work_dir": str(self.work / "curves"),
                             "extra_train_args": a.extra_train_args, "command": a.command},
                "machine": self.info, "pairs": {}}
@@ -621,7 +638,8 @@ class Race:
         spec = self.spec(job)
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run
         prog = read_json(save_dir / "progress.json")
-        fresh = not (prog and prog.get("spec") == spec and prog["points"] and (save_dir / "checkpoint_last.pt").is_file()
+        fresh = not (prog and prog.get("spec") == spec and prog["points"]
+                     and (save_dir / "checkpoint_last.pt").is_file()
                      and (save_dir / prog["points"][-1]["checkpoint"]).is_file())
         if fresh:
             prog = {"spec": spec, "points": []}
@@ -667,9 +685,9 @@ class Race:
                 old.unlink()  # the last few are kept for averaging, the best as checkpoint_best_bleu.pt
             write_json(save_dir / "progress.json", prog)
             since = len(points) - 1 - points.index(best)
-            log.info("%s %d updates, %.2f/%g training min: valid sacreBLEU %.2f (best %.2f @ %d, %d evaluation(s) without "
-                     "improvement)%s", tag, target, point["train_minutes"], job.cap_minutes, point["valid_bleu"],
-                     best["valid_bleu"], best["updates"], since,
+            log.info("%s %d updates, %.2f/%g training min: valid sacreBLEU %.2f (best %.2f @ %d, %d evaluation(s) "
+                     "without improvement)%s", tag, target, point["train_minutes"], job.cap_minutes,
+                     point["valid_bleu"], best["valid_bleu"], best["updates"], since,
                      f"; at most {minutes_text(job.cap_minutes - point['train_minutes'])} of training left"
                      if point["train_minutes"] < job.cap_minutes else "")
         points = prog["points"]
@@ -687,13 +705,15 @@ class Race:
             averaged = average_checkpoints(averaged_from, save_dir / "checkpoint_averaged.pt")
             evals["averaged"] = {split: self.score(job, averaged, split) for split in SPLITS}
         for model, e in evals.items():
-            log.info("%s %s model: sacreBLEU test %.2f, valid %.2f", tag, model, e["test"]["sacrebleu"], e["valid"]["sacrebleu"])
+            log.info("%s %s model: sacreBLEU test %.2f, valid %.2f", tag, model, e["test"]["sacrebleu"],
+                     e["valid"]["sacrebleu"])
         result = {"points": points, "updates": last["updates"], "train_minutes": last["train_minutes"],
                   "stop_reason": reason, "converged": converged, "early_stopping": early,
                   "cap_minutes": job.cap_minutes, "best_point": best, "eval": evals,
                   "averaged_checkpoints": [p.name for p in averaged_from],
-                  "notes": "best = checkpoint of the best validation BLEU (chosen on valid: its valid score is optimistic); "
-                           "valid scores of best and last are those of the curve (same checkpoint, same scorer)",
+                  "notes": "best = checkpoint of the best validation BLEU (chosen on "
+                           "valid: its valid score is optimistic); valid scores of best "
+                           "and last are those of the curve (same checkpoint, same scorer)",
                   "stage": job.stage, "name": job.name, "system": job.system, "pair": job.pair, "seed": job.seed,
                   "recipe": job.recipe, "recipe_text": recipe_text(job.system, job.recipe),
                   "run_minutes_this_session": round((time.time() - started) / 60, 2), "spec": spec,
@@ -713,7 +733,8 @@ class Race:
         if loaded["mt_curves"] is not None:
             plot_curves(loaded["mt_curves"], self.results)
         goals = assess_goals(loaded["mt_race"], loaded["mt_curves"])
-        out = {"goals": goals, "sources": {k: (str(self.results / f"{k}.json") if v else None) for k, v in loaded.items()},
+        out = {"goals": goals, "sources": {k: (str(self.results / f"{k}.json") if v else None)
+                                           for k, v in loaded.items()},
                "machine": self.info, "command": self.args.command}
         text = report_markdown(out, loaded)
         write_result(self.results / "mt_report.json", json.dumps(out, indent=1) + "\n")
@@ -745,11 +766,12 @@ def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool) -> Op
 
 
 def _machine_line(m: dict) -> str:
-    return (f"Machine: {m.get('cpu')}, {m.get('cores')} cores, GPU: {m.get('gpu') or 'none'}; python {m.get('python')}, "
-            f"torch {m.get('torch')}, fairseq {m.get('fairseq')}, sacrebleu {m.get('sacrebleu')}; "
-            f"{m.get('threads_per_run')} thread per run, {m.get('runs_at_a_time')} runs at a time; "
-            f"load average at the stage's start {m.get('load_average_at_start')}; commit {str(m.get('git_commit'))[:10]}"
-            f"{' (uncommitted changes)' if m.get('git_dirty') else ''}; {m.get('date')}.")
+    return (f"Machine: {m.get('cpu')}, {m.get('cores')} cores, GPU: {m.get('gpu') or 'none'}; python "
+            f"{m.get('python')}, torch {m.get('torch')}, fairseq {m.get('fairseq')}, sacrebleu "
+            f"{m.get('sacrebleu')}; {m.get('threads_per_run')} thread per run, {m.get('runs_at_a_time')} "
+            f"runs at a time; load average at the stage's start {m.get('load_average_at_start')}; commit "
+            f"{str(m.get('git_commit'))[:10]}{' (uncommitted changes)' if m.get('git_dirty') else ''}; "
+            f"{m.get('date')}.")
 
 
 def sweep_markdown(d: dict) -> str:
@@ -757,7 +779,8 @@ def sweep_markdown(d: dict) -> str:
     lines = [f"# Sweep: Multi30k {s['pair']}, {s['updates']} updates per configuration (seed {s['seed']})", "",
              f"Score: {s['score']}. The best configuration of each system (**bold**) is the race's recipe.", "",
              _machine_line(d["machine"]), "",
-             "| system | lr | warm-up | LayerScale init / norm | valid sacreBLEU | updates | training min | last valid loss |",
+             "| system | lr | warm-up | LayerScale init / norm | valid sacreBLEU | updates | training min | "
+             "last valid loss |",
              "|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in sorted(d["rows"], key=lambda r: (r["system"], -r["valid_sacrebleu"])):
         rec = row["recipe"]
@@ -771,7 +794,9 @@ def sweep_markdown(d: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if d["rows"]:
         lines += ["", f"sacreBLEU signature: `{d['rows'][0]['signature']}`"]
-    lines += ["", "Training minutes are wall-clock time on a shared machine, not a speed comparison (the race measures that)."]
+    lines += ["",
+              "Training minutes are wall-clock time on a shared "
+              "machine, not a speed comparison (the race measures that)."]
     lines += [f"\n{note}" for note in d.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -779,18 +804,22 @@ def sweep_markdown(d: dict) -> str:
 def race_markdown(d: dict) -> str:
     s = d["settings"]
     lines = [f"# Race: {s['minutes']:g} minutes of training per run, {s['seeds']} seed(s), one thread per run", "",
-             f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}" for k, v in s["recipes"].items()) + ".",
+             f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}"
+                                                             for k, v in s["recipes"].items()) + ".",
              f"Budget: {s['budget']}; scored: {s['checkpoint']}, beam 4.", "", _machine_line(d["machine"]), "",
-             "| pair | system | updates | test sacreBLEU per seed | test mean ± std | valid sacreBLEU per seed | valid mean ± std |",
+             "| pair | system | updates | test sacreBLEU per seed | test mean ± std | valid sacreBLEU per seed | "
+             "valid mean ± std |",
              "|---|---|---:|---|---:|---|---:|"]
     for pair, ps in d["summary"].items():
         for system in SYSTEMS:
             p = ps[system]
-            lines.append(f"| {pair} | {system} | {p['updates']['mean']:.0f} | {', '.join(f'{v:.2f}' for v in p['test']['values'])} | "
-                         f"{pm(p['test'])} | {', '.join(f'{v:.2f}' for v in p['valid']['values'])} | {pm(p['valid'])} |")
+            lines.append(f"| {pair} | {system} | {p['updates']['mean']:.0f} | "
+                         f"{', '.join(f'{v:.2f}' for v in p['test']['values'])} | {pm(p['test'])} | "
+                         f"{', '.join(f'{v:.2f}' for v in p['valid']['values'])} | {pm(p['valid'])} |")
         diff = ps["resmlp_minus_transformer"]
-        lines.append(f"| {pair} | **ResMLP − Transformer** (paired by seed) | | {', '.join(f'{v:+.2f}' for v in diff['test']['values'])} | "
-                     f"**{diff['test']['mean']:+.2f}** | {', '.join(f'{v:+.2f}' for v in diff['valid']['values'])} | **{diff['valid']['mean']:+.2f}** |")
+        lines.append(f"| {pair} | **ResMLP − Transformer** (paired by seed) | | "
+                     f"{', '.join(f'{v:+.2f}' for v in diff['test']['values'])} | **{diff['test']['mean']:+.2f}** | "
+                     f"{', '.join(f'{v:+.2f}' for v in diff['valid']['values'])} | **{diff['valid']['mean']:+.2f}** |")
     sig = next((r["eval"]["test"]["sacrebleu_signature"] for r in d["runs"]), None)
     if sig:
         lines += ["", f"sacreBLEU signature: `{sig}`"]
@@ -817,9 +846,11 @@ MODEL_NAMES = {"averaged": "average of the last checkpoints", "last": "last chec
 def curves_markdown(d: dict) -> str:
     s = d["settings"]
     lines = ["# Validation BLEU against training time", "",
-             f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}" for k, v in s["recipes"].items()) + ".",
+             f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}"
+                                                             for k, v in s["recipes"].items()) + ".",
              f"Method: {s['method']}. " +
-             "; ".join(f"{p}: at most {m:g} training minutes{', early stopping' if s['early_stopping'][p] else ', no early stopping'}"
+             "; ".join(f"{p}: at most {m:g} training "
+                       f"minutes{', early stopping' if s['early_stopping'][p] else ', no early stopping'}"
                        for p, m in s["max_training_minutes"].items()) + ".", "", _machine_line(d["machine"]), "",
              "| pair | system | stopped because | updates | training min | best valid BLEU (@ updates) | "
              "best-BLEU ckpt test | last ckpt test / valid | average of last N (plateau only): test / valid |",
@@ -833,22 +864,26 @@ def curves_markdown(d: dict) -> str:
             bp = e["best_point"]
             last = f"{ev['last']['test']['sacrebleu']:.2f} / {ev['last']['valid']['sacrebleu']:.2f}"
             if reported_model(e) == "averaged":
-                averaged = (f"**{ev['averaged']['test']['sacrebleu']:.2f} / {ev['averaged']['valid']['sacrebleu']:.2f}** "
-                            f"(N={len(e['averaged_checkpoints'])})")
+                averaged = (f"**{ev['averaged']['test']['sacrebleu']:.2f} / "
+                            f"{ev['averaged']['valid']['sacrebleu']:.2f}** (N={len(e['averaged_checkpoints'])})")
             else:
                 last, averaged = f"**{last}**", "— (no plateau: last checkpoint reported)"
             lines.append(
                 f"| {pair} | {system} | {e['stop_reason']} | {e['updates']} | {e['train_minutes']:.1f} | "
-                f"{bp['valid_bleu']:.2f} (@ {bp['updates']}) | {ev['best']['test']['sacrebleu']:.2f} | {last} | {averaged} |")
+                f"{bp['valid_bleu']:.2f} (@ {bp['updates']}) | {ev['best']['test']['sacrebleu']:.2f} | {last} | "
+                f"{averaged} |")
         if all(x in systems for x in SYSTEMS):
             model = compared_model(systems)
             r, t = systems["resmlp"]["eval"][model], systems["transformer"]["eval"][model]
-            diff = f"**{r['test']['sacrebleu'] - t['test']['sacrebleu']:+.2f} / {r['valid']['sacrebleu'] - t['valid']['sacrebleu']:+.2f}**"
-            lines.append(f"| {pair} | **ResMLP − Transformer** | | | | | | " + (f"| {diff} |" if model == "averaged" else f"{diff} | |"))
+            diff = (f"**{r['test']['sacrebleu'] - t['test']['sacrebleu']:+.2f} / "
+                    f"{r['valid']['sacrebleu'] - t['valid']['sacrebleu']:+.2f}**")
+            lines.append(f"| {pair} | **ResMLP − Transformer** | | | | | | "
+                         + (f"| {diff} |" if model == "averaged" else f"{diff} | |"))
     lines += ["", "Points (updates, training minutes, valid sacreBLEU):", ""]
     for pair, systems in d["pairs"].items():
         for system, e in systems.items():
-            lines.append(f"- {pair} {system}: " + ", ".join(f"{p['updates']} / {p['train_minutes']:.1f} / {p['valid_bleu']:.2f}"
+            lines.append(f"- {pair} {system}: "
+                         + ", ".join(f"{p['updates']} / {p['train_minutes']:.1f} / {p['valid_bleu']:.2f}"
                                                            for p in e["points"]))
     lines += ["", "Plots: " + ", ".join(f"`mt_curves_{p}.png`" for p in d["pairs"]) + " (all pairs: `mt_curves.png`)."]
     return "\n".join(lines) + "\n"
@@ -868,9 +903,11 @@ def plot_curves(d: dict, out_dir: Path) -> List[Path]:
             pts = e["points"]
             model = reported_model(e)
             score = e["eval"][model]["valid"]["sacrebleu"]
-            label = (f"{system} (average of last {len(e['averaged_checkpoints'])}: valid {score:.2f})" if model == "averaged"
+            label = (f"{system} (average of last {len(e['averaged_checkpoints'])}: valid {score:.2f})"
+                     if model == "averaged"
                      else f"{system} (last checkpoint: valid {score:.2f})")
-            axes_row[0].plot([p["train_minutes"] for p in pts], [p["valid_bleu"] for p in pts], style, ms=3, label=label)
+            axes_row[0].plot([p["train_minutes"] for p in pts], [p["valid_bleu"] for p in pts], style, ms=3,
+                             label=label)
             axes_row[1].plot([p["updates"] for p in pts], [p["valid_bleu"] for p in pts], style, ms=3, label=label)
         for ax, xlabel in zip(axes_row, ("training minutes (evaluation and checkpointing excluded)", "updates")):
             ax.set_title(f"Multi30k {pair}")
@@ -918,9 +955,10 @@ def assess_goals(race: Optional[dict], curves: Optional[dict]) -> List[dict]:
                 diff = r - t
                 met = diff >= 1.0 - 1e-9
                 ok &= met
-                g["figures"].append({"pair": pair, "split": split, "resmlp": r, "transformer": t, "difference": round(diff, 3),
-                                     "needed": 1.0, "met": met,
-                                     "resmlp_std": ps["resmlp"][split]["std"], "transformer_std": ps["transformer"][split]["std"]})
+                g["figures"].append({"pair": pair, "split": split, "resmlp": r, "transformer": t,
+                                     "difference": round(diff, 3), "needed": 1.0, "met": met,
+                                     "resmlp_std": ps["resmlp"][split]["std"],
+                                     "transformer_std": ps["transformer"][split]["std"]})
         g["status"] = "met" if ok else "missed"
         if s["minutes"] != 25:
             g["caveats"].append(f"raced at {s['minutes']:g} minutes, not 25")
@@ -947,7 +985,8 @@ def assess_goals(race: Optional[dict], curves: Optional[dict]) -> List[dict]:
         g["status"] = "met" if ok else "missed"
         for system in SYSTEMS:
             if not e[system]["converged"]:
-                g["caveats"].append(f"{system} did not early-stop ({e[system]['stop_reason']}): not necessarily converged")
+                g["caveats"].append(f"{system} did not early-stop ({e[system]['stop_reason']}): "
+                                    "not necessarily converged")
         if "default recipe" in curves["settings"]["recipe_source"]:
             g["caveats"].append("the Transformer was not tuned (no sweep)")
         if curves["settings"].get("quick"):
@@ -964,13 +1003,15 @@ def report_markdown(out: dict, loaded: dict) -> str:
         lines.append(f"- **{g['status'].upper()}**: {g['goal']}.")
         for f in g["figures"]:
             extra = f" ({f['model']})" if "model" in f else ""
-            lines.append(f"  - {f['pair']} {f['split']}{extra}: ResMLP {f['resmlp']:.2f}, Transformer {f['transformer']:.2f}: "
-                         f"difference {f['difference']:+.2f} (needed {f['needed']:+.1f}): {'met' if f['met'] else 'missed'}")
+            lines.append(f"  - {f['pair']} {f['split']}{extra}: ResMLP {f['resmlp']:.2f}, "
+                         f"Transformer {f['transformer']:.2f}: difference {f['difference']:+.2f} "
+                         f"(needed {f['needed']:+.1f}): {'met' if f['met'] else 'missed'}")
         for c in g["caveats"]:
             lines.append(f"  - caveat: {c}")
     for name, title in (("mt_race", "Race"), ("mt_curves", "Curves"), ("mt_sweep", "Sweep")):
         if loaded.get(name) is not None:
-            body = {"mt_sweep": sweep_markdown, "mt_race": race_markdown, "mt_curves": curves_markdown}[name](loaded[name])
+            body = {"mt_sweep": sweep_markdown, "mt_race": race_markdown,
+                    "mt_curves": curves_markdown}[name](loaded[name])
             lines += ["", f"## {title}", "", *body.splitlines()[2:]]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -982,40 +1023,49 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "race", help="runs and their cached results")
-    p.add_argument("--results-dir", type=Path, default=REPO / "results", help="where the JSON, markdown and PNG files go")
+    p.add_argument("--results-dir", type=Path, default=REPO / "results",
+                   help="where the JSON, markdown and PNG files go")
     p.add_argument("--data-root", type=Path, default=REPO / "data-bin", help="holds multi30k.en-de and multi30k.en-fr")
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS), help="pairs of the race and the curves")
     p.add_argument("--sweep-updates", type=int, default=None, help="updates per sweep run (default 600; --quick 4)")
     p.add_argument("--sweep-lrs", type=float, nargs="+", default=list(SWEEP_LRS), help="sweep: peak learning rates")
     p.add_argument("--sweep-warmups", type=int, nargs="+", default=list(SWEEP_WARMUPS), help="sweep: warm-up updates")
-    p.add_argument("--minutes", type=float, default=None, help="race budget per run, wall-clock (default 25; --quick 0.2)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="race budget per run, wall-clock (default 25; --quick 0.2)")
     p.add_argument("--seeds", type=int, default=None, help="race seeds (default 3; --quick 1)")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="curves, En-De: most training minutes if early stopping has not stopped it (default 120; --quick 0.3)")
-    p.add_argument("--fr-minutes", type=float, default=None, help="curves, En-Fr: training minutes (default 25; --quick 0.3)")
-    p.add_argument("--eval-every", type=int, default=None, help="curves: updates between validations (default 250; --quick 100)")
+                   help="curves, En-De: most training minutes if early "
+                        "stopping has not stopped it (default 120; --quick 0.3)")
+    p.add_argument("--fr-minutes", type=float, default=None,
+                   help="curves, En-Fr: training minutes (default 25; --quick 0.3)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="curves: updates between validations (default 250; --quick 100)")
     p.add_argument("--parallel", type=int, default=2, help="runs side by side")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (training and evaluation)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint of the sweep and race runs")
-    p.add_argument("--progress-seconds", type=float, default=60.0, help="at most one progress message per run this often")
+    p.add_argument("--progress-seconds", type=float, default=60.0,
+                   help="at most one progress message per run this often")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets (for tests, on tiny prepared data)")
     p.add_argument("--extra-train-args", default="", help=argparse.SUPPRESS)  # testing: e.g. a tiny model
     args = p.parse_args(argv)
     quick = args.quick
-    for name, full, small in (("sweep_updates", 600, 4), ("minutes", 25.0, 0.2), ("seeds", 3, 1), ("max_minutes", 120.0, 0.3),
-                              ("fr_minutes", 25.0, 0.3), ("eval_every", 250, 100)):
+    for name, full, small in (("sweep_updates", 600, 4), ("minutes", 25.0, 0.2), ("seeds", 3, 1),
+                              ("max_minutes", 120.0, 0.3), ("fr_minutes", 25.0, 0.3), ("eval_every", 250, 100)):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
     if args.parallel < 1 or args.threads < 1 or args.seeds < 1:
         p.error("--parallel, --threads and --seeds must be at least 1")
-    args.command = " ".join([Path(sys.executable).name, *(sys.argv if argv is None else ["python -m benchmarks.race_mt", *argv])])
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, stream=sys.stdout, force=True)
+    args.command = " ".join([Path(sys.executable).name,
+                             *(sys.argv if argv is None else ["python -m benchmarks.race_mt", *argv])])
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
     logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     race = Race(args)
     stages = STAGES if args.stage == "all" else (args.stage,)
     if args.stage == "all":
-        est = (math.ceil(len(sweep_grid(quick, args.sweep_lrs, args.sweep_warmups)["resmlp"]) * 2 / args.parallel) * (args.sweep_updates * 1.5 / 60 + 1.5)
+        est = (math.ceil(len(sweep_grid(quick, args.sweep_lrs, args.sweep_warmups)["resmlp"]) * 2 / args.parallel)
+               * (args.sweep_updates * 1.5 / 60 + 1.5)
                + math.ceil(len(args.pairs) * args.seeds * 2 / args.parallel) * (args.minutes + 3)
                + (args.max_minutes * 1.2 + 6) + ("en-fr" in args.pairs) * (args.fr_minutes * 1.2 + 6))
         log.info("all stages: sweep, race, curves, report; at most about %s without cached runs", minutes_text(est))

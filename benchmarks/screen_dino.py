@@ -45,26 +45,33 @@ def log(msg: str) -> None:
 # 1 (a frozen teacher) and the weight decay climbs to 0.4. "short_sched" scales them to the run.
 SCREENS: dict[str, dict] = {
     "config": {"epochs": 1, "extra": [], "why": "the base recipe (dino_cifar10_cpu_multicrop)"},
-    "short_sched": {"epochs": 1, "extra": ["--freeze-last-layer", "0", "--momentum-teacher", "0.99", "--out-dim", "1024",
-                                           "--weight-decay-end", "0.04"],
-                    "why": "schedules for a short run: last layer never frozen, teacher momentum 0.99 -> 1, weight decay "
-                           "0.04 constant; 1024 outputs"},
-    "lr_4x": {"base": "short_sched", "epochs": 1, "extra": ["--lr", "4e-3"], "why": "4x the peak lr (2e-3 at batch 128)"},
-    "lr_10x": {"base": "short_sched", "epochs": 1, "extra": ["--lr", "1e-2"], "why": "10x the peak lr (5e-3 at batch 128)"},
-    # A 32 px local crop at scale 0.05-0.4 is 7-20 px of the image blown up to 32 px, and costs as much as a global crop:
-    # CIFAR recipes of DINO-like methods use 2 crops (scale 0.2-1) and no blur. 2 crops cost 8/14 of 2 + 2, so 2 epochs of
-    # them take about as long as 1 epoch of the screens above.
+    "short_sched": {"epochs": 1, "extra": ["--freeze-last-layer", "0", "--momentum-teacher", "0.99", "--out-dim",
+                                           "1024", "--weight-decay-end", "0.04"],
+                    "why": "schedules for a short run: last layer never frozen, teacher "
+                           "momentum 0.99 -> 1, weight decay 0.04 constant; 1024 outputs"},
+    "lr_4x": {"base": "short_sched", "epochs": 1, "extra": ["--lr", "4e-3"],
+              "why": "4x the peak lr (2e-3 at batch 128)"},
+    "lr_10x": {"base": "short_sched", "epochs": 1, "extra": ["--lr", "1e-2"],
+               "why": "10x the peak lr (5e-3 at batch 128)"},
+    # A 32 px local crop at scale 0.05-0.4 is 7-20 px of the image blown up to 32 px, and costs as much as a
+    # global crop: CIFAR recipes of DINO-like methods use 2 crops (scale 0.2-1) and no blur. 2 crops cost 8/14
+    # of 2 + 2, so 2 epochs of them take about as long as 1 epoch of the screens above.
     "two_crops": {"base": "short_sched", "epochs": 2,
-                  "extra": ["--local-crops-number", "0", "--global-crops-scale", "0.2", "1.0", "--blur-probs", "0", "0", "0"],
-                  "why": "2 global crops at scale 0.2-1, no local crop, no blur; 2 epochs (about the time of 1 epoch above)"},
+                  "extra": ["--local-crops-number", "0", "--global-crops-scale", "0.2", "1.0",
+                            "--blur-probs", "0", "0", "0"],
+                  "why": "2 global crops at scale 0.2-1, no local crop, no blur; "
+                         "2 epochs (about the time of 1 epoch above)"},
     "two_crops_free_norm": {"base": "two_crops", "epochs": 2, "extra": ["--no-norm-last-layer"],
-                            "why": "the head's last-layer norm learned (DINO's norm_last_layer False: logits can sharpen)"},
-    # In every screen above the teacher's entropy stays at its value at initialisation (about 6.2-6.3 of ln 1024 = 6.93):
-    # the head's logits (cosines, spread about 0.05) are too close for a teacher at 0.04 to give sharp targets.
-    # A colder teacher amplifies the differences.
-    "teacher_temp_002": {"base": "two_crops", "epochs": 2, "extra": ["--teacher-temp", "0.02", "--warmup-teacher-temp", "0.02"],
+                            "why": "the head's last-layer norm learned (DINO's norm_last_layer False: "
+                                   "logits can sharpen)"},
+    # In every screen above the teacher's entropy stays at its value at initialisation (about 6.2-6.3 of
+    # ln 1024 = 6.93): the head's logits (cosines, spread about 0.05) are too close for a teacher at 0.04
+    # to give sharp targets. A colder teacher amplifies the differences.
+    "teacher_temp_002": {"base": "two_crops", "epochs": 2,
+                         "extra": ["--teacher-temp", "0.02", "--warmup-teacher-temp", "0.02"],
                          "why": "the teacher at temperature 0.02"},
-    "teacher_temp_001": {"base": "two_crops", "epochs": 2, "extra": ["--teacher-temp", "0.01", "--warmup-teacher-temp", "0.01"],
+    "teacher_temp_001": {"base": "two_crops", "epochs": 2,
+                         "extra": ["--teacher-temp", "0.01", "--warmup-teacher-temp", "0.01"],
                          "why": "the teacher at temperature 0.01"},
     # The colder teachers are sharp (entropy 3.9 and 1.9 nats after 2 epochs) but their k-NN is lower than two_crops':
     # a sharp teacher is not what this budget lacks. Two more ways to learn more in the same time:
@@ -101,15 +108,17 @@ def knn(backbone: list[str], out: Path, args, threads: int, holdout: bool = Fals
     data = (["--data-dir", str(args.holdout_dir), "--val-split", "val"] if holdout
             else ["--data-dir", str(args.data_dir), "--val-split", "test", *args.subset_eval])
     data += ["--workers", "0", "--threads", str(threads), "--batch-size", "256"]
-    return knn_report(backbone, data, out, runner=lambda cmd: run_logged(cmd, out.parent / f"{out.name}.log"))["results"]["20"]
+    return knn_report(backbone, data, out,
+                      runner=lambda cmd: run_logged(cmd, out.parent / f"{out.name}.log"))["results"]["20"]
 
 
 def screen(name: str, args, threads: int) -> dict:
     """Train screen ``name`` (or reuse its finished run) and k-NN its teacher; its report row."""
     spec = SCREENS[name]
     folder = args.runs_dir / name
-    flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(folder), "--epochs", str(spec["epochs"]),
-             "--threads", str(threads), "--resume", "auto", "--log-interval", "20", *args.subset_train, *screen_flags(name), *args.dino_args]
+    flags = ["--config", args.dino_config, "--data-dir", str(args.data_dir), "--output", str(folder), "--epochs",
+             str(spec["epochs"]), "--threads", str(threads), "--resume", "auto", "--log-interval", "20",
+             *args.subset_train, *screen_flags(name), *args.dino_args]
     done = None
     if (folder / "last.pth").is_file():  # one read: its epoch, and the flags it was trained with
         saved = read_checkpoint(folder / "last.pth", mmap=True)
@@ -121,7 +130,8 @@ def screen(name: str, args, threads: int) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         run_logged([PY, "-m", "vision.dino", *flags], folder / "train.log")
     result = knn(["--checkpoint", str(folder / "last.pth")], folder / "knn", args, threads)
-    held_out = (knn(["--checkpoint", str(folder / "last.pth")], folder / f"knn_{args.holdout_dir.name}", args, threads, holdout=True)
+    held_out = (knn(["--checkpoint", str(folder / "last.pth")], folder / f"knn_{args.holdout_dir.name}", args, threads,
+                    holdout=True)
                 if args.holdout_dir else None)
     state = read_checkpoint(folder / "last.pth", mmap=True)
     rows = [r["train"] for r in state["summary"]]
@@ -141,36 +151,44 @@ def screen(name: str, args, threads: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+                   help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
     p.add_argument("--only", nargs="+", default=None, choices=sorted(SCREENS), help="these screens (default: all)")
     p.add_argument("--list", action="store_true", help="print the screens and exit")
-    p.add_argument("--parallel", type=int, default=2, help="screens trained at once, each with 2 // parallel threads (min 1)")
+    p.add_argument("--parallel", type=int, default=2,
+                   help="screens trained at once, each with 2 // parallel threads (min 1)")
     p.add_argument("--dino-config", default="dino_cifar10_cpu_multicrop",
                    help="the base recipe the screens change (bs64_lr_4x became dino_cifar10_cpu)")
-    p.add_argument("--dino-args", default="", help="more vision.dino flags for every screen, one string (e.g. \"--batch-size 64\")")
-    p.add_argument("--max-per-class", type=int, default=None, help="train on (and k-NN against) the first K images of each class")
+    p.add_argument("--dino-args", default="",
+                   help="more vision.dino flags for every screen, one string (e.g. \"--batch-size 64\")")
+    p.add_argument("--max-per-class", type=int, default=None,
+                   help="train on (and k-NN against) the first K images of each class")
     p.add_argument("--val-max-per-class", type=int, default=None, help="k-NN of the first K test images of each class")
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "dino_screens")
     p.add_argument("--results-dir", type=Path, default=REPO / "results")
     p.add_argument("--name", default="dino_screens")
     p.add_argument("--holdout-per-class", type=int, default=500,
-                   help="also the k-NN with the last N training images of each class as queries and the others as memory "
-                        "(bench_dino's split): a ranking not made on the test split; 0: none")
+                   help="also the k-NN with the last N training images of each class as queries and the "
+                        "others as memory (bench_dino's split): a ranking not made on the test split; 0: none")
     args = p.parse_args(argv)
     args.dino_args = shlex.split(args.dino_args)
     args.subset_train = ["--max-per-class", str(args.max_per_class)] if args.max_per_class else []
-    args.subset_eval = [*args.subset_train, *(["--val-max-per-class", str(args.val_max_per_class)] if args.val_max_per_class else [])]
+    args.subset_eval = [*args.subset_train, *(["--val-max-per-class", str(args.val_max_per_class)]
+                                              if args.val_max_per_class else [])]
     if args.list:
         for name, spec in SCREENS.items():
-            print(f"{name}: {spec['epochs']} epoch(s), {shlex.join(screen_flags(name)) or '(no flags)'}\n    {spec['why']}")
+            print(f"{name}: {spec['epochs']} epoch(s), {shlex.join(screen_flags(name)) or '(no flags)'}\n    "
+                  f"{spec['why']}")
         return 0
     if not (args.data_dir / "train").is_dir() or not (args.data_dir / "test").is_dir():
         p.error(f"--data-dir {args.data_dir}: expected train/ and test/ ImageFolder splits (CIFAR-10)")
     if args.parallel < 1:
         p.error("--parallel must be >= 1")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    args.holdout_dir = (holdout_split(args.data_dir / "train", args.runs_dir / holdout_name(args.holdout_per_class, args.max_per_class),
-                                      args.holdout_per_class, args.max_per_class) if args.holdout_per_class > 0 else None)
+    args.holdout_dir = (holdout_split(args.data_dir / "train",
+                                      args.runs_dir / holdout_name(args.holdout_per_class, args.max_per_class),
+                                      args.holdout_per_class, args.max_per_class) if args.holdout_per_class > 0
+                        else None)
     names = args.only or list(SCREENS)
     threads = max(1, 2 // args.parallel)
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -187,28 +205,32 @@ def main(argv=None) -> int:
     report = {"command": "python -m benchmarks.screen_dino " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"],
               "holdout_per_class": args.holdout_per_class if args.holdout_dir else None,
-              "random_init_holdout_knn_top1": random_init_holdout["top1"] if random_init_holdout else None, "screens": screens}
+              "random_init_holdout_knn_top1": random_init_holdout["top1"] if random_init_holdout else None,
+              "screens": screens}
     write_result(json_path, json.dumps(report, indent=2) + "\n")
     md = [
-        f"# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 test{' and held-out training images' if random_init_holdout else ''})\n",
-        f"`python -m benchmarks.screen_dino` (config `{args.dino_config}`, flags below changed). Same network at random init: k-NN top-1 "
-        f"**{random_init['top1']:.2f}**. Threads: the torch threads of each run (2 screens side by side run with 1 each); "
-        "training minutes compare only rows with the same threads.\n",
-        *([f"Held-out k-NN: the last {args.holdout_per_class} training images of each class as queries, the other training images "
-           f"as memory (images DINO saw without labels, but not used to rank the screens on test); random init "
-           f"**{random_init_holdout['top1']:.2f}**.\n"] if random_init_holdout else []),
-        "| screen | = base + flags | epochs | threads | training min | final loss | teacher entropy / ln K | k-NN top-1 | vs random init |"
+        "# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 "
+        f"test{' and held-out training images' if random_init_holdout else ''})\n",
+        f"`python -m benchmarks.screen_dino` (config `{args.dino_config}`, flags below changed). Same network "
+        f"at random init: k-NN top-1 **{random_init['top1']:.2f}**. Threads: the torch threads of each run (2 "
+        "screens side by side run with 1 each); training minutes compare only rows with the same threads.\n",
+        *([f"Held-out k-NN: the last {args.holdout_per_class} training images of each class as queries, "
+           "the other training images as memory (images DINO saw without labels, but not used to rank the "
+           f"screens on test); random init **{random_init_holdout['top1']:.2f}**.\n"] if random_init_holdout else []),
+        "| screen | = base + flags | epochs | threads | training min | final loss | teacher entropy / ln K | "
+        "k-NN top-1 | vs random init |"
         " held-out k-NN | vs random init |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in screens.values():
         change = f"{r['base'] + ' + ' if r.get('base') else ''}`{shlex.join(r.get('extra', r['flags'])) or '-'}`"
         md.append(f"| {r['name']} | {change} | {r['epochs']} | {r['threads']} | {r['training_minutes']:.1f} | "
-                  f"{r['loss_by_epoch'][-1]:.3f} | {r['teacher_entropy']:.2f} / {r['ln_out_dim']:.2f} | {r['knn_top1']:.2f} | "
-                  f"{r['knn_top1'] - random_init['top1']:+.2f} | "
+                  f"{r['loss_by_epoch'][-1]:.3f} | {r['teacher_entropy']:.2f} / {r['ln_out_dim']:.2f} | "
+                  f"{r['knn_top1']:.2f} | {r['knn_top1'] - random_init['top1']:+.2f} | "
                   + (f"{r['holdout_knn_top1']:.2f} | {r['holdout_knn_top1'] - random_init_holdout['top1']:+.2f} |"
                      if random_init_holdout and "holdout_knn_top1" in r else "- | - |"))
-    md += ["", *[f"- **{r['name']}**: {r['why']}. All flags: `{shlex.join(r['flags']) or '-'}`." for r in screens.values()]]
+    md += ["", *[f"- **{r['name']}**: {r['why']}. All flags: `{shlex.join(r['flags']) or '-'}`."
+                 for r in screens.values()]]
     write_result(md_path, "\n".join(md) + "\n")
     log(f"wrote {json_path} and {md_path}")
     print("\n".join(md))

@@ -1,7 +1,9 @@
 """Publish training runs as small result files: ``results/<name>.json`` and ``results/<name>.md``.
 
-    python -m benchmarks.vision_report --name vision_cifar10 --run runs/cifar10_final --command "scripts/train_cifar10.sh ..."
-    python -m benchmarks.vision_report --name vision_distill_cifar10 --run teacher=runs/d/teacher --run none=runs/d/student_none ...
+    python -m benchmarks.vision_report --name vision_cifar10 --run runs/cifar10_final \
+        --command "scripts/train_cifar10.sh ..."
+    python -m benchmarks.vision_report --name vision_distill_cifar10 --run teacher=runs/d/teacher \
+        --run none=runs/d/student_none ...
 
 For each run: the exact settings (``args.yaml``), the per-epoch rows of ``summary.csv``, the
 final and best top-1/top-5, the training minutes (sum of the epochs' training time) and the
@@ -29,7 +31,8 @@ BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 def summarize_run(folder: Path) -> Dict[str, Any]:
     folder = Path(folder)
     with open(folder / "summary.csv") as fh:
-        rows = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        rows = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(fh)]
     with open(folder / "args.yaml") as fh:
         args = yaml.safe_load(fh)
     last = read_checkpoint(folder / "last.pth")
@@ -60,7 +63,8 @@ def summarize_run(folder: Path) -> Dict[str, Any]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.vision_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.vision_report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="results/NAME.json and results/NAME.md")
     p.add_argument("--run", action="append", required=True, help="a run folder, or LABEL=FOLDER (repeatable)")
     p.add_argument("--command", action="append", default=[], help="the exact command(s) that produced the runs")
@@ -74,24 +78,31 @@ def main(argv=None) -> int:
     for item in args.run:
         label, _, folder = item.rpartition("=")
         runs[label or Path(folder).name] = summarize_run(Path(folder))
-    report = {"machine": machine_info(torch.device("cpu"), packages=("timm", "numpy")), "commands": args.command, "note": args.note, "runs": runs}
+    report = {"machine": machine_info(torch.device("cpu"), packages=("timm", "numpy")), "commands": args.command,
+              "note": args.note, "runs": runs}
     out = Path(args.results_dir) / args.name
     out.parent.mkdir(parents=True, exist_ok=True)
     write_result(out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     m = report["machine"]
-    lines = [f"# {args.name}", "", f"Machine (where this report was written): {m['cpu']} ({m['cores']} cores), {m.get('gpu') or 'no GPU'}; torch {m['torch']}, timm {m['timm']}.", ""]
+    lines = [f"# {args.name}", "",
+             f"Machine (where this report was written): {m['cpu']} ({m['cores']} cores), {m.get('gpu') or 'no GPU'}; "
+             f"torch {m['torch']}, timm {m['timm']}.", ""]
     if args.note:
         lines += [args.note, ""]
     lines += ["Commands:", ""] + [f"    {c}" for c in args.command] + [""]
-    lines += ["| run | model | params | epochs | final top-1 | final top-5 | best top-1 | training minutes | img/s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| run | model | params | epochs | final top-1 | final top-5 | best top-1 | training minutes | img/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for label, r in runs.items():
-        kw = ", ".join(f"{k}={v}" for k, v in r["model_kwargs"].items() if k not in ("num_classes", "drop_rate", "drop_path_rate"))
+        kw = ", ".join(f"{k}={v}" for k, v in r["model_kwargs"].items()
+                       if k not in ("num_classes", "drop_rate", "drop_path_rate"))
         lines.append(
-            f"| {label} | {r['model']} ({kw}) | {r['params']:,} | {r['epochs']} | {r['final']['top1']:.2f} | {r['final']['top5']:.2f} | "
-            f"{r['best']['top1']:.2f} (epoch {r['best']['epoch']}) | {r['train_minutes']:.1f} | {r['mean_train_img_per_s']:.0f} |"
+            f"| {label} | {r['model']} ({kw}) | {r['params']:,} | {r['epochs']} | {r['final']['top1']:.2f} | "
+            f"{r['final']['top5']:.2f} | {r['best']['top1']:.2f} (epoch {r['best']['epoch']}) | "
+            f"{r['train_minutes']:.1f} | {r['mean_train_img_per_s']:.0f} |"
         )
     for label, r in runs.items():
-        lines += ["", f"{label}: top-1 by epoch: " + ", ".join(f"{row['eval_top1']:.1f}" for row in r["per_epoch"] if "eval_top1" in row)]
+        lines += ["", f"{label}: top-1 by epoch: "
+                  + ", ".join(f"{row['eval_top1']:.1f}" for row in r["per_epoch"] if "eval_top1" in row)]
     write_result(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
