@@ -19,7 +19,8 @@ Stages:
    ``resmlp_mt_small`` (the paper's ResMLP), ``resmlp_mt_small_deep_shallow`` (6 + 1 layers) and
    ``--variant-flags`` (the token-mixer study's best attention-free variant) when given.
 4. ``speed``: :mod:`benchmarks.bench_decode` with the best distilled student against the teacher
-   (rerun only when either checkpoint is newer than its figures), 1 thread, beam 4: sentences/s at batch 128 and batch 1 and the equal-output-length rows, the
+   (rerun only when either checkpoint is newer than its figures), 1 thread, beam 4: sentences/s at
+   batch 128 and batch 1 and the equal-output-length rows, the
    student through the project's engines (fast and ONNX, int8), the teacher through CTranslate2
    int8 and fairseq. Run it on an otherwise idle machine.
 5. ``report``: ``results/mt_distill.{json,md,png}``; the JSON's ``summary`` names the best student
@@ -36,13 +37,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import repo_relative, write_result  # noqa: E402
 from benchmarks.race_mt import PAIRS, Job, Race, _machine_line, minutes_text, read_json  # noqa: E402
 from mt_tools.distill import distill  # noqa: E402
 
@@ -60,7 +62,8 @@ STUDENTS: Dict[str, tuple] = {
 SEGMENT_ARGS = ["--save-interval-updates", "0", "--save-interval", "1000000", "--validate-interval", "1000000"]
 GOALS = {
     "quality": "The best student within 0.5 sacreBLEU of its teacher on En-De test (and valid)",
-    "speed": "The same student >= 2.0x the teacher's sentences/s through CTranslate2 int8 at batch 128 and >= 1.5x at batch 1",
+    "speed": "The same student >= 2.0x the teacher's sentences/s through CTranslate2 int8 at batch 128 "
+             "and >= 1.5x at batch 1",
     "distillation": "Distillation improves every student over the same architecture trained on the references",
 }
 
@@ -98,7 +101,8 @@ class DistillStudy(Race):
         for name, (_what, flags) in students.items():
             for kind, data in (("distilled", str(self.distilled(pair))), ("references", None)):
                 jobs.append(Job("distill", f"{pair}.{name}.{kind}", "resmlp", pair, 1, dict(STUDENT_RECIPE),
-                                label=f"{pair} {name} on {kind}", cap_minutes=a.max_minutes, segment_updates=a.eval_every,
+                                label=f"{pair} {name} on {kind}", cap_minutes=a.max_minutes,
+                                segment_updates=a.eval_every,
                                 early_stop=True, train_args=SEGMENT_ARGS + flags, data=data,
                                 estimate_minutes=a.max_minutes * 1.3 + 6))
         return jobs
@@ -140,7 +144,9 @@ class DistillStudy(Race):
             out = self.work / "speed" / f"{pair}.{best['name']}"
             teacher = self.teacher_checkpoint(pair)
             json_file = out.with_name(out.name + ".json")
-            if json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime, best["checkpoint"].stat().st_mtime):
+            self.export(pair, best)
+            if json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
+                                                                         best["checkpoint"].stat().st_mtime):
                 log.info("[speed] %s: cached (%s)", pair, json_file)
                 continue
             argv = ["--data", str(self.data(pair)), "--resmlp", str(best["checkpoint"]),
@@ -150,6 +156,26 @@ class DistillStudy(Race):
                 argv.append("--quick")
             log.info("[speed] %s: bench_decode %s", pair, " ".join(argv))
             bench_decode.main(argv)
+
+    def export(self, pair: str, best: dict) -> dict:
+        """The best distilled student as a model folder (scripts/export_model.py), loaded back with
+        ``ResMLPTranslationModel.from_pretrained`` and asked for one translation; rewritten when the
+        checkpoint is newer than the folder. Returns what the report says of it."""
+        folder = self.work / "export" / f"{pair}.{best['name']}"
+        record = folder.with_name(folder.name + ".json")
+        if record.is_file() and record.stat().st_mtime > best["checkpoint"].stat().st_mtime:
+            return read_json(record)
+        from resmlp_mt import ResMLPTranslationModel
+
+        subprocess.run([sys.executable, str(REPO / "scripts" / "export_model.py"), str(best["checkpoint"]),
+                        str(self.distilled(pair)), str(folder), "--force"], check=True)
+        model = ResMLPTranslationModel.from_pretrained(folder)
+        source = self.data(pair) / "ref" / f"valid.{pair.split('-')[0]}"  # the first valid sentence
+        sentence = source.read_text(encoding="utf-8").splitlines()[0]
+        info = {"folder": repo_relative(str(folder)), "source": sentence, "translation": model.translate(sentence)}
+        write_result(record, json.dumps(info, indent=1) + "\n")
+        log.info("[speed] %s: exported %s (%s -> %s)", pair, info["folder"], sentence, info["translation"])
+        return info
 
     def best_student(self, pair: str) -> Optional[dict]:
         """The distilled student with the best test sacreBLEU of its reported model."""
@@ -179,9 +205,11 @@ class DistillStudy(Race):
                 result = self.cached(job)
                 if result:
                     rows.append(_row(job.name.split(".")[1], "distilled" if job.data else "references", result))
-            speed = read_json(self.work / "speed" / f"{pair}.{(self.best_student(pair) or {}).get('name')}.json")
+            best = (self.best_student(pair) or {}).get("name")
+            speed = read_json(self.work / "speed" / f"{pair}.{best}.json")
             out["pairs"][pair] = {"rows": rows, "distillation": (read_json(self.distilled(pair) / "prep.json") or {})
-                                  .get("distillation"), "speed": _speed_summary(speed)}
+                                  .get("distillation"), "speed": _speed_summary(speed),
+                                  "export": read_json(self.work / "export" / f"{pair}.{best}.json")}
         out["summary"] = summary(out)
         out["goals"] = assess(out)
         text = markdown(out)
@@ -238,19 +266,23 @@ def summary(out: dict) -> Optional[dict]:
         return None
     best = max(students, key=lambda r: r["test"])
     speed = p.get("speed") or {}
-    return {"pair": pair, "student": best["model"], "teacher_test_bleu": teacher["test"], "student_test_bleu": best["test"],
+    return {"pair": pair, "student": best["model"], "teacher_test_bleu": teacher["test"],
+            "student_test_bleu": best["test"],
             "teacher_valid_bleu": teacher["valid"], "student_valid_bleu": best["valid"],
-            "speedup_b128": (speed.get("b128") or {}).get("speedup"), "speedup_b1": (speed.get("b1") or {}).get("speedup")}
+            "speedup_b128": (speed.get("b128") or {}).get("speedup"),
+            "speedup_b1": (speed.get("b1") or {}).get("speedup")}
 
 
 def assess(out: dict) -> List[dict]:
     s = out.get("summary")
     goals = []
     if s:
-        gap_test, gap_valid = s["teacher_test_bleu"] - s["student_test_bleu"], s["teacher_valid_bleu"] - s["student_valid_bleu"]
+        gap_test = s["teacher_test_bleu"] - s["student_test_bleu"]
+        gap_valid = s["teacher_valid_bleu"] - s["student_valid_bleu"]
         goals.append({"goal": GOALS["quality"], "met": gap_test <= 0.5 and gap_valid <= 0.5,
                       "figures": f"{s['student']}: test {s['student_test_bleu']:.2f} vs {s['teacher_test_bleu']:.2f} "
-                                 f"({-gap_test:+.2f}), valid {s['student_valid_bleu']:.2f} vs {s['teacher_valid_bleu']:.2f}"})
+                                 f"({-gap_test:+.2f}), valid {s['student_valid_bleu']:.2f} "
+                                 f"vs {s['teacher_valid_bleu']:.2f}"})
         if s["speedup_b128"] is not None and s["speedup_b1"] is not None:
             goals.append({"goal": GOALS["speed"], "met": s["speedup_b128"] >= 2.0 and s["speedup_b1"] >= 1.5,
                           "figures": f"{s['speedup_b128']:.2f}x at batch 128, {s['speedup_b1']:.2f}x at batch 1"})
@@ -267,30 +299,41 @@ def assess(out: dict) -> List[dict]:
 def markdown(out: dict) -> str:
     s = out["settings"]
     lines = ["# Distilling the Transformer into attention-free students (Multi30k)", "",
-             "Sequence-level distillation (Kim and Rush 2016): the teacher's beam-4 translations of the training sources "
+             "Sequence-level distillation (Kim and Rush 2016): "
+             "the teacher's beam-4 translations of the training sources "
              "are the students' targets; every student is also trained on the original references, the same way. "
-             "Every model trained with the race's curve rule until it converged or reached its budget (valid sacreBLEU every "
-             f"{s['eval_every']} updates, stop after 3 without improvement, at most {s['max_minutes']:g} training minutes, "
+             "Every model trained with the race's curve rule until it converged or reached its budget "
+             f"(valid sacreBLEU every {s['eval_every']} updates, stop after 3 without improvement, "
+             f"at most {s['max_minutes']:g} training minutes, "
              f"the teacher at most {s.get('teacher_max_minutes', s['max_minutes']):g}); "
              "reported: the average of the last 5 checkpoints when converged, else the best.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(out["machine"]), ""]
     for pair, p in out["pairs"].items():
-        lines += [f"## {pair}", "", "| model | trained on | test sacreBLEU | valid sacreBLEU | updates | training min | converged |",
+        lines += [f"## {pair}", "",
+                  "| model | trained on | test sacreBLEU | valid sacreBLEU | updates | training min | converged |",
                   "|---|---|---:|---:|---:|---:|---|"]
         for r in p["rows"]:
             lines.append(f"| {r['model']} | {r['data']} | {r['test']:.2f} | {r['valid']:.2f} | {r['updates']} | "
                          f"{r['train_minutes']:.1f} | {'yes' if r['converged'] else 'no (budget)'} |")
         if p.get("speed"):
-            lines += ["", "| batch | student engine (int8) | student sent/s | teacher CTranslate2 int8 sent/s | teacher fairseq sent/s "
+            lines += ["", "| batch | student engine (int8) | student sent/s | teacher CTranslate2 int8 sent/s "
+                      "| teacher fairseq sent/s "
                       "| speedup over CTranslate2 int8 |", "|---:|---|---:|---:|---:|---:|"]
             for key, v in p["speed"].items():
                 if not key.startswith("b"):
                     continue
-                fs = f"{v['teacher_fairseq_sentences_per_second']:.1f}" if v["teacher_fairseq_sentences_per_second"] else "-"
+                fairseq = v["teacher_fairseq_sentences_per_second"]
+                fs = f"{fairseq:.1f}" if fairseq else "-"
                 lines.append(f"| {v['batch_size']} | {v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
                              f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
+        if p.get("export"):
+            e = p["export"]
+            lines += ["", f"The best student exported as a model folder, `{e['folder']}` (scripts/export_model.py), "
+                      f"loads with `ResMLPTranslationModel.from_pretrained` and translates \"{e['source']}\" as "
+                      f"\"{e['translation']}\"."]
         lines.append("")
-    lines += ["## Goals", ""] + [f"- **{'met' if g['met'] else 'missed'}**: {g['goal']}: {g['figures']}" for g in out["goals"]]
+    lines += ["## Goals", ""] + [f"- **{'met' if g['met'] else 'missed'}**: {g['goal']}: {g['figures']}"
+                                 for g in out["goals"]]
     return "\n".join(lines) + "\n"
 
 
@@ -306,8 +349,10 @@ def plot(out: dict, path: Path) -> None:
     if not speed:
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter([speed["teacher_ct2_int8_sentences_per_second"]], [s["teacher_test_bleu"]], label="teacher, CTranslate2 int8")
-    ax.scatter([speed["student_sentences_per_second"]], [s["student_test_bleu"]], label=f"{s['student']}, {speed['student_engine']} int8")
+    ax.scatter([speed["teacher_ct2_int8_sentences_per_second"]], [s["teacher_test_bleu"]],
+               label="teacher, CTranslate2 int8")
+    ax.scatter([speed["student_sentences_per_second"]], [s["student_test_bleu"]],
+               label=f"{s['student']}, {speed['student_engine']} int8")
     ax.set_xlabel("sentences/s, batch 128, 1 thread")
     ax.set_ylabel("test sacreBLEU")
     ax.legend(fontsize=8)
@@ -327,7 +372,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=120.0, help="most training minutes per model")
     p.add_argument("--teacher-max-minutes", type=float, default=None,
                    help="most training minutes of the teacher (default: --max-minutes)")
-    p.add_argument("--student-targets", nargs="+", choices=["distilled", "references"], default=["distilled", "references"],
+    p.add_argument("--student-targets", nargs="+", choices=["distilled", "references"],
+                   default=["distilled", "references"],
                    help="students: which targets to train on; 'references' needs no teacher, so it can run beside "
                         "the teacher stage (the report and speed stages read whatever is cached)")
     p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "distill")
