@@ -225,7 +225,17 @@ def _row(name: str, data: str, result: dict) -> dict:
     e = result["eval"][model]
     return {"model": name, "data": data, "reported": model, "test": e["test"]["sacrebleu"],
             "valid": e["valid"]["sacrebleu"], "updates": result["updates"], "train_minutes": result["train_minutes"],
-            "converged": result["converged"]}
+            "converged": result["converged"],
+            "valid_curve": [[q["updates"], q["valid_bleu"]] for q in result.get("points", [])]}
+
+
+def equal_updates(distilled: dict, references: dict) -> Optional[tuple]:
+    """``(updates, distilled valid, references valid)`` at the most updates both curves reached:
+    the two runs of a student have the same training minutes, not the same number of updates
+    (a run slowed by load makes fewer), so the gain is also read at equal updates."""
+    ours, theirs = dict(distilled.get("valid_curve", [])), dict(references.get("valid_curve", []))
+    common = sorted(set(ours) & set(theirs))
+    return (common[-1], ours[common[-1]], theirs[common[-1]]) if common else None
 
 
 def _speed_summary(speed: Optional[dict]) -> Optional[dict]:
@@ -288,11 +298,23 @@ def assess(out: dict) -> List[dict]:
                           "figures": f"{s['speedup_b128']:.2f}x at batch 128, {s['speedup_b1']:.2f}x at batch 1"})
     for pair, p in out["pairs"].items():
         rows = {(r["model"], r["data"]): r for r in p["rows"]}
-        gains = {m: rows[(m, "distilled")]["test"] - rows[(m, "references")]["test"]
-                 for m, d in rows if d == "distilled" and (m, "references") in rows}
-        if gains:
-            goals.append({"goal": f"{GOALS['distillation']} ({pair})", "met": all(g > 0 for g in gains.values()),
-                          "figures": ", ".join(f"{m} {g:+.2f} test" for m, g in gains.items())})
+        pairs_of_runs = {m: (rows[(m, "distilled")], rows[(m, "references")])
+                         for m, d in rows if d == "distilled" and (m, "references") in rows}
+        if pairs_of_runs:
+            met, figures = True, []
+            for m, (dist, ref) in pairs_of_runs.items():
+                gain = dist["test"] - ref["test"]
+                text = f"{m} {gain:+.2f} test at equal training minutes"
+                met &= gain > 0
+                same = equal_updates(dist, ref)
+                if same:  # the same number of updates: valid sacreBLEU of both curves there
+                    updates, ours, theirs = same
+                    text += f" ({dist['updates']} vs {ref['updates']} updates); at {updates} updates each, valid " \
+                            f"{ours:.2f} vs {theirs:.2f} ({ours - theirs:+.2f})"
+                    met &= ours > theirs
+                figures.append(text)
+            goals.append({"goal": f"{GOALS['distillation']} ({pair}), at equal minutes and at equal updates",
+                          "met": met, "figures": "; ".join(figures)})
     return goals
 
 
@@ -326,6 +348,10 @@ def markdown(out: dict) -> str:
                 fs = f"{fairseq:.1f}" if fairseq else "-"
                 lines.append(f"| {v['batch_size']} | {v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
                              f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
+        ratios = (p.get("speed") or {}).get("equal_length_tokens_per_second_ratios")
+        if ratios:
+            lines += ["", "Equal output length (every hypothesis forced to the same length; tokens/s ratios, "
+                      "student over teacher): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + "."]
         if p.get("export"):
             e = p["export"]
             lines += ["", f"The best student exported as a model folder, `{e['folder']}` (scripts/export_model.py), "
