@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -129,8 +128,7 @@ class DistillStudy(Race):
             if "distilled" in self.args.student_targets and not (self.distilled(pair) / "prep.json").is_file():
                 raise SystemExit(f"{self.distilled(pair)} is missing: run --stage distill first")
         targets = self.args.student_targets
-        jobs = [j for p in self.args.pairs for j in self.student_jobs(p)
-                if ("distilled" if j.data else "references") in targets]
+        jobs = [j for p in self.args.pairs for j in self.student_jobs(p) if targets_of(j) in targets]
         self.run_jobs("students", [[j] for j in jobs], runner=self.curve_run)
 
     def speed(self) -> None:
@@ -165,10 +163,11 @@ class DistillStudy(Race):
         record = folder.with_name(folder.name + ".json")
         if record.is_file() and record.stat().st_mtime > best["checkpoint"].stat().st_mtime:
             return read_json(record)
+        from benchmarks.bench_decode import load_module
         from resmlp_mt import ResMLPTranslationModel
 
-        subprocess.run([sys.executable, str(REPO / "scripts" / "export_model.py"), str(best["checkpoint"]),
-                        str(self.distilled(pair)), str(folder), "--force"], check=True)
+        export_model = load_module("export_model", REPO / "scripts" / "export_model.py")
+        export_model.export(best["checkpoint"], self.distilled(pair), folder, force=True)
         model = ResMLPTranslationModel.from_pretrained(folder)
         source = self.data(pair) / "ref" / f"valid.{pair.split('-')[0]}"  # the first valid sentence
         sentence = source.read_text(encoding="utf-8").splitlines()[0]
@@ -204,7 +203,7 @@ class DistillStudy(Race):
             for job in self.student_jobs(pair):
                 result = self.cached(job)
                 if result:
-                    rows.append(_row(job.name.split(".")[1], "distilled" if job.data else "references", result))
+                    rows.append(_row(job.name.split(".")[1], targets_of(job), result))
             best = (self.best_student(pair) or {}).get("name")
             speed = read_json(self.work / "speed" / f"{pair}.{best}.json")
             out["pairs"][pair] = {"rows": rows, "distillation": (read_json(self.distilled(pair) / "prep.json") or {})
@@ -218,6 +217,11 @@ class DistillStudy(Race):
         plot(out, self.results / "mt_distill.png")
         print(text)
         return out
+
+
+def targets_of(job: Job) -> str:
+    """A student's training targets: ``distilled`` (trained on the distilled folder) or ``references``."""
+    return "distilled" if job.data else "references"
 
 
 def _row(name: str, data: str, result: dict) -> dict:
