@@ -12,7 +12,7 @@ the valid split (beam 4). Rows: valid sacreBLEU, its difference to the paper's m
 Transformer of the same pair, parameters, training words/s. Writes
 results/mt_token_mixers_screen.{json,md}.
 
-``race``: ``--race-variants`` (default: the paper's mixer and ``relative``, the screen's best on
+``race``: ``--race-variants`` (default: the paper's mixer and ``relative_glu``, the screen's best on
 En-De) against the Transformer for ``--minutes`` (25) of wall-clock training, ``--seeds`` (3) seeds,
 both pairs: test and valid sacreBLEU, updates, updates per minute, training words/s, parameters.
 Writes results/mt_token_mixers_race.{json,md}.
@@ -140,7 +140,9 @@ class TokenMixerStudy(Race):
         """Each of ``--race-variants`` (the paper's mixer, the screen's best, ...) and the Transformer
         at their recipes for ``--minutes`` of wall-clock training, ``--seeds`` seeds, both pairs;
         test and valid sacreBLEU of the last checkpoint, training words/s and updates per minute.
-        A seed's runs go together, side by side (``--parallel`` places), so they see the same load."""
+        Runs go ``--parallel`` at a time in this order (a seed's runs together where they fit; with three
+        systems on two places a seed's third run shares its group with the next one's first), so every
+        run trains beside another one and sees the same load."""
         a = self.args
         self.check_data(a.pairs)
         systems = [*a.race_variants, TRANSFORMER]
@@ -239,8 +241,8 @@ def screen_markdown(d: dict) -> str:
 def race_markdown(d: dict) -> str:
     s = d["settings"]
     lines = [f"# Token-mixer race: {s['minutes']:g} minutes of training per run, {s['seeds']} seeds", "",
-             "Each variant and the Transformer trained for the same wall-clock minutes, a seed's runs side by side "
-             f"(1 thread each); {s['score']}; mean ± standard deviation over seeds.", "",
+             "Each variant and the Transformer trained for the same wall-clock minutes, runs side by side at "
+             f"every moment (1 thread each); {s['score']}; mean ± standard deviation over seeds.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
     for pair, systems in d["summary"].items():
         ref = systems.get(TRANSFORMER, {})
@@ -261,7 +263,7 @@ def race_markdown(d: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["screen", "race"], default="screen")
-    p.add_argument("--race-variants", nargs="+", choices=list(VARIANTS), default=["paper", "relative"],
+    p.add_argument("--race-variants", nargs="+", choices=list(VARIANTS), default=["paper", "relative_glu"],
                    help="race: the ResMLP variants raced against the Transformer")
     p.add_argument("--minutes", type=float, default=25.0, help="race: wall-clock training minutes per run")
     p.add_argument("--seeds", type=int, default=3, help="race: seeds")

@@ -259,6 +259,34 @@ class Job:
     data: Optional[str] = None  # a prepared folder other than the pair's (the spec records the one used)
 
 
+def pack_groups(slots: List[list], places: int) -> List[list]:
+    """Pack slots of jobs into groups of at most ``places`` jobs that run side by side.
+
+    A slot's jobs go together; a slot that fits in the free places of the last group joins it. A
+    slot with more jobs than places is split, and its first jobs fill the last group's free places,
+    so no core idles: three systems per seed on two places make 1.5 groups per seed, not 2.
+
+    >>> pack_groups([["a1", "b1", "c1"], ["a2", "b2", "c2"]], 2)
+    [['a1', 'b1'], ['c1', 'a2'], ['b2', 'c2']]
+    >>> pack_groups([["a1", "b1"], ["c1"], ["a2", "b2"]], 2)
+    [['a1', 'b1'], ['c1'], ['a2', 'b2']]
+    """
+    groups: List[list] = []
+    for todo in slots:
+        todo = list(todo)
+        if not todo:
+            continue
+        free = places - len(groups[-1]) if groups else 0
+        if len(todo) <= free:
+            groups[-1] += todo
+            continue
+        if len(todo) > places and free > 0:
+            groups[-1] += todo[:free]
+            todo = todo[free:]
+        groups += [todo[i:i + places] for i in range(0, len(todo), places)]
+    return groups
+
+
 class Race:
     def __init__(self, args):
         self.args = args
@@ -420,7 +448,7 @@ class Race:
         every result in job order."""
         jobs = [j for slot in slots for j in slot]
         results: Dict[str, dict] = {}
-        todo_groups: List[List[Job]] = []
+        todo_slots = []
         for slot in slots:
             todo = []
             for job in slot:
@@ -429,11 +457,8 @@ class Race:
                     results[job.name] = hit
                 else:
                     todo.append(job)
-            # a slot's jobs go together; a slot that fits in the free places of the last group joins it
-            if todo and todo_groups and len(todo_groups[-1]) + len(todo) <= self.args.parallel:
-                todo_groups[-1] += todo
-            else:
-                todo_groups += [todo[i:i + self.args.parallel] for i in range(0, len(todo), self.args.parallel)]
+            todo_slots.append(todo)
+        todo_groups = pack_groups(todo_slots, self.args.parallel)
         n_cached = len(results)
         log.info("[%s] %d runs: %d cached (skipped), %d to run, %d at a time; estimated %s", stage, len(jobs), n_cached,
                  len(jobs) - n_cached, self.args.parallel,

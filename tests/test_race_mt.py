@@ -311,3 +311,14 @@ def test_finished_runs_outside_a_narrowed_grid_are_listed_not_eligible(tmp_path)
     race_mt.write_json(race.run_dir(earlier) / "result.json",
                        {"spec": race.spec(other_budget), "name": earlier.name, "system": "resmlp"})
     assert race.outside_grid({"resmlp": [asked], "transformer": []}) == []
+
+
+def test_runs_side_by_side_fill_every_place():
+    # slots that fit the places stay together; an oversized slot (three systems on two places)
+    # fills the free place left by the one before, so no core idles between seeds
+    assert race_mt.pack_groups([["a1", "b1"], ["a2", "b2"]], 2) == [["a1", "b1"], ["a2", "b2"]]
+    assert race_mt.pack_groups([["a1", "b1", "c1"], ["a2", "b2", "c2"]], 2) == [["a1", "b1"], ["c1", "a2"],
+                                                                                 ["b2", "c2"]]
+    assert race_mt.pack_groups([["a1"], [], ["b1"], ["c1", "d1"]], 2) == [["a1", "b1"], ["c1", "d1"]]
+    assert race_mt.pack_groups([["a1", "b1", "c1"]], 3) == [["a1", "b1", "c1"]]
+    assert race_mt.pack_groups([], 2) == []
