@@ -86,7 +86,8 @@ def initial_nll_bits(data: Path, arch: str, flags, pairs: int = 64, positions: i
     return round(nll, 2), round(math.log2(len(task.target_dictionary)), 2)
 
 
-def write_report(result: dict, out: Path) -> str:
+def markdown(result: dict) -> str:
+    """The ablation's table (``mt_init_ablation.md``) from the result saved as its JSON."""
     rows = result["rows"]
     lines = [f"# Initialisation of the decoder output, resmlp_mt_small, Multi30k {result['pair']}",
              "", f"Recipe: {result['recipe']}. Command: `{result['command']}`.", "",
@@ -98,9 +99,15 @@ def write_report(result: dict, out: Path) -> str:
     lines += [f"| {r['variant']} | {r['initial_nll_small']} | {r['initial_nll_base']} | {r['valid_loss']:.3f} | "
               f"{r['valid_nll']:.3f} | {r['first_logged_train_loss']} |"
               for r in rows]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, out: Path) -> str:
+    """Write ``OUT.json`` (``result``) and ``OUT.md`` (its table); returns the table."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_result(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    saved = json.dumps(result, indent=2) + "\n"
+    write_result(out.with_suffix(".json"), saved)
+    text = markdown(json.loads(saved))  # the table of the very dict saved
     write_result(out.with_suffix(".md"), text)
     return text
 

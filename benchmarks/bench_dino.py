@@ -190,6 +190,56 @@ def train_summary(folder: Path) -> dict:
     }
 
 
+def markdown(report: dict) -> str:
+    """The study's page (``NAME.md``) from its report, the dict saved as ``NAME.json``."""
+    dino, plan, evals, holdout, finetune = (report[k] for k in ("dino", "plan", "frozen_features", "holdout_knn",
+                                                                 "finetune"))
+    linear = "linear_top1" in evals["dino"]  # --no-linear: no probe figures
+    md = [
+        "# Self-supervised ResMLP (DINO) on "
+        f"CIFAR-10{' (QUICK SMOKE RUN: a slice of the data)' if report['quick'] else ''}\n",
+        f"`{report['command']}` on {report['machine']['cpu']} (torch threads: {report['machine']['torch_threads']}), "
+        f"torch {report['machine']['torch']}, timm {report['machine']['timm']}.\n",
+        f"DINO: {dino['model']} {{"
+        f"""{', '.join(f'{k}: {v}' for k, v in dino['model_kwargs'].items()
+                       if k not in ('num_classes', 'drop_path_rate'))}"""
+        f"}}, config `{report['dino_config']}`, {dino['epochs']} epochs ({plan['epochs']} planned) in "
+        f"{dino['training_minutes']:.1f} training minutes, "
+        f"{dino['img_per_s'][-1] if dino['img_per_s'] else 0} img/s; DINO loss by epoch {dino['loss_by_epoch']}"
+        + (f"; teacher entropy per image {dino['teacher_entropy_by_epoch']}, "
+           f"of the batch mean {dino['teacher_batch_entropy_by_epoch']} "
+           f"(ln K = {dino['ln_out_dim']}: both near it = a uniform teacher)" if dino["teacher_entropy_by_epoch"]
+           else "") + ".\n",
+        "## Frozen features (CIFAR-10 test)\n",
+        "| backbone | k-NN top-1 (k=20, T=0.07) | k-NN top-5 |" + (" linear probe top-1 |" if linear else ""),
+        "|---|---:|---:|" + ("---:|" if linear else ""),
+    ]
+    labels = {"dino": "DINO teacher", "random_init": "same network, random init",
+              "supervised": "supervised (labels), same size"}
+    for key, label in labels.items():
+        e = evals[key]
+        md.append(f"| {label} | {e['knn_top1']:.2f} | {e['knn_top5']:.2f} |"
+                  + (f" {e['linear_top1']:.2f} |" if linear else ""))
+    md += [
+        f"\n{evals['dino']['train_images']} training images as the k-NN memory / probe training set, "
+        f"{evals['dino']['test_images']} test images.\n",
+        *([f"k-NN free of the test split (the last {holdout['queries_per_class']} training images of each class as "
+           f"queries, the other training images as memory): DINO teacher {holdout['knn_top1']['dino']:.2f}, "
+           f"random init {holdout['knn_top1']['random_init']:.2f} ({holdout['gain']:+.2f}).\n"] if holdout else []),
+        f"## Fine-tuning ({report['train_config']} recipe, {report['finetune_epochs']} epochs, new 10-class head)\n",
+        "| start | top-1 by epoch | final top-1 | training minutes |",
+        "|---|---|---:|---:|",
+    ]
+    for key, label in (("from_dino", "DINO checkpoint"), ("from_scratch", "random init")):
+        f = finetune[key]
+        md.append(f"| {label} | {', '.join(f'{t:.2f}' for t in f['top1_by_epoch'])} | {f['final_top1']:.2f} | "
+                  f"{f['training_minutes']:.1f} |")
+    md += ["\n## Goals\n"]
+    md += [f"- {g['goal']}: **{'met' if g['met'] else 'missed'}**, {g['figure']}" for g in report["goals"].values()]
+    md += [f"\n![cross-patch rows, supervised vs DINO]({report['figure']})\n"]
+    return "\n".join(md) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
@@ -369,6 +419,9 @@ def main(argv=None) -> int:
     report = {
         "command": command.strip(),
         "quick": args.quick,
+        "dino_config": args.dino_config,
+        "train_config": args.train_config,
+        "finetune_epochs": args.finetune_epochs,
         "data": str(args.data_dir),
         "machine": machine_info(torch.device("cpu"), packages=("timm",)) | {"torch_threads": args.threads},
         "dino": dino,
@@ -381,52 +434,10 @@ def main(argv=None) -> int:
         "figure": figure.name,
         "wall_minutes_this_call": (time.time() - started) / 60,
     }
-    json_path = args.results_dir / f"{args.name}.json"
-    write_result(json_path, json.dumps(report, indent=2, default=str) + "\n")
-    md = [
-        "# Self-supervised ResMLP (DINO) on "
-        f"CIFAR-10{' (QUICK SMOKE RUN: a slice of the data)' if args.quick else ''}\n",
-        f"`{report['command']}` on {report['machine']['cpu']} (torch threads: {args.threads}), "
-        f"torch {report['machine']['torch']}, timm {report['machine']['timm']}.\n",
-        f"DINO: {dino['model']} {{"
-        f"""{', '.join(f'{k}: {v}' for k, v in dino['model_kwargs'].items()
-                       if k not in ('num_classes', 'drop_path_rate'))}"""
-        f"}}, config `{args.dino_config}`, {dino['epochs']} epochs ({plan['epochs']} planned) in "
-        f"{dino['training_minutes']:.1f} training minutes, "
-        f"{dino['img_per_s'][-1] if dino['img_per_s'] else 0} img/s; DINO loss by epoch {dino['loss_by_epoch']}"
-        + (f"; teacher entropy per image {dino['teacher_entropy_by_epoch']}, "
-           f"of the batch mean {dino['teacher_batch_entropy_by_epoch']} "
-           f"(ln K = {dino['ln_out_dim']}: both near it = a uniform teacher)" if dino["teacher_entropy_by_epoch"]
-           else "") + ".\n",
-        "## Frozen features (CIFAR-10 test)\n",
-        "| backbone | k-NN top-1 (k=20, T=0.07) | k-NN top-5 |" + (" linear probe top-1 |" if args.linear else ""),
-        "|---|---:|---:|" + ("---:|" if args.linear else ""),
-    ]
-    labels = {"dino": "DINO teacher", "random_init": "same network, random init",
-              "supervised": "supervised (labels), same size"}
-    for key, label in labels.items():
-        e = evals[key]
-        md.append(f"| {label} | {e['knn_top1']:.2f} | {e['knn_top5']:.2f} |"
-                  + (f" {e['linear_top1']:.2f} |" if args.linear else ""))
-    md += [
-        f"\n{evals['dino']['train_images']} training images as the k-NN memory / probe training set, "
-        f"{evals['dino']['test_images']} test images.\n",
-        *([f"k-NN free of the test split (the last {holdout['queries_per_class']} training images of each class as "
-           f"queries, the other training images as memory): DINO teacher {holdout['knn_top1']['dino']:.2f}, "
-           f"random init {holdout['knn_top1']['random_init']:.2f} ({holdout['gain']:+.2f}).\n"] if holdout else []),
-        f"## Fine-tuning ({args.train_config} recipe, {args.finetune_epochs} epochs, new 10-class head)\n",
-        "| start | top-1 by epoch | final top-1 | training minutes |",
-        "|---|---|---:|---:|",
-    ]
-    for key, label in (("from_dino", "DINO checkpoint"), ("from_scratch", "random init")):
-        f = finetune[key]
-        md.append(f"| {label} | {', '.join(f'{t:.2f}' for t in f['top1_by_epoch'])} | {f['final_top1']:.2f} | "
-                  f"{f['training_minutes']:.1f} |")
-    md += ["\n## Goals\n"]
-    md += [f"- {g['goal']}: **{'met' if g['met'] else 'missed'}**, {g['figure']}" for g in goals.values()]
-    md += [f"\n![cross-patch rows, supervised vs DINO]({figure.name})\n"]
-    md_path = args.results_dir / f"{args.name}.md"
-    write_result(md_path, "\n".join(md) + "\n")
+    json_path, md_path = args.results_dir / f"{args.name}.json", args.results_dir / f"{args.name}.md"
+    saved = json.dumps(report, indent=2, default=str) + "\n"
+    write_result(json_path, saved)
+    write_result(md_path, markdown(json.loads(saved)))  # the table of the very dict saved
     log(f"wrote {json_path}, {md_path}, {figure}")
     for g in goals.values():
         log(f"{g['goal']}: {'met' if g['met'] else 'missed'} ({g['figure']})")

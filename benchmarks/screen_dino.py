@@ -149,6 +149,37 @@ def screen(name: str, args, threads: int) -> dict:
     }
 
 
+def markdown(report: dict) -> str:
+    """The screens' table (``NAME.md``) from the report saved as ``NAME.json``."""
+    screens, random_init = report["screens"], report["random_init_knn_top1"]
+    random_init_holdout = report.get("random_init_holdout_knn_top1")
+    md = [
+        "# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 "
+        f"test{' and held-out training images' if random_init_holdout is not None else ''})\n",
+        f"`python -m benchmarks.screen_dino` (config `{report['dino_config']}`, flags below changed). Same network "
+        f"at random init: k-NN top-1 **{random_init:.2f}**. Threads: the torch threads of each run (2 "
+        "screens side by side run with 1 each); training minutes compare only rows with the same threads.\n",
+        *([f"Held-out k-NN: the last {report['holdout_per_class']} training images of each class as queries, "
+           "the other training images as memory (images DINO saw without labels, but not used to rank the "
+           f"screens on test); random init **{random_init_holdout:.2f}**.\n"] if random_init_holdout is not None
+          else []),
+        "| screen | = base + flags | epochs | threads | training min | final loss | teacher entropy / ln K | "
+        "k-NN top-1 | vs random init |"
+        " held-out k-NN | vs random init |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in screens.values():
+        change = f"{r['base'] + ' + ' if r.get('base') else ''}`{shlex.join(r.get('extra', r['flags'])) or '-'}`"
+        md.append(f"| {r['name']} | {change} | {r['epochs']} | {r['threads']} | {r['training_minutes']:.1f} | "
+                  f"{r['loss_by_epoch'][-1]:.3f} | {r['teacher_entropy']:.2f} / {r['ln_out_dim']:.2f} | "
+                  f"{r['knn_top1']:.2f} | {r['knn_top1'] - random_init:+.2f} | "
+                  + (f"{r['holdout_knn_top1']:.2f} | {r['holdout_knn_top1'] - random_init_holdout:+.2f} |"
+                     if random_init_holdout is not None and "holdout_knn_top1" in r else "- | - |"))
+    md += ["", *[f"- **{r['name']}**: {r['why']}. All flags: `{shlex.join(r['flags']) or '-'}`."
+                 for r in screens.values()]]
+    return "\n".join(md) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
@@ -203,37 +234,16 @@ def main(argv=None) -> int:
     previous = json.loads(json_path.read_text()).get("screens", {}) if json_path.is_file() else {}
     screens = {**previous, **rows}  # screens reported before and not rerun this call stay in the table
     report = {"command": "python -m benchmarks.screen_dino " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"],
+              "dino_config": args.dino_config, "data": str(args.data_dir), "random_init_knn_top1": random_init["top1"],
               "holdout_per_class": args.holdout_per_class if args.holdout_dir else None,
               "random_init_holdout_knn_top1": random_init_holdout["top1"] if random_init_holdout else None,
               "screens": screens}
-    write_result(json_path, json.dumps(report, indent=2) + "\n")
-    md = [
-        "# DINO recipe screens on CIFAR-10 (k-NN of the teacher, CIFAR-10 "
-        f"test{' and held-out training images' if random_init_holdout else ''})\n",
-        f"`python -m benchmarks.screen_dino` (config `{args.dino_config}`, flags below changed). Same network "
-        f"at random init: k-NN top-1 **{random_init['top1']:.2f}**. Threads: the torch threads of each run (2 "
-        "screens side by side run with 1 each); training minutes compare only rows with the same threads.\n",
-        *([f"Held-out k-NN: the last {args.holdout_per_class} training images of each class as queries, "
-           "the other training images as memory (images DINO saw without labels, but not used to rank the "
-           f"screens on test); random init **{random_init_holdout['top1']:.2f}**.\n"] if random_init_holdout else []),
-        "| screen | = base + flags | epochs | threads | training min | final loss | teacher entropy / ln K | "
-        "k-NN top-1 | vs random init |"
-        " held-out k-NN | vs random init |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in screens.values():
-        change = f"{r['base'] + ' + ' if r.get('base') else ''}`{shlex.join(r.get('extra', r['flags'])) or '-'}`"
-        md.append(f"| {r['name']} | {change} | {r['epochs']} | {r['threads']} | {r['training_minutes']:.1f} | "
-                  f"{r['loss_by_epoch'][-1]:.3f} | {r['teacher_entropy']:.2f} / {r['ln_out_dim']:.2f} | "
-                  f"{r['knn_top1']:.2f} | {r['knn_top1'] - random_init['top1']:+.2f} | "
-                  + (f"{r['holdout_knn_top1']:.2f} | {r['holdout_knn_top1'] - random_init_holdout['top1']:+.2f} |"
-                     if random_init_holdout and "holdout_knn_top1" in r else "- | - |"))
-    md += ["", *[f"- **{r['name']}**: {r['why']}. All flags: `{shlex.join(r['flags']) or '-'}`."
-                 for r in screens.values()]]
-    write_result(md_path, "\n".join(md) + "\n")
+    saved = json.dumps(report, indent=2) + "\n"
+    write_result(json_path, saved)
+    text = markdown(json.loads(saved))  # the table of the very dict saved
+    write_result(md_path, text)
     log(f"wrote {json_path} and {md_path}")
-    print("\n".join(md))
+    print(text, end="")
     return 0
 
 
