@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
-from benchmarks.common import machine_info, write_result
+from benchmarks.common import machine_cores, machine_info, write_result
 from vision.speed import _sync, count_flops, interleaved, matmul_gflops
 
 SIZES = {"S12": ("resmlp_s12", "resmlp_12_224"), "S24": ("resmlp_s24", "resmlp_24_224")}
@@ -174,7 +174,7 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = [
         "# ResMLP vision benchmark: ours (unfolded, folded) vs timm",
         "",
-        f"Machine: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), device {m['device']}"
+        f"Machine: {m['cpu']} ({machine_cores(m)} cores, {m['torch_threads']} torch threads), device {m['device']}"
         + (f" ({m['gpu']})" if m["gpu"] else " (no GPU on this machine)")
         + f"; torch {m['torch']}, timm {m['timm']}, Python {m['python']}.",
         f"Measured fp32 matmul: {report['matmul_gflops_fp32']:.1f} GFLOP/s ({report['settings']['matmul_n']}^3). "

@@ -1,6 +1,7 @@
 """What every study shares: the machine it was measured on, and results files free of its folders.
 
-* :func:`machine_info`, :func:`cpu_name`: one description of the machine for both halves;
+* :func:`machine_info`, :func:`cpu_name`: one description of the machine for both halves
+  (:func:`machine_cores`: its core count, also from results files of older versions);
 * :func:`repo_relative`: every absolute path in a string (or in the strings of nested dicts and
   lists) made relative to the repository, so that a results file read on another machine names
   no folder of the one that wrote it (``/work/repo/data-bin/x`` -> ``data-bin/x``,
@@ -73,6 +74,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def machine_cores(machine: Dict[str, Any]) -> Optional[int]:
+    """The core count of a :func:`machine_info` dict; results files written before it was named
+    ``cores`` call it ``cpu_count``."""
+    return machine.get("cores", machine.get("cpu_count"))
 
 
 def machine_info(device: Optional[torch.device] = None, packages: Sequence[str] = ()) -> Dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, Dict
 import torch
 import yaml
 
-from benchmarks.common import read_checkpoint, write_result
+from benchmarks.common import machine_cores, read_checkpoint, write_result
 
 
 BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -62,6 +62,31 @@ def summarize_run(folder: Path) -> Dict[str, Any]:
     }
 
 
+def markdown(report: Dict[str, Any], name: str) -> str:
+    """The page ``NAME.md`` of ``report``, the dict saved as ``NAME.json``."""
+    m = report["machine"]
+    lines = [f"# {name}", "",
+             f"Machine (where this report was written): {m['cpu']} ({machine_cores(m)} cores), "
+             f"{m.get('gpu') or 'no GPU'}; torch {m['torch']}, timm {m['timm']}.", ""]
+    if report["note"]:
+        lines += [report["note"], ""]
+    lines += ["Commands:", ""] + [f"    {c}" for c in report["commands"]] + [""]
+    lines += ["| run | model | params | epochs | final top-1 | final top-5 | best top-1 | training minutes | img/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in report["runs"].items():
+        kw = ", ".join(f"{k}={v}" for k, v in r["model_kwargs"].items()
+                       if k not in ("num_classes", "drop_rate", "drop_path_rate"))
+        lines.append(
+            f"| {label} | {r['model']} ({kw}) | {r['params']:,} | {r['epochs']} | {r['final']['top1']:.2f} | "
+            f"{r['final']['top5']:.2f} | {r['best']['top1']:.2f} (epoch {r['best']['epoch']}) | "
+            f"{r['train_minutes']:.1f} | {r['mean_train_img_per_s']:.0f} |"
+        )
+    for label, r in report["runs"].items():
+        lines += ["", f"{label}: top-1 by epoch: "
+                  + ", ".join(f"{row['eval_top1']:.1f}" for row in r["per_epoch"] if "eval_top1" in row)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.vision_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,28 +107,9 @@ def main(argv=None) -> int:
               "note": args.note, "runs": runs}
     out = Path(args.results_dir) / args.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_result(out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
-    m = report["machine"]
-    lines = [f"# {args.name}", "",
-             f"Machine (where this report was written): {m['cpu']} ({m['cores']} cores), {m.get('gpu') or 'no GPU'}; "
-             f"torch {m['torch']}, timm {m['timm']}.", ""]
-    if args.note:
-        lines += [args.note, ""]
-    lines += ["Commands:", ""] + [f"    {c}" for c in args.command] + [""]
-    lines += ["| run | model | params | epochs | final top-1 | final top-5 | best top-1 | training minutes | img/s |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for label, r in runs.items():
-        kw = ", ".join(f"{k}={v}" for k, v in r["model_kwargs"].items()
-                       if k not in ("num_classes", "drop_rate", "drop_path_rate"))
-        lines.append(
-            f"| {label} | {r['model']} ({kw}) | {r['params']:,} | {r['epochs']} | {r['final']['top1']:.2f} | "
-            f"{r['final']['top5']:.2f} | {r['best']['top1']:.2f} (epoch {r['best']['epoch']}) | "
-            f"{r['train_minutes']:.1f} | {r['mean_train_img_per_s']:.0f} |"
-        )
-    for label, r in runs.items():
-        lines += ["", f"{label}: top-1 by epoch: "
-                  + ", ".join(f"{row['eval_top1']:.1f}" for row in r["per_epoch"] if "eval_top1" in row)]
-    write_result(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    saved = json.dumps(report, indent=1) + "\n"
+    write_result(out.with_suffix(".json"), saved)
+    write_result(out.with_suffix(".md"), markdown(json.loads(saved), args.name))  # the very dict saved
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 
