@@ -543,6 +543,7 @@ class Race:
                             "data_root": str(self.data_root), "work_dir": str(self.work / "sweep"),
                             "extra_train_args": a.extra_train_args, "command": a.command},
                "machine": self.info, "rows": rows, "best": best, "notes": notes}
+        out.update({k: v for k, v in (("title", a.title), ("intro", a.intro)) if v})
         self.publish("mt_sweep", out, sweep_markdown(out))
         return out
 
@@ -800,9 +801,16 @@ def _machine_line(m: dict) -> str:
 
 
 def sweep_markdown(d: dict) -> str:
+    """The sweep's table, from the dict the sweep stage saves (``mt_sweep.json``); its heading
+    starts with ``d["title"]`` (default "Sweep") and ``d["intro"]``, a paragraph, follows it when
+    given (``--title``, ``--intro``)."""
     s = d["settings"]
-    lines = [f"# Sweep: Multi30k {s['pair']}, {s['updates']} updates per configuration (seed {s['seed']})", "",
-             f"Score: {s['score']}. The best configuration of each system (**bold**) is the race's recipe.", "",
+    lines = [f"# {d.get('title') or 'Sweep'}: Multi30k {s['pair']}, {s['updates']} updates per configuration "
+             f"(seed {s['seed']})", "",
+             *([d["intro"], ""] if d.get("intro") else []),
+             *([f"Reproduce: `{s['command']}`.", ""] if s.get("command") else []),
+             f"Score: {s['score']}. **Bold**: the best of each system in this file; the race takes its recipes "
+             "from `mt_sweep.json`.", "",
              _machine_line(d["machine"]), "",
              "| system | lr | warm-up | LayerScale init / norm | valid sacreBLEU | updates | training min | "
              "last valid loss |",
@@ -1055,6 +1063,10 @@ def main(argv=None):
     p.add_argument("--sweep-updates", type=int, default=None, help="updates per sweep run (default 600; --quick 4)")
     p.add_argument("--sweep-lrs", type=float, nargs="+", default=list(SWEEP_LRS), help="sweep: peak learning rates")
     p.add_argument("--sweep-warmups", type=int, nargs="+", default=list(SWEEP_WARMUPS), help="sweep: warm-up updates")
+    p.add_argument("--title", default=None,
+                   help="sweep: the heading of mt_sweep.md (default \"Sweep\"), e.g. for a sweep published beside "
+                        "the race's; kept in mt_sweep.json")
+    p.add_argument("--intro", default=None, help="sweep: a paragraph under the heading; kept in mt_sweep.json")
     p.add_argument("--minutes", type=float, default=None,
                    help="race budget per run, wall-clock (default 25; --quick 0.2)")
     p.add_argument("--seeds", type=int, default=None, help="race seeds (default 3; --quick 1)")
