@@ -22,10 +22,10 @@ install:
 
 test:
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 test-fast:
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 # The main job: Multi30k En-De, small ResMLP trained on the CPU (about 30 minutes).
 multi30k:
