@@ -446,6 +446,7 @@ class Race:
         """Run the jobs, ``--parallel`` at a time in the order given (a slot's jobs together), skip
         the cached ones (a slot that fits in the places they leave joins the group before); return
         every result in job order."""
+        self.info  # the machine, its load and the commit as the stage starts, before its runs load it
         jobs = [j for slot in slots for j in slot]
         results: Dict[str, dict] = {}
         todo_slots = []
