@@ -240,7 +240,8 @@ def screen_markdown(d: dict) -> str:
 
 def race_markdown(d: dict) -> str:
     s = d["settings"]
-    lines = [f"# Token-mixer race: {s['minutes']:g} minutes of training per run, {s['seeds']} seeds", "",
+    seeds = f"{s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
+    lines = [f"# Token-mixer race: {s['minutes']:g} minutes of training per run, {seeds}", "",
              "Each variant and the Transformer trained for the same wall-clock minutes, runs side by side at "
              f"every moment (1 thread each); {s['score']}; mean ± standard deviation over seeds.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
@@ -249,8 +250,8 @@ def race_markdown(d: dict) -> str:
         lines += [f"## {pair}", "", "| variant | test | valid | test vs Transformer | valid vs Transformer | updates | "
                   "updates/min | train words/s | parameters |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for v, r in systems.items():
-            diff = {split: (r[split]["mean"] - ref[split]["mean"]) if ref and r[split]["mean"] is not None else None
-                    for split in ("test", "valid")}
+            diff = {split: (r[split]["mean"] - ref[split]["mean"]) if ref and v != TRANSFORMER
+                    and r[split]["mean"] is not None else None for split in ("test", "valid")}
             params = f"{r['parameters']:,}" if r.get("parameters") else "-"
             wps = f"{r['words_per_second']['mean']:,.0f}" if r["words_per_second"]["mean"] else "-"
             upm = f"{r['updates_per_minute']['mean']:.1f}" if r["updates_per_minute"]["mean"] else "-"
