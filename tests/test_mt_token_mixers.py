@@ -77,9 +77,10 @@ def test_a_rerun_of_the_screen_trains_nothing(study):
 def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_from_the_cache(study):
     """The curves stage on the fixture's data: one variant and the Transformer at two dropouts, a
     training-minutes cap that one segment reaches (the fewest runs that check the choice and the
-    differences); a rerun trains nothing; --report-only reports the finished runs of a larger grid."""
+    differences: a segment long enough to span a second of the log's timestamps, else another
+    segment follows); a rerun trains nothing; --report-only reports the finished runs of a larger grid."""
     root = study["root"]
-    curves = study["base"] + ["--stage", "curves", "--curve-variants", "relative", "--eval-every", "20",
+    curves = study["base"] + ["--stage", "curves", "--curve-variants", "relative", "--eval-every", "100",
                               "--max-minutes", "0.005", "--dropouts"]
     first = subprocess.run(curves + ["0.1", "0.3"], capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
@@ -89,7 +90,7 @@ def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_fr
     assert list(runs) == [("relative", 0.1), ("transformer", 0.1), ("relative", 0.3), ("transformer", 0.3)]
     for (variant, dropout), r in runs.items():
         assert r["run"] == f"token_mixers_curves/en-de.{variant}.dropout{dropout:g}"
-        assert r["points"] and r["updates"] == 20 * len(r["points"]) and r["parameters"] > 0
+        assert r["points"] and r["updates"] == 100 * len(r["points"]) and r["parameters"] > 0
         assert r["reported_model"] == ("averaged" if r["converged"] else "last")
         assert r["valid"] == r["eval"][r["reported_model"]]["valid"]["sacrebleu"]
         command = shlex.split(r["command"])
