@@ -44,7 +44,7 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.common import repo_relative, write_result  # noqa: E402
-from benchmarks.race_mt import PAIRS, Job, Race, _machine_line, minutes_text, read_json  # noqa: E402
+from benchmarks.race_mt import PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json  # noqa: E402
 from mt_tools.distill import distill  # noqa: E402
 
 log = logging.getLogger("mt_distill")
@@ -58,7 +58,6 @@ STUDENTS: Dict[str, tuple] = {
     "resmlp_mt_small_deep_shallow": ("ResMLP, 6 + 1 layers (deep encoder, shallow decoder)",
                                      ["--arch", "resmlp_mt_small_deep_shallow"]),
 }
-SEGMENT_ARGS = ["--save-interval-updates", "0", "--save-interval", "1000000", "--validate-interval", "1000000"]
 GOALS = {
     "quality": "The best student within 0.5 sacreBLEU of its teacher on En-De test (and valid)",
     "speed": "The same student >= 2.0x the teacher's sentences/s through CTranslate2 int8 at batch 128 "

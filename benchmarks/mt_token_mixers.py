@@ -17,6 +17,30 @@ En-De) against the Transformer for ``--minutes`` (25) of wall-clock training, ``
 both pairs: test and valid sacreBLEU, updates, updates per minute, training words/s, parameters.
 Writes results/mt_token_mixers_race.{json,md}.
 
+``curves``: ``--curve-variants`` (default: the paper's mixer and ``relative_glu``) and the
+Transformer to convergence, each at every dropout of ``--dropouts`` (0.1 0.2 0.3: Multi30k is
+small; ``--dropout`` comes after scripts/train_multi30k.sh's own 0.1 and overrides it), seed 1,
+``--pairs``, by the race's curve rule (:meth:`benchmarks.race_mt.Race.curve_run`: segments of
+``--eval-every`` (250) updates with valid sacreBLEU after each, early stopping after 3
+evaluations without improvement or at ``--max-minutes`` (150) of training; then the best, the
+last and, on a plateau, the averaged last 5 checkpoints scored on test and valid). Rows per
+run; each system's dropout chosen by the VALID sacreBLEU of its reported model (averaged on a
+plateau, else the last checkpoint; never by test); each variant minus the Transformer at their
+chosen dropouts, by the same model of both. Runs in order of information: En-De before En-Fr,
+per pair the variants beside the Transformer at each dropout, then the paper's mixer. Writes
+results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points).
+
+    .venv/bin/python -m benchmarks.mt_token_mixers --stage curves                # the full study
+    .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
+
+Cost: a run early-stops after about 3,500 updates, about 75 minutes with its evaluations; 3
+systems x 3 dropouts x 2 pairs = 18 runs, two at a time, in 10 groups (each pair's ninth run
+trains alone): about 12 hours. Resumable: finished runs are cached, an interrupted one resumes
+after its last evaluated segment. The stage reports when every run has finished; between
+sessions of a study spread over several, ``--report-only`` (with the stage's settings) trains
+nothing and reports the runs finished so far, listing the others as not finished (each system's
+dropout is then chosen among its finished ones).
+
 Same conditions as the race (:mod:`benchmarks.race_mt`): scripts/train_multi30k.sh, one thread
 per run, ``--parallel`` runs side by side, finished runs cached in ``<work-dir>`` with the
 settings that produced them (a rerun skips them; an interrupted run resumes from its last
@@ -33,13 +57,15 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
-    PAIRS, Job, Race, _machine_line, mean_std, minutes_text, pm,
+    AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
+    minutes_text, pm, reported_model,
 )
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
+from resmlp_core.io import write_atomic  # noqa: E402
 
 log = logging.getLogger("mt_token_mixers")
 
@@ -72,13 +98,17 @@ TRANSFORMER = "transformer"
 RESMLP_RECIPE = {"lr": 4e-3, "warmup": 300, "layerscale_init": 0.5}
 TRANSFORMER_RECIPE = {"lr": 2e-3, "warmup": 300, "norm": "pre"}
 PARAMS = re.compile(r"num\. (?:shared )?model params: ([\d,]+)")
+#: a curve run on Multi30k early-stops after about 3,500 updates: about 75 minutes with its
+#: evaluations on one core of the reference machine (the ETA before any run has finished)
+CURVE_RUN_MINUTES = 75.0
 
 
 def parameters(run_dir: Path):
-    """The model's parameter count from fairseq-train's log in ``run_dir`` (None if absent)."""
-    for name in ("train.log", "train_resumed.log"):
+    """The model's parameter count from fairseq-train's log in ``run_dir`` (None if absent): the
+    log of a run (train.log, train_resumed.log) or of any segment of a curve run (train.NNNNNNN.log)."""
+    for path in sorted(run_dir.glob("train*.log")):
         try:
-            m = PARAMS.search((run_dir / name).read_text(errors="replace"))
+            m = PARAMS.search(path.read_text(errors="replace"))
         except OSError:
             continue
         if m:
@@ -86,19 +116,25 @@ def parameters(run_dir: Path):
     return None
 
 
+def system_recipe_flags(variant: str, lr: float) -> tuple:
+    """``(system, recipe, fairseq-train flags)`` of a variant (or the Transformer): ResMLP's tuned
+    recipe at peak learning rate ``lr`` with the variant's flags, or the Transformer's own recipe."""
+    if variant == TRANSFORMER:
+        return TRANSFORMER, dict(TRANSFORMER_RECIPE), []
+    return "resmlp", dict(RESMLP_RECIPE, lr=lr), list(VARIANTS[variant][1])
+
+
 class TokenMixerStudy(Race):
     def job(self, variant: str, pair: str, updates: int, lr: float) -> Job:
         """One screen run; the paper's mixer and the Transformer at the sweep's settings on En-De
         are the sweep's jobs (same name, stage and flags: its cached runs count)."""
-        system = TRANSFORMER if variant == TRANSFORMER else "resmlp"
-        recipe = dict(TRANSFORMER_RECIPE) if system == TRANSFORMER else dict(RESMLP_RECIPE, lr=lr)
+        system, recipe, flags = system_recipe_flags(variant, lr)
         train_args = ["--save-interval-updates", str(updates), "--keep-interval-updates", "1"]
         estimate = updates * 1.5 / 60 + 1.5
         if variant in ("paper", TRANSFORMER) and pair == "en-de":
             name = recipe_name(system, recipe)
             return Job("sweep", name, system, pair, 1, recipe, label=f"{pair} {variant}", max_update=updates,
                        train_args=train_args, estimate_minutes=estimate)
-        flags = [] if system == TRANSFORMER else VARIANTS[variant][1]
         name = f"{pair}.{variant}.lr{fmt_lr(recipe['lr'])}"
         return Job("token_mixers", name, system, pair, 1, recipe, label=f"{pair} {variant} lr {fmt_lr(recipe['lr'])}",
                    max_update=updates, train_args=train_args + flags, estimate_minutes=estimate)
@@ -151,11 +187,9 @@ class TokenMixerStudy(Race):
             for seed in range(1, a.seeds + 1):
                 slot = []
                 for v in systems:
-                    system = TRANSFORMER if v == TRANSFORMER else "resmlp"
-                    recipe = dict(TRANSFORMER_RECIPE) if system == TRANSFORMER else dict(RESMLP_RECIPE, lr=a.lrs[0])
-                    flags = [] if system == TRANSFORMER else VARIANTS[v][1]
+                    system, recipe, flags = system_recipe_flags(v, a.lrs[0])
                     slot.append(Job("token_mixers_race", f"{pair}.{v}.seed{seed}", system, pair, seed, recipe,
-                                    label=f"{pair} {v} seed {seed}", minutes=a.minutes, train_args=list(flags),
+                                    label=f"{pair} {v} seed {seed}", minutes=a.minutes, train_args=flags,
                                     estimate_minutes=a.minutes + 3))
                 slots.append(slot)
         results = self.run_jobs("race", slots, self.score_both)
@@ -184,8 +218,75 @@ class TokenMixerStudy(Race):
                             "score": "sacreBLEU of checkpoint_last.pt, beam 4 (mt_tools.evaluate)",
                             "command": a.command},
                "machine": self.info, "runs": runs, "summary": summary}
-        self.publish(a.output.replace("_screen", "") + "_race", out, race_markdown(out))
+        self.publish(self.stem("race"), out, race_markdown(out))
         return out
+
+    def curve_plan(self) -> List[List[tuple]]:
+        """The curves' runs as slots of ``(variant, dropout, job)``, most informative first: En-De
+        before En-Fr; per pair, at each dropout, the variants other than the paper's beside the
+        Transformer (one slot: they train side by side), then the paper's mixer at every dropout."""
+        a = self.args
+        first = [v for v in a.curve_variants if v != "paper"]
+        slots = []
+        for pair in (p for p in PAIRS if p in a.pairs):
+            slots += [[self.curve_job(v, pair, d) for v in (*first, TRANSFORMER)] for d in a.dropouts]
+            if "paper" in a.curve_variants:
+                slots.append([self.curve_job("paper", pair, d) for d in a.dropouts])
+        return slots
+
+    def curve_job(self, variant: str, pair: str, dropout: float) -> tuple:
+        """``(variant, dropout, job)``: one curve run (the race's curve rule: segments of ``--eval-every``
+        updates, early stopping, ``--max-minutes``), seed 1, at the study's recipe and ``--dropout``
+        (after scripts/train_multi30k.sh's own 0.1, so it overrides it)."""
+        a = self.args
+        system, recipe, flags = system_recipe_flags(variant, a.lrs[0])
+        job = Job("token_mixers_curves", f"{pair}.{variant}.dropout{dropout:g}", system, pair, 1, recipe,
+                  label=f"{pair} {variant} dropout {dropout:g}", cap_minutes=a.max_minutes,
+                  segment_updates=a.eval_every, early_stop=True,
+                  train_args=[*SEGMENT_ARGS, *flags, "--dropout", f"{dropout:g}"],
+                  estimate_minutes=min(CURVE_RUN_MINUTES, a.max_minutes * 1.3 + 6))
+        return variant, dropout, job
+
+    def curves(self) -> dict:
+        """Each of ``--curve-variants`` and the Transformer at each of ``--dropouts`` to convergence
+        (:meth:`Race.curve_run`), ``--parallel`` runs side by side in the order of :meth:`curve_plan`;
+        then the report of the finished runs: every run's row and points, each system's dropout chosen
+        by valid sacreBLEU, each variant's difference to the Transformer (:func:`curves_summary`).
+        With ``--report-only`` nothing trains: the report covers the runs already finished (cached
+        with the same settings), the others are listed as not finished."""
+        a = self.args
+        slots = self.curve_plan()
+        plan = [run for slot in slots for run in slot]
+        if a.report_only:
+            results = [self.cached(job) for _, _, job in plan]
+        else:
+            self.check_data(a.pairs)
+            results = self.run_jobs("curves", [[job for _, _, job in slot] for slot in slots], runner=self.curve_run)
+        runs = [curve_row(variant, dropout, job, r, parameters(self.run_dir(job)))
+                for (variant, dropout, job), r in zip(plan, results) if r is not None]
+        stem = self.stem("curves")
+        out = {"settings": {"pairs": [p for p in PAIRS if p in a.pairs], "variants": [*a.curve_variants, TRANSFORMER],
+                            "dropouts": a.dropouts, "seed": 1, "eval_every": a.eval_every, "patience": PATIENCE,
+                            "average_last": AVERAGE_LAST, "max_training_minutes": a.max_minutes,
+                            "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
+                            "method": (f"training in segments of {a.eval_every} updates (fairseq-train --max-update, "
+                                       "resumed from checkpoint_last.pt), valid sacreBLEU (mt_tools.evaluate, beam 4) "
+                                       f"after each; early stopping after {PATIENCE} evaluations without improvement "
+                                       f"or at {a.max_minutes:g} training minutes (validation, checkpoint writing and "
+                                       "restarts left out)"),
+                            "planned": [job.name for _, _, job in plan],
+                            "not_finished": [job.name for (_, _, job), r in zip(plan, results) if r is None],
+                            "plot": f"{stem}.png", "command": a.command},
+               "machine": self.info, "runs": runs, **curves_summary(runs)}
+        self.publish(stem, out, curves_markdown(out))
+        if runs:
+            plot_curves(out, self.results / f"{stem}.png")
+        return out
+
+    def stem(self, stage: str) -> str:
+        """The results file stem of a stage other than the screen: ``--output`` with ``_screen``
+        replaced, e.g. mt_token_mixers_race."""
+        return self.args.output.replace("_screen", "") + f"_{stage}"
 
     def score_both(self, job, save_dir, figures, tag) -> dict:
         evals = {split: self.score(job, save_dir / "checkpoint_last.pt", split) for split in ("test", "valid")}
@@ -261,13 +362,158 @@ def race_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curve_row(variant: str, dropout: float, job: Job, result: dict, params: Optional[int]) -> dict:
+    """A finished curve run (:meth:`Race.curve_run`'s result) as a row of the curves report: its
+    reported model's test and valid sacreBLEU (:func:`reported_model`: averaged on a plateau, else
+    the last checkpoint), every model's scores and every validation point."""
+    model = reported_model(result)
+    e = result["eval"][model]
+    return {"pair": job.pair, "variant": variant, "dropout": dropout, "stop_reason": result["stop_reason"],
+            "converged": result["converged"], "updates": result["updates"], "train_minutes": result["train_minutes"],
+            "best_point": {k: result["best_point"][k] for k in ("updates", "train_minutes", "valid_bleu")},
+            "reported_model": model, "test": e["test"]["sacrebleu"], "valid": e["valid"]["sacrebleu"],
+            "eval": result["eval"], "averaged_checkpoints": result["averaged_checkpoints"], "parameters": params,
+            "points": result["points"], "run": str(Path(job.stage) / job.name), "command": result["command"],
+            "signature": result["eval"]["last"]["test"].get("sacrebleu_signature")}
+
+
+def curves_summary(runs: List[dict]) -> dict:
+    """``{"chosen", "differences"}`` of the curves report's rows (:func:`curve_row`; those finished).
+
+    ``chosen[pair][variant]``: the variant's (or the Transformer's) best dropout, by the VALID
+    sacreBLEU of its reported model (never by test; of equal scores the lowest dropout).
+    ``differences[pair][variant]``: each ResMLP variant at its chosen dropout minus the Transformer
+    at its own, on test and valid, by :func:`compared_model` (the averaged models when both runs
+    plateaued, else the last checkpoints of both)."""
+    chosen: Dict[str, dict] = {}
+    groups: Dict[tuple, List[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["pair"], r["variant"]), []).append(r)
+    for (pair, variant), rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["dropout"])
+        top = max(rows, key=lambda r: r["valid"])  # the first (lowest dropout) of equal scores
+        chosen.setdefault(pair, {})[variant] = {
+            "dropout": top["dropout"], "model": top["reported_model"], "valid": top["valid"], "test": top["test"],
+            "dropouts_finished": [r["dropout"] for r in rows]}
+    differences: Dict[str, dict] = {}
+    for pair, systems in chosen.items():
+        if TRANSFORMER not in systems:
+            continue
+        ref = _chosen_run(runs, pair, TRANSFORMER, systems[TRANSFORMER]["dropout"])
+        for variant, c in systems.items():
+            if variant == TRANSFORMER:
+                continue
+            mine = _chosen_run(runs, pair, variant, c["dropout"])
+            model = compared_model({"resmlp": mine, "transformer": ref})
+            differences.setdefault(pair, {})[variant] = {
+                "dropout": c["dropout"], "transformer_dropout": ref["dropout"], "model": model,
+                **{split: round(mine["eval"][model][split]["sacrebleu"] - ref["eval"][model][split]["sacrebleu"], 2)
+                   for split in ("test", "valid")}}
+    return {"chosen": chosen, "differences": differences}
+
+
+def _chosen_run(runs: List[dict], pair: str, variant: str, dropout: float) -> dict:
+    return next(r for r in runs if r["pair"] == pair and r["variant"] == variant and r["dropout"] == dropout)
+
+
+def curves_markdown(d: dict) -> str:
+    s = d["settings"]
+    grid = ", ".join(f"{x:g}" for x in s["dropouts"])
+    lines = [f"# Token-mixer curves: Multi30k to convergence, dropout {{{grid}}}", "",
+             f"The ResMLP variants {', '.join(v for v in s['variants'] if v != TRANSFORMER)} and the tuned "
+             f"Transformer, each at every dropout of the grid, seed {s['seed']}. Method: {s['method']}. Reported "
+             f"model: the average of the last {s['average_last']} checkpoints when the run early-stopped (a "
+             "plateau), else the last checkpoint (a run stopped by its minutes is still rising). Each system's "
+             "dropout is chosen by its reported model's VALID sacreBLEU, never by test; the test column of that "
+             "model is the result.", "",
+             f"ResMLP recipe: {recipe_text('resmlp', s['resmlp_recipe'])}; Transformer: "
+             f"{recipe_text(TRANSFORMER, s['transformer_recipe'])}; scripts/train_multi30k.sh with `--dropout` "
+             "as in each row.", "", f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
+    if s["not_finished"]:
+        lines += [f"Not finished yet ({len(s['not_finished'])} of {len(s['planned'])} runs; absent from every table "
+                  "below, the dropouts chosen among the finished ones): " + ", ".join(s["not_finished"]) + ".", ""]
+    for pair in s["pairs"]:
+        rows = [r for r in d["runs"] if r["pair"] == pair]
+        if not rows:
+            continue
+        chosen = d["chosen"].get(pair, {})
+        lines += [f"## {pair}", "", "| variant | dropout | stopped because | updates | training min | "
+                  "best valid (@ updates) | reported model | test | valid | parameters |",
+                  "|---|---:|---|---:|---:|---:|---|---:|---:|---:|"]
+        for r in rows:
+            mark = "**" if chosen.get(r["variant"], {}).get("dropout") == r["dropout"] else ""
+            params = f"{r['parameters']:,}" if r.get("parameters") else "-"
+            model = (f"average of last {len(r['averaged_checkpoints'])}" if r["reported_model"] == "averaged"
+                     else MODEL_NAMES["last"])
+            best = r["best_point"]
+            lines.append(f"| {r['variant']} | {mark}{r['dropout']:g}{mark} | {r['stop_reason']} | {r['updates']} | "
+                         f"{r['train_minutes']:.1f} | {best['valid_bleu']:.2f} (@ {best['updates']}) | {model} | "
+                         f"{mark}{r['test']:.2f}{mark} | {mark}{r['valid']:.2f}{mark} | {params} |")
+        lines += ["", "Each system at its chosen dropout (**bold** above: the best valid sacreBLEU of its reported "
+                  "model among the dropouts finished):", "",
+                  "| system | chosen dropout | among | reported model | test | valid |", "|---|---:|---|---|---:|---:|"]
+        for variant, c in chosen.items():
+            lines.append(f"| {variant} | {c['dropout']:g} | {', '.join(f'{x:g}' for x in c['dropouts_finished'])} | "
+                         f"{MODEL_NAMES[c['model']]} | {c['test']:.2f} | {c['valid']:.2f} |")
+        diffs = d["differences"].get(pair, {})
+        if diffs:
+            lines += ["", "Each ResMLP variant minus the Transformer, both at their chosen dropouts, compared "
+                      "by the same model of both runs (the averages when both plateaued, else the last checkpoints):",
+                      "", "| variant − Transformer | dropouts (variant / Transformer) | model compared | test | "
+                      "valid |", "|---|---:|---|---:|---:|"]
+            for variant, x in diffs.items():
+                lines.append(f"| {variant} − Transformer | {x['dropout']:g} / {x['transformer_dropout']:g} | "
+                             f"{MODEL_NAMES[x['model']]} of both | **{x['test']:+.2f}** | **{x['valid']:+.2f}** |")
+        lines.append("")
+    if d["runs"]:
+        lines += [f"Plot: `{s['plot']}` (valid sacreBLEU against updates, each system at its chosen dropout); "
+                  "every run's points are in the JSON.", "", f"sacreBLEU signature: `{d['runs'][0]['signature']}`"]
+    else:
+        lines.append("No run has finished yet.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(d: dict, path: Path) -> None:
+    """Valid sacreBLEU against updates, one panel per pair, each system at its chosen dropout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [p for p in d["settings"]["pairs"] if p in d["chosen"]]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        for variant, c in d["chosen"][pair].items():
+            points = _chosen_run(d["runs"], pair, variant, c["dropout"])["points"]
+            style = "--s" if variant == TRANSFORMER else "-o"
+            ax.plot([p["updates"] for p in points], [p["valid_bleu"] for p in points], style, ms=3,
+                    label=f"{variant}, dropout {c['dropout']:g}")
+        ax.set_title(f"Multi30k {pair}")
+        ax.set_xlabel("updates")
+        ax.set_ylabel("valid sacreBLEU (beam 4)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["screen", "race"], default="screen")
+    p.add_argument("--stage", choices=["screen", "race", "curves"], default="screen")
     p.add_argument("--race-variants", nargs="+", choices=list(VARIANTS), default=["paper", "relative_glu"],
                    help="race: the ResMLP variants raced against the Transformer")
     p.add_argument("--minutes", type=float, default=25.0, help="race: wall-clock training minutes per run")
     p.add_argument("--seeds", type=int, default=3, help="race: seeds")
+    p.add_argument("--curve-variants", nargs="+", choices=list(VARIANTS), default=["paper", "relative_glu"],
+                   help="curves: the ResMLP variants trained to convergence beside the Transformer")
+    p.add_argument("--dropouts", type=float, nargs="+", default=[0.1, 0.2, 0.3],
+                   help="curves: the dropout grid; each system is reported at its best (by valid sacreBLEU)")
+    p.add_argument("--eval-every", type=int, default=250, help="curves: updates between validations")
+    p.add_argument("--max-minutes", type=float, default=150.0,
+                   help="curves: training minutes of a run if early stopping has not stopped it")
+    p.add_argument("--report-only", action="store_true",
+                   help="curves: train nothing, report the runs finished so far (same settings as the stage's)")
     p.add_argument("--variants", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=[*VARIANTS, TRANSFORMER])
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
     p.add_argument("--lrs", type=float, nargs="+", default=[RESMLP_RECIPE["lr"]],
@@ -286,6 +532,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     if "paper" not in args.variants:
         p.error("--variants must include paper, the reference of every row")
+    if any(not 0 <= d < 1 for d in args.dropouts) or len(set(args.dropouts)) < len(args.dropouts):
+        p.error(f"--dropouts must be distinct and lie in [0, 1), got {' '.join(f'{d:g}' for d in args.dropouts)}")
+    if len(set(args.curve_variants)) < len(args.curve_variants):
+        p.error("--curve-variants must be distinct")
+    if args.eval_every < 1 or args.max_minutes <= 0:
+        p.error("--eval-every must be at least 1 and --max-minutes positive")
+    if args.report_only and args.stage != "curves":
+        p.error("--report-only is for --stage curves")
     args.command = " ".join(["python -m benchmarks.mt_token_mixers", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
                         stream=sys.stdout, force=True)

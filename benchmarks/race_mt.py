@@ -95,6 +95,9 @@ GOAL_RACE = "At 25 minutes: ResMLP >= tuned Transformer + 1.0 sacreBLEU, mean of
 GOAL_CONVERGENCE = "At convergence (En-De): ResMLP >= tuned Transformer - 0.5 sacreBLEU"
 PATIENCE = 3
 AVERAGE_LAST = 5
+#: a curve run's fairseq-train flags: one save (and fairseq validation loss) at the end of each
+#: segment (``--max-update``), none at epoch ends
+SEGMENT_ARGS = ["--save-interval-updates", "0", "--save-interval", "1000000", "--validate-interval", "1000000"]
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -630,12 +633,10 @@ class Race:
         self.check_data(pairs)
         recipes, source = self.recipes()
         log.info("[curves] recipes: %s -- %s", "; ".join(f"{s}: {recipe_text(s, recipes[s])}" for s in SYSTEMS), source)
-        # one save (and fairseq validation loss) at the end of each segment, none at epoch ends
-        segment_args = ["--save-interval-updates", "0", "--save-interval", "1000000", "--validate-interval", "1000000"]
         budgets = {"en-de": a.max_minutes, "en-fr": a.fr_minutes}
         early = {"en-de": True, "en-fr": False}
         slots = [[Job("curves", f"{pair}.{s}", s, pair, 1, recipes[s], label=f"{pair} {s}", cap_minutes=budgets[pair],
-                      segment_updates=a.eval_every, early_stop=early[pair], train_args=segment_args,
+                      segment_updates=a.eval_every, early_stop=early[pair], train_args=list(SEGMENT_ARGS),
                       estimate_minutes=budgets[pair] * 1.3 + 6) for s in SYSTEMS] for pair in pairs]
         results = self.run_jobs("curves", slots, runner=self.curve_run)
         out = {"settings": {"pairs": pairs, "eval_every": a.eval_every, "patience": PATIENCE,

@@ -1,15 +1,18 @@
-"""The token-mixer study (python -m benchmarks.mt_token_mixers): its screen and race on a tiny
-corpus with tiny models; rows compared with the paper's mixer and the Transformer; the cache."""
+"""The token-mixer study (python -m benchmarks.mt_token_mixers): its screen, race and curves on a
+tiny corpus with tiny models; rows compared with the paper's mixer and the Transformer; the cache;
+the curves' choice of each system's dropout and the differences, on hand-made runs."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks.mt_token_mixers import VARIANTS
+from benchmarks.mt_token_mixers import VARIANTS, curve_row, curves_markdown, curves_summary
+from benchmarks.race_mt import Job
 from conftest import REPO
 from helpers import prepare_multi30k, write_corpus
 
@@ -32,7 +35,7 @@ def study(tmp_path_factory):
     race = base + ["--stage", "race", "--minutes", "0.1", "--seeds", "1", "--race-variants", "paper", "relative"]
     raced = subprocess.run(race, capture_output=True, text=True, cwd=REPO)
     assert raced.returncode == 0, raced.stdout[-4000:] + raced.stderr[-4000:]
-    return {"root": root, "screen": screen, "first": first}
+    return {"root": root, "base": base, "screen": screen, "first": first}
 
 
 @pytest.mark.slow
@@ -68,3 +71,114 @@ def test_race_reports_every_variant_per_seed_with_speed_and_parameters(study):
 def test_a_rerun_of_the_screen_trains_nothing(study):
     again = subprocess.run(study["screen"], capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 0 and "4 cached (skipped), 0 to run" in again.stdout
+
+
+@pytest.mark.slow
+def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_from_the_cache(study):
+    """The curves stage on the fixture's data: one variant and the Transformer at two dropouts, a
+    training-minutes cap that one segment reaches (the fewest runs that check the choice and the
+    differences: a segment long enough to span a second of the log's timestamps, else another
+    segment follows); a rerun trains nothing; --report-only reports the finished runs of a larger grid."""
+    root = study["root"]
+    curves = study["base"] + ["--stage", "curves", "--curve-variants", "relative", "--eval-every", "100",
+                              "--max-minutes", "0.005", "--dropouts"]
+    first = subprocess.run(curves + ["0.1", "0.3"], capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert "[curves] 4 runs: 0 cached (skipped), 4 to run" in first.stdout
+    out = json.loads((root / "results" / "mt_token_mixers_curves.json").read_text())
+    runs = {(r["variant"], r["dropout"]): r for r in out["runs"]}
+    assert list(runs) == [("relative", 0.1), ("transformer", 0.1), ("relative", 0.3), ("transformer", 0.3)]
+    for (variant, dropout), r in runs.items():
+        assert r["run"] == f"token_mixers_curves/en-de.{variant}.dropout{dropout:g}"
+        assert r["points"] and r["updates"] == 100 * len(r["points"]) and r["parameters"] > 0
+        assert r["reported_model"] == ("averaged" if r["converged"] else "last")
+        assert r["valid"] == r["eval"][r["reported_model"]]["valid"]["sacrebleu"]
+        command = shlex.split(r["command"])
+        last_dropout = len(command) - 1 - command[::-1].index("--dropout")
+        assert command[last_dropout + 1] == f"{dropout:g}"  # after the script's own --dropout 0.1: it counts
+    assert runs[("relative", 0.1)]["parameters"] < runs[("transformer", 0.1)]["parameters"]
+    chosen = out["chosen"]["en-de"]
+    for variant in ("relative", "transformer"):
+        best = max((runs[(variant, d)] for d in (0.1, 0.3)), key=lambda r: r["valid"])  # of equal ones the lower
+        assert chosen[variant]["dropout"] == best["dropout"] and chosen[variant]["valid"] == best["valid"]
+    diff = out["differences"]["en-de"]["relative"]
+    mine, ref = runs[("relative", diff["dropout"])], runs[("transformer", diff["transformer_dropout"])]
+    assert diff["transformer_dropout"] == chosen["transformer"]["dropout"]
+    for split in ("test", "valid"):
+        assert diff[split] == pytest.approx(mine["eval"][diff["model"]][split]["sacrebleu"]
+                                            - ref["eval"][diff["model"]][split]["sacrebleu"], abs=0.011)
+    text = (root / "results" / "mt_token_mixers_curves.md").read_text()
+    assert "| relative − Transformer |" in text and "Not finished yet" not in text
+    assert f" {root}" not in text and f"`{root}" not in text  # paths relative to the repository
+    assert (root / "results" / "mt_token_mixers_curves.png").stat().st_size > 5_000
+    again = subprocess.run(curves + ["0.1", "0.3"], capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0 and "[curves] 4 runs: 4 cached (skipped), 0 to run" in again.stdout
+    assert " start: " not in again.stdout and " resume: " not in again.stdout
+    # a larger grid, reported before its new runs trained: they are listed, not trained
+    partial = subprocess.run(curves + ["0.1", "0.2", "0.3", "--report-only"], capture_output=True, text=True, cwd=REPO)
+    assert partial.returncode == 0, partial.stdout[-4000:] + partial.stderr[-4000:]
+    out = json.loads((root / "results" / "mt_token_mixers_curves.json").read_text())
+    assert out["settings"]["not_finished"] == ["en-de.relative.dropout0.2", "en-de.transformer.dropout0.2"]
+    assert len(out["runs"]) == 4 and out["chosen"]["en-de"]["relative"]["dropouts_finished"] == [0.1, 0.3]
+    assert not (root / "work" / "token_mixers_curves" / "en-de.relative.dropout0.2").exists()
+    assert "Not finished yet (2 of 6 runs" in (root / "results" / "mt_token_mixers_curves.md").read_text()
+
+
+def _curve_run(pair, variant, dropout, last, averaged=None):
+    """A hand-made finished curve run as a report row: ``last`` (and, for a run that plateaued,
+    ``averaged``) are (test, valid) sacreBLEU."""
+    scores = {"last": last, **({"averaged": averaged} if averaged else {})}
+    evals = {model: {"test": {"sacrebleu": t, "sacrebleu_signature": "sig"}, "valid": {"sacrebleu": v}}
+             for model, (t, v) in scores.items()}
+    evals["best"] = evals["last"]
+    result = {"stop_reason": "early stop" if averaged else "training-minutes budget (150 min) reached",
+              "converged": averaged is not None, "updates": 3000, "train_minutes": 60.0,
+              "best_point": {"updates": 3000, "train_minutes": 60.0, "valid_bleu": last[1]}, "eval": evals,
+              "averaged_checkpoints": ["c"] * 5 if averaged else [], "points": [], "command": "train"}
+    job = Job("token_mixers_curves", f"{pair}.{variant}.dropout{dropout:g}", "resmlp", pair, 1, {})
+    return curve_row(variant, dropout, job, result, 1000)
+
+
+def test_curves_choose_each_dropout_by_valid_never_test_and_compare_like_with_like():
+    runs = [
+        # relative_glu: 0.1 plateaued (averaged valid 30.0, best test); 0.3 still rising (last valid 30.5)
+        _curve_run("en-de", "relative_glu", 0.1, last=(30.5, 29.5), averaged=(31.0, 30.0)),
+        _curve_run("en-de", "relative_glu", 0.3, last=(29.0, 30.5)),
+        # the Transformer: 0.3 has the better test but the worse valid
+        _curve_run("en-de", "transformer", 0.1, last=(32.5, 30.8), averaged=(33.0, 31.0)),
+        _curve_run("en-de", "transformer", 0.3, last=(33.5, 30.7), averaged=(34.0, 30.9)),
+        # the paper's: equal valid at 0.2 and 0.1 (listed first): the lower dropout
+        _curve_run("en-de", "paper", 0.2, last=(27.5, 27.0), averaged=(28.0, 27.5)),
+        _curve_run("en-de", "paper", 0.1, last=(26.5, 27.0), averaged=(27.0, 27.5)),
+        _curve_run("en-fr", "paper", 0.1, last=(40.0, 41.0)),  # no Transformer finished: no difference
+    ]
+    summary = curves_summary(runs)
+    chosen = summary["chosen"]
+    assert {v: c["dropout"] for v, c in chosen["en-de"].items()} == {"relative_glu": 0.3, "transformer": 0.1,
+                                                                     "paper": 0.1}
+    assert chosen["en-de"]["relative_glu"] == {"dropout": 0.3, "model": "last", "valid": 30.5, "test": 29.0,
+                                               "dropouts_finished": [0.1, 0.3]}
+    assert chosen["en-de"]["transformer"]["model"] == "averaged" and chosen["en-de"]["transformer"]["test"] == 33.0
+    assert chosen["en-fr"] == {"paper": {"dropout": 0.1, "model": "last", "valid": 41.0, "test": 40.0,
+                                         "dropouts_finished": [0.1]}}
+    diffs = summary["differences"]
+    assert set(diffs) == {"en-de"}
+    # a run still rising against one that plateaued: the last checkpoints of both
+    assert diffs["en-de"]["relative_glu"] == {"dropout": 0.3, "transformer_dropout": 0.1, "model": "last",
+                                              "test": -3.5, "valid": -0.3}
+    # both plateaued: the averages
+    assert diffs["en-de"]["paper"] == {"dropout": 0.1, "transformer_dropout": 0.1, "model": "averaged",
+                                       "test": -6.0, "valid": -3.5}
+    settings = {"pairs": ["en-de", "en-fr"], "variants": ["paper", "relative_glu", "transformer"],
+                "dropouts": [0.1, 0.2, 0.3], "seed": 1, "method": "segments", "average_last": 5,
+                "resmlp_recipe": {"lr": 4e-3, "warmup": 300, "layerscale_init": 0.5},
+                "transformer_recipe": {"lr": 2e-3, "warmup": 300, "norm": "pre"}, "command": "python -m x",
+                "planned": ["a"] * 18, "not_finished": ["en-fr.transformer.dropout0.1"], "plot": "p.png"}
+    text = curves_markdown({"settings": settings, "machine": {}, "runs": runs, **summary})
+    assert "| relative_glu − Transformer | 0.3 / 0.1 | last checkpoint of both | **-3.50** | **-0.30** |" in text
+    assert ("| paper − Transformer | 0.1 / 0.1 | average of the last checkpoints of both | **-6.00** | **-3.50** |"
+            in text)
+    assert "| relative_glu | **0.3** | training-minutes budget (150 min) reached |" in text
+    assert ("| transformer | 0.3 | early stop | 3000 | 60.0 | 30.70 (@ 3000) | average of last 5 | 34.00 | 30.90 |"
+            in text)
+    assert "Not finished yet (1 of 18 runs" in text and "## en-fr" in text
