@@ -85,7 +85,7 @@ bench-decode:
 # The token-mixer study (Multi30k, both pairs; cached runs are skipped), one stage per call:
 # the screen (default; 600 updates per variant, about 11 minutes each), "--stage race" (25 minutes
 # per run, 3 seeds: about 4.5 hours) or "--stage curves" (to convergence at dropout 0.1/0.2/0.3:
-# about 12 hours), in TOKEN_MIXERS_ARGS (e.g. "--pairs en-de --variants paper relative transformer").
+# about 11 hours), in TOKEN_MIXERS_ARGS (e.g. "--pairs en-de --variants paper relative transformer").
 bench-token-mixers:
 	$(PY) -m benchmarks.mt_token_mixers $(TOKEN_MIXERS_ARGS)
 

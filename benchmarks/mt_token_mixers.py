@@ -27,19 +27,19 @@ last and, on a plateau, the averaged last 5 checkpoints scored on test and valid
 run; each system's dropout chosen by the VALID sacreBLEU of its reported model (averaged on a
 plateau, else the last checkpoint; never by test); each variant minus the Transformer at their
 chosen dropouts, by the same model of both. Runs in order of information: En-De before En-Fr,
-per pair the variants beside the Transformer at each dropout, then the paper's mixer. Writes
+per pair the variants beside the Transformer at each dropout and the paper's mixer
+(:meth:`TokenMixerStudy.curve_plan`). Writes
 results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points).
 
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves                # the full study
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
 
-Cost: a run early-stops after about 3,500 updates, about 75 minutes with its evaluations; 3
-systems x 3 dropouts x 2 pairs = 18 runs, two at a time, in 10 groups (each pair's ninth run
-trains alone): about 12 hours. Resumable: finished runs are cached, an interrupted one resumes
-after its last evaluated segment. The stage reports when every run has finished; between
-sessions of a study spread over several, ``--report-only`` (with the stage's settings) trains
-nothing and reports the runs finished so far, listing the others as not finished (each system's
-dropout is then chosen among its finished ones).
+Cost: a run early-stops after about 3,500 updates, about 75 minutes with its evaluations; 3 systems
+x 3 dropouts x 2 pairs = 18 runs, two at a time, in 9 groups: about 11 hours. Resumable: finished
+runs are cached, an interrupted one resumes after its last evaluated segment. The stage reports when
+every run has finished; between sessions of a study spread over several, ``--report-only`` (with the
+stage's settings) trains nothing and reports the runs finished so far, listing the others as not
+finished (each system's dropout is then chosen among its finished ones).
 
 Same conditions as the race (:mod:`benchmarks.race_mt`): scripts/train_multi30k.sh, one thread
 per run, ``--parallel`` runs side by side, finished runs cached in ``<work-dir>`` with the
@@ -192,7 +192,7 @@ class TokenMixerStudy(Race):
                                     label=f"{pair} {v} seed {seed}", minutes=a.minutes, train_args=flags,
                                     estimate_minutes=a.minutes + 3))
                 slots.append(slot)
-        results = self.run_jobs("race", slots, self.score_both)
+        results = self.run_jobs("race", slots, self.score_test_valid)
         runs = []
         for r in results:
             variant = r["name"].split(".")[1]
@@ -224,14 +224,18 @@ class TokenMixerStudy(Race):
     def curve_plan(self) -> List[List[tuple]]:
         """The curves' runs as slots of ``(variant, dropout, job)``, most informative first: En-De
         before En-Fr; per pair, at each dropout, the variants other than the paper's beside the
-        Transformer (one slot: they train side by side), then the paper's mixer at every dropout."""
+        Transformer (one slot: they train side by side), and the paper's mixer at every dropout
+        (one slot), last for the first pair and first for the second. The paper's two slots then
+        meet: with three dropouts on two places the first pair's third paper run shares its group
+        with the second pair's first (:func:`~benchmarks.race_mt.pack_groups`), so 18 runs make 9
+        groups and none trains alone."""
         a = self.args
         first = [v for v in a.curve_variants if v != "paper"]
         slots = []
-        for pair in (p for p in PAIRS if p in a.pairs):
-            slots += [[self.curve_job(v, pair, d) for v in (*first, TRANSFORMER)] for d in a.dropouts]
-            if "paper" in a.curve_variants:
-                slots.append([self.curve_job("paper", pair, d) for d in a.dropouts])
+        for i, pair in enumerate(p for p in PAIRS if p in a.pairs):
+            beside = [[self.curve_job(v, pair, d) for v in (*first, TRANSFORMER)] for d in a.dropouts]
+            paper = [[self.curve_job("paper", pair, d) for d in a.dropouts]] if "paper" in a.curve_variants else []
+            slots += beside + paper if i % 2 == 0 else paper + beside
         return slots
 
     def curve_job(self, variant: str, pair: str, dropout: float) -> tuple:
@@ -287,23 +291,6 @@ class TokenMixerStudy(Race):
         """The results file stem of a stage other than the screen: ``--output`` with ``_screen``
         replaced, e.g. mt_token_mixers_race."""
         return self.args.output.replace("_screen", "") + f"_{stage}"
-
-    def score_both(self, job, save_dir, figures, tag) -> dict:
-        evals = {split: self.score(job, save_dir / "checkpoint_last.pt", split) for split in ("test", "valid")}
-        log.info("%s %d updates; sacreBLEU test %.2f, valid %.2f", tag, figures["updates"], evals["test"]["sacrebleu"],
-                 evals["valid"]["sacrebleu"])
-        if not self.args.keep_checkpoints:
-            for p in save_dir.glob("checkpoint*.pt"):
-                p.unlink()
-        return {"figures": figures, "eval": evals}
-
-    def score_valid(self, job, save_dir, figures, tag) -> dict:
-        valid = self.score(job, save_dir / "checkpoint_last.pt", "valid")
-        log.info("%s valid sacreBLEU %.2f after %d updates", tag, valid["sacrebleu"], figures["updates"])
-        if not self.args.keep_checkpoints:
-            for p in save_dir.glob("checkpoint*.pt"):
-                p.unlink()
-        return {"figures": figures, "valid": valid}
 
 
 def _signed(x) -> str:
@@ -498,7 +485,8 @@ def plot_curves(d: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The study's command line, checked; ``command`` is the line to record in its results."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["screen", "race", "curves"], default="screen")
     p.add_argument("--race-variants", nargs="+", choices=list(VARIANTS), default=["paper", "relative_glu"],
@@ -541,6 +529,11 @@ def main(argv=None):
     if args.report_only and args.stage != "curves":
         p.error("--report-only is for --stage curves")
     args.command = " ".join(["python -m benchmarks.mt_token_mixers", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
                         stream=sys.stdout, force=True)
     logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)

@@ -298,12 +298,16 @@ class Race:
         self.data_root = Path(args.data_root)
         self._info = None
 
-    # machine state, recorded once per stage
-    @property
-    def info(self) -> dict:
+    def record_machine(self) -> dict:
+        """The machine, its load and the commit, recorded once, as the first stage starts (before
+        its runs load the machine): what every results file of this process reports."""
         if self._info is None:
             self._info = run_info(self.args)
         return self._info
+
+    @property
+    def info(self) -> dict:
+        return self.record_machine()
 
     def data(self, pair: str) -> Path:
         return self.data_root / f"multi30k.{pair}"
@@ -407,6 +411,31 @@ class Race:
         d.pop("command", None)
         return d
 
+    def score_valid(self, job: Job, save_dir: Path, figures: dict, tag: str) -> dict:
+        """A ``finish`` of :meth:`run_jobs` for update-budget runs: valid sacreBLEU of the run's
+        checkpoint_last.pt; then, unless ``--keep-checkpoints``, its checkpoints are deleted."""
+        valid = self.score(job, save_dir / "checkpoint_last.pt", "valid")
+        log.info("%s valid sacreBLEU %.2f after %d updates", tag, valid["sacrebleu"], figures["updates"])
+        self.drop_checkpoints(save_dir)
+        return {"figures": figures, "valid": valid}
+
+    def score_test_valid(self, job: Job, save_dir: Path, figures: dict, tag: str) -> dict:
+        """A ``finish`` of :meth:`run_jobs` for timed runs: test and valid sacreBLEU of the run's
+        checkpoint_last.pt; then, unless ``--keep-checkpoints``, the other checkpoints are deleted
+        (the scored one stays: the decoding benchmarks time trained models)."""
+        evals = {split: self.score(job, save_dir / "checkpoint_last.pt", split) for split in SPLITS}
+        log.info("%s %d updates; sacreBLEU test %.2f, valid %.2f", tag, figures["updates"],
+                 evals["test"]["sacrebleu"], evals["valid"]["sacrebleu"])
+        self.drop_checkpoints(save_dir, keep="checkpoint_last.pt")
+        return {"figures": figures, "eval": evals}
+
+    def drop_checkpoints(self, save_dir: Path, keep: str = "") -> None:
+        """Unless ``--keep-checkpoints``: delete the run's checkpoints, all but the file named ``keep``."""
+        if not self.args.keep_checkpoints:
+            for p in save_dir.glob("checkpoint*.pt"):
+                if p.name != keep:
+                    p.unlink()
+
     def resumable(self, job: Job) -> bool:
         """An interrupted update-budget run (the sweep) resumes from its checkpoint_last.pt when it
         was started with the same settings (``started.json``, the spec :meth:`cached` compares):
@@ -449,7 +478,7 @@ class Race:
         """Run the jobs, ``--parallel`` at a time in the order given (a slot's jobs together), skip
         the cached ones (a slot that fits in the places they leave joins the group before); return
         every result in job order."""
-        self.info  # the machine, its load and the commit as the stage starts, before its runs load it
+        self.record_machine()
         jobs = [j for slot in slots for j in slot]
         results: Dict[str, dict] = {}
         todo_slots = []
@@ -502,15 +531,7 @@ class Race:
                     for r in grid[s]] for s in SYSTEMS}
         slots = [[r, t] for r, t in zip(jobs["resmlp"], jobs["transformer"])]
 
-        def finish(job, save_dir, figures, tag):
-            valid = self.score(job, save_dir / "checkpoint_last.pt", "valid")
-            log.info("%s valid sacreBLEU %.2f after %d updates", tag, valid["sacrebleu"], figures["updates"])
-            if not a.keep_checkpoints:
-                for p in save_dir.glob("checkpoint*.pt"):
-                    p.unlink()
-            return {"figures": figures, "valid": valid}
-
-        results = self.run_jobs("sweep", slots, finish)
+        results = self.run_jobs("sweep", slots, self.score_valid)
         rows = []
         for r in results + self.outside_grid(jobs):
             rows.append({"system": r["system"], "name": r["name"], "recipe": r["recipe"],
@@ -580,19 +601,7 @@ class Race:
         slots = [[Job("race", f"{pair}.{s}.seed{seed}", s, pair, seed, recipes[s], label=f"{pair} {s} seed {seed}",
                       minutes=a.minutes, estimate_minutes=a.minutes + 3) for s in SYSTEMS]
                  for pair in a.pairs for seed in range(1, a.seeds + 1)]
-
-        def finish(job, save_dir, figures, tag):
-            ckpt = save_dir / "checkpoint_last.pt"
-            evals = {split: self.score(job, ckpt, split) for split in SPLITS}
-            log.info("%s %d updates; sacreBLEU test %.2f, valid %.2f", tag, figures["updates"],
-                     evals["test"]["sacrebleu"], evals["valid"]["sacrebleu"])
-            if not a.keep_checkpoints:
-                for p in save_dir.glob("checkpoint*.pt"):
-                    if p.name != "checkpoint_last.pt":
-                        p.unlink()
-            return {"figures": figures, "eval": evals}
-
-        results = self.run_jobs("race", slots, finish)
+        results = self.run_jobs("race", slots, self.score_test_valid)
         runs = [{"pair": r["pair"], "system": r["system"], "seed": r["seed"], "recipe": r["recipe"],
                  "updates": r["figures"]["updates"], "wall_minutes": r["figures"]["wall_minutes"],
                  "words_per_second": r["figures"].get("words_per_second"),

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from benchmarks.mt_token_mixers import VARIANTS, curve_row, curves_markdown, curves_summary
-from benchmarks.race_mt import Job
+from benchmarks.mt_token_mixers import VARIANTS, TokenMixerStudy, curve_row, curves_markdown, curves_summary, parse_args
+from benchmarks.race_mt import Job, pack_groups
 from conftest import REPO
 from helpers import prepare_multi30k, write_corpus
 
@@ -122,6 +122,20 @@ def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_fr
     assert len(out["runs"]) == 4 and out["chosen"]["en-de"]["relative"]["dropouts_finished"] == [0.1, 0.3]
     assert not (root / "work" / "token_mixers_curves" / "en-de.relative.dropout0.2").exists()
     assert "Not finished yet (2 of 6 runs" in (root / "results" / "mt_token_mixers_curves.md").read_text()
+
+
+def test_curves_default_plan_makes_nine_full_groups_en_de_first_each_variant_beside_the_transformer(tmp_path):
+    """18 runs on two places: 9 groups of two (no run alone); En-De's runs in the first five groups;
+    relative + GLU beside the Transformer at the same dropout."""
+    study = TokenMixerStudy(parse_args(["--stage", "curves", "--work-dir", str(tmp_path)]))
+    slots = study.curve_plan()
+    groups = pack_groups([[f"{job.pair} {variant} {dropout:g}" for variant, dropout, job in slot] for slot in slots], 2)
+    assert sum(map(len, groups)) == 18 and [len(g) for g in groups] == [2] * 9
+    assert all(name.startswith("en-de") for g in groups[:4] for name in g)
+    assert all(name.startswith("en-fr") for g in groups[5:] for name in g)
+    beside = [g for g in groups if any("transformer" in name for name in g)]
+    assert len(beside) == 6 and all(sorted(n.split()[1] for n in g) == ["relative_glu", "transformer"]
+                                    and g[0].split()[::2] == g[1].split()[::2] for g in beside)
 
 
 def _curve_run(pair, variant, dropout, last, averaged=None):
