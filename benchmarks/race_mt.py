@@ -265,25 +265,21 @@ class Job:
 def pack_groups(slots: List[list], places: int) -> List[list]:
     """Pack slots of jobs into groups of at most ``places`` jobs that run side by side.
 
-    A slot's jobs go together; a slot that fits in the free places of the last group joins it. A
-    slot with more jobs than places is split, and its first jobs fill the last group's free places,
-    so no core idles: three systems per seed on two places make 1.5 groups per seed, not 2.
+    Every group but the last is full: the free places of the last group are filled from the next
+    slot first, and the rest of that slot makes new groups. So no run trains alone (on a less loaded
+    machine than its peers) unless it is the very last, and no core idles: three systems per seed
+    on two places make 1.5 groups per seed, not 2. A slot's jobs share groups where the places allow.
 
     >>> pack_groups([["a1", "b1", "c1"], ["a2", "b2", "c2"]], 2)
     [['a1', 'b1'], ['c1', 'a2'], ['b2', 'c2']]
-    >>> pack_groups([["a1", "b1"], ["c1"], ["a2", "b2"]], 2)
-    [['a1', 'b1'], ['c1'], ['a2', 'b2']]
+    >>> pack_groups([["c1"], ["a2", "b2"], ["a3", "b3", "c3"]], 2)
+    [['c1', 'a2'], ['b2', 'a3'], ['b3', 'c3']]
     """
     groups: List[list] = []
     for todo in slots:
         todo = list(todo)
-        if not todo:
-            continue
         free = places - len(groups[-1]) if groups else 0
-        if len(todo) <= free:
-            groups[-1] += todo
-            continue
-        if len(todo) > places and free > 0:
+        if free > 0:
             groups[-1] += todo[:free]
             todo = todo[free:]
         groups += [todo[i:i + places] for i in range(0, len(todo), places)]
@@ -475,8 +471,8 @@ class Race:
         return result
 
     def run_jobs(self, stage: str, slots: List[List[Job]], finish=None, runner=None) -> List[dict]:
-        """Run the jobs, ``--parallel`` at a time in the order given (a slot's jobs together), skip
-        the cached ones (a slot that fits in the places they leave joins the group before); return
+        """Run the jobs, ``--parallel`` at a time in the order given, skip the cached ones and pack
+        the rest into full groups (:func:`pack_groups`: no run trains alone but the very last); return
         every result in job order."""
         self.record_machine()
         jobs = [j for slot in slots for j in slot]

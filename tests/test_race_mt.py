@@ -314,11 +314,15 @@ def test_finished_runs_outside_a_narrowed_grid_are_listed_not_eligible(tmp_path)
 
 
 def test_runs_side_by_side_fill_every_place():
-    # slots that fit the places stay together; an oversized slot (three systems on two places)
-    # fills the free place left by the one before, so no core idles between seeds
+    # every group but the last is full: a slot (three systems on two places, or what the cache left
+    # of one) fills the free place left by the one before, so no run trains alone between others
     assert race_mt.pack_groups([["a1", "b1"], ["a2", "b2"]], 2) == [["a1", "b1"], ["a2", "b2"]]
     assert race_mt.pack_groups([["a1", "b1", "c1"], ["a2", "b2", "c2"]], 2) == [["a1", "b1"], ["c1", "a2"],
                                                                                  ["b2", "c2"]]
     assert race_mt.pack_groups([["a1"], [], ["b1"], ["c1", "d1"]], 2) == [["a1", "b1"], ["c1", "d1"]]
     assert race_mt.pack_groups([["a1", "b1", "c1"]], 3) == [["a1", "b1", "c1"]]
+    # a rerun after seed 3's first group and seed 2's runs of a second pair: no run alone
+    assert race_mt.pack_groups([["c3"], ["b2", "c2"], ["a3", "b3", "c3"]], 2) == [["c3", "b2"], ["c2", "a3"],
+                                                                                   ["b3", "c3"]]
+    assert race_mt.pack_groups([["a1", "b1"], ["c1"], ["a2", "b2"]], 2) == [["a1", "b1"], ["c1", "a2"], ["b2"]]
     assert race_mt.pack_groups([], 2) == []
