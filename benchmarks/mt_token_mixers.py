@@ -346,7 +346,33 @@ def race_markdown(d: dict) -> str:
             lines.append(f"| {v} | {pm(r['test'])} | {pm(r['valid'])} | {_signed(diff['test'])} | "
                          f"{_signed(diff['valid'])} | {r['updates']['mean']:.0f} | {upm} | {wps} | {params} |")
         lines.append("")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + race_goal_lines(d["summary"])) + "\n"
+
+
+def attention_free(variant: str) -> bool:
+    return variant in VARIANTS and "--hybrid-encoder-attention-heads" not in VARIANTS[variant][1]
+
+
+def race_goal_lines(summary: dict) -> List[str]:
+    """The race's goal as markdown: the best attention-free variant of each pair (by its mean VALID
+    sacreBLEU, never by test) at or above the Transformer's mean on test and on valid, every pair."""
+    lines = ["## Goal: the best attention-free variant at or above the Transformer", "",
+             "Per pair, the attention-free variant with the best mean valid sacreBLEU; its mean minus the "
+             "Transformer's, on test and on valid. Met when all are at least 0.", "",
+             "| pair | best attention-free variant (by valid) | test − Transformer | valid − Transformer |",
+             "|---|---|---:|---:|"]
+    met = []
+    for pair, systems in summary.items():
+        ref = systems.get(TRANSFORMER)
+        free = [v for v in systems if attention_free(v) and systems[v]["valid"]["mean"] is not None]
+        if not ref or not free:
+            continue
+        best = max(free, key=lambda v: systems[v]["valid"]["mean"])
+        diff = {split: systems[best][split]["mean"] - ref[split]["mean"] for split in ("test", "valid")}
+        met += [x >= 0 for x in diff.values()]
+        lines.append(f"| {pair} | {best} | {diff['test']:+.2f} | {diff['valid']:+.2f} |")
+    verdict = "met" if met and all(met) else "missed"
+    return lines + ["", f"Goal **{verdict}**: {sum(met)} of {len(met)} differences at or above 0."]
 
 
 def curve_row(variant: str, dropout: float, job: Job, result: dict, params: Optional[int]) -> dict:

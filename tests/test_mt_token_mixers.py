@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from benchmarks.mt_token_mixers import VARIANTS, TokenMixerStudy, curve_row, curves_markdown, curves_summary, parse_args
+from benchmarks.mt_token_mixers import (VARIANTS, TokenMixerStudy, curve_row, curves_markdown, curves_summary,
+                                        parse_args, race_goal_lines)
 from benchmarks.race_mt import Job, pack_groups
 from conftest import REPO
 from helpers import prepare_multi30k, write_corpus
@@ -136,6 +137,21 @@ def test_curves_default_plan_makes_nine_full_groups_en_de_first_each_variant_bes
     beside = [g for g in groups if any("transformer" in name for name in g)]
     assert len(beside) == 6 and all(sorted(n.split()[1] for n in g) == ["relative_glu", "transformer"]
                                     and g[0].split()[::2] == g[1].split()[::2] for g in beside)
+
+
+def test_race_goal_picks_the_variant_by_valid_leaves_out_the_hybrid_and_needs_every_difference():
+    def system(test, valid):
+        return {"test": {"mean": test}, "valid": {"mean": valid}}
+
+    summary = {"en-de": {"paper": system(35.0, 30.0), "relative_glu": system(33.0, 32.0),
+                         "hybrid1": system(40.0, 40.0), "transformer": system(32.5, 31.5)},
+               "en-fr": {"paper": system(48.0, 47.0), "transformer": system(48.0, 46.0)}}
+    text = "\n".join(race_goal_lines(summary))
+    # relative_glu, best by valid (not paper, best by test; not the hybrid, which is not attention-free)
+    assert "| en-de | relative_glu | +0.50 | +0.50 |" in text and "| en-fr | paper | +0.00 | +1.00 |" in text
+    assert "Goal **met**: 4 of 4" in text
+    summary["en-fr"]["transformer"] = system(48.01, 46.0)
+    assert "Goal **missed**: 3 of 4" in "\n".join(race_goal_lines(summary))
 
 
 def _curve_run(pair, variant, dropout, last, averaged=None):
