@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -134,14 +134,19 @@ def run_benchmark(
     extra_train_args: Optional[List[str]] = None,
     threads: int = 2,
     profile_batches: int = 3,
+    generation_args: Sequence[str] = (),
 ) -> dict:
-    """Prepare, train and evaluate both systems on every pair; return every figure."""
+    """Prepare, train and evaluate both systems on every pair; return every figure.
+
+    ``generation_args`` go to every fairseq-generate call (for example a maximum output length)."""
     from mt_tools.corpus import multi30k_splits, prepare_parallel_corpus
 
     results: dict = {"settings": {"pairs": pairs, "minutes_per_system": minutes, "vocab_size": vocab_size,
                                   "budget": "same wall-clock training time (fairseq --stop-time-hours)",
                                   "threads": threads, "generation": {"beam": 4, "batch_size": 128}},
                      "machine": machine_info(), "pairs": {}}
+    if generation_args:
+        results["settings"]["generation"]["extra_args"] = list(generation_args)
     for pair in pairs:
         src, tgt = pair.split("-")
         data = workdir / folder_name("multi30k", src, tgt)
@@ -158,7 +163,8 @@ def run_benchmark(
             figures["parameters"] = count_parameters(checkpoint)
             figures["eval"] = {}
             for split in eval_splits:
-                r = evaluate(data, checkpoint, split=split, beam=4, batch_size=128, num_samples=3, threads=threads)
+                r = evaluate(data, checkpoint, split=split, beam=4, batch_size=128, num_samples=3, threads=threads,
+                             extra_args=generation_args)
                 figures["eval"][split] = result_dict(r)
                 logger.info("%s %s %s: sacreBLEU %.2f, %.1f sentences/s", pair, system, split, r.sacrebleu,
                             r.sentences_per_second)
@@ -294,7 +300,9 @@ def markdown_table(results: dict) -> str:
         f"{results['machine']['gpu'] or 'no GPU'}; torch {results['machine']['torch']}, "
         f"fairseq {results['machine']['fairseq']}. "
         f"Budget: {results['settings']['minutes_per_system']} minutes of training per system "
-        "(same wall-clock time), then fairseq-generate with beam 4, batch 128.",
+        "(same wall-clock time), then fairseq-generate with beam 4, batch 128"
+        + (f" ({' '.join(results['settings']['generation']['extra_args'])})."
+           if results["settings"]["generation"].get("extra_args") else "."),
         "",
         "| pair | system | params | updates | train words/s | best valid loss | sacreBLEU test_2016_flickr | "
         "sacreBLEU val | gen. sent/s | gen. tok/s | peak RSS train / gen (MB) |",

@@ -36,3 +36,5 @@ def test_bench_mt_quick_writes_json_table_and_plot(tmp_path):
     assert "self-attention (Transformer)" in table and "token mixing (ResMLP cross-token linear)" in table
     assert (tmp_path / "results" / "bench_mt_valid_loss.png").stat().st_size > 10_000
     assert results["machine"]["torch"] and results["settings"]["quick"] is True
+    assert results["settings"]["generation"]["extra_args"] == ["--max-len-a", "1.2", "--max-len-b", "10"]
+    assert "(--max-len-a 1.2 --max-len-b 10)" in table
