@@ -10,12 +10,15 @@
   (time, logger, message), and the JSON records among them; the one parser of fairseq's logs;
 * :func:`read_checkpoint`: a checkpoint read through the project's safe loader (weights only);
 * :func:`write_result`: a results file (JSON or markdown text) written atomically through
-  :func:`repo_relative`, the one way the studies write ``results/``.
+  :func:`repo_relative`, the one way the studies write ``results/``;
+* :func:`training_minutes`: the argparse type of a training-minutes budget (a number >= 0).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import math
 import os
 import platform
 import json
@@ -57,6 +60,18 @@ def repo_relative(x: Any, root: Union[str, os.PathLike, None] = None) -> Any:
     if isinstance(x, (list, tuple)):
         return [repo_relative(v, root) for v in x]
     return x
+
+
+def training_minutes(text: str) -> float:
+    """argparse type of a training-minutes budget: a finite number >= 0 (0: a curve run stops at
+    its first evaluation), else argparse's error naming the flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: minutes must be a finite number >= 0")
+    return value
 
 
 def write_result(path: Union[str, os.PathLike], text: str) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import repo_relative, write_result  # noqa: E402
+from benchmarks.common import repo_relative, training_minutes, write_result  # noqa: E402
 from benchmarks.race_mt import PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json  # noqa: E402
 from mt_tools.distill import distill  # noqa: E402
 
@@ -398,8 +398,9 @@ def main(argv=None) -> int:
     p.add_argument("--variant-flags", default="", help="the token-mixer study's best variant, as fairseq-train flags")
     p.add_argument("--variant-name", default="variant", help="its name in the tables")
     p.add_argument("--eval-every", type=int, default=250, help="updates between validations")
-    p.add_argument("--max-minutes", type=float, default=120.0, help="most training minutes per model")
-    p.add_argument("--teacher-max-minutes", type=float, default=None,
+    p.add_argument("--max-minutes", type=training_minutes, default=120.0,
+                   help="most training minutes per model (0: stop at the first evaluation)")
+    p.add_argument("--teacher-max-minutes", type=training_minutes, default=None,
                    help="most training minutes of the teacher (default: --max-minutes)")
     p.add_argument("--student-targets", nargs="+", choices=["distilled", "references"],
                    default=["distilled", "references"],

@@ -64,6 +64,7 @@ from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
     minutes_text, pm, reported_model,
 )
+from benchmarks.common import training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
 from resmlp_core.io import write_atomic  # noqa: E402
 
@@ -524,8 +525,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropouts", type=float, nargs="+", default=[0.1, 0.2, 0.3],
                    help="curves: the dropout grid; each system is reported at its best (by valid sacreBLEU)")
     p.add_argument("--eval-every", type=int, default=250, help="curves: updates between validations")
-    p.add_argument("--max-minutes", type=float, default=150.0,
-                   help="curves: training minutes of a run if early stopping has not stopped it")
+    p.add_argument("--max-minutes", type=training_minutes, default=150.0,
+                   help="curves: training minutes of a run if early stopping has not stopped it "
+                        "(0: stop at the first evaluation)")
     p.add_argument("--report-only", action="store_true",
                    help="curves: train nothing, report the runs finished so far (same settings as the stage's)")
     p.add_argument("--variants", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=[*VARIANTS, TRANSFORMER])
@@ -550,8 +552,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--dropouts must be distinct and lie in [0, 1), got {' '.join(f'{d:g}' for d in args.dropouts)}")
     if len(set(args.curve_variants)) < len(args.curve_variants):
         p.error("--curve-variants must be distinct")
-    if args.eval_every < 1 or args.max_minutes <= 0:
-        p.error("--eval-every must be at least 1 and --max-minutes positive")
+    if args.eval_every < 1:
+        p.error(f"--eval-every {args.eval_every}: must be at least 1")
     if args.report_only and args.stage != "curves":
         p.error("--report-only is for --stage curves")
     args.command = " ".join(["python -m benchmarks.mt_token_mixers", *(sys.argv[1:] if argv is None else argv)])

@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import parse_fairseq_log, write_result  # noqa: E402
+from benchmarks.common import parse_fairseq_log, training_minutes, write_result  # noqa: E402
 from benchmarks.fairseq_runs import machine_info, training_figures  # noqa: E402
 from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 from mt_tools.recipes import DEFAULT_RECIPES, fmt_lr, recipe_flags, recipe_name, recipe_text, tuned_recipes  # noqa: E402,F401
@@ -1077,10 +1077,10 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=None,
                    help="race budget per run, wall-clock (default 25; --quick 0.2)")
     p.add_argument("--seeds", type=int, default=None, help="race seeds (default 3; --quick 1)")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--max-minutes", type=training_minutes, default=None,
                    help="curves, En-De: most training minutes if early "
                         "stopping has not stopped it (default 120; --quick 0.3)")
-    p.add_argument("--fr-minutes", type=float, default=None,
+    p.add_argument("--fr-minutes", type=training_minutes, default=None,
                    help="curves, En-Fr: training minutes (default 25; --quick 0.3)")
     p.add_argument("--eval-every", type=int, default=None,
                    help="curves: updates between validations (default 250; --quick 100)")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
-from benchmarks.common import REPO, repo_relative, write_result
+import pytest
+
+from benchmarks.common import REPO, repo_relative, training_minutes, write_result
 from conftest import REPO as TESTS_REPO
 
 
@@ -115,3 +118,16 @@ def test_read_checkpoint_reads_weights_and_refuses_code_naming_the_file(tmp_path
     (tmp_path / "evil.pth").write_bytes(pickle.dumps(subprocess.CompletedProcess(["x"], 0)))
     with pytest.raises(ValueError, match="evil.pth"):
         read_checkpoint(tmp_path / "evil.pth")
+
+
+def test_training_minutes_accepts_zero_and_names_the_flag_of_a_bad_budget(capsys):
+    parser = argparse.ArgumentParser(prog="study")
+    parser.add_argument("--max-minutes", type=training_minutes)
+    assert parser.parse_args(["--max-minutes", "0"]).max_minutes == 0.0
+    assert parser.parse_args(["--max-minutes", "2.5"]).max_minutes == 2.5
+    for bad, why in (("-1", "must be a finite number >= 0"), ("nan", "must be a finite number >= 0"),
+                     ("ten", "is not a number of minutes")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--max-minutes", bad])
+        err = capsys.readouterr().err
+        assert f"argument --max-minutes: '{bad}'" in err and why in err
