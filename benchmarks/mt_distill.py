@@ -193,7 +193,7 @@ class DistillStudy(Race):
                             "teacher_max_minutes": self.teacher_minutes,
                             "teacher_recipe": TEACHER_RECIPE, "student_recipe": STUDENT_RECIPE,
                             "variant_flags": a.variant_flags, "command": a.command},
-               "machine": self.info, "pairs": {}, "goals": []}
+               "machine": self.record_machine(), "pairs": {}, "goals": []}
         for pair in a.pairs:
             teacher = self.cached(self.teacher_job(pair))
             rows = []

@@ -62,7 +62,7 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
-    minutes_text, pm, reported_model,
+    minutes_text, pm, reported_model, style_bleu_axes,
 )
 from benchmarks.common import training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
@@ -169,7 +169,7 @@ class TokenMixerStudy(Race):
                             "resmlp_recipe": RESMLP_RECIPE, "transformer_recipe": TRANSFORMER_RECIPE,
                             "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (mt_tools.evaluate)",
                             "command": a.command},
-               "machine": self.info, "rows": rows}
+               "machine": self.record_machine(), "rows": rows}
         self.publish(a.output, out, screen_markdown(out))
         return out
 
@@ -218,7 +218,7 @@ class TokenMixerStudy(Race):
                             "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
                             "score": "sacreBLEU of checkpoint_last.pt, beam 4 (mt_tools.evaluate)",
                             "command": a.command},
-               "machine": self.info, "runs": runs, "summary": summary}
+               "machine": self.record_machine(), "runs": runs, "summary": summary}
         self.publish(self.stem("race"), out, race_markdown(out))
         return out
 
@@ -282,7 +282,7 @@ class TokenMixerStudy(Race):
                             "planned": [job.name for _, _, job in plan],
                             "not_finished": [job.name for (_, _, job), r in zip(plan, results) if r is None],
                             "plot": f"{stem}.png", "command": a.command},
-               "machine": self.info, "runs": runs, **curves_summary(runs)}
+               "machine": self.record_machine(), "runs": runs, **curves_summary(runs)}
         self.publish(stem, out, curves_markdown(out))
         if runs:
             plot_curves(out, self.results / f"{stem}.png")
@@ -502,11 +502,7 @@ def plot_curves(d: dict, path: Path) -> None:
             style = "--s" if variant == TRANSFORMER else "-o"
             ax.plot([p["updates"] for p in points], [p["valid_bleu"] for p in points], style, ms=3,
                     label=f"{variant}, dropout {c['dropout']:g}")
-        ax.set_title(f"Multi30k {pair}")
-        ax.set_xlabel("updates")
-        ax.set_ylabel("valid sacreBLEU (beam 4)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        style_bleu_axes(ax, pair, "updates")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

@@ -301,10 +301,6 @@ class Race:
             self._info = run_info(self.args)
         return self._info
 
-    @property
-    def info(self) -> dict:
-        return self.record_machine()
-
     def data(self, pair: str) -> Path:
         return self.data_root / f"multi30k.{pair}"
 
@@ -563,7 +559,7 @@ class Race:
                             "score": "sacreBLEU of checkpoint_last.pt on the valid split, beam 4 (mt_tools.evaluate)",
                             "data_root": str(self.data_root), "work_dir": str(self.work / "sweep"),
                             "extra_train_args": a.extra_train_args, "command": a.command},
-               "machine": self.info, "rows": rows, "best": best, "notes": notes}
+               "machine": self.record_machine(), "rows": rows, "best": best, "notes": notes}
         out.update({k: v for k, v in (("title", a.title), ("intro", a.intro)) if v})
         self.publish("mt_sweep", out, sweep_markdown(out))
         return out
@@ -626,7 +622,7 @@ class Race:
                             "generation": {"beam": 4, "batch_size": 128}, "data_root": str(self.data_root),
                             "work_dir": str(self.work / "race"), "extra_train_args": a.extra_train_args,
                             "command": a.command},
-               "machine": self.info, "runs": runs, "summary": summary}
+               "machine": self.record_machine(), "runs": runs, "summary": summary}
         self.publish("mt_race", out, race_markdown(out))
         return out
 
@@ -656,7 +652,7 @@ class Race:
                                        "timestamps, validation, checkpoint writing and restarts left out"),
                             "data_root": str(self.data_root), "work_dir": str(self.work / "curves"),
                             "extra_train_args": a.extra_train_args, "command": a.command},
-               "machine": self.info, "pairs": {}}
+               "machine": self.record_machine(), "pairs": {}}
         for r in results:
             entry = {k: v for k, v in r.items() if k not in ("spec", "stage", "name", "pair", "system", "seed")}
             out["pairs"].setdefault(r["pair"], {})[r["system"]] = entry
@@ -768,7 +764,7 @@ class Race:
         goals = assess_goals(loaded["mt_race"], loaded["mt_curves"])
         out = {"goals": goals, "sources": {k: (str(self.results / f"{k}.json") if v else None)
                                            for k, v in loaded.items()},
-               "machine": self.info, "command": self.args.command}
+               "machine": self.record_machine(), "command": self.args.command}
         text = report_markdown(out, loaded)
         write_result(self.results / "mt_report.json", json.dumps(out, indent=1) + "\n")
         write_result(self.results / "mt_report.md", text)
@@ -929,6 +925,15 @@ def curves_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def style_bleu_axes(ax, pair: str, xlabel: str) -> None:
+    """The look of every valid-sacreBLEU curve panel of the translation studies."""
+    ax.set_title(f"Multi30k {pair}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("valid sacreBLEU (beam 4)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_curves(d: dict, out_dir: Path) -> List[Path]:
     import matplotlib
 
@@ -950,11 +955,7 @@ def plot_curves(d: dict, out_dir: Path) -> List[Path]:
                              label=label)
             axes_row[1].plot([p["updates"] for p in pts], [p["valid_bleu"] for p in pts], style, ms=3, label=label)
         for ax, xlabel in zip(axes_row, ("training minutes (evaluation and checkpointing excluded)", "updates")):
-            ax.set_title(f"Multi30k {pair}")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("valid sacreBLEU (beam 4)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            style_bleu_axes(ax, pair, xlabel)
 
     written = []
     pairs = list(d["pairs"])
