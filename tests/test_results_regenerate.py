@@ -52,6 +52,7 @@ RENDERERS = {
     "mt_token_mixers_race": mt_token_mixers.race_markdown,
     "mt_token_mixers_screen": mt_token_mixers.screen_markdown,
     "mt_token_mixers_screen_en-fr": mt_token_mixers.screen_markdown,
+    "mt_token_mixers_screen_lr": mt_token_mixers.screen_markdown,
     "vision_cifar10": partial(vision_report.markdown, name="vision_cifar10"),
     "vision_distill_cifar10": partial(vision_report.markdown, name="vision_distill_cifar10"),
 }
