@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import machine_cores, machine_info, write_result
-from vision.speed import _sync, count_flops, interleaved, matmul_gflops
+from vision.speed import count_flops, interleaved, matmul_gflops, one_call_seconds
 
 SIZES = {"S12": ("resmlp_s12", "resmlp_12_224"), "S24": ("resmlp_s24", "resmlp_24_224")}
 
@@ -94,7 +93,9 @@ def bench_size(size: str, args, device: torch.device, peak: float, autocast_dtyp
     for batch in args.batch_sizes:
         x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
         # Small batches are fast: repeat the call so one timing is not a few microseconds.
-        reps = max(1, int(args.target_call_s / max(1e-4, _one_call(ours, x, device))))
+        with torch.inference_mode():
+            one_call = one_call_seconds(lambda: ours(x))
+        reps = max(1, int(args.target_call_s / max(1e-4, one_call)))
 
         def make(m: nn.Module) -> Callable[[], None]:
             def run() -> None:
@@ -151,16 +152,6 @@ def _timm_model(timm_name: str, ours: nn.Module, args) -> nn.Module:
     ref.load_state_dict(ours.state_dict())
     return ref.train(ours.training)
 
-
-
-def _one_call(m: nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    with torch.inference_mode():
-        m(x)
-        _sync(device)
-        t0 = time.perf_counter()
-        m(x)
-        _sync(device)
-    return time.perf_counter() - t0
 
 
 def _line(size: str, what: str, entry: Dict[str, Any]) -> str:

@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 from timm.utils import ParseKwargs, random_seed
 from torch import nn
 
@@ -90,19 +90,6 @@ class GaussianBlur:
 
     def __repr__(self) -> str:
         return f"GaussianBlur(p={self.prob}, radius=({self.radius_min}, {self.radius_max}))"
-
-
-class Solarization:
-    """With probability ``p``, invert the pixels above 128 (DINO's ``utils.Solarization``)."""
-
-    def __init__(self, p: float):
-        self.p = p
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return ImageOps.solarize(img) if random.random() < self.p else img
-
-    def __repr__(self) -> str:
-        return f"Solarization(p={self.p})"
 
 
 class MultiCropAugmentation:
@@ -153,7 +140,7 @@ class MultiCropAugmentation:
         )
         self.global_transfo2 = T.Compose(
             [T.RandomResizedCrop(global_size, scale=tuple(global_scale), interpolation=interp), flip_and_color_jitter,
-             GaussianBlur(blur_probs[1], r0, r1), Solarization(solarization_prob), normalize]
+             GaussianBlur(blur_probs[1], r0, r1), T.RandomSolarize(threshold=128, p=solarization_prob), normalize]
         )
         self.local_transfo = T.Compose(
             [T.RandomResizedCrop(local_size, scale=tuple(local_scale), interpolation=interp), flip_and_color_jitter,

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from timm.utils import accuracy
 
 from .run import NonFiniteLossError, RunContext, unwrap
 
@@ -102,11 +103,11 @@ def evaluate(model: nn.Module, loader, ctx: RunContext, *, desc: str = "eval") -
             logits = model(images)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5.eq(labels[:, None])
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        count += labels.numel()
+        acc1, acc5 = accuracy(logits, labels, topk=(1, 5))  # timm's, as DeiT's engine: % of this batch
+        n = labels.numel()
+        correct1 += round(acc1.item() * n / 100)  # back to the whole count it is (float32 %)
+        correct5 += round(acc5.item() * n / 100)
+        count += n
     totals = all_reduce_sum([correct1, correct5, loss_sum, count], ctx.device, ctx.distributed)
     correct1, correct5, loss_sum, count = totals
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from timm.utils import ParseKwargs
+from timm.utils import ParseKwargs, accuracy
 from torch import nn
 
 from resmlp_core import io as safe_io
@@ -334,11 +334,9 @@ def describe(info: Dict[str, Any]) -> str:
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
-    """``{"top1": %, "top5": %}`` of ``scores (n, C)`` against ``labels (n,)`` (ties: the lower
-    class index wins, as a stable sort)."""
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    hits = order.eq(labels[:, None])
-    return {f"top{k}": 100.0 * hits[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks}
+    """``{"top1": %, "top5": %}`` of ``scores (n, C)`` against ``labels (n,)``, through
+    ``timm.utils.accuracy`` (the DeiT engine's; a ``k`` above ``C`` counts as ``C``)."""
+    return {f"top{k}": float(a) for k, a in zip(ks, accuracy(scores, labels, topk=tuple(ks)))}
 
 
 __all__ = [

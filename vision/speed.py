@@ -1,5 +1,5 @@
 """Timing primitives shared by ``vision.evaluate`` and the vision benchmarks: the device's
-synchronisation, a matmul's GFLOP/s (the peak a model's figure is compared with), a model's
+synchronisation, one call's seconds, a matmul's GFLOP/s (the peak a model's figure is compared with), a model's
 FLOPs, and interleaved rounds of several timed calls (so that a slow spell hits all of them)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Callable, Dict, List
 
 import torch
 from torch import nn
+from torch.utils.benchmark import Timer
 
 
 def _sync(device: torch.device) -> None:
@@ -17,20 +18,22 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, seconds: float) -> float:
-    """Sustained GFLOP/s of an ``n x n`` by ``n x n`` matmul (best of several timed runs)."""
+    """Sustained GFLOP/s of an ``n x n`` by ``n x n`` matmul: the best block of
+    ``torch.utils.benchmark.Timer.blocked_autorange`` over ``seconds``, at the process's threads."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
-    torch.mm(a, b, out=c)
-    _sync(device)
-    best, spent = float("inf"), 0.0
-    while spent < seconds or best == float("inf"):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        _sync(device)
-        dt = time.perf_counter() - t0
-        best, spent = min(best, dt), spent + dt
+    timer = Timer("torch.mm(a, b, out=c)", globals={"torch": torch, "a": a, "b": b, "c": c},
+                  num_threads=torch.get_num_threads())
+    best = min(timer.blocked_autorange(min_run_time=seconds).times)
     return 2 * n**3 / best / 1e9
+
+
+def one_call_seconds(fn: Callable[[], object]) -> float:
+    """Seconds of one call of ``fn`` after ``torch.utils.benchmark.Timer``'s warm-up calls, at the
+    process's threads (the device synchronised around it)."""
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.timeit(1).mean
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> float:
@@ -43,7 +46,11 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, device: torch.device) -> Dict[str, List[float]]:
-    """Seconds per call of each function, one call of each per round, after one warm-up call."""
+    """Seconds per call of each function, one call of each per round, after one warm-up call.
+
+    Written out rather than through ``torch.utils.benchmark.Timer``: a Timer measures one
+    statement's calls back to back (and warms up before each measurement), while a comparison
+    wants the candidates alternated, so that a slow spell of the machine hits all of them."""
     for fn in fns.values():
         fn()
     _sync(device)
