@@ -37,9 +37,9 @@ no process start, model or data loading); in-process rows time the call, text in
 (normalisation, SentencePiece, batching, search, detokenisation). Rounds are interleaved (round 1
 runs every row, then round 2, ...) and the medians are reported. The calls are timed with
 ``time.perf_counter`` rather than ``torch.utils.benchmark.Timer``, which would warm up before each
-timed call and drop the translations that the row's BLEU and output length are computed from. In-process rows run in this
-process with ``torch.set_num_threads(--threads)``, subprocesses get ``OMP_NUM_THREADS``,
-CTranslate2 ``intra_threads``. Run it alone on the machine.
+timed call and drop the translations that the row's BLEU and output length are computed from.
+In-process rows run in this process with ``torch.set_num_threads(--threads)``, subprocesses get
+``OMP_NUM_THREADS``, CTranslate2 ``intra_threads``. Run it alone on the machine.
 
 Writes ``OUT.json`` (machine, versions, settings, checkpoints with their update counts, every
 round of every row) and ``OUT.md`` (the tables), prints the tables. The ResMLP model folder
