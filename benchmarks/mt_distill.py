@@ -10,7 +10,10 @@ Stages:
 1. ``teacher``: the tuned Transformer of the race (pre-norm, lr 2e-3, warm-up 300), trained to
    convergence with the race's curve rule (segments of ``--eval-every`` updates, valid sacreBLEU
    after each, stop after 3 evaluations without improvement or at ``--max-minutes`` of training);
-   the teacher is the average of its last 5 checkpoints when it converged, else its best.
+   the teacher is the average of its last 5 checkpoints when it converged, else its best. With
+   ``--teacher-run`` nothing trains: the teacher is that finished curve run, for example the
+   token-mixer curves' Transformer at its chosen dropout (``<race work-dir>/token_mixers_curves/
+   en-de.transformer.dropout0.2``), so the students learn from the study's converged, tuned peer.
 2. ``distill``: :mod:`mt_tools.distill` translates the training sources with the teacher (beam 4)
    into ``<work-dir>/distilled/multi30k.<pair>`` (the original dictionaries, SentencePiece model
    and evaluation splits with their human references).
@@ -78,14 +81,24 @@ class DistillStudy(Race):
         a = self.args
         return a.max_minutes if a.teacher_max_minutes is None else a.teacher_max_minutes
 
+    def teacher_dir(self, pair: str) -> Path:
+        """The teacher's run folder: ``--teacher-run``, else this study's own teacher run."""
+        return self.args.teacher_run or self.run_dir(self.teacher_job(pair))
+
+    def teacher_result(self, pair: str) -> Optional[dict]:
+        """The teacher run's ``result.json`` (None while this study's own teacher is not trained):
+        ``--teacher-run``'s, checked by :func:`check_teacher_run`, else the cached own run."""
+        if self.args.teacher_run:
+            return read_json(self.args.teacher_run / "result.json")
+        return self.cached(self.teacher_job(pair))
+
     def teacher_checkpoint(self, pair: str) -> Path:
         """The teacher: its averaged checkpoint when it converged, else its best (by valid BLEU)."""
-        job = self.teacher_job(pair)
-        result = self.cached(job)
+        result = self.teacher_result(pair)
         if result is None:
             raise SystemExit(f"the {pair} teacher is not trained yet: run --stage teacher first")
         name = "checkpoint_averaged.pt" if result.get("converged") else "checkpoint_best_bleu.pt"
-        return self.run_dir(job) / name
+        return self.teacher_dir(pair) / name
 
     def distilled(self, pair: str) -> Path:
         return self.work / "distilled" / f"multi30k.{pair}"
@@ -108,6 +121,9 @@ class DistillStudy(Race):
     # -- stages --------------------------------------------------------------------------------
 
     def teacher(self) -> None:
+        if self.args.teacher_run:
+            log.info("[teacher] the finished run %s (--teacher-run): nothing to train", self.args.teacher_run)
+            return
         self.check_data(self.args.pairs)
         self.run_jobs("teacher", [[self.teacher_job(p)] for p in self.args.pairs], runner=self.curve_run)
 
@@ -187,15 +203,26 @@ class DistillStudy(Race):
                               "test": result["eval"][model]["test"]["sacrebleu"]})
         return max(found, key=lambda r: r["test"]) if found else None
 
+    def teacher_run_settings(self) -> dict:
+        """What the report says of a ``--teacher-run`` teacher (nothing for the study's own):
+        its folder (relative to the repository), the run's recipe and fairseq-train flags."""
+        run = self.args.teacher_run
+        if not run:
+            return {}
+        spec = (read_json(run / "result.json") or {}).get("spec", {})
+        return {"teacher_run": repo_relative(str(run)),
+                "teacher_run_recipe": {k: spec.get(k) for k in ("system", "recipe", "train_args", "cap_minutes")}}
+
     def report(self) -> dict:
         a = self.args
         out = {"settings": {"pairs": a.pairs, "eval_every": a.eval_every, "max_minutes": a.max_minutes,
                             "teacher_max_minutes": self.teacher_minutes,
                             "teacher_recipe": TEACHER_RECIPE, "student_recipe": STUDENT_RECIPE,
+                            **self.teacher_run_settings(),
                             "variant_flags": a.variant_flags, "command": a.command},
                "machine": self.record_machine(), "pairs": {}, "goals": []}
         for pair in a.pairs:
-            teacher = self.cached(self.teacher_job(pair))
+            teacher = self.teacher_result(pair)
             rows = []
             if teacher:
                 rows.append(_row("teacher (Transformer)", "references", teacher))
@@ -216,6 +243,25 @@ class DistillStudy(Race):
         plot(out, self.results / "mt_distill.png")
         print(text)
         return out
+
+
+def check_teacher_run(run: Path, pairs: List[str]) -> Optional[str]:
+    """Why ``run`` cannot be the teacher of ``pairs`` (None if it can): it must be one pair's
+    finished curve run of the race's harness, with the checkpoint :meth:`DistillStudy.teacher_checkpoint`
+    takes (averaged when it converged, else its best by valid BLEU)."""
+    if len(pairs) != 1:
+        return f"a teacher run serves one pair, --pairs gives {len(pairs)}"
+    result = read_json(run / "result.json")
+    if result is None:
+        return "no result.json there: not a finished run of the race's harness"
+    if "eval" not in result or "converged" not in result:
+        return "its result.json is not a curve run's (no 'eval' or 'converged')"
+    if result.get("pair") != pairs[0]:
+        return f"it is a run of {result.get('pair')}, --pairs is {pairs[0]}"
+    name = "checkpoint_averaged.pt" if result["converged"] else "checkpoint_best_bleu.pt"
+    if not (run / name).is_file():
+        return f"{name} is missing"
+    return None
 
 
 def targets_of(job: Job) -> str:
@@ -330,7 +376,8 @@ def markdown(out: dict) -> str:
              "Every model trained with the race's curve rule until it converged or reached its budget "
              f"(valid sacreBLEU every {s['eval_every']} updates, stop after 3 without improvement, "
              f"at most {s['max_minutes']:g} training minutes, "
-             f"the teacher at most {s.get('teacher_max_minutes', s['max_minutes']):g}); "
+             + (f"the teacher the finished run `{s['teacher_run']}`" if s.get("teacher_run") else
+                f"the teacher at most {s.get('teacher_max_minutes', s['max_minutes']):g}") + "); "
              "reported: the average of the last 5 checkpoints when converged, else the best.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(out["machine"]), ""]
     for pair, p in out["pairs"].items():
@@ -402,6 +449,10 @@ def main(argv=None) -> int:
                    help="most training minutes per model (0: stop at the first evaluation)")
     p.add_argument("--teacher-max-minutes", type=training_minutes, default=None,
                    help="most training minutes of the teacher (default: --max-minutes)")
+    p.add_argument("--teacher-run", type=Path, default=None,
+                   help="a finished curve run of the race's harness to distil from instead of training a teacher "
+                        "(its folder: result.json and checkpoints), e.g. the token-mixer curves' Transformer at its "
+                        "chosen dropout; one pair only")
     p.add_argument("--student-targets", nargs="+", choices=["distilled", "references"],
                    default=["distilled", "references"],
                    help="students: which targets to train on; 'references' needs no teacher, so it can run beside "
@@ -416,6 +467,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test (tiny bench_decode)")
     p.add_argument("--extra-train-args", default="", help=argparse.SUPPRESS)  # testing: e.g. a tiny model
     args = p.parse_args(argv)
+    if args.teacher_run:
+        problem = check_teacher_run(args.teacher_run, args.pairs)
+        if problem:
+            p.error(f"--teacher-run {args.teacher_run}: {problem}")
     args.command = " ".join(["python -m benchmarks.mt_distill", *(sys.argv[1:] if argv is None else argv)])
     args.keep_checkpoints = True
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,

@@ -142,3 +142,18 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     assert "0 to run" in again.stdout and "translating the training sources" not in again.stdout
     assert "[speed] en-de: cached" in again.stdout
     assert result.returncode == 0
+    # --teacher-run: a finished curve run is the teacher (here the study's own): nothing trains, the
+    # report's teacher row is that run's and its folder is recorded
+    own = tmp_path / "work" / "distill" / "en-de.teacher"
+    teacher_stage = run([*command[:5], "teacher", *command[6:], "--teacher-run", own])
+    assert "(--teacher-run): nothing to train" in teacher_stage.stdout
+    run([*command[:5], "report", *command[6:], "--teacher-run", own])
+    out2 = json.loads((tmp_path / "results" / "mt_distill.json").read_text())
+    assert out2["pairs"]["en-de"]["rows"] == rows and out2["settings"]["teacher_run"].endswith("distill/en-de.teacher")
+    assert out2["settings"]["teacher_run_recipe"]["system"] == "transformer"
+    assert "the teacher the finished run" in (tmp_path / "results" / "mt_distill.md").read_text()
+    en_fr = [x if x != "en-de" else "en-fr" for x in command]
+    for argv, bad, problem in ((command, tmp_path / "nothing", "no result.json there"),
+                               (en_fr, own, "it is a run of en-de, --pairs is en-fr")):
+        refused = run([*argv[:5], "teacher", *argv[6:], "--teacher-run", bad], check=False)
+        assert refused.returncode == 2 and f"--teacher-run {bad}: {problem}" in refused.stderr, refused.stderr
