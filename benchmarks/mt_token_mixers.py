@@ -35,7 +35,8 @@ results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points)
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
 
 Cost: a run early-stops after about 3,500 updates, about 75 minutes with its evaluations; 3 systems
-x 3 dropouts x 2 pairs = 18 runs, two at a time, in 9 groups: about 11 hours. Resumable: finished
+x 3 dropouts x 2 pairs = 18 runs, two at a time (each starts as soon as a core frees up): about
+10.5 hours. Resumable: finished
 runs are cached, an interrupted one resumes after its last evaluated segment. The stage reports when
 every run has finished; between sessions of a study spread over several, ``--report-only`` (with the
 stage's settings) trains nothing and reports the runs finished so far, listing the others as not
@@ -224,12 +225,12 @@ class TokenMixerStudy(Race):
 
     def curve_plan(self) -> List[List[tuple]]:
         """The curves' runs as slots of ``(variant, dropout, job)``, most informative first: En-De
-        before En-Fr; per pair, at each dropout, the variants other than the paper's beside the
-        Transformer (one slot: they train side by side), and the paper's mixer at every dropout
-        (one slot), last for the first pair and first for the second. The paper's two slots then
-        meet: with three dropouts on two places the first pair's third paper run shares its group
-        with the second pair's first (:func:`~benchmarks.race_mt.pack_groups`), so 18 runs make 9
-        groups and none trains alone."""
+        before En-Fr; per pair, at each dropout, the variants other than the paper's with the
+        Transformer (one slot), and the paper's mixer at every dropout (one slot), last for the first
+        pair and first for the second. Early-stopping runs queue in this order
+        (:meth:`~benchmarks.race_mt.Race.run_jobs`): each starts when a core frees up, so a variant
+        and the Transformer at one dropout start together and the paper's runs of both pairs follow
+        each other."""
         a = self.args
         first = [v for v in a.curve_variants if v != "paper"]
         slots = []

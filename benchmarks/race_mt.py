@@ -68,7 +68,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -467,9 +467,14 @@ class Race:
         return result
 
     def run_jobs(self, stage: str, slots: List[List[Job]], finish=None, runner=None) -> List[dict]:
-        """Run the jobs, ``--parallel`` at a time in the order given, skip the cached ones and pack
-        the rest into full groups (:func:`pack_groups`: no run trains alone but the very last); return
-        every result in job order."""
+        """Run the jobs, ``--parallel`` at a time in the order given, skip the cached ones; return
+        every result in job order.
+
+        Runs of a fixed length (minutes or updates) are packed into full groups that start together
+        (:func:`pack_groups`: no run trains alone but the very last). Runs that stop early
+        (``early_stop``: the curves) have no common length, so they queue instead: each starts as
+        soon as a place frees up, in the order given, and no core waits for a group's longest run;
+        the machine still has ``--parallel`` runs on it at every moment but the last runs'."""
         self.record_machine()
         jobs = [j for slot in slots for j in slot]
         results: Dict[str, dict] = {}
@@ -483,31 +488,46 @@ class Race:
                 else:
                     todo.append(job)
             todo_slots.append(todo)
-        todo_groups = pack_groups(todo_slots, self.args.parallel)
+        todo = [j for slot in todo_slots for j in slot]
+        queue = bool(todo) and all(j.early_stop for j in todo)
+        places = self.args.parallel
+        todo_groups = [[j] for j in todo] if queue else pack_groups(todo_slots, places)
+        estimate = (sum(j.estimate_minutes for j in todo) / places if queue
+                    else sum(max(j.estimate_minutes for j in g) for g in todo_groups))
         n_cached = len(results)
-        log.info("[%s] %d runs: %d cached (skipped), %d to run, %d at a time; estimated %s", stage, len(jobs), n_cached,
-                 len(jobs) - n_cached, self.args.parallel,
-                 minutes_text(sum(max(j.estimate_minutes for j in g) for g in todo_groups)))
+        log.info("[%s] %d runs: %d cached (skipped), %d to run, %d at a time%s; estimated %s", stage, len(jobs),
+                 n_cached, len(todo), places, " (each as a place frees up)" if queue else "", minutes_text(estimate))
         stage_start = time.time()
-        done = n_cached
-        durations = []
         position = {j.name: i + 1 for i, j in enumerate(jobs)}
 
         def one(job):
             tag = f"[{stage} {position[job.name]}/{len(jobs)} {job.label or job.name}]"
             return runner(job, tag) if runner else self.execute(job, finish, tag)
 
-        for gi, group in enumerate(todo_groups):
-            group_start = time.time()
-            with ThreadPoolExecutor(len(group)) as pool:
-                for job, result in zip(group, pool.map(one, group)):
-                    results[job.name] = result
-            done += len(group)
-            durations.append((time.time() - group_start) / 60)
-            remaining = todo_groups[gi + 1:]
-            eta = statistics.fmean(durations) * len(remaining)
-            log.info("[%s] %d/%d runs done, %s elapsed, ETA %s", stage, done, len(jobs),
-                     minutes_text((time.time() - stage_start) / 60), minutes_text(eta))
+        def progress(finished_runs: int, finished_units: int, units: int) -> None:
+            """The stage's progress: ETA from the pace of the units (runs or groups) finished so far."""
+            elapsed = (time.time() - stage_start) / 60
+            log.info("[%s] %d/%d runs done, %s elapsed, ETA %s", stage, n_cached + finished_runs, len(jobs),
+                     minutes_text(elapsed), minutes_text(elapsed / finished_units * (units - finished_units)))
+
+        if queue:
+            with ThreadPoolExecutor(places) as pool:
+                futures = {pool.submit(one, job): job for job in todo}
+                try:
+                    for n, future in enumerate(as_completed(futures), 1):
+                        results[futures[future].name] = future.result()
+                        progress(n, n, len(todo))
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # the queued runs do not start
+                    raise
+        else:
+            finished = 0
+            for gi, group in enumerate(todo_groups, 1):
+                with ThreadPoolExecutor(len(group)) as pool:
+                    for job, result in zip(group, pool.map(one, group)):
+                        results[job.name] = result
+                finished += len(group)
+                progress(finished, gi, len(todo_groups))
         return [results[j.name] for j in jobs]
 
     # -- stage 1: sweep ----------------------------------------------------------------------------

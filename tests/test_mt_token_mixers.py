@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.mt_token_mixers import (VARIANTS, TokenMixerStudy, curve_row, curves_markdown, curves_summary,
                                         parse_args, race_goal_lines)
-from benchmarks.race_mt import Job, pack_groups
+from benchmarks.race_mt import Job
 from conftest import REPO
 from helpers import prepare_multi30k, write_corpus
 
@@ -125,18 +125,21 @@ def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_fr
     assert "Not finished yet (2 of 6 runs" in (root / "results" / "mt_token_mixers_curves.md").read_text()
 
 
-def test_curves_default_plan_makes_nine_full_groups_en_de_first_each_variant_beside_the_transformer(tmp_path):
-    """18 runs on two places: 9 groups of two (no run alone); En-De's runs in the first five groups;
-    relative + GLU beside the Transformer at the same dropout."""
+def test_curves_default_plan_runs_en_de_first_each_variant_starting_with_the_transformer(tmp_path):
+    """18 runs queued in order of information: En-De's nine first; at each dropout relative + GLU
+    right before the Transformer (two places: they start together); the paper's mixer last on
+    En-De and first on En-Fr."""
     study = TokenMixerStudy(parse_args(["--stage", "curves", "--work-dir", str(tmp_path)]))
-    slots = study.curve_plan()
-    groups = pack_groups([[f"{job.pair} {variant} {dropout:g}" for variant, dropout, job in slot] for slot in slots], 2)
-    assert sum(map(len, groups)) == 18 and [len(g) for g in groups] == [2] * 9
-    assert all(name.startswith("en-de") for g in groups[:4] for name in g)
-    assert all(name.startswith("en-fr") for g in groups[5:] for name in g)
-    beside = [g for g in groups if any("transformer" in name for name in g)]
-    assert len(beside) == 6 and all(sorted(n.split()[1] for n in g) == ["relative_glu", "transformer"]
-                                    and g[0].split()[::2] == g[1].split()[::2] for g in beside)
+    order = [(job.pair, variant, dropout) for slot in study.curve_plan() for variant, dropout, job in slot]
+    assert len(order) == 18 and all(pair == "en-de" for pair, _, _ in order[:9])
+    for pair, first in (("en-de", 0), ("en-fr", 9)):
+        runs = order[first:first + 9]
+        assert all(p == pair for p, _, _ in runs)
+        beside = runs[:6] if pair == "en-de" else runs[3:]
+        assert beside[0::2] == [(pair, "relative_glu", d) for d in (0.1, 0.2, 0.3)]
+        assert beside[1::2] == [(pair, "transformer", d) for d in (0.1, 0.2, 0.3)]
+        paper = runs[6:] if pair == "en-de" else runs[:3]
+        assert paper == [(pair, "paper", d) for d in (0.1, 0.2, 0.3)]
 
 
 def test_race_goal_picks_the_variant_by_valid_leaves_out_the_hybrid_and_needs_every_difference():

@@ -313,6 +313,53 @@ def test_finished_runs_outside_a_narrowed_grid_are_listed_not_eligible(tmp_path)
     assert race.outside_grid({"resmlp": [asked], "transformer": []}) == []
 
 
+def _timed_race(tmp_path, monkeypatch, seconds, fail=()):
+    """A Race on two places whose runner sleeps ``seconds[name]`` and records when each job starts
+    and ends (the ``events`` list); a name in ``fail`` raises instead."""
+    import threading
+    import time
+
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1, parallel=2)
+    race = race_mt.Race(args)
+    monkeypatch.setattr(race, "record_machine", lambda: {})
+    events, lock = [], threading.Lock()
+
+    def runner(job, tag):
+        with lock:
+            events.append(("start", job.name))
+        if job.name in fail:
+            raise RuntimeError(f"{job.name} failed")
+        time.sleep(seconds[job.name])
+        with lock:
+            events.append(("end", job.name))
+        return {"name": job.name}
+
+    return race, runner, events
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_early_stopping_runs_queue_and_fixed_length_runs_go_in_groups(tmp_path, monkeypatch, early_stop):
+    """Curves (early stopping, no common length) start each run as a place frees up, in the order
+    given; fixed-length runs start in full groups, so ``c`` waits for the group's longest run ``a``."""
+    race, runner, events = _timed_race(tmp_path, monkeypatch, {"a": 0.6, "b": 0.05, "c": 0.05})
+    jobs = [[race_mt.Job("curves", name, "resmlp", "en-de", 1, {}, early_stop=early_stop)] for name in "abc"]
+    results = race.run_jobs("curves", [[jobs[0][0], jobs[1][0]], jobs[2]], runner=runner)
+    assert [r["name"] for r in results] == ["a", "b", "c"]  # job order, whatever the finishing order
+    assert events.index(("start", "c")) > events.index(("end", "b"))  # never more than two at a time
+    assert (events.index(("start", "c")) < events.index(("end", "a"))) is early_stop
+
+
+def test_a_failed_run_in_the_queue_stops_the_runs_not_started(tmp_path, monkeypatch):
+    race, runner, events = _timed_race(tmp_path, monkeypatch, {"a": 0.3, "b": 0, "c": 0.3, "d": 0.01}, fail={"b"})
+    jobs = [[race_mt.Job("curves", name, "resmlp", "en-de", 1, {}, early_stop=True)] for name in "abcd"]
+    with pytest.raises(RuntimeError, match="b failed"):
+        race.run_jobs("curves", jobs, runner=runner)
+    started = [name for kind, name in events if kind == "start"]
+    assert "a" in started and ("end", "a") in events  # the run under way finishes (it is resumable anyway)
+    assert "d" not in started
+
+
 def test_runs_side_by_side_fill_every_place():
     # every group but the last is full: a slot (three systems on two places, or what the cache left
     # of one) fills the free place left by the one before, so no run trains alone between others
