@@ -504,11 +504,9 @@ class Race:
             tag = f"[{stage} {position[job.name]}/{len(jobs)} {job.label or job.name}]"
             return runner(job, tag) if runner else self.execute(job, finish, tag)
 
-        def progress(finished_runs: int, finished_units: int, units: int) -> None:
-            """The stage's progress: ETA from the pace of the units (runs or groups) finished so far."""
-            elapsed = (time.time() - stage_start) / 60
+        def progress(finished_runs: int, eta: float) -> None:
             log.info("[%s] %d/%d runs done, %s elapsed, ETA %s", stage, n_cached + finished_runs, len(jobs),
-                     minutes_text(elapsed), minutes_text(elapsed / finished_units * (units - finished_units)))
+                     minutes_text((time.time() - stage_start) / 60), minutes_text(eta))
 
         if queue:
             with ThreadPoolExecutor(places) as pool:
@@ -516,7 +514,8 @@ class Race:
                 try:
                     for n, future in enumerate(as_completed(futures), 1):
                         results[futures[future].name] = future.result()
-                        progress(n, n, len(todo))
+                        # runs of unequal lengths (and resumed ones) give no pace: the a-priori estimates
+                        progress(n, sum(j.estimate_minutes for j in todo if j.name not in results) / places)
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)  # the queued runs do not start
                     raise
@@ -527,7 +526,7 @@ class Race:
                     for job, result in zip(group, pool.map(one, group)):
                         results[job.name] = result
                 finished += len(group)
-                progress(finished, gi, len(todo_groups))
+                progress(finished, (time.time() - stage_start) / 60 / gi * (len(todo_groups) - gi))
         return [results[j.name] for j in jobs]
 
     # -- stage 1: sweep ----------------------------------------------------------------------------
