@@ -1,6 +1,7 @@
 """Timing primitives shared by ``vision.evaluate`` and the vision benchmarks: the device's
-synchronisation, one call's seconds, a matmul's GFLOP/s (the peak a model's figure is compared with), a model's
-FLOPs, and interleaved rounds of several timed calls (so that a slow spell hits all of them)."""
+synchronisation, one call's seconds, a matmul's GFLOP/s (the peak a model's figure is compared
+with), a model's FLOPs, and interleaved rounds of several timed calls (so that a slow spell hits
+all of them)."""
 
 from __future__ import annotations
 
