@@ -47,7 +47,9 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.common import repo_relative, training_minutes, write_result  # noqa: E402
-from benchmarks.race_mt import PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json  # noqa: E402
+from benchmarks.race_mt import (  # noqa: E402
+    PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json, stop_trainings_on_sigterm,
+)
 from mt_tools.distill import distill  # noqa: E402
 
 log = logging.getLogger("mt_distill")
@@ -477,6 +479,7 @@ def main(argv=None) -> int:
                         stream=sys.stdout, force=True)
     logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    stop_trainings_on_sigterm()
     study = DistillStudy(args)
     start = time.time()
     for stage in STAGES if args.stage == "all" else (args.stage,):

@@ -63,7 +63,7 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
-    minutes_text, pm, reported_model, style_bleu_axes,
+    minutes_text, pm, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
 )
 from benchmarks.common import training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
@@ -563,6 +563,7 @@ def main(argv=None):
                         stream=sys.stdout, force=True)
     logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    stop_trainings_on_sigterm()
     start = time.time()
     getattr(TokenMixerStudy(args), args.stage)()
     log.info("done in %s", minutes_text((time.time() - start) / 60))

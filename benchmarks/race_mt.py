@@ -64,8 +64,10 @@ import os
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
+import threading
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -262,6 +264,54 @@ class Job:
     data: Optional[str] = None  # a prepared folder other than the pair's (the spec records the one used)
 
 
+#: the trainings under way (fairseq-train processes), stopped with this process: see stop_trainings_on_sigterm
+_TRAININGS: set = set()
+_TRAININGS_LOCK = threading.RLock()  # re-entrant: the handler may interrupt its own thread holding it
+_STOPPING = threading.Event()  # set by the SIGTERM handler: no training starts any more
+
+
+def start_training(cmd: List[str], **popen_kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(cmd)``, registered as a training under way until :func:`end_training`;
+    refused once this process is stopping (a run between two segments must not start another)."""
+    with _TRAININGS_LOCK:
+        if _STOPPING.is_set():
+            raise RuntimeError("this process is stopping: no new training")
+        proc = subprocess.Popen(cmd, **popen_kwargs)
+        _TRAININGS.add(proc)
+    return proc
+
+
+def end_training(proc: subprocess.Popen) -> None:
+    """Forget a training that has ended (or been stopped)."""
+    with _TRAININGS_LOCK:
+        _TRAININGS.discard(proc)
+
+
+def stop_trainings_on_sigterm() -> None:
+    """Make SIGTERM (``kill PID``) stop this process's trainings too, then exit with 143.
+
+    Without it a killed harness leaves its fairseq-train children training, writing into run
+    folders that a restarted harness resumes from: two trainers on one folder. A training stopped
+    this way resumes like any interrupted one (after its last evaluated segment, or from scratch).
+    Call from the main thread of a program's ``main``."""
+
+    def stop(signum, frame):
+        with _TRAININGS_LOCK:
+            _STOPPING.set()
+            running = list(_TRAININGS)
+        for proc in running:
+            proc.terminate()
+        for proc in running:  # gone before this process is: nothing writes into a run folder after it
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.warning("stopped by signal %d: %d training(s) terminated; a rerun resumes them", signum, len(running))
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def pack_groups(slots: List[list], places: int) -> List[list]:
     """Pack slots of jobs into groups of at most ``places`` jobs that run side by side.
 
@@ -358,8 +408,8 @@ class Race:
         log.info("%s %s: %s %s", tag, "start" if fresh else "resume", env_text, shlex.join(cmd[1:]))
         tracker = LogTracker()
         last_report = time.time()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, errors="replace")
+        proc = start_training(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              bufsize=1, errors="replace")
         lines = []
         try:
             with open(save_dir / log_name, "w") as logfile:
@@ -376,6 +426,7 @@ class Race:
             if proc.poll() is None:  # this script was interrupted: do not leave the training behind
                 proc.terminate()
                 proc.wait()
+            end_training(proc)
         text = "".join(lines)
         if rc != 0:
             raise RuntimeError(f"{tag}: fairseq-train failed (exit {rc}); "
@@ -1125,6 +1176,7 @@ def main(argv=None):
                         stream=sys.stdout, force=True)
     logging.getLogger("mt_tools.evaluate").setLevel(logging.WARNING)
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    stop_trainings_on_sigterm()
     race = Race(args)
     stages = STAGES if args.stage == "all" else (args.stage,)
     if args.stage == "all":

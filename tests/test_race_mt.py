@@ -360,6 +360,44 @@ def test_a_failed_run_in_the_queue_stops_the_runs_not_started(tmp_path, monkeypa
     assert "d" not in started
 
 
+def test_sigterm_stops_the_trainings_under_way_and_no_new_one_starts(tmp_path, monkeypatch):
+    """``kill PID`` of a harness stops its fairseq-train children too (before, they trained on,
+    into folders a restarted harness resumes from); once stopping, no training starts."""
+    import os
+    import signal
+    import threading
+    import time
+
+    script = tmp_path / "harness.py"
+    script.write_text(
+        "import sys\n"
+        "from benchmarks import race_mt\n"
+        "race_mt.stop_trainings_on_sigterm()\n"
+        "procs = [race_mt.start_training([sys.executable, '-c', 'import time; time.sleep(120)']) for _ in range(2)]\n"
+        "print(' '.join(str(p.pid) for p in procs), flush=True)\n"
+        "import time; time.sleep(120)\n")  # the harness's main thread waits on its pool, not on the trainings
+    harness = subprocess.Popen([sys.executable, script], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+    children = [int(pid) for pid in harness.stdout.readline().split()]
+    assert len(children) == 2
+    start = time.monotonic()
+    harness.send_signal(signal.SIGTERM)
+    assert harness.wait(60) == 128 + signal.SIGTERM and time.monotonic() - start < 30
+
+    def alive(pid: int) -> bool:  # a zombie waiting for its reaper counts as gone
+        try:
+            return " (Z) " not in open(f"/proc/{pid}/stat").read()
+        except FileNotFoundError:
+            return False
+
+    assert not any(alive(pid) for pid in children)
+    stopping = threading.Event()
+    stopping.set()
+    monkeypatch.setattr(race_mt, "_STOPPING", stopping)
+    with pytest.raises(RuntimeError, match="stopping"):
+        race_mt.start_training([sys.executable, "-c", "pass"])
+
+
 def test_runs_side_by_side_fill_every_place():
     # every group but the last is full: a slot (three systems on two places, or what the cache left
     # of one) fills the free place left by the one before, so no run trains alone between others
