@@ -7,6 +7,7 @@ A corpus written by the test, a tiny model trained by ``fairseq-train`` for a fe
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -138,3 +139,16 @@ def test_token_mixing_matrices_are_rendered(exported, tmp_path):
     torch.save({"model": {"blocks.0.linear_tokens.weight": torch.zeros(4, 4)}}, vision_like)
     bad = run([sys.executable, "-m", "benchmarks.plot_mt_mixing", vision_like, tmp_path / "x.png"], check=False)
     assert bad.returncode == 2 and "not a ResMLP translation model" in bad.stderr
+
+
+def test_importing_the_plugin_leaves_the_programs_logging_alone():
+    """fairseq 0.12 calls ``logging.basicConfig`` when its registries are imported (at DEBUG in
+    wav2vec2_classification): a program that imports the plugin first (the Python API) keeps an
+    unconfigured root logger, and no library's debug message reaches its stderr."""
+    code = ("import logging, resmlp_mt\n"
+            "root = logging.getLogger()\n"
+            "print(root.level, len(root.handlers))\n"
+            "logging.getLogger('some.library').debug('a library debug message')\n")
+    result = run([sys.executable, "-c", code])
+    assert result.stdout.split() == [str(logging.WARNING), "0"]
+    assert "a library debug message" not in result.stderr and "tensorboardX" not in result.stderr

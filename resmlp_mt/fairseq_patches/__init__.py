@@ -21,6 +21,10 @@ restarts                    ``checkpoint_utils.load_checkpoint``        stale te
 interactive input           ``fairseq_cli.interactive.buffered_read``,  one bad line (not UTF-8, too long, empty)
                             ``make_batches``                            ended or spoiled a whole session
                             (:mod:`.interactive_input`)
+root logger left alone      the import-time ``logging.basicConfig`` of  a program importing the plugin first (the
+                            ``tasks/text_to_speech.py``,                Python API, the project's tools) had its
+                            ``frm_text_to_speech.py`` and (at DEBUG)    root logger set to DEBUG: every library's
+                            ``models/wav2vec/wav2vec2_classification``  debug messages on stderr
 ==========================  ==========================================  ==========================================
 
 Each replacement's docstring names the function it wraps; tests: ``tests/test_drills_checkpoints.py``,
@@ -30,6 +34,7 @@ Each replacement's docstring names the function it wraps; tests: ``tests/test_dr
 from __future__ import annotations
 
 import argparse
+import logging
 
 import torch
 
@@ -43,8 +48,28 @@ from . import checkpoints, interactive_input
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace, (argparse.Namespace, "argparse.Namespace")]
 
 
+def import_fairseq_leaving_the_root_logger() -> None:
+    """Import fairseq's model and task registries and put the root logger's level and handlers back
+    as they were: fairseq 0.12 calls ``logging.basicConfig`` when they are imported (at DEBUG in
+    ``wav2vec2_classification``), which configures the logging of whatever program imported it. A
+    fairseq command line (``fairseq-train``) has imported them before the plugin, so nothing changes
+    there."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    placeholder = logging.NullHandler()  # a configured root makes every basicConfig a no-op
+    root.addHandler(placeholder)
+    try:
+        import fairseq.models  # noqa: F401
+        import fairseq.tasks  # noqa: F401
+    finally:
+        root.setLevel(level)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+
+
 def install() -> None:
     """Every patch of the table above (idempotent)."""
+    import_fairseq_leaving_the_root_logger()
     torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
     checkpoints.install()
     interactive_input.install()
