@@ -12,8 +12,9 @@ Stages:
    after each, stop after 3 evaluations without improvement or at ``--max-minutes`` of training);
    the teacher is the average of its last 5 checkpoints when it converged, else its best. With
    ``--teacher-run`` nothing trains: the teacher is that finished curve run, for example the
-   token-mixer curves' Transformer at its chosen dropout (``<race work-dir>/token_mixers_curves/
-   en-de.transformer.dropout0.2``), so the students learn from the study's converged, tuned peer.
+   token-mixer curves' Transformer at its chosen dropout
+   (``checkpoints/race/token_mixers_curves/en-de.transformer.dropout0.1``), so the students learn
+   from the study's converged, tuned peer.
 2. ``distill``: :mod:`mt_tools.distill` translates the training sources with the teacher (beam 4)
    into ``<work-dir>/distilled/multi30k.<pair>`` (the original dictionaries, SentencePiece model
    and evaluation splits with their human references).
@@ -99,8 +100,7 @@ class DistillStudy(Race):
         result = self.teacher_result(pair)
         if result is None:
             raise SystemExit(f"the {pair} teacher is not trained yet: run --stage teacher first")
-        name = "checkpoint_averaged.pt" if result.get("converged") else "checkpoint_best_bleu.pt"
-        return self.teacher_dir(pair) / name
+        return self.teacher_dir(pair) / teacher_checkpoint_name(result)
 
     def distilled(self, pair: str) -> Path:
         return self.work / "distilled" / f"multi30k.{pair}"
@@ -211,7 +211,7 @@ class DistillStudy(Race):
         run = self.args.teacher_run
         if not run:
             return {}
-        spec = (read_json(run / "result.json") or {}).get("spec", {})
+        spec = (self.teacher_result(self.args.pairs[0]) or {}).get("spec", {})
         return {"teacher_run": repo_relative(str(run)),
                 "teacher_run_recipe": {k: spec.get(k) for k in ("system", "recipe", "train_args", "cap_minutes")}}
 
@@ -247,6 +247,12 @@ class DistillStudy(Race):
         return out
 
 
+def teacher_checkpoint_name(result: dict) -> str:
+    """The teacher's checkpoint in its run folder: averaged when the run converged, else its best
+    by valid BLEU."""
+    return "checkpoint_averaged.pt" if result.get("converged") else "checkpoint_best_bleu.pt"
+
+
 def check_teacher_run(run: Path, pairs: List[str]) -> Optional[str]:
     """Why ``run`` cannot be the teacher of ``pairs`` (None if it can): it must be one pair's
     finished curve run of the race's harness, with the checkpoint :meth:`DistillStudy.teacher_checkpoint`
@@ -260,7 +266,7 @@ def check_teacher_run(run: Path, pairs: List[str]) -> Optional[str]:
         return "its result.json is not a curve run's (no 'eval' or 'converged')"
     if result.get("pair") != pairs[0]:
         return f"it is a run of {result.get('pair')}, --pairs is {pairs[0]}"
-    name = "checkpoint_averaged.pt" if result["converged"] else "checkpoint_best_bleu.pt"
+    name = teacher_checkpoint_name(result)
     if not (run / name).is_file():
         return f"{name} is missing"
     return None

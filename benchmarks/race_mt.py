@@ -67,8 +67,8 @@ import shlex
 import signal
 import statistics
 import subprocess
-import threading
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -542,7 +542,7 @@ class Race:
         todo = [j for slot in todo_slots for j in slot]
         queue = bool(todo) and all(j.early_stop for j in todo)
         places = self.args.parallel
-        todo_groups = [[j] for j in todo] if queue else pack_groups(todo_slots, places)
+        todo_groups = [] if queue else pack_groups(todo_slots, places)
         estimate = (sum(j.estimate_minutes for j in todo) / places if queue
                     else sum(max(j.estimate_minutes for j in g) for g in todo_groups))
         n_cached = len(results)
