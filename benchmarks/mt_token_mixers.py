@@ -26,9 +26,9 @@ evaluations without improvement or at ``--max-minutes`` (150) of training; then 
 last and, on a plateau, the averaged last 5 checkpoints scored on test and valid). Rows per
 run; each system's dropout chosen by the VALID sacreBLEU of its reported model (averaged on a
 plateau, else the last checkpoint; never by test); each variant minus the Transformer at their
-chosen dropouts, by the same model of both. Runs in order of information: En-De before En-Fr,
-per pair the variants beside the Transformer at each dropout and the paper's mixer
-(:meth:`TokenMixerStudy.curve_plan`). Writes
+chosen dropouts, by the same model of both. Runs in the order that reaches the verdict first: the
+variants beside the Transformer at each dropout, En-De then En-Fr, then the paper's mixer, the
+reference (:meth:`TokenMixerStudy.curve_plan`). Writes
 results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points).
 
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves                # the full study
@@ -40,7 +40,10 @@ x 3 dropouts x 2 pairs = 18 runs, two at a time (each starts as soon as a core f
 evaluated segment. The stage reports when every run has finished; between sessions of a study
 spread over several, ``--report-only`` (with the stage's settings) trains nothing and reports the
 runs finished so far, listing the others as not finished (each system's dropout is then chosen
-among its finished ones).
+among its finished ones). The published page is the study's record across machines: a run on
+results/mt_token_mixers_curves.json whose settings (:meth:`TokenMixerStudy.portable_spec`) equal
+the plan's is carried over, not trained again, when its run folder is absent (a new machine keeps
+the repository, not ``<work-dir>``); its row keeps the machine it trained on.
 
 Same conditions as the race (:mod:`benchmarks.race_mt`): scripts/train_multi30k.sh, one thread
 per run, ``--parallel`` runs side by side, finished runs cached in ``<work-dir>`` with the
@@ -63,9 +66,9 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
-    minutes_text, pm, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
+    minutes_text, pm, read_json, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
 )
-from benchmarks.common import training_minutes  # noqa: E402
+from benchmarks.common import repo_relative, training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
 from resmlp_core.io import write_atomic  # noqa: E402
 
@@ -224,21 +227,19 @@ class TokenMixerStudy(Race):
         return out
 
     def curve_plan(self) -> List[List[tuple]]:
-        """The curves' runs as slots of ``(variant, dropout, job)``, most informative first: En-De
-        before En-Fr; per pair, at each dropout, the variants other than the paper's with the
-        Transformer (one slot), and the paper's mixer at every dropout (one slot), last for the first
-        pair and first for the second. Early-stopping runs queue in this order
+        """The curves' runs as slots of ``(variant, dropout, job)``, in the order that reaches the
+        study's verdict first: the variants other than the paper's beside the Transformer (one slot per
+        pair and dropout: En-De's dropouts, then En-Fr's), then the paper's mixer, the reference, at
+        every dropout (one slot per pair). Early-stopping runs queue in this order
         (:meth:`~benchmarks.race_mt.Race.run_jobs`): each starts when a core frees up, so a variant
-        and the Transformer at one dropout start together and the paper's runs of both pairs follow
-        each other."""
+        and the Transformer at one dropout start together."""
         a = self.args
         first = [v for v in a.curve_variants if v != "paper"]
-        slots = []
-        for i, pair in enumerate(p for p in PAIRS if p in a.pairs):
-            beside = [[self.curve_job(v, pair, d) for v in (*first, TRANSFORMER)] for d in a.dropouts]
-            paper = [[self.curve_job("paper", pair, d) for d in a.dropouts]] if "paper" in a.curve_variants else []
-            slots += beside + paper if i % 2 == 0 else paper + beside
-        return slots
+        pairs = [p for p in PAIRS if p in a.pairs]
+        beside = [[self.curve_job(v, pair, d) for v in (*first, TRANSFORMER)] for pair in pairs for d in a.dropouts]
+        paper = ([[self.curve_job("paper", pair, d) for d in a.dropouts] for pair in pairs]
+                 if "paper" in a.curve_variants else [])
+        return beside + paper
 
     def curve_job(self, variant: str, pair: str, dropout: float) -> tuple:
         """``(variant, dropout, job)``: one curve run (the race's curve rule: segments of ``--eval-every``
@@ -263,14 +264,24 @@ class TokenMixerStudy(Race):
         a = self.args
         slots = self.curve_plan()
         plan = [run for slot in slots for run in slot]
+        stem = self.stem("curves")
+        carried = self.published_curve_runs(stem, [job for _, _, job in plan])
         if a.report_only:
-            results = [self.cached(job) for _, _, job in plan]
+            local = {job.name: self.cached(job) for _, _, job in plan}
         else:
             self.check_data(a.pairs)
-            results = self.run_jobs("curves", [[job for _, _, job in slot] for slot in slots], runner=self.curve_run)
-        runs = [curve_row(variant, dropout, job, r, parameters(self.run_dir(job)))
-                for (variant, dropout, job), r in zip(plan, results) if r is not None]
-        stem = self.stem("curves")
+            todo = [[job for _, _, job in slot if job.name not in carried] for slot in slots]
+            todo = [slot for slot in todo if slot]
+            done = self.run_jobs("curves", todo, runner=self.curve_run) if todo else []
+            local = {job.name: r for job, r in zip((j for slot in todo for j in slot), done)}
+        runs = []
+        for variant, dropout, job in plan:
+            if local.get(job.name) is not None:
+                runs.append(curve_row(variant, dropout, job, local[job.name], parameters(self.run_dir(job)),
+                                      spec=self.portable_spec(job), machine=self.record_machine()))
+            elif job.name in carried:
+                runs.append(carried[job.name])
+        finished = {r["run"] for r in runs}
         out = {"settings": {"pairs": [p for p in PAIRS if p in a.pairs], "variants": [*a.curve_variants, TRANSFORMER],
                             "dropouts": a.dropouts, "seed": 1, "eval_every": a.eval_every, "patience": PATIENCE,
                             "average_last": AVERAGE_LAST, "max_training_minutes": a.max_minutes,
@@ -281,13 +292,43 @@ class TokenMixerStudy(Race):
                                        f"or at {a.max_minutes:g} training minutes (validation, checkpoint writing and "
                                        "restarts left out)"),
                             "planned": [job.name for _, _, job in plan],
-                            "not_finished": [job.name for (_, _, job), r in zip(plan, results) if r is None],
+                            "not_finished": [job.name for _, _, job in plan
+                                             if str(Path(job.stage) / job.name) not in finished],
                             "plot": f"{stem}.png", "command": a.command},
                "machine": self.record_machine(), "runs": runs, **curves_summary(runs)}
         self.publish(stem, out, curves_markdown(out))
         if runs:
             plot_curves(out, self.results / f"{stem}.png")
         return out
+
+    def portable_spec(self, job: Job) -> dict:
+        """:meth:`~benchmarks.race_mt.Race.spec` with its paths relative to the repository
+        (:func:`~benchmarks.common.repo_relative`, as results files write them): the settings a
+        published row records, equal on any clone."""
+        return repo_relative(self.spec(job))
+
+    def published_curve_runs(self, stem: str, jobs: List[Job]) -> Dict[str, dict]:
+        """``{job name: row}``: the rows of the published curves page (``<results-dir>/<stem>.json``)
+        that are runs of ``jobs`` with their settings (:meth:`portable_spec`), carried over when a run
+        has no finished result in ``<work-dir>``. A row with other settings is not carried (it is
+        retrained), and the log says why."""
+        page = read_json(self.results / f"{stem}.json")
+        if page is None:
+            return {}
+        rows = {row["run"]: row for row in page.get("runs", [])}
+        carried = {}
+        for job in jobs:
+            row = rows.get(str(Path(job.stage) / job.name))
+            if row is None or self.cached(job) is not None:
+                continue
+            if row.get("spec") != self.portable_spec(job):
+                log.warning("%s: the published row has other settings than this plan's: not carried over", job.name)
+                continue
+            carried[job.name] = row
+        if carried:
+            log.info("[curves] %d runs carried over from %s (trained on earlier machines): %s", len(carried),
+                     self.results / f"{stem}.json", ", ".join(carried))
+        return carried
 
     def stem(self, stage: str) -> str:
         """The results file stem of a stage other than the screen: ``--output`` with ``_screen``
@@ -377,10 +418,12 @@ def race_goal_lines(summary: dict) -> List[str]:
     return lines + ["", f"Goal **{verdict}**: {sum(met)} of {len(met)} differences at or above 0."]
 
 
-def curve_row(variant: str, dropout: float, job: Job, result: dict, params: Optional[int]) -> dict:
+def curve_row(variant: str, dropout: float, job: Job, result: dict, params: Optional[int], spec: Optional[dict] = None,
+              machine: Optional[dict] = None) -> dict:
     """A finished curve run (:meth:`Race.curve_run`'s result) as a row of the curves report: its
     reported model's test and valid sacreBLEU (:func:`reported_model`: averaged on a plateau, else
-    the last checkpoint), every model's scores and every validation point."""
+    the last checkpoint), every model's scores and every validation point; ``spec``, the settings
+    that a later plan must equal to carry the row over, and ``machine``, the one it trained on."""
     model = reported_model(result)
     e = result["eval"][model]
     return {"pair": job.pair, "variant": variant, "dropout": dropout, "stop_reason": result["stop_reason"],
@@ -389,7 +432,7 @@ def curve_row(variant: str, dropout: float, job: Job, result: dict, params: Opti
             "reported_model": model, "test": e["test"]["sacrebleu"], "valid": e["valid"]["sacrebleu"],
             "eval": result["eval"], "averaged_checkpoints": result["averaged_checkpoints"], "parameters": params,
             "points": result["points"], "run": str(Path(job.stage) / job.name), "command": result["command"],
-            "signature": result["eval"]["last"]["test"].get("sacrebleu_signature")}
+            "signature": result["eval"]["last"]["test"].get("sacrebleu_signature"), "spec": spec, "machine": machine}
 
 
 def curves_summary(runs: List[dict]) -> dict:
@@ -444,6 +487,11 @@ def curves_markdown(d: dict) -> str:
              f"ResMLP recipe: {recipe_text('resmlp', s['resmlp_recipe'])}; Transformer: "
              f"{recipe_text(TRANSFORMER, s['transformer_recipe'])}; scripts/train_multi30k.sh with `--dropout` "
              "as in each row.", "", f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
+    earlier = [r for r in d["runs"] if r.get("machine") and r["machine"].get("date") != d["machine"].get("date")]
+    if earlier:
+        lines += ["Carried over from this page, trained on earlier machines (their minutes are theirs): "
+                  + ", ".join(f"{r['pair']}.{r['variant']}.dropout{r['dropout']:g} ({r['machine'].get('date')}, "
+                              f"commit {str(r['machine'].get('git_commit'))[:10]})" for r in earlier) + ".", ""]
     if s["not_finished"]:
         lines += [f"Not finished yet ({len(s['not_finished'])} of {len(s['planned'])} runs; absent from every table "
                   "below, the dropouts chosen among the finished ones): " + ", ".join(s["not_finished"]) + ".", ""]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -123,23 +124,28 @@ def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_fr
     assert len(out["runs"]) == 4 and out["chosen"]["en-de"]["relative"]["dropouts_finished"] == [0.1, 0.3]
     assert not (root / "work" / "token_mixers_curves" / "en-de.relative.dropout0.2").exists()
     assert "Not finished yet (2 of 6 runs" in (root / "results" / "mt_token_mixers_curves.md").read_text()
+    # a new machine: the repository (its results/) without the work folder; the published runs carry over
+    before = {r["run"]: (r["test"], r["valid"], r["points"]) for r in out["runs"]}
+    shutil.rmtree(root / "work" / "token_mixers_curves")
+    fresh = subprocess.run(curves + ["0.1", "0.3"], capture_output=True, text=True, cwd=REPO)
+    assert fresh.returncode == 0, fresh.stdout[-4000:] + fresh.stderr[-4000:]
+    assert "[curves] 4 runs carried over from" in fresh.stdout and " start: " not in fresh.stdout
+    out = json.loads((root / "results" / "mt_token_mixers_curves.json").read_text())
+    assert {r["run"]: (r["test"], r["valid"], r["points"]) for r in out["runs"]} == before
+    assert out["settings"]["not_finished"] == [] and all(r["machine"]["date"] for r in out["runs"])
 
 
-def test_curves_default_plan_runs_en_de_first_each_variant_starting_with_the_transformer(tmp_path):
-    """18 runs queued in order of information: En-De's nine first; at each dropout relative + GLU
-    right before the Transformer (two places: they start together); the paper's mixer last on
-    En-De and first on En-Fr."""
+def test_curves_default_plan_runs_the_variant_beside_the_transformer_first_and_the_papers_mixer_last(tmp_path):
+    """18 runs queued in the order that reaches the verdict first: relative + GLU right before the
+    Transformer at each dropout (two places: they start together), En-De then En-Fr; then the
+    paper's mixer, the reference, at every dropout, En-De then En-Fr."""
     study = TokenMixerStudy(parse_args(["--stage", "curves", "--work-dir", str(tmp_path)]))
     order = [(job.pair, variant, dropout) for slot in study.curve_plan() for variant, dropout, job in slot]
-    assert len(order) == 18 and all(pair == "en-de" for pair, _, _ in order[:9])
-    for pair, first in (("en-de", 0), ("en-fr", 9)):
-        runs = order[first:first + 9]
-        assert all(p == pair for p, _, _ in runs)
-        beside = runs[:6] if pair == "en-de" else runs[3:]
-        assert beside[0::2] == [(pair, "relative_glu", d) for d in (0.1, 0.2, 0.3)]
-        assert beside[1::2] == [(pair, "transformer", d) for d in (0.1, 0.2, 0.3)]
-        paper = runs[6:] if pair == "en-de" else runs[:3]
-        assert paper == [(pair, "paper", d) for d in (0.1, 0.2, 0.3)]
+    assert len(order) == 18
+    beside = [(pair, variant, d) for pair in ("en-de", "en-fr") for d in (0.1, 0.2, 0.3)
+              for variant in ("relative_glu", "transformer")]
+    assert order[:12] == beside
+    assert order[12:] == [(pair, "paper", d) for pair in ("en-de", "en-fr") for d in (0.1, 0.2, 0.3)]
 
 
 def test_race_goal_picks_the_variant_by_valid_leaves_out_the_hybrid_and_needs_every_difference():
@@ -170,6 +176,37 @@ def _curve_run(pair, variant, dropout, last, averaged=None):
               "averaged_checkpoints": ["c"] * 5 if averaged else [], "points": [], "command": "train"}
     job = Job("token_mixers_curves", f"{pair}.{variant}.dropout{dropout:g}", "resmlp", pair, 1, {})
     return curve_row(variant, dropout, job, result, 1000)
+
+
+def test_published_curve_runs_carry_over_only_with_the_plans_settings_and_no_local_result(tmp_path):
+    """A row of the published page stands for its run on a machine without the run's folder, if it
+    recorded the settings this plan would train it with; other settings, or a local result, win."""
+    def study(*extra):
+        return TokenMixerStudy(parse_args(["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu",
+                                           "--dropouts", "0.1", "--work-dir", str(tmp_path / "work"),
+                                           "--results-dir", str(tmp_path / "results"), *extra]))
+
+    def page(st):
+        jobs = [job for slot in st.curve_plan() for _, _, job in slot]
+        rows = []
+        for job in jobs:
+            row = _curve_run(job.pair, job.name.split(".")[1], 0.1, last=(30.0, 31.0))
+            rows.append(dict(row, run=f"{job.stage}/{job.name}", spec=st.portable_spec(job), machine={"date": "d"}))
+        (tmp_path / "results").mkdir(exist_ok=True)
+        (tmp_path / "results" / "mt_token_mixers_curves.json").write_text(json.dumps({"runs": rows}))
+        return jobs
+
+    st = study()
+    jobs = page(st)
+    assert st.portable_spec(jobs[0])["data"] == "data-bin/multi30k.en-de"  # the same on every clone
+    assert sorted(st.published_curve_runs("mt_token_mixers_curves", jobs)) == sorted(j.name for j in jobs)
+    other = study("--eval-every", "100")  # the page's runs were made with segments of 250 updates
+    other_jobs = [job for slot in other.curve_plan() for _, _, job in slot]
+    assert [j.name for j in other_jobs] == [j.name for j in jobs]
+    assert other.published_curve_runs("mt_token_mixers_curves", other_jobs) == {}
+    (st.run_dir(jobs[0])).mkdir(parents=True)  # a finished local run of the same settings
+    (st.run_dir(jobs[0]) / "result.json").write_text(json.dumps({"spec": st.spec(jobs[0])}))
+    assert sorted(st.published_curve_runs("mt_token_mixers_curves", jobs)) == [jobs[1].name]
 
 
 def test_curves_choose_each_dropout_by_valid_never_test_and_compare_like_with_like():
