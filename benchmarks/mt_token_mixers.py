@@ -33,6 +33,7 @@ results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points)
 
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves                # the full study
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
+    .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --max-runs 2   # the next two runs, then report
 
 Cost: a run early-stops after about 3,500 updates, about 75 minutes with its evaluations; 3 systems
 x 3 dropouts x 2 pairs = 18 runs, two at a time (each starts as soon as a core frees up): about
@@ -271,6 +272,12 @@ class TokenMixerStudy(Race):
         else:
             self.check_data(a.pairs)
             todo = [[job for _, _, job in slot if job.name not in carried] for slot in slots]
+            if a.max_runs is not None:  # the first --max-runs unfinished runs; the finished ones report
+                unfinished = [job.name for slot in todo for job in slot if self.cached(job) is None]
+                train = set(unfinished[:a.max_runs])
+                todo = [[job for job in slot if job.name in train or self.cached(job) is not None] for slot in todo]
+                log.info("[curves] --max-runs %d: training %s; left for later: %s", a.max_runs,
+                         ", ".join(unfinished[:a.max_runs]) or "none", ", ".join(unfinished[a.max_runs:]) or "none")
             todo = [slot for slot in todo if slot]
             done = self.run_jobs("curves", todo, runner=self.curve_run) if todo else []
             local = {job.name: r for job, r in zip((j for slot in todo for j in slot), done)}
@@ -573,6 +580,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=training_minutes, default=150.0,
                    help="curves: training minutes of a run if early stopping has not stopped it "
                         "(0: stop at the first evaluation)")
+    p.add_argument("--max-runs", type=int, default=None, metavar="N",
+                   help="curves: train at most N of the runs not finished yet (the first in the plan's order), "
+                        "then report; for a machine lent for a few hours (unfinished runs are lost with it)")
     p.add_argument("--report-only", action="store_true",
                    help="curves: train nothing, report the runs finished so far (same settings as the stage's)")
     p.add_argument("--variants", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=[*VARIANTS, TRANSFORMER])
@@ -599,6 +609,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--curve-variants must be distinct")
     if args.eval_every < 1:
         p.error(f"--eval-every {args.eval_every}: must be at least 1")
+    if args.max_runs is not None and (args.max_runs < 1 or args.stage != "curves" or args.report_only):
+        p.error(f"--max-runs {args.max_runs}: a positive number of runs, for --stage curves without --report-only")
     if args.report_only and args.stage != "curves":
         p.error("--report-only is for --stage curves")
     args.command = " ".join(["python -m benchmarks.mt_token_mixers", *(sys.argv[1:] if argv is None else argv)])

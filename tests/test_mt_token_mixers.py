@@ -209,6 +209,27 @@ def test_published_curve_runs_carry_over_only_with_the_plans_settings_and_no_loc
     assert sorted(st.published_curve_runs("mt_token_mixers_curves", jobs)) == [jobs[1].name]
 
 
+def test_max_runs_trains_the_first_unfinished_runs_in_plan_order_and_skips_the_published(tmp_path, monkeypatch):
+    argv = ["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu", "--work-dir",
+            str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--max-runs", "2"]
+    study = TokenMixerStudy(parse_args(argv))
+    plan = [job for slot in study.curve_plan() for _, _, job in slot]
+    trained = []
+    monkeypatch.setattr(study, "check_data", lambda pairs: None)
+    published = {plan[0].name: _curve_run("en-de", "relative_glu", 0.1, last=(30.0, 31.0))}
+    monkeypatch.setattr(study, "published_curve_runs", lambda stem, jobs: published)
+    monkeypatch.setattr(study, "run_jobs",
+                        lambda stage, slots, runner: [trained.append(j.name) for slot in slots for j in slot])
+    study.curves()
+    assert trained == [plan[1].name, plan[2].name]  # the first is published: the next two in order
+    out = json.loads((tmp_path / "results" / "mt_token_mixers_curves.json").read_text())
+    assert [r["run"] for r in out["runs"]] == [f"token_mixers_curves/{plan[0].name}"]
+    assert out["settings"]["not_finished"] == [j.name for j in plan[1:]]
+    for bad in (["--max-runs", "0"], ["--max-runs", "1", "--report-only"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv[:-2] + bad)
+
+
 def test_curves_choose_each_dropout_by_valid_never_test_and_compare_like_with_like():
     runs = [
         # relative_glu: 0.1 plateaued (averaged valid 30.0, best test); 0.3 still rising (last valid 30.5)
