@@ -113,3 +113,20 @@ def test_quick_benchmark_has_every_row(tmp_path):
     ratio = results["equal_length_ratios"]["fairseq-generate ResMLP / Transformer"]
     assert ratio == pytest.approx(rows["resmlp/fairseq-generate/fp32/L"]["tokens_per_second"]
                                   / rows["transformer/fairseq-generate/fp32/L"]["tokens_per_second"])
+
+
+def test_parameters_count_tied_weights_once_also_in_an_averaged_checkpoint(tmp_path):
+    """An averaged checkpoint stores the tied embeddings and output projection as equal copies:
+    they still count once, like in the trained checkpoint (one storage)."""
+    import torch
+
+    from benchmarks.bench_decode import checkpoint_info
+    from helpers import tiny_model
+
+    model = tiny_model(share_all_embeddings=True)
+    unique = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+    state = model.state_dict()
+    assert len({t.data_ptr() for t in state.values()}) < len(state)  # some tensors are tied
+    for name, tensors in (("trained", state), ("averaged", {k: v.clone() for k, v in state.items()})):
+        torch.save({"cfg": {"model": {"arch": "resmlp_mt_small"}}, "model": tensors}, tmp_path / f"{name}.pt")
+        assert checkpoint_info(tmp_path / f"{name}.pt")["parameters"] == unique, name
