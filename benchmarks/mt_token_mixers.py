@@ -266,21 +266,20 @@ class TokenMixerStudy(Race):
         slots = self.curve_plan()
         plan = [run for slot in slots for run in slot]
         stem = self.stem("curves")
+        local = {job.name: self.cached(job) for _, _, job in plan}  # finished here (read once)
         carried = self.published_curve_runs(stem, [job for _, _, job in plan])
-        if a.report_only:
-            local = {job.name: self.cached(job) for _, _, job in plan}
-        else:
+        if not a.report_only:
             self.check_data(a.pairs)
             todo = [[job for _, _, job in slot if job.name not in carried] for slot in slots]
             if a.max_runs is not None:  # the first --max-runs unfinished runs; the finished ones report
-                unfinished = [job.name for slot in todo for job in slot if self.cached(job) is None]
+                unfinished = [job.name for slot in todo for job in slot if local[job.name] is None]
                 train = set(unfinished[:a.max_runs])
-                todo = [[job for job in slot if job.name in train or self.cached(job) is not None] for slot in todo]
+                todo = [[job for job in slot if job.name in train or local[job.name] is not None] for slot in todo]
                 log.info("[curves] --max-runs %d: training %s; left for later: %s", a.max_runs,
                          ", ".join(unfinished[:a.max_runs]) or "none", ", ".join(unfinished[a.max_runs:]) or "none")
             todo = [slot for slot in todo if slot]
             done = self.run_jobs("curves", todo, runner=self.curve_run) if todo else []
-            local = {job.name: r for job, r in zip((j for slot in todo for j in slot), done)}
+            local.update(zip((j.name for slot in todo for j in slot), done))
         runs = []
         for variant, dropout, job in plan:
             if local.get(job.name) is not None:
@@ -288,7 +287,6 @@ class TokenMixerStudy(Race):
                                       spec=self.portable_spec(job), machine=self.record_machine()))
             elif job.name in carried:
                 runs.append(carried[job.name])
-        finished = {r["run"] for r in runs}
         out = {"settings": {"pairs": [p for p in PAIRS if p in a.pairs], "variants": [*a.curve_variants, TRANSFORMER],
                             "dropouts": a.dropouts, "seed": 1, "eval_every": a.eval_every, "patience": PATIENCE,
                             "average_last": AVERAGE_LAST, "max_training_minutes": a.max_minutes,
@@ -300,7 +298,7 @@ class TokenMixerStudy(Race):
                                        "restarts left out)"),
                             "planned": [job.name for _, _, job in plan],
                             "not_finished": [job.name for _, _, job in plan
-                                             if str(Path(job.stage) / job.name) not in finished],
+                                             if local[job.name] is None and job.name not in carried],
                             "plot": f"{stem}.png", "command": a.command},
                "machine": self.record_machine(), "runs": runs, **curves_summary(runs)}
         self.publish(stem, out, curves_markdown(out))
