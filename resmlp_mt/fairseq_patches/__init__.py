@@ -21,6 +21,10 @@ restarts                    ``checkpoint_utils.load_checkpoint``        stale te
 interactive input           ``fairseq_cli.interactive.buffered_read``,  one bad line (not UTF-8, too long, empty)
                             ``make_batches``                            ended or spoiled a whole session
                             (:mod:`.interactive_input`)
+prefetch thread stopped     ``data.iterators.BufferedIterator``'s       a run stopping mid-epoch (``--max-update``)
+at exit                     daemon thread (:mod:`.prefetch_threads`)    could abort at exit (SIGABRT, status 134)
+                                                                        after saving: the thread was still in a
+                                                                        torch operator at finalisation
 root logger left alone      the import-time ``logging.basicConfig`` of  a program importing the plugin first (the
                             ``tasks/text_to_speech.py``,                Python API, the project's tools) had its
                             ``frm_text_to_speech.py`` and (at DEBUG)    root logger set to DEBUG: every library's
@@ -28,7 +32,7 @@ root logger left alone      the import-time ``logging.basicConfig`` of  a progra
 ==========================  ==========================================  ==========================================
 
 Each replacement's docstring names the function it wraps; tests: ``tests/test_drills_checkpoints.py``,
-``tests/test_drills_interactive.py``.
+``tests/test_drills_interactive.py``, ``tests/test_drills_prefetch.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import logging
 
 import torch
 
-from . import checkpoints, interactive_input
+from . import checkpoints, interactive_input, prefetch_threads
 
 # The class is registered twice on purpose: scoped allow-lists such as timm's checkpoint loader
 # (`with torch.serialization.safe_globals([argparse.Namespace])`) remove the plain entry when
@@ -73,6 +77,7 @@ def install() -> None:
     torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
     checkpoints.install()
     interactive_input.install()
+    prefetch_threads.install()
 
 
-__all__ = ["FAIRSEQ_CHECKPOINT_GLOBALS", "checkpoints", "install", "interactive_input"]
+__all__ = ["FAIRSEQ_CHECKPOINT_GLOBALS", "checkpoints", "install", "interactive_input", "prefetch_threads"]
