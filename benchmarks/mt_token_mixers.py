@@ -162,7 +162,7 @@ class TokenMixerStudy(Race):
                          "parameters": parameters(self.run_dir(job)),
                          "words_per_second": r["figures"].get("words_per_second"),
                          "train_minutes": r["figures"]["train_minutes"], "signature": r["valid"]["sacrebleu_signature"],
-                         "run": str(Path(job.stage) / job.name)})
+                         "run": job.key})
         for row in rows:
             lr = a.lrs[0] if row["variant"] == TRANSFORMER else row["recipe"]["lr"]  # the paper's row at the same lr
             peers = {p["variant"]: p["valid_sacrebleu"] for p in rows if p["pair"] == row["pair"]
@@ -323,7 +323,7 @@ class TokenMixerStudy(Race):
         rows = {row["run"]: row for row in page.get("runs", [])}
         carried = {}
         for job in jobs:
-            row = rows.get(str(Path(job.stage) / job.name))
+            row = rows.get(job.key)
             if row is None or self.cached(job) is not None:
                 continue
             if row.get("spec") != self.portable_spec(job):
@@ -436,7 +436,7 @@ def curve_row(variant: str, dropout: float, job: Job, result: dict, params: Opti
             "best_point": {k: result["best_point"][k] for k in ("updates", "train_minutes", "valid_bleu")},
             "reported_model": model, "test": e["test"]["sacrebleu"], "valid": e["valid"]["sacrebleu"],
             "eval": result["eval"], "averaged_checkpoints": result["averaged_checkpoints"], "parameters": params,
-            "points": result["points"], "run": str(Path(job.stage) / job.name), "command": result["command"],
+            "points": result["points"], "run": job.key, "command": result["command"],
             "signature": result["eval"]["last"]["test"].get("sacrebleu_signature"), "spec": spec, "machine": machine}
 
 

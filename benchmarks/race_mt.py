@@ -263,6 +263,11 @@ class Job:
     estimate_minutes: float = 1.0  # a priori duration, for the ETA before any run has finished
     data: Optional[str] = None  # a prepared folder other than the pair's (the spec records the one used)
 
+    @property
+    def key(self) -> str:
+        """``stage/name``: the run's folder under the work directory, and its id on a results page."""
+        return f"{self.stage}/{self.name}"
+
 
 #: the trainings under way (fairseq-train processes), stopped with this process: see stop_trainings_on_sigterm
 _TRAININGS: set = set()
@@ -374,7 +379,7 @@ class Race:
         return json.loads(json.dumps(spec))  # as it reads back from result.json
 
     def run_dir(self, job: Job) -> Path:
-        return self.work / job.stage / job.name
+        return self.work / job.key
 
     def cached(self, job: Job) -> Optional[dict]:
         result = read_json(self.run_dir(job) / "result.json")
