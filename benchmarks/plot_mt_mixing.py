@@ -28,14 +28,15 @@ def _options(args) -> dict:
     get = (lambda k, d: args.get(k, d)) if isinstance(args, dict) else (lambda k, d: getattr(args, k, d))
     return {"heads": get("token_mixer_heads", 1), "positions": get("token_mixer_positions", "absolute"),
             "kernel": get("token_mixer_kernel", 0), "normalize": get("token_mixer_normalize", "none"),
-            "gate": get("token_mixer_gate", "none")}
+            "gate": get("token_mixer_gate", "none"), "weights": get("token_mixer_weights", "static")}
 
 
 def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
     """``{"encoder": [(title, M), ...], "decoder": [...]}``: per layer (and per head, the first
     ``heads`` of a multi-head mixer) the ``(P, P)`` mixing weights for the first ``P`` positions,
     as the model applies them (:meth:`resmlp_core.token_mixers.TokenMixer.mixing_weights`:
-    relative kernels laid out as matrices, softmax rows normalised); decoder matrices with the
+    relative kernels laid out as matrices, softmax rows normalised; a dynamic mixer's static part,
+    its weights at a zero input, titled so); decoder matrices with the
     unused upper triangle set to NaN. ``args``: the model configuration (the paper's mixer if None)."""
     import torch
 
@@ -49,7 +50,8 @@ def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
             prefix = f"{side}.layers.{layer}.token_mixer."
             own = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
             bias = own.get("mixer.bias", own.get("bias"))
-            dim = own["in_proj.weight"].size(1) if "in_proj.weight" in own else 16 * options["heads"]
+            dim = next((own[k].size(1) for k in ("in_proj.weight", "dynamic_proj.weight", "mixer.dynamic_proj.weight")
+                        if k in own), 16 * options["heads"])
             mixer = build_token_mixer(bias.numel(), dim, causal=side == "decoder", **options)
             mixer.load_state_dict(own)
             inner = getattr(mixer, "mixer", mixer)
@@ -65,6 +67,7 @@ def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
                 if side == "decoder":
                     a[np.triu_indices_from(a, k=1)] = np.nan
                 title = f"{side} layer {layer}" + (f" head {h}" if weights.size(0) > 1 else "")
+                title += " (static part)" if getattr(inner, "dynamic", False) else ""
                 out[side].append((title + (" (causal)" if side == "decoder" else ""), a))
             layer += 1
     if not out["encoder"]:

@@ -14,6 +14,12 @@ translation (LightConv, Synthesizer Random, gMLP, Average Attention Network):
 * ``normalize``: ``"none"`` (the paper) or ``"softmax"``: each row of the matrix is the softmax of
   its weights over the positions it may read (inside the sentence, causal, in the band), so the
   mixing is a weighted average whatever the sentence's length (Synthesizer, LightConv);
+* ``weights``: ``"static"`` (the paper: the mixing weights are parameters) or ``"dynamic"``
+  (relative positions only): each output position ``t`` adds to the static kernel a kernel over
+  the offsets predicted from its own input, ``w_t = w + P x_t`` (DynamicConv, Wu et al. 2019, whose
+  predicted kernels reached the Transformer on WMT14 En-De). ``P`` starts at zero, so training
+  starts from the static mixer; the mixing then depends on the content of the sentence, with no
+  attention (no pairwise scores) and the same incremental buffers as the static mixer;
 * ``gate`` (:class:`GatedTokenMixer`): ``"glu"`` (a GLU input projection before mixing, LightConv)
   or ``"sgu"`` (gMLP's spatial gating unit, ``u * mix(LayerNorm(v))``).
 
@@ -38,16 +44,18 @@ from .layers import CrossTokenLinear, IncrementalState
 POSITIONS = ("absolute", "relative")
 NORMALIZATIONS = ("none", "softmax")
 GATES = ("none", "glu", "sgu")
+WEIGHTS = ("static", "dynamic")
 
 
 class TokenMixer(nn.Module):
     """A cross-token linear layer with the options of the module docstring: ``H`` heads over
     channel groups, absolute or relative (Toeplitz) positions, an optional band of width ``K``,
-    optional softmax normalisation of the rows.
+    optional softmax normalisation of the rows, static or dynamic (input-predicted) weights.
 
     ``out[t, b, h*R + r] = sum_s M[b, h, t, s] * x[s, b, h*R + r] + bias[t]`` with ``R = C / H`` and
     ``M`` the mixing weights of :meth:`mixing_weights` (``M[h, t, s] = A_h[t, s]`` masked to the
-    allowed positions; the softmax of those over each row with ``normalize="softmax"``).
+    allowed positions; the softmax of those over each row with ``normalize="softmax"``; with
+    dynamic weights ``A_h[b, t, s] = w_h[t - s] + (P x[t, b])_h[t - s]``).
 
     Parameters:
         ``weight``: ``(H, N, N)`` with absolute positions (``A_h[t, s] = weight[h, t, s]``);
@@ -56,13 +64,15 @@ class TokenMixer(nn.Module):
         ``w_h[d] = weight[h, d + W // 2]``.
         ``bias``: ``(N,)``, per output position and shared by all channels, as the paper's layer
         (the only absolute-position parameter of a relative mixer).
+        ``dynamic_proj`` (dynamic weights only): a Linear ``C -> H * W`` without bias (``weight`` is
+        its bias), zero at initialisation: the kernel predicted from the input at ``t``.
 
     Args:
         num_tokens: ``N``, the longest sequence supported (as :class:`CrossTokenLinear`).
         causal: output position ``t`` reads positions ``s <= t`` only (the decoder).
         heads: ``H``, dividing ``dim``.
         dim: the number of channels ``C`` (needed only to check that ``heads`` divides it).
-        positions, kernel, normalize: see the module docstring.
+        positions, kernel, normalize, weights: see the module docstring.
 
     Incremental decoding (causal layers) as :class:`CrossTokenLinear`: ``forward(x,
     incremental_state=state)`` takes one position ``(1, B, C)`` per call; the state keeps the past
@@ -73,8 +83,12 @@ class TokenMixer(nn.Module):
     """
 
     def __init__(self, num_tokens: int, dim: int, causal: bool = False, heads: int = 1, positions: str = "absolute",
-                 kernel: int = 0, normalize: str = "none"):
+                 kernel: int = 0, normalize: str = "none", weights: str = "static"):
         super().__init__()
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        if weights == "dynamic" and positions != "relative":
+            raise ValueError("dynamic weights need relative positions (the predicted kernel is over offsets)")
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         if normalize not in NORMALIZATIONS:
@@ -85,6 +99,7 @@ class TokenMixer(nn.Module):
             raise ValueError(f"kernel={kernel} must be >= 1, or 0 for no band")
         self.num_tokens, self.dim, self.causal, self.heads = num_tokens, dim, causal, heads
         self.positions, self.kernel, self.normalize = positions, kernel, normalize
+        self.dynamic = weights == "dynamic"
         if positions == "absolute":
             shape: Tuple[int, ...] = (heads, num_tokens, num_tokens)
         else:
@@ -92,13 +107,17 @@ class TokenMixer(nn.Module):
             shape = (heads, width if causal else 2 * width - 1)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(num_tokens))
+        self.dynamic_proj = nn.Linear(dim, heads * shape[-1], bias=False) if self.dynamic else None
         self._state_key = f"{uuid.uuid4()}.buffer"
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02) -> None:
-        """Truncated normal (std 0.02) weights and zero bias, as :class:`CrossTokenLinear`."""
+        """Truncated normal (std 0.02) weights and zero bias, as :class:`CrossTokenLinear`; a zero
+        kernel predictor (training starts from the static mixer)."""
         nn.init.trunc_normal_(self.weight, std=std)
         nn.init.zeros_(self.bias)
+        if self.dynamic_proj is not None:
+            nn.init.zeros_(self.dynamic_proj.weight)
 
     def _check_length(self, length: int) -> None:
         if length > self.num_tokens:
@@ -116,25 +135,34 @@ class TokenMixer(nn.Module):
             allowed = allowed & (offsets.abs() < self.kernel)
         return allowed
 
-    def _weights(self, rows: Tensor, cols: Tensor) -> Tensor:
+    def _weights(self, rows: Tensor, cols: Tensor, inputs: Optional[Tensor] = None) -> Tensor:
         """``(H, R, S)`` the free weights ``A_h[t, s]`` for ``t`` in ``rows``, ``s`` in ``cols``
-        (contiguous ranges of positions), before masking."""
+        (contiguous ranges of positions), before masking; ``(B, H, R, S)`` with dynamic weights and
+        ``inputs`` ``(R, B, C)``, the inputs at the positions ``rows``."""
         if self.positions == "absolute":  # (indexed by the position tensors: an ONNX trace keeps the length free)
             return self.weight.index_select(1, rows).index_select(2, cols)
         offsets = rows[:, None] - cols[None, :]
         if not self.causal:
             offsets = offsets + self.weight.size(1) // 2
         index = offsets.clamp(0, self.weight.size(1) - 1)  # masked positions read any weight
-        return self.weight[:, index]
+        static = self.weight[:, index]
+        if inputs is None or self.dynamic_proj is None:
+            return static
+        R, B = inputs.shape[:2]
+        predicted = self.dynamic_proj(inputs).view(R, B, self.heads, -1).permute(1, 2, 0, 3)  # (B, H, R, W)
+        return static + predicted.gather(3, index.expand(B, self.heads, *index.shape))
 
-    def mixing_weights(self, rows: Tensor, cols: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    def mixing_weights(self, rows: Tensor, cols: Tensor, valid: Optional[Tensor] = None,
+                       inputs: Optional[Tensor] = None) -> Tensor:
         """The mixing weights ``M`` of output positions ``rows`` ``(R,)`` over input positions
         ``cols`` ``(S,)`` (contiguous, increasing): ``(H, R, S)``, or ``(B, H, R, S)`` when
-        ``valid`` ``(B, S)`` (True at the non-padding inputs of each sequence) is given. Zero
-        where reading is not allowed; with ``normalize="softmax"``, every row with an allowed
-        position sums to 1 over them (a row without any, e.g. a padding row past the band, is 0)."""
+        ``valid`` ``(B, S)`` (True at the non-padding inputs of each sequence) or, with dynamic
+        weights, ``inputs`` ``(R, B, C)`` (the inputs at the positions ``rows``) is given; a
+        dynamic mixer without ``inputs`` gives its static part. Zero where reading is not allowed;
+        with ``normalize="softmax"``, every row with an allowed position sums to 1 over them (a row
+        without any, e.g. a padding row past the band, is 0)."""
         self._check_length(int(rows[-1]) + 1)
-        weights = self._weights(rows, cols)
+        weights = self._weights(rows, cols, inputs)
         mask = self.allowed(rows, cols)
         if valid is not None:
             mask = mask & valid[:, None, None, :]
@@ -167,7 +195,8 @@ class TokenMixer(nn.Module):
             x = x.masked_fill(padding_mask, 0.0)
             if self.normalize != "none" and padding_mask.any():  # zero inputs suffice without it
                 valid = ~padding_mask[..., 0].t()
-        return self._mix(self.mixing_weights(positions, positions, valid), x, 0, length)
+        inputs = x if self.dynamic else None
+        return self._mix(self.mixing_weights(positions, positions, valid, inputs), x, 0, length)
 
     def forward_last(self, history: Tensor) -> Tensor:
         """Output at the last position only: ``history`` ``(t + 1, B, C)``, the inputs at positions
@@ -175,7 +204,8 @@ class TokenMixer(nn.Module):
         interface of :meth:`CrossTokenLinear.forward_last`, used by the lean beam search)."""
         t = history.size(0) - 1
         positions = torch.arange(t + 1, device=history.device)
-        return self._mix(self.mixing_weights(positions[-1:], positions), history, t, 1)
+        inputs = history[-1:] if self.dynamic else None
+        return self._mix(self.mixing_weights(positions[-1:], positions, inputs=inputs), history, t, 1)
 
     def _step(self, x: Tensor, incremental_state: IncrementalState) -> Tensor:
         if not self.causal:
@@ -186,7 +216,7 @@ class TokenMixer(nn.Module):
         t = 0 if saved is None else int(saved["positions"])
         window = x if saved is None else torch.cat([saved["inputs"], x], dim=0)  # positions t-len+1 .. t
         cols = torch.arange(t - window.size(0) + 1, t + 1, device=x.device)
-        out = self._mix(self.mixing_weights(cols[-1:], cols), window, t, 1)
+        out = self._mix(self.mixing_weights(cols[-1:], cols, inputs=x if self.dynamic else None), window, t, 1)
         keep = window if not self.kernel else window[max(0, window.size(0) - (self.kernel - 1)) :]
         incremental_state[self._state_key] = {"inputs": keep, "positions": torch.tensor(t + 1)}
         return out
@@ -200,7 +230,7 @@ class TokenMixer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_tokens={self.num_tokens}, causal={self.causal}, heads={self.heads}, positions={self.positions}, "
-                f"kernel={self.kernel}, normalize={self.normalize}")
+                f"kernel={self.kernel}, normalize={self.normalize}, weights={'dynamic' if self.dynamic else 'static'}")
 
 
 class GatedTokenMixer(nn.Module):
@@ -256,7 +286,8 @@ class GatedTokenMixer(nn.Module):
 
 
 def build_token_mixer(num_tokens: int, dim: int, causal: bool = False, heads: int = 1, positions: str = "absolute",
-                      kernel: int = 0, normalize: str = "none", gate: str = "none") -> nn.Module:
+                      kernel: int = 0, normalize: str = "none", gate: str = "none",
+                      weights: str = "static") -> nn.Module:
     """The token mixer with these options: the paper's :class:`CrossTokenLinear` when every option
     is at its default (its parameter names and arithmetic), else a :class:`TokenMixer`, wrapped
     in a :class:`GatedTokenMixer` when ``gate`` is not ``"none"``.
@@ -264,15 +295,15 @@ def build_token_mixer(num_tokens: int, dim: int, causal: bool = False, heads: in
     Every mixer returned is called as ``mixer(x, incremental_state=None, padding_mask=None)``."""
     if gate not in GATES:
         raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
-    if is_paper_setting(heads, positions, kernel, normalize, gate):
+    if is_paper_setting(heads, positions, kernel, normalize, gate, weights):
         return CrossTokenLinear(num_tokens, causal=causal)
     mixer = TokenMixer(num_tokens, dim, causal=causal, heads=heads, positions=positions, kernel=kernel,
-                       normalize=normalize)
+                       normalize=normalize, weights=weights)
     return mixer if gate == "none" else GatedTokenMixer(dim, mixer, gate)
 
 
 def is_paper_setting(heads: int = 1, positions: str = "absolute", kernel: int = 0, normalize: str = "none",
-                     gate: str = "none") -> bool:
-    """Whether these options are the paper's token mixer (one absolute matrix, no band, no
+                     gate: str = "none", weights: str = "static") -> bool:
+    """Whether these options are the paper's token mixer (one static absolute matrix, no band, no
     normalisation, no gate)."""
-    return (heads, positions, kernel, normalize, gate) == (1, "absolute", 0, "none", "none")
+    return (heads, positions, kernel, normalize, gate, weights) == (1, "absolute", 0, "none", "none", "static")

@@ -230,10 +230,97 @@ class FoldedTokenMixer(nn.Module):
         return (branch if u is None else u * branch), entry
 
 
+class FoldedDynamicTokenMixer(nn.Module):
+    """The token-mixing branch of a decoder layer whose mixer has dynamic weights
+    (:class:`~resmlp_core.token_mixers.TokenMixer` with ``weights="dynamic"``: relative positions,
+    rows not normalised; optionally gated), for incremental decoding with the members of
+    :class:`FoldedCrossTokenLinear`.
+
+    Position ``t`` mixes with weights that depend on its own mixer input ``z_t``:
+    ``M[h, t, j] = w_h[t - j] + (P z_t)_h[t - j]``, so they cannot be computed in advance. The
+    history holds the mixer's inputs ``z_j`` (``Aff(x_j)`` without a gate; ``a * sigmoid(b)`` with
+    ``glu``; ``LayerNorm(v_j)`` with ``sgu``); a step predicts the kernel ``(N, H, W)`` over the
+    offsets, reads it at the offsets of the history rows it mixes (``offsets``; ``reach`` is 0
+    for the zero row and outside the band) and returns ``g * (sum_j M z_j + c_t)`` (times ``u_t``
+    with ``sgu``). With a band of ``K`` a step reads the last ``K - 1`` rows, as
+    :class:`FoldedTokenMixer`.
+    """
+
+    STEP_INPUTS = {"past": {0: "t", 1: "N"}, "offsets": {0: "t"}, "reach": {0: "t"}, "const": {}}
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        (alpha, beta), = _require_affine(layer.token_norm)
+        g = layer.token_scale.detach()
+        mixer = layer.token_mixer
+        self.gate = getattr(mixer, "gate", "none")
+        inner = mixer.mixer if self.gate != "none" else mixer
+        if inner.normalize != "none":
+            raise ValueError("the folded decoder (engine='fast' or 'onnx') has no step for dynamic token-mixing "
+                             "weights with softmax rows: decode with engine='exact'")
+        self.heads, self.kernel = inner.heads, inner.kernel
+        self.dynamic_proj = inner.dynamic_proj
+        with torch.no_grad():
+            self.register_buffer("kernel_weight", inner.weight.detach().clone())  # (H, W): w_h[d]
+            width, T = inner.weight.size(1), inner.num_tokens
+            t, r = torch.arange(T)[:, None], torch.arange(T + 1)[None, :]
+            offset = t + 1 - r  # history row r holds position r - 1 (row 0: the zero row)
+            self.register_buffer("offsets", offset.clamp(0, width - 1))  # (T, 1 + T)
+            self.register_buffer("reach", ((r >= 1) & (offset >= 0) & (offset < width)).float())
+            self.register_buffer("scale", g.clone())
+            self.register_buffer("const", g * inner.bias.detach()[:, None].expand(-1, g.numel()).clone())  # (T, C)
+            if self.gate == "none":
+                self.register_buffer("alpha", alpha.clone())
+                self.register_buffer("beta", beta.clone())
+            else:
+                self.in_proj = _linear(*fold_affine_into_linear(mixer.in_proj.weight.detach(),
+                                                                mixer.in_proj.bias.detach(), alpha, beta))
+                self.v_norm = mixer.v_norm
+
+    @property
+    def weight(self) -> Tensor:
+        """``(H, T, T)`` the static part of the causal mixing weights (the weights at a zero input)."""
+        positions = torch.arange(self.offsets.size(0))
+        offsets = positions[:, None] - positions[None, :]
+        inside = (offsets >= 0) & (offsets < self.kernel_weight.size(1))
+        return self.kernel_weight[:, offsets.clamp(0, self.kernel_weight.size(1) - 1)] * inside
+
+    def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
+        """As :meth:`FoldedTokenMixer.step_inputs`, with the offsets of the rows instead of their
+        weights: ``past`` ``(P, N, C)``, ``offsets`` ``(P,)`` int64, ``reach`` ``(P,)``, ``const``
+        ``(C,)``."""
+        first = max(0, min(t, t - self.kernel + 2)) if self.kernel else 0
+        return history[first : t + 1], self.offsets[t, first : t + 1], self.reach[t, first : t + 1], self.const[t]
+
+    def step(self, x: Tensor, past: Tensor, offsets: Tensor, reach: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
+        """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
+        u = None
+        if self.gate == "none":
+            entry = torch.addcmul(self.beta, x, self.alpha)
+        else:
+            a, b = self.in_proj(x).chunk(2, dim=-1)
+            entry, u = (a * torch.sigmoid(b), None) if self.gate == "glu" else (self.v_norm(b), a)
+        C = entry.size(-1)
+        z = entry.reshape(-1, self.heads, C // self.heads)  # (N, H, R)
+        kernel = self.kernel_weight + self.dynamic_proj(z.view(z.size(0), C)).view(z.size(0), self.heads, -1)
+        rows = kernel.index_select(2, offsets) * reach  # (N, H, P)
+        groups = past.view(past.size(0), z.size(0), self.heads, -1)  # (P, N, H, R)
+        mixed = torch.einsum("nhs,snhr->nhr", rows, groups) + kernel[:, :, :1] * z
+        branch = torch.addcmul(const, mixed.reshape(entry.shape), self.scale)
+        return (branch if u is None else u * branch), entry
+
+
+def _fold_study_mixer(layer: nn.Module) -> nn.Module:
+    """:class:`FoldedDynamicTokenMixer` for a mixer with dynamic weights, else :class:`FoldedTokenMixer`."""
+    mixer = layer.token_mixer
+    inner = mixer.mixer if isinstance(mixer, GatedTokenMixer) else mixer
+    return FoldedDynamicTokenMixer(layer) if inner.dynamic else FoldedTokenMixer(layer)
+
+
 #: the folded incremental step of each kind of token mixer (by the class of ``layer.token_mixer``),
 #: built from the decoder layer (the mixer with its norm and LayerScale)
-FOLDED_TOKEN_MIXERS = {CrossTokenLinear: FoldedCrossTokenLinear, TokenMixer: FoldedTokenMixer,
-                       GatedTokenMixer: FoldedTokenMixer}
+FOLDED_TOKEN_MIXERS = {CrossTokenLinear: FoldedCrossTokenLinear, TokenMixer: _fold_study_mixer,
+                       GatedTokenMixer: _fold_study_mixer}
 
 
 def fold_token_mixing(layer: nn.Module) -> nn.Module:

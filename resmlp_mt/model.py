@@ -49,7 +49,7 @@ from fairseq.modules import FairseqDropout, PositionalEmbedding
 from torch import Tensor, nn
 
 from resmlp_core import check_state_dict_fits
-from resmlp_core.token_mixers import GATES, NORMALIZATIONS, POSITIONS
+from resmlp_core.token_mixers import GATES, NORMALIZATIONS, POSITIONS, WEIGHTS
 
 from .modules import NORMS, ResMLPDecoderLayer, ResMLPEncoderLayer, build_norm
 from .padding import inverse_order, left_align, restore_order
@@ -65,6 +65,7 @@ TOKEN_MIXING_DEFAULTS = {
     "token_mixer_kernel": 0,
     "token_mixer_normalize": "none",
     "token_mixer_gate": "none",
+    "token_mixer_weights": "static",
     "hybrid_encoder_attention_heads": 0,
 }
 
@@ -90,6 +91,9 @@ def check_token_mixing_args(args) -> None:
         if not 0 <= args.token_mixer_kernel <= positions:
             raise ValueError(f"--token-mixer-kernel {args.token_mixer_kernel} must be between 1 and "
                              f"--max-{'source' if side == 'encoder' else 'target'}-positions {positions} (0: no band)")
+    if args.token_mixer_weights == "dynamic" and args.token_mixer_positions != "relative":
+        raise ValueError("--token-mixer-weights dynamic needs --token-mixer-positions relative (the predicted "
+                         f"kernel is over offsets), got --token-mixer-positions {args.token_mixer_positions}")
     heads = args.hybrid_encoder_attention_heads
     if heads < 0 or (heads and args.encoder_embed_dim % heads):
         raise ValueError(f"--hybrid-encoder-attention-heads {heads} must divide --encoder-embed-dim "
@@ -416,6 +420,10 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
         parser.add_argument("--token-mixer-gate", choices=GATES,
                             help="none (the paper); glu: Linear C->2C and GLU before mixing (LightConv); "
                                  "sgu: Linear C->2C into u, v and u * mix(LayerNorm(v)) (gMLP's spatial gating unit)")
+        parser.add_argument("--token-mixer-weights", choices=WEIGHTS,
+                            help="static (the paper: the mixing weights are parameters) or dynamic (with relative "
+                                 "positions: each position adds a kernel over offsets predicted from its own input, "
+                                 "DynamicConv's; it starts at zero, so training starts from the static mixer)")
         parser.add_argument("--hybrid-encoder-attention-heads", type=int, metavar="N",
                             help="NOT attention-free (a reference for ablations): add a self-attention sublayer "
                                  "with N heads to every encoder layer, after the token mixer; 0 (default): none")

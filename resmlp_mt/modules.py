@@ -78,6 +78,7 @@ class ResMLPLayer(nn.Module):
         self.token_mixer = build_token_mixer(
             num_tokens, dim, causal=causal, heads=args.token_mixer_heads, positions=args.token_mixer_positions,
             kernel=args.token_mixer_kernel, normalize=args.token_mixer_normalize, gate=args.token_mixer_gate,
+            weights=args.token_mixer_weights,
         )
         self.token_scale = layer_scale(dim, args.layerscale_init)
 

@@ -33,6 +33,8 @@ LAYER_OPTIONS = [
     dict(kernel=3),
     dict(normalize="softmax"),
     dict(positions="relative", kernel=3, normalize="softmax", heads=2),
+    dict(positions="relative", weights="dynamic"),
+    dict(positions="relative", kernel=3, normalize="softmax", heads=2, weights="dynamic"),
 ]
 
 
@@ -57,7 +59,8 @@ def test_softmax_rows_sum_to_one_over_the_positions_they_may_read(options, causa
     lengths = torch.tensor([7, 4, 1])
     positions = torch.arange(7)
     valid = positions[None, :] < lengths[:, None]  # (B, S): sentences start at position 0
-    weights = mixer.mixing_weights(positions, positions, valid)  # (B, H, L, L)
+    inputs = torch.randn(7, 3, 4) if mixer.dynamic else None
+    weights = mixer.mixing_weights(positions, positions, valid, inputs)  # (B, H, L, L)
     offsets = positions[:, None] - positions[None, :]
     allowed = (offsets >= 0) if causal else torch.ones(7, 7, dtype=torch.bool)
     if mixer.kernel:
@@ -166,11 +169,39 @@ def test_banded_causal_relative_mixer_decodes_with_the_last_k_minus_1_inputs(ker
     assert [v["inputs"].size(0) for v in state.values()] == [12]
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+def test_dynamic_weights_start_as_the_static_mixer_and_then_follow_each_positions_input(causal):
+    static = build_token_mixer(10, 4, causal=causal, positions="relative", kernel=3)
+    dynamic = build_token_mixer(10, 4, causal=causal, positions="relative", kernel=3, weights="dynamic")
+    dynamic.load_state_dict({**static.state_dict(), "dynamic_proj.weight": dynamic.dynamic_proj.weight})
+    assert torch.count_nonzero(dynamic.dynamic_proj.weight) == 0, "the kernel predictor starts at zero"
+    x = torch.randn(6, 2, 4)
+    torch.testing.assert_close(dynamic(x), static(x), rtol=0, atol=0)
+    with torch.no_grad():
+        dynamic.dynamic_proj.weight.normal_()
+    positions = torch.arange(6)
+    M = dynamic.mixing_weights(positions, positions, inputs=x)  # (B, H, L, L)
+    W = dynamic.weight.size(1)
+    for t in range(6):  # row t: the static kernel plus the one predicted from x[t], at the offsets t - s
+        kernel = dynamic.weight[0] + dynamic.dynamic_proj(x[t]).view(2, W)  # (B, W)
+        for s_ in range(6):
+            d = t - s_ if causal else t - s_ + W // 2
+            inside = (t - s_ >= 0 or not causal) and abs(t - s_) < 3
+            expected = kernel[:, d] if inside else torch.zeros(2)
+            torch.testing.assert_close(M[:, 0, t, s_], expected, msg=f"({t}, {s_})")
+    assert not torch.allclose(M[0], M[1]), "two sentences mix with their own weights"
+    assert dynamic.dynamic_proj.bias is None, "the static kernel is the predictor's bias"
+
+
 def test_layer_options_are_checked():
     with pytest.raises(ValueError, match="heads=3 must be positive and divide the 4 channels"):
         build_token_mixer(8, 4, heads=3)
     with pytest.raises(ValueError, match="positions must be one of absolute, relative"):
         build_token_mixer(8, 4, positions="rotary")
+    with pytest.raises(ValueError, match="dynamic weights need relative positions"):
+        build_token_mixer(8, 4, weights="dynamic")
+    with pytest.raises(ValueError, match="weights must be one of static, dynamic"):
+        build_token_mixer(8, 4, positions="relative", weights="predicted")
     with pytest.raises(ValueError, match="gate must be one of none, glu, sgu"):
         build_token_mixer(8, 4, gate="swiglu")
     with pytest.raises(ValueError, match="longer than this token mixer supports"):
@@ -193,6 +224,10 @@ MODEL_OPTIONS = [
          hybrid_encoder_attention_heads=2),
     dict(token_mixer_positions="relative", token_mixer_normalize="softmax", token_mixer_gate="sgu",
          token_mixer_heads=4, positional_embeddings="sinusoidal"),
+    dict(token_mixer_positions="relative", token_mixer_gate="glu", token_mixer_weights="dynamic"),
+    dict(token_mixer_positions="relative", token_mixer_kernel=2, token_mixer_weights="dynamic", token_mixer_heads=2),
+    dict(token_mixer_positions="relative", token_mixer_gate="sgu", token_mixer_weights="dynamic",
+         token_mixer_heads=4),
 ]
 
 
@@ -201,12 +236,13 @@ def model_id(options):
 
 
 def tiny(seed=0, **options):
-    """helpers.tiny_model, with every token-mixer parameter random (gate projections, norms, biases)."""
+    """helpers.tiny_model, with every token-mixer parameter random (gate projections, norms, biases;
+    dynamic kernels' predictors less, so that the outputs stay in float32's exact range for 1e-5)."""
     model = tiny_model(seed, **options)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".token_mixer." in name and not name.endswith("token_mixer.weight"):
-                p.add_(0.3 * torch.randn_like(p))
+                p.add_((0.1 if "dynamic_proj" in name else 0.3) * torch.randn_like(p))
     return model
 
 
@@ -269,7 +305,7 @@ def test_outputs_do_not_depend_on_padding_side_or_batch(options):
         torch.testing.assert_close(left[i, left.size(1) - n :], single[0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", MODEL_OPTIONS[-3:], ids=model_id)
+@pytest.mark.parametrize("options", MODEL_OPTIONS[-6:], ids=model_id)  # the combinations and dynamic weights
 def test_beam_search_translation_does_not_depend_on_padding_side_or_batch(options):
     assert_translation_ignores_padding(tiny(**options))
 
@@ -295,6 +331,17 @@ def test_every_engine_returns_fairseqs_hypotheses(options):
     assert len(lengths) >= 2, f"hypotheses of too few lengths: {sorted(lengths)}"
     int8 = generate(quantize_int8(engines["fast"]), source_batch(1), beam=4)
     assert all(hyps and len(hyps[0]["tokens"]) >= 1 for hyps in int8)
+
+
+def test_dynamic_softmax_rows_decode_exactly_and_the_folded_engines_say_they_cannot():
+    options = dict(token_mixer_positions="relative", token_mixer_kernel=3, token_mixer_normalize="softmax",
+                   token_mixer_weights="dynamic", token_mixer_gate="glu")
+    reference = eos_biased_model(0, 1.0, model=tiny(**options))
+    src = source_batch(1)
+    assert_same(generate(eos_biased_model(0, 1.0, model=tiny(**options)), src, beam=3),
+                fairseq_generate(reference, src, 3))
+    with pytest.raises(ValueError, match="no step for dynamic token-mixing weights with softmax rows.*engine='exact'"):
+        eos_biased_folded(0, 1.0, model=tiny(**options))
 
 
 @pytest.mark.parametrize("options", MODEL_OPTIONS, ids=model_id)
@@ -327,6 +374,10 @@ def test_options_change_the_parameters_as_documented():
     m = tiny(token_mixer_gate="sgu")
     assert names(m) == {f"decoder.layers.0.token_mixer.{k}" for k in (
         "in_proj.weight", "in_proj.bias", "v_norm.weight", "v_norm.bias", "mixer.weight", "mixer.bias")}
+    m = tiny(token_mixer_positions="relative", token_mixer_kernel=3, token_mixer_heads=2, token_mixer_weights="dynamic")
+    assert shape(m, "encoder.layers.0.token_mixer.dynamic_proj.weight") == (2 * 5, 16)  # H * W offsets, C
+    assert shape(m, "decoder.layers.0.token_mixer.dynamic_proj.weight") == (2 * 3, 16)
+    assert m.token_mixing_options["--token-mixer-weights"] == "dynamic"
     m = tiny(hybrid_encoder_attention_heads=2)
     assert m.token_mixing_options == {"--hybrid-encoder-attention-heads": 2}
     assert "encoder.layers.1.self_attn.k_proj.weight" in m.state_dict()
@@ -340,6 +391,7 @@ def test_options_change_the_parameters_as_documented():
     (dict(token_mixer_heads=3), "--token-mixer-heads 3 must be positive and divide --encoder-embed-dim 16"),
     (dict(token_mixer_kernel=13), "--token-mixer-kernel 13 must be between 1 and --max-source-positions 12"),
     (dict(hybrid_encoder_attention_heads=5), "--hybrid-encoder-attention-heads 5 must divide --encoder-embed-dim 16"),
+    (dict(token_mixer_weights="dynamic"), "--token-mixer-weights dynamic needs --token-mixer-positions relative"),
 ])
 def test_bad_options_name_the_flag(options, message):
     with pytest.raises(ValueError, match=message):
