@@ -20,7 +20,7 @@ from helpers import (
 )
 from resmlp_core import CrossTokenLinear
 from resmlp_core.token_mixers import TokenMixer, build_token_mixer
-from resmlp_mt.fast_generate import generate, quantize_int8
+from resmlp_mt.fast_generate import FoldedDynamicTokenMixer, fold_token_mixing, generate, quantize_int8
 from resmlp_mt.onnx_decoder import OnnxModel
 
 # --- the layer --------------------------------------------------------------------------------
@@ -331,6 +331,27 @@ def test_every_engine_returns_fairseqs_hypotheses(options):
     assert len(lengths) >= 2, f"hypotheses of too few lengths: {sorted(lengths)}"
     int8 = generate(quantize_int8(engines["fast"]), source_batch(1), beam=4)
     assert all(hyps and len(hyps[0]["tokens"]) >= 1 for hyps in int8)
+
+
+@pytest.mark.parametrize("gate", ["none", "glu", "sgu"])
+@pytest.mark.parametrize("kernel", [1, 2, 0])
+def test_folded_dynamic_step_equals_the_layers_branch_at_every_position(kernel, gate):
+    """FoldedDynamicTokenMixer, step by step on its own history (with a band of 1 a step reads one
+    row that is out of the band: it must weigh 0), against the layer's full pass."""
+    model = tiny(token_mixer_positions="relative", token_mixer_kernel=kernel, token_mixer_weights="dynamic",
+                 token_mixer_gate=gate, token_mixer_heads=2)
+    layer = model.decoder.layers[0]
+    folded = fold_token_mixing(layer)
+    assert isinstance(folded, FoldedDynamicTokenMixer)
+    T, N, C = 12, 3, 16
+    x = torch.randn(T, N, C)
+    with torch.no_grad():
+        expected = layer.token_scale * layer.token_mixer(layer.token_norm(x))  # (T, N, C)
+        history = torch.zeros(1 + T, N, C)
+        for t in range(T):
+            branch, entry = folded.step(x[t], *folded.step_inputs(history, t))
+            history[t + 1] = entry
+            torch.testing.assert_close(branch, expected[t], rtol=0, atol=1e-5, msg=f"position {t}")
 
 
 def test_dynamic_softmax_rows_decode_exactly_and_the_folded_engines_say_they_cannot():
