@@ -164,7 +164,25 @@ def parse_generate_output(text: str) -> Dict[int, str]:
     return hyps
 
 
-def evaluate(
+@dataclass
+class Translations:
+    """One split translated by :func:`translate_split`: ``hypotheses`` (detokenized),
+    ``references`` and ``sources`` (the original text), line by line; the target language; the
+    generation's timing (fairseq's own timer when it printed one) and peak memory; the command."""
+
+    split: str
+    tgt_lang: str
+    hypotheses: List[str]
+    references: List[str]
+    sources: List[str]
+    generation_seconds: float
+    sentences_per_second: float
+    tokens_per_second: float
+    peak_rss_mb: float
+    command: List[str]
+
+
+def translate_split(
     data: Path,
     checkpoint: Path,
     split: str = "test",
@@ -173,12 +191,10 @@ def evaluate(
     batch_size: int = 128,
     user_dir: Optional[Path] = None,
     extra_args: Sequence[str] = (),
-    num_samples: int = 5,
     threads: Optional[int] = None,
-) -> EvalResult:
-    """Translate ``split`` of ``data`` with ``checkpoint`` and score it (module docstring)."""
-    import sacrebleu
-
+) -> Translations:
+    """Translate ``split`` of ``data`` with ``checkpoint`` through ``fairseq-generate`` (module
+    docstring): one hypothesis per reference, or :class:`EvaluationError`."""
     data, checkpoint = Path(data), Path(checkpoint)
     prepared = PreparedData(data)
     if not prepared.is_prepared():
@@ -215,14 +231,34 @@ def evaluate(
             f"fairseq-generate returned {len(hyps_by_id)} hypotheses for {len(refs)} references "
             f"in {ref_file} (first missing ids: {missing}); refusing to score a partial test set"
         )
-    hyps = [hyps_by_id[i] for i in range(len(refs))]
     summary = _GEN_SUMMARY.search(result.stdout + result.stderr)
     gen_seconds, sent_s, tok_s = (
         (float(summary.group(3)), float(summary.group(4)), float(summary.group(5)))
         if summary
         else (result.seconds, len(refs) / result.seconds, float("nan"))
     )
+    return Translations(split, tgt_lang, [hyps_by_id[i] for i in range(len(refs))], refs, sources, gen_seconds,
+                        sent_s, tok_s, result.peak_rss_mb, cmd)
 
+
+def evaluate(
+    data: Path,
+    checkpoint: Path,
+    split: str = "test",
+    beam: int = 4,
+    lenpen: float = 1.0,
+    batch_size: int = 128,
+    user_dir: Optional[Path] = None,
+    extra_args: Sequence[str] = (),
+    num_samples: int = 5,
+    threads: Optional[int] = None,
+) -> EvalResult:
+    """Translate ``split`` of ``data`` with ``checkpoint`` (:func:`translate_split`) and score it
+    (module docstring)."""
+    import sacrebleu
+
+    t = translate_split(data, checkpoint, split, beam, lenpen, batch_size, user_dir, extra_args, threads)
+    hyps, refs = t.hypotheses, t.references
     bleu = sacrebleu.metrics.BLEU()
     score = bleu.corpus_score(hyps, [refs])
     return EvalResult(
@@ -230,14 +266,14 @@ def evaluate(
         sentences=len(refs),
         sacrebleu=round(score.score, 2),
         sacrebleu_signature=str(bleu.get_signature()),
-        tok_bleu=round(tokenized_bleu(hyps, refs, tgt_lang, compound_split=False), 2),
-        tok_bleu_compound_split=round(tokenized_bleu(hyps, refs, tgt_lang, compound_split=True), 2),
-        generation_seconds=gen_seconds,
-        sentences_per_second=sent_s,
-        tokens_per_second=tok_s,
-        peak_rss_mb=round(result.peak_rss_mb, 1),
-        command=cmd,
-        samples=[{"source": sources[i], "reference": refs[i], "hypothesis": hyps[i]}
+        tok_bleu=round(tokenized_bleu(hyps, refs, t.tgt_lang, compound_split=False), 2),
+        tok_bleu_compound_split=round(tokenized_bleu(hyps, refs, t.tgt_lang, compound_split=True), 2),
+        generation_seconds=t.generation_seconds,
+        sentences_per_second=t.sentences_per_second,
+        tokens_per_second=t.tokens_per_second,
+        peak_rss_mb=round(t.peak_rss_mb, 1),
+        command=t.command,
+        samples=[{"source": t.sources[i], "reference": refs[i], "hypothesis": hyps[i]}
                  for i in range(min(num_samples, len(refs)))],
     )
 

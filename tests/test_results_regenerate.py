@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import (ablate_mt_init, bench_decode, bench_dino, bench_vision, fairseq_runs, gpu_acceptance,
-                        mt_distill, mt_token_mixers, race_mt, screen_dino, vision_report)
+                        mt_distill, mt_length_buckets, mt_token_mixers, race_mt, screen_dino, vision_report)
 from conftest import REPO
 
 RESULTS = REPO / "results"
@@ -45,12 +45,14 @@ RENDERERS = {
     "mt_curves": race_mt.curves_markdown,
     "mt_distill": mt_distill.markdown,
     "mt_init_ablation": ablate_mt_init.markdown,
+    "mt_length_buckets_en-de": mt_length_buckets.markdown,
     "mt_race": race_mt.race_markdown,
     "mt_report": _mt_report,
     "mt_sweep": race_mt.sweep_markdown,
     "mt_sweep_wide_lr": race_mt.sweep_markdown,
     "mt_token_mixers_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_decode": bench_decode.markdown,
+    "mt_token_mixers_dynamic_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_race": mt_token_mixers.race_markdown,
     "mt_token_mixers_screen": mt_token_mixers.screen_markdown,
     "mt_token_mixers_screen_en-fr": mt_token_mixers.screen_markdown,
