@@ -21,6 +21,7 @@ Writes ``<results-dir>/<output>.json`` and ``.md`` and a bar plot ``.png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -49,26 +50,29 @@ def bucket_of(words: int, edges: Sequence[int]) -> int:
     return int(np.searchsorted(np.asarray(edges), words, side="left"))
 
 
-def _stats(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
-    """Per-sentence BLEU statistics ``(n, 2 + 2 * 4)`` (sacreBLEU's: lengths, n-gram matches and totals)."""
+@functools.lru_cache(maxsize=None)
+def _metric():
+    """One sacreBLEU BLEU metric (default settings) for every score of a run: the bootstrap scores
+    thousands of resamples, so it is built once."""
     import sacrebleu
 
-    return np.asarray(sacrebleu.metrics.BLEU()._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.int64)
+    return sacrebleu.metrics.BLEU()
+
+
+def _stats(hyps: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+    """Per-sentence BLEU statistics ``(n, 2 + 2 * 4)`` (sacreBLEU's: lengths, n-gram matches and totals)."""
+    return np.asarray(_metric()._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.int64)
 
 
 def _bleu(stats: np.ndarray) -> float:
-    import sacrebleu
-
-    return sacrebleu.metrics.BLEU()._compute_score_from_stats(list(stats.sum(0))).score
+    """sacreBLEU of the sentences whose statistics are the rows of ``stats``."""
+    return _metric()._compute_score_from_stats(list(stats.sum(0))).score
 
 
 def signature(hyps: Sequence[str], refs: Sequence[str]) -> str:
     """sacreBLEU's signature of these scores (it needs one evaluation first)."""
-    import sacrebleu
-
-    bleu = sacrebleu.metrics.BLEU()
-    bleu.corpus_score(list(hyps), [list(refs)])
-    return str(bleu.get_signature())
+    _metric().corpus_score(list(hyps), [list(refs)])
+    return str(_metric().get_signature())
 
 
 def bucket_table(hypotheses: Dict[str, List[str]], references: List[str], sources: List[str], edges: Sequence[int],
@@ -88,14 +92,15 @@ def bucket_table(hypotheses: Dict[str, List[str]], references: List[str], source
             continue
         draws = rng.integers(0, index.size, size=(resamples, index.size))
         base_stats = stats[baseline][index]
-        base_draws = np.array([_bleu(base_stats[d]) for d in draws])
+        base_score, base_draws = _bleu(base_stats), np.array([_bleu(base_stats[d]) for d in draws])
         for name, s in stats.items():
             own = s[index]
-            entry = {"sacrebleu": round(_bleu(own), 2),
+            score = _bleu(own)
+            entry = {"sacrebleu": round(score, 2),
                      "length_ratio": round(float(own[:, 0].sum() / max(1, own[:, 1].sum())), 3)}
             if name != baseline:
                 diffs = np.array([_bleu(own[d]) for d in draws]) - base_draws
-                entry["difference"] = round(entry["sacrebleu"] - _bleu(base_stats), 2)
+                entry["difference"] = round(entry["sacrebleu"] - base_score, 2)
                 entry["interval95"] = [round(float(np.percentile(diffs, 2.5)), 2),
                                        round(float(np.percentile(diffs, 97.5)), 2)]
             row["models"][name] = entry

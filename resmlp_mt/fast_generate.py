@@ -153,7 +153,40 @@ class FoldedCrossTokenLinear(nn.Module):
         return torch.addcmul(const, mixed, self.scale), x
 
 
-class FoldedTokenMixer(nn.Module):
+class _FoldedStudyMixer(nn.Module):
+    """What the folded steps of the study's mixers (:class:`FoldedTokenMixer`,
+    :class:`FoldedDynamicTokenMixer`) share: reading the decoder layer, the gate's input projection
+    with the Affine folded in, the gate's step and the band's first history row."""
+
+    def _fold_branch(self, layer: nn.Module) -> Tuple[Tensor, Tensor, Tensor, nn.Module]:
+        """Set ``gate``, ``heads``, ``kernel`` and, with a gate, the folded ``in_proj`` (and
+        ``v_norm``); return the token norm's Affine ``alpha``, ``beta`` ``(C,)``, the LayerScale
+        ``g`` ``(C,)`` and the inner :class:`~resmlp_core.token_mixers.TokenMixer`."""
+        (alpha, beta), = _require_affine(layer.token_norm)
+        mixer = layer.token_mixer
+        self.gate = getattr(mixer, "gate", "none")
+        inner = mixer.mixer if self.gate != "none" else mixer
+        self.heads, self.kernel = inner.heads, inner.kernel
+        if self.gate != "none":
+            with torch.no_grad():
+                self.in_proj = _linear(*fold_affine_into_linear(mixer.in_proj.weight.detach(),
+                                                                mixer.in_proj.bias.detach(), alpha, beta))
+            self.v_norm = mixer.v_norm
+        return alpha, beta, layer.token_scale.detach(), inner
+
+    def _gated(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """A gated mixer's input at one position and its multiplier: ``(a * sigmoid(b), None)``
+        with ``glu``, ``(LayerNorm(v), u)`` with ``sgu``."""
+        a, b = self.in_proj(x).chunk(2, dim=-1)
+        return (a * torch.sigmoid(b), None) if self.gate == "glu" else (self.v_norm(b), a)
+
+    def _first_row(self, t: int) -> int:
+        """The first history row a step at position ``t`` reads: 0 without a band; with a band of
+        ``K``, the row of position ``t - K + 1`` (at least one row)."""
+        return max(0, min(t, t - self.kernel + 2)) if self.kernel else 0
+
+
+class FoldedTokenMixer(_FoldedStudyMixer):
     """The token-mixing branch of a decoder layer whose mixer has the study's options
     (:class:`~resmlp_core.token_mixers.TokenMixer`: heads, relative positions, band, softmax rows;
     optionally inside a :class:`~resmlp_core.token_mixers.GatedTokenMixer`), folded for
@@ -178,12 +211,7 @@ class FoldedTokenMixer(nn.Module):
 
     def __init__(self, layer: nn.Module):
         super().__init__()
-        (alpha, beta), = _require_affine(layer.token_norm)
-        g = layer.token_scale.detach()
-        mixer = layer.token_mixer
-        self.gate = getattr(mixer, "gate", "none")
-        inner = mixer.mixer if self.gate != "none" else mixer
-        self.heads, self.kernel = inner.heads, inner.kernel
+        alpha, beta, g, inner = self._fold_branch(layer)
         with torch.no_grad():
             positions = torch.arange(inner.num_tokens)
             M = inner.mixing_weights(positions, positions).detach()  # (H, T, T), causal
@@ -194,9 +222,6 @@ class FoldedTokenMixer(nn.Module):
                 self.register_buffer("scale", g * alpha)
                 self.register_buffer("const", g * (group_sums * beta + bias))
             else:
-                self.in_proj = _linear(*fold_affine_into_linear(mixer.in_proj.weight.detach(),
-                                                                mixer.in_proj.bias.detach(), alpha, beta))
-                self.v_norm = mixer.v_norm
                 self.register_buffer("scale", g.clone())
                 self.register_buffer("const", g * bias.expand(-1, g.numel()).clone())  # (T, C)
 
@@ -211,17 +236,12 @@ class FoldedTokenMixer(nn.Module):
         and positions ``0 .. t - 1``), or with a band of ``K`` only the rows of positions
         ``t - K + 1 .. t - 1`` (at least one row): a banded step reads ``K - 1`` inputs, not the prefix."""
         row = self.rows[:, t]
-        first = max(0, min(t, t - self.kernel + 2)) if self.kernel else 0
+        first = self._first_row(t)
         return history[first : t + 1], row[:, first : t + 1], row[:, t + 1 : t + 2], self.const[t]
 
     def step(self, x: Tensor, past: Tensor, row: Tensor, diag: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
-        u = None
-        if self.gate == "none":
-            entry = x
-        else:
-            a, b = self.in_proj(x).chunk(2, dim=-1)
-            entry, u = (a * torch.sigmoid(b), None) if self.gate == "glu" else (self.v_norm(b), a)
+        entry, u = (x, None) if self.gate == "none" else self._gated(x)
         shape = (*entry.shape[:-1], self.heads, entry.size(-1) // self.heads)
         groups = past.view(past.size(0), -1, self.heads, shape[-1])  # (t + 1, N, H, R)
         mixed = torch.einsum("hs,snhr->nhr", row, groups).reshape(shape) + diag * entry.reshape(shape)
@@ -230,7 +250,7 @@ class FoldedTokenMixer(nn.Module):
         return (branch if u is None else u * branch), entry
 
 
-class FoldedDynamicTokenMixer(nn.Module):
+class FoldedDynamicTokenMixer(_FoldedStudyMixer):
     """The token-mixing branch of a decoder layer whose mixer has dynamic weights
     (:class:`~resmlp_core.token_mixers.TokenMixer` with ``weights="dynamic"``: relative positions,
     rows not normalised; optionally gated), for incremental decoding with the members of
@@ -250,15 +270,10 @@ class FoldedDynamicTokenMixer(nn.Module):
 
     def __init__(self, layer: nn.Module):
         super().__init__()
-        (alpha, beta), = _require_affine(layer.token_norm)
-        g = layer.token_scale.detach()
-        mixer = layer.token_mixer
-        self.gate = getattr(mixer, "gate", "none")
-        inner = mixer.mixer if self.gate != "none" else mixer
+        alpha, beta, g, inner = self._fold_branch(layer)
         if inner.normalize != "none":
             raise ValueError("the folded decoder (engine='fast' or 'onnx') has no step for dynamic token-mixing "
                              "weights with softmax rows: decode with engine='exact'")
-        self.heads, self.kernel = inner.heads, inner.kernel
         self.dynamic_proj = inner.dynamic_proj
         with torch.no_grad():
             self.register_buffer("kernel_weight", inner.weight.detach().clone())  # (H, W): w_h[d]
@@ -272,10 +287,6 @@ class FoldedDynamicTokenMixer(nn.Module):
             if self.gate == "none":
                 self.register_buffer("alpha", alpha.clone())
                 self.register_buffer("beta", beta.clone())
-            else:
-                self.in_proj = _linear(*fold_affine_into_linear(mixer.in_proj.weight.detach(),
-                                                                mixer.in_proj.bias.detach(), alpha, beta))
-                self.v_norm = mixer.v_norm
 
     @property
     def weight(self) -> Tensor:
@@ -289,17 +300,12 @@ class FoldedDynamicTokenMixer(nn.Module):
         """As :meth:`FoldedTokenMixer.step_inputs`, with the offsets of the rows instead of their
         weights: ``past`` ``(P, N, C)``, ``offsets`` ``(P,)`` int64, ``reach`` ``(P,)``, ``const``
         ``(C,)``."""
-        first = max(0, min(t, t - self.kernel + 2)) if self.kernel else 0
+        first = self._first_row(t)
         return history[first : t + 1], self.offsets[t, first : t + 1], self.reach[t, first : t + 1], self.const[t]
 
     def step(self, x: Tensor, past: Tensor, offsets: Tensor, reach: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
-        u = None
-        if self.gate == "none":
-            entry = torch.addcmul(self.beta, x, self.alpha)
-        else:
-            a, b = self.in_proj(x).chunk(2, dim=-1)
-            entry, u = (a * torch.sigmoid(b), None) if self.gate == "glu" else (self.v_norm(b), a)
+        entry, u = (torch.addcmul(self.beta, x, self.alpha), None) if self.gate == "none" else self._gated(x)
         C = entry.size(-1)
         z = entry.reshape(-1, self.heads, C // self.heads)  # (N, H, R)
         kernel = self.kernel_weight + self.dynamic_proj(z.view(z.size(0), C)).view(z.size(0), self.heads, -1)
@@ -312,8 +318,7 @@ class FoldedDynamicTokenMixer(nn.Module):
 
 def _fold_study_mixer(layer: nn.Module) -> nn.Module:
     """:class:`FoldedDynamicTokenMixer` for a mixer with dynamic weights, else :class:`FoldedTokenMixer`."""
-    mixer = layer.token_mixer
-    inner = mixer.mixer if isinstance(mixer, GatedTokenMixer) else mixer
+    inner = getattr(layer.token_mixer, "mixer", layer.token_mixer)  # inside a GatedTokenMixer or not
     return FoldedDynamicTokenMixer(layer) if inner.dynamic else FoldedTokenMixer(layer)
 
 
