@@ -194,7 +194,7 @@ class DistillStudy(Race):
         return info
 
     def best_student(self, pair: str) -> Optional[dict]:
-        """The distilled student with the best test sacreBLEU of its reported model."""
+        """The distilled student with the best valid sacreBLEU of its reported model."""
         found = []
         for job in self.student_jobs(pair):
             result = self.cached(job)
@@ -202,8 +202,8 @@ class DistillStudy(Race):
                 model = "averaged" if "averaged" in result["eval"] else "best"
                 name = "checkpoint_averaged.pt" if model == "averaged" else "checkpoint_best_bleu.pt"
                 found.append({"name": job.name.split(".")[1], "model": model, "checkpoint": self.run_dir(job) / name,
-                              "test": result["eval"][model]["test"]["sacrebleu"]})
-        return max(found, key=lambda r: r["test"]) if found else None
+                              "valid": result["eval"][model]["valid"]["sacrebleu"]})
+        return max(found, key=lambda r: r["valid"]) if found else None
 
     def teacher_run_settings(self) -> dict:
         """What the report says of a ``--teacher-run`` teacher (nothing for the study's own):
@@ -331,7 +331,7 @@ def summary(out: dict) -> Optional[dict]:
     students = [r for r in rows if r["data"] == "distilled"]
     if not teacher or not students:
         return None
-    best = max(students, key=lambda r: r["test"])
+    best = max(students, key=lambda r: r["valid"])  # chosen on valid, as the study's every choice
     speed = p.get("speed") or {}
     return {"pair": pair, "student": best["model"], "teacher_test_bleu": teacher["test"],
             "student_test_bleu": best["test"],
@@ -449,7 +449,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=["en-de"])
-    p.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS), help="students to train")
+    p.add_argument("--students", nargs="*", choices=list(STUDENTS), default=list(STUDENTS),
+                   help="students to train (none: only --variant-flags)")
     p.add_argument("--variant-flags", default="", help="the token-mixer study's best variant, as fairseq-train flags")
     p.add_argument("--variant-name", default="variant", help="its name in the tables")
     p.add_argument("--eval-every", type=int, default=250, help="updates between validations")
@@ -475,6 +476,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test (tiny bench_decode)")
     p.add_argument("--extra-train-args", default="", help=argparse.SUPPRESS)  # testing: e.g. a tiny model
     args = p.parse_args(argv)
+    if not args.students and not args.variant_flags:
+        p.error("--students names no student and --variant-flags is empty: nothing to train")
     if args.teacher_run:
         problem = check_teacher_run(args.teacher_run, args.pairs)
         if problem:

@@ -597,3 +597,30 @@ def resmlp_mt_relative_glu(args):
     (:func:`_relative_glu`)."""
     _relative_glu(args)
     base_architecture(args)
+
+
+def _relative_glu_dynamic(args) -> None:
+    """The token-mixer study's best attention-free mixer to convergence (En-De Multi30k, dropout 0.1,
+    one seed; results/mt_token_mixers_dynamic_curves.md): the relative GLU mixer
+    (:func:`_relative_glu`) with kernels predicted from each position's input, ``w_t = w + P x_t``
+    (``--token-mixer-weights dynamic``), in 4 heads over channel groups
+    (``--token-mixer-heads 4``, the setting measured at d = 256)."""
+    _relative_glu(args)
+    _set_default(args, "token_mixer_weights", "dynamic")
+    _set_default(args, "token_mixer_heads", 4)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt_relative_glu_dynamic_small")
+def resmlp_mt_relative_glu_dynamic_small(args):
+    """``resmlp_mt_small`` with the relative GLU mixer and dynamic kernels, 4 heads
+    (:func:`_relative_glu_dynamic`)."""
+    _relative_glu_dynamic(args)
+    resmlp_mt_small(args)
+
+
+@register_model_architecture("resmlp_mt", "resmlp_mt_relative_glu_dynamic")
+def resmlp_mt_relative_glu_dynamic(args):
+    """ResMLP-6's size (6 + 6 layers, d = 512, MLP 2048) with the relative GLU mixer and dynamic
+    kernels, 4 heads (:func:`_relative_glu_dynamic`; not trained at this size yet)."""
+    _relative_glu_dynamic(args)
+    base_architecture(args)

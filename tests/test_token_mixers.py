@@ -501,3 +501,26 @@ def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(ar
     assert tuple(model.decoder.layers[0].token_mixer.mixer.weight.shape) == (1, 40)  # causal: offsets 0 .. 39
     assert tuple(model.encoder.layers[0].token_mixer.mixer.weight.shape) == (1, 79)  # offsets -39 .. 39
     assert tuple(model.encoder.layers[0].token_mixer.in_proj.weight.shape) == (2 * dim, dim)
+
+
+@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_dynamic_small", 3, 256),
+                                               ("resmlp_mt_relative_glu_dynamic", 6, 512)])
+def test_relative_glu_dynamic_archs_add_dynamic_kernels_in_four_heads(arch, layers, dim):
+    import argparse
+    from types import SimpleNamespace
+
+    from fairseq.models import ARCH_MODEL_REGISTRY, ARCH_CONFIG_REGISTRY
+
+    from helpers import dictionary
+
+    args = argparse.Namespace(max_source_positions=40, max_target_positions=40)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    d = dictionary()
+    model = ARCH_MODEL_REGISTRY[arch].build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
+    assert model.token_mixing_options == {"--token-mixer-positions": "relative", "--token-mixer-gate": "glu",
+                                          "--token-mixer-weights": "dynamic", "--token-mixer-heads": 4}
+    assert (args.encoder_layers, args.decoder_layers, args.encoder_embed_dim) == (layers, layers, dim)
+    decoder_mixer = model.decoder.layers[0].token_mixer.mixer
+    assert tuple(decoder_mixer.weight.shape) == (4, 40)  # 4 heads, causal offsets 0 .. 39
+    assert tuple(decoder_mixer.dynamic_proj.weight.shape) == (4 * 40, dim)  # one kernel per head and position
+    assert tuple(model.encoder.layers[0].token_mixer.mixer.dynamic_proj.weight.shape) == (4 * 79, dim)
