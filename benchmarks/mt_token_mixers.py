@@ -35,16 +35,18 @@ results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points)
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --max-runs 2   # the next two runs, then report
 
-Cost: a run early-stops after about 3,500 updates, about 75 minutes with its evaluations; 3 systems
-x 3 dropouts x 2 pairs = 18 runs, two at a time (each starts as soon as a core frees up): about
-10.5 hours. Resumable: finished runs are cached, an interrupted one resumes after its last
+Cost: a run early-stops after about 3,500 updates, 110-145 minutes with its evaluations beside
+another run; 3 systems x 3 dropouts x 2 pairs = 18 runs, two at a time (each starts as soon as a
+core frees up): about 18 hours. Resumable: finished runs are cached, an interrupted one resumes after its last
 evaluated segment. The stage reports when every run has finished; between sessions of a study
 spread over several, ``--report-only`` (with the stage's settings) trains nothing and reports the
 runs finished so far, listing the others as not finished (each system's dropout is then chosen
 among its finished ones). The published page is the study's record across machines: a run on
 results/mt_token_mixers_curves.json whose settings (:meth:`TokenMixerStudy.portable_spec`) equal
 the plan's is carried over, not trained again, when its run folder is absent (a new machine keeps
-the repository, not ``<work-dir>``); its row keeps the machine it trained on.
+the repository, not ``<work-dir>``); its row keeps the machine it trained on. ``--carry-from PAGE``
+carries the runs of other pages the same way, for example the Transformer of the main curves for a
+new variant's page (``--output``).
 
 Same conditions as the race (:mod:`benchmarks.race_mt`): scripts/train_multi30k.sh, one thread
 per run, ``--parallel`` runs side by side, finished runs cached in ``<work-dir>`` with the
@@ -323,26 +325,28 @@ class TokenMixerStudy(Race):
         return repo_relative(self.spec(job))
 
     def published_curve_runs(self, stem: str, jobs: List[Job]) -> Dict[str, dict]:
-        """``{job name: row}``: the rows of the published curves page (``<results-dir>/<stem>.json``)
-        that are runs of ``jobs`` with their settings (:meth:`portable_spec`), carried over when a run
+        """``{job name: row}``: the rows of the published curves page (``<results-dir>/<stem>.json``,
+        then the pages of ``--carry-from``) that are runs of ``jobs`` with their settings (:meth:`portable_spec`), carried over when a run
         has no finished result in ``<work-dir>``. A row with other settings is not carried (it is
         retrained), and the log says why."""
-        page = read_json(self.results / f"{stem}.json")
-        if page is None:
-            return {}
-        rows = {row["run"]: row for row in page.get("runs", [])}
-        carried = {}
+        rows = {}  # run -> (row, page): the stage's own page first, then each --carry-from page
+        for path in (self.results / f"{stem}.json", *self.args.carry_from):
+            for row in (read_json(path) or {}).get("runs", []):
+                rows.setdefault(row["run"], (row, path))
+        carried, sources = {}, {}
         for job in jobs:
-            row = rows.get(job.key)
+            row, path = rows.get(job.key, (None, None))
             if row is None or self.cached(job) is not None:
                 continue
             if row.get("spec") != self.portable_spec(job):
-                log.warning("%s: the published row has other settings than this plan's: not carried over", job.name)
+                log.warning("%s: the row published in %s has other settings than this plan's: not carried over",
+                            job.name, path)
                 continue
             carried[job.name] = row
-        if carried:
-            log.info("[curves] %d runs carried over from %s (trained on earlier machines): %s", len(carried),
-                     self.results / f"{stem}.json", ", ".join(carried))
+            sources.setdefault(path, []).append(job.name)
+        for path, names in sources.items():
+            log.info("[curves] %d runs carried over from %s (trained on earlier machines): %s", len(names), path,
+                     ", ".join(names))
         return carried
 
     def stem(self, stage: str) -> str:
@@ -591,6 +595,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-runs", type=int, default=None, metavar="N",
                    help="curves: train at most N of the runs not finished yet (the first in the plan's order), "
                         "then report; for a machine lent for a few hours (unfinished runs are lost with it)")
+    p.add_argument("--carry-from", type=Path, nargs="+", default=[], metavar="PAGE",
+                   help="curves: other published curve pages (JSON) whose runs with this plan's settings are "
+                        "carried over like the stage's own page's, e.g. results/mt_token_mixers_curves.json for "
+                        "the Transformer of a new variant's curves")
     p.add_argument("--report-only", action="store_true",
                    help="curves: train nothing, report the runs finished so far (same settings as the stage's)")
     p.add_argument("--variants", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=[*VARIANTS, TRANSFORMER])

@@ -207,6 +207,11 @@ def test_published_curve_runs_carry_over_only_with_the_plans_settings_and_no_loc
     (st.run_dir(jobs[0])).mkdir(parents=True)  # a finished local run of the same settings
     (st.run_dir(jobs[0]) / "result.json").write_text(json.dumps({"spec": st.spec(jobs[0])}))
     assert sorted(st.published_curve_runs("mt_token_mixers_curves", jobs)) == [jobs[1].name]
+    # another page's runs carry over with --carry-from, the stage's own page first
+    (tmp_path / "results" / "mt_token_mixers_curves.json").rename(tmp_path / "main.json")
+    assert study().published_curve_runs("mt_token_mixers_curves", jobs) == {}
+    carrying = study("--carry-from", str(tmp_path / "main.json"))
+    assert sorted(carrying.published_curve_runs("mt_token_mixers_curves", jobs)) == [jobs[1].name]
 
 
 def test_max_runs_trains_the_first_unfinished_runs_in_plan_order_and_skips_the_published(tmp_path, monkeypatch):
