@@ -21,11 +21,11 @@ Stages:
 3. ``students``: every student of ``--students`` trained the same way twice, on the distilled
    folder and on the original references, so that the effect of distillation is measured:
    ``resmlp_mt_small`` (the paper's ResMLP), ``resmlp_mt_small_deep_shallow`` (6 + 1 layers) and
-   ``--variant-flags`` (the token-mixer study's best attention-free variant) when given.
-4. ``speed``: :mod:`benchmarks.bench_decode` with the best distilled student against the teacher
-   (rerun only when either checkpoint is newer than its figures), 1 thread, beam 4: sentences/s at
-   batch 128 and batch 1 and the equal-output-length rows, the
-   student through the project's engines (fast and ONNX, int8), the teacher through CTranslate2
+   ``--variant-flags`` (the token-mixer study's best attention-free variant) when given
+   (``--students`` with no name: the variant only).
+4. ``speed``: :mod:`benchmarks.bench_decode` with the best distilled student (by valid sacreBLEU)
+   against the teacher (rerun only when either checkpoint is newer than its figures), 1 thread,
+   beam 4: sentences/s at batch 128 and batch 1 and the equal-output-length rows, the student through the project's engines (fast and ONNX, int8), the teacher through CTranslate2
    int8 and fairseq. Run it on an otherwise idle machine.
 5. ``report``: ``results/mt_distill.{json,md,png}``; the JSON's ``summary`` names the best student
    and gives ``teacher_test_bleu``, ``student_test_bleu``, ``speedup_b128`` and ``speedup_b1``
