@@ -25,8 +25,9 @@ Stages:
    (``--students`` with no name: the variant only).
 4. ``speed``: :mod:`benchmarks.bench_decode` with the best distilled student (by valid sacreBLEU)
    against the teacher (rerun only when either checkpoint is newer than its figures), 1 thread,
-   beam 4: sentences/s at batch 128 and batch 1 and the equal-output-length rows, the student through the project's engines (fast and ONNX, int8), the teacher through CTranslate2
-   int8 and fairseq. Run it on an otherwise idle machine.
+   beam 4: sentences/s at batch 128 and batch 1 and the equal-output-length rows, the student
+   through the project's engines (fast and ONNX, int8), the teacher through CTranslate2 int8 and
+   fairseq. Run it on an otherwise idle machine.
 5. ``report``: ``results/mt_distill.{json,md,png}``; the JSON's ``summary`` names the best student
    and gives ``teacher_test_bleu``, ``student_test_bleu``, ``speedup_b128`` and ``speedup_b1``
    (student sentences/s over the teacher's through CTranslate2 int8), each goal met or missed.
