@@ -326,9 +326,9 @@ class TokenMixerStudy(Race):
 
     def published_curve_runs(self, stem: str, jobs: List[Job]) -> Dict[str, dict]:
         """``{job name: row}``: the rows of the published curves page (``<results-dir>/<stem>.json``,
-        then the pages of ``--carry-from``) that are runs of ``jobs`` with their settings (:meth:`portable_spec`), carried over when a run
-        has no finished result in ``<work-dir>``. A row with other settings is not carried (it is
-        retrained), and the log says why."""
+        then the pages of ``--carry-from``) that are runs of ``jobs`` with their settings
+        (:meth:`portable_spec`), carried over when a run has no finished result in ``<work-dir>``.
+        A row with other settings is not carried (it is retrained), and the log says why."""
         rows = {}  # run -> (row, page): the stage's own page first, then each --carry-from page
         for path in (self.results / f"{stem}.json", *self.args.carry_from):
             for row in (read_json(path) or {}).get("runs", []):

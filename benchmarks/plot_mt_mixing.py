@@ -5,7 +5,8 @@ matrices A, or the mixing weights of a token-mixer variant, per head).
     python -m benchmarks.plot_mt_mixing checkpoints/multi30k.en-de.resmlp/checkpoint_best.pt \\
         results/mt_token_mixing_en-de.png --positions 40
 
-One row of panels for the encoder, one for the decoder, one panel per layer: ``A[:P, :P]``
+One row of panels for the encoder, one for the decoder, one panel per layer (a mixer with heads:
+one row per layer, one panel per head, at most 4): ``A[:P, :P]``
 for the first ``P`` positions (``--positions``; Multi30k sentences are rarely longer than 40
 pieces). Entry ``(i, j)`` is the weight with which position ``i`` reads position ``j``; the
 decoder's matrices are lower-triangular (causal), the upper triangle is never used and is left
@@ -67,13 +68,23 @@ def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
                 if side == "decoder":
                     a[np.triu_indices_from(a, k=1)] = np.nan
                 title = f"{side} layer {layer}" + (f" head {h}" if weights.size(0) > 1 else "")
-                title += " (static part)" if getattr(inner, "dynamic", False) else ""
-                out[side].append((title + (" (causal)" if side == "decoder" else ""), a))
+                notes = [n for n, shown in (("static part", getattr(inner, "dynamic", False)),
+                                             ("causal", side == "decoder")) if shown]
+                out[side].append((title + (f" ({', '.join(notes)})" if notes else ""), a))
             layer += 1
     if not out["encoder"]:
         raise ValueError("no token mixers (encoder.layers.N.token_mixer.*) in this checkpoint: "
                          "not a ResMLP translation model")
     return out
+
+
+def panel_rows(matrices: dict, heads: int, shown_heads: int = 4) -> list:
+    """The figure's rows of ``(title, matrix)`` panels: one row per side (its layers) for a one-head
+    mixer; one row per layer (its first ``shown_heads`` heads) for a mixer with heads."""
+    per_layer = min(heads, shown_heads)
+    if per_layer == 1:
+        return list(matrices.values())
+    return [mats[i:i + per_layer] for mats in matrices.values() for i in range(0, len(mats), per_layer)]
 
 
 def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = None) -> Path:
@@ -86,10 +97,10 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
 
     state = read_checkpoint(checkpoint)
     args = state["cfg"]["model"] if state.get("cfg") else state.get("args")
-    matrices = mixing_matrices(state["model"], positions, args)
-    cols = max(len(m) for m in matrices.values())
-    fig, axes = plt.subplots(2, cols, figsize=(2.8 * cols, 6.0), squeeze=False)
-    for row, (side, mats) in enumerate(matrices.items()):
+    rows = panel_rows(mixing_matrices(state["model"], positions, args), _options(args or {})["heads"])
+    cols = max(len(m) for m in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.8 * cols, 3.0 * len(rows)), squeeze=False)
+    for row, mats in enumerate(rows):
         for col in range(cols):
             ax = axes[row, col]
             if col >= len(mats):
@@ -98,7 +109,7 @@ def plot(checkpoint: Path, out: Path, positions: int = 40, title: str | None = N
             name, matrix = mats[col]
             lim = float(np.nanmax(np.abs(matrix))) or 1.0
             image = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            ax.set_title(name, fontsize=9)
+            ax.set_title(name.replace(" (", "\n("), fontsize=9)  # the notes on a line of their own
             ax.set_xlabel("read position j", fontsize=8)
             ax.set_ylabel("position i", fontsize=8)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)

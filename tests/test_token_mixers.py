@@ -482,6 +482,21 @@ def test_learned_mixing_weights_of_a_variant_are_drawn_per_layer_and_head():
     np.testing.assert_allclose(np.log(logits[4, 3] / logits[4, 5]), float(kernel[12] - kernel[10]), atol=1e-4)
 
 
+def test_mixing_figure_has_a_row_per_layer_for_heads_and_a_row_per_side_for_one():
+    from benchmarks.plot_mt_mixing import panel_rows
+
+    def panels(side, layers, heads):
+        return [(f"{side} layer {i} head {h}", None) for i in range(layers) for h in range(min(heads, 4))]
+
+    one = {"encoder": panels("encoder", 3, 1), "decoder": panels("decoder", 2, 1)}
+    assert panel_rows(one, 1) == [one["encoder"], one["decoder"]]
+    many = {"encoder": panels("encoder", 3, 8), "decoder": panels("decoder", 2, 8)}  # 8 heads: the first 4 drawn
+    rows = panel_rows(many, 8)
+    assert [len(r) for r in rows] == [4] * 5
+    assert [r[0][0] for r in rows] == ["encoder layer 0 head 0", "encoder layer 1 head 0", "encoder layer 2 head 0",
+                                       "decoder layer 0 head 0", "decoder layer 1 head 0"]
+
+
 @pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_small", 3, 256),
                                                ("resmlp_mt_relative_glu", 6, 512)])
 def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(arch, layers, dim):
