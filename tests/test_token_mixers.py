@@ -497,9 +497,8 @@ def test_mixing_figure_has_a_row_per_layer_for_heads_and_a_row_per_side_for_one(
                                        "decoder layer 0 head 0", "decoder layer 1 head 0"]
 
 
-@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_small", 3, 256),
-                                               ("resmlp_mt_relative_glu", 6, 512)])
-def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(arch, layers, dim):
+def build_arch(arch: str, positions: int = 40):
+    """``(args, model)``: the registered ``arch`` with ``positions`` source and target positions."""
     import argparse
     from types import SimpleNamespace
 
@@ -507,10 +506,16 @@ def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(ar
 
     from helpers import dictionary
 
-    args = argparse.Namespace(max_source_positions=40, max_target_positions=40)
+    args = argparse.Namespace(max_source_positions=positions, max_target_positions=positions)
     ARCH_CONFIG_REGISTRY[arch](args)
     d = dictionary()
-    model = ARCH_MODEL_REGISTRY[arch].build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
+    return args, ARCH_MODEL_REGISTRY[arch].build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
+
+
+@pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_small", 3, 256),
+                                               ("resmlp_mt_relative_glu", 6, 512)])
+def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(arch, layers, dim):
+    args, model = build_arch(arch)
     assert model.token_mixing_options == {"--token-mixer-positions": "relative", "--token-mixer-gate": "glu"}
     assert (args.encoder_layers, args.decoder_layers, args.encoder_embed_dim) == (layers, layers, dim)
     assert tuple(model.decoder.layers[0].token_mixer.mixer.weight.shape) == (1, 40)  # causal: offsets 0 .. 39
@@ -521,17 +526,7 @@ def test_relative_glu_archs_are_the_papers_design_with_the_relative_glu_mixer(ar
 @pytest.mark.parametrize("arch, layers, dim", [("resmlp_mt_relative_glu_dynamic_small", 3, 256),
                                                ("resmlp_mt_relative_glu_dynamic", 6, 512)])
 def test_relative_glu_dynamic_archs_add_dynamic_kernels_in_four_heads(arch, layers, dim):
-    import argparse
-    from types import SimpleNamespace
-
-    from fairseq.models import ARCH_MODEL_REGISTRY, ARCH_CONFIG_REGISTRY
-
-    from helpers import dictionary
-
-    args = argparse.Namespace(max_source_positions=40, max_target_positions=40)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    d = dictionary()
-    model = ARCH_MODEL_REGISTRY[arch].build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
+    args, model = build_arch(arch)
     assert model.token_mixing_options == {"--token-mixer-positions": "relative", "--token-mixer-gate": "glu",
                                           "--token-mixer-weights": "dynamic", "--token-mixer-heads": 4}
     assert (args.encoder_layers, args.decoder_layers, args.encoder_embed_dim) == (layers, layers, dim)
