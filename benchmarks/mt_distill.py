@@ -200,8 +200,7 @@ class DistillStudy(Race):
         for job in self.student_jobs(pair):
             result = self.cached(job)
             if result is not None and job.data:
-                model = "averaged" if "averaged" in result["eval"] else "best"
-                name = "checkpoint_averaged.pt" if model == "averaged" else "checkpoint_best_bleu.pt"
+                model, name = reported_model(result)
                 found.append({"name": job.name.split(".")[1], "model": model, "checkpoint": self.run_dir(job) / name,
                               "valid": result["eval"][model]["valid"]["sacrebleu"]})
         return max(found, key=lambda r: r["valid"]) if found else None
@@ -278,8 +277,16 @@ def targets_of(job: Job) -> str:
     return "distilled" if job.data else "references"
 
 
+def reported_model(result: dict) -> tuple:
+    """``(eval key, checkpoint file)`` of the model a run reports: the average of its last 5
+    checkpoints when it has one (it converged), else its best by valid BLEU."""
+    if "averaged" in result["eval"]:
+        return "averaged", "checkpoint_averaged.pt"
+    return "best", "checkpoint_best_bleu.pt"
+
+
 def _row(name: str, data: str, result: dict) -> dict:
-    model = "averaged" if "averaged" in result["eval"] else "best"
+    model, _ = reported_model(result)
     e = result["eval"][model]
     return {"model": name, "data": data, "reported": model, "test": e["test"]["sacrebleu"],
             "valid": e["valid"]["sacrebleu"], "updates": result["updates"], "train_minutes": result["train_minutes"],

@@ -37,8 +37,8 @@ results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points)
 
 Cost: a run early-stops after about 3,500 updates, 110-145 minutes with its evaluations beside
 another run; 3 systems x 3 dropouts x 2 pairs = 18 runs, two at a time (each starts as soon as a
-core frees up): about 18 hours. Resumable: finished runs are cached, an interrupted one resumes after its last
-evaluated segment. The stage reports when every run has finished; between sessions of a study
+core frees up): about 18 hours. Resumable: finished runs are cached, an interrupted one resumes
+after its last evaluated segment. The stage reports when every run has finished; between sessions of a study
 spread over several, ``--report-only`` (with the stage's settings) trains nothing and reports the
 runs finished so far, listing the others as not finished (each system's dropout is then chosen
 among its finished ones). The published page is the study's record across machines: a run on

@@ -32,7 +32,11 @@ def _options(args) -> dict:
             "gate": get("token_mixer_gate", "none"), "weights": get("token_mixer_weights", "static")}
 
 
-def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
+#: heads drawn per layer of a mixer with more
+SHOWN_HEADS = 4
+
+
+def mixing_matrices(state: dict, positions: int, args=None, heads: int = SHOWN_HEADS):
     """``{"encoder": [(title, M), ...], "decoder": [...]}``: per layer (and per head, the first
     ``heads`` of a multi-head mixer) the ``(P, P)`` mixing weights for the first ``P`` positions,
     as the model applies them (:meth:`resmlp_core.token_mixers.TokenMixer.mixing_weights`:
@@ -78,7 +82,7 @@ def mixing_matrices(state: dict, positions: int, args=None, heads: int = 4):
     return out
 
 
-def panel_rows(matrices: dict, heads: int, shown_heads: int = 4) -> list:
+def panel_rows(matrices: dict, heads: int, shown_heads: int = SHOWN_HEADS) -> list:
     """The figure's rows of ``(title, matrix)`` panels: one row per side (its layers) for a one-head
     mixer; one row per layer (its first ``shown_heads`` heads) for a mixer with heads."""
     per_layer = min(heads, shown_heads)
