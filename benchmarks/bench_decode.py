@@ -15,7 +15,11 @@ Rows (beam 4 everywhere):
 * ResMLP, Python API ``engine="onnx"`` (the decoder step in ONNX Runtime,
   :mod:`resmlp_mt.onnx_decoder`): int8 at batch 128, float32 and int8 at batch 1;
 * Transformer, ``fairseq-generate``;
-* Transformer, CTranslate2 (converted from the fairseq checkpoint), float32 and int8.
+* Transformer, CTranslate2 (converted from the fairseq checkpoint), float32 and int8;
+* with ``--vocabulary-map VMAP`` (a lexical shortlist, :mod:`resmlp_mt.vocabulary_map`), both
+  systems again with that map, int8, at batch 128 and 1: ResMLP's ONNX engine
+  (``Translator.use_vocabulary_map``) and CTranslate2 converted with it (``use_vmap``); their
+  ratios are to each other.
 
 Batch 128 on the whole split (``--sentences`` to cut it); batch 1 on its first
 ``--latency-sentences`` sentences for every row but the API ``engine="fairseq"`` one; then every
@@ -77,6 +81,7 @@ import resmlp_mt  # noqa: F401  (registers the model; safe loading of fairseq ch
 REPO = Path(__file__).resolve().parents[1]
 
 USER_DIR = REPO / "resmlp_mt"
+VMAP_ENGINE = "API engine=onnx, vocabulary map"
 GEN_SUMMARY = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\)")
 GROUPS = {
     "batch": "Throughput, batch {batch}",
@@ -345,7 +350,8 @@ class CT2System:
 
     EOS = "</s>"
 
-    def __init__(self, model_dir: Path, spm_model: Path, src_lang: str, compute_type: str, threads: int, max_len: int):
+    def __init__(self, model_dir: Path, spm_model: Path, src_lang: str, compute_type: str, threads: int, max_len: int,
+                 use_vmap: bool = False):
         import ctranslate2
         import sentencepiece
 
@@ -356,6 +362,7 @@ class CT2System:
         self.sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_model))
         self.normalize = lambda s: normalize(s, src_lang)
         self.max_len = max_len  # fairseq's: min(max_len_b, max target positions - 1) pieces, then </s>
+        self.use_vmap = use_vmap  # the vocabulary map converted into the model (--vocabulary-map)
 
     def _translate(self, sentences: List[str], batch: int, beam: int, length: Optional[int]):
         from fairseq.data.data_utils import post_process
@@ -366,7 +373,7 @@ class CT2System:
         steps = self.max_len + 1 if length is None else length + 1
         results = self.translator.translate_batch(
             pieces, beam_size=beam, max_batch_size=batch, return_end_token=True, max_decoding_length=steps,
-            min_decoding_length=1 if length is None else steps)
+            min_decoding_length=1 if length is None else steps, use_vmap=self.use_vmap)
         outputs = [r.hypotheses[0] for r in results]
         texts = [post_process(" ".join(p for p in out if p != self.EOS), "sentencepiece") for out in outputs]
         return texts, [len(out) for out in outputs]
@@ -406,6 +413,7 @@ class Row:
     rounds: List[dict] = field(default_factory=list)
     first: Optional[Measurement] = None
     hypotheses_stable: bool = True
+    vocabulary_map: bool = False  # decodes with --vocabulary-map
 
 
 def load_module(name: str, path: Path):
@@ -423,12 +431,14 @@ def ctranslate2_version() -> Optional[str]:
     return ctranslate2.__version__
 
 
-def convert_ct2(checkpoint: Path, data: Path, out: Path) -> Path:
-    """``ct2-fairseq-converter --model_path CKPT --data_dir DATA --user_dir resmlp_mt --output_dir OUT``,
-    in process (float32 weights; the int8 rows quantize them on load, compute_type="int8")."""
+def convert_ct2(checkpoint: Path, data: Path, out: Path, vmap: Optional[Path] = None) -> Path:
+    """``ct2-fairseq-converter --model_path CKPT --data_dir DATA --user_dir resmlp_mt --output_dir OUT
+    [--vocab_mapping VMAP]``, in process (float32 weights; the int8 rows quantize them on load,
+    compute_type="int8")."""
     from ctranslate2.converters import FairseqConverter
 
-    FairseqConverter(str(checkpoint), str(data), user_dir=str(USER_DIR)).convert(str(out), force=True)
+    FairseqConverter(str(checkpoint), str(data), user_dir=str(USER_DIR)).convert(
+        str(out), vmap=None if vmap is None else str(vmap), force=True)
     return out
 
 
@@ -465,6 +475,14 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
         limit = min(200, (info["checkpoints"]["transformer"]["max_target_positions"] or 1024) - 1)
         for precision, compute_type in (("fp32", "float32"), ("int8", "int8")):
             ct2[precision] = CT2System(ct2_dir, prepared.spm_model, prep["src_lang"], compute_type, args.threads, limit)
+        if args.vocabulary_map is not None:
+            say(f"converting it again with the vocabulary map {args.vocabulary_map} ({work / 'ct2-transformer-vmap'})")
+            vmap_dir = convert_ct2(args.transformer, args.data, work / "ct2-transformer-vmap", args.vocabulary_map)
+            ct2_vmap = CT2System(vmap_dir, prepared.spm_model, prep["src_lang"], "int8", args.threads, limit,
+                                 use_vmap=True)
+    int8_vmap = (None if args.vocabulary_map is None
+                 else ResMLPTranslationModel.from_pretrained(str(folder)).quantize().use_vocabulary_map(
+                     args.vocabulary_map))
 
     beam, split, threads, B, L = args.beam, args.split, args.threads, args.batch_size, args.equal_length
     equal_args = ["--min-len", str(L), "--max-len-a", "0", "--max-len-b", str(L)]
@@ -490,6 +508,18 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
     for p, system in ct2.items():
         rows.append(Row(f"transformer/ctranslate2/{p}/b", "batch", "Transformer", "CTranslate2", p, B, ms,
                         lambda s, c=system: c.run(s, B, beam)))
+    vmap_rows = []  # with the vocabulary map: ResMLP's ONNX int8 engine and CTranslate2 int8, at batch B and 1
+    if int8_vmap is not None:
+        for group, batch, texts, tag in (("batch", B, ms, "b"), ("latency", 1, ls, "1")):
+            if group == "latency" and args.latency_sentences <= 0:
+                continue
+            vmap_rows.append(Row(f"resmlp/api-onnx-vmap/int8/{tag}", group, "ResMLP", VMAP_ENGINE, "int8", batch,
+                                 texts, lambda s, b=batch: run_api(int8_vmap, s, "onnx", b, beam), vocabulary_map=True))
+            if ct2:
+                vmap_rows.append(Row(f"transformer/ctranslate2-vmap/int8/{tag}", group, "Transformer",
+                                     "CTranslate2, vocabulary map", "int8", batch, texts,
+                                     lambda s, b=batch: ct2_vmap.run(s, b, beam), vocabulary_map=True))
+    rows += [r for r in vmap_rows if r.group == "batch"]
     if args.latency_sentences > 0:
         rows += [
             Row("resmlp/fairseq-generate/fp32/1", "latency", "ResMLP", "fairseq-generate", "fp32", 1, ls,
@@ -508,6 +538,7 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
         for p, system in ct2.items():
             rows.append(Row(f"transformer/ctranslate2/{p}/1", "latency", "Transformer", "CTranslate2", p, 1, ls,
                             lambda s, c=system: c.run(s, 1, beam)))
+        rows += [r for r in vmap_rows if r.group == "latency"]
     if L > 0:
         rows += [
             Row("resmlp/fairseq-generate/fp32/L", "equal", "ResMLP", "fairseq-generate", "fp32", B, ms,
@@ -553,16 +584,20 @@ def median_summary(row: Row) -> dict:
         "mean_output_tokens": m.tokens / m.sentences, "min_output_tokens": min(m.lengths),
         "max_output_tokens": max(m.lengths), **sacrebleu_score(m.hypotheses, row.texts.refs),
         "hypotheses_sha1": digest(m.hypotheses), "hypotheses_stable_across_rounds": row.hypotheses_stable,
-        "rounds": row.rounds,
+        "vocabulary_map": row.vocabulary_map, "rounds": row.rounds,
     })
     out.update(m.extra)
     return out
 
 
 def add_ratios(results: List[dict]) -> None:
+    """Each row's speed over CTranslate2 int8's in its group and at its batch size; a row with the
+    vocabulary map over CTranslate2 int8 with the same map."""
     for row in results:
-        reference = next((r for r in results if r["group"] == row["group"] and r["engine"] == "CTranslate2"
-                          and r["precision"] == "int8" and r["batch_size"] == row["batch_size"]), None)
+        reference = next((r for r in results if r["group"] == row["group"] and r["system"] == "Transformer"
+                          and r["engine"].startswith("CTranslate2") and r["precision"] == "int8"
+                          and r["batch_size"] == row["batch_size"]
+                          and r.get("vocabulary_map", False) == row.get("vocabulary_map", False)), None)
         for unit in ("tokens", "sentences"):
             row[f"{unit}_per_second_vs_ct2_int8"] = (
                 row[f"{unit}_per_second"] / reference[f"{unit}_per_second"] if reference else None)
@@ -686,6 +721,10 @@ def markdown(results: dict) -> str:
         "cannot force an end-of-sentence, so it runs the same L + 1 decoder steps (min = max decoding length = L + 1).",
         "* CTranslate2 int8 quantizes the converted float32 model on load (compute_type=\"int8\").",
     ]
+    if s.get("vocabulary_map"):
+        lines.append(f"* Vocabulary map rows: both systems score only the candidates of the batch's source pieces in "
+                     f"`{s['vocabulary_map']}` (ResMLP: `use_vocabulary_map`, CTranslate2: converted with it, "
+                     "`use_vmap`); their ratios are to CTranslate2 int8 with the same map.")
     if identical:
         lines.append(f"* Identical hypotheses (same group): {identical}.")
     lines += [f"* {note}" for note in results["notes"]]
@@ -716,12 +755,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench_decode", help="writes OUT.json and OUT.md")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_decode",
                    help="model folder, CTranslate2 conversion, data subsets")
+    p.add_argument("--vocabulary-map", type=Path, metavar="VMAP",
+                   help="also decode with this vocabulary map (python -m mt_tools.vocabulary_map): ResMLP's ONNX int8 "
+                        "engine and CTranslate2 int8 (converted with it, use_vmap), at the batch size and at batch 1")
     p.add_argument("--quick", action="store_true", help="smoke test: 16 sentences, latency on 4, 1 round")
     args = p.parse_args(argv)
     if args.quick:
         args.sentences, args.latency_sentences, args.rounds = 16, 4, 1
     for path, what in ((PreparedData(args.data).info_file, "--data"), (args.resmlp, "--resmlp"),
-                       (args.transformer, "--transformer")):
+                       (args.transformer, "--transformer"), (args.vocabulary_map, "--vocabulary-map")):
+        if path is None:
+            continue
         if not path.is_file():
             p.error(f"{what}: {path} not found")
     if args.rounds < 1 or args.threads < 1 or args.batch_size < 1:
@@ -777,6 +821,7 @@ def main(argv=None) -> int:
         "settings": {"data": str(args.data), "split": args.split, "beam": args.beam, "batch_size": args.batch_size,
                      "sentences": n_main, "latency_sentences": n_lat, "equal_length": args.equal_length,
                      "rounds": args.rounds, "threads": args.threads, "quick": args.quick,
+                     "vocabulary_map": None if args.vocabulary_map is None else str(args.vocabulary_map),
                      "command": " ".join([Path(sys.executable).name, *sys.argv]),
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "rows": results_rows,

@@ -27,10 +27,13 @@ Stages:
    against the teacher (rerun only when either checkpoint is newer than its figures), 1 thread,
    beam 4: sentences/s at batch 128 and batch 1 and the equal-output-length rows, the student
    through the project's engines (fast and ONNX, int8), the teacher through CTranslate2 int8 and
-   fairseq. Run it on an otherwise idle machine.
+   fairseq; and both again with a vocabulary map (a lexical shortlist learned from the references,
+   :mod:`mt_tools.vocabulary_map`, the same file for both: ``--no-vocabulary-map`` leaves it out).
+   Run it on an otherwise idle machine.
 5. ``report``: ``results/mt_distill.{json,md,png}``; the JSON's ``summary`` names the best student
    and gives ``teacher_test_bleu``, ``student_test_bleu``, ``speedup_b128`` and ``speedup_b1``
-   (student sentences/s over the teacher's through CTranslate2 int8), each goal met or missed.
+   (student sentences/s over the teacher's through CTranslate2 int8; ``speedup_b128_vocabulary_map``
+   and ``speedup_b1_vocabulary_map`` with the map on both sides), each goal met or missed.
 
 Runs are cached in ``--work-dir`` with the settings that produced them and resume after a kill
 (the race's harness, :mod:`benchmarks.race_mt`); every score is sacreBLEU of mt_tools.evaluate
@@ -161,17 +164,33 @@ class DistillStudy(Race):
             teacher = self.teacher_checkpoint(pair)
             json_file = out.with_name(out.name + ".json")
             self.export(pair, best)
-            if json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
-                                                                         best["checkpoint"].stat().st_mtime):
+            vmap = self.vocabulary_map(pair) if a.vocabulary_map else None
+            if (json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
+                                                                          best["checkpoint"].stat().st_mtime)
+                    and bool(read_json(json_file)["settings"].get("vocabulary_map")) == bool(vmap)):
                 log.info("[speed] %s: cached (%s)", pair, json_file)
                 continue
             argv = ["--data", str(self.data(pair)), "--resmlp", str(best["checkpoint"]),
                     "--transformer", str(teacher), "--threads", "1", "--out", str(out),
                     "--work-dir", str(self.work / "speed" / "work")]
+            if vmap is not None:
+                argv += ["--vocabulary-map", str(vmap)]
             if a.quick:
                 argv.append("--quick")
             log.info("[speed] %s: bench_decode %s", pair, " ".join(argv))
             bench_decode.main(argv)
+
+    def vocabulary_map(self, pair: str) -> Path:
+        """The vocabulary map of the speed stage's rows with a lexical shortlist, for teacher and
+        student alike: learned from the pair's references (:func:`mt_tools.vocabulary_map.learn`,
+        default settings) into the work folder, once."""
+        path = self.work / "speed" / f"{pair}.vmap.txt"
+        if not path.is_file():
+            from mt_tools.vocabulary_map import learn
+
+            report = learn(self.data(pair), path)
+            log.info("[speed] %s: learned the vocabulary map %s (%s)", pair, path, report["coverage_valid"])
+        return path
 
     def export(self, pair: str, best: dict) -> dict:
         """The best distilled student as a model folder (scripts/export_model.py), loaded back with
@@ -306,20 +325,23 @@ def equal_updates(distilled: dict, references: dict) -> Optional[tuple]:
 def _speed_summary(speed: Optional[dict]) -> Optional[dict]:
     """From a bench_decode JSON, per batch size (``b128``: its ``batch`` rows, ``b1``: ``latency``):
     the student's fastest int8 engine and the teacher's CTranslate2 int8 and fairseq-generate rows
-    (sentences/s, ms per sentence at batch 1), the speedup over CTranslate2 int8; and the
-    equal-output-length ratios (tokens/s)."""
+    (sentences/s, ms per sentence at batch 1), the speedup over CTranslate2 int8; the same with the
+    vocabulary map on both sides where it was measured (``b128_vocabulary_map``,
+    ``b1_vocabulary_map``); and the equal-output-length ratios (tokens/s)."""
     if not speed:
         return None
     out = {}
-    for key, group in (("b128", "batch"), ("b1", "latency")):
-        rows = [r for r in speed["rows"] if r["group"] == group]
+    for key, group, vmap in (("b128", "batch", False), ("b1", "latency", False),
+                             ("b128_vocabulary_map", "batch", True), ("b1_vocabulary_map", "latency", True)):
+        rows = [r for r in speed["rows"] if r["group"] == group and r.get("vocabulary_map", False) == vmap]
         mine = [r for r in rows if r["system"] == "ResMLP" and r["precision"] == "int8"]
-        ct2 = [r for r in rows if r["engine"] == "CTranslate2" and r["precision"] == "int8"]
+        ct2 = [r for r in rows if r["system"] == "Transformer" and r["engine"].startswith("CTranslate2")
+               and r["precision"] == "int8"]
         fairseq = [r for r in rows if r["system"] == "Transformer" and r["engine"] == "fairseq-generate"]
         if not mine or not ct2:
             continue
         best = max(mine, key=lambda r: r["sentences_per_second"])
-        out[key] = {"batch_size": best["batch_size"], "student_engine": best["engine"],
+        out[key] = {"batch_size": best["batch_size"], "student_engine": best["engine"], "vocabulary_map": vmap,
                     "student_sentences_per_second": best["sentences_per_second"],
                     "teacher_ct2_int8_sentences_per_second": ct2[0]["sentences_per_second"],
                     "teacher_fairseq_sentences_per_second": fairseq[0]["sentences_per_second"] if fairseq else None,
@@ -345,7 +367,9 @@ def summary(out: dict) -> Optional[dict]:
             "student_test_bleu": best["test"],
             "teacher_valid_bleu": teacher["valid"], "student_valid_bleu": best["valid"],
             "speedup_b128": (speed.get("b128") or {}).get("speedup"),
-            "speedup_b1": (speed.get("b1") or {}).get("speedup")}
+            "speedup_b1": (speed.get("b1") or {}).get("speedup"),
+            "speedup_b128_vocabulary_map": (speed.get("b128_vocabulary_map") or {}).get("speedup"),
+            "speedup_b1_vocabulary_map": (speed.get("b1_vocabulary_map") or {}).get("speedup")}
 
 
 def assess(out: dict) -> List[dict]:
@@ -359,8 +383,12 @@ def assess(out: dict) -> List[dict]:
                                  f"({-gap_test:+.2f}), valid {s['student_valid_bleu']:.2f} "
                                  f"vs {s['teacher_valid_bleu']:.2f}"})
         if s["speedup_b128"] is not None and s["speedup_b1"] is not None:
+            figures = f"{s['speedup_b128']:.2f}x at batch 128, {s['speedup_b1']:.2f}x at batch 1"
+            if s.get("speedup_b128_vocabulary_map") is not None and s.get("speedup_b1_vocabulary_map") is not None:
+                figures += (f"; with the vocabulary map on both sides {s['speedup_b128_vocabulary_map']:.2f}x and "
+                            f"{s['speedup_b1_vocabulary_map']:.2f}x")
             goals.append({"goal": GOALS["speed"], "met": s["speedup_b128"] >= 2.0 and s["speedup_b1"] >= 1.5,
-                          "figures": f"{s['speedup_b128']:.2f}x at batch 128, {s['speedup_b1']:.2f}x at batch 1"})
+                          "figures": figures})
     for pair, p in out["pairs"].items():
         rows = {(r["model"], r["data"]): r for r in p["rows"]}
         pairs_of_runs = {m: (rows[(m, "distilled")], rows[(m, "references")])
@@ -404,15 +432,16 @@ def markdown(out: dict) -> str:
             lines.append(f"| {r['model']} | {r['data']} | {r['test']:.2f} | {r['valid']:.2f} | {r['updates']} | "
                          f"{r['train_minutes']:.1f} | {'yes' if r['converged'] else 'no (budget)'} |")
         if p.get("speed"):
-            lines += ["", "| batch | student engine (int8) | student sent/s | teacher CTranslate2 int8 sent/s "
-                      "| teacher fairseq sent/s "
-                      "| speedup over CTranslate2 int8 |", "|---:|---|---:|---:|---:|---:|"]
+            lines += ["", "| batch | vocabulary map | student engine (int8) | student sent/s "
+                      "| teacher CTranslate2 int8 sent/s | teacher fairseq sent/s "
+                      "| speedup over CTranslate2 int8 |", "|---:|---|---|---:|---:|---:|---:|"]
             for key, v in p["speed"].items():
                 if not key.startswith("b"):
                     continue
                 fairseq = v["teacher_fairseq_sentences_per_second"]
                 fs = f"{fairseq:.1f}" if fairseq else "-"
-                lines.append(f"| {v['batch_size']} | {v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
+                lines.append(f"| {v['batch_size']} | {'both' if v.get('vocabulary_map') else 'no'} | "
+                             f"{v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
                              f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
         ratios = (p.get("speed") or {}).get("equal_length_tokens_per_second_ratios")
         if ratios:
@@ -478,6 +507,9 @@ def main(argv=None) -> int:
     p.add_argument("--results-dir", type=Path, default=REPO / "results")
     p.add_argument("--data-root", type=Path, default=REPO / "data-bin")
     p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--no-vocabulary-map", dest="vocabulary_map", action="store_false",
+                   help="speed: without the rows where teacher and student decode with a vocabulary map learned from "
+                        "the references (a lexical shortlist, python -m mt_tools.vocabulary_map)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress-seconds", type=float, default=120.0)
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")

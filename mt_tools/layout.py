@@ -9,6 +9,7 @@ read by evaluation, export, benchmarks. Every file name of the layout is defined
 ``spm.model``                          the joint SentencePiece BPE model
 ``ref/<split>.<lang>``                 the original lines of the valid and test splits (kept pairs, in order)
 ``prep.json``                          counts and settings (``src_lang``, ``tgt_lang``, ``splits``, ...)
+``vmap.txt``                           optional: a vocabulary map (``python -m mt_tools.vocabulary_map``)
 =====================================  ==========================================================
 """
 
@@ -22,6 +23,7 @@ DATA_BIN = Path("data-bin")  #: the default root of prepared folders, relative t
 INFO_FILE = "prep.json"
 SPM_FILE = "spm.model"
 REF_DIR = "ref"
+VOCABULARY_MAP_FILE = "vmap.txt"
 
 
 def folder_name(corpus: str, src: str, tgt: str) -> str:
@@ -45,6 +47,11 @@ class PreparedData:
     @property
     def spm_model(self) -> Path:
         return self.root / SPM_FILE
+
+    @property
+    def vocabulary_map(self) -> Path:
+        """The default place of the folder's vocabulary map (:mod:`mt_tools.vocabulary_map`)."""
+        return self.root / VOCABULARY_MAP_FILE
 
     @property
     def ref_dir(self) -> Path:

@@ -424,11 +424,19 @@ class FoldedDecoder(nn.Module):
         ``x`` ``(n, k, C)`` (:meth:`embed`); per layer, ``(mixer_inputs, keys, values)`` and the
         common ``bias`` (see :meth:`FoldedDecoderLayer.step`). Returns the logits ``(n, k, V)``
         and every layer's history entry of this position."""
+        features, entries = self.step_features(x, layer_inputs, bias)
+        return self.output_projection(features), entries
+
+    def step_features(self, x: Tensor, layer_inputs: Sequence[Tuple[Sequence[Tensor], Tensor, Tensor]],
+                      bias: Optional[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """:meth:`step` without the output projection: the features ``(n, k, C)`` that
+        ``output_projection`` turns into logits (a vocabulary map projects them on its candidates
+        only), and every layer's history entry."""
         entries = []
         for layer, (mixer_inputs, keys, values) in zip(self.layers, layer_inputs):
             x, entry = layer.step(x, mixer_inputs, keys, values, bias)
             entries.append(entry)
-        return self.output_projection(x), entries
+        return x, entries
 
 
 class FoldedModel(nn.Module):

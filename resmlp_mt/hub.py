@@ -50,6 +50,8 @@ class Translator(GeneratorHubInterface):
         self.card = card or {}
         self.source_lang = self.card.get("source_lang", getattr(cfg.task, "source_lang", None))
         self.quantized = False
+        self.vocabulary_map = None  # a VocabularyMap after use_vocabulary_map (engine="onnx")
+        self.vocabulary_map_file = None
         self.batch_size = cfg.dataset.batch_size or 64
         self._decoders = {}  # (engine, int8) -> the model it decodes with (folded, ONNX...), built on first use
         self._fairseq_lock = threading.Lock()  # the fairseq engine sets its batch size in self.cfg per call
@@ -106,6 +108,9 @@ class Translator(GeneratorHubInterface):
             raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         if self.quantized and engine == "fairseq":
             raise ValueError("an int8-quantized model decodes with engine='fast', 'onnx' or 'exact', not 'fairseq'")
+        if self.vocabulary_map is not None and engine != "onnx":
+            raise ValueError(f"a vocabulary map ({self.vocabulary_map_file}) restricts engine='onnx' only, "
+                             f"got engine={engine!r}")
         batch_size = batch_size or self.batch_size
         lengths = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len)
         normalized = [self.normalize(s) for s in sentences]
@@ -133,7 +138,7 @@ class Translator(GeneratorHubInterface):
     def _decoder(self, engine: str):
         """The model :func:`~resmlp_mt.fast_generate.generate` runs for ``engine``, built on first
         use under a process-wide lock (threads that ask at once get the one built) and cached."""
-        key = (engine, self.quantized)
+        key = (engine, self.quantized, self.vocabulary_map)  # the map by identity: each use_vocabulary_map reads anew
         decoder = self._decoders.get(key)
         if decoder is not None:
             return decoder
@@ -153,7 +158,7 @@ class Translator(GeneratorHubInterface):
             return quantize_int8(decoder) if self.quantized else decoder
         from .onnx_decoder import OnnxModel
 
-        return OnnxModel(model, int8=self.quantized)
+        return OnnxModel(model, int8=self.quantized, vocabulary_map=self.vocabulary_map)
 
     def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, model, **options) -> List[str]:
         from .fast_generate import generate
@@ -186,6 +191,21 @@ class Translator(GeneratorHubInterface):
         Runtime's int8 graph for ``engine="onnx"``; ``engine="fairseq"`` is then refused. The float
         model is kept (the quantized copies are built from it on first use)."""
         self.quantized = True
+        return self
+
+    def use_vocabulary_map(self, path: str | Path | None) -> "Translator":
+        """Decode ``engine="onnx"`` with a lexical shortlist from now on: the vocabulary map at
+        ``path`` (CTranslate2's vmap format, :mod:`resmlp_mt.vocabulary_map`; learn one with
+        ``python -m mt_tools.vocabulary_map``); the other engines are then refused. Each batch scores
+        only its candidates, which is faster and changes the translations (the log-probabilities are
+        normalised over the candidates). ``None`` goes back to the whole vocabulary."""
+        from .vocabulary_map import VocabularyMap
+
+        if path is None:
+            self.vocabulary_map = self.vocabulary_map_file = None
+            return self
+        self.vocabulary_map = VocabularyMap.read(path, self.src_dict, self.tgt_dict)
+        self.vocabulary_map_file = str(Path(path).resolve())
         return self
 
 

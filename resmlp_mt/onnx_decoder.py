@@ -58,6 +58,7 @@ from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedMo
                             fold_for_inference)
 from .modules import key_values, padding_bias
 from .padding import left_align
+from .vocabulary_map import VocabularyMap
 
 SHORTLIST = 16  # candidates per hypothesis: beams up to SHORTLIST // 2
 OPSET = 17
@@ -89,27 +90,44 @@ def step_input_names(decoder: FoldedDecoder, layer: int) -> List[str]:
 class DecoderStepGraph(nn.Module):
     """:meth:`FoldedDecoder.step <resmlp_mt.fast_generate.FoldedDecoder.step>` as a traceable
     module, with a shortlist of the vocabulary (the graph that is exported; see the module
-    docstring for inputs and outputs)."""
+    docstring for inputs and outputs).
 
-    def __init__(self, decoder: FoldedDecoder):
+    ``restricted``: the graph for a vocabulary map (:mod:`resmlp_mt.vocabulary_map`). It takes
+    three more inputs after ``vocabulary_bias``: ``vocabulary`` ``(M,)`` int64, the batch's
+    candidate tokens, and the output projection's rows for them, ``output_weight`` ``(C, M)`` and
+    ``output_bias`` ``(M,)`` (gathered once per batch); the log-probabilities are normalised over
+    the ``M`` candidates and ``top_tokens`` are still token ids."""
+
+    def __init__(self, decoder: FoldedDecoder, restricted: bool = False):
         super().__init__()
         if decoder.embed_positions is not None:
             raise ValueError("the ONNX decoder supports models without positional embeddings (the default, "
                              "--positional-embeddings none)")
-        self.decoder = decoder
+        self.decoder, self.restricted = decoder, restricted
         self.layer_sizes = [len(step_input_names(decoder, i)) for i in range(len(decoder.layers))]
 
-    def forward(self, tokens: Tensor, bias: Tensor, vocabulary_bias: Tensor, *per_layer: Tensor):
-        """``per_layer``: for each layer its token mixer's step inputs, ``keys_i``, ``values_i``
-        (one input each, so that the graph slices nothing)."""
+    def forward(self, tokens: Tensor, bias: Tensor, vocabulary_bias: Tensor, *inputs: Tensor):
+        """``inputs``: with ``restricted``, ``vocabulary``, ``output_weight``, ``output_bias``;
+        then for each layer its token mixer's step inputs, ``keys_i``, ``values_i`` (one input each,
+        so that the graph slices nothing)."""
+        if self.restricted:
+            vocabulary, output_weight, output_bias, *per_layer = inputs
+        else:
+            per_layer = inputs
         x = self.decoder.embed(tokens.unsqueeze(1))  # (N, C)
         layer_inputs, start = [], 0
         for size in self.layer_sizes:
             *mixer_inputs, keys, values = per_layer[start : start + size]
             layer_inputs.append((mixer_inputs, keys, values))
             start += size
-        logits, entries = self.decoder.step(x.view(bias.size(0), -1, x.size(-1)), layer_inputs, bias)
-        return (*shortlist(logits.float(), vocabulary_bias, SHORTLIST), *entries)
+        x = x.view(bias.size(0), -1, x.size(-1))
+        if not self.restricted:
+            logits, entries = self.decoder.step(x, layer_inputs, bias)
+            return (*shortlist(logits.float(), vocabulary_bias, SHORTLIST), *entries)
+        features, entries = self.decoder.step_features(x, layer_inputs, bias)
+        logits = torch.matmul(features, output_weight) + output_bias  # (n, k, M)
+        top_lprobs, top_columns = shortlist(logits.float(), vocabulary_bias[vocabulary], SHORTLIST)
+        return (top_lprobs, vocabulary[top_columns], *entries)
 
 
 class SourceGraph(nn.Module):
@@ -163,10 +181,45 @@ def _export(graph: nn.Module, example: tuple, names: List[str], outputs: List[st
     return quantized
 
 
-def export_graphs(model: FoldedModel, folder: Path, int8: bool = False) -> tuple[Path, Path]:
+def quantize_rows(weight: Tensor) -> tuple[Tensor, float]:
+    """``weight`` float -> ``(int8 weight, scale)``, per-tensor and symmetric like
+    ``quantize_dynamic``'s signed weights (``weight ~ scale * int8``)."""
+    scale = float(weight.abs().max()) / 127 or 1.0
+    return torch.clamp(torch.round(weight / scale), -127, 127).to(torch.int8), scale
+
+
+def _int8_output_rows(path: Path, scale: float) -> None:
+    """In the int8 step graph for a vocabulary map at ``path``: the output projection, a float
+    ``MatMul`` on the input ``output_weight`` (``quantize_dynamic`` quantizes stored weights only),
+    becomes ONNX Runtime's ``DynamicQuantizeMatMul`` on an int8 ``output_weight`` of scale
+    ``scale`` (the rows of :func:`quantize_rows` of the whole projection, gathered per batch)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    matmuls = [i for i, n in enumerate(graph.node) if n.op_type == "MatMul" and n.input[1] == "output_weight"]
+    if len(matmuls) != 1:
+        raise RuntimeError(f"{path}: expected one MatMul on output_weight, found {len(matmuls)}")
+    old = graph.node[matmuls[0]]
+    graph.node.remove(old)
+    graph.node.insert(matmuls[0], helper.make_node(
+        "DynamicQuantizeMatMul", [old.input[0], "output_weight", "output_weight_scale", "output_weight_zero_point"],
+        list(old.output), name=old.name + "_int8", domain="com.microsoft"))
+    graph.initializer.extend([helper.make_tensor("output_weight_scale", TensorProto.FLOAT, [], [scale]),
+                              helper.make_tensor("output_weight_zero_point", TensorProto.INT8, [], [0])])
+    next(i for i in graph.input if i.name == "output_weight").type.tensor_type.elem_type = TensorProto.INT8
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+
+
+def export_graphs(model: FoldedModel, folder: Path, int8: bool = False, restricted: bool = False) -> tuple[Path, Path]:
     """Write the two ONNX graphs of ``model`` to ``folder``: ``source.onnx`` (:class:`SourceGraph`)
-    and ``decoder_step.onnx`` (:class:`DecoderStepGraph`), plus their int8 versions when
-    ``int8``; returns the two files to load."""
+    and ``decoder_step.onnx`` (:class:`DecoderStepGraph`; ``decoder_step_vmap.onnx``, the graph for
+    a vocabulary map, when ``restricted``), plus their int8 versions when ``int8``; returns the two
+    files to load. (In the int8 graph for a vocabulary map, the output projection's rows are an
+    int8 input, :func:`_int8_output_rows`.)"""
     decoder = model.decoder
     L, C = len(decoder.layers), decoder.embed_weight.size(1)
     H, d = decoder.layers[0].num_heads, decoder.layers[0].head_dim
@@ -184,15 +237,22 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False) -> tuple
     example = [torch.full((N,), eos), torch.zeros(n, 1, 1, S), torch.zeros(len(decoder.dictionary))]
     names = ["tokens", "bias", "vocabulary_bias"]
     dynamic = {"tokens": {0: "N"}, "bias": {0: "n", 3: "S"}}
+    if restricted:
+        M = SHORTLIST + 3
+        example += [torch.arange(M), torch.zeros(C, M), torch.zeros(M)]
+        names += ["vocabulary", "output_weight", "output_bias"]
+        dynamic.update({"vocabulary": {0: "M"}, "output_weight": {1: "M"}, "output_bias": {0: "M"}})
     history = torch.zeros(t + 1, N, C)
     for i, layer in enumerate(decoder.layers):
         example += [*layer.token_mixer.step_inputs(history, t), torch.zeros(n, H, d, S), torch.zeros(n, H, S, d)]
         names += step_input_names(decoder, i)
         dynamic.update({f"{name}_{i}": axes for name, axes in layer.token_mixer.STEP_INPUTS.items()})
         dynamic.update({f"keys_{i}": {0: "n", 3: "S"}, f"values_{i}": {0: "n", 2: "S"}})
-    step = _export(DecoderStepGraph(decoder), tuple(example), names,
+    step = _export(DecoderStepGraph(decoder, restricted), tuple(example), names,
                    ["top_lprobs", "top_tokens", *[f"entry_{i}" for i in range(L)]], dynamic,
-                   Path(folder) / "decoder_step.onnx", int8)
+                   Path(folder) / ("decoder_step_vmap.onnx" if restricted else "decoder_step.onnx"), int8)
+    if restricted and int8:
+        _int8_output_rows(step, quantize_rows(decoder.output_projection.weight.detach())[1])
     return source, step
 
 
@@ -207,18 +267,26 @@ class OnnxModel:
         int8: run the int8-quantized graphs.
         cache_dir: where the ONNX files go (default: a temporary directory).
         threads: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``).
+        vocabulary_map: a :class:`~resmlp_mt.vocabulary_map.VocabularyMap` of the model's
+            dictionaries: each batch scores its candidates only (see :class:`DecoderStepGraph`).
     """
 
-    def __init__(self, model, int8: bool = False, cache_dir: Optional[Path] = None, threads: Optional[int] = None):
+    def __init__(self, model, int8: bool = False, cache_dir: Optional[Path] = None, threads: Optional[int] = None,
+                 vocabulary_map: Optional[VocabularyMap] = None):
         ort = _require_onnxruntime()
         folded = model if isinstance(model, FoldedModel) else fold_for_inference(model)
-        self.decoder, self.int8 = folded.decoder, int8
+        self.decoder, self.int8, self.vocabulary_map = folded.decoder, int8, vocabulary_map
+        if vocabulary_map is not None and vocabulary_map.target_size != len(self.decoder.dictionary):
+            raise ValueError(f"the vocabulary map is for a target dictionary of {vocabulary_map.target_size} "
+                             f"tokens, the model's has {len(self.decoder.dictionary)}")
         self.max_source_positions = folded.encoder.max_positions()
         self.padding_idx = folded.encoder.padding_idx
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="resmlp_onnx_")
             cache_dir = Path(self._tmp.name)
-        self.paths = export_graphs(folded, Path(cache_dir), int8=int8)
+        self.paths = export_graphs(folded, Path(cache_dir), int8=int8, restricted=vocabulary_map is not None)
+        if vocabulary_map is not None and int8:  # the rows the int8 step graph takes (_int8_output_rows)
+            self.output_weight_int8 = quantize_rows(self.decoder.output_projection.weight.detach())[0]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -258,12 +326,24 @@ class OnnxSteps(DecoderSteps):
         history = History(len(decoder.layers), max_len + 1, src_tokens.size(0) * k, decoder.embed_weight.size(1))
         super().__init__(keys, values, bias, history, k)
         self.model = model
+        self.restriction = {}
+        if model.vocabulary_map is not None:  # the batch's candidates and their output rows, once
+            vocabulary = model.vocabulary_map.candidates(src_tokens)
+            if vocabulary.numel() < SHORTLIST:  # the graph's top-k needs SHORTLIST columns
+                vocabulary = torch.unique(torch.cat([vocabulary, torch.arange(SHORTLIST)]))
+            projection = decoder.output_projection
+            weight = model.output_weight_int8 if model.int8 else projection.weight.detach()
+            self.restriction = {
+                "vocabulary": vocabulary.numpy(),
+                "output_weight": weight.index_select(0, vocabulary).t().contiguous().numpy(),
+                "output_bias": (projection.bias.detach().index_select(0, vocabulary) if projection.bias is not None
+                                else torch.zeros(vocabulary.numel())).numpy()}
 
     def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
         n, k = tokens.shape[:2]
         decoder = self.model.decoder
         feed = {"tokens": tokens[:, :, step].reshape(-1).contiguous().numpy(), "bias": self.bias.numpy(),
-                "vocabulary_bias": vocabulary_bias.values.numpy()}
+                "vocabulary_bias": vocabulary_bias.values.numpy(), **self.restriction}
         for i, (layer, history) in enumerate(zip(decoder.layers, self.history.buffers)):
             inputs = (*layer.token_mixer.step_inputs(history, step), self.keys[i], self.values[i])
             feed.update({name: value.numpy() for name, value in zip(step_input_names(decoder, i), inputs)})

@@ -44,11 +44,19 @@ def test_quick_benchmark_has_every_row(tmp_path):
     for name, flags in (("resmlp", RESMLP), ("transformer", TRANSFORMER)):
         run([fairseq_train, data, *flags, *COMMON, "--save-dir", tmp_path / name])
 
+    vmap = tmp_path / "vmap.txt"  # a lexical shortlist for both systems' extra rows
+    learned = run([sys.executable, "-m", "mt_tools.vocabulary_map", "--data", data, "--out", vmap,
+                   "--per-source", "5", "--frequent", "20"])
+    assert learned.stdout.startswith(f"wrote {vmap}") and "of target tokens covered" in learned.stdout
+    report = json.loads(vmap.with_suffix(".json").read_text())
+    assert report["always"] == 22 and 0 < report["coverage_valid"]["tokens"] <= 1  # 20 + end-of-sentence, unknown
+
     out = tmp_path / "results" / "bench"
     result = run([sys.executable, "-m", "benchmarks.bench_decode", "--quick", "--data", data,
                   "--resmlp", tmp_path / "resmlp" / "checkpoint_best.pt",
                   "--transformer", tmp_path / "transformer" / "checkpoint_best.pt",
-                  "--equal-length", L, "--threads", "1", "--out", out, "--work-dir", tmp_path / "work"])
+                  "--equal-length", L, "--threads", "1", "--out", out, "--work-dir", tmp_path / "work",
+                  "--vocabulary-map", vmap])
     results = json.loads(Path(f"{out}.json").read_text())
     markdown = Path(f"{out}.md").read_text()
     assert "## Equal output length" in markdown and markdown.strip() in result.stdout
@@ -66,8 +74,10 @@ def test_quick_benchmark_has_every_row(tmp_path):
         "resmlp/api-onnx/fp32/1", "resmlp/api-onnx/int8/1", "transformer/fairseq-generate/fp32/1",
         "resmlp/fairseq-generate/fp32/L", "transformer/fairseq-generate/fp32/L", "resmlp/sequence-generator/fp32/L",
         "transformer/sequence-generator/fp32/L", "resmlp/fast/fp32/L", "resmlp/fast/int8/L", "resmlp/onnx/int8/L",
+        "resmlp/api-onnx-vmap/int8/b", "resmlp/api-onnx-vmap/int8/1",
     }
     ct2 = {f"transformer/ctranslate2/{p}/{g}" for p in ("fp32", "int8") for g in ("b", "1", "L")}
+    ct2 |= {"transformer/ctranslate2-vmap/int8/b", "transformer/ctranslate2-vmap/int8/1"}
     if results["versions"]["ctranslate2"] is None:
         assert set(rows) == expected
         assert any("CTranslate2 is not installed" in note for note in results["notes"])
@@ -76,8 +86,13 @@ def test_quick_benchmark_has_every_row(tmp_path):
         assert set(rows) == expected | ct2
         for key, row in rows.items():
             assert row["tokens_per_second_vs_ct2_int8"] > 0
-            if key.startswith("transformer/ctranslate2/int8/"):
+            if key.startswith(("transformer/ctranslate2/int8/", "transformer/ctranslate2-vmap/int8/")):
                 assert row["tokens_per_second_vs_ct2_int8"] == pytest.approx(1.0)
+        for tag in ("b", "1"):  # a row with the map is compared with CTranslate2 with the map
+            mine, theirs = rows[f"resmlp/api-onnx-vmap/int8/{tag}"], rows[f"transformer/ctranslate2-vmap/int8/{tag}"]
+            assert mine["tokens_per_second_vs_ct2_int8"] == pytest.approx(
+                mine["tokens_per_second"] / theirs["tokens_per_second"])
+        assert "Vocabulary map rows" in markdown
 
     for key, row in rows.items():
         n = 4 if row["group"] == "latency" else 16

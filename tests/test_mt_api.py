@@ -91,6 +91,27 @@ def test_translate_from_python_in_a_fresh_process_equals_fairseq_interactive(exp
     assert hyps == [out["list"][i] for i in (0, 1, 3)]
 
 
+def test_a_vocabulary_map_restricts_the_onnx_engine(exported, tmp_path):
+    """``use_vocabulary_map``: a map where every token is always a candidate translates as the
+    whole vocabulary does; a learned one translates every line; other engines are refused while a
+    map is set, and ``None`` lifts it."""
+    from resmlp_mt import ResMLPTranslationModel
+    from mt_tools.vocabulary_map import learn
+
+    model = ResMLPTranslationModel.from_pretrained(str(exported["model"]))
+    plain = model.translate(SENTENCES, engine="onnx")
+    everything = tmp_path / "all.txt"
+    everything.write_text("\t" + " ".join(model.tgt_dict.symbols) + "\n")
+    assert model.use_vocabulary_map(everything).translate(SENTENCES, engine="onnx") == plain
+    learned = learn(exported["data"], tmp_path / "vmap.txt", per_source=5, frequent=20)
+    assert learned["always"] == 22
+    out = model.use_vocabulary_map(tmp_path / "vmap.txt").translate(SENTENCES, engine="onnx")
+    assert out[2] == "" and all(out[i] for i in (0, 1, 3))
+    with pytest.raises(ValueError, match="restricts engine='onnx' only"):
+        model.translate(SENTENCES)
+    assert model.use_vocabulary_map(None).translate(SENTENCES) == plain
+
+
 def test_export_averages_checkpoints(exported, tmp_path):
     first = exported["ckpt"] / "checkpoint_best.pt"
     state = torch.load(first, map_location="cpu", weights_only=True)

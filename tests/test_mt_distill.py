@@ -134,6 +134,14 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     distilled = [r for r in rows if r["data"] == "distilled"]
     assert summary["student_test_bleu"] == max(distilled, key=lambda r: r["valid"])["test"]  # chosen on valid
     assert out["goals"] and all(isinstance(g["met"], bool) for g in out["goals"])
+    # the speed stage's rows with a vocabulary map: one map, learned from the references, for both
+    assert (tmp_path / "work" / "speed" / "en-de.vmap.txt").is_file()
+    speed = out["pairs"]["en-de"]["speed"]
+    assert set(summary) >= {"speedup_b128_vocabulary_map", "speedup_b1_vocabulary_map"}
+    if "b128" in speed:  # CTranslate2 installed: the teacher's rows exist, with and without the map
+        assert speed["b128_vocabulary_map"]["vocabulary_map"] and not speed["b128"]["vocabulary_map"]
+        assert speed["b128_vocabulary_map"]["student_engine"] == "API engine=onnx, vocabulary map"
+        assert summary["speedup_b1_vocabulary_map"] == speed["b1_vocabulary_map"]["speedup"] > 0
     text = (tmp_path / "results" / "mt_distill.md").read_text()
     exported = out["pairs"]["en-de"]["export"]  # loaded back with from_pretrained, which translated
     assert exported["folder"].endswith("work/export/en-de.resmlp_mt_small_deep_shallow")
