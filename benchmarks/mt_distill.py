@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -482,6 +483,20 @@ def plot(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def study_command(argv: List[str]) -> str:
+    """The command the report gives to reproduce it: these flags with ``--stage all`` whichever stage
+    ran (a report written by ``--stage report`` comes from every stage), shell-quoted."""
+    flags, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--stage="):
+            skip = False
+            continue
+        skip = arg == "--stage"
+        if not skip:
+            flags.append(arg)
+    return shlex.join(["python", "-m", "benchmarks.mt_distill", "--stage", "all", *flags])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
@@ -522,7 +537,7 @@ def main(argv=None) -> int:
         problem = check_teacher_run(args.teacher_run, args.pairs)
         if problem:
             p.error(f"--teacher-run {args.teacher_run}: {problem}")
-    args.command = " ".join(["python -m benchmarks.mt_distill", *(sys.argv[1:] if argv is None else argv)])
+    args.command = study_command(sys.argv[1:] if argv is None else argv)
     args.keep_checkpoints = True
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
                         stream=sys.stdout, force=True)

@@ -102,6 +102,17 @@ def test_bad_input_names_the_flag(tmp_path):
     assert nothing.returncode == 2 and "--students names no student and --variant-flags is empty" in nothing.stderr
 
 
+def test_the_report_reproduces_the_whole_study_with_its_flags():
+    from benchmarks.mt_distill import study_command
+
+    flags = ["--pairs", "en-de", "--variant-flags=--arch resmlp_mt_small_deep_shallow --token-mixer-heads 4"]
+    expected = ("python -m benchmarks.mt_distill --stage all --pairs en-de "
+                "'--variant-flags=--arch resmlp_mt_small_deep_shallow --token-mixer-heads 4'")
+    assert study_command(["--stage", "report", *flags]) == expected
+    assert study_command([*flags[:2], "--stage=speed", flags[2]]) == expected
+    assert study_command(flags) == expected
+
+
 @pytest.mark.slow
 def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     """python -m benchmarks.mt_distill on the tiny corpus, tiny models (one segment of training each:
