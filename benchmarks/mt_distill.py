@@ -101,11 +101,11 @@ class DistillStudy(Race):
         return self.cached(self.teacher_job(pair))
 
     def teacher_checkpoint(self, pair: str) -> Path:
-        """The teacher: its averaged checkpoint when it converged, else its best (by valid BLEU)."""
+        """The teacher: the model its run reports (:func:`reported_model`), whose scores its row shows."""
         result = self.teacher_result(pair)
         if result is None:
             raise SystemExit(f"the {pair} teacher is not trained yet: run --stage teacher first")
-        return self.teacher_dir(pair) / teacher_checkpoint_name(result)
+        return self.teacher_dir(pair) / reported_model(result)[1]
 
     def distilled(self, pair: str) -> Path:
         return self.work / "distilled" / f"multi30k.{pair}"
@@ -267,12 +267,6 @@ class DistillStudy(Race):
         return out
 
 
-def teacher_checkpoint_name(result: dict) -> str:
-    """The teacher's checkpoint in its run folder: averaged when the run converged, else its best
-    by valid BLEU."""
-    return "checkpoint_averaged.pt" if result.get("converged") else "checkpoint_best_bleu.pt"
-
-
 def check_teacher_run(run: Path, pairs: List[str]) -> Optional[str]:
     """Why ``run`` cannot be the teacher of ``pairs`` (None if it can): it must be one pair's
     finished curve run of the race's harness, with the checkpoint :meth:`DistillStudy.teacher_checkpoint`
@@ -286,7 +280,7 @@ def check_teacher_run(run: Path, pairs: List[str]) -> Optional[str]:
         return "its result.json is not a curve run's (no 'eval' or 'converged')"
     if result.get("pair") != pairs[0]:
         return f"it is a run of {result.get('pair')}, --pairs is {pairs[0]}"
-    name = teacher_checkpoint_name(result)
+    _, name = reported_model(result)
     if not (run / name).is_file():
         return f"{name} is missing"
     return None
