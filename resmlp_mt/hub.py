@@ -51,9 +51,8 @@ class Translator(GeneratorHubInterface):
         self.source_lang = self.card.get("source_lang", getattr(cfg.task, "source_lang", None))
         self.quantized = False
         self.vocabulary_map = None  # a VocabularyMap after use_vocabulary_map (engine="onnx")
-        self.vocabulary_map_file = None
         self.batch_size = cfg.dataset.batch_size or 64
-        self._decoders = {}  # (engine, int8) -> the model it decodes with (folded, ONNX...), built on first use
+        self._decoders = {}  # (engine, int8, vocabulary map) -> the model it decodes with, built on first use
         self._fairseq_lock = threading.Lock()  # the fairseq engine sets its batch size in self.cfg per call
 
     def normalize(self, sentence: str) -> str:
@@ -109,7 +108,7 @@ class Translator(GeneratorHubInterface):
         if self.quantized and engine == "fairseq":
             raise ValueError("an int8-quantized model decodes with engine='fast', 'onnx' or 'exact', not 'fairseq'")
         if self.vocabulary_map is not None and engine != "onnx":
-            raise ValueError(f"a vocabulary map ({self.vocabulary_map_file}) restricts engine='onnx' only, "
+            raise ValueError(f"a vocabulary map ({self.vocabulary_map.source}) restricts engine='onnx' only, "
                              f"got engine={engine!r}")
         batch_size = batch_size or self.batch_size
         lengths = dict(lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len)
@@ -201,11 +200,7 @@ class Translator(GeneratorHubInterface):
         normalised over the candidates). ``None`` goes back to the whole vocabulary."""
         from .vocabulary_map import VocabularyMap
 
-        if path is None:
-            self.vocabulary_map = self.vocabulary_map_file = None
-            return self
-        self.vocabulary_map = VocabularyMap.read(path, self.src_dict, self.tgt_dict)
-        self.vocabulary_map_file = str(Path(path).resolve())
+        self.vocabulary_map = None if path is None else VocabularyMap.read(path, self.src_dict, self.tgt_dict)
         return self
 
 

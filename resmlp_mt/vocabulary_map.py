@@ -48,13 +48,15 @@ class VocabularyMap:
     """The candidates of each source token, as target token ids of one model's dictionaries.
 
     ``always`` ``(A,)``: target ids that are always candidates (end-of-sentence and unknown
-    included); ``rules``: source id -> its candidate target ids. :meth:`candidates` gives a batch's
-    sorted union. Read from a file with :meth:`read`."""
+    included); ``rules``: source id -> its candidate target ids; ``target_size``: the size of the
+    target dictionary the ids belong to; ``source``: the file it was read from, if any.
+    :meth:`candidates` gives a batch's sorted union. Read from a file with :meth:`read`."""
 
-    def __init__(self, always: Sequence[int], rules: Dict[int, Sequence[int]], source_size: int, target_size: int):
+    def __init__(self, always: Sequence[int], rules: Dict[int, Sequence[int]], target_size: int,
+                 source: Path | None = None):
         self.always = np.unique(np.asarray(list(always), dtype=np.int64))
         self.rules = {s: np.asarray(list(t), dtype=np.int64) for s, t in rules.items() if len(t)}
-        self.source_size, self.target_size = source_size, target_size
+        self.target_size, self.source = target_size, source
 
     def __repr__(self) -> str:
         return f"VocabularyMap({len(self.always)} always, {len(self.rules)} source tokens with candidates)"
@@ -89,7 +91,7 @@ class VocabularyMap:
                 source = src_dict.index(key.strip())
                 if source != unk_src:
                     rules.setdefault(source, []).extend(targets)
-        return cls(sorted(always), rules, len(src_dict), len(tgt_dict))
+        return cls(sorted(always), rules, len(tgt_dict), source=path.resolve())
 
     def candidates(self, src_tokens: Tensor) -> Tensor:
         """``src_tokens`` ``(B, S)`` -> the sorted target ids ``(M,)`` that the batch's steps score:
@@ -176,7 +178,7 @@ def build_vocabulary_map(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], src_dic
     starts = np.flatnonzero(np.r_[True, source[1:] != source[:-1]]) if source.size else np.zeros(0, dtype=np.int64)
     ends = np.r_[starts[1:], source.size]
     rules = {int(source[a]): target[a : min(b, a + per_source)].tolist() for a, b in zip(starts, ends)}
-    return VocabularyMap([tgt_dict.eos(), tgt_dict.unk(), *always], rules, len(src_dict), V)
+    return VocabularyMap([tgt_dict.eos(), tgt_dict.unk(), *always], rules, V)
 
 
 def coverage(vmap: VocabularyMap, pairs: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Dict[str, float]:

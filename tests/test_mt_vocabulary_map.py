@@ -54,7 +54,7 @@ def test_builder_keeps_the_targets_that_come_with_a_source():
 
 def test_candidates_are_the_sorted_union_of_the_batch_and_the_always():
     vmap = VocabularyMap([D.eos(), D.unk(), W["w5"]], {W["w0"]: [W["w10"], W["w11"]], W["w1"]: [W["w11"]]},
-                         len(D), len(D))
+                         len(D))
     src = torch.tensor([[W["w1"], W["w3"], D.eos()], [D.pad(), W["w0"], D.eos()]])
     assert vmap.candidates(src).tolist() == sorted([D.eos(), D.unk(), W["w5"], W["w10"], W["w11"]])
     assert vmap.candidates(torch.tensor([[W["w3"], D.eos()]])).tolist() == sorted([D.eos(), D.unk(), W["w5"]])
@@ -106,7 +106,7 @@ def restricted_reference(folded, candidates):
 
 
 def test_a_map_with_every_token_is_the_unrestricted_engine():
-    vmap = VocabularyMap(range(len(D)), {}, len(D), len(D))
+    vmap = VocabularyMap(range(len(D)), {}, len(D))
     src = source_batch(3)
     assert_same(generate(OnnxModel(eos_biased_folded(3, 1.0), vocabulary_map=vmap), src, beam=4),
                 generate(OnnxModel(eos_biased_folded(3, 1.0)), src, beam=4))
@@ -120,7 +120,7 @@ def test_restricted_engine_scores_the_candidates_only(seed, strength):
     # rule of a word that is not in the batch adds nothing
     absent = [t for t in W.values() if t not in present]
     rules = {present[0]: [W["w18"]], present[1]: [W["w19"]], absent[0]: [W["w15"]]}
-    vmap = VocabularyMap([D.eos(), D.unk(), *[W[f"w{i}"] for i in range(12)]], rules, len(D), len(D))
+    vmap = VocabularyMap([D.eos(), D.unk(), *[W[f"w{i}"] for i in range(12)]], rules, len(D))
     candidates = vmap.candidates(src)
     assert {W["w18"], W["w19"]} <= set(candidates.tolist()) and W["w15"] not in candidates.tolist()
     assert SHORTLIST <= len(candidates) < len(D)  # restricted, yet wide enough for the graph's top-k
@@ -135,7 +135,7 @@ def test_restricted_engine_scores_the_candidates_only(seed, strength):
 
 def test_int8_restricted_engine_stays_in_the_candidates_and_close_to_float():
     src = source_batch(3)
-    vmap = VocabularyMap([D.eos(), D.unk(), *[W[f"w{i}"] for i in range(14)]], {}, len(D), len(D))
+    vmap = VocabularyMap([D.eos(), D.unk(), *[W[f"w{i}"] for i in range(14)]], {}, len(D))
     candidates = set(vmap.candidates(src).tolist())
     ours = generate(OnnxModel(eos_biased_folded(3, 1.0), int8=True, vocabulary_map=vmap), src, beam=4)
     reference = generate(OnnxModel(eos_biased_folded(3, 1.0), vocabulary_map=vmap), src, beam=4)
@@ -146,4 +146,4 @@ def test_int8_restricted_engine_stays_in_the_candidates_and_close_to_float():
 
 def test_a_map_of_another_dictionary_is_refused():
     with pytest.raises(ValueError, match="dictionary of 30 tokens"):
-        OnnxModel(eos_biased_folded(3, 1.0), vocabulary_map=VocabularyMap([2], {}, 30, 30))
+        OnnxModel(eos_biased_folded(3, 1.0), vocabulary_map=VocabularyMap([2], {}, 30))
