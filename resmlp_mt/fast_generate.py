@@ -17,6 +17,9 @@ incremental step instead of the generic one:
   finish only the written rows move.
 * **Finished sentences leave the batch** (as in fairseq), by one ``index_select`` per buffer.
 * **No per-step Python bookkeeping per hypothesis** beyond the finished ones.
+* **The search's own state in numpy** (prefixes, scores, which hypotheses continue: a few
+  numbers per sentence), where an operation costs about a microsecond and a torch one several;
+  at batch 1 with the ONNX step this cut the time outside ONNX Runtime by about 30%.
 
 The model it searches with is any of three engines; each model returns the incremental decoder
 of a batch from ``model.decoder_steps(src_tokens, beam, max_len)`` (a :class:`DecoderSteps`),
@@ -48,6 +51,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -481,9 +485,13 @@ class History:
         return self.buffers[layer][1:]
 
     def write(self, t: int, entries: Sequence[Tensor]) -> None:
-        """Keep every layer's entry ``(..., C)`` (``N`` hypotheses) of position ``t``."""
+        """Keep every layer's entry ``(..., C)`` (``N`` hypotheses; a tensor or a numpy array) of
+        position ``t``."""
         for b, entry in zip(self.buffers, entries):
-            b[t + 1] = entry.reshape(b.shape[1:])
+            if isinstance(entry, Tensor):
+                b[t + 1] = entry.reshape(b.shape[1:])
+            else:  # numpy: a numpy write costs a fraction of a torch one
+                b.numpy()[t + 1] = entry.reshape(b.shape[1:])
 
     def select(self, sentences: Tensor, k: int, used: int) -> None:
         """Keep the ``k`` hypotheses of each sentence of ``sentences`` (the others finished);
@@ -659,23 +667,28 @@ class SearchRules:
         return score / (step + 1) ** self.lenpen
 
 
-def _candidates(steps: DecoderSteps, tokens: Tensor, scores: Tensor, step: int, rules: SearchRules):
-    """The ``2k`` best continuations of each sentence: ``(scores, beams, tokens)``, each ``(n, 2k)``,
-    best first, as fairseq's ``BeamSearch.step``. From a shortlist per hypothesis (its best ``2k``
-    tokens), the sentence's best ``2k`` continuations are the same."""
-    lprobs, vocabulary = steps.step(tokens, step, rules.vocabulary_bias(step))
+def _candidates(steps: DecoderSteps, tokens: np.ndarray, scores: np.ndarray, step: int, rules: SearchRules):
+    """The ``2k`` best continuations of each sentence: ``(scores, beams, tokens)``, each ``(n, 2k)``
+    numpy, best first, as fairseq's ``BeamSearch.step``. From a shortlist per hypothesis (its best
+    ``2k`` tokens), the sentence's best ``2k`` continuations are the same; over the whole
+    vocabulary the top-k is torch's, as fairseq's."""
+    lprobs, vocabulary = steps.step(torch.from_numpy(tokens), step, rules.vocabulary_bias(step))
     n, k, width = lprobs.shape
-    if step == 0:
-        flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
-    else:
-        flat = (lprobs + scores.unsqueeze(-1)).view(n, k * width)
-    # fairseq leaves one token of the vocabulary out ("so we never select pad")
-    count = min(2 * k, flat.size(1) - (1 if vocabulary is None else 0))
-    cand_scores, cand_indices = torch.topk(flat, k=count, dim=1)
-    cand_beams = torch.div(cand_indices, width, rounding_mode="floor")
     if vocabulary is None:
-        return cand_scores, cand_beams, cand_indices.fmod(width)
-    return cand_scores, cand_beams, vocabulary.reshape(n, k * width).gather(1, cand_indices)
+        if step == 0:
+            flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
+        else:
+            flat = (lprobs + torch.from_numpy(scores).unsqueeze(-1)).view(n, k * width)
+        # fairseq leaves one token of the vocabulary out ("so we never select pad")
+        cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1) - 1), dim=1)
+        cand_scores, cand_indices = cand_scores.numpy(), cand_indices.numpy()
+        return cand_scores, cand_indices // width, cand_indices % width
+    lprobs = lprobs.numpy()
+    flat = lprobs[:, 0, :] if step == 0 else (lprobs + scores[:, :, None]).reshape(n, k * width)
+    cand_indices = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * k]
+    rows = np.arange(n)[:, None]  # (fancy indexing: numpy's take_along_axis costs ten times more here)
+    cand_tokens = vocabulary.numpy().reshape(n, k * width)[rows, cand_indices]
+    return flat[rows, cand_indices], cand_indices // width, cand_tokens
 
 
 @torch.inference_mode()
@@ -699,63 +712,68 @@ def generate(
     ``src_tokens`` ``(B, S)`` (either padding side, ending in end-of-sentence). Returns, per
     sentence, its ``beam`` finished hypotheses sorted best first, each a dict with ``tokens``
     (ending in end-of-sentence, as fairseq) and ``score``.
+
+    The search's own state (prefixes, scores, which hypotheses continue) is in numpy: its arrays
+    are a few numbers per sentence, where a numpy operation costs about a microsecond and a torch
+    one several; at batch 1 that bookkeeping took about as long as the decoder step.
     """
     bsz, src_len = src_tokens.shape
     rules = SearchRules.of(model.decoder, src_len, beam, max_len_a, max_len_b, min_len, lenpen, unk_penalty)
     k, eos, max_len = rules.k, rules.eos, rules.max_len
     steps = model.decoder_steps(src_tokens, k, max_len)
 
-    tokens = src_tokens.new_full((bsz, k, max_len + 2), rules.pad)
+    tokens = np.full((bsz, k, max_len + 2), rules.pad, dtype=np.int64)
     tokens[:, :, 0] = eos
-    scores = torch.zeros(bsz, k)  # cumulative log-probabilities
-    ignore = torch.zeros(bsz, k, dtype=torch.bool)
+    scores = np.zeros((bsz, k), dtype=np.float32)  # cumulative log-probabilities
+    ignore = np.zeros((bsz, k), dtype=bool)
     finalized: List[List[Dict[str, Tensor]]] = [[] for _ in range(bsz)]
-    alive = torch.arange(bsz)  # original index of each row still searched
-    cand_offsets = torch.arange(2 * k)
+    alive = np.arange(bsz)  # original index of each row still searched
+    cand_offsets = np.arange(2 * k)
 
     for step in range(max_len + 1):
-        n = alive.numel()
+        n = alive.size
         cand_scores, cand_beams, cand_tokens = _candidates(steps, tokens, scores, step, rules)
 
         # finish the hypotheses that end here, among the top k candidates
-        eos_mask = cand_tokens.eq(eos) & cand_scores.ne(-math.inf)
+        eos_mask = (cand_tokens == eos) & (cand_scores != -math.inf)
         eos_mask[:, :k][ignore] = False
         finished_rows: List[int] = []
         if eos_mask[:, :k].any():
-            rows, cols = eos_mask[:, :k].nonzero(as_tuple=True)
+            rows, cols = eos_mask[:, :k].nonzero()
             for r, c in zip(rows.tolist(), cols.tolist()):
                 sent = int(alive[r])
                 if len(finalized[sent]) < k:
-                    hyp = tokens[r, cand_beams[r, c], 1 : step + 2].clone()
+                    hyp = torch.from_numpy(tokens[r, cand_beams[r, c], 1 : step + 2].copy())
                     hyp[step] = eos
-                    finalized[sent].append({"tokens": hyp, "score": rules.final_score(cand_scores[r, c], step)})
+                    score = torch.from_numpy(cand_scores[r, c : c + 1].copy()).squeeze(0)
+                    finalized[sent].append({"tokens": hyp, "score": rules.final_score(score, step)})
             finished_rows = [r for r in sorted(set(rows.tolist())) if len(finalized[int(alive[r])]) >= k]
         if step >= max_len:
             break
         if finished_rows:
             if len(finished_rows) == n:
                 break
-            keep = torch.ones(n, dtype=torch.bool)
+            keep = np.ones(n, dtype=bool)
             keep[finished_rows] = False
-            index = keep.nonzero(as_tuple=True)[0]
+            index = keep.nonzero()[0]
             alive, eos_mask, ignore = alive[index], eos_mask[index], ignore[index]
             cand_beams, cand_scores, cand_tokens = cand_beams[index], cand_scores[index], cand_tokens[index]
-            tokens = tokens.index_select(0, index)
-            steps.select(index, step + 1)
-            n = index.numel()
+            tokens = tokens[index]
+            steps.select(torch.from_numpy(index), step + 1)
+            n = index.size
 
         # the k best candidates that did not end: they continue
-        eos_mask[:, :k] = ignore | eos_mask[:, :k]
-        active = eos_mask.long() * (2 * k) + cand_offsets[: eos_mask.size(1)]
-        order, active_hypos = torch.topk(active, k=k, dim=1, largest=False)
-        ignore = order.ge(2 * k)[:, :k]
-        beams = cand_beams.gather(1, active_hypos)  # (n, k) which hypothesis each continues
-        scores = cand_scores.gather(1, active_hypos)
-        next_tokens = cand_tokens.gather(1, active_hypos)
-        flat = (beams + torch.arange(n).unsqueeze(1) * k).view(-1)  # rows of (n * k) hypotheses
-        tokens = tokens.view(n * k, -1).index_select(0, flat).view(n, k, -1)
+        eos_mask[:, :k] |= ignore
+        active = eos_mask * (2 * k) + cand_offsets[: eos_mask.shape[1]]  # distinct: a stable sort is torch's top-k
+        active_hypos = np.argsort(active, axis=1, kind="stable")[:, :k]
+        rows = np.arange(n)[:, None]
+        ignore = active[rows, active_hypos] >= 2 * k
+        beams = cand_beams[rows, active_hypos]  # (n, k) which hypothesis each continues
+        scores, next_tokens = cand_scores[rows, active_hypos], cand_tokens[rows, active_hypos]
+        flat = (beams + rows * k).reshape(-1)  # rows of (n * k) hypotheses
+        tokens = tokens.reshape(n * k, -1)[flat].reshape(n, k, -1)
         tokens[:, :, step + 1] = next_tokens
-        steps.reorder(flat, step + 1)
+        steps.reorder(torch.from_numpy(flat), step + 1)
     for hyps in finalized:
         hyps.sort(key=lambda h: float(h["score"]), reverse=True)
     return finalized

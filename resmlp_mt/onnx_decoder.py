@@ -48,6 +48,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -338,16 +339,29 @@ class OnnxSteps(DecoderSteps):
                 "output_weight": weight.index_select(0, vocabulary).t().contiguous().numpy(),
                 "output_bias": (projection.bias.detach().index_select(0, vocabulary) if projection.bias is not None
                                 else torch.zeros(vocabulary.numel())).numpy()}
+        # each layer's token mixer and the names of its step inputs in the graph
+        self.mixers = [(layer.token_mixer, step_input_names(decoder, i)[:-2]) for i, layer in enumerate(decoder.layers)]
+        self._batch_feed()
+
+    def _batch_feed(self) -> None:
+        """What every step of the batch feeds unchanged (numpy views, made once per batch and
+        again when sentences leave it): the sources' padding bias, every layer's cross-attention
+        keys and values, the vocabulary map's restriction."""
+        feed = {"bias": self.bias.numpy(), **self.restriction}
+        for i, (keys, values) in enumerate(zip(self.keys, self.values)):
+            feed[f"keys_{i}"], feed[f"values_{i}"] = keys.numpy(), values.numpy()
+        self.feed = feed
+
+    def select(self, index: Tensor, used: int) -> None:
+        super().select(index, used)
+        self._batch_feed()
 
     def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        n, k = tokens.shape[:2]
-        decoder = self.model.decoder
-        feed = {"tokens": tokens[:, :, step].reshape(-1).contiguous().numpy(), "bias": self.bias.numpy(),
-                "vocabulary_bias": vocabulary_bias.values.numpy(), **self.restriction}
-        for i, (layer, history) in enumerate(zip(decoder.layers, self.history.buffers)):
-            inputs = (*layer.token_mixer.step_inputs(history, step), self.keys[i], self.values[i])
-            feed.update({name: value.numpy() for name, value in zip(step_input_names(decoder, i), inputs)})
+        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens.numpy()[:, :, step].reshape(-1)),
+                "vocabulary_bias": vocabulary_bias.values.numpy()}
+        for (mixer, names), history in zip(self.mixers, self.history.buffers):
+            feed.update(zip(names, (value.detach().numpy() for value in mixer.step_inputs(history, step))))
         top_lprobs, top_tokens, *entries = self.model.session.run(None, feed)  # inputs: views, nothing copied
-        self.history.write(step, [torch.from_numpy(e) for e in entries])
-        width = 2 * k
+        self.history.write(step, entries)
+        width = 2 * tokens.size(1)
         return Continuations(torch.from_numpy(top_lprobs[:, :, :width]), torch.from_numpy(top_tokens[:, :, :width]))
