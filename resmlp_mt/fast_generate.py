@@ -310,13 +310,16 @@ class FoldedDynamicTokenMixer(_FoldedStudyMixer):
     def step(self, x: Tensor, past: Tensor, offsets: Tensor, reach: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
         entry, u = (torch.addcmul(self.beta, x, self.alpha), None) if self.gate == "none" else self._gated(x)
-        C = entry.size(-1)
-        z = entry.reshape(-1, self.heads, C // self.heads)  # (N, H, R)
-        kernel = self.kernel_weight + self.dynamic_proj(z.view(z.size(0), C)).view(z.size(0), self.heads, -1)
+        # shapes from the layer's constants, not from tensor sizes: a traced size is shape arithmetic
+        # in the ONNX graph, a few nodes per reshape that each cost as much as a small kernel
+        H, W = self.kernel_weight.shape
+        C = self.scale.numel()
+        z = entry.reshape(-1, H, C // H)  # (N, H, R)
+        kernel = self.kernel_weight + self.dynamic_proj(entry.reshape(-1, C)).view(-1, H, W)
         rows = kernel.index_select(2, offsets) * reach  # (N, H, P)
-        groups = past.view(past.size(0), z.size(0), self.heads, -1)  # (P, N, H, R)
+        groups = past.unflatten(2, (H, C // H))  # (P, N, H, R)
         mixed = torch.einsum("nhs,snhr->nhr", rows, groups) + kernel[:, :, :1] * z
-        branch = torch.addcmul(const, mixed.reshape(entry.shape), self.scale)
+        branch = torch.addcmul(const, mixed.view_as(entry), self.scale)
         return (branch if u is None else u * branch), entry
 
 
@@ -415,9 +418,10 @@ class FoldedDecoder(nn.Module):
         return self.max_target_positions
 
     def embed(self, prefix: Tensor) -> Tensor:
-        """``prefix`` ``(N, t + 1)``, the tokens of ``N`` hypotheses up to position ``t`` -> ``(N, C)``,
-        the input of position ``t`` (its token's scaled embedding, plus its position's if any)."""
-        x = F.embedding(prefix[:, -1], self.embed_weight)
+        """``prefix`` ``(..., t + 1)``, the tokens of the hypotheses up to position ``t`` -> ``(..., C)``,
+        the input of position ``t`` (its token's scaled embedding, plus its position's if any:
+        then ``prefix`` is ``(N, t + 1)``)."""
+        x = F.embedding(prefix[..., -1], self.embed_weight)
         if self.embed_positions is not None:
             x = x + self.embed_positions(prefix, incremental_state={}).view_as(x)
         return x

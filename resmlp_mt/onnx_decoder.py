@@ -16,7 +16,7 @@ tensors), plus a shortlist of the vocabulary. It takes, for ``N = n * k`` hypoth
 sentences, beam ``k``), ``C`` channels, ``H`` heads of ``d`` channels, source length ``S``,
 vocabulary ``V``:
 
-* ``tokens`` ``(N,)`` int64, the previous output token of each hypothesis;
+* ``tokens`` ``(n, k)`` int64, the previous output token of each hypothesis;
 * ``bias`` ``(n, 1, 1, S)``, the additive padding mask of the sources;
 * ``vocabulary_bias`` ``(V,)``: the step's masks, added to the log-probabilities
   (:meth:`~resmlp_mt.fast_generate.SearchRules.vocabulary_bias`: ``-inf`` for padding, for
@@ -115,13 +115,12 @@ class DecoderStepGraph(nn.Module):
             vocabulary, output_weight, output_bias, *per_layer = inputs
         else:
             per_layer = inputs
-        x = self.decoder.embed(tokens.unsqueeze(1))  # (N, C)
+        x = self.decoder.embed(tokens.unsqueeze(-1))  # (n, k, C): no reshape, so no shape arithmetic in the graph
         layer_inputs, start = [], 0
         for size in self.layer_sizes:
             *mixer_inputs, keys, values = per_layer[start : start + size]
             layer_inputs.append((mixer_inputs, keys, values))
             start += size
-        x = x.view(bias.size(0), -1, x.size(-1))
         if not self.restricted:
             logits, entries = self.decoder.step(x, layer_inputs, bias)
             return (*shortlist(logits.float(), vocabulary_bias, SHORTLIST), *entries)
@@ -235,9 +234,9 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False, restrict
                       **{name: {0: "n", (3 if name.startswith("keys") else 2): "S"} for name in kv_names}},
                      Path(folder) / "source.onnx", int8)
 
-    example = [torch.full((N,), eos), torch.zeros(n, 1, 1, S), torch.zeros(len(decoder.dictionary))]
+    example = [torch.full((n, k), eos), torch.zeros(n, 1, 1, S), torch.zeros(len(decoder.dictionary))]
     names = ["tokens", "bias", "vocabulary_bias"]
-    dynamic = {"tokens": {0: "N"}, "bias": {0: "n", 3: "S"}}
+    dynamic = {"tokens": {0: "n", 1: "k"}, "bias": {0: "n", 3: "S"}}
     if restricted:
         M = SHORTLIST + 3
         example += [torch.arange(M), torch.zeros(C, M), torch.zeros(M)]
@@ -357,7 +356,7 @@ class OnnxSteps(DecoderSteps):
         self._batch_feed()
 
     def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens.numpy()[:, :, step].reshape(-1)),
+        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens.numpy()[:, :, step]),
                 "vocabulary_bias": vocabulary_bias.values.numpy()}
         for (mixer, names), history in zip(self.mixers, self.history.buffers):
             feed.update(zip(names, (value.detach().numpy() for value in mixer.step_inputs(history, step))))
