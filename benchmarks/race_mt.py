@@ -45,7 +45,9 @@ can happen, it scores against references decoded from the binarized data rather 
 original text, and it stores numpy arrays in the checkpoints, which the plugin's weights-only
 loading refuses. Chosen over scoring checkpoints in separate processes while training goes on:
 those would take CPU from the two trainings that already fill the two cores. A curve run also
-resumes after an interruption from its last evaluated segment (``progress.json``).
+resumes after an interruption from its last evaluated segment (``progress.json``), and a run
+stopped by its budget goes on when the stage is run again with a larger ``--max-minutes``
+(:func:`budget_grew`; nothing else may differ).
 
 Resumable: every finished run caches its figures in ``<work-dir>/<stage>/<run>/result.json``
 together with the settings that produced it; a re-run skips runs whose settings match. An
@@ -742,12 +744,17 @@ class Race:
         spec = self.spec(job)
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run
         prog = read_json(save_dir / "progress.json")
-        fresh = not (prog and prog.get("spec") == spec and prog["points"]
+        fresh = not (prog and (prog.get("spec") == spec or budget_grew(prog.get("spec"), spec)) and prog["points"]
                      and (save_dir / "checkpoint_last.pt").is_file()
                      and (save_dir / prog["points"][-1]["checkpoint"]).is_file())
         if fresh:
             prog = {"spec": spec, "points": []}
         else:
+            if prog["spec"] != spec:
+                log.info("%s the training-minutes budget grew from %g to %g: the run goes on", tag,
+                         prog["spec"]["cap_minutes"], spec["cap_minutes"])
+                prog["spec"] = spec
+                write_json(save_dir / "progress.json", prog)
             log.info("%s resuming after %d updates, %.2f training minutes", tag, prog["points"][-1]["updates"],
                      prog["points"][-1]["train_minutes"])
         early = job.early_stop
@@ -852,6 +859,17 @@ class Race:
         write_result(self.results / f"{stem}.md", text)
         print(text)
         log.info("wrote %s and %s", self.results / f"{stem}.json", self.results / f"{stem}.md")
+
+
+def budget_grew(started: Optional[dict], spec: dict) -> bool:
+    """Whether a curve run started with the settings ``started`` goes on as a run of ``spec``:
+    the two differ only by a training-minutes budget that grew. A run stopped at the smaller
+    budget is the start of the longer one, segment for segment (the same updates, evaluations and
+    checkpoints), so raising ``--max-minutes`` extends it instead of training it again."""
+    if not started or started.get("cap_minutes") is None or spec.get("cap_minutes") is None:
+        return False
+    return (spec["cap_minutes"] >= started["cap_minutes"]
+            and {**started, "cap_minutes": None} == {**spec, "cap_minutes": None})
 
 
 def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool) -> Optional[str]:

@@ -411,3 +411,47 @@ def test_runs_side_by_side_fill_every_place():
                                                                                    ["b3", "c3"]]
     assert race_mt.pack_groups([["a1", "b1"], ["c1"], ["a2", "b2"]], 2) == [["a1", "b1"], ["c1", "a2"], ["b2"]]
     assert race_mt.pack_groups([], 2) == []
+
+
+def test_a_curve_run_goes_on_when_only_its_budget_grows(tmp_path, monkeypatch):
+    """A curve run stopped at its training-minutes budget continues from its last segment when the
+    budget grows (the same run, longer); any other change of settings, a smaller budget included,
+    trains from scratch."""
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1)
+    race = race_mt.Race(args)
+    recipe = {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5}
+    job = race_mt.Job("curves", "en-de.resmlp", "resmlp", "en-de", 1, recipe, cap_minutes=10.0, segment_updates=250,
+                      early_stop=True)
+    folder = race.run_dir(job)
+    folder.mkdir(parents=True)
+    points = [{"updates": 250 * (i + 1), "train_minutes": 5.0 * (i + 1), "valid_bleu": 10.0 + i,
+               "checkpoint": f"curve_{250 * (i + 1):07d}.pt"} for i in range(2)]
+    race_mt.write_json(folder / "progress.json", {"spec": race.spec(job), "points": points})
+    for name in ("checkpoint_last.pt", "curve_0000250.pt", "curve_0000500.pt"):
+        (folder / name).write_bytes(b"")
+    assert race_mt.curve_stop_reason(points, job.cap_minutes, True).startswith("training-minutes budget")
+
+    class Trained(Exception):
+        pass
+
+    def train(job, tag, max_update=None, fresh=True, **kwargs):
+        raise Trained(max_update, fresh)
+
+    monkeypatch.setattr(race, "train", train)
+    longer = race_mt.Job(**{**race_mt.asdict(job), "cap_minutes": 20.0})
+    assert race_mt.budget_grew(race.spec(job), race.spec(longer))
+    with pytest.raises(Trained) as trained:
+        race.curve_run(longer, "[test]")
+    assert trained.value.args == (750, False)  # the third segment, resumed from checkpoint_last.pt
+    assert race_mt.read_json(folder / "progress.json")["spec"] == race.spec(longer)
+    assert len(race_mt.read_json(folder / "progress.json")["points"]) == 2
+
+    shorter = race_mt.Job(**{**race_mt.asdict(longer), "cap_minutes": 15.0})
+    assert not race_mt.budget_grew(race.spec(longer), race.spec(shorter))
+    for other in ({"seed": 2}, {"recipe": {**recipe, "lr": 2e-3}}):  # a larger budget and another setting
+        changed = race_mt.Job(**{**race_mt.asdict(longer), "cap_minutes": 30.0, **other})
+        assert not race_mt.budget_grew(race.spec(longer), race.spec(changed))
+    with pytest.raises(Trained) as trained:
+        race.curve_run(shorter, "[test]")
+    assert trained.value.args == (250, True)  # another run: from scratch
