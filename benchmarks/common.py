@@ -62,6 +62,21 @@ def repo_relative(x: Any, root: Union[str, os.PathLike, None] = None) -> Any:
     return x
 
 
+def drop_options(argv: Sequence[str], options: Dict[str, bool]) -> list:
+    """``argv`` without ``options`` (``{"--name": takes_a_value}``), written ``--name value``,
+    ``--name=value`` or, for a flag, ``--name``: e.g. a benchmark's command line without the options
+    that only choose what runs in this call, to record as the command that reproduces its results."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = options[arg]
+        elif not any(arg.startswith(name + "=") for name, value in options.items() if value):
+            kept.append(arg)
+    return kept
+
+
 def training_minutes(text: str) -> float:
     """argparse type of a training-minutes budget: a finite number >= 0 (0: a curve run stops at
     its first evaluation), else argparse's error naming the flag."""

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import repo_relative, training_minutes, write_result  # noqa: E402
+from benchmarks.common import drop_options, repo_relative, training_minutes, write_result  # noqa: E402
 from benchmarks.race_mt import (  # noqa: E402
     PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json, stop_trainings_on_sigterm,
 )
@@ -481,14 +481,7 @@ def plot(out: dict, path: Path) -> None:
 def study_command(argv: List[str]) -> str:
     """The command the report gives to reproduce it: these flags with ``--stage all`` whichever stage
     ran (a report written by ``--stage report`` comes from every stage), shell-quoted."""
-    flags, skip = [], False
-    for arg in argv:
-        if skip or arg.startswith("--stage="):
-            skip = False
-            continue
-        skip = arg == "--stage"
-        if not skip:
-            flags.append(arg)
+    flags = drop_options(argv, {"--stage": True})
     return shlex.join(["python", "-m", "benchmarks.mt_distill", "--stage", "all", *flags])
 
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
     minutes_text, pm, read_json, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
 )
-from benchmarks.common import repo_relative, training_minutes  # noqa: E402
+from benchmarks.common import drop_options, repo_relative, training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
 from resmlp_core.io import write_atomic  # noqa: E402
 
@@ -629,7 +630,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--max-runs {args.max_runs}: a positive number of runs, for --stage curves without --report-only")
     if args.report_only and args.stage != "curves":
         p.error("--report-only is for --stage curves")
-    args.command = " ".join(["python -m benchmarks.mt_token_mixers", *(sys.argv[1:] if argv is None else argv)])
+    # recorded without the options that choose what trains now, not what the results are
+    args.command = shlex.join(["python", "-m", "benchmarks.mt_token_mixers",
+                               *drop_options(sys.argv[1:] if argv is None else argv,
+                                             {"--report-only": False, "--max-runs": True})])
     return args
 
 

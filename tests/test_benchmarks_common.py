@@ -131,3 +131,13 @@ def test_training_minutes_accepts_zero_and_names_the_flag_of_a_bad_budget(capsys
             parser.parse_args(["--max-minutes", bad])
         err = capsys.readouterr().err
         assert f"argument --max-minutes: '{bad}'" in err and why in err
+
+
+def test_drop_options_removes_options_in_every_spelling_and_keeps_the_rest():
+    from benchmarks.common import drop_options
+
+    argv = ["--stage", "curves", "--max-runs", "2", "--pairs", "en-de", "--max-runs=3", "--report-only",
+            "--variant-flags=--max-runs 4", "--report-only-not"]
+    assert drop_options(argv, {"--max-runs": True, "--report-only": False}) == [
+        "--stage", "curves", "--pairs", "en-de", "--variant-flags=--max-runs 4", "--report-only-not"]
+    assert drop_options(argv, {}) == argv

@@ -233,6 +233,10 @@ def test_max_runs_trains_the_first_unfinished_runs_in_plan_order_and_skips_the_p
     for bad in (["--max-runs", "0"], ["--max-runs", "1", "--report-only"]):
         with pytest.raises(SystemExit):
             parse_args(argv[:-2] + bad)
+    # the page's command reproduces the results: without --max-runs (what trains in this call)
+    assert "--max-runs" not in out["settings"]["command"]
+    expected = shlex.join(["python", "-m", "benchmarks.mt_token_mixers", *argv[:-2]])
+    assert parse_args(argv).command == parse_args([*argv[:-2], "--report-only"]).command == expected
 
 
 def test_curves_choose_each_dropout_by_valid_never_test_and_compare_like_with_like():
