@@ -37,6 +37,7 @@ import uuid
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import CrossTokenLinear, IncrementalState
@@ -148,9 +149,27 @@ class TokenMixer(nn.Module):
         static = self.weight[:, index]
         if inputs is None or self.dynamic_proj is None:
             return static
+        return static + self._predicted(inputs, index)
+
+    def _predicted(self, inputs: Tensor, index: Tensor) -> Tensor:
+        """``(B, H, R, S)`` the predicted part of the dynamic weights: ``(P x[t])_h`` at the kernel
+        entries ``index`` ``(R, S)``, from ``inputs`` ``(R, B, C)``. Only the entries that ``index``
+        reads are predicted (a contiguous range: ``rows`` and ``cols`` are), not all ``W``: a sentence
+        of ``L`` tokens reads ``2L - 1`` of a non-causal kernel's ``2T - 1`` (with ``T`` the maximum
+        positions, 128 for a 13-token sentence: a tenth of the predictor's work). The range is
+        computed with tensor operations, so that an ONNX trace keeps the length free."""
         R, B = inputs.shape[:2]
-        predicted = self.dynamic_proj(inputs).view(R, B, self.heads, -1).permute(1, 2, 0, 3)  # (B, H, R, W)
-        return static + predicted.gather(3, index.expand(B, self.heads, *index.shape))
+        proj = self.dynamic_proj
+        if isinstance(proj, nn.Linear):
+            first = index.min()
+            used = torch.arange(first, index.max() + 1, device=index.device)  # (U,)
+            weight = proj.weight.view(self.heads, -1, proj.in_features).index_select(1, used)  # (H, U, C)
+            predicted = F.linear(inputs, weight.reshape(-1, proj.in_features))
+            index = index - first
+        else:  # a quantized predictor (no weight to slice): every entry
+            predicted = proj(inputs)
+        predicted = predicted.view(R, B, self.heads, -1).permute(1, 2, 0, 3)  # (B, H, R, U)
+        return predicted.gather(3, index.expand(B, self.heads, *index.shape))
 
     def mixing_weights(self, rows: Tensor, cols: Tensor, valid: Optional[Tensor] = None,
                        inputs: Optional[Tensor] = None) -> Tensor:
