@@ -311,7 +311,7 @@ class FoldedDynamicTokenMixer(_FoldedStudyMixer):
         """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
         entry, u = (torch.addcmul(self.beta, x, self.alpha), None) if self.gate == "none" else self._gated(x)
         # shapes from the layer's constants, not from tensor sizes: a traced size is shape arithmetic
-        # in the ONNX graph, a few nodes per reshape that each cost as much as a small kernel
+        # in the ONNX graph (a few nodes per reshape)
         H, W = self.kernel_weight.shape
         C = self.scale.numel()
         z = entry.reshape(-1, H, C // H)  # (N, H, R)
