@@ -155,9 +155,9 @@ class TokenMixer(nn.Module):
         """``(B, H, R, S)`` the predicted part of the dynamic weights: ``(P x[t])_h`` at the kernel
         entries ``index`` ``(R, S)``, from ``inputs`` ``(R, B, C)``. Only the entries that ``index``
         reads are predicted (a contiguous range: ``rows`` and ``cols`` are), not all ``W``: a sentence
-        of ``L`` tokens reads ``2L - 1`` of a non-causal kernel's ``2T - 1`` (with ``T`` the maximum
-        positions, 128 for a 13-token sentence: a tenth of the predictor's work). The range is
-        computed with tensor operations, so that an ONNX trace keeps the length free."""
+        of ``L`` tokens reads ``2L - 1`` of a non-causal kernel's ``2T - 1`` entries (``T`` the maximum
+        positions: 25 of 255 for 13 tokens and ``T = 128``). The range is computed with tensor
+        operations, so that an ONNX trace keeps the length free."""
         R, B = inputs.shape[:2]
         proj = self.dynamic_proj
         if isinstance(proj, nn.Linear):

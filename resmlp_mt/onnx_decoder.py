@@ -338,8 +338,8 @@ class OnnxSteps(DecoderSteps):
                 "output_weight": weight.index_select(0, vocabulary).t().contiguous().numpy(),
                 "output_bias": (projection.bias.detach().index_select(0, vocabulary) if projection.bias is not None
                                 else torch.zeros(vocabulary.numel())).numpy()}
-        # each layer's token mixer and the names of its step inputs in the graph
-        self.mixers = [(layer.token_mixer, step_input_names(decoder, i)[:-2]) for i, layer in enumerate(decoder.layers)]
+        # each layer's token mixer and the names of its inputs in the step graph (the mixer's, keys, values)
+        self.layers = [(layer.token_mixer, step_input_names(decoder, i)) for i, layer in enumerate(decoder.layers)]
         self._batch_feed()
 
     def _batch_feed(self) -> None:
@@ -347,8 +347,8 @@ class OnnxSteps(DecoderSteps):
         again when sentences leave it): the sources' padding bias, every layer's cross-attention
         keys and values, the vocabulary map's restriction."""
         feed = {"bias": self.bias.numpy(), **self.restriction}
-        for i, (keys, values) in enumerate(zip(self.keys, self.values)):
-            feed[f"keys_{i}"], feed[f"values_{i}"] = keys.numpy(), values.numpy()
+        for (_, names), keys, values in zip(self.layers, self.keys, self.values):
+            feed[names[-2]], feed[names[-1]] = keys.numpy(), values.numpy()
         self.feed = feed
 
     def select(self, index: Tensor, used: int) -> None:
@@ -358,8 +358,8 @@ class OnnxSteps(DecoderSteps):
     def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
         feed = {**self.feed, "tokens": np.ascontiguousarray(tokens.numpy()[:, :, step]),
                 "vocabulary_bias": vocabulary_bias.values.numpy()}
-        for (mixer, names), history in zip(self.mixers, self.history.buffers):
-            feed.update(zip(names, (value.detach().numpy() for value in mixer.step_inputs(history, step))))
+        for (mixer, names), history in zip(self.layers, self.history.buffers):
+            feed.update(zip(names[:-2], (value.detach().numpy() for value in mixer.step_inputs(history, step))))
         top_lprobs, top_tokens, *entries = self.model.session.run(None, feed)  # inputs: views, nothing copied
         self.history.write(step, entries)
         width = 2 * tokens.size(1)
