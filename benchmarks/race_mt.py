@@ -47,7 +47,8 @@ loading refuses. Chosen over scoring checkpoints in separate processes while tra
 those would take CPU from the two trainings that already fill the two cores. A curve run also
 resumes after an interruption from its last evaluated segment (``progress.json``), and a run
 stopped by its budget goes on when the stage is run again with a larger ``--max-minutes``
-(:func:`budget_grew`; nothing else may differ).
+(:func:`budget_grew`; nothing else may differ); a smaller one is refused, naming the run's folder,
+rather than training the run again and deleting it.
 
 Resumable: every finished run caches its figures in ``<work-dir>/<stage>/<run>/result.json``
 together with the settings that produced it; a re-run skips runs whose settings match. An
@@ -744,6 +745,11 @@ class Race:
         spec = self.spec(job)
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run
         prog = read_json(save_dir / "progress.json")
+        if prog and prog["points"] and budget_grew(spec, prog.get("spec")) and prog["spec"] != spec:
+            raise SystemExit(f"{tag}: {save_dir} holds this run trained with a budget of "
+                             f"{prog['spec']['cap_minutes']:g} training minutes; --max-minutes {spec['cap_minutes']:g} "
+                             "is smaller and would train it again from scratch, deleting it. Give at least the "
+                             "run's budget, or move the folder away to start over.")
         fresh = not (prog and (prog.get("spec") == spec or budget_grew(prog.get("spec"), spec)) and prog["points"]
                      and (save_dir / "checkpoint_last.pt").is_file()
                      and (save_dir / prog["points"][-1]["checkpoint"]).is_file())

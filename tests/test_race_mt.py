@@ -415,8 +415,8 @@ def test_runs_side_by_side_fill_every_place():
 
 def test_a_curve_run_goes_on_when_only_its_budget_grows(tmp_path, monkeypatch):
     """A curve run stopped at its training-minutes budget continues from its last segment when the
-    budget grows (the same run, longer); any other change of settings, a smaller budget included,
-    trains from scratch."""
+    budget grows (the same run, longer); a smaller budget is refused (it would delete the run); any
+    other change of settings trains from scratch."""
     args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
                               extra_train_args="", threads=1)
     race = race_mt.Race(args)
@@ -452,6 +452,9 @@ def test_a_curve_run_goes_on_when_only_its_budget_grows(tmp_path, monkeypatch):
     for other in ({"seed": 2}, {"recipe": {**recipe, "lr": 2e-3}}):  # a larger budget and another setting
         changed = race_mt.Job(**{**race_mt.asdict(longer), "cap_minutes": 30.0, **other})
         assert not race_mt.budget_grew(race.spec(longer), race.spec(changed))
+    with pytest.raises(SystemExit, match=r"budget of 20 training minutes; --max-minutes 15 is smaller"):
+        race.curve_run(shorter, "[test]")  # would delete the longer run: refused, nothing trained
+    assert (folder / "checkpoint_last.pt").is_file()
     with pytest.raises(Trained) as trained:
-        race.curve_run(shorter, "[test]")
-    assert trained.value.args == (250, True)  # another run: from scratch
+        race.curve_run(changed, "[test]")
+    assert trained.value.args == (250, True)  # another run (another seed or recipe): from scratch
