@@ -37,8 +37,8 @@ Stages:
 
 Runs are cached in ``--work-dir`` with the settings that produced them and resume after a kill
 (the race's harness, :mod:`benchmarks.race_mt`); a student stopped by ``--max-minutes`` goes on
-from where it stopped when the stage runs again with a larger budget; every score is sacreBLEU of mt_tools.evaluate
-(beam 4) against the original references.
+from where it stopped when the stage runs again with a larger budget; every score is sacreBLEU of
+mt_tools.evaluate (beam 4) against the original references.
 """
 
 from __future__ import annotations

@@ -745,20 +745,21 @@ class Race:
         spec = self.spec(job)
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run
         prog = read_json(save_dir / "progress.json")
-        if prog and prog["points"] and budget_grew(spec, prog.get("spec")) and prog["spec"] != spec:
+        started = prog.get("spec") if prog else None  # the settings the run in save_dir was started with
+        if prog and prog["points"] and started != spec and budget_grew(spec, started):  # its budget shrank
             raise SystemExit(f"{tag}: {save_dir} holds this run trained with a budget of "
-                             f"{prog['spec']['cap_minutes']:g} training minutes; --max-minutes {spec['cap_minutes']:g} "
+                             f"{started['cap_minutes']:g} training minutes; --max-minutes {spec['cap_minutes']:g} "
                              "is smaller and would train it again from scratch, deleting it. Give at least the "
                              "run's budget, or move the folder away to start over.")
-        fresh = not (prog and (prog.get("spec") == spec or budget_grew(prog.get("spec"), spec)) and prog["points"]
+        fresh = not (prog and (started == spec or budget_grew(started, spec)) and prog["points"]
                      and (save_dir / "checkpoint_last.pt").is_file()
                      and (save_dir / prog["points"][-1]["checkpoint"]).is_file())
         if fresh:
             prog = {"spec": spec, "points": []}
         else:
-            if prog["spec"] != spec:
+            if started != spec:
                 log.info("%s the training-minutes budget grew from %g to %g: the run goes on", tag,
-                         prog["spec"]["cap_minutes"], spec["cap_minutes"])
+                         started["cap_minutes"], spec["cap_minutes"])
                 prog["spec"] = spec
                 write_json(save_dir / "progress.json", prog)
             log.info("%s resuming after %d updates, %.2f training minutes", tag, prog["points"][-1]["updates"],

@@ -749,8 +749,8 @@ def generate(
                 if len(finalized[sent]) < k:
                     hyp = torch.from_numpy(tokens[r, cand_beams[r, c], 1 : step + 2].copy())
                     hyp[step] = eos
-                    score = torch.from_numpy(cand_scores[r, c : c + 1].copy()).squeeze(0)
-                    finalized[sent].append({"tokens": hyp, "score": rules.final_score(score, step)})
+                    finalized[sent].append({"tokens": hyp,
+                                            "score": rules.final_score(torch.tensor(cand_scores[r, c]), step)})
             finished_rows = [r for r in sorted(set(rows.tolist())) if len(finalized[int(alive[r])]) >= k]
         if step >= max_len:
             break
