@@ -21,10 +21,11 @@ Stages:
 3. ``students``: every student of ``--students`` trained the same way twice, on the distilled
    folder and on the original references, so that the effect of distillation is measured:
    ``resmlp_mt_small`` (the paper's ResMLP), ``resmlp_mt_small_deep_shallow`` (6 + 1 layers) and
-   ``--variant-flags`` (the token-mixer study's best attention-free variant) when given
-   (``--students`` with no name: the variant only).
-4. ``speed``: :mod:`benchmarks.bench_decode` with the best distilled student (by valid sacreBLEU)
-   against the teacher (rerun only when either checkpoint is newer than its figures), 1 thread,
+   each ``--variant-flags`` (a variant of the token-mixer study, named by the ``--variant-name`` at
+   the same place; repeat the pair for more students; ``--students`` with no name: the variants only).
+4. ``speed``: :mod:`benchmarks.bench_decode` with every distilled student (``--speed-students
+   best``: the best by valid sacreBLEU), each in its own run against the teacher (rerun only when
+   either checkpoint is newer than its figures), 1 thread,
    beam 4: sentences/s at batch 128 and batch 1 and the equal-output-length rows, the student
    through the project's engines (fast and ONNX, int8), the teacher through CTranslate2 int8 and
    fairseq; and both again with a vocabulary map (a lexical shortlist learned from the references,
@@ -54,6 +55,7 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.common import drop_options, repo_relative, training_minutes, write_result  # noqa: E402
+from benchmarks.mt_token_mixers import parameters  # noqa: E402
 from benchmarks.race_mt import (  # noqa: E402
     PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json, stop_trainings_on_sigterm,
 )
@@ -114,8 +116,8 @@ class DistillStudy(Race):
     def student_jobs(self, pair: str) -> List[Job]:
         a = self.args
         students = {name: STUDENTS[name] for name in a.students}
-        if a.variant_flags:
-            students[a.variant_name] = (f"the token-mixer study's variant: {a.variant_flags}", a.variant_flags.split())
+        for name, flags in a.variants.items():
+            students[name] = (f"the token-mixer study's variant: {flags}", flags.split())
         jobs = []
         for name, (_what, flags) in students.items():
             for kind, data in (("distilled", str(self.distilled(pair))), ("references", None)):
@@ -159,28 +161,31 @@ class DistillStudy(Race):
 
         a = self.args
         for pair in a.pairs:
-            best = self.best_student(pair)
-            if best is None:
+            students = self.distilled_students(pair)
+            if not students:
                 raise SystemExit("no distilled student is trained yet: run --stage students first")
-            out = self.work / "speed" / f"{pair}.{best['name']}"
+            self.export(pair, max(students, key=lambda r: r["valid"]))
+            if a.speed_students == "best":
+                students = [max(students, key=lambda r: r["valid"])]
             teacher = self.teacher_checkpoint(pair)
-            json_file = out.with_name(out.name + ".json")
-            self.export(pair, best)
             vmap = self.vocabulary_map(pair) if a.vocabulary_map else None
-            if (json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
-                                                                          best["checkpoint"].stat().st_mtime)
-                    and bool(read_json(json_file)["settings"].get("vocabulary_map")) == bool(vmap)):
-                log.info("[speed] %s: cached (%s)", pair, json_file)
-                continue
-            argv = ["--data", str(self.data(pair)), "--resmlp", str(best["checkpoint"]),
-                    "--transformer", str(teacher), "--threads", "1", "--out", str(out),
-                    "--work-dir", str(self.work / "speed" / "work")]
-            if vmap is not None:
-                argv += ["--vocabulary-map", str(vmap)]
-            if a.quick:
-                argv.append("--quick")
-            log.info("[speed] %s: bench_decode %s", pair, " ".join(argv))
-            bench_decode.main(argv)
+            for student in students:
+                out = self.work / "speed" / f"{pair}.{student['name']}"
+                json_file = out.with_name(out.name + ".json")
+                if (json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
+                                                                              student["checkpoint"].stat().st_mtime)
+                        and bool(read_json(json_file)["settings"].get("vocabulary_map")) == bool(vmap)):
+                    log.info("[speed] %s %s: cached (%s)", pair, student["name"], json_file)
+                    continue
+                argv = ["--data", str(self.data(pair)), "--resmlp", str(student["checkpoint"]),
+                        "--transformer", str(teacher), "--threads", "1", "--out", str(out),
+                        "--work-dir", str(self.work / "speed" / "work")]
+                if vmap is not None:
+                    argv += ["--vocabulary-map", str(vmap)]
+                if a.quick:
+                    argv.append("--quick")
+                log.info("[speed] %s %s: bench_decode %s", pair, student["name"], " ".join(argv))
+                bench_decode.main(argv)
 
     def vocabulary_map(self, pair: str) -> Path:
         """The vocabulary map of the speed stage's rows with a lexical shortlist, for teacher and
@@ -215,8 +220,9 @@ class DistillStudy(Race):
         log.info("[speed] %s: exported %s (%s -> %s)", pair, info["folder"], sentence, info["translation"])
         return info
 
-    def best_student(self, pair: str) -> Optional[dict]:
-        """The distilled student with the best valid sacreBLEU of its reported model."""
+    def distilled_students(self, pair: str) -> List[dict]:
+        """Every trained student on the distilled data: its name, reported model, checkpoint and
+        valid sacreBLEU."""
         found = []
         for job in self.student_jobs(pair):
             result = self.cached(job)
@@ -224,7 +230,11 @@ class DistillStudy(Race):
                 model, name = reported_model(result)
                 found.append({"name": job.name.split(".")[1], "model": model, "checkpoint": self.run_dir(job) / name,
                               "valid": result["eval"][model]["valid"]["sacrebleu"]})
-        return max(found, key=lambda r: r["valid"]) if found else None
+        return found
+
+    def best_student(self, pair: str) -> Optional[dict]:
+        """The distilled student with the best valid sacreBLEU of its reported model."""
+        return max(self.distilled_students(pair), key=lambda r: r["valid"], default=None)
 
     def teacher_run_settings(self) -> dict:
         """What the report says of a ``--teacher-run`` teacher (nothing for the study's own):
@@ -242,21 +252,23 @@ class DistillStudy(Race):
                             "teacher_max_minutes": self.teacher_minutes,
                             "teacher_recipe": TEACHER_RECIPE, "student_recipe": STUDENT_RECIPE,
                             **self.teacher_run_settings(),
-                            "variant_flags": a.variant_flags, "command": a.command},
+                            "variants": a.variants, "command": a.command},
                "machine": self.record_machine(), "pairs": {}, "goals": []}
         for pair in a.pairs:
             teacher = self.teacher_result(pair)
             rows = []
             if teacher:
-                rows.append(_row("teacher (Transformer)", "references", teacher))
+                rows.append(_row("teacher (Transformer)", "references", teacher, parameters(self.teacher_dir(pair))))
             for job in self.student_jobs(pair):
                 result = self.cached(job)
                 if result:
-                    rows.append(_row(job.name.split(".")[1], targets_of(job), result))
+                    rows.append(_row(job.name.split(".")[1], targets_of(job), result, parameters(self.run_dir(job))))
             best = (self.best_student(pair) or {}).get("name")
-            speed = read_json(self.work / "speed" / f"{pair}.{best}.json")
+            by_student = {r["name"]: _speed_summary(read_json(self.work / "speed" / f"{pair}.{r['name']}.json"))
+                          for r in sorted(self.distilled_students(pair), key=lambda r: -r["valid"])}
             out["pairs"][pair] = {"rows": rows, "distillation": (read_json(self.distilled(pair) / "prep.json") or {})
-                                  .get("distillation"), "speed": _speed_summary(speed),
+                                  .get("distillation"), "speed": by_student.get(best),
+                                  "speed_by_student": {k: v for k, v in by_student.items() if v},
                                   "export": read_json(self.work / "export" / f"{pair}.{best}.json")}
         out["summary"] = summary(out)
         out["goals"] = assess(out)
@@ -300,10 +312,10 @@ def reported_model(result: dict) -> tuple:
     return "best", "checkpoint_best_bleu.pt"
 
 
-def _row(name: str, data: str, result: dict) -> dict:
+def _row(name: str, data: str, result: dict, params: Optional[int] = None) -> dict:
     model, _ = reported_model(result)
     e = result["eval"][model]
-    return {"model": name, "data": data, "reported": model, "test": e["test"]["sacrebleu"],
+    return {"model": name, "data": data, "parameters": params, "reported": model, "test": e["test"]["sacrebleu"],
             "valid": e["valid"]["sacrebleu"], "updates": result["updates"], "train_minutes": result["train_minutes"],
             "converged": result["converged"],
             "valid_curve": [[q["updates"], q["valid_bleu"]] for q in result.get("points", [])]}
@@ -422,27 +434,34 @@ def markdown(out: dict) -> str:
              f"Reproduce: `{s['command']}`.", "", _machine_line(out["machine"]), ""]
     for pair, p in out["pairs"].items():
         lines += [f"## {pair}", "",
-                  "| model | trained on | test sacreBLEU | valid sacreBLEU | updates | training min | converged |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+                  "| model | trained on | parameters | test sacreBLEU | valid sacreBLEU | updates | training min "
+                  "| converged |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in p["rows"]:
-            lines.append(f"| {r['model']} | {r['data']} | {r['test']:.2f} | {r['valid']:.2f} | {r['updates']} | "
-                         f"{r['train_minutes']:.1f} | {'yes' if r['converged'] else 'no (budget)'} |")
-        if p.get("speed"):
-            lines += ["", "| batch | vocabulary map | student engine (int8) | student sent/s "
+            params = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
+            lines.append(f"| {r['model']} | {r['data']} | {params} | {r['test']:.2f} | {r['valid']:.2f} | "
+                         f"{r['updates']} | {r['train_minutes']:.1f} | {'yes' if r['converged'] else 'no (budget)'} |")
+        speeds = p.get("speed_by_student") or {}
+        if speeds:
+            lines += ["", "Decoding, 1 thread, beam 4, each distilled student measured in its own run beside the "
+                      "teacher (best student by valid sacreBLEU first):", "",
+                      "| student | batch | vocabulary map | student engine (int8) | student sent/s "
                       "| teacher CTranslate2 int8 sent/s | teacher fairseq sent/s "
-                      "| speedup over CTranslate2 int8 |", "|---:|---|---|---:|---:|---:|---:|"]
-            for key, v in p["speed"].items():
-                if not key.startswith("b"):
-                    continue
-                fairseq = v["teacher_fairseq_sentences_per_second"]
-                fs = f"{fairseq:.1f}" if fairseq else "-"
-                lines.append(f"| {v['batch_size']} | {'both' if v.get('vocabulary_map') else 'no'} | "
-                             f"{v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
-                             f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
-        ratios = (p.get("speed") or {}).get("equal_length_tokens_per_second_ratios")
-        if ratios:
-            lines += ["", "Equal output length (every hypothesis forced to the same length; tokens/s ratios, "
-                      "student over teacher): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + "."]
+                      "| speedup over CTranslate2 int8 |", "|---|---:|---|---|---:|---:|---:|---:|"]
+            for student, speed in speeds.items():
+                for key, v in speed.items():
+                    if not key.startswith("b"):
+                        continue
+                    fairseq = v["teacher_fairseq_sentences_per_second"]
+                    fs = f"{fairseq:.1f}" if fairseq else "-"
+                    lines.append(f"| {student} | {v['batch_size']} | {'both' if v.get('vocabulary_map') else 'no'} | "
+                                 f"{v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
+                                 f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
+            for student, speed in speeds.items():
+                ratios = speed.get("equal_length_tokens_per_second_ratios")
+                if ratios:
+                    lines += ["", f"Equal output length, {student} (every hypothesis forced to the same length; "
+                              "tokens/s ratios, student over teacher): "
+                              + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + "."]
         if p.get("export"):
             e = p["export"]
             lines += ["", f"The best student exported as a model folder, `{e['folder']}` (scripts/export_model.py), "
@@ -455,27 +474,46 @@ def markdown(out: dict) -> str:
 
 
 def plot(out: dict, path: Path) -> None:
-    """Quality against decoding speed at batch 128: the teacher (CTranslate2 int8) and the best student."""
+    """Quality against decoding speed at batch 128: the teacher (CTranslate2 int8, in the best
+    student's run) and every distilled student whose speed was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = out.get("summary")
-    speed = (out["pairs"].get(s["pair"], {}).get("speed") or {}).get("b128") if s else None
+    p = out["pairs"].get(s["pair"], {}) if s else {}
+    speed = (p.get("speed") or {}).get("b128")
     if not speed:
         return
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter([speed["teacher_ct2_int8_sentences_per_second"]], [s["teacher_test_bleu"]],
+    test = {r["model"]: r["test"] for r in p["rows"] if r["data"] == "distilled"}
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.scatter([speed["teacher_ct2_int8_sentences_per_second"]], [s["teacher_test_bleu"]], marker="s",
                label="teacher, CTranslate2 int8")
-    ax.scatter([speed["student_sentences_per_second"]], [s["student_test_bleu"]],
-               label=f"{s['student']}, {speed['student_engine']} int8")
+    for student, v in (p.get("speed_by_student") or {}).items():
+        if "b128" in v and student in test:
+            ax.scatter([v["b128"]["student_sentences_per_second"]], [test[student]],
+                       label=f"{student}, {v['b128']['student_engine']} int8")
     ax.set_xlabel("sentences/s, batch 128, 1 thread")
     ax.set_ylabel("test sacreBLEU")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def variants_of(names: List[str], flags: List[str]) -> Dict[str, str]:
+    """``{name: fairseq-train flags}`` from the repeated ``--variant-name`` and ``--variant-flags``
+    (paired in order; one variant alone may go unnamed: ``variant``). ValueError names the problem."""
+    flags = [f for f in flags if f.strip()]
+    if not names and len(flags) == 1:
+        names = ["variant"]
+    if len(names) != len(flags):
+        raise ValueError(f"give one --variant-name per --variant-flags ({len(names)} names, {len(flags)} flags)")
+    taken = [n for n in names if n in STUDENTS or "." in n]
+    if taken or len(set(names)) != len(names):
+        raise ValueError(f"--variant-name must be unique, without '.', and not a --students name: {names}")
+    return dict(zip(names, flags))
 
 
 def study_command(argv: List[str]) -> str:
@@ -491,8 +529,15 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=["en-de"])
     p.add_argument("--students", nargs="*", choices=list(STUDENTS), default=list(STUDENTS),
                    help="students to train (none: only --variant-flags)")
-    p.add_argument("--variant-flags", default="", help="the token-mixer study's best variant, as fairseq-train flags")
-    p.add_argument("--variant-name", default="variant", help="its name in the tables")
+    p.add_argument("--variant-flags", action="append", default=[],
+                   help="a student from the token-mixer study, as fairseq-train flags; repeat it (each with its "
+                        "--variant-name) for more than one")
+    p.add_argument("--variant-name", action="append", default=[],
+                   help="the name in the tables of the --variant-flags at the same place (one variant alone may "
+                        "leave it out: 'variant')")
+    p.add_argument("--speed-students", choices=["all", "best"], default="all",
+                   help="speed: every distilled student (each in its own decoding run beside the teacher, about "
+                        "13 minutes on 1 thread) or only the best by valid sacreBLEU")
     p.add_argument("--eval-every", type=int, default=250, help="updates between validations")
     p.add_argument("--max-minutes", type=training_minutes, default=120.0,
                    help="most training minutes per model (0: stop at the first evaluation)")
@@ -519,7 +564,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test (tiny bench_decode)")
     p.add_argument("--extra-train-args", default="", help=argparse.SUPPRESS)  # testing: e.g. a tiny model
     args = p.parse_args(argv)
-    if not args.students and not args.variant_flags:
+    try:
+        args.variants = variants_of(args.variant_name, args.variant_flags)
+    except ValueError as e:
+        p.error(str(e))
+    if not args.students and not args.variants:
         p.error("--students names no student and --variant-flags is empty: nothing to train")
     if args.teacher_run:
         problem = check_teacher_run(args.teacher_run, args.pairs)

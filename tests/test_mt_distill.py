@@ -100,6 +100,23 @@ def test_bad_input_names_the_flag(tmp_path):
     assert result.returncode == 2 and "error: --data" in result.stderr
     nothing = run([sys.executable, "-m", "benchmarks.mt_distill", "--stage", "students", "--students"], check=False)
     assert nothing.returncode == 2 and "--students names no student and --variant-flags is empty" in nothing.stderr
+    unpaired = run([sys.executable, "-m", "benchmarks.mt_distill", "--stage", "report", "--variant-flags=--arch a",
+                    "--variant-flags=--arch b"], check=False)
+    assert unpaired.returncode == 2 and "one --variant-name per --variant-flags (0 names, 2 flags)" in unpaired.stderr
+
+
+def test_variants_are_named_students():
+    from benchmarks.mt_distill import variants_of
+
+    assert variants_of([], ["--arch a"]) == {"variant": "--arch a"}
+    assert variants_of(["six", "three"], ["--arch a", "--arch a --encoder-layers 3"]) == {
+        "six": "--arch a", "three": "--arch a --encoder-layers 3"}
+    assert variants_of([], []) == {}
+    for names in (["same", "same"], ["resmlp_mt_small", "b"], ["a.b", "c"]):
+        with pytest.raises(ValueError, match="must be unique"):
+            variants_of(names, ["--arch a", "--arch b"])
+    with pytest.raises(ValueError, match="1 names, 0 flags"):
+        variants_of(["lonely"], [])
 
 
 def test_the_report_reproduces_the_whole_study_with_its_flags():
@@ -128,17 +145,19 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
                "--results-dir", tmp_path / "results",
                "--eval-every", "20", "--max-minutes", "0", "--progress-seconds", "0", "--no-progress-bar",
                "--students", "resmlp_mt_small_deep_shallow",
+               "--variant-name", "relative", "--variant-flags=--token-mixer-positions relative",
                "--extra-train-args", tiny]
     # the students on the references need no teacher: they can train first (beside the teacher)
     references = run([*command[:5], "students", *command[6:], "--student-targets", "references"])
-    assert "1 to run" in references.stdout and not (tmp_path / "work" / "distilled").exists()
+    assert "2 to run" in references.stdout and not (tmp_path / "work" / "distilled").exists()
     result = run(command)
-    assert "[students] 2 runs: 1 cached (skipped), 1 to run" in result.stdout
+    assert "[students] 4 runs: 2 cached (skipped), 2 to run" in result.stdout
     out = json.loads((tmp_path / "results" / "mt_distill.json").read_text())
     rows = out["pairs"]["en-de"]["rows"]
     assert [(r["model"], r["data"]) for r in rows] == [
         ("teacher (Transformer)", "references"), ("resmlp_mt_small_deep_shallow", "distilled"),
-        ("resmlp_mt_small_deep_shallow", "references")]
+        ("resmlp_mt_small_deep_shallow", "references"), ("relative", "distilled"), ("relative", "references")]
+    assert all(r["parameters"] > 0 for r in rows)
     summary = out["summary"]
     assert set(summary) >= {"student", "teacher_test_bleu", "student_test_bleu", "speedup_b128", "speedup_b1"}
     assert summary["teacher_test_bleu"] == rows[0]["test"]
@@ -148,21 +167,26 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     # the speed stage's rows with a vocabulary map: one map, learned from the references, for both
     assert (tmp_path / "work" / "speed" / "en-de.vmap.txt").is_file()
     speed = out["pairs"]["en-de"]["speed"]
+    best = max((r for r in rows if r["data"] == "distilled"), key=lambda r: r["valid"])["model"]
+    by_student = out["pairs"]["en-de"]["speed_by_student"]  # every distilled student, the best first
+    assert sorted(by_student) == ["relative", "resmlp_mt_small_deep_shallow"]
+    assert list(by_student)[0] == best and by_student[best] == speed
     assert set(summary) >= {"speedup_b128_vocabulary_map", "speedup_b1_vocabulary_map"}
     if "b128" in speed:  # CTranslate2 installed: the teacher's rows exist, with and without the map
         assert speed["b128_vocabulary_map"]["vocabulary_map"] and not speed["b128"]["vocabulary_map"]
         assert speed["b128_vocabulary_map"]["student_engine"] == "API engine=onnx, vocabulary map"
         assert summary["speedup_b1_vocabulary_map"] == speed["b1_vocabulary_map"]["speedup"] > 0
     text = (tmp_path / "results" / "mt_distill.md").read_text()
-    exported = out["pairs"]["en-de"]["export"]  # loaded back with from_pretrained, which translated
-    assert exported["folder"].endswith("work/export/en-de.resmlp_mt_small_deep_shallow")
-    assert (tmp_path / "work" / "export" / "en-de.resmlp_mt_small_deep_shallow" / "model.pt").is_file()
+    exported = out["pairs"]["en-de"]["export"]  # the best, loaded back with from_pretrained, which translated
+    assert exported["folder"].endswith(f"work/export/en-de.{best}")
+    assert (tmp_path / "work" / "export" / f"en-de.{best}" / "model.pt").is_file()
     assert isinstance(exported["translation"], str) and "from_pretrained" in text
     assert "## Goals" in text and f" {tmp_path}" not in text and f"`{tmp_path}" not in text  # no absolute paths
     # a rerun trains nothing again
     again = run(command)
     assert "0 to run" in again.stdout and "translating the training sources" not in again.stdout
-    assert "[speed] en-de: cached" in again.stdout
+    assert "[speed] en-de resmlp_mt_small_deep_shallow: cached" in again.stdout
+    assert "[speed] en-de relative: cached" in again.stdout
     assert result.returncode == 0
     # --teacher-run: a finished curve run is the teacher (here the study's own): nothing trains, the
     # report's teacher row is that run's and its folder is recorded
