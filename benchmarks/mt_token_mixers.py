@@ -29,7 +29,10 @@ plateau, else the last checkpoint; never by test); each variant minus the Transf
 chosen dropouts, by the same model of both. Runs in the order that reaches the verdict first: the
 variants beside the Transformer at each dropout, En-De then En-Fr, then the paper's mixer, the
 reference (:meth:`TokenMixerStudy.curve_plan`). Writes
-results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points).
+results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points). ``--layers 6 1``
+gives every system, the Transformer too, 6 encoder and 1 decoder layers (runs named
+``en-de.transformer.layers6+1.dropout0.2``), for deep-encoder shallow-decoder models compared at
+equal depth.
 
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves                # the full study
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
@@ -133,6 +136,16 @@ def parameters(run_dir: Path):
         if m:
             return int(m.group(1).replace(",", ""))
     return None
+
+
+def layers_flags(layers: Optional[List[int]]) -> List[str]:
+    """fairseq-train flags of ``--layers ENCODER DECODER`` (none: each system's own, 3 + 3)."""
+    return ["--encoder-layers", str(layers[0]), "--decoder-layers", str(layers[1])] if layers else []
+
+
+def depth_suffix(layers: Optional[List[int]]) -> str:
+    """What a run's name says of ``--layers`` (nothing for the systems' own depth): ``.layers6+1``."""
+    return f".layers{layers[0]}+{layers[1]}" if layers else ""
 
 
 def system_recipe_flags(variant: str, lr: float) -> tuple:
@@ -261,10 +274,12 @@ class TokenMixerStudy(Race):
         (after scripts/train_multi30k.sh's own 0.1, so it overrides it)."""
         a = self.args
         system, recipe, flags = system_recipe_flags(variant, a.lrs[0])
-        job = Job("token_mixers_curves", f"{pair}.{variant}.dropout{dropout:g}", system, pair, 1, recipe,
-                  label=f"{pair} {variant} dropout {dropout:g}", cap_minutes=a.max_minutes,
+        depth = layers_flags(a.layers)
+        name = f"{pair}.{variant}{depth_suffix(a.layers)}.dropout{dropout:g}"
+        job = Job("token_mixers_curves", name, system, pair, 1, recipe,
+                  label=f"{pair} {variant}{depth_suffix(a.layers)} dropout {dropout:g}", cap_minutes=a.max_minutes,
                   segment_updates=a.eval_every, early_stop=True,
-                  train_args=[*SEGMENT_ARGS, *flags, "--dropout", f"{dropout:g}"],
+                  train_args=[*SEGMENT_ARGS, *flags, *depth, "--dropout", f"{dropout:g}"],
                   estimate_minutes=min(CURVE_RUN_MINUTES, a.max_minutes * 1.3 + 6))
         return variant, dropout, job
 
@@ -301,7 +316,8 @@ class TokenMixerStudy(Race):
             elif job.name in carried:
                 runs.append(carried[job.name])
         out = {"settings": {"pairs": [p for p in PAIRS if p in a.pairs], "variants": [*a.curve_variants, TRANSFORMER],
-                            "dropouts": a.dropouts, "seed": 1, "eval_every": a.eval_every, "patience": PATIENCE,
+                            "layers": a.layers, "dropouts": a.dropouts, "seed": 1, "eval_every": a.eval_every,
+                            "patience": PATIENCE,
                             "average_last": AVERAGE_LAST, "max_training_minutes": a.max_minutes,
                             "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
                             "method": (f"training in segments of {a.eval_every} updates (fairseq-train --max-update, "
@@ -499,7 +515,10 @@ def curves_markdown(d: dict) -> str:
     grid = ", ".join(f"{x:g}" for x in s["dropouts"])
     lines = [f"# Token-mixer curves: Multi30k to convergence, dropout {{{grid}}}", "",
              f"The ResMLP variants {', '.join(v for v in s['variants'] if v != TRANSFORMER)} and the tuned "
-             f"Transformer, each at every dropout of the grid, seed {s['seed']}. Method: {s['method']}. Reported "
+             f"Transformer, "
+             + (f"every one with {s['layers'][0]} encoder and {s['layers'][1]} decoder layers, "
+                if s.get("layers") else "") +
+             f"each at every dropout of the grid, seed {s['seed']}. Method: {s['method']}. Reported "
              f"model: the average of the last {s['average_last']} checkpoints when the run early-stopped (a "
              "plateau), else the last checkpoint (a run stopped by its minutes is still rising). Each system's "
              "dropout is chosen by its reported model's VALID sacreBLEU, never by test; the test column of that "
@@ -589,6 +608,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="curves: the ResMLP variants trained to convergence beside the Transformer")
     p.add_argument("--dropouts", type=float, nargs="+", default=[0.1, 0.2, 0.3],
                    help="curves: the dropout grid; each system is reported at its best (by valid sacreBLEU)")
+    p.add_argument("--layers", type=int, nargs=2, default=None, metavar=("ENCODER", "DECODER"),
+                   help="curves: every system's encoder and decoder layers, the Transformer's too (default: their own "
+                        "3 + 3), e.g. 6 1 for deep-encoder shallow-decoder models; the runs' names say it "
+                        "(en-de.transformer.layers6+1.dropout0.2)")
     p.add_argument("--eval-every", type=int, default=250, help="curves: updates between validations")
     p.add_argument("--max-minutes", type=training_minutes, default=150.0,
                    help="curves: training minutes of a run if early stopping has not stopped it "
@@ -626,6 +649,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--curve-variants must be distinct")
     if args.eval_every < 1:
         p.error(f"--eval-every {args.eval_every}: must be at least 1")
+    if args.layers and (min(args.layers) < 1 or args.stage != "curves"):
+        p.error(f"--layers {' '.join(map(str, args.layers))}: two positive layer counts, for --stage curves")
     if args.max_runs is not None and (args.max_runs < 1 or args.stage != "curves" or args.report_only):
         p.error(f"--max-runs {args.max_runs}: a positive number of runs, for --stage curves without --report-only")
     if args.report_only and args.stage != "curves":

@@ -214,6 +214,28 @@ def test_published_curve_runs_carry_over_only_with_the_plans_settings_and_no_loc
     assert sorted(carrying.published_curve_runs("mt_token_mixers_curves", jobs)) == [jobs[1].name]
 
 
+def test_layers_give_every_system_of_the_curves_the_same_depth_under_its_own_names(tmp_path):
+    """--layers 6 1: the variant and the Transformer both train with 6 encoder and 1 decoder layers
+    (flags after the system's own, so they override scripts/train_multi30k.sh's 3 + 3), in runs
+    whose names say so: the 3 + 3 runs' cache is never taken for them."""
+    argv = ["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu", "--work-dir", str(tmp_path)]
+    plain = [job for slot in TokenMixerStudy(parse_args(argv)).curve_plan() for _, _, job in slot]
+    deep = [job for slot in TokenMixerStudy(parse_args([*argv, "--layers", "6", "1"])).curve_plan()
+            for _, _, job in slot]
+    assert [j.name for j in plain][:2] == ["en-de.relative_glu.dropout0.1", "en-de.transformer.dropout0.1"]
+    assert [j.name for j in deep] == [j.name.replace(".dropout", ".layers6+1.dropout") for j in plain]
+    for p, d in zip(plain, deep):
+        assert "--encoder-layers" not in p.train_args
+        flags = d.train_args
+        assert flags[flags.index("--encoder-layers"):][:4] == ["--encoder-layers", "6", "--decoder-layers", "1"]
+        assert flags[-2:] == p.train_args[-2:]  # the dropout still last
+    for bad in (["--layers", "0", "1"], ["--layers", "6"]):
+        with pytest.raises(SystemExit):
+            parse_args([*argv, *bad])
+    with pytest.raises(SystemExit):
+        parse_args(["--stage", "race", "--layers", "6", "1"])
+
+
 def test_max_runs_trains_the_first_unfinished_runs_in_plan_order_and_skips_the_published(tmp_path, monkeypatch):
     argv = ["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu", "--work-dir",
             str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--max-runs", "2"]
