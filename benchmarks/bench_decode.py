@@ -87,7 +87,9 @@ GROUPS = {
     "batch": "Throughput, batch {batch}",
     "latency": "Latency, batch 1",
     "equal": "Equal output length: every hypothesis {length} pieces + end-of-sentence",
+    "equal_latency": "Equal output length, batch 1: every hypothesis {length} pieces + end-of-sentence",
 }
+EQUAL_GROUPS = ("equal", "equal_latency")
 
 
 def say(message: str) -> None:
@@ -299,18 +301,27 @@ def counting_decode(translator):
         del translator.decode
 
 
-def run_api(translator, sources: List[str], engine: str, batch: int, beam: int) -> Measurement:
+def run_api(translator, sources: List[str], engine: str, batch: int, beam: int,
+            length: Optional[int] = None) -> Measurement:
+    """The API's ``engine`` at ``batch`` (1: each sentence timed on its own); with ``length``,
+    ``min_len = max_len_b = length``, ``max_len_a = 0``, and every hypothesis checked to have
+    ``length`` pieces + end-of-sentence."""
+    options = {} if length is None else dict(min_len=length, max_len_a=0, max_len_b=length)
     with counting_decode(translator) as counts:
         if batch == 1:
             hyps, latencies = [], []
             for sentence in sources:
                 start = time.perf_counter()
-                hyps.append(translator.translate([sentence], beam=beam, batch_size=1, engine=engine)[0])
+                hyps.append(translator.translate([sentence], beam=beam, batch_size=1, engine=engine, **options)[0])
                 latencies.append(1000 * (time.perf_counter() - start))
-            return Measurement(sum(latencies) / 1000, hyps, list(counts), latencies_ms=latencies)
-        start = time.perf_counter()
-        hyps = translator.translate(sources, beam=beam, batch_size=batch, engine=engine)
-        return Measurement(time.perf_counter() - start, hyps, list(counts))
+            measurement = Measurement(sum(latencies) / 1000, hyps, list(counts), latencies_ms=latencies)
+        else:
+            start = time.perf_counter()
+            hyps = translator.translate(sources, beam=beam, batch_size=batch, engine=engine, **options)
+            measurement = Measurement(time.perf_counter() - start, hyps, list(counts))
+    if length is not None and any(n != length + 1 for n in counts):
+        raise RuntimeError(f"{engine}: hypotheses of {sorted(set(counts))} tokens, not {length} + end-of-sentence")
+    return measurement
 
 
 def run_generator_fixed_length(hub, sources: List[str], batch: int, beam: int, length: int,
@@ -327,20 +338,6 @@ def run_generator_fixed_length(hub, sources: List[str], batch: int, beam: int, l
         else:
             hyps = hub.sample([normalize(s) for s in sources], **options)
         return Measurement(time.perf_counter() - start, hyps, list(counts))
-
-
-def run_api_fixed_length(translator, sources: List[str], batch: int, beam: int, length: int,
-                          engine: str = "fast") -> Measurement:
-    """The API's ``engine`` (fast or onnx) with ``min_len = max_len_b = length``, ``max_len_a = 0``;
-    checks that every hypothesis has ``length`` pieces + end-of-sentence."""
-    with counting_decode(translator) as counts:
-        start = time.perf_counter()
-        hyps = translator.translate(sources, beam=beam, batch_size=batch, engine=engine,
-                                    min_len=length, max_len_a=0, max_len_b=length)
-        seconds = time.perf_counter() - start
-    if any(n != length + 1 for n in counts):
-        raise RuntimeError(f"{engine}: hypotheses of {sorted(set(counts))} tokens, not {length} + end-of-sentence")
-    return Measurement(seconds, hyps, list(counts))
 
 
 class CT2System:
@@ -550,15 +547,25 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
             Row("transformer/sequence-generator/fp32/L", "equal", "Transformer", "SequenceGenerator in process", "fp32",
                 B, ms, lambda s: run_generator_fixed_length(transformer, s, B, beam, L, transformer_normalize)),
             Row("resmlp/fast/fp32/L", "equal", "ResMLP", "fast path", "fp32", B, ms,
-                lambda s: run_api_fixed_length(fp32, s, B, beam, L)),
+                lambda s: run_api(fp32, s, "fast", B, beam, L)),
             Row("resmlp/fast/int8/L", "equal", "ResMLP", "fast path", "int8", B, ms,
-                lambda s: run_api_fixed_length(int8, s, B, beam, L)),
+                lambda s: run_api(int8, s, "fast", B, beam, L)),
             Row("resmlp/onnx/int8/L", "equal", "ResMLP", "ONNX step", "int8", B, ms,
-                lambda s: run_api_fixed_length(int8, s, B, beam, L, engine="onnx")),
+                lambda s: run_api(int8, s, "onnx", B, beam, L)),
         ]
         for p, system in ct2.items():
             rows.append(Row(f"transformer/ctranslate2/{p}/L", "equal", "Transformer", "CTranslate2", p, B, ms,
                             lambda s, c=system: c.run(s, B, beam, length=L)))
+    if L > 0 and args.latency_sentences > 0:  # the fastest engines of each system, one sentence at a time
+        rows += [
+            Row("resmlp/fast/int8/L1", "equal_latency", "ResMLP", "fast path", "int8", 1, ls,
+                lambda s: run_api(int8, s, "fast", 1, beam, L)),
+            Row("resmlp/onnx/int8/L1", "equal_latency", "ResMLP", "ONNX step", "int8", 1, ls,
+                lambda s: run_api(int8, s, "onnx", 1, beam, L)),
+        ]
+        if "int8" in ct2:
+            rows.append(Row("transformer/ctranslate2/int8/L1", "equal_latency", "Transformer", "CTranslate2", "int8",
+                            1, ls, lambda s: ct2["int8"].run(s, 1, beam, length=L)))
     return rows
 
 
@@ -570,7 +577,7 @@ def warm_up(rows: List[Row]) -> None:
 
 
 def check_equal_length(row: Row, m: Measurement, length: int) -> None:
-    if row.group == "equal" and any(n != length + 1 for n in m.lengths):
+    if row.group in EQUAL_GROUPS and any(n != length + 1 for n in m.lengths):
         raise RuntimeError(f"{row.key}: hypotheses of {sorted(set(m.lengths))} tokens, expected {length} + 1 each")
 
 
@@ -616,6 +623,8 @@ def equal_length_ratios(results: List[dict]) -> dict:
         "fast path fp32 / CTranslate2 fp32": ("resmlp/fast/fp32/L", "transformer/ctranslate2/fp32/L"),
         "fast path int8 / CTranslate2 int8": ("resmlp/fast/int8/L", "transformer/ctranslate2/int8/L"),
         "ONNX step int8 / CTranslate2 int8": ("resmlp/onnx/int8/L", "transformer/ctranslate2/int8/L"),
+        "batch 1, fast path int8 / CTranslate2 int8": ("resmlp/fast/int8/L1", "transformer/ctranslate2/int8/L1"),
+        "batch 1, ONNX step int8 / CTranslate2 int8": ("resmlp/onnx/int8/L1", "transformer/ctranslate2/int8/L1"),
     }
     out = {}
     for name, (a, b) in pairs.items():
@@ -670,13 +679,13 @@ def markdown(results: dict) -> str:
         f"{c['transformer']['updates']} updates (`{c['transformer']['path']}`)",
         "",
     ]
-    for group in ("batch", "latency", "equal"):
+    for group in ("batch", "latency", "equal", "equal_latency"):
         rows = [r for r in results["rows"] if r["group"] == group]
         if not rows:
             continue
         title = GROUPS[group].format(batch=s["batch_size"], length=s["equal_length"])
         lines += [f"## {title} ({rows[0]['sentences']} sentences)", ""]
-        latency = group == "latency"
+        latency = group in ("latency", "equal_latency")
         head = "| system | engine | precision | batch | sentences/s | tokens/s | mean tokens | sacreBLEU |"
         rule = "|---|---|---|---:|---:|---:|---:|---:|"
         if latency:
@@ -696,9 +705,9 @@ def markdown(results: dict) -> str:
                      f" {_fmt(r['sentences_per_second_vs_ct2_int8'], '.2f')} |")
             lines.append(line)
         lines.append("")
-        if group == "equal" and results["equal_length_ratios"]:
-            lines += [", ".join(f"{k}: **{val:.2f}×** tokens/s" for k, val in results["equal_length_ratios"].items())
-                      + ".", ""]
+    if results["equal_length_ratios"]:
+        lines += ["Equal output length: " + ", ".join(f"{k}: **{val:.2f}×** tokens/s"
+                                                      for k, val in results["equal_length_ratios"].items()) + ".", ""]
     same: Dict[tuple, List[str]] = {}
     for r in results["rows"]:
         same.setdefault((r["group"], r["hypotheses_sha1"]), []).append(f"{r['system']} {r['engine']} {r['precision']}")

@@ -74,9 +74,10 @@ def test_quick_benchmark_has_every_row(tmp_path):
         "resmlp/api-onnx/fp32/1", "resmlp/api-onnx/int8/1", "transformer/fairseq-generate/fp32/1",
         "resmlp/fairseq-generate/fp32/L", "transformer/fairseq-generate/fp32/L", "resmlp/sequence-generator/fp32/L",
         "transformer/sequence-generator/fp32/L", "resmlp/fast/fp32/L", "resmlp/fast/int8/L", "resmlp/onnx/int8/L",
-        "resmlp/api-onnx-vmap/int8/b", "resmlp/api-onnx-vmap/int8/1",
+        "resmlp/api-onnx-vmap/int8/b", "resmlp/api-onnx-vmap/int8/1", "resmlp/fast/int8/L1", "resmlp/onnx/int8/L1",
     }
     ct2 = {f"transformer/ctranslate2/{p}/{g}" for p in ("fp32", "int8") for g in ("b", "1", "L")}
+    ct2 |= {"transformer/ctranslate2/int8/L1"}
     ct2 |= {"transformer/ctranslate2-vmap/int8/b", "transformer/ctranslate2-vmap/int8/1"}
     if results["versions"]["ctranslate2"] is None:
         assert set(rows) == expected
@@ -95,15 +96,16 @@ def test_quick_benchmark_has_every_row(tmp_path):
         assert "Vocabulary map rows" in markdown
 
     for key, row in rows.items():
-        n = 4 if row["group"] == "latency" else 16
-        assert row["sentences"] == n and row["batch_size"] == (1 if row["group"] == "latency" else 128), key
+        one_at_a_time = row["group"] in ("latency", "equal_latency")
+        n = 4 if one_at_a_time else 16
+        assert row["sentences"] == n and row["batch_size"] == (1 if one_at_a_time else 128), key
         assert row["sentences_per_second"] > 0 and row["tokens_per_second"] > 0, key
         assert row["tokens"] >= n and row["mean_output_tokens"] == pytest.approx(row["tokens"] / n), key
         assert math.isfinite(row["sacrebleu"]) and row["sacrebleu_signature"].startswith("nrefs:1"), key
-        if row["group"] == "latency":
+        if one_at_a_time:
             assert row["latency_ms_mean"] > 0, key
             assert ("latency_ms_median" in row) == (row["engine"] != "fairseq-generate"), key
-        if row["group"] == "equal":  # every hypothesis: L pieces + end-of-sentence (CTranslate2: L + 1 steps)
+        if row["group"] in ("equal", "equal_latency"):  # every hypothesis: L pieces + end-of-sentence
             assert row["min_output_tokens"] == row["max_output_tokens"] == L + 1, key
             assert row["tokens"] == n * (L + 1), key
 
@@ -128,6 +130,13 @@ def test_quick_benchmark_has_every_row(tmp_path):
     ratio = results["equal_length_ratios"]["fairseq-generate ResMLP / Transformer"]
     assert ratio == pytest.approx(rows["resmlp/fairseq-generate/fp32/L"]["tokens_per_second"]
                                   / rows["transformer/fairseq-generate/fp32/L"]["tokens_per_second"])
+    # at batch 1 too: the fast path and the ONNX step find the same hypotheses of the forced length
+    assert rows["resmlp/fast/int8/L1"]["tokens"] == rows["resmlp/onnx/int8/L1"]["tokens"] == 4 * (L + 1)
+    if results["versions"]["ctranslate2"] is not None:
+        mine, theirs = rows["resmlp/onnx/int8/L1"], rows["transformer/ctranslate2/int8/L1"]
+        assert results["equal_length_ratios"]["batch 1, ONNX step int8 / CTranslate2 int8"] == pytest.approx(
+            mine["tokens_per_second"] / theirs["tokens_per_second"])
+        assert "## Equal output length, batch 1" in markdown
 
 
 def test_parameters_count_tied_weights_once_also_in_an_averaged_checkpoint(tmp_path):
