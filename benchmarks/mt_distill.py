@@ -164,9 +164,10 @@ class DistillStudy(Race):
             students = self.distilled_students(pair)
             if not students:
                 raise SystemExit("no distilled student is trained yet: run --stage students first")
-            self.export(pair, max(students, key=lambda r: r["valid"]))
+            best = max(students, key=lambda r: r["valid"])
+            self.export(pair, best)
             if a.speed_students == "best":
-                students = [max(students, key=lambda r: r["valid"])]
+                students = [best]
             teacher = self.teacher_checkpoint(pair)
             vmap = self.vocabulary_map(pair) if a.vocabulary_map else None
             for student in students:
