@@ -90,6 +90,7 @@ GROUPS = {
     "equal_latency": "Equal output length, batch 1: every hypothesis {length} pieces + end-of-sentence",
 }
 EQUAL_GROUPS = ("equal", "equal_latency")
+ONE_AT_A_TIME = ("latency", "equal_latency")  # batch 1: each sentence timed on its own
 
 
 def say(message: str) -> None:
@@ -679,13 +680,13 @@ def markdown(results: dict) -> str:
         f"{c['transformer']['updates']} updates (`{c['transformer']['path']}`)",
         "",
     ]
-    for group in ("batch", "latency", "equal", "equal_latency"):
+    for group in GROUPS:
         rows = [r for r in results["rows"] if r["group"] == group]
         if not rows:
             continue
         title = GROUPS[group].format(batch=s["batch_size"], length=s["equal_length"])
         lines += [f"## {title} ({rows[0]['sentences']} sentences)", ""]
-        latency = group in ("latency", "equal_latency")
+        latency = group in ONE_AT_A_TIME
         head = "| system | engine | precision | batch | sentences/s | tokens/s | mean tokens | sacreBLEU |"
         rule = "|---|---|---|---:|---:|---:|---:|---:|"
         if latency:

@@ -264,9 +264,10 @@ class DistillStudy(Race):
                 result = self.cached(job)
                 if result:
                     rows.append(_row(job.name.split(".")[1], targets_of(job), result, parameters(self.run_dir(job))))
-            best = (self.best_student(pair) or {}).get("name")
+            students = sorted(self.distilled_students(pair), key=lambda r: -r["valid"])  # the best first
+            best = students[0]["name"] if students else None
             by_student = {r["name"]: _speed_summary(read_json(self.work / "speed" / f"{pair}.{r['name']}.json"))
-                          for r in sorted(self.distilled_students(pair), key=lambda r: -r["valid"])}
+                          for r in students}
             out["pairs"][pair] = {"rows": rows, "distillation": (read_json(self.distilled(pair) / "prep.json") or {})
                                   .get("distillation"), "speed": by_student.get(best),
                                   "speed_by_student": {k: v for k, v in by_student.items() if v},

@@ -274,12 +274,11 @@ class TokenMixerStudy(Race):
         (after scripts/train_multi30k.sh's own 0.1, so it overrides it)."""
         a = self.args
         system, recipe, flags = system_recipe_flags(variant, a.lrs[0])
-        depth = layers_flags(a.layers)
-        name = f"{pair}.{variant}{depth_suffix(a.layers)}.dropout{dropout:g}"
-        job = Job("token_mixers_curves", name, system, pair, 1, recipe,
-                  label=f"{pair} {variant}{depth_suffix(a.layers)} dropout {dropout:g}", cap_minutes=a.max_minutes,
+        system_name = f"{variant}{depth_suffix(a.layers)}"
+        job = Job("token_mixers_curves", f"{pair}.{system_name}.dropout{dropout:g}", system, pair, 1, recipe,
+                  label=f"{pair} {system_name} dropout {dropout:g}", cap_minutes=a.max_minutes,
                   segment_updates=a.eval_every, early_stop=True,
-                  train_args=[*SEGMENT_ARGS, *flags, *depth, "--dropout", f"{dropout:g}"],
+                  train_args=[*SEGMENT_ARGS, *flags, *layers_flags(a.layers), "--dropout", f"{dropout:g}"],
                   estimate_minutes=min(CURVE_RUN_MINUTES, a.max_minutes * 1.3 + 6))
         return variant, dropout, job
 
