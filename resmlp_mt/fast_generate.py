@@ -19,7 +19,9 @@ incremental step instead of the generic one:
 * **No per-step Python bookkeeping per hypothesis** beyond the finished ones.
 * **The search's own state in numpy** (prefixes, scores, which hypotheses continue: a few
   numbers per sentence), where an operation costs about a microsecond and a torch one several;
-  at batch 1 with the ONNX step this cut the time outside ONNX Runtime by about 30%.
+  at batch 1 with the ONNX step this cut the time outside ONNX Runtime by about 30%. The engines
+  take it as numpy (:class:`DecoderSteps`); the ONNX engine keeps its history in numpy too
+  (:class:`NumpyHistory`) and converts each position's fixed token-mixing inputs once.
 
 The model it searches with is any of three engines; each model returns the incremental decoder
 of a batch from ``model.decoder_steps(src_tokens, beam, max_len)`` (a :class:`DecoderSteps`),
@@ -49,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -100,7 +102,26 @@ def _linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
     return layer.requires_grad_(False)
 
 
-class FoldedCrossTokenLinear(nn.Module):
+class _FoldedMixerSteps(nn.Module):
+    """What every folded token mixer's step reads: :meth:`step_inputs`, the history rows from
+    :meth:`first_row` to position ``t`` plus :meth:`fixed_step_inputs`, the tensors that depend
+    on ``t`` only (the same for every batch: the ONNX engine converts them once per position)."""
+
+    def first_row(self, t: int) -> int:
+        """The first history row a step at position ``t`` reads (0: the zero row)."""
+        return 0
+
+    def fixed_step_inputs(self, t: int) -> Tuple[Tensor, ...]:  # pragma: no cover - every mixer has its own
+        raise NotImplementedError
+
+    def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
+        """What :meth:`step` reads at position ``t``: ``past`` ``(P, N, C)``, the rows
+        ``first_row(t) .. t`` of ``history`` ``(1 + T, N, C)`` (a view), then
+        :meth:`fixed_step_inputs`."""
+        return (history[self.first_row(t) : t + 1], *self.fixed_step_inputs(t))
+
+
+class FoldedCrossTokenLinear(_FoldedMixerSteps):
     """The token-mixing branch of a decoder layer folded for incremental decoding: the Affine
     pre-normalisation ``Aff(x) = a * x + b``, the causal cross-token linear layer ``A`` with bias
     ``c`` (:class:`~resmlp_core.CrossTokenLinear`) and the LayerScale ``g``.
@@ -116,8 +137,8 @@ class FoldedCrossTokenLinear(nn.Module):
     ``j`` in row ``j + 1``, so that the first step reads a past of one row like the others.
 
     A token mixer of another kind joins the folded engines with a class of its own with these
-    members (``STEP_INPUTS``, :meth:`step_inputs`, :meth:`step`, built from the decoder layer) in
-    :data:`FOLDED_TOKEN_MIXERS`.
+    members (``STEP_INPUTS``, :meth:`fixed_step_inputs`, :meth:`step`, and :meth:`first_row` when it
+    reads a band of the history; built from the decoder layer) in :data:`FOLDED_TOKEN_MIXERS`.
     """
 
     #: the tensors :meth:`step_inputs` returns, in order, with their dynamic axes (the ONNX step
@@ -140,13 +161,13 @@ class FoldedCrossTokenLinear(nn.Module):
         """``(T, T)`` the causal mixing matrix ``A`` (lower triangle)."""
         return self.rows[:, 1:]
 
-    def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
-        """What :meth:`step` reads at position ``t``, from ``history`` ``(1 + T, N, C)``: ``past``
-        ``(t + 1, N, C)`` (the zero row and positions ``0 .. t - 1``), ``row`` ``(t + 1,)`` their
-        weights (0 for the zero row), ``diag`` ``(1,)`` the weight ``A[t, t]`` of position ``t``
-        itself, ``const`` ``(C,)``."""
+    def fixed_step_inputs(self, t: int) -> Tuple[Tensor, ...]:
+        """What :meth:`step` reads at position ``t`` besides ``past`` ``(t + 1, N, C)`` (the
+        history's zero row and positions ``0 .. t - 1``, :meth:`step_inputs`): ``row`` ``(t + 1,)``
+        their weights (0 for the zero row), ``diag`` ``(1,)`` the weight ``A[t, t]`` of position
+        ``t`` itself, ``const`` ``(C,)``."""
         row = self.rows[t]
-        return history[: t + 1], row[: t + 1], row[t + 1 : t + 2], self.const[t]
+        return row[: t + 1], row[t + 1 : t + 2], self.const[t]
 
     def step(self, x: Tensor, past: Tensor, row: Tensor, diag: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)``, the layer's input at position ``t`` for ``N`` hypotheses (any
@@ -157,7 +178,7 @@ class FoldedCrossTokenLinear(nn.Module):
         return torch.addcmul(const, mixed, self.scale), x
 
 
-class _FoldedStudyMixer(nn.Module):
+class _FoldedStudyMixer(_FoldedMixerSteps):
     """What the folded steps of the study's mixers (:class:`FoldedTokenMixer`,
     :class:`FoldedDynamicTokenMixer`) share: reading the decoder layer, the gate's input projection
     with the Affine folded in, the gate's step and the band's first history row."""
@@ -184,7 +205,7 @@ class _FoldedStudyMixer(nn.Module):
         a, b = self.in_proj(x).chunk(2, dim=-1)
         return (a * torch.sigmoid(b), None) if self.gate == "glu" else (self.v_norm(b), a)
 
-    def _first_row(self, t: int) -> int:
+    def first_row(self, t: int) -> int:
         """The first history row a step at position ``t`` reads: 0 without a band; with a band of
         ``K``, the row of position ``t - K + 1`` (at least one row)."""
         return max(0, min(t, t - self.kernel + 2)) if self.kernel else 0
@@ -234,14 +255,14 @@ class FoldedTokenMixer(_FoldedStudyMixer):
         """``(H, T, T)`` the causal mixing weights ``M``."""
         return self.rows[:, :, 1:]
 
-    def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
-        """As :meth:`FoldedCrossTokenLinear.step_inputs`, per head: ``past`` ``(P, N, C)``, ``row``
-        ``(H, P)``, ``diag`` ``(H, 1)``, ``const`` ``(C,)``. ``P = t + 1`` history rows (the zero row
+    def fixed_step_inputs(self, t: int) -> Tuple[Tensor, ...]:
+        """As :meth:`FoldedCrossTokenLinear.fixed_step_inputs`, per head: ``row`` ``(H, P)``, ``diag``
+        ``(H, 1)``, ``const`` ``(C,)``, for a ``past`` of ``P = t + 1`` history rows (the zero row
         and positions ``0 .. t - 1``), or with a band of ``K`` only the rows of positions
-        ``t - K + 1 .. t - 1`` (at least one row): a banded step reads ``K - 1`` inputs, not the prefix."""
+        ``t - K + 1 .. t - 1`` (at least one row, :meth:`first_row`): a banded step reads ``K - 1``
+        inputs, not the prefix."""
         row = self.rows[:, t]
-        first = self._first_row(t)
-        return history[first : t + 1], row[:, first : t + 1], row[:, t + 1 : t + 2], self.const[t]
+        return row[:, self.first_row(t) : t + 1], row[:, t + 1 : t + 2], self.const[t]
 
     def step(self, x: Tensor, past: Tensor, row: Tensor, diag: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
@@ -300,12 +321,12 @@ class FoldedDynamicTokenMixer(_FoldedStudyMixer):
         inside = (offsets >= 0) & (offsets < self.kernel_weight.size(1))
         return self.kernel_weight[:, offsets.clamp(0, self.kernel_weight.size(1) - 1)] * inside
 
-    def step_inputs(self, history: Tensor, t: int) -> Tuple[Tensor, ...]:
-        """As :meth:`FoldedTokenMixer.step_inputs`, with the offsets of the rows instead of their
-        weights: ``past`` ``(P, N, C)``, ``offsets`` ``(P,)`` int64, ``reach`` ``(P,)``, ``const``
+    def fixed_step_inputs(self, t: int) -> Tuple[Tensor, ...]:
+        """As :meth:`FoldedTokenMixer.fixed_step_inputs`, with the offsets of the ``P`` rows of
+        ``past`` instead of their weights: ``offsets`` ``(P,)`` int64, ``reach`` ``(P,)``, ``const``
         ``(C,)``."""
-        first = self._first_row(t)
-        return history[first : t + 1], self.offsets[t, first : t + 1], self.reach[t, first : t + 1], self.const[t]
+        first = self.first_row(t)
+        return self.offsets[t, first : t + 1], self.reach[t, first : t + 1], self.const[t]
 
     def step(self, x: Tensor, past: Tensor, offsets: Tensor, reach: Tensor, const: Tensor) -> Tuple[Tensor, Tensor]:
         """``x`` ``(..., C)`` and :meth:`step_inputs` -> ``(branch, entry)`` (see the class)."""
@@ -497,21 +518,52 @@ class History:
             else:  # numpy: a numpy write costs a fraction of a torch one
                 b.numpy()[t + 1] = entry.reshape(b.shape[1:])
 
-    def select(self, sentences: Tensor, k: int, used: int) -> None:
-        """Keep the ``k`` hypotheses of each sentence of ``sentences`` (the others finished);
-        positions ``:used`` are written."""
-        rows = (sentences.unsqueeze(1) * k + torch.arange(k)).view(-1)
+    def select(self, sentences: np.ndarray, k: int, used: int) -> None:
+        """Keep the ``k`` hypotheses of each sentence of ``sentences`` (int64, the others
+        finished); positions ``:used`` are written."""
+        rows = torch.from_numpy((sentences[:, None] * k + np.arange(k)).reshape(-1))
         for i, b in enumerate(self.buffers):
             out = b.new_empty(b.size(0), rows.numel(), b.size(2))
             out[: used + 1] = b[: used + 1].index_select(1, rows)
             self.buffers[i] = out
 
-    def reorder(self, flat: Tensor, used: int) -> None:
-        """Hypothesis ``i`` continues hypothesis ``flat[i]``; positions ``:used`` are written."""
+    def reorder(self, flat: np.ndarray, used: int) -> None:
+        """Hypothesis ``i`` continues hypothesis ``flat[i]`` (int64); positions ``:used`` are written."""
+        flat = torch.from_numpy(flat)
         for i, b in enumerate(self.buffers):
             if self.spare[i].shape != b.shape:
                 self.spare[i] = torch.empty_like(b)
             torch.index_select(b[: used + 1], 1, flat, out=self.spare[i][: used + 1])
+            self.buffers[i], self.spare[i] = self.spare[i], b
+
+
+class NumpyHistory(History):
+    """:class:`History` in numpy arrays, for an engine that feeds numpy (the ONNX step): the same
+    layout and moves, at about a microsecond per operation where torch takes several."""
+
+    def __init__(self, layers: int, positions: int, hypotheses: int, channels: int):
+        self.buffers = [np.zeros((1 + positions, hypotheses, channels), dtype=np.float32) for _ in range(layers)]
+        self.spare = [np.empty_like(b) for b in self.buffers]
+
+    def positions(self, layer: int) -> np.ndarray:
+        return self.buffers[layer][1:]
+
+    def write(self, t: int, entries: Sequence[np.ndarray]) -> None:
+        for b, entry in zip(self.buffers, entries):
+            b[t + 1] = entry.reshape(b.shape[1:])
+
+    def select(self, sentences: np.ndarray, k: int, used: int) -> None:
+        rows = (sentences[:, None] * k + np.arange(k)).reshape(-1)
+        for i, b in enumerate(self.buffers):
+            out = np.empty((b.shape[0], rows.size, b.shape[2]), dtype=b.dtype)
+            np.take(b[: used + 1], rows, axis=1, out=out[: used + 1])
+            self.buffers[i] = out
+
+    def reorder(self, flat: np.ndarray, used: int) -> None:
+        for i, b in enumerate(self.buffers):
+            if self.spare[i].shape != b.shape:
+                self.spare[i] = np.empty_like(b)
+            np.take(b[: used + 1], flat, axis=1, out=self.spare[i][: used + 1])
             self.buffers[i], self.spare[i] = self.spare[i], b
 
 
@@ -533,10 +585,11 @@ class VocabularyBias(NamedTuple):
 class Continuations(NamedTuple):
     """What a decoder step scores: ``lprobs`` ``(n, k, W)``, the log-probabilities of ``W``
     tokens per hypothesis with the step's :class:`VocabularyBias` added, and ``tokens``
-    ``(n, k, W)``, which tokens; None when ``W`` is the vocabulary (column ``v`` is token ``v``)."""
+    ``(n, k, W)``, which tokens; None when ``W`` is the vocabulary (column ``v`` is token ``v``:
+    a tensor, for torch's top-k). A shortlist (``tokens`` given) is numpy, as the search's state."""
 
-    lprobs: Tensor
-    tokens: Optional[Tensor]
+    lprobs: Union[Tensor, np.ndarray]
+    tokens: Optional[np.ndarray]
 
 
 class DecoderSteps:
@@ -550,21 +603,23 @@ class DecoderSteps:
     def __init__(self, keys: List[Tensor], values: List[Tensor], bias: Optional[Tensor], history: History, k: int):
         self.keys, self.values, self.bias, self.history, self.k = keys, values, bias, history, k
 
-    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        """``tokens`` ``(n, k, >= step + 1)``, the hypotheses' prefixes (position 0 is
-        end-of-sentence) -> the scores of their continuations at position ``step``."""
+    def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        """``tokens`` ``(n, k, >= step + 1)`` int64 (the search's numpy state), the hypotheses'
+        prefixes (position 0 is end-of-sentence) -> the scores of their continuations at position
+        ``step``."""
         raise NotImplementedError
 
-    def select(self, index: Tensor, used: int) -> None:
-        """Keep the sentences ``index`` (the others finished); positions ``:used`` are decoded."""
+    def select(self, index: np.ndarray, used: int) -> None:
+        """Keep the sentences ``index`` (int64; the others finished); positions ``:used`` are decoded."""
         self.history.select(index, self.k, used)
+        index = torch.from_numpy(index)
         self.keys = [t.index_select(0, index) for t in self.keys]
         self.values = [t.index_select(0, index) for t in self.values]
         if self.bias is not None:
             self.bias = self.bias.index_select(0, index)
 
-    def reorder(self, flat: Tensor, used: int) -> None:
-        """Hypothesis ``i`` continues hypothesis ``flat[i]`` (of ``n * k``); positions ``:used``
+    def reorder(self, flat: np.ndarray, used: int) -> None:
+        """Hypothesis ``i`` continues hypothesis ``flat[i]`` (int64, of ``n * k``); positions ``:used``
         are decoded."""
         self.history.reorder(flat, used)
 
@@ -593,8 +648,8 @@ class ExactSteps(_TorchSteps):
     def __init__(self, model, src_tokens: Tensor, k: int, max_len: int):
         super().__init__(model, [layer.cross_attn for layer in model.decoder.layers], src_tokens, k, max_len)
 
-    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        decoder, (n, k) = self.decoder, tokens.shape[:2]
+    def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        decoder, (n, k), tokens = self.decoder, tokens.shape[:2], torch.from_numpy(tokens)
         x = decoder.embed(tokens.view(n * k, -1)[:, : step + 1], incremental_state={})[0].view(n, k, -1)
         for i, layer in enumerate(decoder.layers):
             x = layer.step(x, self.history.positions(i), step, self.keys[i], self.values[i], self.bias)
@@ -609,8 +664,8 @@ class FoldedSteps(_TorchSteps):
     def __init__(self, model: FoldedModel, src_tokens: Tensor, k: int, max_len: int):
         super().__init__(model, model.decoder.layers, src_tokens, k, max_len)
 
-    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        decoder, (n, k) = self.decoder, tokens.shape[:2]
+    def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        decoder, (n, k), tokens = self.decoder, tokens.shape[:2], torch.from_numpy(tokens)
         x = decoder.embed(tokens.view(n * k, -1)[:, : step + 1]).view(n, k, -1)
         layer_inputs = [(layer.token_mixer.step_inputs(history, step), keys, values)
                         for layer, history, keys, values in zip(decoder.layers, self.history.buffers, self.keys,
@@ -676,7 +731,7 @@ def _candidates(steps: DecoderSteps, tokens: np.ndarray, scores: np.ndarray, ste
     numpy, best first, as fairseq's ``BeamSearch.step``. From a shortlist per hypothesis (its best
     ``2k`` tokens), the sentence's best ``2k`` continuations are the same; over the whole
     vocabulary the top-k is torch's, as fairseq's."""
-    lprobs, vocabulary = steps.step(torch.from_numpy(tokens), step, rules.vocabulary_bias(step))
+    lprobs, vocabulary = steps.step(tokens, step, rules.vocabulary_bias(step))
     n, k, width = lprobs.shape
     if vocabulary is None:
         if step == 0:
@@ -687,11 +742,10 @@ def _candidates(steps: DecoderSteps, tokens: np.ndarray, scores: np.ndarray, ste
         cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1) - 1), dim=1)
         cand_scores, cand_indices = cand_scores.numpy(), cand_indices.numpy()
         return cand_scores, cand_indices // width, cand_indices % width
-    lprobs = lprobs.numpy()
     flat = lprobs[:, 0, :] if step == 0 else (lprobs + scores[:, :, None]).reshape(n, k * width)
     cand_indices = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * k]
     rows = np.arange(n)[:, None]  # (fancy indexing: numpy's take_along_axis costs ten times more here)
-    cand_tokens = vocabulary.numpy().reshape(n, k * width)[rows, cand_indices]
+    cand_tokens = vocabulary.reshape(n, k * width)[rows, cand_indices]
     return flat[rows, cand_indices], cand_indices // width, cand_tokens
 
 
@@ -747,8 +801,9 @@ def generate(
             for r, c in zip(rows.tolist(), cols.tolist()):
                 sent = int(alive[r])
                 if len(finalized[sent]) < k:
-                    hyp = torch.from_numpy(tokens[r, cand_beams[r, c], 1 : step + 2].copy())
+                    hyp = tokens[r, cand_beams[r, c], 1 : step + 2].copy()
                     hyp[step] = eos
+                    hyp = torch.from_numpy(hyp)
                     finalized[sent].append({"tokens": hyp,
                                             "score": rules.final_score(torch.tensor(cand_scores[r, c]), step)})
             finished_rows = [r for r in sorted(set(rows.tolist())) if len(finalized[int(alive[r])]) >= k]
@@ -763,7 +818,7 @@ def generate(
             alive, eos_mask, ignore = alive[index], eos_mask[index], ignore[index]
             cand_beams, cand_scores, cand_tokens = cand_beams[index], cand_scores[index], cand_tokens[index]
             tokens = tokens[index]
-            steps.select(torch.from_numpy(index), step + 1)
+            steps.select(index, step + 1)
             n = index.size
 
         # the k best candidates that did not end: they continue
@@ -777,7 +832,7 @@ def generate(
         flat = (beams + rows * k).reshape(-1)  # rows of (n * k) hypotheses
         tokens = tokens.reshape(n * k, -1)[flat].reshape(n, k, -1)
         tokens[:, :, step + 1] = next_tokens
-        steps.reorder(torch.from_numpy(flat), step + 1)
+        steps.reorder(flat, step + 1)
     for hyps in finalized:
         hyps.sort(key=lambda h: float(h["score"]), reverse=True)
     return finalized

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from resmlp_core.io import write_atomic
 
-from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedModel, History, VocabularyBias,
+from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedModel, NumpyHistory, VocabularyBias,
                             fold_for_inference)
 from .modules import key_values, padding_bias
 from .padding import left_align
@@ -293,6 +293,17 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.source_session, self.session = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
                                              for p in self.paths)
+        self._fixed_inputs = {}
+
+    def fixed_step_inputs(self, layer: int, t: int) -> tuple:
+        """Layer ``layer``'s token mixer's ``fixed_step_inputs(t)`` as numpy arrays, made once per
+        layer and position for every batch."""
+        key = (layer, t)
+        if key not in self._fixed_inputs:
+            mixer = self.decoder.layers[layer].token_mixer
+            inputs = mixer.fixed_step_inputs(t)
+            self._fixed_inputs[key] = tuple(np.ascontiguousarray(v.detach().numpy()) for v in inputs)
+        return self._fixed_inputs[key]
 
     def encode(self, src_tokens: Tensor):
         """``src_tokens`` ``(B, S)``, either padding side -> ``bias`` ``(B, 1, 1, S)`` and, per layer,
@@ -323,7 +334,7 @@ class OnnxSteps(DecoderSteps):
             raise ValueError(f"engine='onnx' supports beams up to {SHORTLIST // 2}, got {k}")
         decoder = model.decoder
         bias, keys, values = model.encode(src_tokens)
-        history = History(len(decoder.layers), max_len + 1, src_tokens.size(0) * k, decoder.embed_weight.size(1))
+        history = NumpyHistory(len(decoder.layers), max_len + 1, src_tokens.size(0) * k, decoder.embed_weight.size(1))
         super().__init__(keys, values, bias, history, k)
         self.model = model
         self.restriction = {}
@@ -351,16 +362,17 @@ class OnnxSteps(DecoderSteps):
             feed[names[-2]], feed[names[-1]] = keys.numpy(), values.numpy()
         self.feed = feed
 
-    def select(self, index: Tensor, used: int) -> None:
+    def select(self, index: np.ndarray, used: int) -> None:
         super().select(index, used)
         self._batch_feed()
 
-    def step(self, tokens: Tensor, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens.numpy()[:, :, step]),
+    def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens[:, :, step]),
                 "vocabulary_bias": vocabulary_bias.values.numpy()}
-        for (mixer, names), history in zip(self.layers, self.history.buffers):
-            feed.update(zip(names[:-2], (value.detach().numpy() for value in mixer.step_inputs(history, step))))
+        for i, ((mixer, names), history) in enumerate(zip(self.layers, self.history.buffers)):
+            feed[names[0]] = history[mixer.first_row(step) : step + 1]
+            feed.update(zip(names[1:-2], self.model.fixed_step_inputs(i, step)))
         top_lprobs, top_tokens, *entries = self.model.session.run(None, feed)  # inputs: views, nothing copied
         self.history.write(step, entries)
-        width = 2 * tokens.size(1)
-        return Continuations(torch.from_numpy(top_lprobs[:, :, :width]), torch.from_numpy(top_tokens[:, :, :width]))
+        width = 2 * tokens.shape[1]
+        return Continuations(top_lprobs[:, :, :width], top_tokens[:, :, :width])

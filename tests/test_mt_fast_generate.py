@@ -84,19 +84,20 @@ def test_fast_and_onnx_engines_run_the_same_step(monkeypatch):
     src, k, max_len, t = source_batch(3), 4, 8, 3
     fast_steps, onnx_steps = folded.decoder_steps(src, k, max_len), onnx.decoder_steps(src, k, max_len)
     generator = torch.Generator().manual_seed(0)
-    tokens = random_tokens(src.size(0) * k, max_len + 2, generator).view(src.size(0), k, -1)
+    tokens = random_tokens(src.size(0) * k, max_len + 2, generator).view(src.size(0), k, -1).numpy()
     for fast_history, onnx_history in zip(fast_steps.history.buffers, onnx_steps.history.buffers):
         fast_history[1 : t + 1] = torch.randn(t, *fast_history.shape[1:], generator=generator)  # positions 0 .. t-1
-        onnx_history.copy_(fast_history)
+        onnx_history[...] = fast_history.numpy()  # the ONNX engine's history is numpy
     bias = SearchRules.of(folded.decoder, src.size(1), k, 0.0, max_len, 1, 1.0, 0.5).vocabulary_bias(t)
     full, short = fast_steps.step(tokens, t, bias), onnx_steps.step(tokens, t, bias)
     assert calls == [False]  # the PyTorch engine ran it, untraced
     assert full.tokens is None and short.tokens.shape == (src.size(0), k, 2 * k)
-    torch.testing.assert_close(short.lprobs, full.lprobs.topk(2 * k, dim=-1).values, atol=1e-5, rtol=0)
-    torch.testing.assert_close(short.lprobs, full.lprobs.gather(-1, short.tokens), atol=1e-5, rtol=0)
+    short_lprobs, short_tokens = torch.from_numpy(short.lprobs), torch.from_numpy(short.tokens)
+    torch.testing.assert_close(short_lprobs, full.lprobs.topk(2 * k, dim=-1).values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(short_lprobs, full.lprobs.gather(-1, short_tokens), atol=1e-5, rtol=0)
     for fast_history, onnx_history in zip(fast_steps.history.buffers, onnx_steps.history.buffers):
         assert fast_history[t + 1].abs().sum() > 0
-        torch.testing.assert_close(fast_history[: t + 2], onnx_history[: t + 2], atol=1e-5, rtol=0)
+        torch.testing.assert_close(fast_history[: t + 2], torch.from_numpy(onnx_history[: t + 2]), atol=1e-5, rtol=0)
 
 
 def test_folded_layer_keeps_causality_of_a_full_matrix():
