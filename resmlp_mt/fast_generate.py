@@ -542,8 +542,9 @@ class NumpyHistory(History):
     layout and moves, at about a microsecond per operation where torch takes several."""
 
     def __init__(self, layers: int, positions: int, hypotheses: int, channels: int):
-        self.buffers = [np.zeros((1 + positions, hypotheses, channels), dtype=np.float32) for _ in range(layers)]
-        self.spare = [np.empty_like(b) for b in self.buffers]
+        super().__init__(layers, positions, hypotheses, channels)  # torch's memory: aligned, and written once
+        self.buffers = [b.numpy() for b in self.buffers]
+        self.spare = [b.numpy() for b in self.spare]
 
     def positions(self, layer: int) -> np.ndarray:
         return self.buffers[layer][1:]
@@ -555,14 +556,14 @@ class NumpyHistory(History):
     def select(self, sentences: np.ndarray, k: int, used: int) -> None:
         rows = (sentences[:, None] * k + np.arange(k)).reshape(-1)
         for i, b in enumerate(self.buffers):
-            out = np.empty((b.shape[0], rows.size, b.shape[2]), dtype=b.dtype)
+            out = torch.empty(b.shape[0], rows.size, b.shape[2]).numpy()
             np.take(b[: used + 1], rows, axis=1, out=out[: used + 1])
             self.buffers[i] = out
 
     def reorder(self, flat: np.ndarray, used: int) -> None:
         for i, b in enumerate(self.buffers):
             if self.spare[i].shape != b.shape:
-                self.spare[i] = np.empty_like(b)
+                self.spare[i] = torch.empty(b.shape).numpy()
             np.take(b[: used + 1], flat, axis=1, out=self.spare[i][: used + 1])
             self.buffers[i], self.spare[i] = self.spare[i], b
 
