@@ -575,7 +575,11 @@ class Race:
                         results[futures[future].name] = future.result()
                         # runs of unequal lengths (and resumed ones) give no pace: the a-priori estimates
                         progress(n, sum(j.estimate_minutes for j in todo if j.name not in results) / places)
-                except BaseException:
+                except BaseException as err:
+                    running = [j.label or j.name for f, j in futures.items() if f.running()]
+                    if running and not isinstance(err, KeyboardInterrupt):  # said now, not after the others end
+                        log.error("[%s] a run failed (%s: %s); waiting for the running run(s) to finish: %s", stage,
+                                  type(err).__name__, str(err).splitlines()[0] if str(err) else "", ", ".join(running))
                     pool.shutdown(wait=True, cancel_futures=True)  # the queued runs do not start
                     raise
         else:

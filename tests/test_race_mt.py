@@ -350,14 +350,26 @@ def test_early_stopping_runs_queue_and_fixed_length_runs_go_in_groups(tmp_path, 
     assert (events.index(("start", "c")) < events.index(("end", "a"))) is early_stop
 
 
-def test_a_failed_run_in_the_queue_stops_the_runs_not_started(tmp_path, monkeypatch):
+def test_a_failed_run_in_the_queue_stops_the_runs_not_started(tmp_path, monkeypatch, caplog):
+    """The failure is logged when it happens, with the runs still under way, not only raised after
+    they end (a curve run can take an hour)."""
     race, runner, events = _timed_race(tmp_path, monkeypatch, {"a": 0.3, "b": 0, "c": 0.3, "d": 0.01}, fail={"b"})
     jobs = [[race_mt.Job("curves", name, "resmlp", "en-de", 1, {}, early_stop=True)] for name in "abcd"]
-    with pytest.raises(RuntimeError, match="b failed"):
-        race.run_jobs("curves", jobs, runner=runner)
+    logged_before_a_ended = []
+    end_a = runner
+
+    def runner_noting_the_log(job, tag):
+        result = end_a(job, tag)
+        if job.name == "a":
+            logged_before_a_ended.extend(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+        return result
+
+    with caplog.at_level("ERROR", logger=race_mt.log.name), pytest.raises(RuntimeError, match="b failed"):
+        race.run_jobs("curves", jobs, runner=runner_noting_the_log)
     started = [name for kind, name in events if kind == "start"]
     assert "a" in started and ("end", "a") in events  # the run under way finishes (it is resumable anyway)
     assert "d" not in started
+    assert any("RuntimeError: b failed" in m and "finish: a" in m for m in logged_before_a_ended), logged_before_a_ended
 
 
 def test_sigterm_stops_the_trainings_under_way_and_no_new_one_starts(tmp_path, monkeypatch):
