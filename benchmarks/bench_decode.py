@@ -69,7 +69,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -90,6 +90,8 @@ GROUPS = {
     "equal_latency": "Equal output length, batch 1: every hypothesis {length} pieces + end-of-sentence",
 }
 EQUAL_GROUPS = ("equal", "equal_latency")
+SPLIT_PARTS = {"decoder_step_graph": "decoder step graph (ONNX Runtime)", "source_graph": "source graph (encoder, "
+               "cross-attention keys and values)", "search_and_python": "beam search and Python (text in, text out)"}
 ONE_AT_A_TIME = ("latency", "equal_latency")  # batch 1: each sentence timed on its own
 
 
@@ -325,6 +327,43 @@ def run_api(translator, sources: List[str], engine: str, batch: int, beam: int,
     return measurement
 
 
+def onnx_time_split(translator, sources: List[str], beam: int) -> dict:
+    """Where a batch-1 sentence's time goes in the API's ONNX engine (``translator`` as measured):
+    one more pass over ``sources``, each sentence on its own, with the two ONNX Runtime sessions'
+    ``run`` timed (the decoder step graph, once per step; the source graph, once per sentence);
+    the rest is the beam search and the Python around it (text in, text out). Milliseconds per
+    sentence, and decoder steps per sentence."""
+    model = translator._decoder("onnx")
+    spent = {"decoder_step_graph": 0.0, "source_graph": 0.0}
+    steps = [0]
+
+    def timed(session, part):
+        run = session.run
+
+        def run_timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - start
+                steps[0] += part == "decoder_step_graph"
+        return run_timed
+
+    model.session.run = timed(model.session, "decoder_step_graph")
+    model.source_session.run = timed(model.source_session, "source_graph")
+    try:
+        start = time.perf_counter()
+        for sentence in sources:
+            translator.translate([sentence], beam=beam, batch_size=1, engine="onnx")
+        total = time.perf_counter() - start
+    finally:  # the sessions' own run again
+        del model.session.run, model.source_session.run
+    n = len(sources)
+    parts = {**spent, "search_and_python": total - sum(spent.values())}
+    return {"sentences": n, "steps_per_sentence": steps[0] / n, "total_ms": 1000 * total / n,
+            "ms": {part: 1000 * seconds / n for part, seconds in parts.items()}}
+
+
 def run_generator_fixed_length(hub, sources: List[str], batch: int, beam: int, length: int,
                                normalize: Optional[Callable[[str], str]] = None) -> Measurement:
     """fairseq's SequenceGenerator in this process (a fairseq hub interface: the ResMLP
@@ -440,7 +479,9 @@ def convert_ct2(checkpoint: Path, data: Path, out: Path, vmap: Optional[Path] = 
     return out
 
 
-def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: dict, notes: List[str]) -> List[Row]:
+def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: dict,
+               notes: List[str]) -> Tuple[List[Row], object]:
+    """The benchmark's rows, and the ResMLP int8 ``Translator`` they share (for :func:`onnx_time_split`)."""
     from resmlp_mt import ResMLPTranslationModel
 
     prepared = PreparedData(args.data)
@@ -567,7 +608,7 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
         if "int8" in ct2:
             rows.append(Row("transformer/ctranslate2/int8/L1", "equal_latency", "Transformer", "CTranslate2", "int8",
                             1, ls, lambda s: ct2["int8"].run(s, 1, beam, length=L)))
-    return rows
+    return rows, int8
 
 
 def warm_up(rows: List[Row]) -> None:
@@ -709,6 +750,15 @@ def markdown(results: dict) -> str:
     if results["equal_length_ratios"]:
         lines += ["Equal output length: " + ", ".join(f"{k}: **{val:.2f}×** tokens/s"
                                                       for k, val in results["equal_length_ratios"].items()) + ".", ""]
+    split = results.get("batch1_time_split")
+    if split:
+        lines += [f"Where a batch-1 sentence's time goes, ResMLP {split['engine']} {split['precision']} (one more pass "
+                  f"over the {split['sentences']} sentences, ONNX Runtime's calls timed; "
+                  f"{split['steps_per_sentence']:.1f} decoder steps per sentence):", "",
+                  "| part | ms/sentence | share |", "|---|---:|---:|"]
+        lines += [f"| {SPLIT_PARTS[part]} | {ms:.2f} | {100 * ms / split['total_ms']:.0f}% |"
+                  for part, ms in split["ms"].items()]
+        lines += [f"| total | {split['total_ms']:.2f} | |", ""]
     same: Dict[tuple, List[str]] = {}
     for r in results["rows"]:
         same.setdefault((r["group"], r["hypotheses_sha1"]), []).append(f"{r['system']} {r['engine']} {r['precision']}")
@@ -804,7 +854,7 @@ def main(argv=None) -> int:
     say(f"{n_main} sentences at batch {args.batch_size}, {n_lat} at batch 1, {args.rounds} round(s), "
         f"{args.threads} thread(s)")
 
-    rows = build_rows(args, work, main_set, latency_set, info, notes)
+    rows, int8_translator = build_rows(args, work, main_set, latency_set, info, notes)
     say(f"{len(rows)} rows; warming up the in-process ones")
     warm_up(rows)
     for rnd in range(1, args.rounds + 1):
@@ -823,6 +873,11 @@ def main(argv=None) -> int:
                 row.hypotheses_stable = False
             say(f"    {summary['sentences_per_second']:.1f} sentences/s, {summary['tokens_per_second']:.0f} tokens/s")
 
+    time_split = None
+    if n_lat > 0:  # after the rounds, so that the timers never touch a timed row
+        say("batch 1, ResMLP ONNX int8: where the time goes (one more pass)")
+        time_split = {"engine": "API engine=onnx", "precision": "int8",
+                      **onnx_time_split(int8_translator, latency_set.sources, args.beam)}
     results_rows = [median_summary(row) for row in rows]
     add_ratios(results_rows)
     info["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -836,6 +891,7 @@ def main(argv=None) -> int:
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "rows": results_rows,
         "equal_length_ratios": equal_length_ratios(results_rows),
+        "batch1_time_split": time_split,
         "notes": notes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

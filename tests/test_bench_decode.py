@@ -138,6 +138,14 @@ def test_quick_benchmark_has_every_row(tmp_path):
             mine["tokens_per_second"] / theirs["tokens_per_second"])
         assert "## Equal output length, batch 1" in markdown
 
+    # where a batch-1 sentence's time goes in the ONNX engine: the parts add up to the total
+    split = results["batch1_time_split"]
+    assert split["sentences"] == 4 and split["steps_per_sentence"] >= 1
+    assert set(split["ms"]) == {"decoder_step_graph", "source_graph", "search_and_python"}
+    assert split["ms"]["decoder_step_graph"] > 0 and split["ms"]["source_graph"] > 0
+    assert sum(split["ms"].values()) == pytest.approx(split["total_ms"])
+    assert "Where a batch-1 sentence's time goes" in markdown
+
 
 def test_parameters_count_tied_weights_once_also_in_an_averaged_checkpoint(tmp_path):
     """An averaged checkpoint stores the tied embeddings and output projection as equal copies:
