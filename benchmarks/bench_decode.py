@@ -682,9 +682,9 @@ def equal_length_ratios(results: List[dict]) -> dict:
 def machine() -> dict:
     """:func:`benchmarks.common.machine_info` (CPU, cores, GPU, versions) plus the cores this
     process may use and the load when the benchmark started."""
-    from benchmarks.common import machine_info
+    from benchmarks.common import git_state, machine_info
 
-    return {**machine_info(packages=("fairseq",)), "logical_cores": os.cpu_count(),
+    return {**machine_info(packages=("fairseq",)), **git_state(), "logical_cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 

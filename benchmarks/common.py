@@ -23,6 +23,7 @@ import os
 import platform
 import json
 import re
+import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
@@ -110,6 +111,20 @@ def machine_cores(machine: Dict[str, Any]) -> Optional[int]:
     """The core count of a :func:`machine_info` dict; results files written before it was named
     ``cores`` call it ``cpu_count``."""
     return machine.get("cores", machine.get("cpu_count"))
+
+
+def git_state() -> Dict[str, Any]:
+    """The repository's commit (``git_commit``) and whether tracked files differ from it
+    (``git_dirty``); empty where git cannot say (no git, not a clone)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True)
+    except OSError:
+        return {}
+    if commit.returncode != 0:
+        return {}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
 
 
 def machine_info(device: Optional[torch.device] = None, packages: Sequence[str] = ()) -> Dict[str, Any]:

@@ -332,17 +332,22 @@ def equal_updates(distilled: dict, references: dict) -> Optional[tuple]:
     return (common[-1], ours[common[-1]], theirs[common[-1]]) if common else None
 
 
+#: the speed summary's rows (:func:`_speed_summary`): bench_decode's group and whether with the vocabulary map
+SPEED_KEYS = {"b128": ("batch", False), "b1": ("latency", False),
+              "b128_vocabulary_map": ("batch", True), "b1_vocabulary_map": ("latency", True)}
+
+
 def _speed_summary(speed: Optional[dict]) -> Optional[dict]:
     """From a bench_decode JSON, per batch size (``b128``: its ``batch`` rows, ``b1``: ``latency``):
     the student's fastest int8 engine and the teacher's CTranslate2 int8 and fairseq-generate rows
     (sentences/s, ms per sentence at batch 1), the speedup over CTranslate2 int8; the same with the
     vocabulary map on both sides where it was measured (``b128_vocabulary_map``,
-    ``b1_vocabulary_map``); and the equal-output-length ratios (tokens/s)."""
+    ``b1_vocabulary_map``); the equal-output-length ratios (tokens/s); where a batch-1 sentence's
+    time goes (``batch1_time_split``, when measured); when and at which commit it was measured."""
     if not speed:
         return None
     out = {}
-    for key, group, vmap in (("b128", "batch", False), ("b1", "latency", False),
-                             ("b128_vocabulary_map", "batch", True), ("b1_vocabulary_map", "latency", True)):
+    for key, (group, vmap) in SPEED_KEYS.items():
         rows = [r for r in speed["rows"] if r["group"] == group and r.get("vocabulary_map", False) == vmap]
         mine = [r for r in rows if r["system"] == "ResMLP" and r["precision"] == "int8"]
         ct2 = [r for r in rows if r["system"] == "Transformer" and r["engine"].startswith("CTranslate2")
@@ -359,6 +364,8 @@ def _speed_summary(speed: Optional[dict]) -> Optional[dict]:
                     "teacher_ct2_int8_ms_per_sentence": ct2[0].get("latency_ms_mean"),
                     "speedup": best["sentences_per_second"] / ct2[0]["sentences_per_second"]}
     out["equal_length_tokens_per_second_ratios"] = speed.get("equal_length_ratios")
+    out["batch1_time_split"] = speed.get("batch1_time_split")
+    out["measured"] = {"date": speed["settings"].get("date"), "git_commit": speed["machine"].get("git_commit")}
     return out
 
 
@@ -451,7 +458,7 @@ def markdown(out: dict) -> str:
                       "| speedup over CTranslate2 int8 |", "|---|---:|---|---|---:|---:|---:|---:|"]
             for student, speed in speeds.items():
                 for key, v in speed.items():
-                    if not key.startswith("b"):
+                    if key not in SPEED_KEYS:  # the rows of the table, not the ratios, split or date
                         continue
                     fairseq = v["teacher_fairseq_sentences_per_second"]
                     fs = f"{fairseq:.1f}" if fairseq else "-"
@@ -464,6 +471,20 @@ def markdown(out: dict) -> str:
                     lines += ["", f"Equal output length, {student} (every hypothesis forced to the same length; "
                               "tokens/s ratios, student over teacher): "
                               + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + "."]
+                split = speed.get("batch1_time_split")
+                if split:
+                    from benchmarks.bench_decode import SPLIT_PARTS
+
+                    lines += ["", f"Batch 1, {student}, ONNX int8, where a sentence's {split['total_ms']:.2f} ms go "
+                              f"({split['steps_per_sentence']:.1f} decoder steps): "
+                              + ", ".join(f"{SPLIT_PARTS[part]} {ms:.2f} ms ({100 * ms / split['total_ms']:.0f}%)"
+                                          for part, ms in split["ms"].items()) + "."]
+            measured = [f"{student} on {speed['measured']['date'][:10]}"
+                        + (f" at commit {speed['measured']['git_commit'][:10]}" if speed["measured"]["git_commit"]
+                           else "")
+                        for student, speed in speeds.items() if (speed.get("measured") or {}).get("date")]
+            if measured:
+                lines += ["", "Speed measured: " + "; ".join(measured) + "."]
         if p.get("export"):
             e = p["export"]
             lines += ["", f"The best student exported as a model folder, `{e['folder']}` (scripts/export_model.py), "

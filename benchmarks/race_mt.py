@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import parse_fairseq_log, training_minutes, write_result  # noqa: E402
+from benchmarks.common import git_state, parse_fairseq_log, training_minutes, write_result  # noqa: E402
 from benchmarks.fairseq_runs import machine_info, training_figures  # noqa: E402
 from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 from mt_tools.recipes import DEFAULT_RECIPES, fmt_lr, recipe_flags, recipe_name, recipe_text, tuned_recipes  # noqa: E402,F401
@@ -158,13 +158,7 @@ def run_info(args) -> dict:
         info["sacrebleu"] = sacrebleu.__version__
     except ImportError:  # pragma: no cover
         pass
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                            text=True).stdout.strip()
-        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                                capture_output=True, text=True).stdout.strip())
-    except OSError:  # pragma: no cover
-        pass
+    info.update(git_state())
     info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     info["threads_per_run"] = args.threads
     info["runs_at_a_time"] = args.parallel

@@ -177,6 +177,12 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
         assert speed["b128_vocabulary_map"]["student_engine"] == "API engine=onnx, vocabulary map"
         assert summary["speedup_b1_vocabulary_map"] == speed["b1_vocabulary_map"]["speedup"] > 0
     text = (tmp_path / "results" / "mt_distill.md").read_text()
+    for student, measured in by_student.items():  # when, at which commit, and where batch 1's time goes
+        assert measured["measured"]["date"] and len(measured["measured"]["git_commit"]) == 40, student
+        split = measured["batch1_time_split"]
+        assert sum(split["ms"].values()) == pytest.approx(split["total_ms"]), student
+        assert f"Batch 1, {student}, ONNX int8, where a sentence's" in text
+    assert "Speed measured: " in text
     exported = out["pairs"]["en-de"]["export"]  # the best, loaded back with from_pretrained, which translated
     assert exported["folder"].endswith(f"work/export/en-de.{best}")
     assert (tmp_path / "work" / "export" / f"en-de.{best}" / "model.pt").is_file()
