@@ -510,13 +510,9 @@ class History:
         return self.buffers[layer][1:]
 
     def write(self, t: int, entries: Sequence[Tensor]) -> None:
-        """Keep every layer's entry ``(..., C)`` (``N`` hypotheses; a tensor or a numpy array) of
-        position ``t``."""
+        """Keep every layer's entry ``(..., C)`` (``N`` hypotheses) of position ``t``."""
         for b, entry in zip(self.buffers, entries):
-            if isinstance(entry, Tensor):
-                b[t + 1] = entry.reshape(b.shape[1:])
-            else:  # numpy: a numpy write costs a fraction of a torch one
-                b.numpy()[t + 1] = entry.reshape(b.shape[1:])
+            b[t + 1] = entry.reshape(b.shape[1:])
 
     def select(self, sentences: np.ndarray, k: int, used: int) -> None:
         """Keep the ``k`` hypotheses of each sentence of ``sentences`` (int64, the others
