@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from resmlp_core.io import write_atomic
 
-from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedModel, NumpyHistory, VocabularyBias,
+from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedModel, History, VocabularyBias,
                             fold_for_inference)
 from .modules import key_values, padding_bias
 from .padding import left_align
@@ -334,7 +334,7 @@ class OnnxSteps(DecoderSteps):
             raise ValueError(f"engine='onnx' supports beams up to {SHORTLIST // 2}, got {k}")
         decoder = model.decoder
         bias, keys, values = model.encode(src_tokens)
-        history = NumpyHistory(len(decoder.layers), max_len + 1, src_tokens.size(0) * k, decoder.embed_weight.size(1))
+        history = History(len(decoder.layers), max_len + 1, src_tokens.size(0) * k, decoder.embed_weight.size(1))
         super().__init__(keys, values, bias, history, k)
         self.model = model
         self.restriction = {}
@@ -370,7 +370,7 @@ class OnnxSteps(DecoderSteps):
         feed = {**self.feed, "tokens": np.ascontiguousarray(tokens[:, :, step]),
                 "vocabulary_bias": vocabulary_bias.values.numpy()}
         for i, ((mixer, names), history) in enumerate(zip(self.layers, self.history.buffers)):
-            feed[names[0]] = history[mixer.first_row(step) : step + 1]
+            feed[names[0]] = history.numpy()[mixer.first_row(step) : step + 1]  # a view
             feed.update(zip(names[1:-2], self.model.fixed_step_inputs(i, step)))
         top_lprobs, top_tokens, *entries = self.model.session.run(None, feed)  # inputs: views, nothing copied
         self.history.write(step, entries)
