@@ -329,13 +329,13 @@ def run_api(translator, sources: List[str], engine: str, batch: int, beam: int,
 
 def onnx_time_split(translator, sources: List[str], beam: int) -> dict:
     """Where a batch-1 sentence's time goes in the API's ONNX engine (``translator`` as measured):
-    one more pass over ``sources``, each sentence on its own, with the two ONNX Runtime sessions'
-    ``run`` timed (the decoder step graph, once per step; the source graph, once per sentence);
-    the rest is the beam search and the Python around it (text in, text out). Milliseconds per
-    sentence, and decoder steps per sentence."""
+    one more pass of :func:`run_api` at batch 1 with the two ONNX Runtime sessions' ``run`` timed
+    (the decoder step graph, once per step; the source graph, once per sentence); the rest is the
+    beam search and the Python around it (text in, text out). Milliseconds per sentence, and
+    decoder steps per sentence."""
     model = translator._decoder("onnx")
     spent = {"decoder_step_graph": 0.0, "source_graph": 0.0}
-    steps = [0]
+    calls = dict.fromkeys(spent, 0)
 
     def timed(session, part):
         run = session.run
@@ -346,21 +346,18 @@ def onnx_time_split(translator, sources: List[str], beam: int) -> dict:
                 return run(*args, **kwargs)
             finally:
                 spent[part] += time.perf_counter() - start
-                steps[0] += part == "decoder_step_graph"
+                calls[part] += 1
         return run_timed
 
     model.session.run = timed(model.session, "decoder_step_graph")
     model.source_session.run = timed(model.source_session, "source_graph")
     try:
-        start = time.perf_counter()
-        for sentence in sources:
-            translator.translate([sentence], beam=beam, batch_size=1, engine="onnx")
-        total = time.perf_counter() - start
+        total = run_api(translator, sources, "onnx", 1, beam).seconds
     finally:  # the sessions' own run again
         del model.session.run, model.source_session.run
     n = len(sources)
     parts = {**spent, "search_and_python": total - sum(spent.values())}
-    return {"sentences": n, "steps_per_sentence": steps[0] / n, "total_ms": 1000 * total / n,
+    return {"sentences": n, "steps_per_sentence": calls["decoder_step_graph"] / n, "total_ms": 1000 * total / n,
             "ms": {part: 1000 * seconds / n for part, seconds in parts.items()}}
 
 
