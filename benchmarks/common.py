@@ -63,16 +63,19 @@ def repo_relative(x: Any, root: Union[str, os.PathLike, None] = None) -> Any:
     return x
 
 
-def drop_options(argv: Sequence[str], options: Dict[str, bool]) -> list:
-    """``argv`` without ``options`` (``{"--name": takes_a_value}``), written ``--name value``,
+def drop_options(argv: Sequence[str], options: Dict[str, object]) -> list:
+    """``argv`` without ``options`` (``{"--name": values}``: ``False`` for a flag, ``True`` for one
+    value, ``"+"`` for one or more, up to the next ``-``-option), written ``--name value ...``,
     ``--name=value`` or, for a flag, ``--name``: e.g. a benchmark's command line without the options
     that only choose what runs in this call, to record as the command that reproduces its results."""
-    kept, skip = [], False
+    kept, skip = [], 0  # skip: values still to drop (-1: every value up to the next option)
     for arg in argv:
+        if skip == -1 and arg.startswith("-"):
+            skip = 0
         if skip:
-            skip = False
+            skip = skip - 1 if skip > 0 else -1
         elif arg in options:
-            skip = options[arg]
+            skip = {False: 0, True: 1, "+": -1}[options[arg]]
         elif not any(arg.startswith(name + "=") for name, value in options.items() if value):
             kept.append(arg)
     return kept

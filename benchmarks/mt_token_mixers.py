@@ -37,6 +37,7 @@ equal depth.
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves                # the full study
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --max-runs 2   # the next two runs, then report
+    .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --train-only transformer  # one system's runs
 
 Cost: a run early-stops after about 3,500 updates, 110-145 minutes with its evaluations beside
 another run; 3 systems x 3 dropouts x 2 pairs = 18 runs, two at a time (each starts as soon as a
@@ -297,7 +298,12 @@ class TokenMixerStudy(Race):
         carried = self.published_curve_runs(stem, [job for _, _, job in plan])
         if not a.report_only:
             self.check_data(a.pairs)
-            todo = [[job for _, _, job in slot if job.name not in carried] for slot in slots]
+            systems = set(a.train_only or [*a.curve_variants, TRANSFORMER])  # the others only report
+            todo = [[job for variant, _, job in slot if job.name not in carried
+                     and (variant in systems or local[job.name] is not None)] for slot in slots]
+            if a.train_only:
+                log.info("[curves] --train-only %s: the other systems' runs are reported if finished, not trained",
+                         " ".join(a.train_only))
             if a.max_runs is not None:  # the first --max-runs unfinished runs; the finished ones report
                 unfinished = [job.name for slot in todo for job in slot if local[job.name] is None]
                 train = set(unfinished[:a.max_runs])
@@ -618,6 +624,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-runs", type=int, default=None, metavar="N",
                    help="curves: train at most N of the runs not finished yet (the first in the plan's order), "
                         "then report; for a machine lent for a few hours (unfinished runs are lost with it)")
+    p.add_argument("--train-only", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=None, metavar="SYSTEM",
+                   help="curves: train only these systems' runs (of --curve-variants and transformer), e.g. "
+                        "transformer to finish the peer's dropout grid; the report still covers every run of the "
+                        "plan (the others as finished or not finished); combines with --max-runs")
     p.add_argument("--carry-from", type=Path, nargs="+", default=[], metavar="PAGE",
                    help="curves: other published curve pages (JSON) whose runs with this plan's settings are "
                         "carried over like the stage's own page's, e.g. results/mt_token_mixers_curves.json for "
@@ -652,12 +662,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--layers {' '.join(map(str, args.layers))}: two positive layer counts, for --stage curves")
     if args.max_runs is not None and (args.max_runs < 1 or args.stage != "curves" or args.report_only):
         p.error(f"--max-runs {args.max_runs}: a positive number of runs, for --stage curves without --report-only")
+    if args.train_only and (args.stage != "curves" or args.report_only
+                            or not set(args.train_only) <= {*args.curve_variants, TRANSFORMER}):
+        p.error(f"--train-only {' '.join(args.train_only)}: systems of the plan (--curve-variants or {TRANSFORMER}), "
+                "for --stage curves without --report-only")
     if args.report_only and args.stage != "curves":
         p.error("--report-only is for --stage curves")
     # recorded without the options that choose what trains now, not what the results are
     args.command = shlex.join(["python", "-m", "benchmarks.mt_token_mixers",
                                *drop_options(sys.argv[1:] if argv is None else argv,
-                                             {"--report-only": False, "--max-runs": True})])
+                                             {"--report-only": False, "--max-runs": True, "--train-only": "+"})])
     return args
 
 

@@ -141,3 +141,6 @@ def test_drop_options_removes_options_in_every_spelling_and_keeps_the_rest():
     assert drop_options(argv, {"--max-runs": True, "--report-only": False}) == [
         "--stage", "curves", "--pairs", "en-de", "--variant-flags=--max-runs 4", "--report-only-not"]
     assert drop_options(argv, {}) == argv
+    # an option of one or more values: every value up to the next option, also at the end
+    argv = ["--train-only", "transformer", "paper", "--pairs", "en-de", "--train-only=paper", "--train-only", "x"]
+    assert drop_options(argv, {"--train-only": "+"}) == ["--pairs", "en-de"]

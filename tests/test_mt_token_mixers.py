@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from benchmarks.mt_token_mixers import (VARIANTS, TokenMixerStudy, curve_row, curves_markdown, curves_summary,
-                                        parse_args, race_goal_lines)
+from benchmarks.mt_token_mixers import (TRANSFORMER, VARIANTS, TokenMixerStudy, curve_row, curves_markdown,
+                                        curves_summary, parse_args, race_goal_lines)
 from benchmarks.race_mt import Job
 from conftest import REPO
 from helpers import prepare_multi30k, write_corpus
@@ -234,6 +234,30 @@ def test_layers_give_every_system_of_the_curves_the_same_depth_under_its_own_nam
             parse_args([*argv, *bad])
     with pytest.raises(SystemExit):
         parse_args(["--stage", "race", "--layers", "6", "1"])
+
+
+def test_train_only_trains_the_named_systems_and_reports_every_run(tmp_path, monkeypatch):
+    argv = ["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu", "--dropouts", "0.1", "0.2",
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
+    study = TokenMixerStudy(parse_args([*argv, "--train-only", "transformer", "--max-runs", "1"]))
+    plan = [(variant, job) for slot in study.curve_plan() for variant, _, job in slot]
+    trained = []
+    monkeypatch.setattr(study, "check_data", lambda pairs: None)
+    published = {plan[0][1].name: _curve_run("en-de", "relative_glu", 0.1, last=(30.0, 31.0))}
+    monkeypatch.setattr(study, "published_curve_runs", lambda stem, jobs: published)
+    monkeypatch.setattr(study, "run_jobs",
+                        lambda stage, slots, runner: [trained.append(j.name) for slot in slots for j in slot])
+    study.curves()
+    transformer_runs = [job.name for variant, job in plan if variant == TRANSFORMER]
+    assert len(transformer_runs) == 2 and trained == transformer_runs[:1]  # the first Transformer run only
+    out = json.loads((tmp_path / "results" / "mt_token_mixers_curves.json").read_text())
+    assert [r["run"] for r in out["runs"]] == [f"token_mixers_curves/{plan[0][1].name}"]
+    assert out["settings"]["not_finished"] == [job.name for _, job in plan[1:]]  # the variant's 0.2 is listed
+    # recorded without --train-only; a system outside the plan, or with --report-only, is refused
+    assert parse_args([*argv, "--train-only", "transformer", "relative_glu"]).command == parse_args(argv).command
+    for bad in (["--train-only", "paper"], ["--train-only", "transformer", "--report-only"]):
+        with pytest.raises(SystemExit):
+            parse_args([*argv, *bad])
 
 
 def test_max_runs_trains_the_first_unfinished_runs_in_plan_order_and_skips_the_published(tmp_path, monkeypatch):
