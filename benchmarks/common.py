@@ -68,14 +68,16 @@ def drop_options(argv: Sequence[str], options: Dict[str, object]) -> list:
     value, ``"+"`` for one or more, up to the next ``-``-option), written ``--name value ...``,
     ``--name=value`` or, for a flag, ``--name``: e.g. a benchmark's command line without the options
     that only choose what runs in this call, to record as the command that reproduces its results."""
-    kept, skip = [], 0  # skip: values still to drop (-1: every value up to the next option)
+    kept, values = [], 0  # values of a dropped option still to skip (None: every one up to the next option)
     for arg in argv:
-        if skip == -1 and arg.startswith("-"):
-            skip = 0
-        if skip:
-            skip = skip - 1 if skip > 0 else -1
+        if values is None and arg.startswith("-"):
+            values = 0
+        if values is None:
+            continue
+        if values:
+            values -= 1
         elif arg in options:
-            skip = {False: 0, True: 1, "+": -1}[options[arg]]
+            values = {False: 0, True: 1, "+": None}[options[arg]]
         elif not any(arg.startswith(name + "=") for name, value in options.items() if value):
             kept.append(arg)
     return kept

@@ -298,16 +298,18 @@ class TokenMixerStudy(Race):
         carried = self.published_curve_runs(stem, [job for _, _, job in plan])
         if not a.report_only:
             self.check_data(a.pairs)
-            systems = set(a.train_only or [*a.curve_variants, TRANSFORMER])  # the others only report
-            todo = [[job for variant, _, job in slot if job.name not in carried
-                     and (variant in systems or local[job.name] is not None)] for slot in slots]
+            # what trains: the unfinished runs of --train-only's systems (default: all), the first
+            # --max-runs of them; the runs finished here stay in the slots, to report
+            systems = set(a.train_only or [*a.curve_variants, TRANSFORMER])
+            unfinished = [job.name for variant, _, job in plan
+                          if variant in systems and job.name not in carried and local[job.name] is None]
+            train = set(unfinished[:a.max_runs])
+            todo = [[job for _, _, job in slot if job.name not in carried
+                     and (job.name in train or local[job.name] is not None)] for slot in slots]
             if a.train_only:
                 log.info("[curves] --train-only %s: the other systems' runs are reported if finished, not trained",
                          " ".join(a.train_only))
-            if a.max_runs is not None:  # the first --max-runs unfinished runs; the finished ones report
-                unfinished = [job.name for slot in todo for job in slot if local[job.name] is None]
-                train = set(unfinished[:a.max_runs])
-                todo = [[job for job in slot if job.name in train or local[job.name] is not None] for slot in todo]
+            if a.max_runs is not None:
                 log.info("[curves] --max-runs %d: training %s; left for later: %s", a.max_runs,
                          ", ".join(unfinished[:a.max_runs]) or "none", ", ".join(unfinished[a.max_runs:]) or "none")
             todo = [slot for slot in todo if slot]
