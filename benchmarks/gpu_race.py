@@ -43,8 +43,9 @@ work folder; logs under runs/gpu_race/logs.
 
 ``--dry-run`` runs the same code on the CPU: a Multi30k slice (1000 training pairs, 24
 valid/test, 600-piece vocabulary), the ``small`` pair at its real sizes and the ``base`` pair at
-2 layers, d 64, 5 s of training each (512 tokens per batch, warm-up 10 updates), fp32, one
-thread, the two pairs side by side (their timings mean nothing), short generation limits. Its
+2 layers, d 64, 6 updates of training each (an update budget, so that a busy machine does the
+same work; 30 s at most; 512 tokens per batch, warm-up 10 updates), fp32, one thread, the two
+pairs side by side (their timings mean nothing), short generation limits. Its
 budgets are sized for the idle 2-core bench machine and stretched by this machine's measured
 slowdown (benchmarks.harness.measure_slowdown), so a busy machine does not fail it. Its results
 go to runs/gpu_race_dryrun/ (or ``--out``), never to results/.
@@ -131,12 +132,15 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "gen_extra": ["--fp16"],
         "threads": None,
         "lanes": 1,
+        # the race is for equal minutes: no update budget
+        "max_update": None,
         "min_updates": 100,
     },
     "dry-run": {
         "deadline_s": 110.0,
         "reserve_s": 3.0,
-        "minutes": 0.08,
+        # a cap only: the rehearsal stops at its update budget first (max_update)
+        "minutes": 0.5,
         "max_tokens": 512,
         "log_interval": 1,
         "warmup": 10,
@@ -152,9 +156,11 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "gen_extra": ["--max-len-a", "0", "--max-len-b", "16"],
         "threads": 1,
         "lanes": 2,
-        # the rehearsal shows that training runs: seconds of it, 4 trainings side by side on 2
-        # cores beside a test session, make as few as 2 updates on a busy machine
-        "min_updates": 1,
+        # the rehearsal shows that training runs and its loss falls: an update budget, not seconds,
+        # so that a busy machine does the same work (seconds of it made a single update beside a
+        # test session, and a loss cannot fall over one update); about 5 s each when idle
+        "max_update": 6,
+        "min_updates": 6,
     },
 }
 
@@ -171,11 +177,14 @@ def train_flags(prof: Dict[str, Any], sizes: List[str], recipe_args: List[str]) 
     """fairseq-train flags after scripts/train_multi30k.sh's own (the later flag wins): the
     recipe, the model size, the GPU batch and precision, and no checkpoint or validation until the
     time is up (fairseq then saves and validates once). A profile's ``warmup`` (the dry run's
-    seconds of training) replaces the recipe's."""
+    few updates) replaces the recipe's; its ``max_update`` (the dry run's update budget) stops
+    training before the minutes, which are then a cap."""
     warmup = ["--warmup-updates", str(prof["warmup"])] if prof.get("warmup") else []
+    budget = ["--max-update", str(prof["max_update"])] if prof.get("max_update") else []
     return [
         *recipe_args,
         *warmup,
+        *budget,
         *sizes,
         "--max-tokens",
         str(prof["max_tokens"]),
@@ -358,9 +367,9 @@ class GpuRace:
     def train_pairs(self, pairs: List[str]) -> None:
         for pair in pairs:
             # both trainings of the pair and the scoring must still fit (lanes side by side share
-            # the time); the first pair always runs, a later one is raced only if the budget allows
+            # the time); a lane's first pair always runs, a later one only if the budget allows
             need = 2 * self.run_time() + self.prof["score_s"]
-            if pair != self.pairs[0] and self.remaining() < need:
+            if pair != pairs[0] and self.remaining() < need:
                 self.skip_pair(pair, f"skipped: out of time ({self.remaining():.0f}s left, the pair needs {need:.0f}s)")
                 continue
             for system in SYSTEMS:
@@ -562,7 +571,7 @@ class GpuRace:
                     diff,
                     diff >= BLEU_GOAL if self.mode == "gpu" else None,
                     threshold=f"ResMLP - Transformer test sacreBLEU >= {BLEU_GOAL}",
-                    note="" if self.mode == "gpu" else "not applicable on CPU (seconds of training)",
+                    note="" if self.mode == "gpu" else "not applicable on CPU (a few updates of training)",
                 )
         if proc["returncode"] != 0 or len(results) != len(jobs) or any(r is None or "error" in r for r in results):
             raise RuntimeError(
@@ -716,7 +725,9 @@ def markdown(r: Dict[str, Any]) -> str:
         + f". Command: `{r['command']}`",
         "",
         f"Multi30k En-De, each system trained alone for {prof['minutes']:g} min of wall-clock time "
-        "(fairseq --stop-time-hours), "
+        "(fairseq --stop-time-hours)"
+        + (f" or {prof['max_update']} updates, whichever comes first" if prof.get("max_update") else "")
+        + ", "
         f"{prof['max_tokens']} tokens per batch and {precision} for both; recipes ({r['settings']['recipe_source']}): "
         + "; ".join(f"{s}: {t}" for s, t in r["settings"]["recipe_text"].items())
         + ". Words/s: fairseq's wps per log interval, median over the run without the first interval (start-up), "
@@ -812,7 +823,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pairs", nargs="+", choices=("small", "base"), help="pairs to race, in this order (default: small base)"
     )
-    p.add_argument("--minutes", type=float, help="training minutes per system (default: 1.0; 0.08 with --dry-run)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="training minutes per system (default: 1.0; with --dry-run 0.5, a cap behind its budget of 6 updates)",
+    )
     p.add_argument(
         "--max-tokens", type=int, help="tokens per batch, the same for both systems (default: 8192; 512 with --dry-run)"
     )

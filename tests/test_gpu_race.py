@@ -126,6 +126,33 @@ def test_train_flags_reach_fairseq(tmp_path, monkeypatch):
         assert a.save_interval_updates == 0 and a.validate_interval == 1000000 and a.no_save_optimizer_state
 
 
+def test_dry_run_trains_to_an_update_budget():
+    """The rehearsal's work is an update budget, so that a busy machine does the same work (seconds
+    of training made a single update beside a test session, and a loss cannot fall over one); the
+    GPU race stays a race for equal minutes, with no update budget."""
+    dry, gpu = gpu_race.PROFILES["dry-run"], gpu_race.PROFILES["gpu"]
+    flags = gpu_race.train_flags(dry, [], [])
+    assert flags[flags.index("--max-update") + 1] == str(dry["max_update"])
+    assert dry["min_updates"] == dry["max_update"] >= 4
+    assert "--max-update" not in gpu_race.train_flags(gpu, [], [])
+    acc = gpu_acceptance.PROFILES
+    assert acc["dry-run"]["mt"]["min_updates"] == acc["dry-run"]["mt"]["max_update"] >= 4
+    assert not acc["gpu"]["mt"]["max_update"]
+
+
+def test_a_lanes_first_pair_always_runs(tmp_path, monkeypatch):
+    """Lanes run side by side: each lane's first pair starts whatever the deadline; only a later
+    pair of the same lane is skipped when its trainings and the scoring no longer fit."""
+    race = gpu_race.GpuRace(race_args(tmp_path, pairs=["small", "base"], deadline_s=1.0))
+    trained = []
+    monkeypatch.setattr(race, "train", lambda pair, system: trained.append((pair, system)))
+    race.train_pairs(["base"])
+    assert trained == [("base", "resmlp"), ("base", "transformer")]
+    race.train_pairs(["base", "small"])
+    assert ("small", "resmlp") not in trained
+    assert race.report["pairs"]["small"]["status"].startswith("skipped: out of time")
+
+
 def test_pair_skipped_for_time_is_reported_not_failed(tmp_path):
     race = gpu_race.GpuRace(race_args(tmp_path, pairs=["small", "base"]))
     for name in [n for n in race.checks.items if not n.startswith("base.")]:
