@@ -535,8 +535,9 @@ def curves_markdown(d: dict) -> str:
              "as in each row.", "", f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
     earlier = [r for r in d["runs"] if r.get("machine") and r["machine"].get("date") != d["machine"].get("date")]
     if earlier:
-        lines += ["Carried over from this page, trained on earlier machines (their minutes are theirs): "
-                  + ", ".join(f"{r['pair']}.{r['variant']}.dropout{r['dropout']:g} ({r['machine'].get('date')}, "
+        lines += ["Carried over from this page, trained on earlier machines (their minutes are theirs; the CPU, "
+                  "date and commit of the report that recorded each on its machine): "
+                  + ", ".join(f"{Path(r['run']).name} ({r['machine'].get('cpu')}, {r['machine'].get('date')}, "
                               f"commit {str(r['machine'].get('git_commit'))[:10]})" for r in earlier) + ".", ""]
     if s["not_finished"]:
         lines += [f"Not finished yet ({len(s['not_finished'])} of {len(s['planned'])} runs; absent from every table "

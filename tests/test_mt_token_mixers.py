@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,6 +134,9 @@ def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_fr
     out = json.loads((root / "results" / "mt_token_mixers_curves.json").read_text())
     assert {r["run"]: (r["test"], r["valid"], r["points"]) for r in out["runs"]} == before
     assert out["settings"]["not_finished"] == [] and all(r["machine"]["date"] for r in out["runs"])
+    line = next(x for x in (root / "results" / "mt_token_mixers_curves.md").read_text().splitlines()
+                if x.startswith("Carried over from this page"))
+    assert all(f"{Path(r).name} ({out['machine']['cpu']}, " in line for r in before)  # each run by its folder name
 
 
 def test_curves_default_plan_runs_the_variant_beside_the_transformer_first_and_the_papers_mixer_last(tmp_path):
