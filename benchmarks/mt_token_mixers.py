@@ -271,13 +271,16 @@ class TokenMixerStudy(Race):
 
     def curve_job(self, variant: str, pair: str, dropout: float) -> tuple:
         """``(variant, dropout, job)``: one curve run (the race's curve rule: segments of ``--eval-every``
-        updates, early stopping, ``--max-minutes``), seed 1, at the study's recipe and ``--dropout``
-        (after scripts/train_multi30k.sh's own 0.1, so it overrides it)."""
+        updates, early stopping, ``--max-minutes``), seed ``--curve-seed``, at the study's recipe and
+        ``--dropout`` (after scripts/train_multi30k.sh's own 0.1, so it overrides it). A seed other
+        than 1 is in the run's name (``en-de.transformer.dropout0.2.seed2``)."""
         a = self.args
         system, recipe, flags = system_recipe_flags(variant, a.lrs[0])
         system_name = f"{variant}{depth_suffix(a.layers)}"
-        job = Job("token_mixers_curves", f"{pair}.{system_name}.dropout{dropout:g}", system, pair, 1, recipe,
-                  label=f"{pair} {system_name} dropout {dropout:g}", cap_minutes=a.max_minutes,
+        seed = "" if a.curve_seed == 1 else f".seed{a.curve_seed}"
+        job = Job("token_mixers_curves", f"{pair}.{system_name}.dropout{dropout:g}{seed}", system, pair, a.curve_seed,
+                  recipe, label=f"{pair} {system_name} dropout {dropout:g}{seed.replace('.seed', ' seed ')}",
+                  cap_minutes=a.max_minutes,
                   segment_updates=a.eval_every, early_stop=True,
                   train_args=[*SEGMENT_ARGS, *flags, *layers_flags(a.layers), "--dropout", f"{dropout:g}"],
                   estimate_minutes=min(CURVE_RUN_MINUTES, a.max_minutes * 1.3 + 6))
@@ -323,8 +326,8 @@ class TokenMixerStudy(Race):
             elif job.name in carried:
                 runs.append(carried[job.name])
         out = {"settings": {"pairs": [p for p in PAIRS if p in a.pairs], "variants": [*a.curve_variants, TRANSFORMER],
-                            "layers": a.layers, "dropouts": a.dropouts, "seed": 1, "eval_every": a.eval_every,
-                            "patience": PATIENCE,
+                            "layers": a.layers, "dropouts": a.dropouts, "seed": a.curve_seed,
+                            "eval_every": a.eval_every, "patience": PATIENCE,
                             "average_last": AVERAGE_LAST, "max_training_minutes": a.max_minutes,
                             "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
                             "method": (f"training in segments of {a.eval_every} updates (fairseq-train --max-update, "
@@ -621,6 +624,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "3 + 3), e.g. 6 1 for deep-encoder shallow-decoder models; the runs' names say it "
                         "(en-de.transformer.layers6+1.dropout0.2)")
     p.add_argument("--eval-every", type=int, default=250, help="curves: updates between validations")
+    p.add_argument("--curve-seed", type=int, default=1, metavar="SEED",
+                   help="curves: every run's seed (default 1); another seed is a new set of runs, named with it "
+                        "(en-de.transformer.dropout0.2.seed2), best reported on a page of its own (--output)")
     p.add_argument("--max-minutes", type=training_minutes, default=150.0,
                    help="curves: training minutes of a run if early stopping has not stopped it "
                         "(0: stop at the first evaluation)")
@@ -659,6 +665,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--dropouts must be distinct and lie in [0, 1), got {' '.join(f'{d:g}' for d in args.dropouts)}")
     if len(set(args.curve_variants)) < len(args.curve_variants):
         p.error("--curve-variants must be distinct")
+    if args.curve_seed < 1 or (args.curve_seed != 1 and args.stage != "curves"):
+        p.error(f"--curve-seed {args.curve_seed}: a positive seed, for --stage curves")
     if args.eval_every < 1:
         p.error(f"--eval-every {args.eval_every}: must be at least 1")
     if args.layers and (min(args.layers) < 1 or args.stage != "curves"):

@@ -240,6 +240,27 @@ def test_layers_give_every_system_of_the_curves_the_same_depth_under_its_own_nam
         parse_args(["--stage", "race", "--layers", "6", "1"])
 
 
+def test_curve_seed_trains_new_runs_named_with_their_seed_and_seed_1_keeps_its_names(tmp_path):
+    """--curve-seed 2: the same plan with seed 2 (the training script's SEED), in runs whose names
+    end in .seed2, so that seed 1's finished runs are neither reused nor overwritten; the page
+    records the seed. Seed 1, the default, keeps the names the published pages have."""
+    argv = ["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu", "--layers", "3", "1",
+            "--work-dir", str(tmp_path)]
+    first = [job for slot in TokenMixerStudy(parse_args(argv)).curve_plan() for _, _, job in slot]
+    assert first[0].name == "en-de.relative_glu.layers3+1.dropout0.1" and {j.seed for j in first} == {1}
+    assert parse_args([*argv, "--curve-seed", "1"]).command.endswith("--curve-seed 1")
+    second = [job for slot in TokenMixerStudy(parse_args([*argv, "--curve-seed", "2"])).curve_plan()
+              for _, _, job in slot]
+    assert [j.name for j in second] == [f"{j.name}.seed2" for j in first]
+    assert {j.seed for j in second} == {2} and second[0].label.endswith("dropout 0.1 seed 2")
+    assert [j.train_args for j in second] == [j.train_args for j in first]
+    assert {TokenMixerStudy(parse_args([*argv, "--curve-seed", "2"])).run_dir(j) for j in second}.isdisjoint(
+        {TokenMixerStudy(parse_args(argv)).run_dir(j) for j in first})
+    for bad in ([*argv, "--curve-seed", "0"], ["--stage", "race", "--curve-seed", "2"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
 def test_train_only_trains_the_named_systems_and_reports_every_run(tmp_path, monkeypatch):
     argv = ["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu", "--dropouts", "0.1", "0.2",
             "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
