@@ -87,3 +87,26 @@ LONGEST_FIRST = {
 def pytest_collection_modifyitems(config, items):
     order = {name: i for i, name in enumerate(sorted(LONGEST_FIRST, key=LONGEST_FIRST.get, reverse=True))}
     items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, len(order)))  # stable: in-file order kept
+
+
+# Seconds per test file (setup, call and teardown of its tests, on the worker that ran it), summed
+# from the reports the controller receives; `make test` prints the longest after its --durations,
+# so that LONGEST_FIRST can be checked against a measured run.
+FILE_SECONDS: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    name = Path(report.nodeid.split("::")[0]).name
+    FILE_SECONDS[name] = FILE_SECONDS.get(name, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput") or not FILE_SECONDS:  # an xdist worker: its controller prints
+        return
+    longest = sorted(FILE_SECONDS.items(), key=lambda kv: kv[1], reverse=True)[:15]
+    total = sum(FILE_SECONDS.values())
+    terminalreporter.write_sep("=", f"longest test files ({len(FILE_SECONDS)} files, {total:.0f} s in all, "
+                                    "each on one worker)")
+    for name, seconds in longest:
+        listed = f"LONGEST_FIRST {LONGEST_FIRST[name]} s" if name in LONGEST_FIRST else "not in LONGEST_FIRST"
+        terminalreporter.write_line(f"{seconds:8.1f} s  {name}  ({listed})")

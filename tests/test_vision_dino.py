@@ -593,7 +593,7 @@ def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg
 def test_bench_dino_quick_writes_results_with_goals_and_resumes(jpeg_data, tmp_path):
     tiny = "--batch-size 8 --model-kwargs patch_size=8 embed_dim=32 depth=2"
     cmd = [sys.executable, "-m", "benchmarks.bench_dino", "--quick", "--data-dir", str(jpeg_data),
-           "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--minutes", "0.3",
+           "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--minutes", "0.1",
            "--threads", "1", "--probe-steps", "2",
            f"--dino-args={tiny} --out-dim 64 --head-hidden-dim 64 --head-bottleneck-dim 16", f"--train-args={tiny}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
