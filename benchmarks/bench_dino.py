@@ -30,6 +30,7 @@ not reused: the script stops and names the flags that differ.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -50,11 +51,27 @@ def log(msg: str) -> None:
     print(f"[bench_dino {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+#: the evaluations, run in this process through their ``main(argv)`` (each starts from its own flags
+#: and seed): nine of a quick run's fifteen commands, each a few seconds of imports as a process
+IN_PROCESS = ("vision.knn", "vision.linear", "vision.plot")
+
+
 def run(cmd: list[str]) -> None:
+    """Run ``cmd``, a ``python -m MODULE ...`` command (logged as such, to be rerun by hand): the
+    trainings as processes, the modules of :data:`IN_PROCESS` here; stop, naming the command,
+    when it fails."""
     log("$ " + shlex.join(cmd))
-    proc = subprocess.run(cmd, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_dino: command failed ({proc.returncode}): {shlex.join(cmd)}")
+    if cmd[:2] == [PY, "-m"] and cmd[2] in IN_PROCESS:
+        try:
+            code = importlib.import_module(cmd[2]).main(cmd[3:])
+        except SystemExit as stop:  # argparse's errors and the module's own
+            code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            sys.stdout.flush()
+    else:
+        code = subprocess.run(cmd, cwd=REPO).returncode
+    if code:
+        raise SystemExit(f"bench_dino: command failed ({code}): {shlex.join(cmd)}")
 
 
 def last_epoch(path: Path) -> int | None:

@@ -565,6 +565,20 @@ def test_configs_are_valid_for_their_cli():
     assert load_config("transfer_cifar10_s24", train_parser())["drop_path"] == 0.1
 
 
+def test_bench_dino_runs_the_evaluations_in_process_and_names_a_failed_one(capsys):
+    """bench_dino's evaluations (vision.knn, vision.linear, vision.plot) run through their
+    main() in the benchmark's process, logged as the command a user would type; one that fails
+    (here argparse's exit 2) stops the benchmark naming that command, like a failed process."""
+    from benchmarks import bench_dino
+
+    cmd = [bench_dino.PY, "-m", "vision.knn", "--no-such-flag"]
+    with pytest.raises(SystemExit, match=r"bench_dino: command failed \(2\): .* -m vision\.knn --no-such-flag"):
+        bench_dino.run(cmd)
+    out = capsys.readouterr()
+    assert "$ " in out.out and "-m vision.knn --no-such-flag" in out.out and "python -m vision.knn: error:" in out.err
+    assert bench_dino.IN_PROCESS == ("vision.knn", "vision.linear", "vision.plot")
+
+
 def test_bench_dino_holdout_split_links_the_last_training_images_as_queries(jpeg_data, tmp_path):
     """The k-NN free of the test split: per class the last N training images (by name) are the
     queries, the others the memory, as symlinks; made once, remade for another N; a class too
