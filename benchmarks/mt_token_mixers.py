@@ -277,9 +277,10 @@ class TokenMixerStudy(Race):
         a = self.args
         system, recipe, flags = system_recipe_flags(variant, a.lrs[0])
         system_name = f"{variant}{depth_suffix(a.layers)}"
-        seed = "" if a.curve_seed == 1 else f".seed{a.curve_seed}"
-        job = Job("token_mixers_curves", f"{pair}.{system_name}.dropout{dropout:g}{seed}", system, pair, a.curve_seed,
-                  recipe, label=f"{pair} {system_name} dropout {dropout:g}{seed.replace('.seed', ' seed ')}",
+        seeded = a.curve_seed != 1  # seed 1 keeps the published runs' names
+        job = Job("token_mixers_curves", f"{pair}.{system_name}.dropout{dropout:g}"
+                  + (f".seed{a.curve_seed}" if seeded else ""), system, pair, a.curve_seed, recipe,
+                  label=f"{pair} {system_name} dropout {dropout:g}" + (f" seed {a.curve_seed}" if seeded else ""),
                   cap_minutes=a.max_minutes,
                   segment_updates=a.eval_every, early_stop=True,
                   train_args=[*SEGMENT_ARGS, *flags, *layers_flags(a.layers), "--dropout", f"{dropout:g}"],
@@ -626,7 +627,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=250, help="curves: updates between validations")
     p.add_argument("--curve-seed", type=int, default=1, metavar="SEED",
                    help="curves: every run's seed (default 1); another seed is a new set of runs, named with it "
-                        "(en-de.transformer.dropout0.2.seed2), best reported on a page of its own (--output)")
+                        "(en-de.transformer.dropout0.2.seed2); give it a page of its own with --output")
     p.add_argument("--max-minutes", type=training_minutes, default=150.0,
                    help="curves: training minutes of a run if early stopping has not stopped it "
                         "(0: stop at the first evaluation)")
