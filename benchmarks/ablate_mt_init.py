@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import write_result
+from benchmarks.common import cli_path, write_result
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,15 +115,15 @@ def write_report(result: dict, out: Path) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", default="en-de")
-    p.add_argument("--data", type=Path, default=None, help="default: data-bin/multi30k.<pair>")
+    p.add_argument("--data", type=cli_path, default=None, help="default: data-bin/multi30k.<pair>")
     p.add_argument("--updates", type=int, default=400)
     p.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each")
     p.add_argument("--work-dir", default="/tmp/resmlp_init_ablation")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="which variants to train (default: all)")
-    p.add_argument("--merge", type=Path, nargs="*", default=[],
+    p.add_argument("--merge", type=cli_path, nargs="*", default=[],
                    help="earlier JSON results of this script whose rows are kept (variants not trained again)")
-    p.add_argument("--out", type=Path, default=REPO / "results" / "mt_init_ablation")
+    p.add_argument("--out", type=cli_path, default=REPO / "results" / "mt_init_ablation")
     args = p.parse_args(argv)
     args.data = args.data or REPO / "data-bin" / f"multi30k.{args.pair}"
     done = {r["variant"]: r for path in args.merge for r in json.loads(path.read_text())["rows"]}

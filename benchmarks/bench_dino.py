@@ -40,11 +40,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import read_checkpoint, write_result
+from benchmarks.common import cli_path, read_checkpoint, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-DEFAULT_DATA = Path(os.environ.get("RESMLP_DATA", REPO.parent / "shared" / "data")) / "cifar10"
+DEFAULT_DATA = (Path(os.environ.get("RESMLP_DATA", REPO.parent / "shared" / "data")) / "cifar10").absolute()
 
 
 def log(msg: str) -> None:
@@ -259,10 +259,10 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+    p.add_argument("--data-dir", type=cli_path, default=DEFAULT_DATA,
                    help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
     p.add_argument("--minutes", type=float, default=60.0, help="DINO training budget")
-    p.add_argument("--supervised", type=Path, default=None,
+    p.add_argument("--supervised", type=cli_path, default=None,
                    help="a vision.train checkpoint of the same model (else trained here)")
     p.add_argument("--supervised-epochs", type=int, default=15)
     p.add_argument("--finetune-epochs", type=int, default=3)
@@ -278,8 +278,8 @@ def main(argv=None) -> int:
                    help="also the k-NN of DINO and random init with the last N training images "
                         "of each class as queries and the others as memory: a check free of "
                         "the test split (on which screen_dino chose the recipe); 0: none")
-    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench_dino")
-    p.add_argument("--results-dir", type=Path, default=REPO / "results")
+    p.add_argument("--runs-dir", type=cli_path, default=REPO / "runs" / "bench_dino")
+    p.add_argument("--results-dir", type=cli_path, default=REPO / "results")
     p.add_argument("--name", default="dino_cifar10")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 30 train / 10 test images a class, 1 minute of DINO, 1 epoch of each training "

@@ -95,6 +95,13 @@ def training_minutes(text: str) -> float:
     return value
 
 
+def cli_path(text: str) -> Path:
+    """An argparse ``type`` for a path flag: the path made absolute against the caller's current
+    folder. The studies run their trainings and tools with the repository as working folder, so a
+    relative path kept as given would name one place in this process and another in its children."""
+    return Path(text).expanduser().absolute()
+
+
 def write_result(path: Union[str, os.PathLike], text: str) -> None:
     """Write a results file (``text``: JSON or markdown) atomically, its absolute paths made
     relative to the repository by :func:`repo_relative`."""

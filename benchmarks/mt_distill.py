@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import drop_options, repo_relative, training_minutes, write_result  # noqa: E402
+from benchmarks.common import cli_path, drop_options, repo_relative, training_minutes, write_result  # noqa: E402
 from benchmarks.mt_token_mixers import parameters  # noqa: E402
 from benchmarks.race_mt import (  # noqa: E402
     PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json, stop_trainings_on_sigterm,
@@ -566,7 +566,7 @@ def main(argv=None) -> int:
                    help="most training minutes per model (0: stop at the first evaluation)")
     p.add_argument("--teacher-max-minutes", type=training_minutes, default=None,
                    help="most training minutes of the teacher (default: --max-minutes)")
-    p.add_argument("--teacher-run", type=Path, default=None,
+    p.add_argument("--teacher-run", type=cli_path, default=None,
                    help="a finished curve run of the race's harness to distil from instead of training a teacher "
                         "(its folder: result.json and checkpoints), e.g. the token-mixer curves' Transformer at its "
                         "chosen dropout; one pair only")
@@ -574,9 +574,9 @@ def main(argv=None) -> int:
                    default=["distilled", "references"],
                    help="students: which targets to train on; 'references' needs no teacher, so it can run beside "
                         "the teacher stage (the report and speed stages read whatever is cached)")
-    p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "distill")
-    p.add_argument("--results-dir", type=Path, default=REPO / "results")
-    p.add_argument("--data-root", type=Path, default=REPO / "data-bin")
+    p.add_argument("--work-dir", type=cli_path, default=REPO / "checkpoints" / "distill")
+    p.add_argument("--results-dir", type=cli_path, default=REPO / "results")
+    p.add_argument("--data-root", type=cli_path, default=REPO / "data-bin")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--no-vocabulary-map", dest="vocabulary_map", action="store_false",
                    help="speed: without the rows where teacher and student decode with a vocabulary map learned from "

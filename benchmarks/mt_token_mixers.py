@@ -76,7 +76,7 @@ from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
     minutes_text, pm, read_json, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
 )
-from benchmarks.common import drop_options, repo_relative, training_minutes  # noqa: E402
+from benchmarks.common import cli_path, drop_options, repo_relative, training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
 from resmlp_core.io import write_atomic  # noqa: E402
 
@@ -638,7 +638,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="curves: train only these systems' runs (of --curve-variants and transformer), e.g. "
                         "transformer to finish the peer's dropout grid; the report still covers every run of the "
                         "plan (the others as finished or not finished); combines with --max-runs")
-    p.add_argument("--carry-from", type=Path, nargs="+", default=[], metavar="PAGE",
+    p.add_argument("--carry-from", type=cli_path, nargs="+", default=[], metavar="PAGE",
                    help="curves: other published curve pages (JSON) whose runs with this plan's settings are "
                         "carried over like the stage's own page's, e.g. results/mt_token_mixers_curves.json for "
                         "the Transformer of a new variant's curves")
@@ -649,11 +649,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lrs", type=float, nargs="+", default=[RESMLP_RECIPE["lr"]],
                    help="ResMLP variants' peak learning rates")
     p.add_argument("--updates", type=int, default=600, help="updates per screen run")
-    p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "race", help="runs and their cached results "
-                   "(the race's: the sweep's runs are reused)")
-    p.add_argument("--results-dir", type=Path, default=REPO / "results")
+    p.add_argument("--work-dir", type=cli_path, default=REPO / "checkpoints" / "race",
+                   help="runs and their cached results (the race's: the sweep's runs are reused)")
+    p.add_argument("--results-dir", type=cli_path, default=REPO / "results")
     p.add_argument("--output", default="mt_token_mixers_screen", help="results file stem")
-    p.add_argument("--data-root", type=Path, default=REPO / "data-bin", help="holds multi30k.en-de and multi30k.en-fr")
+    p.add_argument("--data-root", type=cli_path, default=REPO / "data-bin",
+                   help="holds multi30k.en-de and multi30k.en-fr")
     p.add_argument("--parallel", type=int, default=2, help="runs side by side")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (training and evaluation)")
     p.add_argument("--keep-checkpoints", action="store_true")

@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-from benchmarks.common import git_state, parse_fairseq_log, training_minutes, write_result  # noqa: E402
+from benchmarks.common import cli_path, git_state, parse_fairseq_log, training_minutes, write_result  # noqa: E402
 from benchmarks.fairseq_runs import machine_info, training_figures  # noqa: E402
 from mt_tools.evaluate import average_checkpoints, evaluate, result_dict  # noqa: E402
 from mt_tools.recipes import DEFAULT_RECIPES, fmt_lr, recipe_flags, recipe_name, recipe_text, tuned_recipes  # noqa: E402,F401
@@ -1161,10 +1161,12 @@ def report_markdown(out: dict, loaded: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
-    p.add_argument("--work-dir", type=Path, default=REPO / "checkpoints" / "race", help="runs and their cached results")
-    p.add_argument("--results-dir", type=Path, default=REPO / "results",
+    p.add_argument("--work-dir", type=cli_path, default=REPO / "checkpoints" / "race",
+                   help="runs and their cached results")
+    p.add_argument("--results-dir", type=cli_path, default=REPO / "results",
                    help="where the JSON, markdown and PNG files go")
-    p.add_argument("--data-root", type=Path, default=REPO / "data-bin", help="holds multi30k.en-de and multi30k.en-fr")
+    p.add_argument("--data-root", type=cli_path, default=REPO / "data-bin",
+                   help="holds multi30k.en-de and multi30k.en-fr")
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS), help="pairs of the race and the curves")
     p.add_argument("--sweep-updates", type=int, default=None, help="updates per sweep run (default 600; --quick 4)")
     p.add_argument("--sweep-lrs", type=float, nargs="+", default=list(SWEEP_LRS), help="sweep: peak learning rates")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from benchmarks.bench_dino import DEFAULT_DATA, PY, REPO, check_dino_recipe, dino_recipe, holdout_name, holdout_split
 from benchmarks.bench_dino import knn as knn_report
-from benchmarks.common import read_checkpoint, write_result
+from benchmarks.common import cli_path, read_checkpoint, write_result
 
 
 def log(msg: str) -> None:
@@ -182,7 +182,7 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+    p.add_argument("--data-dir", type=cli_path, default=DEFAULT_DATA,
                    help="CIFAR-10 ImageFolder root (train/, test/); default $RESMLP_DATA/cifar10")
     p.add_argument("--only", nargs="+", default=None, choices=sorted(SCREENS), help="these screens (default: all)")
     p.add_argument("--list", action="store_true", help="print the screens and exit")
@@ -195,8 +195,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-per-class", type=int, default=None,
                    help="train on (and k-NN against) the first K images of each class")
     p.add_argument("--val-max-per-class", type=int, default=None, help="k-NN of the first K test images of each class")
-    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "dino_screens")
-    p.add_argument("--results-dir", type=Path, default=REPO / "results")
+    p.add_argument("--runs-dir", type=cli_path, default=REPO / "runs" / "dino_screens")
+    p.add_argument("--results-dir", type=cli_path, default=REPO / "results")
     p.add_argument("--name", default="dino_screens")
     p.add_argument("--holdout-per-class", type=int, default=500,
                    help="also the k-NN with the last N training images of each class as queries and the "

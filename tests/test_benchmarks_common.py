@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks.common import REPO, repo_relative, training_minutes, write_result
+from benchmarks.common import REPO, cli_path, repo_relative, training_minutes, write_result
 from conftest import REPO as TESTS_REPO
 
 
@@ -144,3 +145,25 @@ def test_drop_options_removes_options_in_every_spelling_and_keeps_the_rest():
     # an option of one or more values: every value up to the next option, also at the end
     argv = ["--train-only", "transformer", "paper", "--pairs", "en-de", "--train-only=paper", "--train-only", "x"]
     assert drop_options(argv, {"--train-only": "+"}) == ["--pairs", "en-de"]
+
+
+def test_path_flags_are_absolute_against_the_callers_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli_path("runs/x") == tmp_path / "runs" / "x"
+    assert cli_path("/a/b") == cli_path("/a/b").absolute()
+    p = argparse.ArgumentParser()
+    p.add_argument("--work-dir", type=cli_path, default=REPO / "checkpoints")
+    assert p.parse_args(["--work-dir", "w"]).work_dir == tmp_path / "w"
+    assert p.parse_args([]).work_dir == REPO / "checkpoints"
+
+
+def test_studies_that_run_children_in_the_repository_take_absolute_path_flags():
+    """A study whose trainings run with ``cwd=REPO`` and that reads their output itself must not keep
+    a relative path flag as given: from another folder it would name two places."""
+    spawning = [f for f in sorted((REPO / "benchmarks").glob("*.py"))
+                if re.search(r"cwd=(str\()?REPO|from benchmarks\.(race_mt|harness) import", f.read_text())
+                and f.name != "common.py"]
+    assert len(spawning) >= 8, spawning
+    offenders = [f"{f.name}:{i}" for f in spawning for i, line in enumerate(f.read_text().splitlines(), 1)
+                 if re.search(r"add_argument\(.*type=Path\b", line) and "SUPPRESS" not in line]
+    assert not offenders, f"path flags kept relative (use benchmarks.common.cli_path): {offenders}"
