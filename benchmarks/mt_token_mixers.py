@@ -15,7 +15,8 @@ results/mt_token_mixers_screen.{json,md}.
 ``race``: ``--race-variants`` (default: the paper's mixer and ``relative_glu``, the screen's best on
 En-De) against the Transformer for ``--minutes`` (25) of wall-clock training, ``--seeds`` (3) seeds,
 both pairs: test and valid sacreBLEU, updates, updates per minute, training words/s, parameters.
-Writes results/mt_token_mixers_race.{json,md}.
+Writes results/mt_token_mixers_race.{json,md}. ``--layers 3 1`` races every system at that depth
+(runs named ``en-de.transformer.layers3+1.seed1``), as the curves below.
 
 ``curves``: ``--curve-variants`` (default: the paper's mixer and ``relative_glu``) and the
 Transformer to convergence, each at every dropout of ``--dropouts`` (0.1 0.2 0.3: Multi30k is
@@ -215,17 +216,7 @@ class TokenMixerStudy(Race):
         a = self.args
         self.check_data(a.pairs)
         systems = [*a.race_variants, TRANSFORMER]
-        slots = []
-        for pair in a.pairs:
-            for seed in range(1, a.seeds + 1):
-                slot = []
-                for v in systems:
-                    system, recipe, flags = system_recipe_flags(v, a.lrs[0])
-                    slot.append(Job("token_mixers_race", f"{pair}.{v}.seed{seed}", system, pair, seed, recipe,
-                                    label=f"{pair} {v} seed {seed}", minutes=a.minutes, train_args=flags,
-                                    estimate_minutes=a.minutes + 3))
-                slots.append(slot)
-        results = self.run_jobs("race", slots, self.score_test_valid)
+        results = self.run_jobs("race", self.race_plan(), self.score_test_valid)
         runs = []
         for r in results:
             variant = r["name"].split(".")[1]
@@ -247,12 +238,31 @@ class TokenMixerStudy(Race):
                     summary[pair][v][key] = mean_std([r[key] for r in mine if r[key] is not None])
                 summary[pair][v]["parameters"] = mine[0]["parameters"] if mine else None
         out = {"settings": {"pairs": a.pairs, "minutes": a.minutes, "seeds": a.seeds, "variants": systems,
+                            "layers": a.layers,
                             "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
                             "score": "sacreBLEU of checkpoint_last.pt, beam 4 (mt_tools.evaluate)",
                             "command": a.command},
                "machine": self.record_machine(), "runs": runs, "summary": summary}
         self.publish(self.stem("race"), out, race_markdown(out))
         return out
+
+    def race_plan(self) -> List[List[Job]]:
+        """The race's runs, one group per pair and seed: each of ``--race-variants`` and the
+        Transformer at their recipes for ``--minutes``, with ``--layers``' depth where given (named
+        ``en-de.transformer.layers3+1.seed1``: runs of the systems' own depth are never taken for them)."""
+        a = self.args
+        slots = []
+        for pair in a.pairs:
+            for seed in range(1, a.seeds + 1):
+                slot = []
+                for v in [*a.race_variants, TRANSFORMER]:
+                    system, recipe, flags = system_recipe_flags(v, a.lrs[0])
+                    name = f"{v}{depth_suffix(a.layers)}"
+                    slot.append(Job("token_mixers_race", f"{pair}.{name}.seed{seed}", system, pair, seed, recipe,
+                                    label=f"{pair} {name} seed {seed}", minutes=a.minutes,
+                                    train_args=[*flags, *layers_flags(a.layers)], estimate_minutes=a.minutes + 3))
+                slots.append(slot)
+        return slots
 
     def curve_plan(self) -> List[List[tuple]]:
         """The curves' runs as slots of ``(variant, dropout, job)``, in the order that reaches the
@@ -421,7 +431,9 @@ def race_markdown(d: dict) -> str:
     seeds = f"{s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
     lines = [f"# Token-mixer race: {s['minutes']:g} minutes of training per run, {seeds}", "",
              "Each variant and the Transformer trained for the same wall-clock minutes, runs side by side at "
-             f"every moment (1 thread each); {s['score']}; mean ± standard deviation over seeds.", "",
+             "every moment (1 thread each)"
+             + (f", every one with {s['layers'][0]} encoder and {s['layers'][1]} decoder layers"
+                if s.get("layers") else "") + f"; {s['score']}; mean ± standard deviation over seeds.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
     for pair, systems in d["summary"].items():
         ref = systems.get(TRANSFORMER, {})
@@ -621,9 +633,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropouts", type=float, nargs="+", default=[0.1, 0.2, 0.3],
                    help="curves: the dropout grid; each system is reported at its best (by valid sacreBLEU)")
     p.add_argument("--layers", type=int, nargs=2, default=None, metavar=("ENCODER", "DECODER"),
-                   help="curves: every system's encoder and decoder layers, the Transformer's too (default: their own "
-                        "3 + 3), e.g. 6 1 for deep-encoder shallow-decoder models; the runs' names say it "
-                        "(en-de.transformer.layers6+1.dropout0.2)")
+                   help="curves and race: every system's encoder and decoder layers, the Transformer's too (default: "
+                        "their own 3 + 3), e.g. 6 1 for deep-encoder shallow-decoder models; the runs' names say it "
+                        "(en-de.transformer.layers6+1.dropout0.2, en-de.transformer.layers3+1.seed1)")
     p.add_argument("--eval-every", type=int, default=250, help="curves: updates between validations")
     p.add_argument("--curve-seed", type=int, default=1, metavar="SEED",
                    help="curves: every run's seed (default 1); another seed is a new set of runs, named with it "
@@ -671,8 +683,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--curve-seed {args.curve_seed}: a positive seed, for --stage curves")
     if args.eval_every < 1:
         p.error(f"--eval-every {args.eval_every}: must be at least 1")
-    if args.layers and (min(args.layers) < 1 or args.stage != "curves"):
-        p.error(f"--layers {' '.join(map(str, args.layers))}: two positive layer counts, for --stage curves")
+    if args.layers and (min(args.layers) < 1 or args.stage not in ("curves", "race")):
+        p.error(f"--layers {' '.join(map(str, args.layers))}: two positive layer counts, for --stage curves or race")
     if args.max_runs is not None and (args.max_runs < 1 or args.stage != "curves" or args.report_only):
         p.error(f"--max-runs {args.max_runs}: a positive number of runs, for --stage curves without --report-only")
     if args.train_only and (args.stage != "curves" or args.report_only

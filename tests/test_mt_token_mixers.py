@@ -237,7 +237,24 @@ def test_layers_give_every_system_of_the_curves_the_same_depth_under_its_own_nam
         with pytest.raises(SystemExit):
             parse_args([*argv, *bad])
     with pytest.raises(SystemExit):
-        parse_args(["--stage", "race", "--layers", "6", "1"])
+        parse_args(["--stage", "screen", "--layers", "6", "1"])
+
+
+def test_layers_give_every_system_of_the_race_the_same_depth_under_its_own_names(tmp_path):
+    """--stage race --layers 3 1: every system of every pair and seed with 3 encoder and 1 decoder
+    layers, after its own flags, in runs named for it (never the 3 + 3 race's cached runs)."""
+    argv = ["--stage", "race", "--race-variants", "relative_glu_dynamic_heads4", "--seeds", "2",
+            "--work-dir", str(tmp_path)]
+    plain = [job for slot in TokenMixerStudy(parse_args(argv)).race_plan() for job in slot]
+    deep_slots = TokenMixerStudy(parse_args([*argv, "--layers", "3", "1"])).race_plan()
+    assert [len(slot) for slot in deep_slots] == [2, 2, 2, 2]  # (variant, Transformer) per pair and seed
+    deep = [job for slot in deep_slots for job in slot]
+    assert [j.name for j in deep][:2] == ["en-de.relative_glu_dynamic_heads4.layers3+1.seed1",
+                                          "en-de.transformer.layers3+1.seed1"]
+    assert [j.name for j in deep] == [j.name.replace(".seed", ".layers3+1.seed") for j in plain]
+    for p, d in zip(plain, deep):
+        assert d.train_args == [*p.train_args, "--encoder-layers", "3", "--decoder-layers", "1"]
+        assert (d.minutes, d.seed, d.recipe) == (p.minutes, p.seed, p.recipe)
 
 
 def test_curve_seed_trains_new_runs_named_with_their_seed_and_seed_1_keeps_its_names(tmp_path):
