@@ -52,6 +52,7 @@ RENDERERS = {
     "mt_sweep_wide_lr": race_mt.sweep_markdown,
     "mt_token_mixers_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_decode": bench_decode.markdown,
+    "mt_token_mixers_decode_layers3+1": bench_decode.markdown,
     "mt_token_mixers_dynamic_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_en-fr_curves": mt_token_mixers.curves_markdown,
