@@ -61,6 +61,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import sys
@@ -885,7 +886,8 @@ def main(argv=None) -> int:
                      "sentences": n_main, "latency_sentences": n_lat, "equal_length": args.equal_length,
                      "rounds": args.rounds, "threads": args.threads, "quick": args.quick,
                      "vocabulary_map": None if args.vocabulary_map is None else str(args.vocabulary_map),
-                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                     "command": shlex.join(["python", "-m", "benchmarks.bench_decode",
+                                            *map(str, sys.argv[1:] if argv is None else argv)]),
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "rows": results_rows,
         "equal_length_ratios": equal_length_ratios(results_rows),

@@ -64,6 +64,7 @@ def test_quick_benchmark_has_every_row(tmp_path):
 
     settings = results["settings"]
     assert (settings["sentences"], settings["latency_sentences"], settings["rounds"]) == (16, 4, 1)
+    assert settings["command"].startswith("python -m benchmarks.bench_decode --quick --data ")  # as rerun by hand
     assert results["checkpoints"]["resmlp"]["updates"] == results["checkpoints"]["transformer"]["updates"] == 30
     assert results["machine"]["cpu"] and results["versions"]["torch"] and results["versions"]["fairseq"]
     rows = {r["key"]: r for r in results["rows"]}
