@@ -118,7 +118,7 @@ def main(argv=None):
     p.add_argument("--data", type=cli_path, default=None, help="default: data-bin/multi30k.<pair>")
     p.add_argument("--updates", type=int, default=400)
     p.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each")
-    p.add_argument("--work-dir", default="/tmp/resmlp_init_ablation")
+    p.add_argument("--work-dir", type=cli_path, default=Path("/tmp/resmlp_init_ablation"))
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="which variants to train (default: all)")
     p.add_argument("--merge", type=cli_path, nargs="*", default=[],
