@@ -16,7 +16,11 @@ results/mt_token_mixers_screen.{json,md}.
 En-De) against the Transformer for ``--minutes`` (25) of wall-clock training, ``--seeds`` (3) seeds,
 both pairs: test and valid sacreBLEU, updates, updates per minute, training words/s, parameters.
 Writes results/mt_token_mixers_race.{json,md}. ``--layers 3 1`` races every system at that depth
-(runs named ``en-de.transformer.layers3+1.seed1``), as the curves below.
+(runs named ``en-de.transformer.layers3+1.seed1``), as the curves below. ``--report-only`` trains
+nothing and reports the runs finished so far (a race spread over sessions, or trained one pair or
+seed at a time with ``--pairs``/``--seeds`` and a scratch ``--output``): the others are listed as not
+finished and the goal is not decided until every run has finished. Finished runs are cached in
+``<work-dir>`` only: a new machine trains the race again.
 
 ``curves``: ``--curve-variants`` (default: the paper's mixer and ``relative_glu``) and the
 Transformer to convergence, each at every dropout of ``--dropouts`` (0.1 0.2 0.3: Multi30k is
@@ -212,11 +216,19 @@ class TokenMixerStudy(Race):
         test and valid sacreBLEU of the last checkpoint, training words/s and updates per minute.
         Runs go ``--parallel`` at a time in this order (a seed's runs together where they fit; with three
         systems on two places a seed's third run shares its group with the next one's first), so every
-        run trains beside another one and sees the same load."""
+        run trains beside another one and sees the same load. With ``--report-only`` nothing trains:
+        the report covers the runs already finished (cached with the same settings), lists the others
+        as not finished, and leaves the goal undecided until every run has finished."""
         a = self.args
-        self.check_data(a.pairs)
         systems = [*a.race_variants, TRANSFORMER]
-        results = self.run_jobs("race", self.race_plan(), self.score_test_valid)
+        plan = self.race_plan()
+        jobs = [job for slot in plan for job in slot]
+        if a.report_only:
+            results = [r for r in map(self.cached, jobs) if r is not None]
+        else:
+            self.check_data(a.pairs)
+            results = self.run_jobs("race", plan, self.score_test_valid)
+        not_finished = [job.name for job in jobs if self.cached(job) is None]
         runs = []
         for r in results:
             variant = r["name"].split(".")[1]
@@ -238,7 +250,7 @@ class TokenMixerStudy(Race):
                     summary[pair][v][key] = mean_std([r[key] for r in mine if r[key] is not None])
                 summary[pair][v]["parameters"] = mine[0]["parameters"] if mine else None
         out = {"settings": {"pairs": a.pairs, "minutes": a.minutes, "seeds": a.seeds, "variants": systems,
-                            "layers": a.layers,
+                            "layers": a.layers, "planned": [job.name for job in jobs], "not_finished": not_finished,
                             "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
                             "score": "sacreBLEU of checkpoint_last.pt, beam 4 (mt_tools.evaluate)",
                             "command": a.command},
@@ -435,29 +447,38 @@ def race_markdown(d: dict) -> str:
              + (f", every one with {s['layers'][0]} encoder and {s['layers'][1]} decoder layers"
                 if s.get("layers") else "") + f"; {s['score']}; mean ± standard deviation over seeds.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
+    not_finished = s.get("not_finished", [])
+    if not_finished:
+        lines += [f"Not finished yet ({len(not_finished)} of {len(s['planned'])} runs; absent from every mean "
+                  "below): " + ", ".join(not_finished) + ".", ""]
     for pair, systems in d["summary"].items():
         ref = systems.get(TRANSFORMER, {})
-        lines += [f"## {pair}", "", "| variant | test | valid | test vs Transformer | valid vs Transformer | updates | "
-                  "updates/min | train words/s | parameters |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"## {pair}", "", "| variant | seeds | test | valid | test vs Transformer | valid vs Transformer | "
+                  "updates | updates/min | train words/s | parameters |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for v, r in systems.items():
             diff = {split: (r[split]["mean"] - ref[split]["mean"]) if ref and v != TRANSFORMER
-                    and r[split]["mean"] is not None else None for split in ("test", "valid")}
+                    and r[split]["mean"] is not None and ref[split]["mean"] is not None else None
+                    for split in ("test", "valid")}
             params = f"{r['parameters']:,}" if r.get("parameters") else "-"
             wps = f"{r['words_per_second']['mean']:,.0f}" if r["words_per_second"]["mean"] else "-"
             upm = f"{r['updates_per_minute']['mean']:.1f}" if r["updates_per_minute"]["mean"] else "-"
-            lines.append(f"| {v} | {pm(r['test'])} | {pm(r['valid'])} | {_signed(diff['test'])} | "
-                         f"{_signed(diff['valid'])} | {r['updates']['mean']:.0f} | {upm} | {wps} | {params} |")
+            updates = f"{r['updates']['mean']:.0f}" if r["updates"]["mean"] is not None else "-"
+            lines.append(f"| {v} | {r['test'].get('n', '-')} | {pm(r['test'])} | {pm(r['valid'])} | "
+                         f"{_signed(diff['test'])} | {_signed(diff['valid'])} | {updates} | {upm} | {wps} | {params} |")
         lines.append("")
-    return "\n".join(lines + race_goal_lines(d["summary"])) + "\n"
+    return "\n".join(lines + race_goal_lines(d["summary"], len(not_finished))) + "\n"
 
 
 def attention_free(variant: str) -> bool:
     return variant in VARIANTS and "--hybrid-encoder-attention-heads" not in VARIANTS[variant][1]
 
 
-def race_goal_lines(summary: dict) -> List[str]:
+def race_goal_lines(summary: dict, not_finished: int = 0) -> List[str]:
     """The race's goal as markdown: the best attention-free variant of each pair (by its mean VALID
-    sacreBLEU, never by test) at or above the Transformer's mean on test and on valid, every pair."""
+    sacreBLEU, never by test) at or above the Transformer's mean on test and on valid, every pair.
+    While ``not_finished`` runs of the plan are missing, the differences so far are shown and the
+    goal is not decided (its means are over every seed of both pairs)."""
     lines = ["## Goal: the best attention-free variant at or above the Transformer", "",
              "Per pair, the attention-free variant with the best mean valid sacreBLEU; its mean minus the "
              "Transformer's, on test and on valid. Met when all are at least 0.", "",
@@ -467,12 +488,15 @@ def race_goal_lines(summary: dict) -> List[str]:
     for pair, systems in summary.items():
         ref = systems.get(TRANSFORMER)
         free = [v for v in systems if attention_free(v) and systems[v]["valid"]["mean"] is not None]
-        if not ref or not free:
+        if not ref or ref["valid"]["mean"] is None or not free:
             continue
         best = max(free, key=lambda v: systems[v]["valid"]["mean"])
         diff = {split: systems[best][split]["mean"] - ref[split]["mean"] for split in ("test", "valid")}
         met += [x >= 0 for x in diff.values()]
         lines.append(f"| {pair} | {best} | {diff['test']:+.2f} | {diff['valid']:+.2f} |")
+    if not_finished:
+        return lines + ["", f"Goal **not decided yet**: {not_finished} runs not finished; so far {sum(met)} of "
+                            f"{len(met)} differences at or above 0."]
     verdict = "met" if met and all(met) else "missed"
     return lines + ["", f"Goal **{verdict}**: {sum(met)} of {len(met)} differences at or above 0."]
 
@@ -655,7 +679,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "carried over like the stage's own page's, e.g. results/mt_token_mixers_curves.json for "
                         "the Transformer of a new variant's curves")
     p.add_argument("--report-only", action="store_true",
-                   help="curves: train nothing, report the runs finished so far (same settings as the stage's)")
+                   help="curves, race: train nothing, report the runs finished so far (same settings as the stage's)")
     p.add_argument("--variants", nargs="+", choices=[*VARIANTS, TRANSFORMER], default=[*VARIANTS, TRANSFORMER])
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
     p.add_argument("--lrs", type=float, nargs="+", default=[RESMLP_RECIPE["lr"]],
@@ -691,8 +715,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                             or not set(args.train_only) <= {*args.curve_variants, TRANSFORMER}):
         p.error(f"--train-only {' '.join(args.train_only)}: systems of the plan (--curve-variants or {TRANSFORMER}), "
                 "for --stage curves without --report-only")
-    if args.report_only and args.stage != "curves":
-        p.error("--report-only is for --stage curves")
+    if args.report_only and args.stage not in ("curves", "race"):
+        p.error("--report-only is for --stage curves or race")
     # recorded without the options that choose what trains now, not what the results are
     args.command = shlex.join(["python", "-m", "benchmarks.mt_token_mixers",
                                *drop_options(sys.argv[1:] if argv is None else argv,

@@ -71,6 +71,28 @@ def test_race_reports_every_variant_per_seed_with_speed_and_parameters(study):
 
 
 @pytest.mark.slow
+def test_race_report_only_reports_the_finished_runs_lists_the_others_and_decides_nothing(study):
+    """A race of two seeds reported when only the fixture's seed 1 has trained: nothing trains, the
+    seed-2 runs are listed as not finished, the means are seed 1's, and the goal waits."""
+    root = study["root"]
+    race = study["base"] + ["--stage", "race", "--minutes", "0.1", "--race-variants", "paper", "relative"]
+    before = json.loads((root / "results" / "mt_token_mixers_race.json").read_text())
+    report = subprocess.run(race + ["--seeds", "2", "--report-only", "--output", "partial"], capture_output=True,
+                            text=True, cwd=REPO)
+    assert report.returncode == 0, report.stdout[-4000:] + report.stderr[-4000:]
+    assert " start: " not in report.stdout and "[race]" not in report.stdout
+    out = json.loads((root / "results" / "partial_race.json").read_text())
+    missing = [f"en-de.{v}.seed2" for v in ("paper", "relative", "transformer")]
+    assert out["settings"]["not_finished"] == missing and len(out["settings"]["planned"]) == 6
+    assert "report-only" not in out["settings"]["command"]
+    assert out["runs"] == before["runs"] and out["summary"] == before["summary"]
+    text = (root / "results" / "partial_race.md").read_text()
+    assert "Not finished yet (3 of 6 runs" in text and ", ".join(missing) in text
+    assert "Goal **not decided yet**: 3 runs not finished" in text and "Goal **met**" not in text
+    assert "Goal **missed**" not in text and "| relative | 1 |" in text
+
+
+@pytest.mark.slow
 def test_a_rerun_of_the_screen_trains_nothing(study):
     again = subprocess.run(study["screen"], capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 0 and "4 cached (skipped), 0 to run" in again.stdout
@@ -165,6 +187,10 @@ def test_race_goal_picks_the_variant_by_valid_leaves_out_the_hybrid_and_needs_ev
     assert "Goal **met**: 4 of 4" in text
     summary["en-fr"]["transformer"] = system(48.01, 46.0)
     assert "Goal **missed**: 3 of 4" in "\n".join(race_goal_lines(summary))
+    # runs missing: the differences so far, no verdict; a pair without the Transformer's runs yet is left out
+    summary["en-fr"]["transformer"] = system(None, None)
+    text = "\n".join(race_goal_lines(summary, not_finished=3))
+    assert "Goal **not decided yet**: 3 runs not finished; so far 2 of 2" in text and "| en-fr |" not in text
 
 
 def _curve_run(pair, variant, dropout, last, averaged=None):
