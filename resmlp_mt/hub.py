@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import threading
+from functools import partial
 from pathlib import Path
 from typing import List, Sequence, Union
 
@@ -32,7 +33,7 @@ from resmlp_core.io import recover_folder
 MODEL_FILE = "model.pt"
 SPM_FILE = "sentencepiece.bpe.model"  # the name fairseq's hub looks for in a model folder
 CARD_FILE = "model_card.json"
-ENGINES = ("fast", "onnx", "exact", "fairseq")
+ENGINES = ("fast", "onnx", "onnx-search", "exact", "fairseq")
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +88,17 @@ class Translator(GeneratorHubInterface):
         * ``"onnx"``: the same search with the decoder step in ONNX Runtime
           (:class:`resmlp_mt.onnx_decoder.OnnxModel`), int8 after :meth:`quantize`; the fastest
           for single sentences (latency);
+        * ``"onnx-search"``: the whole beam search in ONNX Runtime, its C++ ``BeamSearch`` operator
+          calling the encoder and the decoder step (:class:`resmlp_mt.onnx_search.OnnxSearchModel`),
+          int8 after :meth:`quantize`; the best hypothesis is fairseq's (up to float rounding);
         * ``"exact"``: the lean beam search on the unfolded model: fairseq's hypotheses token for
           token;
         * ``"fairseq"``: fairseq's generic ``SequenceGenerator`` (accepts its other options as
           ``kwargs``).
 
         Every engine decodes every token mixer (``--token-mixer-*``, ``--hybrid-encoder-attention-heads``):
-        ``"exact"`` through each mixer's ``forward_last``, ``"fast"`` and ``"onnx"`` through its folded
-        step (:class:`~resmlp_mt.fast_generate.FoldedTokenMixer`).
+        ``"exact"`` through each mixer's ``forward_last``, ``"fast"``, ``"onnx"`` and ``"onnx-search"``
+        through its folded step (:class:`~resmlp_mt.fast_generate.FoldedTokenMixer`).
 
         Folding changes float rounding only: ``"fast"`` and ``"onnx"`` (float32) return the
         hypotheses of ``"exact"`` except where two candidates tie within rounding. The per-call
@@ -155,12 +159,17 @@ class Translator(GeneratorHubInterface):
         if engine == "fast":
             decoder = fold_for_inference(model)
             return quantize_int8(decoder) if self.quantized else decoder
+        if engine == "onnx-search":
+            from .onnx_search import OnnxSearchModel
+
+            return OnnxSearchModel(model, int8=self.quantized)
         from .onnx_decoder import OnnxModel
 
         return OnnxModel(model, int8=self.quantized, vocabulary_map=self.vocabulary_map)
 
     def _translate_fast(self, sentences: List[str], beam: int, batch_size: int, model, **options) -> List[str]:
         from .fast_generate import generate
+        from .onnx_search import OnnxSearchModel  # its own search: the operator's
 
         encoded = [self.encode(s) for s in sentences]
         limit = self.max_positions[0] if isinstance(self.max_positions, tuple) else self.max_positions
@@ -179,7 +188,8 @@ class Translator(GeneratorHubInterface):
             src = torch.full((len(chunk), length), pad, dtype=torch.long)
             for row, i in enumerate(chunk):
                 src[row, : encoded[i].numel()] = encoded[i]
-            for i, hyps in zip(chunk, generate(model, src, beam=beam, **options)):
+            search = model.generate if isinstance(model, OnnxSearchModel) else partial(generate, model)
+            for i, hyps in zip(chunk, search(src, beam=beam, **options)):
                 results[i] = self.decode(hyps[0]["tokens"])
         return results
 

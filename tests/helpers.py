@@ -274,10 +274,11 @@ def source_batch(seed: int, batch: int = 6, length: int = 7, left_pad: bool = Tr
     return src
 
 
-def fairseq_generate(model, src, beam, lenpen=1.0):
+def fairseq_generate(model, src, beam, lenpen=1.0, max_len_a=0.0, max_len_b=200):
     from fairseq.sequence_generator import SequenceGenerator
 
-    generator = SequenceGenerator([model], dictionary(), beam_size=beam, len_penalty=lenpen, max_len_b=200)
+    generator = SequenceGenerator([model], dictionary(), beam_size=beam, len_penalty=lenpen, max_len_a=max_len_a,
+                                  max_len_b=max_len_b)
     return generator.generate([model], {"net_input": {"src_tokens": src,
                                                       "src_lengths": src.ne(dictionary().pad()).sum(1)}})
 

@@ -71,16 +71,18 @@ def test_translate_from_python_in_a_fresh_process_equals_fairseq_interactive(exp
         "                  'fairseq': m.translate(sentences, beam=4, engine='fairseq'),\n"
         "                  'exact': m.translate(sentences, beam=4, engine='exact'),\n"
         "                  'onnx': m.translate(sentences, beam=4, engine='onnx'),\n"
+        "                  'onnx_search': m.translate(sentences, beam=4, engine='onnx-search'),\n"
         "                  'int8': m.quantize().translate(sentences, beam=4),\n"
-        "                  'onnx_int8': m.translate(sentences, beam=4, engine='onnx')}))\n"
+        "                  'onnx_int8': m.translate(sentences, beam=4, engine='onnx'),\n"
+        "                  'onnx_search_int8': m.translate(sentences, beam=4, engine='onnx-search')}))\n"
     )
     result = run([sys.executable, "-c", code, exported["model"], json.dumps(SENTENCES)], cwd="/")
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["list"][2] == "" and all(out["list"][i] for i in (0, 1, 3))
     assert out["one"] == out["list"][0] and out["batched"] == out["list"] * 5
     assert out["fairseq"] == out["list"] == out["exact"]  # the lean beam search finds fairseq's translations
-    assert out["onnx"] == out["list"]  # the ONNX engine too (float32: equal up to rounding)
-    for key in ("int8", "onnx_int8"):
+    assert out["onnx"] == out["list"] == out["onnx_search"]  # the ONNX engines too (float32: up to rounding)
+    for key in ("int8", "onnx_int8", "onnx_search_int8"):
         assert len(out[key]) == 4 and out[key][2] == "" and all(out[key][i] for i in (0, 1, 3)), key
     assert not any("▁" in text for text in out["list"])  # SentencePiece decoded
     fairseq_out = run([tool("fairseq-interactive"), exported["data"], "--user-dir", USER_DIR, "--path",
