@@ -70,17 +70,18 @@ def venv_bin() -> Path:
 # one worker of the idle 2-core machine (`--durations=0`, summed per file); unlisted files follow
 # in their usual order.
 LONGEST_FIRST = {
-    "test_mt_distill.py": 330,
-    "test_vision_dino.py": 250,
-    "test_mt_token_mixers.py": 160,
+    "test_mt_token_mixers.py": 295,
+    "test_mt_distill.py": 270,
+    "test_vision_dino.py": 220,
+    "test_race_mt.py": 200,
+    "test_drills_checkpoints.py": 195,
+    "test_mt_cli.py": 155,
     "test_mt_bench.py": 140,
-    "test_race_mt.py": 125,
-    "test_drills_checkpoints.py": 115,
-    "test_mt_cli.py": 95,
-    "test_gpu_race.py": 65,
-    "test_gpu_acceptance.py": 65,
-    "test_mt_api.py": 60,
-    "test_bench_decode.py": 60,
+    "test_mt_api.py": 115,
+    "test_gpu_race.py": 115,
+    "test_bench_decode.py": 100,
+    "test_gpu_acceptance.py": 85,
+    "test_vision_train.py": 60,
 }
 
 
