@@ -228,7 +228,8 @@ class TokenMixerStudy(Race):
         else:
             self.check_data(a.pairs)
             results = self.run_jobs("race", plan, self.score_test_valid)
-        not_finished = [job.name for job in jobs if self.cached(job) is None]
+        finished = {r["name"] for r in results}
+        not_finished = [job.name for job in jobs if job.name not in finished]
         runs = []
         for r in results:
             variant = r["name"].split(".")[1]
