@@ -220,7 +220,7 @@ class TokenMixerStudy(Race):
         the report covers the runs already finished (cached with the same settings), lists the others
         as not finished, and leaves the goal undecided until every run has finished."""
         a = self.args
-        systems = [*a.race_variants, TRANSFORMER]
+        systems = self.race_systems()
         plan = self.race_plan()
         jobs = [job for slot in plan for job in slot]
         if a.report_only:
@@ -259,6 +259,10 @@ class TokenMixerStudy(Race):
         self.publish(self.stem("race"), out, race_markdown(out))
         return out
 
+    def race_systems(self) -> List[str]:
+        """The race's systems, in the order of its runs and tables: ``--race-variants``, then the Transformer."""
+        return [*self.args.race_variants, TRANSFORMER]
+
     def race_plan(self) -> List[List[Job]]:
         """The race's runs, one group per pair and seed: each of ``--race-variants`` and the
         Transformer at their recipes for ``--minutes``, with ``--layers``' depth where given (named
@@ -268,7 +272,7 @@ class TokenMixerStudy(Race):
         for pair in a.pairs:
             for seed in range(1, a.seeds + 1):
                 slot = []
-                for v in [*a.race_variants, TRANSFORMER]:
+                for v in self.race_systems():
                     system, recipe, flags = system_recipe_flags(v, a.lrs[0])
                     name = f"{v}{depth_suffix(a.layers)}"
                     slot.append(Job("token_mixers_race", f"{pair}.{name}.seed{seed}", system, pair, seed, recipe,
