@@ -26,8 +26,8 @@ finished and the goal is not decided until every run has finished. Finished runs
 Transformer to convergence, each at every dropout of ``--dropouts`` (0.1 0.2 0.3: Multi30k is
 small; ``--dropout`` comes after scripts/train_multi30k.sh's own 0.1 and overrides it), seed 1,
 ``--pairs``, by the race's curve rule (:meth:`benchmarks.race_mt.Race.curve_run`: segments of
-``--eval-every`` (250) updates with valid sacreBLEU after each, early stopping after 3
-evaluations without improvement or at ``--max-minutes`` (150) of training; then the best, the
+``--eval-every`` (250) updates with valid sacreBLEU after each, early stopping after ``--patience``
+(3) evaluations without improvement or at ``--max-minutes`` (150) of training; then the best, the
 last and, on a plateau, the averaged last 5 checkpoints scored on test and valid). Rows per
 run; each system's dropout chosen by the VALID sacreBLEU of its reported model (averaged on a
 plateau, else the last checkpoint; never by test); each variant minus the Transformer at their
@@ -37,7 +37,10 @@ reference (:meth:`TokenMixerStudy.curve_plan`). Writes
 results/mt_token_mixers_curves.{json,md,png} (the JSON keeps every run's points). ``--layers 6 1``
 gives every system, the Transformer too, 6 encoder and 1 decoder layers (runs named
 ``en-de.transformer.layers6+1.dropout0.2``), for deep-encoder shallow-decoder models compared at
-equal depth.
+equal depth. ``--patience 6`` is the same study with a longer early-stopping patience, for every
+system alike (runs named ``en-fr.transformer.layers3+1.dropout0.2.patience6``; a run with patience 3
+in ``<work-dir>`` is copied and goes on from where it stopped, so the longer rule costs only the
+extra segments); give it its own ``--output``, and a larger ``--max-minutes`` if runs near the cap.
 
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves                # the full study
     .venv/bin/python -m benchmarks.mt_token_mixers --stage curves --report-only  # the runs finished so far
@@ -73,13 +76,14 @@ import re
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
-    AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model, mean_std,
-    minutes_text, pm, read_json, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
+    AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model,
+    continue_run, mean_std, minutes_text, pm, read_json, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
 )
 from benchmarks.common import cli_path, drop_options, repo_relative, training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
@@ -300,16 +304,21 @@ class TokenMixerStudy(Race):
         """``(variant, dropout, job)``: one curve run (the race's curve rule: segments of ``--eval-every``
         updates, early stopping, ``--max-minutes``), seed ``--curve-seed``, at the study's recipe and
         ``--dropout`` (after scripts/train_multi30k.sh's own 0.1, so it overrides it). A seed other
-        than 1 is in the run's name (``en-de.transformer.dropout0.2.seed2``)."""
+        than 1 is in the run's name (``en-de.transformer.dropout0.2.seed2``), and so is a ``--patience``
+        other than the rule's 3 (``en-de.transformer.dropout0.2.patience6``: :meth:`curves` starts it
+        from the run with patience 3 when that one exists)."""
         a = self.args
         system, recipe, flags = system_recipe_flags(variant, a.lrs[0])
         system_name = f"{variant}{depth_suffix(a.layers)}"
         seeded = a.curve_seed != 1  # seed 1 keeps the published runs' names
+        patient = a.patience != PATIENCE  # so does the rule's patience
         job = Job("token_mixers_curves", f"{pair}.{system_name}.dropout{dropout:g}"
-                  + (f".seed{a.curve_seed}" if seeded else ""), system, pair, a.curve_seed, recipe,
-                  label=f"{pair} {system_name} dropout {dropout:g}" + (f" seed {a.curve_seed}" if seeded else ""),
+                  + (f".seed{a.curve_seed}" if seeded else "") + (f".patience{a.patience}" if patient else ""),
+                  system, pair, a.curve_seed, recipe,
+                  label=f"{pair} {system_name} dropout {dropout:g}" + (f" seed {a.curve_seed}" if seeded else "")
+                  + (f" patience {a.patience}" if patient else ""),
                   cap_minutes=a.max_minutes,
-                  segment_updates=a.eval_every, early_stop=True,
+                  segment_updates=a.eval_every, early_stop=True, patience=a.patience,
                   train_args=[*SEGMENT_ARGS, *flags, *layers_flags(a.layers), "--dropout", f"{dropout:g}"],
                   estimate_minutes=min(CURVE_RUN_MINUTES, a.max_minutes * 1.3 + 6))
         return variant, dropout, job
@@ -344,6 +353,8 @@ class TokenMixerStudy(Race):
                 log.info("[curves] --max-runs %d: training %s; left for later: %s", a.max_runs,
                          ", ".join(unfinished[:a.max_runs]) or "none", ", ".join(unfinished[a.max_runs:]) or "none")
             todo = [slot for slot in todo if slot]
+            if a.patience != PATIENCE:
+                self.continue_shorter_runs([job for slot in todo for job in slot if job.name in train])
             done = self.run_jobs("curves", todo, runner=self.curve_run) if todo else []
             local.update(zip((j.name for slot in todo for j in slot), done))
         runs = []
@@ -355,12 +366,12 @@ class TokenMixerStudy(Race):
                 runs.append(carried[job.name])
         out = {"settings": {"pairs": [p for p in PAIRS if p in a.pairs], "variants": [*a.curve_variants, TRANSFORMER],
                             "layers": a.layers, "dropouts": a.dropouts, "seed": a.curve_seed,
-                            "eval_every": a.eval_every, "patience": PATIENCE,
+                            "eval_every": a.eval_every, "patience": a.patience,
                             "average_last": AVERAGE_LAST, "max_training_minutes": a.max_minutes,
                             "resmlp_recipe": dict(RESMLP_RECIPE, lr=a.lrs[0]), "transformer_recipe": TRANSFORMER_RECIPE,
                             "method": (f"training in segments of {a.eval_every} updates (fairseq-train --max-update, "
                                        "resumed from checkpoint_last.pt), valid sacreBLEU (mt_tools.evaluate, beam 4) "
-                                       f"after each; early stopping after {PATIENCE} evaluations without improvement "
+                                       f"after each; early stopping after {a.patience} evaluations without improvement "
                                        f"or at {a.max_minutes:g} training minutes (validation, checkpoint writing and "
                                        "restarts left out)"),
                             "planned": [job.name for _, _, job in plan],
@@ -372,6 +383,18 @@ class TokenMixerStudy(Race):
         if runs:
             plot_curves(out, self.results / f"{stem}.png")
         return out
+
+    def continue_shorter_runs(self, jobs: List[Job]) -> None:
+        """Each run of ``jobs`` (a ``--patience`` other than the rule's) not started yet begins as the
+        continuation of the same run with the rule's patience when that one exists in
+        ``<work-dir>`` (:func:`~benchmarks.race_mt.continue_run`: copied, so the published run
+        stays as it is): it goes on from where that run stopped."""
+        for job in jobs:
+            shorter = replace(job, name=job.name.removesuffix(f".patience{job.patience}"), patience=PATIENCE)
+            if continue_run(self.run_dir(shorter), self.run_dir(job), self.spec(job)):
+                log.info("[curves] %s starts from %s (patience %d), which stopped after %d updates", job.name,
+                         self.run_dir(shorter), PATIENCE,
+                         read_json(self.run_dir(job) / "progress.json")["points"][-1]["updates"])
 
     def portable_spec(self, job: Job) -> dict:
         """:meth:`~benchmarks.race_mt.Race.spec` with its paths relative to the repository
@@ -669,6 +692,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--curve-seed", type=int, default=1, metavar="SEED",
                    help="curves: every run's seed (default 1); another seed is a new set of runs, named with it "
                         "(en-de.transformer.dropout0.2.seed2); give it a page of its own with --output")
+    p.add_argument("--patience", type=int, default=PATIENCE, metavar="N",
+                   help=f"curves: evaluations without improvement that stop a run (default {PATIENCE}, the rule of "
+                        "every published curve); another N is a new set of runs, named with it "
+                        "(en-fr.transformer.dropout0.2.patience6), each starting from the same run with patience "
+                        f"{PATIENCE} when that one exists; give it a page of its own with --output")
     p.add_argument("--max-minutes", type=training_minutes, default=150.0,
                    help="curves: training minutes of a run if early stopping has not stopped it "
                         "(0: stop at the first evaluation)")
@@ -710,6 +738,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--curve-variants must be distinct")
     if args.curve_seed < 1 or (args.curve_seed != 1 and args.stage != "curves"):
         p.error(f"--curve-seed {args.curve_seed}: a positive seed, for --stage curves")
+    if args.patience < 1 or (args.patience != PATIENCE and args.stage != "curves"):
+        p.error(f"--patience {args.patience}: a positive number of evaluations, for --stage curves")
     if args.eval_every < 1:
         p.error(f"--eval-every {args.eval_every}: must be at least 1")
     if args.layers and (min(args.layers) < 1 or args.stage not in ("curves", "race")):

@@ -46,9 +46,10 @@ original text, and it stores numpy arrays in the checkpoints, which the plugin's
 loading refuses. Chosen over scoring checkpoints in separate processes while training goes on:
 those would take CPU from the two trainings that already fill the two cores. A curve run also
 resumes after an interruption from its last evaluated segment (``progress.json``), and a run
-stopped by its budget goes on when the stage is run again with a larger ``--max-minutes``
-(:func:`budget_grew`; nothing else may differ); a smaller one is refused, naming the run's folder,
-rather than training the run again and deleting it.
+stopped by its budget or its patience goes on when the stage is run again with a larger
+``--max-minutes`` or early-stopping patience (:func:`run_grew`; nothing else may differ); a
+smaller one is refused, naming the run's folder, rather than training the run again and deleting
+it.
 
 Resumable: every finished run caches its figures in ``<work-dir>/<stage>/<run>/result.json``
 together with the settings that produced it; a re-run skips runs whose settings match. An
@@ -255,7 +256,8 @@ class Job:
     max_update: Optional[int] = None
     cap_minutes: Optional[float] = None  # curves: training-minutes budget
     segment_updates: Optional[int] = None  # curves: updates between evaluations
-    early_stop: bool = False  # curves: stop after PATIENCE evaluations without improvement
+    early_stop: bool = False  # curves: stop after `patience` evaluations without improvement
+    patience: int = PATIENCE  # curves: evaluations without improvement that stop a run
     train_args: List[str] = field(default_factory=list)
     estimate_minutes: float = 1.0  # a priori duration, for the ETA before any run has finished
     data: Optional[str] = None  # a prepared folder other than the pair's (the spec records the one used)
@@ -371,6 +373,8 @@ class Race:
     def spec(self, job: Job) -> dict:
         """Everything that determines a run's figures: a cached result is reused only if equal."""
         spec = {k: v for k, v in asdict(job).items() if k not in ("label", "estimate_minutes")}
+        if spec["patience"] == PATIENCE:  # runs from before patience was a setting had this one: their
+            del spec["patience"]          # recorded settings (and published rows) stay equal
         spec.update(extra_train_args=self.args.extra_train_args, data=str(self.job_data(job).resolve()),
                     threads=self.args.threads)
         return json.loads(json.dumps(spec))  # as it reads back from result.json
@@ -744,20 +748,23 @@ class Race:
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run
         prog = read_json(save_dir / "progress.json")
         started = prog.get("spec") if prog else None  # the settings the run in save_dir was started with
-        if prog and prog["points"] and started != spec and budget_grew(spec, started):  # its budget shrank
-            raise SystemExit(f"{tag}: {save_dir} holds this run trained with a budget of "
-                             f"{started['cap_minutes']:g} training minutes; --max-minutes {spec['cap_minutes']:g} "
-                             "is smaller and would train it again from scratch, deleting it. Give at least the "
-                             "run's budget, or move the folder away to start over.")
-        fresh = not (prog and (started == spec or budget_grew(started, spec)) and prog["points"]
+        if prog and prog["points"] and started != spec and run_grew(spec, started):  # its budget shrank
+            smaller = (f"a budget of {started['cap_minutes']:g} training minutes; --max-minutes "
+                       f"{spec['cap_minutes']:g}" if spec["cap_minutes"] < started["cap_minutes"] else
+                       f"an early-stopping patience of {started['patience']}; --patience {job.patience}")
+            raise SystemExit(f"{tag}: {save_dir} holds this run trained with {smaller} is smaller and would train "
+                             "it again from scratch, deleting it. Give at least the run's, or move the folder away "
+                             "to start over.")
+        fresh = not (prog and (started == spec or run_grew(started, spec)) and prog["points"]
                      and (save_dir / "checkpoint_last.pt").is_file()
                      and (save_dir / prog["points"][-1]["checkpoint"]).is_file())
         if fresh:
             prog = {"spec": spec, "points": []}
         else:
             if started != spec:
-                log.info("%s the training-minutes budget grew from %g to %g: the run goes on", tag,
-                         started["cap_minutes"], spec["cap_minutes"])
+                log.info("%s the run goes on: training-minutes budget %g -> %g, early-stopping patience %d -> %d",
+                         tag, started["cap_minutes"], spec["cap_minutes"], started.get("patience", PATIENCE),
+                         job.patience)
                 prog["spec"] = spec
                 write_json(save_dir / "progress.json", prog)
             log.info("%s resuming after %d updates, %.2f training minutes", tag, prog["points"][-1]["updates"],
@@ -766,7 +773,7 @@ class Race:
         started = time.time()
         while True:
             points = prog["points"]
-            reason = curve_stop_reason(points, job.cap_minutes, early)
+            reason = curve_stop_reason(points, job.cap_minutes, early, job.patience)
             if reason:
                 break
             target = (len(points) + 1) * job.segment_updates
@@ -866,24 +873,55 @@ class Race:
         log.info("wrote %s and %s", self.results / f"{stem}.json", self.results / f"{stem}.md")
 
 
-def budget_grew(started: Optional[dict], spec: dict) -> bool:
+#: the settings of a curve run that may grow while the run goes on (:func:`run_grew`)
+GROWING = ("cap_minutes", "patience")
+
+
+def run_grew(started: Optional[dict], spec: dict) -> bool:
     """Whether a curve run started with the settings ``started`` goes on as a run of ``spec``:
-    the two differ only by a training-minutes budget that grew. A run stopped at the smaller
-    budget is the start of the longer one, segment for segment (the same updates, evaluations and
-    checkpoints), so raising ``--max-minutes`` extends it instead of training it again."""
+    the two differ only by a training-minutes budget or an early-stopping patience that grew
+    (neither shrank; a spec without ``patience`` has :data:`PATIENCE`). A run stopped at the
+    smaller budget or patience is the start of the longer one, segment for segment (the same
+    updates, evaluations and checkpoints), so raising ``--max-minutes`` or the patience extends it
+    instead of training it again."""
     if not started or started.get("cap_minutes") is None or spec.get("cap_minutes") is None:
         return False
-    return (spec["cap_minutes"] >= started["cap_minutes"]
-            and {**started, "cap_minutes": None} == {**spec, "cap_minutes": None})
+    default = {"patience": PATIENCE}
+    return (all(spec.get(k, default.get(k)) >= started.get(k, default.get(k)) for k in GROWING)
+            and {**started, **dict.fromkeys(GROWING)} == {**spec, **dict.fromkeys(GROWING)})
 
 
-def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool) -> Optional[str]:
-    """Why a curve is finished, or None: no validation BLEU improvement in the last PATIENCE
+def continue_run(source: Path, dest: Path, spec: dict) -> bool:
+    """Start the curve run in ``dest`` as the continuation of the one in ``source``, when ``dest``
+    has no run yet and ``source``'s settings grow into ``spec`` (:func:`run_grew`; the name may
+    differ, and the copy takes ``spec``'s): its progress, checkpoints and logs are copied
+    (``source`` is left as it is), and :meth:`Race.curve_run` then goes on from its last evaluated
+    segment. For a longer run under another name (another page), e.g. a larger patience, that
+    starts where the published run stopped instead of training it again. Returns whether it
+    copied."""
+    prog = read_json(source / "progress.json")
+    if not prog or not prog["points"] or read_json(dest / "progress.json") is not None:
+        return False
+    prog["spec"] = {**prog["spec"], "name": spec["name"]}  # the same run, under its new name
+    if not run_grew(prog["spec"], spec):
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if path.is_file() and (path.suffix in (".pt", ".log") or path.name == "command.txt") \
+                and path.name != "checkpoint_averaged.pt":
+            copy_atomic(path, dest / path.name)
+    write_json(dest / "progress.json", prog)  # last: a copy cut short is no run, and is copied again
+    return True
+
+
+def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool,
+                      patience: int = PATIENCE) -> Optional[str]:
+    """Why a curve is finished, or None: no validation BLEU improvement in the last ``patience``
     evaluations (if early stopping), or the training-minutes budget reached."""
     if points and early:
         best = max(range(len(points)), key=lambda i: (points[i]["valid_bleu"], -i))
-        if len(points) - 1 - best >= PATIENCE:
-            return f"early stop: validation BLEU did not improve for {PATIENCE} evaluations"
+        if len(points) - 1 - best >= patience:
+            return f"early stop: validation BLEU did not improve for {patience} evaluations"
     if points and points[-1]["train_minutes"] >= cap_minutes:
         return f"training-minutes budget ({cap_minutes:g} min) reached"
     return None

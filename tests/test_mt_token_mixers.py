@@ -396,3 +396,38 @@ def test_curves_choose_each_dropout_by_valid_never_test_and_compare_like_with_li
     assert ("| transformer | 0.3 | early stop | 3000 | 60.0 | 30.70 (@ 3000) | average of last 5 | 34.00 | 30.90 |"
             in text)
     assert "Not finished yet (1 of 18 runs" in text and "## en-fr" in text
+
+
+def test_patience_trains_new_runs_named_with_it_that_start_from_the_rules_runs(tmp_path, monkeypatch):
+    """--patience 6: the same plan with early stopping after 6 evaluations, in runs whose names end
+    in .patience6; each not started yet is first copied from the same run with the rule's patience
+    (3) when that one exists, so that it goes on from where that one stopped. The default keeps the
+    published names; the page records the patience."""
+    argv = ["--stage", "curves", "--pairs", "en-fr", "--curve-variants", "relative_glu", "--dropouts", "0.2",
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
+    rule = [job for slot in TokenMixerStudy(parse_args(argv)).curve_plan() for _, _, job in slot]
+    study = TokenMixerStudy(parse_args([*argv, "--patience", "6", "--output", "patient"]))
+    patient = [job for slot in study.curve_plan() for _, _, job in slot]
+    assert [j.name for j in patient] == [f"{j.name}.patience6" for j in rule]
+    assert {j.patience for j in patient} == {6} and {j.patience for j in rule} == {3}
+    assert patient[0].label.endswith("dropout 0.2 patience 6")
+    shorter = study.run_dir(rule[0])  # the rule's run of the first system, stopped after 2 segments
+    shorter.mkdir(parents=True)
+    points = [{"updates": 250 * (i + 1), "train_minutes": 4.0 * (i + 1), "valid_bleu": 10.0 + i,
+               "checkpoint": f"curve_{250 * (i + 1):07d}.pt"} for i in range(2)]
+    (shorter / "progress.json").write_text(json.dumps({"spec": study.spec(rule[0]), "points": points}))
+    for name in ("checkpoint_last.pt", "curve_0000250.pt", "curve_0000500.pt"):
+        (shorter / name).write_text(name)
+    monkeypatch.setattr(study, "check_data", lambda pairs: None)
+    trained = []
+    monkeypatch.setattr(study, "run_jobs",
+                        lambda stage, slots, runner: [trained.append(j.name) for slot in slots for j in slot])
+    out = study.curves()
+    assert trained == [j.name for j in patient]
+    assert out["settings"]["patience"] == 6 and "after 6 evaluations" in out["settings"]["method"]
+    continued = json.loads((study.run_dir(patient[0]) / "progress.json").read_text())
+    assert continued["points"] == points and (study.run_dir(patient[0]) / "curve_0000500.pt").is_file()
+    assert not study.run_dir(patient[1]).exists()  # no run of the Transformer to start from
+    for bad in ([*argv, "--patience", "0"], ["--stage", "race", "--patience", "6"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

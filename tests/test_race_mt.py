@@ -452,7 +452,7 @@ def test_a_curve_run_goes_on_when_only_its_budget_grows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(race, "train", train)
     longer = race_mt.Job(**{**race_mt.asdict(job), "cap_minutes": 20.0})
-    assert race_mt.budget_grew(race.spec(job), race.spec(longer))
+    assert race_mt.run_grew(race.spec(job), race.spec(longer))
     with pytest.raises(Trained) as trained:
         race.curve_run(longer, "[test]")
     assert trained.value.args == (750, False)  # the third segment, resumed from checkpoint_last.pt
@@ -460,13 +460,73 @@ def test_a_curve_run_goes_on_when_only_its_budget_grows(tmp_path, monkeypatch):
     assert len(race_mt.read_json(folder / "progress.json")["points"]) == 2
 
     shorter = race_mt.Job(**{**race_mt.asdict(longer), "cap_minutes": 15.0})
-    assert not race_mt.budget_grew(race.spec(longer), race.spec(shorter))
+    assert not race_mt.run_grew(race.spec(longer), race.spec(shorter))
     for other in ({"seed": 2}, {"recipe": {**recipe, "lr": 2e-3}}):  # a larger budget and another setting
         changed = race_mt.Job(**{**race_mt.asdict(longer), "cap_minutes": 30.0, **other})
-        assert not race_mt.budget_grew(race.spec(longer), race.spec(changed))
+        assert not race_mt.run_grew(race.spec(longer), race.spec(changed))
     with pytest.raises(SystemExit, match=r"budget of 20 training minutes; --max-minutes 15 is smaller"):
         race.curve_run(shorter, "[test]")  # would delete the longer run: refused, nothing trained
     assert (folder / "checkpoint_last.pt").is_file()
     with pytest.raises(Trained) as trained:
         race.curve_run(changed, "[test]")
     assert trained.value.args == (250, True)  # another run (another seed or recipe): from scratch
+
+
+def test_a_curve_run_goes_on_when_its_patience_grows_and_a_copy_continues_it(tmp_path, monkeypatch):
+    """A curve run early-stopped with patience 3 is the start of the same run with patience 6:
+    a larger patience continues it from its last segment, a smaller one is refused; the default
+    patience stays out of the recorded settings (the published runs' specs have none), and
+    continue_run copies a finished run into a new folder that goes on from where it stopped,
+    leaving the original as it was."""
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1)
+    race = race_mt.Race(args)
+    recipe = {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5}
+    job = race_mt.Job("curves", "en-fr.resmlp", "resmlp", "en-fr", 1, recipe, cap_minutes=100.0, segment_updates=250,
+                      early_stop=True)
+    assert "patience" not in race.spec(job)
+    points = [{"updates": 250 * (i + 1), "train_minutes": 5.0 * (i + 1), "valid_bleu": bleu,
+               "checkpoint": f"curve_{250 * (i + 1):07d}.pt"} for i, bleu in enumerate([10.0, 12.0, 11.0, 11.5, 11.9])]
+    assert race_mt.curve_stop_reason(points, 100.0, True) == \
+        "early stop: validation BLEU did not improve for 3 evaluations"
+    assert race_mt.curve_stop_reason(points, 100.0, True, patience=6) is None
+    folder = race.run_dir(job)
+    folder.mkdir(parents=True)
+    race_mt.write_json(folder / "progress.json", {"spec": race.spec(job), "points": points})
+    race_mt.write_json(folder / "result.json", {"spec": race.spec(job)})
+    for name in ("checkpoint_last.pt", "checkpoint_averaged.pt", "train.0001250.log", "command.txt",
+                 *(p["checkpoint"] for p in points)):
+        (folder / name).write_text(name)
+
+    patient = race_mt.Job(**{**race_mt.asdict(job), "name": "en-fr.resmlp.patience6", "patience": 6})
+    assert race.spec(patient)["patience"] == 6
+    same_name = race_mt.Job(**{**race_mt.asdict(patient), "name": job.name})
+    assert race_mt.run_grew(race.spec(job), race.spec(same_name))
+    assert not race_mt.run_grew(race.spec(same_name), race.spec(job))
+    assert not race_mt.run_grew(race.spec(job), race.spec(race_mt.Job(**{**race_mt.asdict(same_name), "seed": 2})))
+    assert not race_mt.run_grew(race.spec(job), race.spec(patient))  # another name: another run, unless copied
+    assert race_mt.continue_run(folder, race.run_dir(patient), race.spec(patient))
+    copied = race.run_dir(patient)
+    assert sorted(p.name for p in copied.iterdir()) == sorted(
+        ["checkpoint_last.pt", "command.txt", "progress.json", "train.0001250.log", *(p["checkpoint"] for p in points)])
+    assert (copied / "curve_0001250.pt").read_text() == "curve_0001250.pt"
+    assert not race_mt.continue_run(folder, copied, race.spec(patient))  # started already: left alone
+    other = race_mt.Job(**{**race_mt.asdict(patient), "name": "other", "recipe": {**recipe, "lr": 2e-3}})
+    assert not race_mt.continue_run(folder, race.run_dir(other), race.spec(other))  # another run
+    assert not race.run_dir(other).exists()
+
+    class Trained(Exception):
+        pass
+
+    def train(job, tag, max_update=None, fresh=True, **kwargs):
+        raise Trained(max_update, fresh)
+
+    monkeypatch.setattr(race, "train", train)
+    with pytest.raises(Trained) as trained:
+        race.curve_run(patient, "[test]")
+    assert trained.value.args == (1500, False)  # the sixth segment, resumed from the copied checkpoint_last.pt
+    assert race_mt.read_json(copied / "progress.json")["spec"] == race.spec(patient)
+    assert race_mt.read_json(folder / "progress.json")["spec"] == race.spec(job)  # the original is untouched
+    impatient = race_mt.Job(**{**race_mt.asdict(patient), "patience": 4})
+    with pytest.raises(SystemExit, match=r"early-stopping patience of 6; --patience 4 is smaller"):
+        race.curve_run(impatient, "[test]")
