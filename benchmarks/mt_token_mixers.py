@@ -334,6 +334,7 @@ class TokenMixerStudy(Race):
         slots = self.curve_plan()
         plan = [run for slot in slots for run in slot]
         stem = self.stem("curves")
+        self.check_page_keeps_its_runs(stem, [job for _, _, job in plan])
         local = {job.name: self.cached(job) for _, _, job in plan}  # finished here (read once)
         carried = self.published_curve_runs(stem, [job for _, _, job in plan])
         if not a.report_only:
@@ -383,6 +384,22 @@ class TokenMixerStudy(Race):
         if runs:
             plot_curves(out, self.results / f"{stem}.png")
         return out
+
+    def check_page_keeps_its_runs(self, stem: str, jobs: List[Job]) -> None:
+        """Refuse a plan that would drop runs from the curves page it rewrites: when
+        ``<results-dir>/<stem>.json`` reports runs that are not among ``jobs`` (e.g. a ``--dropouts``
+        of part of the page's grid), nothing trains and the error names them. A part of a page's
+        plan trains with the whole plan and ``--train-only`` or ``--max-runs``; a plan of its own
+        writes another page (``--output``)."""
+        page = self.results / f"{stem}.json"
+        planned = {job.key for job in jobs}
+        dropped = [row["run"] for row in (read_json(page) or {}).get("runs", []) if row["run"] not in planned]
+        if dropped:
+            raise SystemExit(
+                f"--output {self.args.output}: {page} reports {len(dropped)} run(s) this plan leaves out "
+                f"({', '.join(Path(run).name for run in dropped)}), and rewriting it would drop them. Give the "
+                "page's whole plan (the flags of its Reproduce line) and train a part of it with --train-only or "
+                "--max-runs, or write another page with --output.")
 
     def continue_shorter_runs(self, jobs: List[Job]) -> None:
         """Each run of ``jobs`` (a ``--patience`` other than the rule's) not started yet begins as the

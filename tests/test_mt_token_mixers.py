@@ -431,3 +431,33 @@ def test_patience_trains_new_runs_named_with_it_that_start_from_the_rules_runs(t
     for bad in ([*argv, "--patience", "0"], ["--stage", "race", "--patience", "6"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_a_plan_that_would_drop_runs_from_its_page_is_refused_before_training(tmp_path, monkeypatch):
+    """A curves page reporting dropouts 0.1 and 0.2 is not rewritten by a plan of dropout 0.2 alone
+    (that would drop the 0.1 runs from it): refused before anything trains, naming the runs and the
+    flags; the whole plan, or another --output, goes ahead."""
+    argv = ["--stage", "curves", "--pairs", "en-de", "--curve-variants", "relative_glu",
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--output", "page"]
+    whole = TokenMixerStudy(parse_args([*argv, "--dropouts", "0.1", "0.2"]))
+    runs = [{"run": job.key} for slot in whole.curve_plan() for _, _, job in slot]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "page_curves.json").write_text(json.dumps({"runs": runs}))
+    trained = []
+    for refused, argv_ in ((True, [*argv, "--dropouts", "0.2"]), (False, [*argv, "--dropouts", "0.1", "0.2"]),
+                           (False, [*argv[:-1], "other", "--dropouts", "0.2"])):
+        study = TokenMixerStudy(parse_args(argv_))
+        monkeypatch.setattr(study, "check_data", lambda pairs: None)
+        monkeypatch.setattr(study, "published_curve_runs", lambda stem, jobs: {})
+        monkeypatch.setattr(study, "run_jobs",
+                            lambda stage, slots, runner: [trained.append(j.name) for slot in slots for j in slot])
+        if refused:
+            with pytest.raises(SystemExit, match=r"--output page: .*page_curves.json reports 2 run\(s\) this plan "
+                                                 r"leaves out \(en-de.relative_glu.dropout0.1, "
+                                                 r"en-de.transformer.dropout0.1\).*--train-only or --max-runs"):
+                study.curves()
+            assert trained == []
+            assert json.loads((tmp_path / "results" / "page_curves.json").read_text()) == {"runs": runs}
+        else:
+            study.curves()
+    assert len(trained) == 4 + 2  # the whole plan, then the other page's
