@@ -83,7 +83,8 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model,
-    continue_run, mean_std, minutes_text, pm, read_json, reported_model, stop_trainings_on_sigterm, style_bleu_axes,
+    continue_run, mean_std, minutes_text, pm, read_json, reported_model, run_grew, stop_trainings_on_sigterm,
+    style_bleu_axes,
 )
 from benchmarks.common import cli_path, drop_options, repo_relative, training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
@@ -378,12 +379,32 @@ class TokenMixerStudy(Race):
                             "planned": [job.name for _, _, job in plan],
                             "not_finished": [job.name for _, _, job in plan
                                              if local[job.name] is None and job.name not in carried],
+                            "in_progress": [progress for variant, dropout, job in plan
+                                            if local[job.name] is None and job.name not in carried
+                                            and (progress := self.curve_progress(variant, dropout, job))],
                             "plot": f"{stem}.png", "command": a.command},
                "machine": self.record_machine(), "runs": runs, **curves_summary(runs)}
         self.publish(stem, out, curves_markdown(out))
         if runs:
             plot_curves(out, self.results / f"{stem}.png")
         return out
+
+    def curve_progress(self, variant: str, dropout: float, job: Job) -> Optional[dict]:
+        """Where an unfinished curve run stands (None if it has evaluated no segment in
+        ``<work-dir>`` with this plan's settings, or with settings that grow into them,
+        :func:`~benchmarks.race_mt.run_grew`): its updates and training minutes so far, its best and
+        last valid sacreBLEU (single checkpoints) and the evaluations since its best."""
+        prog = read_json(self.run_dir(job) / "progress.json")
+        spec = self.spec(job)
+        if not prog or not prog["points"] or not (prog.get("spec") == spec or run_grew(prog.get("spec"), spec)):
+            return None
+        points = prog["points"]
+        best = max(points, key=lambda p: p["valid_bleu"])  # the first of equal scores, as the stopping rule
+        return {"run": job.name, "variant": variant, "dropout": dropout, "pair": job.pair,
+                "updates": points[-1]["updates"], "train_minutes": points[-1]["train_minutes"],
+                "best_valid": best["valid_bleu"], "best_updates": best["updates"],
+                "last_valid": points[-1]["valid_bleu"], "since_best": len(points) - 1 - points.index(best),
+                "evaluated": points[-1].get("evaluated")}
 
     def check_page_keeps_its_runs(self, stem: str, jobs: List[Job]) -> None:
         """Refuse a plan that would drop runs from the curves page it rewrites: when
@@ -627,6 +648,15 @@ def curves_markdown(d: dict) -> str:
     if s["not_finished"]:
         lines += [f"Not finished yet ({len(s['not_finished'])} of {len(s['planned'])} runs; absent from every table "
                   "below, the dropouts chosen among the finished ones): " + ", ".join(s["not_finished"]) + ".", ""]
+    if s.get("in_progress"):
+        lines += ["Where the unfinished runs stand (single checkpoints' valid sacreBLEU, so not comparable with the "
+                  "reported models below, which average the last checkpoints of a plateau):", "",
+                  "| run | updates | training min | best valid (@ updates) | last valid | evaluations since the best "
+                  "| last evaluated |", "|---|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {r['run']} | {r['updates']} | {r['train_minutes']:.1f} | {r['best_valid']:.2f} "
+                  f"(@ {r['best_updates']}) | {r['last_valid']:.2f} | {r['since_best']} | {r['evaluated'] or '-'} |"
+                  for r in s["in_progress"]]
+        lines += [""]
     for pair in s["pairs"]:
         rows = [r for r in d["runs"] if r["pair"] == pair]
         if not rows:

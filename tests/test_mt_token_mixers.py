@@ -428,6 +428,13 @@ def test_patience_trains_new_runs_named_with_it_that_start_from_the_rules_runs(t
     continued = json.loads((study.run_dir(patient[0]) / "progress.json").read_text())
     assert continued["points"] == points and (study.run_dir(patient[0]) / "curve_0000500.pt").is_file()
     assert not study.run_dir(patient[1]).exists()  # no run of the Transformer to start from
+    # the page says where the unfinished run stands: the copied run, before it goes on
+    assert out["settings"]["in_progress"] == [{
+        "run": patient[0].name, "variant": "relative_glu", "dropout": 0.2, "pair": "en-fr", "updates": 500,
+        "train_minutes": 8.0, "best_valid": 11.0, "best_updates": 500, "last_valid": 11.0, "since_best": 0,
+        "evaluated": None}]
+    text = (tmp_path / "results" / "patient_curves.md").read_text()
+    assert f"| {patient[0].name} | 500 | 8.0 | 11.00 (@ 500) | 11.00 | 0 | - |" in text
     for bad in ([*argv, "--patience", "0"], ["--stage", "race", "--patience", "6"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
