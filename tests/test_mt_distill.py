@@ -8,6 +8,7 @@ from __future__ import annotations
 import filecmp
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,7 +135,9 @@ def test_the_report_reproduces_the_whole_study_with_its_flags():
 def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     """python -m benchmarks.mt_distill on the tiny corpus, tiny models (one segment of training each:
     a budget of 0 minutes stops every run at its first evaluation): teacher curve, distilled
-    data, students on both data, the decoding benchmark, the report with its summary keys.
+    data, students on both data, the decoding benchmark (of the best student: measuring every
+    student is the speed stage's loop, tested on its own below), the report with its summary keys
+    and every measured student's speed, the best first.
     The teacher's encoder and decoder have the same number of heads (4), so that CTranslate2,
     where installed (requirements-bench.txt), converts it."""
     tiny = ("--encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-layers 1 "
@@ -144,7 +147,7 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
                "--data-root", teacher["data"].parent, "--work-dir", tmp_path / "work",
                "--results-dir", tmp_path / "results",
                "--eval-every", "20", "--max-minutes", "0", "--progress-seconds", "0", "--no-progress-bar",
-               "--students", "resmlp_mt_small_deep_shallow",
+               "--speed-students", "best", "--students", "resmlp_mt_small_deep_shallow",
                "--variant-name", "relative", "--variant-flags=--token-mixer-positions relative",
                "--extra-train-args", tiny]
     # the students on the references need no teacher: they can train first (beside the teacher)
@@ -168,9 +171,8 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     assert (tmp_path / "work" / "speed" / "en-de.vmap.txt").is_file()
     speed = out["pairs"]["en-de"]["speed"]
     best = max((r for r in rows if r["data"] == "distilled"), key=lambda r: r["valid"])["model"]
-    by_student = out["pairs"]["en-de"]["speed_by_student"]  # every distilled student, the best first
-    assert sorted(by_student) == ["relative", "resmlp_mt_small_deep_shallow"]
-    assert list(by_student)[0] == best and by_student[best] == speed
+    by_student = out["pairs"]["en-de"]["speed_by_student"]  # every measured student: here the best
+    assert list(by_student) == [best] and by_student[best] == speed
     assert set(summary) >= {"speedup_b128_vocabulary_map", "speedup_b1_vocabulary_map"}
     if "b128" in speed:  # CTranslate2 installed: the teacher's rows exist, with and without the map
         assert speed["b128_vocabulary_map"]["vocabulary_map"] and not speed["b128"]["vocabulary_map"]
@@ -191,9 +193,18 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     # a rerun trains nothing again
     again = run(command)
     assert "0 to run" in again.stdout and "translating the training sources" not in again.stdout
-    assert "[speed] en-de resmlp_mt_small_deep_shallow: cached" in again.stdout
-    assert "[speed] en-de relative: cached" in again.stdout
+    assert f"[speed] en-de {best}: cached" in again.stdout
     assert result.returncode == 0
+    # the report gives every student whose speed was measured, the best first (here the other
+    # student's figures are a copy of the best's)
+    other = ({"relative", "resmlp_mt_small_deep_shallow"} - {best}).pop()
+    speed_dir = tmp_path / "work" / "speed"
+    (speed_dir / f"en-de.{other}.json").write_text((speed_dir / f"en-de.{best}.json").read_text())
+    run([*command[:5], "report", *command[6:]])
+    by_student = json.loads((tmp_path / "results" / "mt_distill.json").read_text())["pairs"]["en-de"][
+        "speed_by_student"]
+    assert list(by_student) == [best, other] and by_student[other] == by_student[best]
+    assert f"| {other} | 128 |" in (tmp_path / "results" / "mt_distill.md").read_text()
     # --teacher-run: a finished curve run is the teacher (here the study's own): nothing trains, the
     # report's teacher row is that run's and its folder is recorded
     own = tmp_path / "work" / "distill" / "en-de.teacher"
@@ -209,3 +220,42 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
                                (en_fr, own, "it is a run of en-de, --pairs is en-fr")):
         refused = run([*argv[:5], "teacher", *argv[6:], "--teacher-run", bad], check=False)
         assert refused.returncode == 2 and f"--teacher-run {bad}: {problem}" in refused.stderr, refused.stderr
+
+
+def test_the_speed_stage_measures_every_distilled_student_or_the_best(tmp_path, monkeypatch):
+    """--speed-students all: one bench_decode run per distilled student, each beside the teacher,
+    into its own figures; best: only the best by valid sacreBLEU. Figures newer than both
+    checkpoints are kept (cached), older ones measured again."""
+    import argparse
+
+    from benchmarks import bench_decode
+    from benchmarks.mt_distill import DistillStudy
+
+    ckpt = {name: tmp_path / f"{name}.pt" for name in ("teacher", "a", "b")}
+    for path in ckpt.values():
+        path.write_bytes(b"")
+    students = [{"name": "a", "checkpoint": ckpt["a"], "valid": 30.0},
+                {"name": "b", "checkpoint": ckpt["b"], "valid": 31.0}]
+    measured = []
+
+    def bench(argv):
+        out = argv[argv.index("--out") + 1]
+        measured.append((argv[argv.index("--resmlp") + 1], argv[argv.index("--transformer") + 1], out))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out + ".json").write_text(json.dumps({"settings": {"vocabulary_map": None}}))
+
+    monkeypatch.setattr(bench_decode, "main", bench)
+    for choice, expected in (("best", ["b"]), ("all", ["a"])):  # b's figures of the first pass are kept
+        args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results",
+                                  data_root=tmp_path / "data", pairs=["en-de"], speed_students=choice,
+                                  vocabulary_map=False, quick=True)
+        study = DistillStudy(args)
+        monkeypatch.setattr(study, "distilled_students", lambda pair: students)
+        monkeypatch.setattr(study, "export", lambda pair, best: None)
+        monkeypatch.setattr(study, "teacher_checkpoint", lambda pair: ckpt["teacher"])
+        monkeypatch.setattr(study, "data", lambda pair: tmp_path / "data")
+        measured.clear()
+        study.speed()
+        assert [Path(m[0]).stem for m in measured] == expected, choice
+        assert all(m[1] == str(ckpt["teacher"]) and m[2].endswith(f"speed/en-de.{Path(m[0]).stem}")
+                   for m in measured)
