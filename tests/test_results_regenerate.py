@@ -56,6 +56,7 @@ RENDERERS = {
     "mt_token_mixers_dynamic_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_en-fr_curves": mt_token_mixers.curves_markdown,
+    "mt_token_mixers_layers3+1_en-fr_patience6_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_race": mt_token_mixers.race_markdown,
     "mt_token_mixers_layers3+1_seed2_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_race": mt_token_mixers.race_markdown,
