@@ -425,16 +425,31 @@ def test_runs_side_by_side_fill_every_place():
     assert race_mt.pack_groups([], 2) == []
 
 
+class Trained(Exception):
+    """Raised by :func:`_curve_race`'s stand-in for ``Race.train``: ``args`` are its ``max_update`` and ``fresh``."""
+
+
+def _curve_race(tmp_path, monkeypatch, pair: str, cap_minutes: float):
+    """A Race in ``tmp_path`` whose ``train`` raises :class:`Trained`, and a curve job of ``pair``."""
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1)
+    race = race_mt.Race(args)
+
+    def train(job, tag, max_update=None, fresh=True, **kwargs):
+        raise Trained(max_update, fresh)
+
+    monkeypatch.setattr(race, "train", train)
+    recipe = {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5}
+    job = race_mt.Job("curves", f"{pair}.resmlp", "resmlp", pair, 1, recipe, cap_minutes=cap_minutes,
+                      segment_updates=250, early_stop=True)
+    return race, recipe, job
+
+
 def test_a_curve_run_goes_on_when_only_its_budget_grows(tmp_path, monkeypatch):
     """A curve run stopped at its training-minutes budget continues from its last segment when the
     budget grows (the same run, longer); a smaller budget is refused (it would delete the run); any
     other change of settings trains from scratch."""
-    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
-                              extra_train_args="", threads=1)
-    race = race_mt.Race(args)
-    recipe = {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5}
-    job = race_mt.Job("curves", "en-de.resmlp", "resmlp", "en-de", 1, recipe, cap_minutes=10.0, segment_updates=250,
-                      early_stop=True)
+    race, recipe, job = _curve_race(tmp_path, monkeypatch, "en-de", 10.0)
     folder = race.run_dir(job)
     folder.mkdir(parents=True)
     points = [{"updates": 250 * (i + 1), "train_minutes": 5.0 * (i + 1), "valid_bleu": 10.0 + i,
@@ -443,14 +458,6 @@ def test_a_curve_run_goes_on_when_only_its_budget_grows(tmp_path, monkeypatch):
     for name in ("checkpoint_last.pt", "curve_0000250.pt", "curve_0000500.pt"):
         (folder / name).write_bytes(b"")
     assert race_mt.curve_stop_reason(points, job.cap_minutes, True).startswith("training-minutes budget")
-
-    class Trained(Exception):
-        pass
-
-    def train(job, tag, max_update=None, fresh=True, **kwargs):
-        raise Trained(max_update, fresh)
-
-    monkeypatch.setattr(race, "train", train)
     longer = race_mt.Job(**{**race_mt.asdict(job), "cap_minutes": 20.0})
     assert race_mt.run_grew(race.spec(job), race.spec(longer))
     with pytest.raises(Trained) as trained:
@@ -478,12 +485,7 @@ def test_a_curve_run_goes_on_when_its_patience_grows_and_a_copy_continues_it(tmp
     patience stays out of the recorded settings (the published runs' specs have none), and
     continue_run copies a finished run into a new folder that goes on from where it stopped,
     leaving the original as it was."""
-    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
-                              extra_train_args="", threads=1)
-    race = race_mt.Race(args)
-    recipe = {"lr": 1e-3, "warmup": 300, "layerscale_init": 0.5}
-    job = race_mt.Job("curves", "en-fr.resmlp", "resmlp", "en-fr", 1, recipe, cap_minutes=100.0, segment_updates=250,
-                      early_stop=True)
+    race, recipe, job = _curve_race(tmp_path, monkeypatch, "en-fr", 100.0)
     assert "patience" not in race.spec(job)
     points = [{"updates": 250 * (i + 1), "train_minutes": 5.0 * (i + 1), "valid_bleu": bleu,
                "checkpoint": f"curve_{250 * (i + 1):07d}.pt"} for i, bleu in enumerate([10.0, 12.0, 11.0, 11.5, 11.9])]
@@ -514,14 +516,6 @@ def test_a_curve_run_goes_on_when_its_patience_grows_and_a_copy_continues_it(tmp
     other = race_mt.Job(**{**race_mt.asdict(patient), "name": "other", "recipe": {**recipe, "lr": 2e-3}})
     assert not race_mt.continue_run(folder, race.run_dir(other), race.spec(other))  # another run
     assert not race.run_dir(other).exists()
-
-    class Trained(Exception):
-        pass
-
-    def train(job, tag, max_update=None, fresh=True, **kwargs):
-        raise Trained(max_update, fresh)
-
-    monkeypatch.setattr(race, "train", train)
     with pytest.raises(Trained) as trained:
         race.curve_run(patient, "[test]")
     assert trained.value.args == (1500, False)  # the sixth segment, resumed from the copied checkpoint_last.pt
