@@ -748,10 +748,10 @@ class Race:
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run
         prog = read_json(save_dir / "progress.json")
         started = prog.get("spec") if prog else None  # the settings the run in save_dir was started with
-        if prog and prog["points"] and started != spec and run_grew(spec, started):  # its budget shrank
+        if prog and prog["points"] and started != spec and run_grew(spec, started):  # its budget or patience shrank
             smaller = (f"a budget of {started['cap_minutes']:g} training minutes; --max-minutes "
                        f"{spec['cap_minutes']:g}" if spec["cap_minutes"] < started["cap_minutes"] else
-                       f"an early-stopping patience of {started['patience']}; --patience {job.patience}")
+                       f"an early-stopping patience of {started.get('patience', PATIENCE)}; --patience {job.patience}")
             raise SystemExit(f"{tag}: {save_dir} holds this run trained with {smaller} is smaller and would train "
                              "it again from scratch, deleting it. Give at least the run's, or move the folder away "
                              "to start over.")
