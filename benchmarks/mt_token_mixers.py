@@ -76,15 +76,14 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
-    AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, compared_model,
-    continue_run, mean_std, minutes_text, pm, read_json, reported_model, run_grew, stop_trainings_on_sigterm,
-    style_bleu_axes,
+    AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, best_point,
+    compared_model, continue_run, mean_std, minutes_text, pm, read_json, reported_model, run_grew,
+    stop_trainings_on_sigterm, style_bleu_axes,
 )
 from benchmarks.common import cli_path, drop_options, repo_relative, training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
@@ -301,25 +300,26 @@ class TokenMixerStudy(Race):
                  if "paper" in a.curve_variants else [])
         return beside + paper
 
-    def curve_job(self, variant: str, pair: str, dropout: float) -> tuple:
+    def curve_job(self, variant: str, pair: str, dropout: float, patience: Optional[int] = None) -> tuple:
         """``(variant, dropout, job)``: one curve run (the race's curve rule: segments of ``--eval-every``
         updates, early stopping, ``--max-minutes``), seed ``--curve-seed``, at the study's recipe and
         ``--dropout`` (after scripts/train_multi30k.sh's own 0.1, so it overrides it). A seed other
         than 1 is in the run's name (``en-de.transformer.dropout0.2.seed2``), and so is a ``--patience``
         other than the rule's 3 (``en-de.transformer.dropout0.2.patience6``: :meth:`curves` starts it
-        from the run with patience 3 when that one exists)."""
+        from the run with patience 3 when that one exists); ``patience`` (default ``--patience``)."""
         a = self.args
         system, recipe, flags = system_recipe_flags(variant, a.lrs[0])
         system_name = f"{variant}{depth_suffix(a.layers)}"
+        patience = a.patience if patience is None else patience
         seeded = a.curve_seed != 1  # seed 1 keeps the published runs' names
-        patient = a.patience != PATIENCE  # so does the rule's patience
+        patient = patience != PATIENCE  # so does the rule's patience
         job = Job("token_mixers_curves", f"{pair}.{system_name}.dropout{dropout:g}"
-                  + (f".seed{a.curve_seed}" if seeded else "") + (f".patience{a.patience}" if patient else ""),
+                  + (f".seed{a.curve_seed}" if seeded else "") + (f".patience{patience}" if patient else ""),
                   system, pair, a.curve_seed, recipe,
                   label=f"{pair} {system_name} dropout {dropout:g}" + (f" seed {a.curve_seed}" if seeded else "")
-                  + (f" patience {a.patience}" if patient else ""),
+                  + (f" patience {patience}" if patient else ""),
                   cap_minutes=a.max_minutes,
-                  segment_updates=a.eval_every, early_stop=True, patience=a.patience,
+                  segment_updates=a.eval_every, early_stop=True, patience=patience,
                   train_args=[*SEGMENT_ARGS, *flags, *layers_flags(a.layers), "--dropout", f"{dropout:g}"],
                   estimate_minutes=min(CURVE_RUN_MINUTES, a.max_minutes * 1.3 + 6))
         return variant, dropout, job
@@ -356,7 +356,7 @@ class TokenMixerStudy(Race):
                          ", ".join(unfinished[:a.max_runs]) or "none", ", ".join(unfinished[a.max_runs:]) or "none")
             todo = [slot for slot in todo if slot]
             if a.patience != PATIENCE:
-                self.continue_shorter_runs([job for slot in todo for job in slot if job.name in train])
+                self.continue_shorter_runs([run for run in plan if run[2].name in train])
             done = self.run_jobs("curves", todo, runner=self.curve_run) if todo else []
             local.update(zip((j.name for slot in todo for j in slot), done))
         runs = []
@@ -399,11 +399,11 @@ class TokenMixerStudy(Race):
         if not prog or not prog["points"] or not (prog.get("spec") == spec or run_grew(prog.get("spec"), spec)):
             return None
         points = prog["points"]
-        best = max(points, key=lambda p: p["valid_bleu"])  # the first of equal scores, as the stopping rule
+        best, since = best_point(points)  # as the stopping rule reads them
         return {"run": job.name, "variant": variant, "dropout": dropout, "pair": job.pair,
                 "updates": points[-1]["updates"], "train_minutes": points[-1]["train_minutes"],
                 "best_valid": best["valid_bleu"], "best_updates": best["updates"],
-                "last_valid": points[-1]["valid_bleu"], "since_best": len(points) - 1 - points.index(best),
+                "last_valid": points[-1]["valid_bleu"], "since_best": since,
                 "evaluated": points[-1].get("evaluated")}
 
     def check_page_keeps_its_runs(self, stem: str, jobs: List[Job]) -> None:
@@ -422,17 +422,17 @@ class TokenMixerStudy(Race):
                 "page's whole plan (the flags of its Reproduce line) and train a part of it with --train-only or "
                 "--max-runs, or write another page with --output.")
 
-    def continue_shorter_runs(self, jobs: List[Job]) -> None:
-        """Each run of ``jobs`` (a ``--patience`` other than the rule's) not started yet begins as the
-        continuation of the same run with the rule's patience when that one exists in
-        ``<work-dir>`` (:func:`~benchmarks.race_mt.continue_run`: copied, so the published run
-        stays as it is): it goes on from where that run stopped."""
-        for job in jobs:
-            shorter = replace(job, name=job.name.removesuffix(f".patience{job.patience}"), patience=PATIENCE)
-            if continue_run(self.run_dir(shorter), self.run_dir(job), self.spec(job)):
+    def continue_shorter_runs(self, runs: List[tuple]) -> None:
+        """Each of ``runs`` (:meth:`curve_job`'s ``(variant, dropout, job)``, a ``--patience`` other
+        than the rule's) not started yet begins as the continuation of the same run with the rule's
+        patience when that one exists in ``<work-dir>`` (:func:`~benchmarks.race_mt.continue_run`:
+        copied, so the published run stays as it is): it goes on from where that run stopped."""
+        for variant, dropout, job in runs:
+            shorter = self.curve_job(variant, job.pair, dropout, patience=PATIENCE)[2]
+            copied = continue_run(self.run_dir(shorter), self.run_dir(job), self.spec(job))
+            if copied:
                 log.info("[curves] %s starts from %s (patience %d), which stopped after %d updates", job.name,
-                         self.run_dir(shorter), PATIENCE,
-                         read_json(self.run_dir(job) / "progress.json")["points"][-1]["updates"])
+                         self.run_dir(shorter), PATIENCE, copied["points"][-1]["updates"])
 
     def portable_spec(self, job: Job) -> dict:
         """:meth:`~benchmarks.race_mt.Race.spec` with its paths relative to the repository

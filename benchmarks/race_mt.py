@@ -801,20 +801,19 @@ class Race:
                      "valid_loss": tracker.points[-1]["valid_loss"], "checkpoint": checkpoint.name,
                      "evaluated": datetime.now().isoformat(timespec="seconds")}
             points.append(point)
-            best = max(points, key=lambda p: p["valid_bleu"])  # the first of equal scores
+            best, since = best_point(points)
             if best is point:
                 copy_atomic(checkpoint, save_dir / "checkpoint_best_bleu.pt")
             for old in sorted(save_dir.glob("curve_*.pt"))[:-AVERAGE_LAST]:
                 old.unlink()  # the last few are kept for averaging, the best as checkpoint_best_bleu.pt
             write_json(save_dir / "progress.json", prog)
-            since = len(points) - 1 - points.index(best)
             log.info("%s %d updates, %.2f/%g training min: valid sacreBLEU %.2f (best %.2f @ %d, %d evaluation(s) "
                      "without improvement)%s", tag, target, point["train_minutes"], job.cap_minutes,
                      point["valid_bleu"], best["valid_bleu"], best["updates"], since,
                      f"; at most {minutes_text(job.cap_minutes - point['train_minutes'])} of training left"
                      if point["train_minutes"] < job.cap_minutes else "")
         points = prog["points"]
-        best = max(points, key=lambda p: p["valid_bleu"])
+        best, _ = best_point(points)
         last = points[-1]
         converged = reason.startswith("early stop")
         # averaging is for a plateau: a run stopped by its budget is still rising, and its last
@@ -891,37 +890,42 @@ def run_grew(started: Optional[dict], spec: dict) -> bool:
             and {**started, **dict.fromkeys(GROWING)} == {**spec, **dict.fromkeys(GROWING)})
 
 
-def continue_run(source: Path, dest: Path, spec: dict) -> bool:
+def continue_run(source: Path, dest: Path, spec: dict) -> Optional[dict]:
     """Start the curve run in ``dest`` as the continuation of the one in ``source``, when ``dest``
     has no run yet and ``source``'s settings grow into ``spec`` (:func:`run_grew`; the name may
     differ, and the copy takes ``spec``'s): its progress, checkpoints and logs are copied
     (``source`` is left as it is), and :meth:`Race.curve_run` then goes on from its last evaluated
     segment. For a longer run under another name (another page), e.g. a larger patience, that
-    starts where the published run stopped instead of training it again. Returns whether it
-    copied."""
+    starts where the published run stopped instead of training it again. Returns the copied
+    progress (``progress.json``), or None when nothing was copied."""
     prog = read_json(source / "progress.json")
     if not prog or not prog["points"] or read_json(dest / "progress.json") is not None:
-        return False
+        return None
     prog["spec"] = {**prog["spec"], "name": spec["name"]}  # the same run, under its new name
     if not run_grew(prog["spec"], spec):
-        return False
+        return None
     dest.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.iterdir()):
         if path.is_file() and (path.suffix in (".pt", ".log") or path.name == "command.txt") \
                 and path.name != "checkpoint_averaged.pt":
             copy_atomic(path, dest / path.name)
     write_json(dest / "progress.json", prog)  # last: a copy cut short is no run, and is copied again
-    return True
+    return prog
+
+
+def best_point(points: List[dict]) -> tuple:
+    """``(point, evaluations since it)``: a curve's point of the best valid sacreBLEU (the first of
+    equal scores) and how many evaluations came after it, the count the stopping rule reads."""
+    best = max(points, key=lambda p: p["valid_bleu"])  # max keeps the first of equal scores
+    return best, len(points) - 1 - points.index(best)
 
 
 def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool,
                       patience: int = PATIENCE) -> Optional[str]:
     """Why a curve is finished, or None: no validation BLEU improvement in the last ``patience``
     evaluations (if early stopping), or the training-minutes budget reached."""
-    if points and early:
-        best = max(range(len(points)), key=lambda i: (points[i]["valid_bleu"], -i))
-        if len(points) - 1 - best >= patience:
-            return f"early stop: validation BLEU did not improve for {patience} evaluations"
+    if points and early and best_point(points)[1] >= patience:
+        return f"early stop: validation BLEU did not improve for {patience} evaluations"
     if points and points[-1]["train_minutes"] >= cap_minutes:
         return f"training-minutes budget ({cap_minutes:g} min) reached"
     return None
