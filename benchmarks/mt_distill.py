@@ -451,20 +451,26 @@ def markdown(out: dict) -> str:
                          f"{r['updates']} | {r['train_minutes']:.1f} | {'yes' if r['converged'] else 'no (budget)'} |")
         speeds = p.get("speed_by_student") or {}
         if speeds:
-            lines += ["", "Decoding, 1 thread, beam 4, each distilled student measured in its own run beside the "
-                      "teacher (best student by valid sacreBLEU first):", "",
-                      "| student | batch | vocabulary map | student engine (int8) | student sent/s "
-                      "| teacher CTranslate2 int8 sent/s | teacher fairseq sent/s "
-                      "| speedup over CTranslate2 int8 |", "|---|---:|---|---|---:|---:|---:|---:|"]
+            table = []
             for student, speed in speeds.items():
                 for key, v in speed.items():
                     if key not in SPEED_KEYS:  # the rows of the table, not the ratios, split or date
                         continue
                     fairseq = v["teacher_fairseq_sentences_per_second"]
                     fs = f"{fairseq:.1f}" if fairseq else "-"
-                    lines.append(f"| {student} | {v['batch_size']} | {'both' if v.get('vocabulary_map') else 'no'} | "
+                    table.append(f"| {student} | {v['batch_size']} | {'both' if v.get('vocabulary_map') else 'no'} | "
                                  f"{v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
                                  f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
+            if table:
+                lines += ["", "Decoding, 1 thread, beam 4, each distilled student measured in its own run beside the "
+                          "teacher (best student by valid sacreBLEU first):", "",
+                          "| student | batch | vocabulary map | student engine (int8) | student sent/s "
+                          "| teacher CTranslate2 int8 sent/s | teacher fairseq sent/s "
+                          "| speedup over CTranslate2 int8 |", "|---|---:|---|---|---:|---:|---:|---:|", *table]
+            else:  # the speed stage ran without CTranslate2: no teacher rows, so no speedups
+                lines += ["", "Decoding: no speedups, the teacher's CTranslate2 int8 rows were not measured "
+                          "(CTranslate2 not installed: `pip install -r requirements-bench.txt`, then rerun the "
+                          "speed stage); each student's batch-1 time split is below."]
             for student, speed in speeds.items():
                 ratios = speed.get("equal_length_tokens_per_second_ratios")
                 if ratios:
