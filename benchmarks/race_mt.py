@@ -511,6 +511,7 @@ class Race:
         figures["train_minutes"] = round(tracker.train_minutes(), 2)
         figures["wall_minutes"] = round(tracker.wall_minutes(), 2)
         figures["valid_points"] = tracker.points
+        trained_by = segment_machine(self.record_machine())  # before scoring loads the machine
         figures["stop_reason"] = tracker.stop_reason
         if resumed:
             figures["resumed"] = "interrupted, resumed from checkpoint_last.pt; minutes count the resumed part only"
@@ -519,7 +520,7 @@ class Race:
                        "recipe": job.recipe, "recipe_text": recipe_text(job.system, job.recipe),
                        "run_minutes": round((time.time() - start) / 60, 2), "spec": self.spec(job),
                        "command": (self.run_dir(job) / "command.txt").read_text().strip(),
-                       "finished": datetime.now().isoformat(timespec="seconds")})
+                       "finished": datetime.now().isoformat(timespec="seconds"), "trained_by": trained_by})
         write_json(self.run_dir(job) / "result.json", result)
         return result
 
@@ -678,7 +679,7 @@ class Race:
                  "updates": r["figures"]["updates"], "wall_minutes": r["figures"]["wall_minutes"],
                  "words_per_second": r["figures"].get("words_per_second"),
                  "sacrebleu": {split: r["eval"][split]["sacrebleu"] for split in SPLITS},
-                 "eval": r["eval"]} for r in results]
+                 "eval": r["eval"], "trained_by": r.get("trained_by")} for r in results]
         summary = {}
         for pair in a.pairs:
             ps = {}
@@ -793,13 +794,14 @@ class Race:
                 fresh = False
             if tracker.updates != target or not tracker.points:
                 raise RuntimeError(f"{tag}: the segment to {target} updates ended at {tracker.updates}; see {log_path}")
+            trained_by = segment_machine(self.record_machine())  # before scoring loads the machine
             checkpoint = save_dir / f"curve_{target:07d}.pt"
             copy_atomic(save_dir / "checkpoint_last.pt", checkpoint)
             valid = self.score(job, checkpoint, "valid")
             point = {"updates": target, "train_minutes": round(done_minutes + tracker.points[-1]["train_minutes"], 3),
                      "segment_wall_minutes": round(tracker.wall_minutes(), 3), "valid_bleu": valid["sacrebleu"],
                      "valid_loss": tracker.points[-1]["valid_loss"], "checkpoint": checkpoint.name,
-                     "evaluated": datetime.now().isoformat(timespec="seconds")}
+                     "evaluated": datetime.now().isoformat(timespec="seconds"), "trained_by": trained_by}
             points.append(point)
             best, since = best_point(points)
             if best is point:
@@ -934,6 +936,50 @@ def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool,
 # --- tables, plots, goals -------------------------------------------------------------------------
 
 
+def segment_machine(info: dict) -> dict:
+    """What a curve point records of the process that trained (or, for a segment saved before an
+    interruption, evaluated) it: CPU, host and commit (``+`` when tracked files differed from it),
+    and the machine's 5-minute load average as the segment ended, so a page spread over several
+    invocations says where and beside what each segment trained."""
+    commit = str(info.get("git_commit"))[:10] + ("+" if info.get("git_dirty") else "")
+    return {"cpu": info.get("cpu"), "host": info.get("hostname"), "commit": commit,
+            "load_5min": round(os.getloadavg()[1], 2)}
+
+
+def trained_on_line(points: List[dict], machine: dict, planned_load: int, unit: str = "segment") -> Optional[str]:
+    """A page's line on where its runs' segments trained, when that is not all said by its machine
+    line (one CPU, host and commit: the report's); None when it is, or when no point recorded it
+    (the pages of runs from before points recorded their machine). ``points``: every curve point
+    of the page; ``planned_load``: the runs the page planned at a time (a 5-minute load average
+    above it by 0.5 or more means the segment shared the machine with other work); ``unit``: what
+    each of ``points`` is on the page ("segment" of a curve, "run" of a race)."""
+    recorded = [p["trained_by"] for p in points if p.get("trained_by")]
+    if not recorded:
+        return None
+    here = segment_machine(machine)
+    if all((t["cpu"], t["host"], t["commit"]) == (here["cpu"], here["host"], here["commit"]) for t in recorded) \
+            and len(recorded) == len(points):
+        places = []
+    else:
+        by_place: Dict[tuple, Dict[str, int]] = {}
+        for t in recorded:
+            commits = by_place.setdefault((t["cpu"], t["host"]), {})
+            commits[t["commit"]] = commits.get(t["commit"], 0) + 1
+        places = [f"{cpu} (host {host}): " + ", ".join(f"{n} at commit {c}" for c, n in commits.items())
+                  for (cpu, host), commits in by_place.items()]
+        if len(recorded) < len(points):
+            places.append(f"{len(points) - len(recorded)} trained before {unit}s recorded their machine")
+    loaded = [t["load_5min"] for t in recorded if t["load_5min"] >= planned_load + 0.5]
+    if not places and not loaded:
+        return None
+    text = (f"Where the {len(points)} {unit}{'s' if len(points) != 1 else ''} trained: "
+            + ("; ".join(places) if places else "as above"))
+    if loaded:
+        text += (f". {len(loaded)} ended with a 5-minute load average of {planned_load + 0.5:g} or more (at most "
+                 f"{max(loaded):.2f}; {planned_load} run(s) at a time planned): their minutes include other work's")
+    return text + "."
+
+
 def _machine_line(m: dict) -> str:
     return (f"Machine: {m.get('cpu')}, {m.get('cores')} cores, GPU: {m.get('gpu') or 'none'}; python "
             f"{m.get('python')}, torch {m.get('torch')}, fairseq {m.get('fairseq')}, sacrebleu "
@@ -982,10 +1028,12 @@ def race_markdown(d: dict) -> str:
     lines = [f"# Race: {s['minutes']:g} minutes of training per run, {s['seeds']} seed(s), one thread per run", "",
              f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}"
                                                              for k, v in s["recipes"].items()) + ".",
-             f"Budget: {s['budget']}; scored: {s['checkpoint']}, beam 4.", "", _machine_line(d["machine"]), "",
-             "| pair | system | updates | test sacreBLEU per seed | test mean ± std | valid sacreBLEU per seed | "
-             "valid mean ± std |",
-             "|---|---|---:|---|---:|---|---:|"]
+             f"Budget: {s['budget']}; scored: {s['checkpoint']}, beam 4.", "", _machine_line(d["machine"]), ""]
+    trained_on = trained_on_line(d["runs"], d["machine"], d["machine"].get("runs_at_a_time") or 1, unit="run")
+    lines += [trained_on, ""] if trained_on else []
+    lines += ["| pair | system | updates | test sacreBLEU per seed | test mean ± std | valid sacreBLEU per seed | "
+              "valid mean ± std |",
+              "|---|---|---:|---|---:|---|---:|"]
     for pair, ps in d["summary"].items():
         for system in SYSTEMS:
             p = ps[system]
@@ -1027,10 +1075,13 @@ def curves_markdown(d: dict) -> str:
              f"Method: {s['method']}. " +
              "; ".join(f"{p}: at most {m:g} training "
                        f"minutes{', early stopping' if s['early_stopping'][p] else ', no early stopping'}"
-                       for p, m in s["max_training_minutes"].items()) + ".", "", _machine_line(d["machine"]), "",
-             "| pair | system | stopped because | updates | training min | best valid BLEU (@ updates) | "
-             "best-BLEU ckpt test | last ckpt test / valid | average of last N (plateau only): test / valid |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+                       for p, m in s["max_training_minutes"].items()) + ".", "", _machine_line(d["machine"]), ""]
+    trained_on = trained_on_line([p for systems in d["pairs"].values() for e in systems.values() for p in e["points"]],
+                                 d["machine"], d["machine"].get("runs_at_a_time") or 1)
+    lines += [trained_on, ""] if trained_on else []
+    lines += ["| pair | system | stopped because | updates | training min | best valid BLEU (@ updates) | "
+              "best-BLEU ckpt test | last ckpt test / valid | average of last N (plateau only): test / valid |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for pair, systems in d["pairs"].items():
         for system in SYSTEMS:
             if system not in systems:

@@ -64,6 +64,7 @@ def test_race_reports_every_variant_per_seed_with_speed_and_parameters(study):
     assert {(r["variant"], r["seed"]) for r in out["runs"]} == {("paper", 1), ("relative", 1), ("transformer", 1)}
     assert all(r["updates"] > 0 and r["parameters"] > 0 and set(r["sacrebleu"]) == {"test", "valid"}
                for r in out["runs"])
+    assert {r["trained_by"]["host"] for r in out["runs"]} == {out["machine"]["hostname"]}  # where each trained
     summary = out["summary"]["en-de"]
     assert summary["relative"]["test"]["values"] == [r["sacrebleu"]["test"] for r in out["runs"]
                                                      if r["variant"] == "relative"]
@@ -116,6 +117,7 @@ def test_curves_report_each_system_at_the_dropout_of_its_best_valid_and_rerun_fr
     for (variant, dropout), r in runs.items():
         assert r["run"] == f"token_mixers_curves/en-de.{variant}.dropout{dropout:g}"
         assert r["points"] and r["updates"] == 100 * len(r["points"]) and r["parameters"] > 0
+        assert all(p["trained_by"]["cpu"] == out["machine"]["cpu"] for p in r["points"])
         assert r["reported_model"] == ("averaged" if r["converged"] else "last")
         assert r["valid"] == r["eval"][r["reported_model"]]["valid"]["sacrebleu"]
         command = shlex.split(r["command"])

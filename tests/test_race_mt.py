@@ -69,6 +69,8 @@ def test_race_uses_the_sweep_recipes_and_reports_each_seed(raced):
     for run in race["runs"]:
         assert run["updates"] > 0
         assert run["eval"]["test"]["sentences"] == 10 and run["eval"]["valid"]["sentences"] == 12
+        assert run["trained_by"] == {**race_mt.segment_machine(race["machine"]),
+                                     "load_5min": run["trained_by"]["load_5min"]}  # where it trained: here
     summary = race["summary"]["en-de"]
     for split in ("test", "valid"):
         assert summary["resmlp"][split]["n"] == 1 and summary["resmlp"][split]["mean"] is not None
@@ -86,6 +88,10 @@ def test_curves_record_bleu_against_minutes_and_average_the_last_checkpoints(rac
         assert points and [p["updates"] for p in points] == [EVAL_EVERY * (i + 1) for i in range(len(points))]
         minutes = [p["train_minutes"] for p in points]
         assert minutes == sorted(minutes)
+        machine = raced["mt_curves"]["machine"]  # every segment says where it trained: here, this process
+        assert {p["trained_by"]["commit"] for p in points} == {race_mt.segment_machine(machine)["commit"]}
+        assert all(p["trained_by"]["host"] == machine["hostname"] and p["trained_by"]["load_5min"] >= 0
+                   for p in points)
         if e["stop_reason"].startswith("training-minutes budget"):
             assert minutes[-1] >= 0.03 and not e["converged"]
         else:  # the tiny model's BLEU can stay at 0: no improvement in 3 evaluations
@@ -246,6 +252,21 @@ def test_curves_table_averages_only_runs_that_reached_a_plateau():
     assert rows[("en-fr", "resmlp")][-2:] == ["**50.00 / 49.00**", "— (no plateau: last checkpoint reported)"]
     assert rows[("en-fr", "**ResMLP − Transformer**")][-2:] == ["**-2.00 / -2.00**", ""]  # the last checkpoints, not +2
     assert race_mt.reported_model(d["pairs"]["en-fr"]["resmlp"]) == "last"
+
+
+def test_a_page_says_where_its_segments_trained_when_its_machine_line_does_not():
+    here = {"cpu": "Xeon", "hostname": "vm", "git_commit": "a" * 40, "git_dirty": False}
+    by = lambda commit, host="vm", load=2.0: {"trained_by": {"cpu": "Xeon", "host": host, "commit": commit,  # noqa
+                                                             "load_5min": load}}
+    assert race_mt.trained_on_line([by("a" * 10)] * 3, here, 2) is None  # all said by the machine line
+    assert race_mt.trained_on_line([{}, {}], here, 2) is None  # nothing recorded: an older page
+    line = race_mt.trained_on_line([by("a" * 10), by("b" * 10 + "+", load=3.4), {}], here, 2)
+    assert line == ("Where the 3 segments trained: Xeon (host vm): 1 at commit aaaaaaaaaa, 1 at commit bbbbbbbbbb+; "
+                    "1 trained before segments recorded their machine. 1 ended with a 5-minute load average of 2.5 "
+                    "or more (at most 3.40; 2 run(s) at a time planned): their minutes include other work's.")
+    assert "host other" in race_mt.trained_on_line([by("a" * 10), by("a" * 10, host="other")], here, 2)
+    loaded = race_mt.trained_on_line([by("a" * 10, load=2.6)], here, 2)
+    assert loaded.startswith("Where the 1 segment trained: as above. 1 ended")
 
 
 def test_a_cached_result_is_reused_only_with_the_same_settings(tmp_path):
