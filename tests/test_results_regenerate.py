@@ -59,6 +59,7 @@ RENDERERS = {
     "mt_token_mixers_layers3+1_en-fr_patience6_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_race": mt_token_mixers.race_markdown,
     "mt_token_mixers_layers3+1_seed2_curves": mt_token_mixers.curves_markdown,
+    "mt_token_mixers_layers3+1_seed2_patience6_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_race": mt_token_mixers.race_markdown,
     "mt_token_mixers_screen": mt_token_mixers.screen_markdown,
     "mt_token_mixers_screen_en-fr": mt_token_mixers.screen_markdown,
