@@ -83,7 +83,7 @@ REPO = Path(__file__).resolve().parents[1]
 from benchmarks.race_mt import (  # noqa: E402
     AVERAGE_LAST, MODEL_NAMES, PAIRS, PATIENCE, SEGMENT_ARGS, Job, Race, _machine_line, best_point,
     compared_model, continue_run, mean_std, minutes_text, pm, read_json, reported_model, run_grew,
-    stop_trainings_on_sigterm, style_bleu_axes, trained_on_line,
+    stop_trainings_on_sigterm, style_bleu_axes, trained_on_lines,
 )
 from benchmarks.common import cli_path, drop_options, repo_relative, training_minutes  # noqa: E402
 from mt_tools.recipes import fmt_lr, recipe_name, recipe_text  # noqa: E402
@@ -514,8 +514,7 @@ def race_markdown(d: dict) -> str:
              + (f", every one with {s['layers'][0]} encoder and {s['layers'][1]} decoder layers"
                 if s.get("layers") else "") + f"; {s['score']}; mean ± standard deviation over seeds.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
-    trained_on = trained_on_line(d["runs"], d["machine"], d["machine"].get("runs_at_a_time") or 1, unit="run")
-    lines += [trained_on, ""] if trained_on else []
+    lines += trained_on_lines(d["runs"], d["machine"], unit="run")
     not_finished = s.get("not_finished", [])
     if not_finished:
         lines += [f"Not finished yet ({len(not_finished)} of {len(s['planned'])} runs; absent from every mean "
@@ -642,9 +641,7 @@ def curves_markdown(d: dict) -> str:
              f"ResMLP recipe: {recipe_text('resmlp', s['resmlp_recipe'])}; Transformer: "
              f"{recipe_text(TRANSFORMER, s['transformer_recipe'])}; scripts/train_multi30k.sh with `--dropout` "
              "as in each row.", "", f"Reproduce: `{s['command']}`.", "", _machine_line(d["machine"]), ""]
-    trained_on = trained_on_line([p for r in d["runs"] for p in r["points"]], d["machine"],
-                                 d["machine"].get("runs_at_a_time") or 1)
-    lines += [trained_on, ""] if trained_on else []
+    lines += trained_on_lines([p for r in d["runs"] for p in r["points"]], d["machine"])
     earlier = [r for r in d["runs"] if r.get("machine") and r["machine"].get("date") != d["machine"].get("date")]
     if earlier:
         lines += ["Carried over from this page, trained on earlier machines (their minutes are theirs; the CPU, "

@@ -936,31 +936,34 @@ def curve_stop_reason(points: List[dict], cap_minutes: float, early: bool,
 # --- tables, plots, goals -------------------------------------------------------------------------
 
 
-def segment_machine(info: dict) -> dict:
-    """What a curve point records of the process that trained (or, for a segment saved before an
-    interruption, evaluated) it: CPU, host and commit (``+`` when tracked files differed from it),
-    and the machine's 5-minute load average as the segment ended, so a page spread over several
-    invocations says where and beside what each segment trained."""
+def _machine_identity(info: dict) -> dict:
+    """CPU, host and commit (``+`` when tracked files differed from it) of a recorded machine."""
     commit = str(info.get("git_commit"))[:10] + ("+" if info.get("git_dirty") else "")
-    return {"cpu": info.get("cpu"), "host": info.get("hostname"), "commit": commit,
-            "load_5min": round(os.getloadavg()[1], 2)}
+    return {"cpu": info.get("cpu"), "host": info.get("hostname"), "commit": commit}
 
 
-def trained_on_line(points: List[dict], machine: dict, planned_load: int, unit: str = "segment") -> Optional[str]:
-    """A page's line on where its runs' segments trained, when that is not all said by its machine
-    line (one CPU, host and commit: the report's); None when it is, or when no point recorded it
-    (the pages of runs from before points recorded their machine). ``points``: every curve point
-    of the page; ``planned_load``: the runs the page planned at a time (a 5-minute load average
-    above it by 0.5 or more means the segment shared the machine with other work); ``unit``: what
-    each of ``points`` is on the page ("segment" of a curve, "run" of a race)."""
+def segment_machine(info: dict) -> dict:
+    """What a curve point or race run records of the process that trained (or, for a segment saved
+    before an interruption, evaluated) it: :func:`_machine_identity` of ``info`` and the machine's
+    5-minute load average as it ended, so a page spread over several invocations says where and
+    beside what each segment trained."""
+    return {**_machine_identity(info), "load_5min": round(os.getloadavg()[1], 2)}
+
+
+def trained_on_lines(points: List[dict], machine: dict, unit: str = "segment") -> List[str]:
+    """A page's paragraph (``[text, ""]``) on where its runs' segments trained, when that is not all
+    said by its machine line (one CPU, host and commit: the report's); ``[]`` when it is, and when no
+    point recorded it (the pages of runs from before points recorded their machine). ``points``:
+    every curve point of the page, or every run of a race (``unit="run"``); a 5-minute load average
+    at least 0.5 above the runs ``machine`` planned at a time means the segment shared the machine
+    with other work."""
     recorded = [p["trained_by"] for p in points if p.get("trained_by")]
     if not recorded:
-        return None
-    here = segment_machine(machine)
-    if all((t["cpu"], t["host"], t["commit"]) == (here["cpu"], here["host"], here["commit"]) for t in recorded) \
-            and len(recorded) == len(points):
-        places = []
-    else:
+        return []
+    planned_load = machine.get("runs_at_a_time") or 1
+    here = _machine_identity(machine)
+    places = []
+    if len(recorded) < len(points) or any({k: t[k] for k in here} != here for t in recorded):
         by_place: Dict[tuple, Dict[str, int]] = {}
         for t in recorded:
             commits = by_place.setdefault((t["cpu"], t["host"]), {})
@@ -971,13 +974,13 @@ def trained_on_line(points: List[dict], machine: dict, planned_load: int, unit: 
             places.append(f"{len(points) - len(recorded)} trained before {unit}s recorded their machine")
     loaded = [t["load_5min"] for t in recorded if t["load_5min"] >= planned_load + 0.5]
     if not places and not loaded:
-        return None
+        return []
     text = (f"Where the {len(points)} {unit}{'s' if len(points) != 1 else ''} trained: "
             + ("; ".join(places) if places else "as above"))
     if loaded:
         text += (f". {len(loaded)} ended with a 5-minute load average of {planned_load + 0.5:g} or more (at most "
                  f"{max(loaded):.2f}; {planned_load} run(s) at a time planned): their minutes include other work's")
-    return text + "."
+    return [text + ".", ""]
 
 
 def _machine_line(m: dict) -> str:
@@ -1029,8 +1032,7 @@ def race_markdown(d: dict) -> str:
              f"Recipes ({s['recipe_source']}): " + "; ".join(f"{k}: {recipe_text(k, v)}"
                                                              for k, v in s["recipes"].items()) + ".",
              f"Budget: {s['budget']}; scored: {s['checkpoint']}, beam 4.", "", _machine_line(d["machine"]), ""]
-    trained_on = trained_on_line(d["runs"], d["machine"], d["machine"].get("runs_at_a_time") or 1, unit="run")
-    lines += [trained_on, ""] if trained_on else []
+    lines += trained_on_lines(d["runs"], d["machine"], unit="run")
     lines += ["| pair | system | updates | test sacreBLEU per seed | test mean ± std | valid sacreBLEU per seed | "
               "valid mean ± std |",
               "|---|---|---:|---|---:|---|---:|"]
@@ -1076,9 +1078,8 @@ def curves_markdown(d: dict) -> str:
              "; ".join(f"{p}: at most {m:g} training "
                        f"minutes{', early stopping' if s['early_stopping'][p] else ', no early stopping'}"
                        for p, m in s["max_training_minutes"].items()) + ".", "", _machine_line(d["machine"]), ""]
-    trained_on = trained_on_line([p for systems in d["pairs"].values() for e in systems.values() for p in e["points"]],
-                                 d["machine"], d["machine"].get("runs_at_a_time") or 1)
-    lines += [trained_on, ""] if trained_on else []
+    lines += trained_on_lines([p for systems in d["pairs"].values() for e in systems.values() for p in e["points"]],
+                              d["machine"])
     lines += ["| pair | system | stopped because | updates | training min | best valid BLEU (@ updates) | "
               "best-BLEU ckpt test | last ckpt test / valid | average of last N (plateau only): test / valid |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]

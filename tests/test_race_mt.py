@@ -255,17 +255,18 @@ def test_curves_table_averages_only_runs_that_reached_a_plateau():
 
 
 def test_a_page_says_where_its_segments_trained_when_its_machine_line_does_not():
-    here = {"cpu": "Xeon", "hostname": "vm", "git_commit": "a" * 40, "git_dirty": False}
+    here = {"cpu": "Xeon", "hostname": "vm", "git_commit": "a" * 40, "git_dirty": False, "runs_at_a_time": 2}
     by = lambda commit, host="vm", load=2.0: {"trained_by": {"cpu": "Xeon", "host": host, "commit": commit,  # noqa
                                                              "load_5min": load}}
-    assert race_mt.trained_on_line([by("a" * 10)] * 3, here, 2) is None  # all said by the machine line
-    assert race_mt.trained_on_line([{}, {}], here, 2) is None  # nothing recorded: an older page
-    line = race_mt.trained_on_line([by("a" * 10), by("b" * 10 + "+", load=3.4), {}], here, 2)
+    assert race_mt.trained_on_lines([by("a" * 10)] * 3, here) == []  # all said by the machine line
+    assert race_mt.trained_on_lines([{}, {}], here) == []  # nothing recorded: an older page
+    line, blank = race_mt.trained_on_lines([by("a" * 10), by("b" * 10 + "+", load=3.4), {}], here)
     assert line == ("Where the 3 segments trained: Xeon (host vm): 1 at commit aaaaaaaaaa, 1 at commit bbbbbbbbbb+; "
                     "1 trained before segments recorded their machine. 1 ended with a 5-minute load average of 2.5 "
                     "or more (at most 3.40; 2 run(s) at a time planned): their minutes include other work's.")
-    assert "host other" in race_mt.trained_on_line([by("a" * 10), by("a" * 10, host="other")], here, 2)
-    loaded = race_mt.trained_on_line([by("a" * 10, load=2.6)], here, 2)
+    assert blank == ""
+    assert "host other" in race_mt.trained_on_lines([by("a" * 10), by("a" * 10, host="other")], here)[0]
+    loaded = race_mt.trained_on_lines([by("a" * 10, load=2.6)], here)[0]
     assert loaded.startswith("Where the 1 segment trained: as above. 1 ended")
 
 
