@@ -13,7 +13,7 @@ from helpers import (
     tiny_model,
 )
 from resmlp_mt.fast_generate import FoldedDecoder, SearchRules, fold_for_inference, generate, quantize_int8
-from resmlp_mt.onnx_decoder import OnnxModel
+from resmlp_mt.onnx_decoder import OnnxModel, add_vocabulary_bias, grid_columns, shortlist
 
 D = dictionary()
 
@@ -66,17 +66,18 @@ def test_folded_and_onnx_decoders_give_fairseq_hypotheses(engine):
 
 
 def test_fast_and_onnx_engines_run_the_same_step(monkeypatch):
-    """The folded step is written once: the ONNX step graph is a trace of FoldedDecoder.step, which
-    the PyTorch engine runs; from the same state (prefixes, history, sources) both engines give the
-    same log-probabilities and history entries."""
+    """The folded step is written once: the ONNX step graph is a trace of
+    FoldedDecoder.step_features, which the PyTorch engine's FoldedDecoder.step runs; from the same
+    state (prefixes, history, sources) both engines give the same log-probabilities (the graph's
+    best 2k, found in its two rounds over the vocabulary's grid) and history entries."""
     calls = []
-    step = FoldedDecoder.step
+    step_features = FoldedDecoder.step_features
 
     def spy(self, *args, **kwargs):
         calls.append(torch.jit.is_tracing())
-        return step(self, *args, **kwargs)
+        return step_features(self, *args, **kwargs)
 
-    monkeypatch.setattr(FoldedDecoder, "step", spy)
+    monkeypatch.setattr(FoldedDecoder, "step_features", spy)
     folded = eos_biased_folded(3, 1.0)
     onnx = OnnxModel(folded)
     assert calls and all(calls)  # the export traced it
@@ -115,12 +116,65 @@ def test_onnx_length_limits_and_errors():
     src = source_batch(3)
     for hyps in generate(onnx, src, beam=4, min_len=5, max_len_b=5):  # forced length: 5 tokens + eos
         assert {len(h["tokens"]) for h in hyps} == {6}
-    with pytest.raises(ValueError, match="beams up to 8"):
-        generate(onnx, src, beam=9)
+    V = len(folded.decoder.dictionary)
+    limit = min(V - 1, grid_columns(V)) // 2  # 2k tokens of the vocabulary, 2k columns of its grid
+    assert all(len(hyps) == limit for hyps in generate(onnx, src, beam=limit, max_len_b=3))
+    with pytest.raises(ValueError, match=f"beams up to {limit} with a vocabulary of {V} tokens"):
+        generate(onnx, src, beam=limit + 1)
     with pytest.raises(ValueError, match="positional embeddings"):
         OnnxModel(tiny_model(0, positional_embeddings="sinusoidal"))
     with pytest.raises(ValueError, match="Affine"):
         fold_for_inference(tiny_model(0, norm="layernorm"))
+
+
+class _Shortlist(torch.nn.Module):
+    """The step graph's end: log-softmax, the masks at their tokens, the best ``2k`` (``k`` read from
+    an input's shape)."""
+
+    def __init__(self, columns):
+        super().__init__()
+        self.columns = columns
+
+    def forward(self, logits, bias_columns, bias_values, beam_slots):
+        lprobs = add_vocabulary_bias(torch.log_softmax(logits, dim=-1), bias_columns, bias_values)
+        return shortlist(lprobs, 2 * beam_slots.size(0), self.columns)
+
+
+def test_two_round_shortlist_is_the_top_k_of_the_vocabulary(tmp_path):
+    """The step graph's best 2k tokens come from two rounds over a grid of the vocabulary (the
+    columns' maxima, then the candidates of the best columns), after the masks added at their tokens
+    only: the same tokens and log-probabilities as a dense add and one top-k over the whole
+    vocabulary, in PyTorch and exported to ONNX Runtime with the beam read from the inputs (several
+    rows of the grid; the masks' -inf and the padding's included)."""
+    import onnxruntime
+
+    generator = torch.Generator().manual_seed(0)
+    V, columns = 1000, 64
+    padded = -V % columns + V
+    logits = torch.randn(3, 5, padded, generator=generator) * 4
+    logits[..., V:] = -float("inf")  # the padded projection's columns
+    logits[0, 0, :900] = -float("inf")  # a hypothesis whose best tokens crowd into few columns
+    logits[1, 2, 37::columns] += 20  # ... and into one column
+    bias_columns = torch.tensor([1, 3, 5, 37 + 3 * columns, 640])
+    bias_values = torch.tensor([-float("inf"), -0.5, -float("inf"), -float("inf"), -float("inf")])
+    dense = torch.zeros(padded).index_put((bias_columns,), bias_values)
+    path = tmp_path / "shortlist.onnx"
+    torch.onnx.export(_Shortlist(columns), (logits, bias_columns, bias_values, torch.zeros(4)), str(path),
+                      dynamo=False, input_names=["logits", "columns", "values", "slots"],
+                      dynamic_axes={"logits": {0: "n", 1: "k"}, "columns": {0: "m"}, "values": {0: "m"}, "slots": {0: "k"}})
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = torch.log_softmax(logits, dim=-1) + dense
+    for k, rows, masks in ((4, 3, 5), (1, 2, 1), (8, 1, 3)):
+        feed = {"logits": logits[:rows].numpy(), "columns": bias_columns[:masks].numpy(),
+                "values": bias_values[:masks].numpy(), "slots": torch.zeros(k).numpy()}
+        expected = (torch.log_softmax(logits[:rows], dim=-1) + torch.zeros(padded).index_put(
+            (bias_columns[:masks],), bias_values[:masks])).topk(2 * k, dim=-1)
+        ours = _Shortlist(columns)(logits[:rows], bias_columns[:masks], bias_values[:masks], torch.zeros(k))
+        for values, tokens in (ours, map(torch.from_numpy, session.run(None, feed))):
+            assert values.shape == tokens.shape == (rows, 5, 2 * k)
+            torch.testing.assert_close(values, expected.values, atol=1e-5, rtol=0)
+            assert torch.equal(tokens, expected.indices)
+    assert torch.isinf(reference[1, 2, 37 + 3 * columns])  # the masked token of the crowded column
 
 
 def test_onnx_int8_generates_close_to_float():
