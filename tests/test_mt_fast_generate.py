@@ -161,7 +161,8 @@ def test_two_round_shortlist_is_the_top_k_of_the_vocabulary(tmp_path):
     path = tmp_path / "shortlist.onnx"
     torch.onnx.export(_Shortlist(columns), (logits, bias_columns, bias_values, torch.zeros(4)), str(path),
                       dynamo=False, input_names=["logits", "columns", "values", "slots"],
-                      dynamic_axes={"logits": {0: "n", 1: "k"}, "columns": {0: "m"}, "values": {0: "m"}, "slots": {0: "k"}})
+                      dynamic_axes={"logits": {0: "n", 1: "k"}, "columns": {0: "m"}, "values": {0: "m"},
+                                    "slots": {0: "k"}})
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     reference = torch.log_softmax(logits, dim=-1) + dense
     for k, rows, masks in ((4, 3, 5), (1, 2, 1), (8, 1, 3)):
