@@ -292,7 +292,7 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False, restrict
                      Path(folder) / "source.onnx", int8)
 
     example = [torch.full((n, k), eos), torch.zeros(n, 1, 1, S),
-               torch.tensor([pad, eos]), torch.tensor([-math.inf, -1.0])]  # the masks: padding, unknown
+               torch.tensor([pad, eos]), torch.tensor([-math.inf, -1.0])]  # example masks at two tokens
     names = ["tokens", "bias", "bias_columns", "bias_values"]
     dynamic = {"tokens": {0: "n", 1: "k"}, "bias": {0: "n", 3: "S"}, "bias_columns": {0: "m"}, "bias_values": {0: "m"}}
     if restricted:
