@@ -82,10 +82,16 @@ GOALS = {
 
 class DistillStudy(Race):
     def teacher_job(self, pair: str) -> Job:
+        """The study's own teacher run: ``<pair>.teacher``, at scripts/train_multi30k.sh's dropout
+        (0.1), or ``<pair>.teacher.dropout<d>`` with ``--teacher-dropout d``."""
         a = self.args
-        return Job("distill", f"{pair}.teacher", "transformer", pair, 1, dict(TEACHER_RECIPE), label=f"{pair} teacher",
+        dropout = getattr(a, "teacher_dropout", None)
+        name, flags = f"{pair}.teacher", list(SEGMENT_ARGS)
+        if dropout is not None:
+            name, flags = f"{name}.dropout{dropout:g}", flags + ["--dropout", f"{dropout:g}"]
+        return Job("distill", name, "transformer", pair, 1, dict(TEACHER_RECIPE), label=f"{pair} teacher",
                    cap_minutes=self.teacher_minutes, segment_updates=a.eval_every, early_stop=True,
-                   train_args=list(SEGMENT_ARGS), estimate_minutes=self.teacher_minutes * 1.3 + 6)
+                   train_args=flags, estimate_minutes=self.teacher_minutes * 1.3 + 6)
 
     @property
     def teacher_minutes(self) -> float:
@@ -250,7 +256,7 @@ class DistillStudy(Race):
     def report(self) -> dict:
         a = self.args
         out = {"settings": {"pairs": a.pairs, "eval_every": a.eval_every, "max_minutes": a.max_minutes,
-                            "teacher_max_minutes": self.teacher_minutes,
+                            "teacher_max_minutes": self.teacher_minutes, "teacher_dropout": a.teacher_dropout,
                             "teacher_recipe": TEACHER_RECIPE, "student_recipe": STUDENT_RECIPE,
                             **self.teacher_run_settings(),
                             "variants": a.variants, "command": a.command},
@@ -438,7 +444,8 @@ def markdown(out: dict) -> str:
              f"(valid sacreBLEU every {s['eval_every']} updates, stop after 3 without improvement, "
              f"at most {s['max_minutes']:g} training minutes, "
              + (f"the teacher the finished run `{s['teacher_run']}`" if s.get("teacher_run") else
-                f"the teacher at most {s.get('teacher_max_minutes', s['max_minutes']):g}") + "); "
+                f"the teacher at most {s.get('teacher_max_minutes', s['max_minutes']):g}"
+                + (f", at dropout {s['teacher_dropout']:g}" if s.get("teacher_dropout") is not None else "")) + "); "
              "reported: the average of the last 5 checkpoints when converged, else the best.", "",
              f"Reproduce: `{s['command']}`.", "", _machine_line(out["machine"]), ""]
     for pair, p in out["pairs"].items():
@@ -572,6 +579,10 @@ def main(argv=None) -> int:
                    help="most training minutes per model (0: stop at the first evaluation)")
     p.add_argument("--teacher-max-minutes", type=training_minutes, default=None,
                    help="most training minutes of the teacher (default: --max-minutes)")
+    p.add_argument("--teacher-dropout", type=float, default=None, metavar="P",
+                   help="the study's own teacher's dropout (default: scripts/train_multi30k.sh's 0.1); given, it is "
+                        "in the teacher run's name (en-de.teacher.dropout0.2), so teachers of other dropouts are kept "
+                        "apart")
     p.add_argument("--teacher-run", type=cli_path, default=None,
                    help="a finished curve run of the race's harness to distil from instead of training a teacher "
                         "(its folder: result.json and checkpoints), e.g. the token-mixer curves' Transformer at its "
@@ -599,6 +610,11 @@ def main(argv=None) -> int:
         p.error(str(e))
     if not args.students and not args.variants:
         p.error("--students names no student and --variant-flags is empty: nothing to train")
+    if args.teacher_dropout is not None and not 0 <= args.teacher_dropout < 1:
+        p.error(f"--teacher-dropout {args.teacher_dropout:g}: a dropout probability, at least 0 and below 1")
+    if args.teacher_dropout is not None and args.teacher_run:
+        p.error("--teacher-dropout sets the study's own teacher; --teacher-run distils from a finished run instead: "
+                "give one of them")
     if args.teacher_run:
         problem = check_teacher_run(args.teacher_run, args.pairs)
         if problem:

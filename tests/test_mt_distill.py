@@ -106,6 +106,31 @@ def test_bad_input_names_the_flag(tmp_path):
     assert unpaired.returncode == 2 and "one --variant-name per --variant-flags (0 names, 2 flags)" in unpaired.stderr
 
 
+def test_the_teachers_dropout_is_in_its_run_and_its_name(tmp_path):
+    """--teacher-dropout trains the study's own teacher at that dropout, in a run named with it (a
+    teacher of the default dropout keeps its own run); it contradicts --teacher-run, and must be a
+    probability."""
+    import argparse
+
+    from benchmarks.mt_distill import DistillStudy
+
+    def job(dropout):
+        args = argparse.Namespace(work_dir=tmp_path, results_dir=tmp_path, data_root=tmp_path, eval_every=250,
+                                  max_minutes=95.0, teacher_max_minutes=150.0, teacher_dropout=dropout)
+        return DistillStudy(args).teacher_job("en-de")
+
+    default, chosen = job(None), job(0.2)
+    assert default.name == "en-de.teacher" and "--dropout" not in default.train_args
+    assert chosen.name == "en-de.teacher.dropout0.2" and chosen.train_args[-2:] == ["--dropout", "0.2"]
+    assert chosen.cap_minutes == default.cap_minutes == 150.0
+    both = run([sys.executable, "-m", "benchmarks.mt_distill", "--stage", "teacher", "--teacher-dropout", "0.2",
+                "--teacher-run", tmp_path], check=False)
+    assert both.returncode == 2 and "--teacher-dropout sets the study's own teacher" in both.stderr
+    wrong = run([sys.executable, "-m", "benchmarks.mt_distill", "--stage", "teacher", "--teacher-dropout", "1.5"],
+                check=False)
+    assert wrong.returncode == 2 and "--teacher-dropout 1.5: a dropout probability" in wrong.stderr
+
+
 def test_variants_are_named_students():
     from benchmarks.mt_distill import variants_of
 
