@@ -85,7 +85,7 @@ class DistillStudy(Race):
         """The study's own teacher run: ``<pair>.teacher``, at scripts/train_multi30k.sh's dropout
         (0.1), or ``<pair>.teacher.dropout<d>`` with ``--teacher-dropout d``."""
         a = self.args
-        dropout = getattr(a, "teacher_dropout", None)
+        dropout = a.teacher_dropout
         name, flags = f"{pair}.teacher", list(SEGMENT_ARGS)
         if dropout is not None:
             name, flags = f"{name}.dropout{dropout:g}", flags + ["--dropout", f"{dropout:g}"]
