@@ -541,15 +541,17 @@ class History:
 class VocabularyBias(NamedTuple):
     """fairseq's masks of one step as an additive bias of the log-probabilities: ``values``
     ``(V,)`` (``-inf`` where a token is not allowed, ``-unk_penalty`` for unknown, else 0) and
-    ``columns``, the tokens where it is not 0. Built by :meth:`SearchRules.vocabulary_bias`."""
+    ``columns``, the tokens where it is not 0, with ``column_values``, its values there (what
+    the engines add, made once per step kind). Built by :meth:`SearchRules.vocabulary_bias`."""
 
     values: Tensor
     columns: Tensor
+    column_values: Tensor
 
     def add_to(self, lprobs: Tensor) -> Tensor:
         """In place on ``lprobs`` ``(..., V)``, on its ``columns`` only (the values fairseq's
         in-place masks give, without a pass over the vocabulary); returns ``lprobs``."""
-        lprobs[..., self.columns] += self.values[self.columns]
+        lprobs[..., self.columns] += self.column_values
         return lprobs
 
 
@@ -688,7 +690,8 @@ class SearchRules:
                 values[self.eos + 1 :] = -math.inf
             if step < self.min_len:
                 values[self.eos] = -math.inf
-            self._biases[key] = VocabularyBias(values, values.nonzero(as_tuple=True)[0])
+            columns = values.nonzero(as_tuple=True)[0]
+            self._biases[key] = VocabularyBias(values, columns, values[columns])
         return self._biases[key]
 
     def final_score(self, score: Tensor, step: int) -> Tensor:

@@ -338,6 +338,8 @@ class OnnxModel:
             raise ValueError(f"the vocabulary map is for a target dictionary of {vocabulary_map.target_size} "
                              f"tokens, the model's has {len(self.decoder.dictionary)}")
         self.max_source_positions = folded.encoder.max_positions()
+        V = len(self.decoder.dictionary)
+        self.max_beam = min(V - 1, grid_columns(V)) // 2  # the graph's top-k rounds need 2k tokens and columns
         self.padding_idx = folded.encoder.padding_idx
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="resmlp_onnx_")
@@ -388,10 +390,9 @@ class OnnxSteps(DecoderSteps):
     tokens per hypothesis."""
 
     def __init__(self, model: OnnxModel, src_tokens: Tensor, k: int, max_len: int):
-        V = len(model.decoder.dictionary)
-        if 2 * k > min(V - 1, grid_columns(V)):  # the graph's top-k rounds need 2k tokens and columns
-            raise ValueError(f"engine='onnx' supports beams up to {min(V - 1, grid_columns(V)) // 2} with a "
-                             f"vocabulary of {V} tokens, got {k}")
+        if k > model.max_beam:
+            raise ValueError(f"engine='onnx' supports beams up to {model.max_beam} with a vocabulary of "
+                             f"{len(model.decoder.dictionary)} tokens, got {k}")
         decoder = model.decoder
         bias, keys, values = model.encode(src_tokens)
         history = History(len(decoder.layers), max_len + 1, src_tokens.size(0) * k, decoder.embed_weight.size(1))
@@ -427,9 +428,8 @@ class OnnxSteps(DecoderSteps):
         self._batch_feed()
 
     def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        columns = vocabulary_bias.columns.numpy()
-        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens[:, :, step]), "bias_columns": columns,
-                "bias_values": vocabulary_bias.values.numpy()[columns]}
+        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens[:, :, step]),
+                "bias_columns": vocabulary_bias.columns.numpy(), "bias_values": vocabulary_bias.column_values.numpy()}
         for i, ((mixer, names), history) in enumerate(zip(self.layers, self.history.buffers)):
             feed[names[0]] = history.numpy()[mixer.first_row(step) : step + 1]  # a view
             feed.update(zip(names[1:-2], self.model.fixed_step_inputs(i, step)))
