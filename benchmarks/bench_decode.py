@@ -330,16 +330,15 @@ def run_api(translator, sources: List[str], engine: str, batch: int, beam: int,
 
 def onnx_time_split(translator, sources: List[str], beam: int) -> dict:
     """Where a batch-1 sentence's time goes in the API's ONNX engine (``translator`` as measured):
-    one more pass of :func:`run_api` at batch 1 with the two ONNX Runtime sessions' ``run`` timed
-    (the decoder step graph, once per step; the source graph, once per sentence); the rest is the
-    beam search and the Python around it (text in, text out). Milliseconds per sentence, and
-    decoder steps per sentence."""
+    one more pass of :func:`run_api` at batch 1 with the two ONNX Runtime sessions' runs timed
+    (the decoder step graph, ``run_with_iobinding`` once per step; the source graph, ``run`` once
+    per sentence); the rest is the beam search and the Python around it (text in, text out).
+    Milliseconds per sentence, and decoder steps per sentence."""
     model = translator._decoder("onnx")
     spent = {"decoder_step_graph": 0.0, "source_graph": 0.0}
     calls = dict.fromkeys(spent, 0)
 
-    def timed(session, part):
-        run = session.run
+    def timed(run, part):
 
         def run_timed(*args, **kwargs):
             start = time.perf_counter()
@@ -350,12 +349,12 @@ def onnx_time_split(translator, sources: List[str], beam: int) -> dict:
                 calls[part] += 1
         return run_timed
 
-    model.session.run = timed(model.session, "decoder_step_graph")
-    model.source_session.run = timed(model.source_session, "source_graph")
+    model.session.run_with_iobinding = timed(model.session.run_with_iobinding, "decoder_step_graph")
+    model.source_session.run = timed(model.source_session.run, "source_graph")
     try:
         total = run_api(translator, sources, "onnx", 1, beam).seconds
-    finally:  # the sessions' own run again
-        del model.session.run, model.source_session.run
+    finally:  # the sessions' own methods again
+        del model.session.run_with_iobinding, model.source_session.run
     n = len(sources)
     parts = {**spent, "search_and_python": total - sum(spent.values())}
     return {"sentences": n, "steps_per_sentence": calls["decoder_step_graph"] / n, "total_ms": 1000 * total / n,

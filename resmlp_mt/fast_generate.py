@@ -203,7 +203,9 @@ class _FoldedStudyMixer(_FoldedMixerSteps):
     def _gated(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """A gated mixer's input at one position and its multiplier: ``(a * sigmoid(b), None)``
         with ``glu``, ``(LayerNorm(v), u)`` with ``sgu``."""
-        a, b = self.in_proj(x).chunk(2, dim=-1)
+        half = self.in_proj.out_features // 2  # a constant: a traced chunk is shape arithmetic in the ONNX graph
+        projected = self.in_proj(x)
+        a, b = projected[..., :half], projected[..., half:]
         return (a * torch.sigmoid(b), None) if self.gate == "glu" else (self.v_norm(b), a)
 
     def first_row(self, t: int) -> int:
@@ -571,7 +573,8 @@ class DecoderSteps:
     :class:`History` and every layer's cross-attention keys ``(n, H, d, S)`` and values
     ``(n, H, S, d)`` with the sources' padding ``bias`` ``(n, 1, 1, S)`` (or None), and follows
     the search: :meth:`select` (sentences that remain), :meth:`reorder` (beam reordering).
-    Engines implement :meth:`step`."""
+    Engines implement :meth:`step`; the search reads :meth:`candidates`, which an engine may
+    compute itself (the ONNX engine's step graph does)."""
 
     def __init__(self, keys: List[Tensor], values: List[Tensor], bias: Optional[Tensor], history: History, k: int):
         self.keys, self.values, self.bias, self.history, self.k = keys, values, bias, history, k
@@ -581,6 +584,30 @@ class DecoderSteps:
         prefixes (position 0 is end-of-sentence) -> the scores of their continuations at position
         ``step``."""
         raise NotImplementedError
+
+    def candidates(self, tokens: np.ndarray, scores: np.ndarray, step: int, rules: "SearchRules"):
+        """The ``2k`` best continuations of each sentence at position ``step``: ``(scores, beams,
+        tokens)``, each ``(n, 2k)`` numpy, best first, as fairseq's ``BeamSearch.step``; ``tokens``
+        as for :meth:`step`, ``scores`` ``(n, k)`` the hypotheses' sums of log-probabilities. Here
+        from :meth:`step`: from a shortlist per hypothesis (its best ``2k`` tokens) the sentence's
+        best ``2k`` continuations are the same; over the whole vocabulary the top-k is torch's, as
+        fairseq's. (The ONNX engine finds them in its step graph.)"""
+        lprobs, vocabulary = self.step(tokens, step, rules.vocabulary_bias(step))
+        n, k, width = lprobs.shape
+        if vocabulary is None:
+            if step == 0:
+                flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
+            else:
+                flat = (lprobs + torch.from_numpy(scores).unsqueeze(-1)).view(n, k * width)
+            # fairseq leaves one token of the vocabulary out ("so we never select pad")
+            cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1) - 1), dim=1)
+            cand_scores, cand_indices = cand_scores.numpy(), cand_indices.numpy()
+            return cand_scores, cand_indices // width, cand_indices % width
+        flat = lprobs[:, 0, :] if step == 0 else (lprobs + scores[:, :, None]).reshape(n, k * width)
+        cand_indices = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * k]
+        rows = np.arange(n)[:, None]  # (fancy indexing: numpy's take_along_axis costs ten times more here)
+        cand_tokens = vocabulary.reshape(n, k * width)[rows, cand_indices]
+        return flat[rows, cand_indices], cand_indices // width, cand_tokens
 
     def select(self, index: np.ndarray, used: int) -> None:
         """Keep the sentences ``index`` (int64; the others finished); positions ``:used`` are decoded."""
@@ -700,29 +727,6 @@ class SearchRules:
         return score / (step + 1) ** self.lenpen
 
 
-def _candidates(steps: DecoderSteps, tokens: np.ndarray, scores: np.ndarray, step: int, rules: SearchRules):
-    """The ``2k`` best continuations of each sentence: ``(scores, beams, tokens)``, each ``(n, 2k)``
-    numpy, best first, as fairseq's ``BeamSearch.step``. From a shortlist per hypothesis (its best
-    ``2k`` tokens), the sentence's best ``2k`` continuations are the same; over the whole
-    vocabulary the top-k is torch's, as fairseq's."""
-    lprobs, vocabulary = steps.step(tokens, step, rules.vocabulary_bias(step))
-    n, k, width = lprobs.shape
-    if vocabulary is None:
-        if step == 0:
-            flat = lprobs[:, 0, :]  # every hypothesis of a sentence is the same at the start
-        else:
-            flat = (lprobs + torch.from_numpy(scores).unsqueeze(-1)).view(n, k * width)
-        # fairseq leaves one token of the vocabulary out ("so we never select pad")
-        cand_scores, cand_indices = torch.topk(flat, k=min(2 * k, flat.size(1) - 1), dim=1)
-        cand_scores, cand_indices = cand_scores.numpy(), cand_indices.numpy()
-        return cand_scores, cand_indices // width, cand_indices % width
-    flat = lprobs[:, 0, :] if step == 0 else (lprobs + scores[:, :, None]).reshape(n, k * width)
-    cand_indices = np.argsort(-flat, axis=1, kind="stable")[:, : 2 * k]
-    rows = np.arange(n)[:, None]  # (fancy indexing: numpy's take_along_axis costs ten times more here)
-    cand_tokens = vocabulary.reshape(n, k * width)[rows, cand_indices]
-    return flat[rows, cand_indices], cand_indices // width, cand_tokens
-
-
 @torch.inference_mode()
 def generate(
     model,
@@ -757,20 +761,23 @@ def generate(
     tokens = np.full((bsz, k, max_len + 2), rules.pad, dtype=np.int64)
     tokens[:, :, 0] = eos
     scores = np.zeros((bsz, k), dtype=np.float32)  # cumulative log-probabilities
-    ignore = np.zeros((bsz, k), dtype=bool)
+    ignore = np.zeros((bsz, k), dtype=bool)  # hypotheses that are dead ends (fewer than k candidates continued)
+    ignoring = False  # ignore.any()
     finalized: List[List[Dict[str, Tensor]]] = [[] for _ in range(bsz)]
     alive = np.arange(bsz)  # original index of each row still searched
     cand_offsets = np.arange(2 * k)
 
     for step in range(max_len + 1):
         n = alive.size
-        cand_scores, cand_beams, cand_tokens = _candidates(steps, tokens, scores, step, rules)
+        cand_scores, cand_beams, cand_tokens = steps.candidates(tokens, scores, step, rules)
 
         # finish the hypotheses that end here, among the top k candidates
         eos_mask = (cand_tokens == eos) & (cand_scores != -math.inf)
-        eos_mask[:, :k][ignore] = False
+        if ignoring:
+            eos_mask[:, :k][ignore] = False
         finished_rows: List[int] = []
-        if eos_mask[:, :k].any():
+        ending = bool(eos_mask[:, :k].any())
+        if ending:
             rows, cols = eos_mask[:, :k].nonzero()
             for r, c in zip(rows.tolist(), cols.tolist()):
                 sent = int(alive[r])
@@ -796,13 +803,17 @@ def generate(
             n = index.size
 
         # the k best candidates that did not end: they continue
-        eos_mask[:, :k] |= ignore
-        active = eos_mask * (2 * k) + cand_offsets[: eos_mask.shape[1]]  # distinct: a stable sort is torch's top-k
-        active_hypos = np.argsort(active, axis=1, kind="stable")[:, :k]
         rows = np.arange(n)[:, None]
-        ignore = active[rows, active_hypos] >= 2 * k
-        beams = cand_beams[rows, active_hypos]  # (n, k) which hypothesis each continues
-        scores, next_tokens = cand_scores[rows, active_hypos], cand_tokens[rows, active_hypos]
+        if ending or ignoring:
+            eos_mask[:, :k] |= ignore
+            active = eos_mask * (2 * k) + cand_offsets[: eos_mask.shape[1]]  # distinct: a stable sort is torch's top-k
+            active_hypos = np.argsort(active, axis=1, kind="stable")[:, :k]
+            ignore = active[rows, active_hypos] >= 2 * k
+            ignoring = bool(ignore.any())
+            beams = cand_beams[rows, active_hypos]  # (n, k) which hypothesis each continues
+            scores, next_tokens = cand_scores[rows, active_hypos], cand_tokens[rows, active_hypos]
+        else:  # no end among the best k and no dead end: the best k continue (most steps; the same choice)
+            beams, scores, next_tokens = cand_beams[:, :k], cand_scores[:, :k], cand_tokens[:, :k]
         flat = (beams + rows * k).reshape(-1)  # rows of (n * k) hypotheses
         tokens = tokens.reshape(n * k, -1)[flat].reshape(n, k, -1)
         tokens[:, :, step + 1] = next_tokens

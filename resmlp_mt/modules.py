@@ -169,7 +169,7 @@ def cross_attend(attn, x: Tensor, keys: Tensor, values: Tensor, bias: Optional[T
     if bias is not None:
         weights = weights + bias
     out = torch.matmul(torch.softmax(weights, dim=-1), values)  # (B, H, k, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(B, k, C))
+    return attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, k, C)
 
 
 class ResMLPDecoderLayer(ResMLPLayer):

@@ -5,15 +5,15 @@ Why: at small batches a decoder step in eager PyTorch is mostly per-operator ove
 a hundred small operators per step, a few microseconds each), not arithmetic. ONNX Runtime runs
 the whole folded step (:class:`~resmlp_mt.fast_generate.FoldedDecoder`: token mixing,
 cross-attention, channel MLP for every layer, the output projection, the log-normaliser and a
-top-k shortlist of the vocabulary) as one call with C++ kernels, and its dynamic int8
-quantization (``MatMulInteger``) packs the weights once. The beam search stays in Python
-(:func:`resmlp_mt.fast_generate.generate`); the encoder and every layer's cross-attention keys
+top-k shortlist of the vocabulary, then the beam search's candidates of the step) as one call
+with C++ kernels, and its dynamic int8 quantization (``MatMulInteger``) packs the weights once.
+The rest of the beam search stays in Python (:func:`resmlp_mt.fast_generate.generate`); the encoder and every layer's cross-attention keys
 and values run once per batch in a second graph (:class:`SourceGraph`).
 
 The step graph is a trace of the PyTorch engine's step, :meth:`FoldedDecoder.step_features
 <resmlp_mt.fast_generate.FoldedDecoder.step_features>` (the same code, with the decoding state
-passed as tensors), then the output projection (padded with ``-inf`` logits for :func:`shortlist`)
-and a shortlist of the vocabulary. It takes, for ``N = n * k`` hypotheses (``n``
+passed as tensors), then the output projection (padded with ``-inf`` logits for :func:`shortlist`),
+a shortlist of the vocabulary and the search's candidates. It takes, for ``N = n * k`` hypotheses (``n``
 sentences, beam ``k``), ``C`` channels, ``H`` heads of ``d`` channels, source length ``S``,
 vocabulary ``V``:
 
@@ -24,6 +24,8 @@ vocabulary ``V``:
   :meth:`~resmlp_mt.fast_generate.SearchRules.vocabulary_bias` where it is not 0: ``-inf`` for
   padding, for end-of-sentence before ``min_len``, for all but end-of-sentence at ``max_len``;
   ``-unk_penalty`` for unknown), without a pass over the vocabulary;
+* ``scores`` ``(n, k)``, the hypotheses' sums of log-probabilities (at the first step 0 for the
+  first hypothesis of each sentence, ``-inf`` for the others);
 * per layer ``i`` (separate inputs, so that the graph slices nothing): its token mixer's
   ``step_inputs`` (:class:`~resmlp_mt.fast_generate.FoldedCrossTokenLinear`: ``past_i``
   ``(t + 1, N, C)``, the layer's inputs at the earlier positions after a zero row, so that the
@@ -33,11 +35,16 @@ vocabulary ``V``:
   per batch;
 
 and returns ``top_lprobs`` / ``top_tokens`` ``(n, k, 2k)``, the best ``2k`` tokens of each
-hypothesis (all the beam search needs; ``2k`` is read from the shape of ``tokens``), and
-``entry_i`` ``(n, k, C)`` (what layer ``i``'s token mixer keeps of this position, for the
-history). The best ``2k`` of the vocabulary are found in two rounds over a grid of its tokens
-(:func:`shortlist`): ONNX Runtime's ``TopK`` over the whole vocabulary took longer than the
-output projection.
+hypothesis (``2k`` is read from the shape of ``tokens``); ``cand_scores``, ``cand_beams``,
+``cand_tokens`` ``(n, 2k)``, the best ``2k`` continuations of each sentence (:func:`beam_candidates`:
+all the beam search needs); and ``entry_i`` ``(n, k, C)`` (what layer ``i``'s token mixer keeps of
+this position, for the history). The best ``2k`` of the vocabulary are found in two rounds over a
+grid of its tokens (:func:`shortlist`): ONNX Runtime's ``TopK`` over the whole vocabulary took
+longer than the output projection.
+
+:class:`OnnxSteps` runs it through ONNX Runtime's I/O binding, binding per step only what moves
+(at batch 1 a step's Python costs about as much as its graph's small operators, and every array
+passed to ``session.run`` costs a few microseconds).
 
 ``OnnxModel(model)`` exports the graphs when built (files per model and precision, in
 ``cache_dir`` or a temporary directory) and is passed to
@@ -52,7 +59,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -61,13 +68,18 @@ from torch import Tensor, nn
 
 from resmlp_core.io import write_atomic
 
-from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedModel, History, VocabularyBias,
-                            fold_for_inference)
+from .fast_generate import (Continuations, DecoderSteps, FoldedDecoder, FoldedModel, History, SearchRules,
+                            VocabularyBias, fold_for_inference)
 from .modules import key_values, padding_bias
 from .padding import left_align
 from .vocabulary_map import VocabularyMap
 
 OPSET = 17
+#: the step graph's outputs for the beam search (:func:`beam_candidates`), after its shortlist
+CANDIDATES = ("cand_scores", "cand_beams", "cand_tokens")
+#: the element types of the step graph's outputs other than the history entries (float32)
+OUTPUT_TYPES = {"top_lprobs": np.float32, "top_tokens": np.int64, "cand_scores": np.float32, "cand_beams": np.int64,
+                "cand_tokens": np.int64}
 
 
 def _require_onnxruntime():
@@ -118,8 +130,24 @@ def shortlist(lprobs: Tensor, width, columns: Optional[int] = None):
     expand = [-1] * (grid.dim() - 2) + [grid.shape[-2], -1]  # -1: the dynamic sizes stay dynamic in a trace
     candidates = torch.gather(grid, -1, top_columns.unsqueeze(-2).expand(expand))  # (..., R, width)
     top_lprobs, top = torch.topk(candidates.flatten(-2), width, dim=-1)
-    return top_lprobs, torch.div(top, width, rounding_mode="floor") * columns + torch.gather(
+    # indices are not negative: a truncating division is the floor (one ONNX node, a floor is ten)
+    return top_lprobs, torch.div(top, width, rounding_mode="trunc") * columns + torch.gather(
         top_columns, -1, torch.remainder(top, width))
+
+
+def beam_candidates(top_lprobs: Tensor, top_tokens: Tensor, scores: Tensor, width):
+    """The beam search's candidates of one step, from each hypothesis's shortlist ``top_lprobs``,
+    ``top_tokens`` ``(n, k, W)`` (:func:`shortlist`, ``W = 2k``) and the hypotheses' sums of
+    log-probabilities ``scores`` ``(n, k)`` (``width``: ``W``, an int or, in a trace, the size
+    :meth:`DecoderStepGraph.forward` read): the best ``W`` continuations of each sentence among
+    its ``k * W``, as ``(scores, beams, tokens)``, each ``(n, W)``, best first (equal scores in
+    the order of ``(beam, rank)``, as the stable sort of
+    :meth:`~resmlp_mt.fast_generate.DecoderSteps.candidates`). At the first step the search gives
+    ``scores`` 0 for the first hypothesis and ``-inf`` for the others (all are the same then), so
+    that only the first one's tokens are candidates, as fairseq's."""
+    flat = (top_lprobs + scores.unsqueeze(-1)).flatten(1)  # (n, k * W): hypothesis b's rank r at b * W + r
+    cand_scores, index = torch.topk(flat, width, dim=-1)
+    return cand_scores, torch.div(index, width, rounding_mode="trunc"), torch.gather(top_tokens.flatten(1), 1, index)
 
 
 def step_input_names(decoder: FoldedDecoder, layer: int) -> List[str]:
@@ -161,7 +189,8 @@ class DecoderStepGraph(nn.Module):
                 self.output_projection.bias.copy_(F.pad(bias.detach(), (0, padding), value=-math.inf))
             self.padding = padding
 
-    def forward(self, tokens: Tensor, bias: Tensor, bias_columns: Tensor, bias_values: Tensor, *inputs: Tensor):
+    def forward(self, tokens: Tensor, bias: Tensor, bias_columns: Tensor, bias_values: Tensor, scores: Tensor,
+                *inputs: Tensor):
         """``inputs``: with ``restricted``, ``vocabulary``, ``output_weight``, ``output_bias``;
         then for each layer its token mixer's step inputs, ``keys_i``, ``values_i`` (one input each,
         so that the graph slices nothing)."""
@@ -180,11 +209,13 @@ class DecoderStepGraph(nn.Module):
         if not self.restricted:
             logits = self.output_projection(features)  # (n, k, R * W)
             lprobs = add_vocabulary_bias(F.log_softmax(logits.float(), dim=-1), bias_columns, bias_values)
-            return (*shortlist(lprobs, width, self.columns), *entries)
-        logits = torch.matmul(features, output_weight) + output_bias  # (n, k, M)
-        dense = torch.zeros(len(self.decoder.dictionary)).scatter_add(0, bias_columns, bias_values)
-        top_lprobs, top_columns = shortlist(F.log_softmax(logits.float(), dim=-1) + dense[vocabulary], width)
-        return (top_lprobs, vocabulary[top_columns], *entries)
+            top_lprobs, top_tokens = shortlist(lprobs, width, self.columns)
+        else:
+            logits = torch.matmul(features, output_weight) + output_bias  # (n, k, M)
+            dense = torch.zeros(len(self.decoder.dictionary)).scatter_add(0, bias_columns, bias_values)
+            top_lprobs, top_columns = shortlist(F.log_softmax(logits.float(), dim=-1) + dense[vocabulary], width)
+            top_tokens = vocabulary[top_columns]
+        return (top_lprobs, top_tokens, *beam_candidates(top_lprobs, top_tokens, scores, width), *entries)
 
 
 class SourceGraph(nn.Module):
@@ -292,9 +323,10 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False, restrict
                      Path(folder) / "source.onnx", int8)
 
     example = [torch.full((n, k), eos), torch.zeros(n, 1, 1, S),
-               torch.tensor([pad, eos]), torch.tensor([-math.inf, -1.0])]  # example masks at two tokens
-    names = ["tokens", "bias", "bias_columns", "bias_values"]
-    dynamic = {"tokens": {0: "n", 1: "k"}, "bias": {0: "n", 3: "S"}, "bias_columns": {0: "m"}, "bias_values": {0: "m"}}
+               torch.tensor([pad, eos]), torch.tensor([-math.inf, -1.0]), torch.zeros(n, k)]  # masks at two tokens
+    names = ["tokens", "bias", "bias_columns", "bias_values", "scores"]
+    dynamic = {"tokens": {0: "n", 1: "k"}, "bias": {0: "n", 3: "S"}, "bias_columns": {0: "m"}, "bias_values": {0: "m"},
+               "scores": {0: "n", 1: "k"}}
     if restricted:
         M = 2 * k + 3
         example += [torch.arange(M), torch.zeros(C, M), torch.zeros(M)]
@@ -307,7 +339,7 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False, restrict
         dynamic.update({f"{name}_{i}": axes for name, axes in layer.token_mixer.STEP_INPUTS.items()})
         dynamic.update({f"keys_{i}": {0: "n", 3: "S"}, f"values_{i}": {0: "n", 2: "S"}})
     step = _export(DecoderStepGraph(decoder, restricted), tuple(example), names,
-                   ["top_lprobs", "top_tokens", *[f"entry_{i}" for i in range(L)]], dynamic,
+                   ["top_lprobs", "top_tokens", *CANDIDATES, *[f"entry_{i}" for i in range(L)]], dynamic,
                    Path(folder) / ("decoder_step_vmap.onnx" if restricted else "decoder_step.onnx"), int8)
     if restricted and int8:
         _int8_output_rows(step, quantize_rows(decoder.output_projection.weight.detach())[1])
@@ -354,6 +386,9 @@ class OnnxModel:
         self.source_session, self.session = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
                                              for p in self.paths)
         self._fixed_inputs = {}
+        # each decoder layer's token mixer and the names of its inputs in the step graph (the mixer's, keys, values)
+        self.layers = [(layer.token_mixer, step_input_names(self.decoder, i))
+                       for i, layer in enumerate(self.decoder.layers)]
 
     def fixed_step_inputs(self, layer: int, t: int) -> tuple:
         """Layer ``layer``'s token mixer's ``fixed_step_inputs(t)`` as numpy arrays, made once per
@@ -387,7 +422,7 @@ class OnnxModel:
 class OnnxSteps(DecoderSteps):
     """Decoder steps of one batch in ONNX Runtime (the traced :meth:`FoldedDecoder.step
     <resmlp_mt.fast_generate.FoldedDecoder.step>`); :meth:`step` returns a shortlist of ``2k``
-    tokens per hypothesis."""
+    tokens per hypothesis, :meth:`candidates` the search's candidates as the graph finds them."""
 
     def __init__(self, model: OnnxModel, src_tokens: Tensor, k: int, max_len: int):
         if k > model.max_beam:
@@ -410,29 +445,68 @@ class OnnxSteps(DecoderSteps):
                 "output_weight": weight.index_select(0, vocabulary).t().contiguous().numpy(),
                 "output_bias": (projection.bias.detach().index_select(0, vocabulary) if projection.bias is not None
                                 else torch.zeros(vocabulary.numel())).numpy()}
-        # each layer's token mixer and the names of its inputs in the step graph (the mixer's, keys, values)
-        self.layers = [(layer.token_mixer, step_input_names(decoder, i)) for i, layer in enumerate(decoder.layers)]
+        self.layers, self.decoder_channels = model.layers, decoder.embed_weight.size(1)
         self._batch_feed()
 
     def _batch_feed(self) -> None:
-        """What every step of the batch feeds unchanged (numpy views, made once per batch and
-        again when sentences leave it): the sources' padding bias, every layer's cross-attention
-        keys and values, the vocabulary map's restriction."""
+        """Bind, once per batch and again when sentences leave it, what every step reads or writes
+        at the same place (ONNX Runtime's I/O binding: each array bound per call costs about as
+        much as a small operator): the sources' padding bias, every layer's cross-attention keys
+        and values and the vocabulary map's restriction (numpy views); buffers for the step's
+        ``tokens`` and ``scores`` (filled in place each step), for every output (copied out) and
+        for every layer's history entry (written into the history)."""
+        n, k = self.bias.size(0), self.k
         feed = {"bias": self.bias.numpy(), **self.restriction}
         for (_, names), keys, values in zip(self.layers, self.keys, self.values):
             feed[names[-2]], feed[names[-1]] = keys.numpy(), values.numpy()
-        self.feed = feed
+        feed["tokens"], feed["scores"] = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+        self.feed = feed  # the bound arrays stay referenced here
+        self.binding = binding = self.model.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        C = self.decoder_channels
+        self.out = {name: np.empty((n, k, 2 * k) if name.startswith("top") else (n, 2 * k), dtype)
+                    for name, dtype in OUTPUT_TYPES.items()}
+        self.out.update({f"entry_{i}": np.empty((n, k, C), np.float32) for i in range(len(self.layers))})
+        for name, array in self.out.items():
+            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        self.bound_bias = None  # the step's masks (bias_columns, bias_values): bound when they change
 
     def select(self, index: np.ndarray, used: int) -> None:
         super().select(index, used)
         self._batch_feed()
 
-    def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
-        feed = {**self.feed, "tokens": np.ascontiguousarray(tokens[:, :, step]),
-                "bias_columns": vocabulary_bias.columns.numpy(), "bias_values": vocabulary_bias.column_values.numpy()}
+    def _run(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias, scores: np.ndarray,
+             outputs: Sequence[str] = CANDIDATES) -> List[np.ndarray]:
+        """Run the step graph at position ``step`` (through the binding of :meth:`_batch_feed`)
+        and write every layer's history entry; returns copies of ``outputs`` (of ``top_lprobs``,
+        ``top_tokens`` and :data:`CANDIDATES`), in that order. Per step, only the history rows and
+        the token mixers' fixed inputs of the position are bound anew, and the masks when they
+        change."""
+        binding, feed = self.binding, self.feed
+        feed["tokens"][...] = tokens[:, :, step]
+        feed["scores"][...] = scores
+        bind = binding.bind_cpu_input
+        if self.bound_bias is not vocabulary_bias:  # one per kind of step (SearchRules.vocabulary_bias)
+            bind("bias_columns", vocabulary_bias.columns.numpy())
+            bind("bias_values", vocabulary_bias.column_values.numpy())
+            self.bound_bias = vocabulary_bias  # (the rules keep it, and so its memory)
         for i, ((mixer, names), history) in enumerate(zip(self.layers, self.history.buffers)):
-            feed[names[0]] = history.numpy()[mixer.first_row(step) : step + 1]  # a view
-            feed.update(zip(names[1:-2], self.model.fixed_step_inputs(i, step)))
-        top_lprobs, top_tokens, *entries = self.model.session.run(None, feed)  # inputs: views, nothing copied
-        self.history.write(step, entries)
+            bind(names[0], history.numpy()[mixer.first_row(step) : step + 1])  # a view of the history
+            for name, value in zip(names[1:-2], self.model.fixed_step_inputs(i, step)):
+                bind(name, value)
+        self.model.session.run_with_iobinding(binding)
+        self.history.write(step, [self.out[f"entry_{i}"] for i in range(len(self.layers))])
+        return [self.out[name].copy() for name in outputs]  # the buffers are written again next step
+
+    def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
+        top_lprobs, top_tokens = self._run(tokens, step, vocabulary_bias, np.zeros(tokens.shape[:2], np.float32),
+                                           ("top_lprobs", "top_tokens"))
         return Continuations(top_lprobs, top_tokens)
+
+    def candidates(self, tokens: np.ndarray, scores: np.ndarray, step: int, rules: SearchRules):
+        """The candidates as the step graph finds them (:func:`beam_candidates`)."""
+        if step == 0:  # only the first hypothesis of each sentence (all are the same)
+            scores = np.zeros(tokens.shape[:2], np.float32)
+            scores[:, 1:] = -np.inf
+        return tuple(self._run(tokens, step, rules.vocabulary_bias(step), scores))

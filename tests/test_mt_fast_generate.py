@@ -5,6 +5,9 @@ positional embeddings; so does it on the folded decoder and with the decoder ste
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +15,8 @@ from helpers import (
     assert_same, dictionary, eos_biased_folded, eos_biased_model, fairseq_generate, random_tokens, source_batch,
     tiny_model,
 )
-from resmlp_mt.fast_generate import FoldedDecoder, SearchRules, fold_for_inference, generate, quantize_int8
+from resmlp_mt.fast_generate import (DecoderSteps, FoldedDecoder, SearchRules, fold_for_inference, generate,
+                                     quantize_int8)
 from resmlp_mt.onnx_decoder import OnnxModel, add_vocabulary_bias, grid_columns, shortlist
 
 D = dictionary()
@@ -99,6 +103,36 @@ def test_fast_and_onnx_engines_run_the_same_step(monkeypatch):
     for fast_history, onnx_history in zip(fast_steps.history.buffers, onnx_steps.history.buffers):
         assert fast_history[t + 1].abs().sum() > 0
         torch.testing.assert_close(fast_history[: t + 2], onnx_history[: t + 2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("step", [0, 2, 5])
+def test_the_step_graph_finds_the_searchs_candidates(step):
+    """The ONNX step graph picks the beam search's candidates itself (beam_candidates): from the
+    same state they are the ones that DecoderSteps.candidates finds from the graph's shortlist
+    (fairseq's choice, its stable sort), at the first step (the first hypothesis only), with
+    end-of-sentence masked (min_len 3) and not, and with a dead hypothesis (score -inf)."""
+    folded = eos_biased_folded(3, 1.0)
+    onnx = OnnxModel(folded)
+    src, k, max_len = source_batch(3), 4, 8
+    rules = SearchRules.of(folded.decoder, src.size(1), k, 0.0, max_len, 3, 1.0, 0.5)
+    generator = torch.Generator().manual_seed(step)
+    tokens = random_tokens(src.size(0) * k, max_len + 2, generator).view(src.size(0), k, -1).numpy()
+    tokens[:, :, 0] = D.eos()
+    if step == 0:  # every hypothesis of a sentence is the same at the start
+        tokens[:, 1:] = tokens[:, :1]
+    scores = -5 * torch.rand(src.size(0), k, generator=generator)
+    scores[0, 1] = -math.inf
+    scores = scores.numpy()
+    graph, reference = onnx.decoder_steps(src, k, max_len), onnx.decoder_steps(src, k, max_len)
+    for ours, theirs in zip(graph.history.buffers, reference.history.buffers):
+        ours[1 : step + 1] = torch.randn(step, *ours.shape[1:], generator=generator)
+        theirs.copy_(ours)
+    found = graph.candidates(tokens, scores, step, rules)
+    expected = DecoderSteps.candidates(reference, tokens, scores, step, rules)
+    assert found[0].shape == (src.size(0), 2 * k) and (found[2] == D.eos()).any() == (step >= 3)
+    for ours, theirs in zip(found, expected):
+        np.testing.assert_array_equal(ours, theirs)
+    assert not (found[1][0] == 1).any()  # the dead hypothesis continues nowhere
 
 
 def test_folded_layer_keeps_causality_of_a_full_matrix():
