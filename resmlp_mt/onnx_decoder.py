@@ -7,8 +7,9 @@ the whole folded step (:class:`~resmlp_mt.fast_generate.FoldedDecoder`: token mi
 cross-attention, channel MLP for every layer, the output projection, the log-normaliser and a
 top-k shortlist of the vocabulary, then the beam search's candidates of the step) as one call
 with C++ kernels, and its dynamic int8 quantization (``MatMulInteger``) packs the weights once.
-The rest of the beam search stays in Python (:func:`resmlp_mt.fast_generate.generate`); the encoder and every layer's cross-attention keys
-and values run once per batch in a second graph (:class:`SourceGraph`).
+The rest of the beam search stays in Python (:func:`resmlp_mt.fast_generate.generate`); the
+encoder and every layer's cross-attention keys and values run once per batch in a second graph
+(:class:`SourceGraph`).
 
 The step graph is a trace of the PyTorch engine's step, :meth:`FoldedDecoder.step_features
 <resmlp_mt.fast_generate.FoldedDecoder.step_features>` (the same code, with the decoding state
