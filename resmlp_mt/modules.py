@@ -161,7 +161,7 @@ def cross_attend(attn, x: Tensor, keys: Tensor, values: Tensor, bias: Optional[T
     sentence's keys and values by broadcasting) and ``bias`` ``(B, 1, 1, S)`` (:func:`padding_bias`)
     or None -> ``(B, k, C)``. ``attn``: fairseq's ``MultiheadAttention`` or a folded decoder layer
     (``scaling`` 1, folded into ``q_proj``)."""
-    B, k, C = x.shape
+    B, k, _ = x.shape
     q = attn.q_proj(x)
     if attn.scaling != 1.0:
         q = q * attn.scaling

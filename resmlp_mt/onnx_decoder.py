@@ -76,11 +76,12 @@ from .padding import left_align
 from .vocabulary_map import VocabularyMap
 
 OPSET = 17
-#: the step graph's outputs for the beam search (:func:`beam_candidates`), after its shortlist
-CANDIDATES = ("cand_scores", "cand_beams", "cand_tokens")
-#: the element types of the step graph's outputs other than the history entries (float32)
-OUTPUT_TYPES = {"top_lprobs": np.float32, "top_tokens": np.int64, "cand_scores": np.float32, "cand_beams": np.int64,
+#: the step graph's outputs before the history entries (``entry_i``, float32), in order, with their
+#: element types: the shortlist (``top_*``, per hypothesis), then the search's candidates (per sentence)
+STEP_OUTPUTS = {"top_lprobs": np.float32, "top_tokens": np.int64, "cand_scores": np.float32, "cand_beams": np.int64,
                 "cand_tokens": np.int64}
+#: the outputs the beam search reads (:func:`beam_candidates`)
+CANDIDATES = tuple(name for name in STEP_OUTPUTS if name.startswith("cand_"))
 
 
 def _require_onnxruntime():
@@ -340,7 +341,7 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False, restrict
         dynamic.update({f"{name}_{i}": axes for name, axes in layer.token_mixer.STEP_INPUTS.items()})
         dynamic.update({f"keys_{i}": {0: "n", 3: "S"}, f"values_{i}": {0: "n", 2: "S"}})
     step = _export(DecoderStepGraph(decoder, restricted), tuple(example), names,
-                   ["top_lprobs", "top_tokens", *CANDIDATES, *[f"entry_{i}" for i in range(L)]], dynamic,
+                   [*STEP_OUTPUTS, *[f"entry_{i}" for i in range(L)]], dynamic,
                    Path(folder) / ("decoder_step_vmap.onnx" if restricted else "decoder_step.onnx"), int8)
     if restricted and int8:
         _int8_output_rows(step, quantize_rows(decoder.output_projection.weight.detach())[1])
@@ -446,7 +447,7 @@ class OnnxSteps(DecoderSteps):
                 "output_weight": weight.index_select(0, vocabulary).t().contiguous().numpy(),
                 "output_bias": (projection.bias.detach().index_select(0, vocabulary) if projection.bias is not None
                                 else torch.zeros(vocabulary.numel())).numpy()}
-        self.layers, self.decoder_channels = model.layers, decoder.embed_weight.size(1)
+        self.layers = model.layers
         self._batch_feed()
 
     def _batch_feed(self) -> None:
@@ -465,9 +466,9 @@ class OnnxSteps(DecoderSteps):
         self.binding = binding = self.model.session.io_binding()
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
-        C = self.decoder_channels
-        self.out = {name: np.empty((n, k, 2 * k) if name.startswith("top") else (n, 2 * k), dtype)
-                    for name, dtype in OUTPUT_TYPES.items()}
+        C = self.model.decoder.embed_weight.size(1)
+        self.out = {name: np.empty((n, 2 * k) if name in CANDIDATES else (n, k, 2 * k), dtype)
+                    for name, dtype in STEP_OUTPUTS.items()}
         self.out.update({f"entry_{i}": np.empty((n, k, C), np.float32) for i in range(len(self.layers))})
         for name, array in self.out.items():
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
