@@ -493,8 +493,8 @@ class OnnxSteps(DecoderSteps):
             bind("bias_columns", vocabulary_bias.columns.numpy())
             bind("bias_values", vocabulary_bias.column_values.numpy())
             self.bound_bias = vocabulary_bias  # (the rules keep it, and so its memory)
-        for i, ((mixer, names), history) in enumerate(zip(self.layers, self.history.buffers)):
-            bind(names[0], history.numpy()[mixer.first_row(step) : step + 1])  # a view of the history
+        for i, ((mixer, names), history) in enumerate(zip(self.layers, self.history.arrays)):
+            bind(names[0], history[mixer.first_row(step) : step + 1])  # a view of the history
             for name, value in zip(names[1:-2], self.model.fixed_step_inputs(i, step)):
                 bind(name, value)
         self.model.session.run_with_iobinding(binding)
