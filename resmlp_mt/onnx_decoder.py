@@ -39,8 +39,8 @@ and returns ``top_lprobs`` / ``top_tokens`` ``(n, k, 2k)``, the best ``2k`` toke
 hypothesis (``2k`` is read from the shape of ``tokens``); ``cand_scores``, ``cand_beams``,
 ``cand_tokens`` ``(n, 2k)``, the best ``2k`` continuations of each sentence (:func:`beam_candidates`:
 all the beam search needs); and ``entry_i`` ``(n, k, C)`` (what layer ``i``'s token mixer keeps of
-this position, for the history). The best ``2k`` of the vocabulary are found in two rounds over a
-grid of its tokens (:func:`shortlist`): ONNX Runtime's ``TopK`` over the whole vocabulary took
+this position, for the history). The best ``2k`` of the vocabulary are found in two rounds over
+groups of its tokens (:func:`shortlist`): ONNX Runtime's ``TopK`` over the whole vocabulary took
 longer than the output projection.
 
 :class:`OnnxSteps` runs it through ONNX Runtime's I/O binding, binding per step only what moves
@@ -92,11 +92,11 @@ def _require_onnxruntime():
     return onnxruntime
 
 
-def grid_columns(vocabulary_size: int, width: int = 8) -> int:
-    """The columns of the grid that :func:`shortlist` lays the vocabulary out on: a multiple of 64
-    near ``sqrt(V * width)`` (``width``: the ``2k`` of beam 4), which makes its two ``TopK`` rounds
-    about equally long (``W`` column maxima, then ``R * width`` candidates, ``R = ceil(V / W)``
-    rows)."""
+def shortlist_groups(vocabulary_size: int, width: int = 8) -> int:
+    """The groups of consecutive tokens that :func:`shortlist` lays the vocabulary out in: a
+    multiple of 64 near ``sqrt(V * width)`` (``width``: the ``2k`` of beam 4), which makes its two
+    ``TopK`` rounds about equally long (``G`` group maxima, then ``width * R`` candidates, ``R =
+    ceil(V / G)`` tokens per group)."""
     return max(64, 64 * round(math.sqrt(vocabulary_size * width) / 64))
 
 
@@ -110,31 +110,34 @@ def add_vocabulary_bias(lprobs: Tensor, columns: Tensor, values: Tensor) -> Tens
     return lprobs.scatter_add(-1, zeros.long() + columns, zeros + values)
 
 
-def shortlist(lprobs: Tensor, width, columns: Optional[int] = None):
+def shortlist(lprobs: Tensor, width, groups: Optional[int] = None):
     """The ``width`` best tokens of each row of ``lprobs`` ``(..., V)`` (log-probabilities with the
     step's masks): their values, best first, and the tokens. ``width`` an int or, in a trace, a
     size read from an input (the graph's ``2k``).
 
-    With ``columns`` (``W``, and ``V = R * W``: padded with ``-inf``), in two rounds over the
-    vocabulary laid out as ``R`` rows of ``W``: the ``width`` columns with the best maxima, then
-    the best ``width`` of their ``R * width`` tokens. It returns what one top-k over the
-    vocabulary returns (a token among the best ``width`` is the maximum of its column or below at
-    most ``width - 1`` better tokens, so its column's maximum is among the best ``width``); ties
-    may come in another order. ONNX Runtime's ``TopK`` costs about 3 ns per token it reads, more
-    than the output projection at 8k tokens; here it reads ``W + R * width`` per hypothesis (about
-    500 instead of 7,800 at 8k tokens, beam 4) and a max over the rows reads the rest (the best 8
-    of 7,796 tokens in ONNX Runtime, one thread: 94 -> 28 us for 4 hypotheses, 10.6 -> 3.7 ms for
-    512)."""
-    if columns is None:
+    With ``groups`` (``G``, and ``V = G * R``: padded with ``-inf``), in two rounds over the
+    vocabulary laid out as ``G`` groups of ``R`` consecutive tokens: the ``width`` groups with the
+    best maxima, then the best ``width`` of their ``width * R`` tokens. It returns what one top-k
+    over the vocabulary returns (a token among the best ``width`` is the maximum of its group or
+    below at most ``width - 1`` better tokens, so its group's maximum is among the best
+    ``width``); ties may come in another order. ONNX Runtime's ``TopK`` costs about 3 ns per token
+    it reads, more than the output projection at 8k tokens; here it reads ``G + width * R`` per
+    hypothesis (about 500 instead of 7,800 at 8k tokens, beam 4) and a max over each group reads
+    the rest (the best 8 of 7,796 tokens in ONNX Runtime, one thread: 94 -> 28 us for 4
+    hypotheses, 10.6 -> 3.7 ms for 512). Groups of consecutive tokens, not columns of a grid: each
+    maximum and each candidate gathered reads contiguous memory (the log-softmax, masks and both
+    rounds for 512 hypotheses: 10.5-11.3 -> 8.5-9.7 ms)."""
+    if groups is None:
         return torch.topk(lprobs, width, dim=-1)
-    grid = lprobs.unflatten(-1, (-1, columns))  # (..., R, W): token r * W + c in row r, column c
-    _, top_columns = torch.topk(grid.amax(-2), width, dim=-1)  # (..., width)
-    expand = [-1] * (grid.dim() - 2) + [grid.shape[-2], -1]  # -1: the dynamic sizes stay dynamic in a trace
-    candidates = torch.gather(grid, -1, top_columns.unsqueeze(-2).expand(expand))  # (..., R, width)
+    grouped = lprobs.unflatten(-1, (groups, -1))  # (..., G, R): token g * R + j in group g, place j
+    size = grouped.shape[-1]  # R
+    _, top_groups = torch.topk(grouped.amax(-1), width, dim=-1)  # (..., width)
+    expand = [-1] * (grouped.dim() - 1) + [size]  # -1: the dynamic sizes stay dynamic in a trace
+    candidates = torch.gather(grouped, -2, top_groups.unsqueeze(-1).expand(expand))  # (..., width, R)
     top_lprobs, top = torch.topk(candidates.flatten(-2), width, dim=-1)
     # indices are not negative: a truncating division is the floor (one ONNX node, a floor is ten)
-    return top_lprobs, torch.div(top, width, rounding_mode="trunc") * columns + torch.gather(
-        top_columns, -1, torch.remainder(top, width))
+    return top_lprobs, torch.gather(top_groups, -1, torch.div(top, size, rounding_mode="trunc")) * size + \
+        torch.remainder(top, size)
 
 
 def beam_candidates(top_lprobs: Tensor, top_tokens: Tensor, scores: Tensor, width):
@@ -169,7 +172,7 @@ class DecoderStepGraph(nn.Module):
     ``output_bias`` ``(M,)`` (gathered once per batch); the log-probabilities are normalised over
     the ``M`` candidates and ``top_tokens`` are still token ids (one ``TopK`` over them).
 
-    Without it, the output projection is padded to ``R * W`` tokens (:func:`grid_columns`; the
+    Without it, the output projection is padded to ``G * R`` tokens (:func:`shortlist_groups`; the
     padding's logits ``-inf``) for the two rounds of :func:`shortlist`."""
 
     def __init__(self, decoder: FoldedDecoder, restricted: bool = False):
@@ -182,8 +185,8 @@ class DecoderStepGraph(nn.Module):
         if not restricted:
             projection = decoder.output_projection
             V = projection.out_features
-            self.columns = grid_columns(V)
-            padding = -V % self.columns
+            self.groups = shortlist_groups(V)
+            padding = -V % self.groups
             bias = projection.bias if projection.bias is not None else torch.zeros(V)
             self.output_projection = nn.Linear(projection.in_features, V + padding)
             with torch.no_grad():
@@ -209,9 +212,9 @@ class DecoderStepGraph(nn.Module):
         width = 2 * tokens.size(1)  # the beam search's 2k candidates per hypothesis
         features, entries = self.decoder.step_features(x, layer_inputs, bias)
         if not self.restricted:
-            logits = self.output_projection(features)  # (n, k, R * W)
+            logits = self.output_projection(features)  # (n, k, G * R)
             lprobs = add_vocabulary_bias(F.log_softmax(logits.float(), dim=-1), bias_columns, bias_values)
-            top_lprobs, top_tokens = shortlist(lprobs, width, self.columns)
+            top_lprobs, top_tokens = shortlist(lprobs, width, self.groups)
         else:
             logits = torch.matmul(features, output_weight) + output_bias  # (n, k, M)
             dense = torch.zeros(len(self.decoder.dictionary)).scatter_add(0, bias_columns, bias_values)
@@ -373,7 +376,7 @@ class OnnxModel:
                              f"tokens, the model's has {len(self.decoder.dictionary)}")
         self.max_source_positions = folded.encoder.max_positions()
         V = len(self.decoder.dictionary)
-        self.max_beam = min(V - 1, grid_columns(V)) // 2  # the graph's top-k rounds need 2k tokens and columns
+        self.max_beam = min(V - 1, shortlist_groups(V)) // 2  # the graph's top-k rounds need 2k tokens and groups
         self.padding_idx = folded.encoder.padding_idx
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="resmlp_onnx_")

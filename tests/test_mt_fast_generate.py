@@ -17,7 +17,7 @@ from helpers import (
 )
 from resmlp_mt.fast_generate import (DecoderSteps, FoldedDecoder, SearchRules, fold_for_inference, generate,
                                      quantize_int8)
-from resmlp_mt.onnx_decoder import OnnxModel, add_vocabulary_bias, grid_columns, shortlist
+from resmlp_mt.onnx_decoder import OnnxModel, add_vocabulary_bias, shortlist, shortlist_groups
 
 D = dictionary()
 
@@ -151,7 +151,7 @@ def test_onnx_length_limits_and_errors():
     for hyps in generate(onnx, src, beam=4, min_len=5, max_len_b=5):  # forced length: 5 tokens + eos
         assert {len(h["tokens"]) for h in hyps} == {6}
     V = len(folded.decoder.dictionary)
-    limit = min(V - 1, grid_columns(V)) // 2  # 2k tokens of the vocabulary, 2k columns of its grid
+    limit = min(V - 1, shortlist_groups(V)) // 2  # 2k tokens of the vocabulary, 2k of its groups
     assert all(len(hyps) == limit for hyps in generate(onnx, src, beam=limit, max_len_b=3))
     with pytest.raises(ValueError, match=f"beams up to {limit} with a vocabulary of {V} tokens"):
         generate(onnx, src, beam=limit + 1)
@@ -165,51 +165,54 @@ class _Shortlist(torch.nn.Module):
     """The step graph's end: log-softmax, the masks at their tokens, the best ``2k`` (``k`` read from
     an input's shape)."""
 
-    def __init__(self, columns):
+    def __init__(self, groups):
         super().__init__()
-        self.columns = columns
+        self.groups = groups
 
     def forward(self, logits, bias_columns, bias_values, beam_slots):
         lprobs = add_vocabulary_bias(torch.log_softmax(logits, dim=-1), bias_columns, bias_values)
-        return shortlist(lprobs, 2 * beam_slots.size(0), self.columns)
+        return shortlist(lprobs, 2 * beam_slots.size(0), self.groups)
 
 
 def test_two_round_shortlist_is_the_top_k_of_the_vocabulary(tmp_path):
-    """The step graph's best 2k tokens come from two rounds over a grid of the vocabulary (the
-    columns' maxima, then the candidates of the best columns), after the masks added at their tokens
+    """The step graph's best 2k tokens come from two rounds over groups of consecutive tokens (the
+    groups' maxima, then the candidates of the best groups), after the masks added at their tokens
     only: the same tokens and log-probabilities as a dense add and one top-k over the whole
-    vocabulary, in PyTorch and exported to ONNX Runtime with the beam read from the inputs (several
-    rows of the grid; the masks' -inf and the padding's included)."""
+    vocabulary, in PyTorch and exported to ONNX Runtime with the beam read from the inputs (best
+    tokens crowded into one group, into few groups and spread one per group; the masks' -inf and the
+    padding's included)."""
     import onnxruntime
 
     generator = torch.Generator().manual_seed(0)
-    V, columns = 1000, 64
-    padded = -V % columns + V
+    V, groups = 1000, 64
+    padded = -V % groups + V
+    size = padded // groups  # tokens per group
     logits = torch.randn(3, 5, padded, generator=generator) * 4
-    logits[..., V:] = -float("inf")  # the padded projection's columns
-    logits[0, 0, :900] = -float("inf")  # a hypothesis whose best tokens crowd into few columns
-    logits[1, 2, 37::columns] += 20  # ... and into one column
-    bias_columns = torch.tensor([1, 3, 5, 37 + 3 * columns, 640])
+    logits[..., V:] = -float("inf")  # the padded projection's tokens
+    logits[0, 0, :900] = -float("inf")  # a hypothesis whose best tokens crowd into few groups
+    logits[1, 2, 37 * size : 38 * size] += 20  # ... into one group
+    logits[2, 1, 5::size] += 20  # ... one in each group
+    bias_columns = torch.tensor([1, 3, 5, 37 * size + 3, 640])
     bias_values = torch.tensor([-float("inf"), -0.5, -float("inf"), -float("inf"), -float("inf")])
     dense = torch.zeros(padded).index_put((bias_columns,), bias_values)
     path = tmp_path / "shortlist.onnx"
-    torch.onnx.export(_Shortlist(columns), (logits, bias_columns, bias_values, torch.zeros(4)), str(path),
+    torch.onnx.export(_Shortlist(groups), (logits, bias_columns, bias_values, torch.zeros(4)), str(path),
                       dynamo=False, input_names=["logits", "columns", "values", "slots"],
                       dynamic_axes={"logits": {0: "n", 1: "k"}, "columns": {0: "m"}, "values": {0: "m"},
                                     "slots": {0: "k"}})
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     reference = torch.log_softmax(logits, dim=-1) + dense
-    for k, rows, masks in ((4, 3, 5), (1, 2, 1), (8, 1, 3)):
+    for k, rows, masks in ((4, 3, 5), (1, 2, 1), (8, 3, 3)):
         feed = {"logits": logits[:rows].numpy(), "columns": bias_columns[:masks].numpy(),
                 "values": bias_values[:masks].numpy(), "slots": torch.zeros(k).numpy()}
         expected = (torch.log_softmax(logits[:rows], dim=-1) + torch.zeros(padded).index_put(
             (bias_columns[:masks],), bias_values[:masks])).topk(2 * k, dim=-1)
-        ours = _Shortlist(columns)(logits[:rows], bias_columns[:masks], bias_values[:masks], torch.zeros(k))
+        ours = _Shortlist(groups)(logits[:rows], bias_columns[:masks], bias_values[:masks], torch.zeros(k))
         for values, tokens in (ours, map(torch.from_numpy, session.run(None, feed))):
             assert values.shape == tokens.shape == (rows, 5, 2 * k)
             torch.testing.assert_close(values, expected.values, atol=1e-5, rtol=0)
             assert torch.equal(tokens, expected.indices)
-    assert torch.isinf(reference[1, 2, 37 + 3 * columns])  # the masked token of the crowded column
+    assert torch.isinf(reference[1, 2, 37 * size + 3])  # the masked token of the crowded group
 
 
 def test_onnx_int8_generates_close_to_float():
