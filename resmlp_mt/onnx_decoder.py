@@ -35,7 +35,7 @@ vocabulary ``V``:
   folded constant); ``keys_i`` ``(n, H, d, S)`` and ``values_i`` ``(n, H, S, d)``, computed once
   per batch;
 
-and returns ``top_lprobs`` / ``top_tokens`` ``(n, k, 2k)``, the best ``2k`` tokens of each
+and returns ``top_lprobs`` / ``top_tokens`` ``(N, 2k)``, the best ``2k`` tokens of each
 hypothesis (``2k`` is read from the shape of ``tokens``); ``cand_scores``, ``cand_beams``,
 ``cand_tokens`` ``(n, 2k)``, the best ``2k`` continuations of each sentence (:func:`beam_candidates`:
 all the beam search needs); and ``entry_i`` ``(n, k, C)`` (what layer ``i``'s token mixer keeps of
@@ -60,7 +60,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -110,12 +110,12 @@ def add_vocabulary_bias(lprobs: Tensor, columns: Tensor, values: Tensor) -> Tens
     return lprobs.scatter_add(-1, zeros.long() + columns, zeros + values)
 
 
-def shortlist(lprobs: Tensor, width, groups: Optional[int] = None):
-    """The ``width`` best tokens of each row of ``lprobs`` ``(..., V)`` (log-probabilities with the
-    step's masks): their values, best first, and the tokens. ``width`` an int or, in a trace, a
-    size read from an input (the graph's ``2k``).
+def shortlist(lprobs: Tensor, width, groups: Optional[Tuple[int, int]] = None):
+    """The ``width`` best tokens of each row of ``lprobs`` ``(N, V)`` (log-probabilities with the
+    step's masks): their values, best first, and the tokens, each ``(N, width)``. ``width`` an int
+    or, in a trace, a size read from an input (the graph's ``2k``).
 
-    With ``groups`` (``G``, and ``V = G * R``: padded with ``-inf``), in two rounds over the
+    With ``groups`` ``(G, R)`` (``V = G * R``: padded with ``-inf``), in two rounds over the
     vocabulary laid out as ``G`` groups of ``R`` consecutive tokens: the ``width`` groups with the
     best maxima, then the best ``width`` of their ``width * R`` tokens. It returns what one top-k
     over the vocabulary returns (a token among the best ``width`` is the maximum of its group or
@@ -125,34 +125,34 @@ def shortlist(lprobs: Tensor, width, groups: Optional[int] = None):
     hypothesis (about 500 instead of 7,800 at 8k tokens, beam 4) and a max over each group reads
     the rest (the best 8 of 7,796 tokens in ONNX Runtime, one thread: 94 -> 28 us for 4
     hypotheses, 10.6 -> 3.7 ms for 512). Groups of consecutive tokens, not columns of a grid: each
-    maximum and each candidate gathered reads contiguous memory (the log-softmax, masks and both
-    rounds for 512 hypotheses: 10.5-11.3 -> 8.5-9.7 ms)."""
+    maximum and each gathered candidate reads contiguous memory (the log-softmax, masks and both
+    rounds for 512 hypotheses: 10.5-11.3 -> 8.5-9.7 ms); and every shape is a constant (``G``,
+    ``R``) or ``-1``, so the graph computes no shapes."""
     if groups is None:
         return torch.topk(lprobs, width, dim=-1)
-    grouped = lprobs.unflatten(-1, (groups, -1))  # (..., G, R): token g * R + j in group g, place j
-    size = grouped.shape[-1]  # R
-    _, top_groups = torch.topk(grouped.amax(-1), width, dim=-1)  # (..., width)
-    expand = [-1] * (grouped.dim() - 1) + [size]  # -1: the dynamic sizes stay dynamic in a trace
-    candidates = torch.gather(grouped, -2, top_groups.unsqueeze(-1).expand(expand))  # (..., width, R)
-    top_lprobs, top = torch.topk(candidates.flatten(-2), width, dim=-1)
-    # indices are not negative: a truncating division is the floor (one ONNX node, a floor is ten)
-    return top_lprobs, torch.gather(top_groups, -1, torch.div(top, size, rounding_mode="trunc")) * size + \
-        torch.remainder(top, size)
+    G, R = groups
+    maxima = lprobs.reshape(-1, R).amax(-1).reshape(-1, G)  # (N, G)
+    _, top_groups = torch.topk(maxima, width, dim=-1)  # (N, width)
+    candidates = ((top_groups * R).unsqueeze(-1) + torch.arange(R)).flatten(1)  # (N, width * R): their tokens
+    top_lprobs, top = torch.topk(torch.gather(lprobs, 1, candidates), width, dim=-1)
+    return top_lprobs, torch.gather(candidates, 1, top)
 
 
 def beam_candidates(top_lprobs: Tensor, top_tokens: Tensor, scores: Tensor, width):
     """The beam search's candidates of one step, from each hypothesis's shortlist ``top_lprobs``,
-    ``top_tokens`` ``(n, k, W)`` (:func:`shortlist`, ``W = 2k``) and the hypotheses' sums of
-    log-probabilities ``scores`` ``(n, k)`` (``width``: ``W``, an int or, in a trace, the size
-    :meth:`DecoderStepGraph.forward` read): the best ``W`` continuations of each sentence among
-    its ``k * W``, as ``(scores, beams, tokens)``, each ``(n, W)``, best first (equal scores in
-    the order of ``(beam, rank)``, as the stable sort of
+    ``top_tokens`` ``(N, W)`` (:func:`shortlist`, ``W = 2k``, ``N = n * k``) and the hypotheses'
+    sums of log-probabilities ``scores`` ``(n, k)`` (``width``: ``W``, an int or, in a trace, the
+    size :meth:`DecoderStepGraph.forward` read): the best ``W`` continuations of each sentence
+    among its ``k * W``, as ``(scores, beams, tokens)``, each ``(n, W)``, best first (equal scores
+    in the order of ``(beam, rank)``, as the stable sort of
     :meth:`~resmlp_mt.fast_generate.DecoderSteps.candidates`). At the first step the search gives
     ``scores`` 0 for the first hypothesis and ``-inf`` for the others (all are the same then), so
     that only the first one's tokens are candidates, as fairseq's."""
-    flat = (top_lprobs + scores.unsqueeze(-1)).flatten(1)  # (n, k * W): hypothesis b's rank r at b * W + r
+    sentences = scores.size(0)
+    flat = (top_lprobs + scores.reshape(-1, 1)).reshape(sentences, -1)  # (n, k * W): hypothesis b's rank r at b * W + r
     cand_scores, index = torch.topk(flat, width, dim=-1)
-    return cand_scores, torch.div(index, width, rounding_mode="trunc"), torch.gather(top_tokens.flatten(1), 1, index)
+    return (cand_scores, torch.div(index, width, rounding_mode="trunc"),
+            torch.gather(top_tokens.reshape(sentences, -1), 1, index))
 
 
 def step_input_names(decoder: FoldedDecoder, layer: int) -> List[str]:
@@ -185,8 +185,9 @@ class DecoderStepGraph(nn.Module):
         if not restricted:
             projection = decoder.output_projection
             V = projection.out_features
-            self.groups = shortlist_groups(V)
-            padding = -V % self.groups
+            groups = shortlist_groups(V)
+            padding = -V % groups
+            self.groups = (groups, (V + padding) // groups)  # (G, R)
             bias = projection.bias if projection.bias is not None else torch.zeros(V)
             self.output_projection = nn.Linear(projection.in_features, V + padding)
             with torch.no_grad():
@@ -212,11 +213,11 @@ class DecoderStepGraph(nn.Module):
         width = 2 * tokens.size(1)  # the beam search's 2k candidates per hypothesis
         features, entries = self.decoder.step_features(x, layer_inputs, bias)
         if not self.restricted:
-            logits = self.output_projection(features)  # (n, k, G * R)
+            logits = self.output_projection(features.flatten(0, 1))  # (N, G * R)
             lprobs = add_vocabulary_bias(F.log_softmax(logits.float(), dim=-1), bias_columns, bias_values)
             top_lprobs, top_tokens = shortlist(lprobs, width, self.groups)
         else:
-            logits = torch.matmul(features, output_weight) + output_bias  # (n, k, M)
+            logits = torch.matmul(features.flatten(0, 1), output_weight) + output_bias  # (N, M)
             dense = torch.zeros(len(self.decoder.dictionary)).scatter_add(0, bias_columns, bias_values)
             top_lprobs, top_columns = shortlist(F.log_softmax(logits.float(), dim=-1) + dense[vocabulary], width)
             top_tokens = vocabulary[top_columns]
@@ -470,7 +471,7 @@ class OnnxSteps(DecoderSteps):
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
         C = self.model.decoder.embed_weight.size(1)
-        self.out = {name: np.empty((n, 2 * k) if name in CANDIDATES else (n, k, 2 * k), dtype)
+        self.out = {name: np.empty((n, 2 * k) if name in CANDIDATES else (n * k, 2 * k), dtype)
                     for name, dtype in STEP_OUTPUTS.items()}
         self.out.update({f"entry_{i}": np.empty((n, k, C), np.float32) for i in range(len(self.layers))})
         for name, array in self.out.items():
@@ -507,7 +508,8 @@ class OnnxSteps(DecoderSteps):
     def step(self, tokens: np.ndarray, step: int, vocabulary_bias: VocabularyBias) -> Continuations:
         top_lprobs, top_tokens = self._run(tokens, step, vocabulary_bias, np.zeros(tokens.shape[:2], np.float32),
                                            ("top_lprobs", "top_tokens"))
-        return Continuations(top_lprobs, top_tokens)
+        shape = (*tokens.shape[:2], -1)
+        return Continuations(top_lprobs.reshape(shape), top_tokens.reshape(shape))
 
     def candidates(self, tokens: np.ndarray, scores: np.ndarray, step: int, rules: SearchRules):
         """The candidates as the step graph finds them (:func:`beam_candidates`)."""

@@ -162,15 +162,15 @@ def test_onnx_length_limits_and_errors():
 
 
 class _Shortlist(torch.nn.Module):
-    """The step graph's end: log-softmax, the masks at their tokens, the best ``2k`` (``k`` read from
-    an input's shape)."""
+    """The step graph's end: log-softmax, the masks at their tokens, the best ``2k`` of each of the
+    ``n * k`` hypotheses (``k`` read from an input's shape)."""
 
     def __init__(self, groups):
         super().__init__()
-        self.groups = groups
+        self.groups = groups  # (G, R)
 
     def forward(self, logits, bias_columns, bias_values, beam_slots):
-        lprobs = add_vocabulary_bias(torch.log_softmax(logits, dim=-1), bias_columns, bias_values)
+        lprobs = add_vocabulary_bias(torch.log_softmax(logits.flatten(0, 1), dim=-1), bias_columns, bias_values)
         return shortlist(lprobs, 2 * beam_slots.size(0), self.groups)
 
 
@@ -196,7 +196,7 @@ def test_two_round_shortlist_is_the_top_k_of_the_vocabulary(tmp_path):
     bias_values = torch.tensor([-float("inf"), -0.5, -float("inf"), -float("inf"), -float("inf")])
     dense = torch.zeros(padded).index_put((bias_columns,), bias_values)
     path = tmp_path / "shortlist.onnx"
-    torch.onnx.export(_Shortlist(groups), (logits, bias_columns, bias_values, torch.zeros(4)), str(path),
+    torch.onnx.export(_Shortlist((groups, size)), (logits, bias_columns, bias_values, torch.zeros(4)), str(path),
                       dynamo=False, input_names=["logits", "columns", "values", "slots"],
                       dynamic_axes={"logits": {0: "n", 1: "k"}, "columns": {0: "m"}, "values": {0: "m"},
                                     "slots": {0: "k"}})
@@ -207,11 +207,11 @@ def test_two_round_shortlist_is_the_top_k_of_the_vocabulary(tmp_path):
                 "values": bias_values[:masks].numpy(), "slots": torch.zeros(k).numpy()}
         expected = (torch.log_softmax(logits[:rows], dim=-1) + torch.zeros(padded).index_put(
             (bias_columns[:masks],), bias_values[:masks])).topk(2 * k, dim=-1)
-        ours = _Shortlist(groups)(logits[:rows], bias_columns[:masks], bias_values[:masks], torch.zeros(k))
+        ours = _Shortlist((groups, size))(logits[:rows], bias_columns[:masks], bias_values[:masks], torch.zeros(k))
         for values, tokens in (ours, map(torch.from_numpy, session.run(None, feed))):
-            assert values.shape == tokens.shape == (rows, 5, 2 * k)
-            torch.testing.assert_close(values, expected.values, atol=1e-5, rtol=0)
-            assert torch.equal(tokens, expected.indices)
+            assert values.shape == tokens.shape == (rows * 5, 2 * k)
+            torch.testing.assert_close(values, expected.values.flatten(0, 1), atol=1e-5, rtol=0)
+            assert torch.equal(tokens, expected.indices.flatten(0, 1))
     assert torch.isinf(reference[1, 2, 37 * size + 3])  # the masked token of the crowded group
 
 
