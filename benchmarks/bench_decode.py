@@ -39,7 +39,8 @@ the ratio to the CTranslate2 int8 row of the same batch size; batch-1 rows also 
 sentence. Timing: fairseq-generate rows use fairseq's own generation timer (the search only:
 no process start, model or data loading); in-process rows time the call, text in to text out
 (normalisation, SentencePiece, batching, search, detokenisation). Rounds are interleaved (round 1
-runs every row, then round 2, ...) and the medians are reported. The calls are timed with
+runs every row, then round 2, ...) and the medians are reported; a ratio of two rows is the median of
+their ratios within each round (:func:`round_ratio`). The calls are timed with
 ``time.perf_counter`` rather than ``torch.utils.benchmark.Timer``, which would warm up before each
 timed call and drop the translations that the row's BLEU and output length are computed from.
 In-process rows run in this process with ``torch.set_num_threads(--threads)``, subprocesses get
@@ -636,23 +637,37 @@ def median_summary(row: Row) -> dict:
     return out
 
 
+#: how the page's ratios are taken (:func:`round_ratio`; pages without it took the ratio of the medians)
+RATIOS = "the median over rounds of the two rows' ratio within a round"
+
+
+def round_ratio(row: dict, reference: dict, unit: str = "tokens") -> float:
+    """``row``'s ``<unit>_per_second`` over ``reference``'s: the median over rounds of the two rows'
+    ratio within a round (measured minutes apart at most), so that the machine's drift between
+    rounds cancels instead of entering through the two rows' medians, taken from different rounds
+    (this machine's speed moved by up to a fifth between rounds); the ratio of the medians when the
+    rows' rounds differ in number."""
+    key = f"{unit}_per_second"
+    mine, theirs = row.get("rounds") or [], reference.get("rounds") or []
+    if mine and len(mine) == len(theirs):
+        return statistics.median(a[key] / b[key] for a, b in zip(mine, theirs))
+    return row[key] / reference[key]
+
+
 def add_ratios(results: List[dict]) -> None:
-    """Each row's speed over CTranslate2 int8's in its group and at its batch size; a row with the
-    vocabulary map over CTranslate2 int8 with the same map."""
+    """Each row's speed over CTranslate2 int8's in its group and at its batch size
+    (:func:`round_ratio`); a row with the vocabulary map over CTranslate2 int8 with the same map."""
     for row in results:
         reference = next((r for r in results if r["group"] == row["group"] and r["system"] == "Transformer"
                           and r["engine"].startswith("CTranslate2") and r["precision"] == "int8"
                           and r["batch_size"] == row["batch_size"]
                           and r.get("vocabulary_map", False) == row.get("vocabulary_map", False)), None)
         for unit in ("tokens", "sentences"):
-            row[f"{unit}_per_second_vs_ct2_int8"] = (
-                row[f"{unit}_per_second"] / reference[f"{unit}_per_second"] if reference else None)
+            row[f"{unit}_per_second_vs_ct2_int8"] = round_ratio(row, reference, unit) if reference else None
 
 
 def equal_length_ratios(results: List[dict]) -> dict:
-    def tok_s(key):
-        row = next((r for r in results if r["key"] == key), None)
-        return row["tokens_per_second"] if row else None
+    rows = {r["key"]: r for r in results}
 
     pairs = {
         "fairseq-generate ResMLP / Transformer": ("resmlp/fairseq-generate/fp32/L",
@@ -667,8 +682,8 @@ def equal_length_ratios(results: List[dict]) -> dict:
     }
     out = {}
     for name, (a, b) in pairs.items():
-        if tok_s(a) and tok_s(b):
-            out[name] = tok_s(a) / tok_s(b)
+        if a in rows and b in rows:
+            out[name] = round_ratio(rows[a], rows[b])
     return out
 
 
@@ -710,7 +725,7 @@ def markdown(results: dict) -> str:
         f"{m['cpu']}, {m['cores_available']} cores available, {s['threads']} thread(s) per system; torch {v['torch']}, "
         f"fairseq {v['fairseq']}, CTranslate2 {v['ctranslate2'] or 'not installed'}. "
         f"Beam {s['beam']}, split `{s['split']}`, median of {s['rounds']} interleaved round(s)"
-        f"{' (--quick)' if s['quick'] else ''}.",
+        f"{' (--quick)' if s['quick'] else ''}" + (f"; ratios: {s['ratios']}." if s.get("ratios") else "."),
         "",
         f"* ResMLP: `{c['resmlp']['arch']}`, {c['resmlp']['parameters']:,} parameters, "
         f"{c['resmlp']['updates']} updates (`{c['resmlp']['path']}`)",
@@ -883,7 +898,7 @@ def main(argv=None) -> int:
         **info,
         "settings": {"data": str(args.data), "split": args.split, "beam": args.beam, "batch_size": args.batch_size,
                      "sentences": n_main, "latency_sentences": n_lat, "equal_length": args.equal_length,
-                     "rounds": args.rounds, "threads": args.threads, "quick": args.quick,
+                     "rounds": args.rounds, "ratios": RATIOS, "threads": args.threads, "quick": args.quick,
                      "vocabulary_map": None if args.vocabulary_map is None else str(args.vocabulary_map),
                      "command": shlex.join(["python", "-m", "benchmarks.bench_decode",
                                             *map(str, sys.argv[1:] if argv is None else argv)]),
