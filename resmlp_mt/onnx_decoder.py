@@ -127,7 +127,7 @@ def shortlist(lprobs: Tensor, width, groups: Optional[Tuple[int, int]] = None):
     hypotheses, 10.6 -> 3.7 ms for 512). Groups of consecutive tokens, not columns of a grid: each
     maximum and each gathered candidate reads contiguous memory (the log-softmax, masks and both
     rounds for 512 hypotheses: 10.5-11.3 -> 8.5-9.7 ms); and every shape is a constant (``G``,
-    ``R``) or ``-1``, so the graph computes no shapes."""
+    ``R``) or ``-1``, so the shortlist computes no shapes in the graph."""
     if groups is None:
         return torch.topk(lprobs, width, dim=-1)
     G, R = groups
