@@ -193,7 +193,6 @@ class DecoderStepGraph(nn.Module):
             with torch.no_grad():
                 self.output_projection.weight.copy_(F.pad(projection.weight.detach(), (0, 0, 0, padding)))
                 self.output_projection.bias.copy_(F.pad(bias.detach(), (0, padding), value=-math.inf))
-            self.padding = padding
 
     def forward(self, tokens: Tensor, bias: Tensor, bias_columns: Tensor, bias_values: Tensor, scores: Tensor,
                 *inputs: Tensor):
