@@ -40,7 +40,10 @@ sentence. Timing: fairseq-generate rows use fairseq's own generation timer (the 
 no process start, model or data loading); in-process rows time the call, text in to text out
 (normalisation, SentencePiece, batching, search, detokenisation). Rounds are interleaved (round 1
 runs every row, then round 2, ...) and the medians are reported; a ratio of two rows is the median of
-their ratios within each round (:func:`round_ratio`). The calls are timed with
+their ratios within each round (:func:`round_ratio`). The headline pairs, ResMLP's ONNX int8 engine
+and CTranslate2 int8 at each batch size and length (:data:`INTERLEAVED`), decode in turn within a
+round, batch by batch (the sentences sorted by length and cut into batches, as both engines do;
+batch 1: sentence by sentence), so that their ratio compares the engines seconds apart. The calls are timed with
 ``time.perf_counter`` rather than ``torch.utils.benchmark.Timer``, which would warm up before each
 timed call and drop the translations that the row's BLEU and output length are computed from.
 In-process rows run in this process with ``torch.set_num_threads(--threads)``, subprocesses get
@@ -609,6 +612,76 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
     return rows, int8
 
 
+#: rows decoded in turn within a round, batch by batch (batch 1: sentence by sentence), so that
+#: their ratio compares the two engines seconds apart rather than rows apart (:func:`interleave`):
+#: the headline comparisons, ResMLP's ONNX int8 engine against CTranslate2 int8 at every batch
+#: size and length, with and without the vocabulary map
+INTERLEAVED = (
+    ("resmlp/api-onnx/int8/b", "transformer/ctranslate2/int8/b"),
+    ("resmlp/api-onnx/int8/1", "transformer/ctranslate2/int8/1"),
+    ("resmlp/api-onnx-vmap/int8/b", "transformer/ctranslate2-vmap/int8/b"),
+    ("resmlp/api-onnx-vmap/int8/1", "transformer/ctranslate2-vmap/int8/1"),
+    ("resmlp/onnx/int8/L", "transformer/ctranslate2/int8/L"),
+    ("resmlp/onnx/int8/L1", "transformer/ctranslate2/int8/L1"),
+)
+
+
+def interleaved_pairs(rows: List[Row]) -> List[Tuple[Row, Row]]:
+    """The pairs of :data:`INTERLEAVED` whose two rows are both there (CTranslate2 is optional)."""
+    by_key = {row.key: row for row in rows}
+    return [(by_key[a], by_key[b]) for a, b in INTERLEAVED if a in by_key and b in by_key]
+
+
+def length_order(data: Path, sources: List[str]) -> List[int]:
+    """The sentences' indices by their number of source pieces (SentencePiece of the normalised
+    sentence; ties in input order): the order in which the API sorts a list before cutting it into
+    batches, and CTranslate2 (``max_batch_size``) too."""
+    import sentencepiece
+
+    from resmlp_core.text import normalize
+
+    prepared = PreparedData(data)
+    src_lang = prepared.info()["src_lang"]
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(prepared.spm_model))
+    lengths = [len(sp.encode(normalize(s, src_lang))) for s in sources]
+    return sorted(range(len(sources)), key=lengths.__getitem__)
+
+
+def interleave(pair: Tuple[Row, Row], chunks: List[List[int]]) -> List[Measurement]:
+    """Both rows of ``pair`` on their (common) sentences, in turn chunk by chunk (``chunks``: lists
+    of sentence indices, one batch each), the first row first in even chunks and second in odd
+    ones; each row's measurement is the sum of its chunks' (hypotheses in input order)."""
+    first, second = pair
+    if first.texts is not second.texts or first.batch != second.batch:
+        raise ValueError(f"{first.key} and {second.key}: interleaved rows need the same sentences and batch size")
+    sources = first.texts.sources
+    parts: List[List[Measurement]] = [[], []]
+    for n, chunk in enumerate(chunks):
+        texts = [sources[i] for i in chunk]
+        for which in ((0, 1) if n % 2 == 0 else (1, 0)):
+            parts[which].append(pair[which].run(texts))
+    out = []
+    for measurements in parts:
+        hypotheses: List[Optional[str]] = [None] * len(sources)
+        for chunk, m in zip(chunks, measurements):
+            for i, hypothesis in zip(chunk, m.hypotheses, strict=True):
+                hypotheses[i] = hypothesis
+        latencies = [ms for m in measurements for ms in (m.latencies_ms or [])]
+        out.append(Measurement(sum(m.seconds for m in measurements), hypotheses,
+                               [n for m in measurements for n in m.lengths], latencies_ms=latencies or None))
+    return out
+
+
+def chunks_of(row: Row, order: List[int]) -> List[List[int]]:
+    """``row``'s batches for :func:`interleave`: each sentence alone at batch 1, else ``order`` (its
+    sentences by length, :func:`length_order`) cut into batches of ``row.batch``."""
+    if row.batch == 1:
+        return [[i] for i in range(len(row.texts.sources))]
+    if len(order) != len(row.texts.sources):
+        raise ValueError(f"{row.key}: an order of {len(order)} sentences for {len(row.texts.sources)}")
+    return [order[start:start + row.batch] for start in range(0, len(order), row.batch)]
+
+
 def warm_up(rows: List[Row]) -> None:
     """One untimed call per in-process row on a few sentences (lazy initialisation, allocator)."""
     for row in rows:
@@ -725,7 +798,9 @@ def markdown(results: dict) -> str:
         f"{m['cpu']}, {m['cores_available']} cores available, {s['threads']} thread(s) per system; torch {v['torch']}, "
         f"fairseq {v['fairseq']}, CTranslate2 {v['ctranslate2'] or 'not installed'}. "
         f"Beam {s['beam']}, split `{s['split']}`, median of {s['rounds']} interleaved round(s)"
-        f"{' (--quick)' if s['quick'] else ''}" + (f"; ratios: {s['ratios']}." if s.get("ratios") else "."),
+        f"{' (--quick)' if s['quick'] else ''}" + (f"; ratios: {s['ratios']}." if s.get("ratios") else ".")
+        + (" ResMLP's ONNX int8 engine and CTranslate2 int8 decode in turn within a round, batch by batch "
+           "(batch 1: sentence by sentence), at every batch size and length." if s.get("interleaved") else ""),
         "",
         f"* ResMLP: `{c['resmlp']['arch']}`, {c['resmlp']['parameters']:,} parameters, "
         f"{c['resmlp']['updates']} updates (`{c['resmlp']['path']}`)",
@@ -867,24 +942,37 @@ def main(argv=None) -> int:
         f"{args.threads} thread(s)")
 
     rows, int8_translator = build_rows(args, work, main_set, latency_set, info, notes)
+    pairs = interleaved_pairs(rows)
+    partner = {row.key: pair for pair in pairs for row in pair}
+    order = length_order(args.data, main_set.sources)
     say(f"{len(rows)} rows; warming up the in-process ones")
     warm_up(rows)
     for rnd in range(1, args.rounds + 1):
+        done = set()
         for i, row in enumerate(rows, 1):
-            say(f"round {rnd}/{args.rounds}, row {i}/{len(rows)}: {row.system} {row.engine} {row.precision} "
-                f"batch {row.batch} ({len(row.texts.sources)} sentences)")
+            if row.key in done:
+                continue
+            together = partner.get(row.key, (row,))
+            say(f"round {rnd}/{args.rounds}, row {i}/{len(rows)}: "
+                + " and ".join(f"{r.system} {r.engine} {r.precision}" for r in together)
+                + f" batch {row.batch} ({len(row.texts.sources)} sentences)"
+                + (", in turn batch by batch" if len(together) > 1 else ""))
             gc.collect()
             if not args.quick:  # a smoke test times nothing worth the pause
                 time.sleep(0.3)  # let the previous row's worker threads go idle
-            m = row.run(row.texts.sources)
-            check_equal_length(row, m, args.equal_length)
-            summary = m.summary()
-            row.rounds.append(summary)
-            if row.first is None:
-                row.first = m
-            elif m.hypotheses != row.first.hypotheses:
-                row.hypotheses_stable = False
-            say(f"    {summary['sentences_per_second']:.1f} sentences/s, {summary['tokens_per_second']:.0f} tokens/s")
+            measured = (interleave(together, chunks_of(row, order)) if len(together) > 1
+                        else [row.run(row.texts.sources)])
+            for r, m in zip(together, measured):
+                done.add(r.key)
+                check_equal_length(r, m, args.equal_length)
+                summary = m.summary()
+                r.rounds.append(summary)
+                if r.first is None:
+                    r.first = m
+                elif m.hypotheses != r.first.hypotheses:
+                    r.hypotheses_stable = False
+                say(f"    {r.system} {r.engine}: {summary['sentences_per_second']:.1f} sentences/s, "
+                    f"{summary['tokens_per_second']:.0f} tokens/s")
 
     time_split = None
     if n_lat > 0:  # after the rounds, so that the timers never touch a timed row
@@ -899,6 +987,7 @@ def main(argv=None) -> int:
         "settings": {"data": str(args.data), "split": args.split, "beam": args.beam, "batch_size": args.batch_size,
                      "sentences": n_main, "latency_sentences": n_lat, "equal_length": args.equal_length,
                      "rounds": args.rounds, "ratios": RATIOS, "threads": args.threads, "quick": args.quick,
+                     "interleaved": [[a.key, b.key] for a, b in pairs],
                      "vocabulary_map": None if args.vocabulary_map is None else str(args.vocabulary_map),
                      "command": shlex.join(["python", "-m", "benchmarks.bench_decode",
                                             *map(str, sys.argv[1:] if argv is None else argv)]),

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_decode import round_ratio
+from benchmarks.bench_decode import (
+    INTERLEAVED, Measurement, Row, TextSet, chunks_of, interleave, interleaved_pairs, round_ratio,
+)
 from conftest import REPO
 from helpers import prepare_multi30k, run, write_corpus
 
@@ -85,6 +87,7 @@ def test_quick_benchmark_has_every_row(tmp_path):
         assert set(rows) == expected
         assert any("CTranslate2 is not installed" in note for note in results["notes"])
         assert all(r["tokens_per_second_vs_ct2_int8"] is None for r in rows.values())
+        assert settings["interleaved"] == []  # nothing to decode in turn with
     else:
         assert set(rows) == expected | ct2
         for key, row in rows.items():
@@ -95,6 +98,8 @@ def test_quick_benchmark_has_every_row(tmp_path):
             mine, theirs = rows[f"resmlp/api-onnx-vmap/int8/{tag}"], rows[f"transformer/ctranslate2-vmap/int8/{tag}"]
             assert mine["tokens_per_second_vs_ct2_int8"] == pytest.approx(round_ratio(mine, theirs))
         assert "Vocabulary map rows" in markdown
+        assert settings["interleaved"] == [list(pair) for pair in INTERLEAVED]  # all there: decoded in turn
+        assert "decode in turn within a round" in markdown
 
     for key, row in rows.items():
         one_at_a_time = row["group"] in ("latency", "equal_latency")
@@ -181,3 +186,40 @@ def test_a_ratio_of_two_rows_is_taken_within_each_round():
     assert round_ratio(ours, ours) == 1.0
     one_round = {**theirs, "rounds": theirs["rounds"][:1]}  # rounds that do not pair: the medians' ratio
     assert round_ratio(ours, one_round) == pytest.approx(1105.2 / 1242.6)
+
+
+def test_interleaved_rows_decode_in_turn_batch_by_batch():
+    """Two rows of a headline pair decode each batch one after the other, alternating which goes
+    first; each row's measurement adds up its batches, with the hypotheses back in input order."""
+    calls = []
+
+    def engine(name, seconds):
+        def run(sources):
+            calls.append((name, tuple(sources)))
+            return Measurement(seconds * len(sources), [f"{name}:{s}" for s in sources], [len(s) + 1 for s in sources],
+                               latencies_ms=[1000 * seconds] * len(sources))
+        return run
+
+    texts = TextSet(Path("data"), ["a", "bbbb", "cc", "ddd", "e"], ["r"] * 5)
+    ours = Row("resmlp/onnx/int8/L", "equal", "ResMLP", "ONNX step", "int8", 2, texts, engine("ours", 0.5))
+    theirs = Row("transformer/ctranslate2/int8/L", "equal", "Transformer", "CTranslate2", "int8", 2, texts,
+                 engine("theirs", 1.0))
+    other = Row("resmlp/fast/int8/L", "equal", "ResMLP", "fast path", "int8", 2, texts, engine("other", 1.0))
+    assert interleaved_pairs([theirs, other, ours]) == [(ours, theirs)]  # the pair in INTERLEAVED's order
+
+    by_length = [0, 4, 2, 3, 1]  # as length_order gives it
+    chunks = chunks_of(ours, by_length)
+    assert chunks == [[0, 4], [2, 3], [1]]
+    measured = interleave((ours, theirs), chunks)
+    assert [name for name, _ in calls] == ["ours", "theirs", "theirs", "ours", "ours", "theirs"]
+    assert [batch for _, batch in calls[::2]] == [("a", "e"), ("cc", "ddd"), ("bbbb",)]
+    for name, m, seconds in (("ours", measured[0], 0.5), ("theirs", measured[1], 1.0)):
+        assert m.hypotheses == [f"{name}:{s}" for s in texts.sources]
+        assert m.seconds == pytest.approx(5 * seconds) and m.tokens == 5 + 1 + 4 + 2 + 3 + 1
+        assert m.latencies_ms == [1000 * seconds] * 5
+    assert measured[0].summary()["sentences_per_second"] / measured[1].summary()["sentences_per_second"] == 2.0
+
+    one = Row("resmlp/onnx/int8/L1", "equal_latency", "ResMLP", "ONNX step", "int8", 1, texts, engine("ours", 0.5))
+    assert chunks_of(one, []) == [[0], [1], [2], [3], [4]]  # batch 1: sentence by sentence, in input order
+    with pytest.raises(ValueError, match="same sentences and batch size"):
+        interleave((one, theirs), chunks)
