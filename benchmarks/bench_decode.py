@@ -714,17 +714,27 @@ def median_summary(row: Row) -> dict:
 RATIOS = "the median over rounds of the two rows' ratio within a round"
 
 
-def round_ratio(row: dict, reference: dict, unit: str = "tokens") -> float:
-    """``row``'s ``<unit>_per_second`` over ``reference``'s: the median over rounds of the two rows'
-    ratio within a round (measured minutes apart at most), so that the machine's drift between
-    rounds cancels instead of entering through the two rows' medians, taken from different rounds
-    (this machine's speed moved by up to a fifth between rounds); the ratio of the medians when the
-    rows' rounds differ in number."""
+def round_ratios(row: dict, reference: dict, unit: str = "tokens") -> Optional[List[float]]:
+    """``row``'s ``<unit>_per_second`` over ``reference``'s in each round, in round order; None
+    when the rows' rounds differ in number (they do not pair)."""
     key = f"{unit}_per_second"
     mine, theirs = row.get("rounds") or [], reference.get("rounds") or []
     if mine and len(mine) == len(theirs):
-        return statistics.median(a[key] / b[key] for a, b in zip(mine, theirs))
-    return row[key] / reference[key]
+        return [a[key] / b[key] for a, b in zip(mine, theirs)]
+    return None
+
+
+def round_ratio(row: dict, reference: dict, unit: str = "tokens") -> float:
+    """``row``'s ``<unit>_per_second`` over ``reference``'s: the median over rounds of the two rows'
+    ratio within a round (:func:`round_ratios`; measured minutes apart at most, seconds apart for
+    the :data:`INTERLEAVED` pairs), so that the machine's drift between rounds cancels instead of
+    entering through the two rows' medians, taken from different rounds (this machine's speed
+    moved by up to a fifth between rounds); the ratio of the medians when the rows' rounds differ
+    in number."""
+    ratios = round_ratios(row, reference, unit)
+    if ratios:
+        return statistics.median(ratios)
+    return row[f"{unit}_per_second"] / reference[f"{unit}_per_second"]
 
 
 def add_ratios(results: List[dict]) -> None:

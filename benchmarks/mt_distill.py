@@ -346,12 +346,16 @@ SPEED_KEYS = {"b128": ("batch", False), "b1": ("latency", False),
 def _speed_summary(speed: Optional[dict]) -> Optional[dict]:
     """From a bench_decode JSON, per batch size (``b128``: its ``batch`` rows, ``b1``: ``latency``):
     the student's fastest int8 engine and the teacher's CTranslate2 int8 and fairseq-generate rows
-    (sentences/s, ms per sentence at batch 1), the speedup over CTranslate2 int8; the same with the
+    (sentences/s, ms per sentence at batch 1), the speedup over CTranslate2 int8 (sentences/s,
+    :func:`~benchmarks.bench_decode.round_ratio`: the median of the rounds' ratios, each in
+    ``speedup_rounds``); the same with the
     vocabulary map on both sides where it was measured (``b128_vocabulary_map``,
     ``b1_vocabulary_map``); the equal-output-length ratios (tokens/s); where a batch-1 sentence's
     time goes (``batch1_time_split``, when measured); when and at which commit it was measured."""
     if not speed:
         return None
+    from benchmarks.bench_decode import round_ratio, round_ratios
+
     out = {}
     for key, (group, vmap) in SPEED_KEYS.items():
         rows = [r for r in speed["rows"] if r["group"] == group and r.get("vocabulary_map", False) == vmap]
@@ -368,7 +372,9 @@ def _speed_summary(speed: Optional[dict]) -> Optional[dict]:
                     "teacher_fairseq_sentences_per_second": fairseq[0]["sentences_per_second"] if fairseq else None,
                     "student_ms_per_sentence": best.get("latency_ms_mean"),
                     "teacher_ct2_int8_ms_per_sentence": ct2[0].get("latency_ms_mean"),
-                    "speedup": best["sentences_per_second"] / ct2[0]["sentences_per_second"]}
+                    "speedup": round_ratio(best, ct2[0], "sentences"),
+                    "speedup_rounds": round_ratios(best, ct2[0], "sentences")}
+    out["interleaved"] = bool(speed["settings"].get("interleaved"))  # bench_decode's pairs decoded in turn
     out["equal_length_tokens_per_second_ratios"] = speed.get("equal_length_ratios")
     out["batch1_time_split"] = speed.get("batch1_time_split")
     out["measured"] = {"date": speed["settings"].get("date"), "git_commit": speed["machine"].get("git_commit")}
@@ -465,15 +471,25 @@ def markdown(out: dict) -> str:
                         continue
                     fairseq = v["teacher_fairseq_sentences_per_second"]
                     fs = f"{fairseq:.1f}" if fairseq else "-"
+                    rounds = v.get("speedup_rounds") or []
+                    spread = (f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else "")
                     table.append(f"| {student} | {v['batch_size']} | {'both' if v.get('vocabulary_map') else 'no'} | "
                                  f"{v['student_engine']} | {v['student_sentences_per_second']:.1f} | "
-                                 f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | {v['speedup']:.2f}x |")
+                                 f"{v['teacher_ct2_int8_sentences_per_second']:.1f} | {fs} | "
+                                 f"{v['speedup']:.2f}x{spread} |")
             if table:
                 lines += ["", "Decoding, 1 thread, beam 4, each distilled student measured in its own run beside the "
                           "teacher (best student by valid sacreBLEU first):", "",
                           "| student | batch | vocabulary map | student engine (int8) | student sent/s "
                           "| teacher CTranslate2 int8 sent/s | teacher fairseq sent/s "
                           "| speedup over CTranslate2 int8 |", "|---|---:|---|---|---:|---:|---:|---:|", *table]
+                if any(len(v.get("speedup_rounds") or []) > 1 for speed in speeds.values() for v in speed.values()
+                       if isinstance(v, dict)):
+                    together = ("both systems decoding in turn, batch by batch, within a round"
+                                if all(speed.get("interleaved") for speed in speeds.values())
+                                else "the two systems measured in the same round")
+                    lines += ["", "Sent/s: the median round; speedup: the median of the rounds' ratios (their range "
+                              f"in brackets), {together}."]
             else:  # the speed stage ran without CTranslate2: no teacher rows, so no speedups
                 lines += ["", "Decoding: no speedups, the teacher's CTranslate2 int8 rows were not measured "
                           "(CTranslate2 not installed: `pip install -r requirements-bench.txt`, then rerun the "

@@ -289,3 +289,36 @@ def test_the_speed_stage_measures_every_distilled_student_or_the_best(tmp_path, 
         assert [Path(m[0]).stem for m in measured] == expected, choice
         assert all(m[1] == str(ckpt["teacher"]) and m[2].endswith(f"speed/en-de.{Path(m[0]).stem}")
                    for m in measured)
+
+
+def test_the_speedup_is_the_median_of_the_rounds_ratios_and_the_page_shows_their_range():
+    """A student's speedup over the teacher's CTranslate2 int8 is taken round by round, as
+    bench_decode's ratios (the machine drifts between rounds: the medians of the two rows can come
+    from different rounds), and the page gives the rounds' range beside it."""
+    from benchmarks.mt_distill import _speed_summary, markdown
+
+    def row(system, engine, speeds):
+        return {"group": "batch", "system": system, "engine": engine, "precision": "int8", "batch_size": 128,
+                "vocabulary_map": False, "sentences_per_second": sorted(speeds)[1],
+                "rounds": [{"sentences_per_second": v} for v in speeds]}
+
+    bench = {"rows": [row("ResMLP", "API engine=onnx", [300.0, 240.0, 330.0]),
+                      row("Transformer", "CTranslate2", [200.0, 150.0, 260.0])],
+             "settings": {"date": "2026-12-07T10:00:00+00:00", "interleaved": [["a", "b"]]},
+             "machine": {"git_commit": "0" * 40}}
+    speed = _speed_summary(bench)
+    assert speed["b128"]["speedup_rounds"] == [1.5, 1.6, 330.0 / 260.0]
+    assert speed["b128"]["speedup"] == 1.5  # the median of the rounds' ratios
+    assert 300.0 / 200.0 == 1.5 and speed["interleaved"]  # (here the medians' ratio happens to agree)
+    bench["rows"][1]["rounds"][1]["sentences_per_second"] = 120.0  # a slow round for the teacher only
+    assert _speed_summary(bench)["b128"]["speedup"] == 1.5 and 240.0 / 120.0 == 2.0
+    bench["rows"][0]["sentences_per_second"] = 330.0  # medians from other rounds than each other: ignored
+    assert _speed_summary(bench)["b128"]["speedup"] == 1.5
+
+    out = {"settings": {"pairs": ["en-de"], "eval_every": 250, "max_minutes": 95, "command": "python -m x",
+                        "teacher_run": "t"},
+           "machine": {"cpu": "cpu", "cores": 2}, "goals": [],
+           "pairs": {"en-de": {"rows": [], "speed_by_student": {"s": _speed_summary(bench)}}}}
+    text = markdown(out)
+    assert "| 1.50x (1.27-2.00) |" in text
+    assert "speedup: the median of the rounds' ratios (their range in brackets), both systems decoding in turn" in text
