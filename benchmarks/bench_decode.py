@@ -40,12 +40,14 @@ sentence. Timing: fairseq-generate rows use fairseq's own generation timer (the 
 no process start, model or data loading); in-process rows time the call, text in to text out
 (normalisation, SentencePiece, batching, search, detokenisation). Rounds are interleaved (round 1
 runs every row, then round 2, ...) and the medians are reported; a ratio of two rows is the median of
-their ratios within each round (:func:`round_ratio`). The headline pairs, ResMLP's ONNX int8 engine
-and CTranslate2 int8 at each batch size and length (:data:`INTERLEAVED`), decode in turn within a
-round, batch by batch (the sentences sorted by length and cut into batches, as both engines do;
-batch 1: sentence by sentence), so that their ratio compares the engines seconds apart. The calls are timed with
-``time.perf_counter`` rather than ``torch.utils.benchmark.Timer``, which would warm up before each
-timed call and drop the translations that the row's BLEU and output length are computed from.
+their ratios within each round (:func:`round_ratio`). With ``--threads 1``, the headline pairs,
+ResMLP's ONNX int8 engine and CTranslate2 int8 at each batch size and length (:data:`INTERLEAVED`),
+decode in turn within a round, batch by batch (the sentences sorted by length and cut into batches,
+as both engines do; batch 1: sentence by sentence), so that their ratio compares the engines seconds
+apart (with more threads, one engine's idle worker threads would still spin while the other runs).
+The calls are timed with ``time.perf_counter`` rather than ``torch.utils.benchmark.Timer``, which
+would warm up before each timed call and drop the translations that the row's BLEU and output
+length are computed from.
 In-process rows run in this process with ``torch.set_num_threads(--threads)``, subprocesses get
 ``OMP_NUM_THREADS``, CTranslate2 ``intra_threads``. Run it alone on the machine.
 
@@ -952,7 +954,7 @@ def main(argv=None) -> int:
         f"{args.threads} thread(s)")
 
     rows, int8_translator = build_rows(args, work, main_set, latency_set, info, notes)
-    pairs = interleaved_pairs(rows)
+    pairs = interleaved_pairs(rows) if args.threads == 1 else []  # (see the module docstring)
     partner = {row.key: pair for pair in pairs for row in pair}
     order = length_order(args.data, main_set.sources)
     say(f"{len(rows)} rows; warming up the in-process ones")
