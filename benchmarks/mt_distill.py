@@ -4,6 +4,8 @@ distillation on Multi30k, measured as a user would judge it (quality and decodin
 
     .venv/bin/python -m benchmarks.mt_distill --stage all --pairs en-de      # every stage, hours on 2 cores
     .venv/bin/python -m benchmarks.mt_distill --stage students               # one stage (the earlier ones cached)
+    .venv/bin/python -m benchmarks.mt_distill --teacher-checkpoint T.pt --stage distill students \
+        --student-targets distilled --students resmlp_mt_small_deep_shallow  # distil your model, train a student
 
 Stages:
 
@@ -14,7 +16,9 @@ Stages:
    ``--teacher-run`` nothing trains: the teacher is that finished curve run, for example the
    token-mixer curves' Transformer at its chosen dropout
    (``checkpoints/race/token_mixers_curves/en-de.transformer.dropout0.1``), so the students learn
-   from the study's converged, tuned peer.
+   from the study's converged, tuned peer. With ``--teacher-checkpoint`` nothing trains either: the
+   teacher is that fairseq checkpoint of the pair (yours: any translation model trained on the
+   prepared folder), scored once on valid and test (beam 4) for the report.
 2. ``distill``: :mod:`mt_tools.distill` translates the training sources with the teacher (beam 4)
    into ``<work-dir>/distilled/multi30k.<pair>`` (the original dictionaries, SentencePiece model
    and evaluation splits with their human references).
@@ -59,7 +63,7 @@ from benchmarks.mt_token_mixers import parameters  # noqa: E402
 from benchmarks.race_mt import (  # noqa: E402
     PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json, stop_trainings_on_sigterm,
 )
-from mt_tools.distill import distill  # noqa: E402
+from mt_tools.distill import DistillationError, distill  # noqa: E402
 
 log = logging.getLogger("mt_distill")
 
@@ -104,13 +108,32 @@ class DistillStudy(Race):
 
     def teacher_result(self, pair: str) -> Optional[dict]:
         """The teacher run's ``result.json`` (None while this study's own teacher is not trained):
-        ``--teacher-run``'s, checked by :func:`check_teacher_run`, else the cached own run."""
+        ``--teacher-run``'s, checked by :func:`check_teacher_run`, else the cached own run. None
+        with ``--teacher-checkpoint`` (no run: :meth:`teacher_scores`)."""
+        if self.args.teacher_checkpoint:
+            return None
         if self.args.teacher_run:
             return read_json(self.args.teacher_run / "result.json")
         return self.cached(self.teacher_job(pair))
 
+    def teacher_scores_file(self, pair: str) -> Path:
+        return self.work / "teacher_checkpoint" / f"{pair}.json"
+
+    def teacher_scores(self, pair: str) -> Optional[dict]:
+        """``--teacher-checkpoint``'s scores (valid and test sacreBLEU, beam 4), update count,
+        architecture and parameters, as the teacher stage recorded them; None before, or when the
+        checkpoint has changed since."""
+        checkpoint = self.args.teacher_checkpoint
+        scores = read_json(self.teacher_scores_file(pair))
+        if scores and scores.get("checkpoint_mtime_ns") == checkpoint.stat().st_mtime_ns:
+            return scores
+        return None
+
     def teacher_checkpoint(self, pair: str) -> Path:
-        """The teacher: the model its run reports (:func:`reported_model`), whose scores its row shows."""
+        """The teacher: ``--teacher-checkpoint``, else the model its run reports
+        (:func:`reported_model`), whose scores its row shows."""
+        if self.args.teacher_checkpoint:
+            return self.args.teacher_checkpoint
         result = self.teacher_result(pair)
         if result is None:
             raise SystemExit(f"the {pair} teacher is not trained yet: run --stage teacher first")
@@ -118,6 +141,16 @@ class DistillStudy(Race):
 
     def distilled(self, pair: str) -> Path:
         return self.work / "distilled" / f"multi30k.{pair}"
+
+    def spec(self, job: Job) -> dict:
+        """The race's spec (:meth:`Race.spec`) and, for a student on the distilled folder, which
+        teacher file made its targets (``prep.json``'s): a student of another teacher's targets is
+        not the same run, though the folder's path is."""
+        spec = super().spec(job)
+        if job.data:
+            made = (read_json(Path(job.data) / "prep.json") or {}).get("distillation") or {}
+            spec["distilled_by"] = {k: made.get(k) for k in ("teacher", "teacher_mtime_ns")}
+        return spec
 
     def student_jobs(self, pair: str) -> List[Job]:
         a = self.args
@@ -140,8 +173,35 @@ class DistillStudy(Race):
         if self.args.teacher_run:
             log.info("[teacher] the finished run %s (--teacher-run): nothing to train", self.args.teacher_run)
             return
+        if self.args.teacher_checkpoint:
+            self.score_teacher_checkpoint()
+            return
         self.check_data(self.args.pairs)
         self.run_jobs("teacher", [[self.teacher_job(p)] for p in self.args.pairs], runner=self.curve_run)
+
+    def score_teacher_checkpoint(self) -> None:
+        """``--teacher-checkpoint``: nothing to train; its valid and test sacreBLEU (beam 4, as every
+        student's), once per checkpoint file, for the report's teacher row."""
+        from benchmarks.bench_decode import checkpoint_info
+
+        checkpoint = self.args.teacher_checkpoint
+        for pair in self.args.pairs:
+            if self.teacher_scores(pair):
+                log.info("[teacher] %s: the checkpoint %s, scored before (%s)", pair, checkpoint,
+                         self.teacher_scores_file(pair))
+                continue
+            self.check_data([pair])
+            log.info("[teacher] %s: the checkpoint %s (--teacher-checkpoint): nothing to train; scoring it on valid "
+                     "and test", pair, checkpoint)
+            job = self.teacher_job(pair)
+            info = checkpoint_info(checkpoint)
+            scores = {"checkpoint": repo_relative(str(checkpoint)),
+                      "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns, "arch": info["arch"],
+                      "updates": info["updates"], "parameters": info["parameters"],
+                      "eval": {split: self.score(job, checkpoint, split) for split in ("valid", "test")}}
+            write_result(self.teacher_scores_file(pair), json.dumps(scores, indent=1) + "\n")
+            log.info("[teacher] %s: sacreBLEU valid %.2f, test %.2f", pair, scores["eval"]["valid"]["sacrebleu"],
+                     scores["eval"]["test"]["sacrebleu"])
 
     def distill(self) -> None:
         for pair in self.args.pairs:
@@ -161,6 +221,13 @@ class DistillStudy(Race):
         targets = self.args.student_targets
         jobs = [j for p in self.args.pairs for j in self.student_jobs(p) if targets_of(j) in targets]
         self.run_jobs("students", [[j] for j in jobs], runner=self.curve_run)
+        for job in jobs:  # where each trained student is, for scripts/export_model.py
+            result = self.cached(job)
+            if result:
+                model, name = reported_model(result)
+                log.info("[students] %s: %s (%s; sacreBLEU valid %.2f, test %.2f)", job.label,
+                         repo_relative(str(self.run_dir(job) / name)), model,
+                         result["eval"][model]["valid"]["sacrebleu"], result["eval"][model]["test"]["sacrebleu"])
 
     def speed(self) -> None:
         from benchmarks import bench_decode
@@ -175,6 +242,13 @@ class DistillStudy(Race):
             if a.speed_students == "best":
                 students = [best]
             teacher = self.teacher_checkpoint(pair)
+            if a.teacher_checkpoint:
+                from benchmarks.bench_decode import checkpoint_info
+
+                arch = checkpoint_info(teacher)["arch"]
+                if "transformer" not in str(arch):
+                    raise SystemExit(f"--teacher-checkpoint {teacher}: a {arch} model; the speed stage measures the "
+                                     "teacher as a fairseq Transformer through CTranslate2 (stop at --stage students)")
             vmap = self.vocabulary_map(pair) if a.vocabulary_map else None
             for student in students:
                 out = self.work / "speed" / f"{pair}.{student['name']}"
@@ -245,7 +319,10 @@ class DistillStudy(Race):
 
     def teacher_run_settings(self) -> dict:
         """What the report says of a ``--teacher-run`` teacher (nothing for the study's own):
-        its folder (relative to the repository), the run's recipe and fairseq-train flags."""
+        its folder (relative to the repository), the run's recipe and fairseq-train flags; of a
+        ``--teacher-checkpoint``, the file."""
+        if self.args.teacher_checkpoint:
+            return {"teacher_checkpoint": repo_relative(str(self.args.teacher_checkpoint))}
         run = self.args.teacher_run
         if not run:
             return {}
@@ -266,6 +343,8 @@ class DistillStudy(Race):
             rows = []
             if teacher:
                 rows.append(_row("teacher (Transformer)", "references", teacher, parameters(self.teacher_dir(pair))))
+            elif a.teacher_checkpoint and self.teacher_scores(pair):
+                rows.append(_checkpoint_row(self.teacher_scores(pair)))
             for job in self.student_jobs(pair):
                 result = self.cached(job)
                 if result:
@@ -318,6 +397,16 @@ def reported_model(result: dict) -> tuple:
     if "averaged" in result["eval"]:
         return "averaged", "checkpoint_averaged.pt"
     return "best", "checkpoint_best_bleu.pt"
+
+
+def _checkpoint_row(scores: dict) -> dict:
+    """The teacher row of a ``--teacher-checkpoint`` (:meth:`DistillStudy.teacher_scores`): its scores,
+    no curve, training minutes or convergence (it was not trained here)."""
+    arch = str(scores["arch"])
+    name = "teacher (Transformer)" if "transformer" in arch else f"teacher ({arch})"
+    return {"model": name, "data": "references", "parameters": scores["parameters"], "reported": "checkpoint",
+            "test": scores["eval"]["test"]["sacrebleu"], "valid": scores["eval"]["valid"]["sacrebleu"],
+            "updates": scores["updates"], "train_minutes": None, "converged": None, "valid_curve": []}
 
 
 def _row(name: str, data: str, result: dict, params: Optional[int] = None) -> dict:
@@ -450,6 +539,8 @@ def markdown(out: dict) -> str:
              f"(valid sacreBLEU every {s['eval_every']} updates, stop after 3 without improvement, "
              f"at most {s['max_minutes']:g} training minutes, "
              + (f"the teacher the finished run `{s['teacher_run']}`" if s.get("teacher_run") else
+                f"the teacher the checkpoint `{s['teacher_checkpoint']}`, not trained here"
+                if s.get("teacher_checkpoint") else
                 f"the teacher at most {s.get('teacher_max_minutes', s['max_minutes']):g}"
                 + (f", at dropout {s['teacher_dropout']:g}" if s.get("teacher_dropout") is not None else "")) + "); "
              "reported: the average of the last 5 checkpoints when converged, else the best.", "",
@@ -460,8 +551,10 @@ def markdown(out: dict) -> str:
                   "| converged |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in p["rows"]:
             params = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
+            minutes = "-" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
+            converged = "-" if r["converged"] is None else "yes" if r["converged"] else "no (budget)"
             lines.append(f"| {r['model']} | {r['data']} | {params} | {r['test']:.2f} | {r['valid']:.2f} | "
-                         f"{r['updates']} | {r['train_minutes']:.1f} | {'yes' if r['converged'] else 'no (budget)'} |")
+                         f"{r['updates']} | {minutes} | {converged} |")
         speeds = p.get("speed_by_student") or {}
         if speeds:
             table = []
@@ -571,13 +664,14 @@ def variants_of(names: List[str], flags: List[str]) -> Dict[str, str]:
 def study_command(argv: List[str]) -> str:
     """The command the report gives to reproduce it: these flags with ``--stage all`` whichever stage
     ran (a report written by ``--stage report`` comes from every stage), shell-quoted."""
-    flags = drop_options(argv, {"--stage": True})
+    flags = drop_options(argv, {"--stage": "+"})
     return shlex.join(["python", "-m", "benchmarks.mt_distill", "--stage", "all", *flags])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    p.add_argument("--stage", nargs="+", choices=[*STAGES, "all"], default=["all"],
+                   help="the stages to run, in the study's order whatever the order given (all: every one)")
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=["en-de"])
     p.add_argument("--students", nargs="*", choices=list(STUDENTS), default=list(STUDENTS),
                    help="students to train (none: only --variant-flags)")
@@ -603,6 +697,10 @@ def main(argv=None) -> int:
                    help="a finished curve run of the race's harness to distil from instead of training a teacher "
                         "(its folder: result.json and checkpoints), e.g. the token-mixer curves' Transformer at its "
                         "chosen dropout; one pair only")
+    p.add_argument("--teacher-checkpoint", type=cli_path, default=None,
+                   help="a fairseq translation checkpoint of the pair (a .pt file; for example your Transformer "
+                        "trained on --data-root's folder) to distil from instead of training a teacher: scored once "
+                        "on valid and test for the report; one pair only")
     p.add_argument("--student-targets", nargs="+", choices=["distilled", "references"],
                    default=["distilled", "references"],
                    help="students: which targets to train on; 'references' needs no teacher, so it can run beside "
@@ -628,6 +726,16 @@ def main(argv=None) -> int:
         p.error("--students names no student and --variant-flags is empty: nothing to train")
     if args.teacher_dropout is not None and not 0 <= args.teacher_dropout < 1:
         p.error(f"--teacher-dropout {args.teacher_dropout:g}: a dropout probability, at least 0 and below 1")
+    if args.teacher_checkpoint:
+        others = [flag for flag, given in (("--teacher-run", args.teacher_run),
+                                           ("--teacher-dropout", args.teacher_dropout is not None)) if given]
+        if others:
+            p.error(f"--teacher-checkpoint distils from a checkpoint; {' and '.join(others)} choose another teacher: "
+                    "give one of them")
+        if not args.teacher_checkpoint.is_file():
+            p.error(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file")
+        if len(args.pairs) != 1:
+            p.error(f"--teacher-checkpoint serves one pair, --pairs gives {len(args.pairs)}")
     if args.teacher_dropout is not None and args.teacher_run:
         p.error("--teacher-dropout sets the study's own teacher; --teacher-run distils from a finished run instead: "
                 "give one of them")
@@ -635,6 +743,8 @@ def main(argv=None) -> int:
         problem = check_teacher_run(args.teacher_run, args.pairs)
         if problem:
             p.error(f"--teacher-run {args.teacher_run}: {problem}")
+    if "all" in args.stage and len(args.stage) > 1:
+        p.error(f"--stage all runs every stage: give it alone, or name the stages ({' '.join(args.stage)})")
     args.command = study_command(sys.argv[1:] if argv is None else argv)
     args.keep_checkpoints = True
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
@@ -644,9 +754,13 @@ def main(argv=None) -> int:
     stop_trainings_on_sigterm()
     study = DistillStudy(args)
     start = time.time()
-    for stage in STAGES if args.stage == "all" else (args.stage,):
+    for stage in STAGES if "all" in args.stage else [s for s in STAGES if s in args.stage]:
         log.info("=== stage %s ===", stage)
-        getattr(study, stage)()
+        try:
+            getattr(study, stage)()
+        except DistillationError as error:  # bad input found by the distillation (a teacher of another pair)
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     log.info("done in %s", minutes_text((time.time() - start) / 60))
     return 0
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -104,6 +107,72 @@ def test_bad_input_names_the_flag(tmp_path):
     unpaired = run([sys.executable, "-m", "benchmarks.mt_distill", "--stage", "report", "--variant-flags=--arch a",
                     "--variant-flags=--arch b"], check=False)
     assert unpaired.returncode == 2 and "one --variant-name per --variant-flags (0 names, 2 flags)" in unpaired.stderr
+
+
+def test_a_teacher_checkpoint_is_one_file_of_one_pair_and_the_only_teacher(tmp_path, capsys):
+    """--teacher-checkpoint names a file, serves one pair and excludes the other ways of choosing a
+    teacher; --stage names stages or says all."""
+    from benchmarks.mt_distill import main
+
+    checkpoint = tmp_path / "teacher.pt"
+    checkpoint.write_bytes(b"")
+    for flags, message in (
+            (["--teacher-checkpoint", tmp_path / "missing.pt"], "--teacher-checkpoint .*missing.pt: no such file"),
+            (["--teacher-checkpoint", checkpoint, "--teacher-run", tmp_path],
+             "--teacher-run choose another teacher: give one of them"),
+            (["--teacher-checkpoint", checkpoint, "--teacher-dropout", "0.2"], "--teacher-dropout choose another"),
+            (["--teacher-checkpoint", checkpoint, "--pairs", "en-de", "en-fr"], "serves one pair, --pairs gives 2"),
+            (["--stage", "all", "report"], "--stage all runs every stage: give it alone")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*map(str, flags)])
+        assert exit_.value.code == 2
+        assert re.search(message, capsys.readouterr().err), message
+
+
+@pytest.mark.slow
+def test_a_teacher_checkpoint_is_distilled_and_its_student_trained_by_one_command(teacher, tmp_path):
+    """Any fairseq checkpoint of the pair is a teacher (--teacher-checkpoint): nothing trains for
+    it, it is scored once for the report; `--stage distill students` (in the study's order, whatever
+    the order given) distils it and trains the student on its targets with the curve rule. A
+    changed teacher file makes new targets, and its student trains again rather than coming from
+    the cache."""
+    checkpoint = tmp_path / "teacher.pt"
+    shutil.copy(teacher["ckpt"], checkpoint)
+    tiny = ("--encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-layers 1 "
+            "--decoder-layers 1 --decoder-attention-heads 2 --max-tokens 500 --num-workers 0 --log-interval 5 "
+            "--max-source-positions 64 --max-target-positions 64")
+    command = [sys.executable, "-m", "benchmarks.mt_distill", "--teacher-checkpoint", checkpoint, "--pairs", "en-de",
+               "--data-root", teacher["data"].parent, "--work-dir", tmp_path / "work",
+               "--results-dir", tmp_path / "results", "--eval-every", "20", "--max-minutes", "0",
+               "--progress-seconds", "0", "--no-progress-bar", "--students", "resmlp_mt_small",
+               "--student-targets", "distilled", "--extra-train-args", tiny]
+    first = run([*command, "--stage", "students", "distill"])
+    assert first.stdout.index("=== stage distill ===") < first.stdout.index("=== stage students ===")
+    assert "translating the training sources" in first.stdout and "1 to run" in first.stdout
+    result = json.loads((tmp_path / "work" / "distill" / "en-de.resmlp_mt_small.distilled" / "result.json")
+                        .read_text())
+    assert result["spec"]["distilled_by"]["teacher_mtime_ns"] == checkpoint.stat().st_mtime_ns
+
+    report = run([*command, "--stage", "report", "teacher"])
+    assert "scoring it on valid and test" in report.stdout and "nothing to train" in report.stdout
+    out = json.loads((tmp_path / "results" / "mt_distill.json").read_text())
+    assert out["settings"]["teacher_checkpoint"] == str(checkpoint)  # outside the repository: as given
+    teacher_row, student_row = out["pairs"]["en-de"]["rows"]
+    assert (teacher_row["model"], teacher_row["reported"], teacher_row["updates"]) == ("teacher (Transformer)",
+                                                                                      "checkpoint", 20)
+    assert teacher_row["train_minutes"] is None and teacher_row["converged"] is None and teacher_row["parameters"] > 0
+    assert (student_row["model"], student_row["data"]) == ("resmlp_mt_small", "distilled")
+    assert out["summary"]["teacher_test_bleu"] == teacher_row["test"]
+    text = (tmp_path / "results" / "mt_distill.md").read_text()
+    assert f"the teacher the checkpoint `{checkpoint}`, not trained here" in text
+    assert "| teacher (Transformer) | references |" in text and " | 20 | - | - |" in text
+
+    stat = checkpoint.stat()  # the same pair's teacher, another file: new targets, a new student
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = run([*command, "--stage", "distill", "students"])
+    assert "translating the training sources" in again.stdout and "0 cached (skipped), 1 to run" in again.stdout
+    cached = run([*command, "--stage", "distill", "students"])
+    assert "cached" in cached.stdout and "0 to run" in cached.stdout
 
 
 def test_the_teachers_dropout_is_in_its_run_and_its_name(tmp_path):
@@ -278,7 +347,7 @@ def test_the_speed_stage_measures_every_distilled_student_or_the_best(tmp_path, 
     for choice, expected in (("best", ["b"]), ("all", ["a"])):  # b's figures of the first pass are kept
         args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results",
                                   data_root=tmp_path / "data", pairs=["en-de"], speed_students=choice,
-                                  vocabulary_map=False, quick=True)
+                                  vocabulary_map=False, quick=True, teacher_checkpoint=None)
         study = DistillStudy(args)
         monkeypatch.setattr(study, "distilled_students", lambda pair: students)
         monkeypatch.setattr(study, "export", lambda pair, best: None)
