@@ -136,6 +136,15 @@ class DistillStudy(Race):
             return self.args.teacher_checkpoint
         result = self.teacher_result(pair)
         if result is None:
+            job = self.teacher_job(pair)
+            other = read_json(self.run_dir(job) / "result.json")
+            if other is not None:  # a teacher run of this name, trained with other settings
+                spec, theirs = self.spec(job), other.get("spec") or {}
+                differ = [f"{k} {theirs.get(k)!r}, here {spec.get(k)!r}" for k in sorted(set(spec) | set(theirs))
+                          if spec.get(k) != theirs.get(k)]
+                raise SystemExit(f"the {pair} teacher run {self.run_dir(job)} was trained with other settings "
+                                 f"({'; '.join(differ)}): give the flags it was trained with (--teacher-max-minutes, "
+                                 "--max-minutes, --eval-every, --teacher-dropout), or --stage teacher to train one")
             raise SystemExit(f"the {pair} teacher is not trained yet: run --stage teacher first")
         return self.teacher_dir(pair) / reported_model(result)[1]
 

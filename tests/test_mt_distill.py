@@ -189,6 +189,32 @@ def test_a_distilled_students_run_counts_only_for_the_teacher_file_that_made_its
     assert specs[0][0] != specs[1][0] and specs[0][1] == specs[1][1] and "distilled_by" not in specs[0][1]
 
 
+def test_a_teacher_trained_with_other_settings_is_named_with_the_settings_that_differ(tmp_path):
+    """A later stage run without the flags the teacher was trained with (its budget) does not find
+    it as trained: the error names the run and the settings that differ, not "not trained yet"."""
+    import argparse
+
+    from benchmarks.mt_distill import DistillStudy
+
+    def study(teacher_minutes):
+        return DistillStudy(argparse.Namespace(
+            work_dir=tmp_path, results_dir=tmp_path, data_root=tmp_path, eval_every=250, max_minutes=95.0,
+            teacher_max_minutes=teacher_minutes, teacher_dropout=0.2, teacher_run=None, teacher_checkpoint=None,
+            extra_train_args="", threads=1))
+
+    trained = study(150.0)
+    job = trained.teacher_job("en-de")
+    with pytest.raises(SystemExit, match="the en-de teacher is not trained yet"):
+        trained.teacher_checkpoint("en-de")
+    trained.run_dir(job).mkdir(parents=True)
+    result = {"spec": trained.spec(job), "eval": {"averaged": {}}, "converged": True}
+    (trained.run_dir(job) / "result.json").write_text(json.dumps(result))
+    assert trained.teacher_checkpoint("en-de").name == "checkpoint_averaged.pt"
+    with pytest.raises(SystemExit, match=r"teacher run .*en-de.teacher.dropout0.2 was trained with other settings "
+                                         r"\(cap_minutes 150.0, here 95.0\): give the flags"):
+        study(None).teacher_checkpoint("en-de")  # --max-minutes 95 but no --teacher-max-minutes: 95
+
+
 def test_the_teachers_dropout_is_in_its_run_and_its_name(tmp_path):
     """--teacher-dropout trains the study's own teacher at that dropout, in a run named with it (a
     teacher of the default dropout keeps its own run); it contradicts --teacher-run, and must be a
