@@ -146,6 +146,12 @@ def checkpoint_info(path: Path) -> dict:
     }
 
 
+def is_transformer(arch: Optional[str]) -> bool:
+    """Whether a checkpoint's architecture (:func:`checkpoint_info`) is one of fairseq's
+    ``transformer`` family, which CTranslate2 converts."""
+    return arch is not None and "transformer" in str(arch)
+
+
 def make_subset(data: Path, split: str, n: int, dest: Path) -> Path:
     """A data folder holding the first ``n`` sentences of ``split`` (binarized data, references,
     dictionaries, SentencePiece model, prep.json), so that fairseq-generate translates exactly
@@ -935,8 +941,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "versions": versions()}
     info["checkpoints"] = {"resmlp": checkpoint_info(args.resmlp), "transformer": checkpoint_info(args.transformer)}
-    if (info["checkpoints"]["transformer"]["arch"] is None
-            or "transformer" not in str(info["checkpoints"]["transformer"]["arch"])):
+    if not is_transformer(info["checkpoints"]["transformer"]["arch"]):
         p.error(f"--transformer: {args.transformer} is not a fairseq transformer checkpoint")
     notes: List[str] = []
     if info["machine"]["load_average_at_start"] and info["machine"]["load_average_at_start"][0] > 0.5:
@@ -956,7 +961,7 @@ def main(argv=None) -> int:
     rows, int8_translator = build_rows(args, work, main_set, latency_set, info, notes)
     pairs = interleaved_pairs(rows) if args.threads == 1 else []  # (see the module docstring)
     partner = {row.key: pair for pair in pairs for row in pair}
-    order = length_order(args.data, main_set.sources)
+    order = length_order(args.data, main_set.sources) if pairs else []  # the batches of the pairs
     say(f"{len(rows)} rows; warming up the in-process ones")
     warm_up(rows)
     for rnd in range(1, args.rounds + 1):

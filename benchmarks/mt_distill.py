@@ -251,11 +251,11 @@ class DistillStudy(Race):
             if a.speed_students == "best":
                 students = [best]
             teacher = self.teacher_checkpoint(pair)
-            if a.teacher_checkpoint:
-                from benchmarks.bench_decode import checkpoint_info
+            if a.teacher_checkpoint:  # its architecture as the teacher stage recorded it, else read again
+                from benchmarks.bench_decode import checkpoint_info, is_transformer
 
-                arch = checkpoint_info(teacher)["arch"]
-                if "transformer" not in str(arch):
+                arch = (self.teacher_scores(pair) or checkpoint_info(teacher))["arch"]
+                if not is_transformer(arch):
                     raise SystemExit(f"--teacher-checkpoint {teacher}: a {arch} model; the speed stage measures the "
                                      "teacher as a fairseq Transformer through CTranslate2 (stop at --stage students)")
             vmap = self.vocabulary_map(pair) if a.vocabulary_map else None
@@ -352,8 +352,8 @@ class DistillStudy(Race):
             rows = []
             if teacher:
                 rows.append(_row("teacher (Transformer)", "references", teacher, parameters(self.teacher_dir(pair))))
-            elif a.teacher_checkpoint and self.teacher_scores(pair):
-                rows.append(_checkpoint_row(self.teacher_scores(pair)))
+            elif a.teacher_checkpoint and (scores := self.teacher_scores(pair)):
+                rows.append(_checkpoint_row(scores))
             for job in self.student_jobs(pair):
                 result = self.cached(job)
                 if result:
@@ -411,8 +411,9 @@ def reported_model(result: dict) -> tuple:
 def _checkpoint_row(scores: dict) -> dict:
     """The teacher row of a ``--teacher-checkpoint`` (:meth:`DistillStudy.teacher_scores`): its scores,
     no curve, training minutes or convergence (it was not trained here)."""
-    arch = str(scores["arch"])
-    name = "teacher (Transformer)" if "transformer" in arch else f"teacher ({arch})"
+    from benchmarks.bench_decode import is_transformer
+
+    name = "teacher (Transformer)" if is_transformer(scores["arch"]) else f"teacher ({scores['arch']})"
     return {"model": name, "data": "references", "parameters": scores["parameters"], "reported": "checkpoint",
             "test": scores["eval"]["test"]["sacrebleu"], "valid": scores["eval"]["valid"]["sacrebleu"],
             "updates": scores["updates"], "train_minutes": None, "converged": None, "valid_curve": []}
