@@ -423,8 +423,11 @@ class FoldedDecoder(nn.Module):
     """The decoder of a ResMLP translation model, folded for incremental decoding (see
     :class:`FoldedDecoderLayer`); the final Affine and the output scale go into the output
     projection (a copy: the tied embedding stays as it is), the embedding scale into a copy of
-    the embedding table. Built by :func:`fold_for_inference`; int8 quantization
-    (:func:`quantize_int8`) applies to its linear layers like to the model's."""
+    the embedding table. With ``--embedding-rank R`` the table is multiplied out to ``(V, d)``
+    (``embed_weight``), the final Affine goes into ``project_out_dim`` ``d -> R`` and
+    ``output_projection`` is ``R -> V``; without, ``project_out_dim`` is None. Built by
+    :func:`fold_for_inference`; int8 quantization (:func:`quantize_int8`) applies to its linear
+    layers like to the model's."""
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
@@ -434,9 +437,18 @@ class FoldedDecoder(nn.Module):
         self.layers = nn.ModuleList([FoldedDecoderLayer(layer) for layer in decoder.layers])
         self.embed_positions = decoder.embed_positions
         with torch.no_grad():
-            self.register_buffer("embed_weight", decoder.embed_tokens.weight.detach() * decoder.embed_scale)
+            table = decoder.embed_tokens.weight.detach()
+            if decoder.project_in_dim is not None:
+                table = decoder.project_in_dim(table)
+            self.register_buffer("embed_weight", table * decoder.embed_scale)
             out = decoder.output_projection.weight.detach() * decoder.output_scale
-            self.output_projection = _linear(*fold_affine_into_linear(out, None, *final))
+            if decoder.project_out_dim is None:
+                self.project_out_dim = None
+                self.output_projection = _linear(*fold_affine_into_linear(out, None, *final))
+            else:
+                self.project_out_dim = _linear(*fold_affine_into_linear(decoder.project_out_dim.weight.detach(),
+                                                                        None, *final))
+                self.output_projection = _linear(out, out.new_zeros(out.size(0)))  # a bias, as without
 
     def max_positions(self) -> int:
         return self.max_target_positions
@@ -461,13 +473,16 @@ class FoldedDecoder(nn.Module):
 
     def step_features(self, x: Tensor, layer_inputs: Sequence[Tuple[Sequence[Tensor], Tensor, Tensor]],
                       bias: Optional[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """:meth:`step` without the output projection: the features ``(n, k, C)`` that
-        ``output_projection`` turns into logits (a vocabulary map projects them on its candidates
-        only), and every layer's history entry."""
+        """:meth:`step` without the output projection: the features ``(n, k, C)`` (``(n, k, R)``
+        after ``project_out_dim`` with ``--embedding-rank R``) that ``output_projection`` turns into
+        logits (a vocabulary map projects them on its candidates only), and every layer's history
+        entry."""
         entries = []
         for layer, (mixer_inputs, keys, values) in zip(self.layers, layer_inputs):
             x, entry = layer.step(x, mixer_inputs, keys, values, bias)
             entries.append(entry)
+        if self.project_out_dim is not None:
+            x = self.project_out_dim(x)
         return x, entries
 
 

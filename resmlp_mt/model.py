@@ -108,11 +108,26 @@ def build_embedding(dictionary, dim: int) -> nn.Embedding:
     return embedding
 
 
+def factor_projection(in_dim: int, out_dim: int) -> Optional[nn.Linear]:
+    """The linear layer (no bias) between a factorised embedding table of rank ``R`` and the width
+    ``d`` (``--embedding-rank``), either way; None when the two sizes are equal (no factorisation).
+    Initialised N(0, out_dim^-0.5): a projected embedding row (``R`` -> ``d``) has the statistics of
+    an unfactorised one, N(0, d^-0.5) per channel, and features taken down (``d`` -> ``R``) keep
+    their scale."""
+    if in_dim == out_dim:
+        return None
+    projection = nn.Linear(in_dim, out_dim, bias=False)
+    nn.init.normal_(projection.weight, mean=0, std=out_dim**-0.5)
+    return projection
+
+
 class AlignedEmbedding:
     """Mixin for both stacks: token embeddings (scaled by sqrt(d) unless
     ``--no-scale-embedding``, plus positional embeddings if asked), dropout, time-first, with
     every sentence moved to the front (position 0 = its first token) as the cross-token layers
-    need. The modules keep fairseq's names (``embed_tokens``, ``embed_positions``).
+    need. The modules keep fairseq's names (``embed_tokens``, ``embed_positions``,
+    ``project_in_dim``: with ``--embedding-rank R`` the table is ``(V, R)`` and a linear layer
+    without bias takes its rows to the width ``d``; None otherwise).
 
     :meth:`embed` takes ``tokens`` ``(B, T)`` and returns ``(x, embedding, order,
     padding_mask)``: ``x`` ``(T, B, C)`` after dropout; ``embedding`` ``(B, T, C)`` before
@@ -121,11 +136,11 @@ class AlignedEmbedding:
     None without padding. With ``incremental_state``, only the last position is embedded.
     """
 
-    def init_embedding(self, args, embed_tokens: nn.Embedding, max_positions: int) -> None:
-        dim = embed_tokens.embedding_dim
+    def init_embedding(self, args, embed_tokens: nn.Embedding, max_positions: int, dim: int) -> None:
         self.padding_idx = embed_tokens.padding_idx
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
+        self.project_in_dim = factor_projection(embed_tokens.embedding_dim, dim)
         self.embed_positions = (
             None
             if args.positional_embeddings == "none"
@@ -151,7 +166,10 @@ class AlignedEmbedding:
                     if positions is not None:
                         positions = positions.gather(1, order.unsqueeze(-1).expand_as(positions))
                 padding_mask = tokens.eq(self.padding_idx).t().unsqueeze(-1)
-        embedding = self.embed_scale * self.embed_tokens(tokens)
+        embedding = self.embed_tokens(tokens)
+        if self.project_in_dim is not None:
+            embedding = self.project_in_dim(embedding)
+        embedding = self.embed_scale * embedding
         x = embedding if positions is None else embedding + positions
         return self.dropout_module(x).transpose(0, 1), embedding, order, padding_mask
 
@@ -169,11 +187,11 @@ class ResMLPEncoder(AlignedEmbedding, FairseqEncoder):
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
         self.max_source_positions = args.max_source_positions
-        self.init_embedding(args, embed_tokens, args.max_source_positions)
+        self.init_embedding(args, embed_tokens, args.max_source_positions, args.encoder_embed_dim)
         self.layers = nn.ModuleList(
             [ResMLPEncoderLayer(args, args.max_source_positions) for _ in range(args.encoder_layers)]
         )
-        self.final_norm = build_norm(args.norm, embed_tokens.embedding_dim)
+        self.final_norm = build_norm(args.norm, args.encoder_embed_dim)
 
     def forward(
         self,
@@ -237,20 +255,22 @@ class ResMLPDecoder(AlignedEmbedding, FairseqIncrementalDecoder):
 
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
-        dim = embed_tokens.embedding_dim
+        dim = args.decoder_embed_dim
         self.max_target_positions = args.max_target_positions
-        self.init_embedding(args, embed_tokens, args.max_target_positions)
+        self.init_embedding(args, embed_tokens, args.max_target_positions, dim)
         self.layers = nn.ModuleList(
             [ResMLPDecoderLayer(args, args.max_target_positions) for _ in range(args.decoder_layers)]
         )
         self.final_norm = build_norm(args.norm, dim)
         init_final_scale(self.final_norm, args.final_norm_init, self.embed_scale, len(dictionary))
         self.output_scale = dim**-0.5 if args.scale_output else 1.0
-        self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+        rank = args.embedding_rank or dim
+        self.project_out_dim = factor_projection(dim, rank)
+        self.output_projection = nn.Linear(rank, len(dictionary), bias=False)
         if args.share_decoder_input_output_embed:
             self.output_projection.weight = embed_tokens.weight
         else:
-            nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+            nn.init.normal_(self.output_projection.weight, mean=0, std=rank**-0.5)
 
     def forward(
         self,
@@ -311,6 +331,10 @@ class ResMLPDecoder(AlignedEmbedding, FairseqIncrementalDecoder):
         return x.transpose(0, 1), {"attn": [attn], "inner_states": inner_states}
 
     def output_layer(self, features: Tensor) -> Tensor:
+        """``features`` ``(B, T, d)`` -> logits ``(B, T, V)`` (through ``project_out_dim``,
+        ``(B, T, R)``, with ``--embedding-rank R``)."""
+        if self.project_out_dim is not None:
+            features = self.project_out_dim(features)
         if self.output_scale != 1.0:
             features = features * self.output_scale
         return self.output_projection(features)
@@ -429,6 +453,11 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
                                  "with N heads to every encoder layer, after the token mixer; 0 (default): none")
         parser.add_argument("--no-scale-embedding", action="store_true",
                             help="do not multiply token embeddings by sqrt(d)")
+        parser.add_argument("--embedding-rank", type=int, metavar="R",
+                            help="factorise the token embeddings and the output projection through R dimensions "
+                                 "(ALBERT's factorised embeddings): a V x R table, a linear layer R -> d after it "
+                                 "in each stack and d -> R before the output projection, which costs R * V instead "
+                                 "of d * V per decoded token; 0 (default): a V x d table")
         parser.add_argument("--share-decoder-input-output-embed", action="store_true",
                             help="tie the decoder's input embeddings and output projection")
         parser.add_argument("--share-all-embeddings", action="store_true",
@@ -440,6 +469,8 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
     def build_model(cls, args, task):
         base_architecture(args)
         check_token_mixing_args(args)
+        if args.embedding_rank < 0:
+            raise ValueError(f"--embedding-rank {args.embedding_rank} must be positive (0: no factorisation)")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
@@ -447,11 +478,11 @@ class ResMLPTranslationModel(FairseqEncoderDecoderModel):
                                  "(fairseq-preprocess --joined-dictionary)")
             if args.encoder_embed_dim != args.decoder_embed_dim:
                 raise ValueError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
-            encoder_embed = decoder_embed = build_embedding(src_dict, args.encoder_embed_dim)
+            encoder_embed = decoder_embed = build_embedding(src_dict, args.embedding_rank or args.encoder_embed_dim)
             args.share_decoder_input_output_embed = True
         else:
-            encoder_embed = build_embedding(src_dict, args.encoder_embed_dim)
-            decoder_embed = build_embedding(tgt_dict, args.decoder_embed_dim)
+            encoder_embed = build_embedding(src_dict, args.embedding_rank or args.encoder_embed_dim)
+            decoder_embed = build_embedding(tgt_dict, args.embedding_rank or args.decoder_embed_dim)
         encoder = ResMLPEncoder(args, src_dict, encoder_embed)
         decoder = ResMLPDecoder(args, tgt_dict, decoder_embed)
         model = cls(encoder, decoder)
@@ -534,6 +565,7 @@ def base_architecture(args):
     _set_default(args, "freeze_token_mixers", False)
     for name, value in TOKEN_MIXING_DEFAULTS.items():
         _set_default(args, name, value)
+    _set_default(args, "embedding_rank", 0)
     _set_default(args, "share_decoder_input_output_embed", False)
     _set_default(args, "share_all_embeddings", False)
     _set_default(args, "max_source_positions", 1024)

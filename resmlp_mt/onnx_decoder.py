@@ -168,8 +168,9 @@ class DecoderStepGraph(nn.Module):
 
     ``restricted``: the graph for a vocabulary map (:mod:`resmlp_mt.vocabulary_map`). It takes
     three more inputs after ``bias_values``: ``vocabulary`` ``(M,)`` int64, the batch's
-    candidate tokens, and the output projection's rows for them, ``output_weight`` ``(C, M)`` and
-    ``output_bias`` ``(M,)`` (gathered once per batch); the log-probabilities are normalised over
+    candidate tokens, and the output projection's rows for them, ``output_weight`` ``(C, M)``
+    (``C``: the projection's input size, ``R`` with ``--embedding-rank R``) and ``output_bias``
+    ``(M,)`` (gathered once per batch); the log-probabilities are normalised over
     the ``M`` candidates and ``top_tokens`` are still token ids (one ``TopK`` over them).
 
     Without it, the output projection is padded to ``G * R`` tokens (:func:`shortlist_groups`; the
@@ -334,7 +335,7 @@ def export_graphs(model: FoldedModel, folder: Path, int8: bool = False, restrict
                "scores": {0: "n", 1: "k"}}
     if restricted:
         M = 2 * k + 3
-        example += [torch.arange(M), torch.zeros(C, M), torch.zeros(M)]
+        example += [torch.arange(M), torch.zeros(decoder.output_projection.in_features, M), torch.zeros(M)]
         names += ["vocabulary", "output_weight", "output_bias"]
         dynamic.update({"vocabulary": {0: "M"}, "output_weight": {1: "M"}, "output_bias": {0: "M"}})
     history = torch.zeros(t + 1, N, C)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_same, dictionary, eos_biased_folded, source_batch
+from helpers import assert_same, dictionary, eos_biased_folded, source_batch, tiny_model
 from resmlp_mt.fast_generate import generate
 from resmlp_mt.onnx_decoder import OnnxModel
 from resmlp_mt.vocabulary_map import (VocabularyMap, VocabularyMapError, build_vocabulary_map, coverage,
@@ -142,6 +142,21 @@ def test_int8_restricted_engine_stays_in_the_candidates_and_close_to_float():
     assert {t for hyps in ours for h in hyps for t in h["tokens"].tolist()} <= candidates
     same = sum(a[0]["tokens"].tolist() == b[0]["tokens"].tolist() for a, b in zip(ours, reference))
     assert same >= len(reference) // 2
+
+
+def test_a_factorised_output_layer_is_restricted_to_its_rank_rows():
+    """With ``--embedding-rank`` the step graph takes the candidates' rows of the ``R``-wide output
+    projection (float, and int8 rows in the int8 graph); the restricted engine is still the folded
+    model restricted."""
+    src = source_batch(3, length=5)
+    vmap = VocabularyMap([D.eos(), D.unk(), *[W[f"w{i}"] for i in range(12)]], {}, len(D))
+    candidates = vmap.candidates(src)
+    folded = lambda: eos_biased_folded(0, 1.0, model=tiny_model(3, embedding_rank=6))  # noqa: E731
+    assert folded().decoder.output_projection.in_features == 6
+    ours = generate(OnnxModel(folded(), vocabulary_map=vmap), src, beam=4)
+    assert_same(ours, generate(restricted_reference(folded(), candidates), src, beam=4))
+    int8 = generate(OnnxModel(folded(), int8=True, vocabulary_map=vmap), src, beam=4)
+    assert {t for hyps in int8 for h in hyps for t in h["tokens"].tolist()} <= set(candidates.tolist())
 
 
 def test_a_map_of_another_dictionary_is_refused():

@@ -228,6 +228,9 @@ MODEL_OPTIONS = [
     dict(token_mixer_positions="relative", token_mixer_kernel=2, token_mixer_weights="dynamic", token_mixer_heads=2),
     dict(token_mixer_positions="relative", token_mixer_gate="sgu", token_mixer_weights="dynamic",
          token_mixer_heads=4),
+    dict(embedding_rank=6),
+    dict(embedding_rank=6, share_all_embeddings=True, token_mixer_positions="relative", token_mixer_gate="glu",
+         token_mixer_weights="dynamic", token_mixer_heads=4),
 ]
 
 
@@ -406,6 +409,15 @@ def test_options_change_the_parameters_as_documented():
     assert m.token_mixing_options == {"--hybrid-encoder-attention-heads": 2}
     assert "encoder.layers.1.self_attn.k_proj.weight" in m.state_dict()
     assert not any(".self_attn." in k for k in m.state_dict() if k.startswith("decoder."))
+    # --embedding-rank: a (V, R) table, R -> d into each stack, d -> R before the output projection
+    m = tiny(embedding_rank=6, share_all_embeddings=True)
+    assert shape(m, "encoder.embed_tokens.weight") == shape(m, "decoder.output_projection.weight") == (24, 6)
+    assert shape(m, "encoder.project_in_dim.weight") == shape(m, "decoder.project_in_dim.weight") == (16, 6)
+    assert shape(m, "decoder.project_out_dim.weight") == (6, 16)
+    assert m.decoder.output_projection.weight is m.encoder.embed_tokens.weight
+    rows = m.encoder.project_in_dim(m.encoder.embed_tokens.weight[4:])  # as unfactorised rows: N(0, d^-0.5)
+    assert 0.8 < float(rows.std()) * 16**0.5 < 1.2
+    assert not any("project_" in k for k in tiny().state_dict())
     # a checkpoint of another mixer is refused with the differences
     with pytest.raises(RuntimeError, match=r"(?s)missing keys.*token_mixer\.in_proj"):
         tiny(token_mixer_gate="glu").load_state_dict(tiny_model().state_dict())
@@ -416,6 +428,7 @@ def test_options_change_the_parameters_as_documented():
     (dict(token_mixer_kernel=13), "--token-mixer-kernel 13 must be between 1 and --max-source-positions 12"),
     (dict(hybrid_encoder_attention_heads=5), "--hybrid-encoder-attention-heads 5 must divide --encoder-embed-dim 16"),
     (dict(token_mixer_weights="dynamic"), "--token-mixer-weights dynamic needs --token-mixer-positions relative"),
+    (dict(embedding_rank=-1), "--embedding-rank -1 must be positive"),
 ])
 def test_bad_options_name_the_flag(options, message):
     with pytest.raises(ValueError, match=message):
@@ -428,6 +441,7 @@ USER_DIR = str(REPO / "resmlp_mt")
 OPTIONS_FLAGS = [
     "--token-mixer-heads", "2", "--token-mixer-positions", "relative", "--token-mixer-kernel", "5",
     "--token-mixer-normalize", "softmax", "--token-mixer-gate", "sgu", "--hybrid-encoder-attention-heads", "2",
+    "--embedding-rank", "8",
 ]
 TINY_TRAIN = [
     "--user-dir", USER_DIR, "--arch", "resmlp_mt_small", "--encoder-embed-dim", "32", "--encoder-layers", "1",
