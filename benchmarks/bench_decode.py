@@ -6,7 +6,8 @@ at batch 128 (throughput) and batch 1 (latency), plus an equal-output-length mea
         --transformer checkpoints/multi30k.en-de.transformer/checkpoint_best.pt    # or: make bench-decode
     python -m benchmarks.bench_decode --resmlp R.pt --transformer T.pt --quick        # smoke test, seconds
 
-Rows (beam 4 everywhere):
+Rows (beam 4 everywhere; ``--resmlp-beam N``: ResMLP's rows at beam N outside the equal-length rows,
+e.g. a distilled student decoded greedily against its teacher at beam 4):
 
 * ResMLP, ``fairseq-generate`` (a subprocess, :func:`mt_tools.evaluate.evaluate`);
 * ResMLP, Python API ``Translator.translate(engine="fairseq")`` (fairseq's SequenceGenerator);
@@ -533,23 +534,24 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
                      args.vocabulary_map))
 
     beam, split, threads, B, L = args.beam, args.split, args.threads, args.batch_size, args.equal_length
+    rbeam = args.resmlp_beam  # ResMLP's rows but the equal-length ones
     equal_args = ["--min-len", str(L), "--max-len-a", "0", "--max-len-b", str(L)]
     ms, ls = main_set, latency_set
 
-    def fg(ckpt, ts, batch, extra=()):
+    def fg(ckpt, ts, batch, extra=(), beam=beam):
         return lambda sources: run_fairseq_generate(ts, ckpt, split, beam, batch, threads, extra)
 
     rows = [
         Row("resmlp/fairseq-generate/fp32/b", "batch", "ResMLP", "fairseq-generate", "fp32", B, ms,
-            fg(args.resmlp, ms, B)),
+            fg(args.resmlp, ms, B, beam=rbeam)),
         Row("resmlp/api-fairseq/fp32/b", "batch", "ResMLP", "API engine=fairseq", "fp32", B, ms,
-            lambda s: run_api(fp32, s, "fairseq", B, beam)),
+            lambda s: run_api(fp32, s, "fairseq", B, rbeam)),
         Row("resmlp/api-fast/fp32/b", "batch", "ResMLP", "API engine=fast", "fp32", B, ms,
-            lambda s: run_api(fp32, s, "fast", B, beam)),
+            lambda s: run_api(fp32, s, "fast", B, rbeam)),
         Row("resmlp/api-fast/int8/b", "batch", "ResMLP", "API engine=fast", "int8", B, ms,
-            lambda s: run_api(int8, s, "fast", B, beam)),
+            lambda s: run_api(int8, s, "fast", B, rbeam)),
         Row("resmlp/api-onnx/int8/b", "batch", "ResMLP", "API engine=onnx", "int8", B, ms,
-            lambda s: run_api(int8, s, "onnx", B, beam)),
+            lambda s: run_api(int8, s, "onnx", B, rbeam)),
         Row("transformer/fairseq-generate/fp32/b", "batch", "Transformer", "fairseq-generate", "fp32", B, ms,
             fg(args.transformer, ms, B)),
     ]
@@ -562,7 +564,8 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
             if group == "latency" and args.latency_sentences <= 0:
                 continue
             vmap_rows.append(Row(f"resmlp/api-onnx-vmap/int8/{tag}", group, "ResMLP", VMAP_ENGINE, "int8", batch,
-                                 texts, lambda s, b=batch: run_api(int8_vmap, s, "onnx", b, beam), vocabulary_map=True))
+                                 texts, lambda s, b=batch: run_api(int8_vmap, s, "onnx", b, rbeam),
+                                 vocabulary_map=True))
             if ct2:
                 vmap_rows.append(Row(f"transformer/ctranslate2-vmap/int8/{tag}", group, "Transformer",
                                      "CTranslate2, vocabulary map", "int8", batch, texts,
@@ -571,15 +574,15 @@ def build_rows(args, work: Path, main_set: TextSet, latency_set: TextSet, info: 
     if args.latency_sentences > 0:
         rows += [
             Row("resmlp/fairseq-generate/fp32/1", "latency", "ResMLP", "fairseq-generate", "fp32", 1, ls,
-                fg(args.resmlp, ls, 1)),
+                fg(args.resmlp, ls, 1, beam=rbeam)),
             Row("resmlp/api-fast/fp32/1", "latency", "ResMLP", "API engine=fast", "fp32", 1, ls,
-                lambda s: run_api(fp32, s, "fast", 1, beam)),
+                lambda s: run_api(fp32, s, "fast", 1, rbeam)),
             Row("resmlp/api-fast/int8/1", "latency", "ResMLP", "API engine=fast", "int8", 1, ls,
-                lambda s: run_api(int8, s, "fast", 1, beam)),
+                lambda s: run_api(int8, s, "fast", 1, rbeam)),
             Row("resmlp/api-onnx/fp32/1", "latency", "ResMLP", "API engine=onnx", "fp32", 1, ls,
-                lambda s: run_api(fp32, s, "onnx", 1, beam)),
+                lambda s: run_api(fp32, s, "onnx", 1, rbeam)),
             Row("resmlp/api-onnx/int8/1", "latency", "ResMLP", "API engine=onnx", "int8", 1, ls,
-                lambda s: run_api(int8, s, "onnx", 1, beam)),
+                lambda s: run_api(int8, s, "onnx", 1, rbeam)),
             Row("transformer/fairseq-generate/fp32/1", "latency", "Transformer", "fairseq-generate", "fp32", 1, ls,
                 fg(args.transformer, ls, 1)),
         ]
@@ -815,7 +818,10 @@ def markdown(results: dict) -> str:
         "",
         f"{m['cpu']}, {m['cores_available']} cores available, {s['threads']} thread(s) per system; torch {v['torch']}, "
         f"fairseq {v['fairseq']}, CTranslate2 {v['ctranslate2'] or 'not installed'}. "
-        f"Beam {s['beam']}, split `{s['split']}`, median of {s['rounds']} interleaved round(s)"
+        f"Beam {s['beam']}"
+        + (f" (ResMLP at beam {s['resmlp_beam']} outside the equal-length rows)"
+           if s.get("resmlp_beam", s["beam"]) != s["beam"] else "")
+        + f", split `{s['split']}`, median of {s['rounds']} interleaved round(s)"
         f"{' (--quick)' if s['quick'] else ''}" + (f"; ratios: {s['ratios']}." if s.get("ratios") else ".")
         + (" ResMLP's ONNX int8 engine and CTranslate2 int8 decode in turn within a round, batch by batch "
            "(batch 1: sentence by sentence), at every batch size and length." if s.get("interleaved") else ""),
@@ -909,6 +915,9 @@ def main(argv=None) -> int:
                    help="fairseq `transformer` checkpoint of the same size")
     p.add_argument("--split", default="test")
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--resmlp-beam", type=int, metavar="N",
+                   help="ResMLP's beam outside the equal-length rows (default: --beam), e.g. 1 for a distilled "
+                        "student decoded greedily against its teacher at --beam")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--sentences", type=int, default=0, help="translate the first N sentences of the split (0: all)")
     p.add_argument("--latency-sentences", type=int, default=200,
@@ -933,8 +942,10 @@ def main(argv=None) -> int:
             continue
         if not path.is_file():
             p.error(f"{what}: {path} not found")
-    if args.rounds < 1 or args.threads < 1 or args.batch_size < 1:
-        p.error("--rounds, --threads and --batch-size must be positive")
+    if args.resmlp_beam is None:
+        args.resmlp_beam = args.beam
+    if args.rounds < 1 or args.threads < 1 or args.batch_size < 1 or args.beam < 1 or args.resmlp_beam < 1:
+        p.error("--rounds, --threads, --batch-size, --beam and --resmlp-beam must be positive")
 
     torch.set_num_threads(args.threads)
     work = args.work_dir
@@ -995,13 +1006,14 @@ def main(argv=None) -> int:
     if n_lat > 0:  # after the rounds, so that the timers never touch a timed row
         say("batch 1, ResMLP ONNX int8: where the time goes (one more pass)")
         time_split = {"engine": "API engine=onnx", "precision": "int8",
-                      **onnx_time_split(int8_translator, latency_set.sources, args.beam)}
+                      **onnx_time_split(int8_translator, latency_set.sources, args.resmlp_beam)}
     results_rows = [median_summary(row) for row in rows]
     add_ratios(results_rows)
     info["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results = {
         **info,
-        "settings": {"data": str(args.data), "split": args.split, "beam": args.beam, "batch_size": args.batch_size,
+        "settings": {"data": str(args.data), "split": args.split, "beam": args.beam, "resmlp_beam": args.resmlp_beam,
+                     "batch_size": args.batch_size,
                      "sentences": n_main, "latency_sentences": n_lat, "equal_length": args.equal_length,
                      "rounds": args.rounds, "ratios": RATIOS, "threads": args.threads, "quick": args.quick,
                      "interleaved": [[a.key, b.key] for a, b in pairs],

@@ -34,11 +34,17 @@ Stages:
    through the project's engines (fast and ONNX, int8), the teacher through CTranslate2 int8 and
    fairseq; and both again with a vocabulary map (a lexical shortlist learned from the references,
    :mod:`mt_tools.vocabulary_map`, the same file for both: ``--no-vocabulary-map`` leaves it out).
-   Run it on an otherwise idle machine.
+   ``--student-beams 4 1`` adds an operating point: every measured student decoded greedily
+   (bench_decode ``--resmlp-beam 1``) beside the teacher at beam 4, and the students and the
+   teacher scored at beam 1 on valid and test (sequence-level distillation makes a student's
+   greedy output nearly as good as its beam search: Kim and Rush 2016). Run it on an otherwise
+   idle machine.
 5. ``report``: ``results/mt_distill.{json,md,png}``; the JSON's ``summary`` names the best student
    and gives ``teacher_test_bleu``, ``student_test_bleu``, ``speedup_b128`` and ``speedup_b1``
    (student sentences/s over the teacher's through CTranslate2 int8; ``speedup_b128_vocabulary_map``
-   and ``speedup_b1_vocabulary_map`` with the map on both sides), each goal met or missed.
+   and ``speedup_b1_vocabulary_map`` with the map on both sides; ``operating_points``, the same at
+   each other beam of ``--student-beams``), each goal met or missed, and at each other beam both
+   goals at once.
 
 Runs are cached in ``--work-dir`` with the settings that produced them and resume after a kill
 (the race's harness, :mod:`benchmarks.race_mt`); a student stopped by ``--max-minutes`` goes on
@@ -68,6 +74,8 @@ from mt_tools.distill import DistillationError, distill  # noqa: E402
 log = logging.getLogger("mt_distill")
 
 STAGES = ("teacher", "distill", "students", "speed", "report")
+#: the beam the teacher decodes with (distillation, scores, speed) and the students' scores and first speed run
+TEACHER_BEAM = 4
 TEACHER_RECIPE = {"lr": 2e-3, "warmup": 300, "norm": "pre"}
 STUDENT_RECIPE = {"lr": 4e-3, "warmup": 300, "layerscale_init": 0.5}
 #: student name -> (what it is, fairseq-train flags)
@@ -259,23 +267,63 @@ class DistillStudy(Race):
                     raise SystemExit(f"--teacher-checkpoint {teacher}: a {arch} model; the speed stage measures the "
                                      "teacher as a fairseq Transformer through CTranslate2 (stop at --stage students)")
             vmap = self.vocabulary_map(pair) if a.vocabulary_map else None
+            for beam in [b for b in a.student_beams if b != TEACHER_BEAM]:  # the other operating points' scores
+                self.scores_at_beam(pair, "teacher", teacher, beam)
+                for student in students:
+                    self.scores_at_beam(pair, student["name"], student["checkpoint"], beam)
             for student in students:
-                out = self.work / "speed" / f"{pair}.{student['name']}"
-                json_file = out.with_name(out.name + ".json")
-                if (json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
-                                                                              student["checkpoint"].stat().st_mtime)
-                        and bool(read_json(json_file)["settings"].get("vocabulary_map")) == bool(vmap)):
-                    log.info("[speed] %s %s: cached (%s)", pair, student["name"], json_file)
-                    continue
-                argv = ["--data", str(self.data(pair)), "--resmlp", str(student["checkpoint"]),
-                        "--transformer", str(teacher), "--threads", "1", "--out", str(out),
-                        "--work-dir", str(self.work / "speed" / "work")]
-                if vmap is not None:
-                    argv += ["--vocabulary-map", str(vmap)]
-                if a.quick:
-                    argv.append("--quick")
-                log.info("[speed] %s %s: bench_decode %s", pair, student["name"], " ".join(argv))
-                bench_decode.main(argv)
+                for beam in a.student_beams:
+                    out = self.speed_file(pair, student["name"], beam).with_suffix("")
+                    json_file = out.with_name(out.name + ".json")
+                    settings = (read_json(json_file) or {}).get("settings", {})
+                    if (json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
+                                                                                  student["checkpoint"].stat().st_mtime)
+                            and bool(settings.get("vocabulary_map")) == bool(vmap)
+                            and settings.get("resmlp_beam", settings.get("beam")) == beam):
+                        log.info("[speed] %s %s at beam %d: cached (%s)", pair, student["name"], beam, json_file)
+                        continue
+                    argv = ["--data", str(self.data(pair)), "--resmlp", str(student["checkpoint"]),
+                            "--transformer", str(teacher), "--threads", "1", "--out", str(out),
+                            "--work-dir", str(self.work / "speed" / "work"),
+                            "--beam", str(TEACHER_BEAM), "--resmlp-beam", str(beam)]
+                    if vmap is not None:
+                        argv += ["--vocabulary-map", str(vmap)]
+                    if a.quick:
+                        argv.append("--quick")
+                    log.info("[speed] %s %s at beam %d: bench_decode %s", pair, student["name"], beam, " ".join(argv))
+                    bench_decode.main(argv)
+
+    def speed_file(self, pair: str, student: str, beam: int) -> Path:
+        """bench_decode's JSON of ``student`` decoded at ``beam`` beside the teacher at beam 4
+        (the study's operating point, beam 4: ``<pair>.<student>.json``; another: ``.beam<N>.json``)."""
+        return self.work / "speed" / (f"{pair}.{student}.json" if beam == TEACHER_BEAM
+                                      else f"{pair}.{student}.beam{beam}.json")
+
+    def sacrebleu(self, pair: str, checkpoint: Path, split: str, beam: int) -> float:
+        """sacreBLEU of ``checkpoint`` on ``split`` of the pair's original folder (its human
+        references), decoded at ``beam``."""
+        from mt_tools.evaluate import evaluate
+
+        return evaluate(self.data(pair), checkpoint, split=split, beam=beam, batch_size=128,
+                        threads=self.args.threads).sacrebleu
+
+    def scores_file(self, pair: str, model: str, beam: int) -> Path:
+        return self.work / "speed" / f"{pair}.{model}.beam{beam}.scores.json"
+
+    def scores_at_beam(self, pair: str, model: str, checkpoint: Path, beam: int) -> dict:
+        """Valid and test sacreBLEU of ``checkpoint`` (the teacher's, or a distilled student's
+        reported model) decoded at ``beam`` (mt_tools.evaluate, as every score of the study but
+        the beam), once per checkpoint file."""
+        path = self.scores_file(pair, model, beam)
+        scores = read_json(path)
+        if scores and scores.get("checkpoint_mtime_ns") == checkpoint.stat().st_mtime_ns:
+            return scores
+        scores = {"checkpoint": repo_relative(str(checkpoint)), "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns,
+                  "beam": beam, **{split: self.sacrebleu(pair, checkpoint, split, beam) for split in ("valid", "test")}}
+        write_result(path, json.dumps(scores, indent=1) + "\n")
+        log.info("[speed] %s %s at beam %d: sacreBLEU valid %.2f, test %.2f", pair, model, beam, scores["valid"],
+                 scores["test"])
+        return scores
 
     def vocabulary_map(self, pair: str) -> Path:
         """The vocabulary map of the speed stage's rows with a lexical shortlist, for teacher and
@@ -339,9 +387,27 @@ class DistillStudy(Race):
         return {"teacher_run": repo_relative(str(run)),
                 "teacher_run_recipe": {k: spec.get(k) for k in ("system", "recipe", "train_args", "cap_minutes")}}
 
+    def operating_points(self, pair: str, students: List[str]) -> dict:
+        """Per distilled student (and the teacher, scores only), what it gives decoded at each beam
+        of ``--student-beams`` but 4 (the rows' and the speed table's): ``{name: [{"beam", "valid",
+        "test", "speed"}]}``, ``speed`` (:func:`_speed_summary`, the teacher at beam 4) None where the
+        speed stage has not measured it; scores found by the speed stage only."""
+        out = {}
+        for name in ["teacher", *students]:
+            points = []
+            for beam in self.args.student_beams:
+                scores = read_json(self.scores_file(pair, name, beam)) if beam != TEACHER_BEAM else None
+                if scores:
+                    speed = None if name == "teacher" else _speed_summary(read_json(self.speed_file(pair, name, beam)))
+                    points.append({"beam": beam, "valid": scores["valid"], "test": scores["test"], "speed": speed})
+            if points:
+                out[name] = points
+        return out
+
     def report(self) -> dict:
         a = self.args
         out = {"settings": {"pairs": a.pairs, "eval_every": a.eval_every, "max_minutes": a.max_minutes,
+                            "teacher_beam": TEACHER_BEAM, "student_beams": a.student_beams,
                             "teacher_max_minutes": self.teacher_minutes, "teacher_dropout": a.teacher_dropout,
                             "teacher_recipe": TEACHER_RECIPE, "student_recipe": STUDENT_RECIPE,
                             **self.teacher_run_settings(),
@@ -360,11 +426,12 @@ class DistillStudy(Race):
                     rows.append(_row(job.name.split(".")[1], targets_of(job), result, parameters(self.run_dir(job))))
             students = sorted(self.distilled_students(pair), key=lambda r: -r["valid"])  # the best first
             best = students[0]["name"] if students else None
-            by_student = {r["name"]: _speed_summary(read_json(self.work / "speed" / f"{pair}.{r['name']}.json"))
+            by_student = {r["name"]: _speed_summary(read_json(self.speed_file(pair, r["name"], TEACHER_BEAM)))
                           for r in students}
             out["pairs"][pair] = {"rows": rows, "distillation": (read_json(self.distilled(pair) / "prep.json") or {})
                                   .get("distillation"), "speed": by_student.get(best),
                                   "speed_by_student": {k: v for k, v in by_student.items() if v},
+                                  "operating_points": self.operating_points(pair, [r["name"] for r in students]),
                                   "export": read_json(self.work / "export" / f"{pair}.{best}.json")}
         out["summary"] = summary(out)
         out["goals"] = assess(out)
@@ -490,33 +557,56 @@ def summary(out: dict) -> Optional[dict]:
     if not teacher or not students:
         return None
     best = max(students, key=lambda r: r["valid"])  # chosen on valid, as the study's every choice
-    speed = p.get("speed") or {}
-    return {"pair": pair, "student": best["model"], "teacher_test_bleu": teacher["test"],
-            "student_test_bleu": best["test"],
-            "teacher_valid_bleu": teacher["valid"], "student_valid_bleu": best["valid"],
-            "speedup_b128": (speed.get("b128") or {}).get("speedup"),
-            "speedup_b1": (speed.get("b1") or {}).get("speedup"),
-            "speedup_b128_vocabulary_map": (speed.get("b128_vocabulary_map") or {}).get("speedup"),
-            "speedup_b1_vocabulary_map": (speed.get("b1_vocabulary_map") or {}).get("speedup")}
+    def speedups(speed: Optional[dict]) -> dict:
+        speed = speed or {}
+        return {f"speedup_{key}": (speed.get(key) or {}).get("speedup") for key in SPEED_KEYS}
+
+    return {"pair": pair, "student": best["model"], "student_beam": TEACHER_BEAM,
+            "teacher_test_bleu": teacher["test"], "student_test_bleu": best["test"],
+            "teacher_valid_bleu": teacher["valid"], "student_valid_bleu": best["valid"], **speedups(p.get("speed")),
+            # the same student decoded at the other beams of --student-beams (the teacher at beam 4)
+            "operating_points": [{"student_beam": q["beam"], "student_test_bleu": q["test"],
+                                  "student_valid_bleu": q["valid"], **speedups(q["speed"])}
+                                 for q in (p.get("operating_points") or {}).get(best["model"], [])]}
+
+
+def _quality_goal(s: dict, point: dict) -> tuple:
+    """``(met, figures)`` of the quality goal for the best student decoded as ``point`` says (the
+    summary itself, or one of its ``operating_points``)."""
+    gap_test = s["teacher_test_bleu"] - point["student_test_bleu"]
+    gap_valid = s["teacher_valid_bleu"] - point["student_valid_bleu"]
+    return (gap_test <= 0.5 and gap_valid <= 0.5,
+            f"{s['student']}: test {point['student_test_bleu']:.2f} vs {s['teacher_test_bleu']:.2f} "
+            f"({-gap_test:+.2f}), valid {point['student_valid_bleu']:.2f} vs {s['teacher_valid_bleu']:.2f}")
+
+
+def _speed_goal(point: dict) -> Optional[tuple]:
+    """``(met, figures)`` of the speed goal for ``point`` (None when its speed was not measured)."""
+    if point["speedup_b128"] is None or point["speedup_b1"] is None:
+        return None
+    figures = f"{point['speedup_b128']:.2f}x at batch 128, {point['speedup_b1']:.2f}x at batch 1"
+    if point.get("speedup_b128_vocabulary_map") is not None and point.get("speedup_b1_vocabulary_map") is not None:
+        figures += (f"; with the vocabulary map on both sides {point['speedup_b128_vocabulary_map']:.2f}x and "
+                    f"{point['speedup_b1_vocabulary_map']:.2f}x")
+    return point["speedup_b128"] >= 2.0 and point["speedup_b1"] >= 1.5, figures
 
 
 def assess(out: dict) -> List[dict]:
     s = out.get("summary")
     goals = []
     if s:
-        gap_test = s["teacher_test_bleu"] - s["student_test_bleu"]
-        gap_valid = s["teacher_valid_bleu"] - s["student_valid_bleu"]
-        goals.append({"goal": GOALS["quality"], "met": gap_test <= 0.5 and gap_valid <= 0.5,
-                      "figures": f"{s['student']}: test {s['student_test_bleu']:.2f} vs {s['teacher_test_bleu']:.2f} "
-                                 f"({-gap_test:+.2f}), valid {s['student_valid_bleu']:.2f} "
-                                 f"vs {s['teacher_valid_bleu']:.2f}"})
-        if s["speedup_b128"] is not None and s["speedup_b1"] is not None:
-            figures = f"{s['speedup_b128']:.2f}x at batch 128, {s['speedup_b1']:.2f}x at batch 1"
-            if s.get("speedup_b128_vocabulary_map") is not None and s.get("speedup_b1_vocabulary_map") is not None:
-                figures += (f"; with the vocabulary map on both sides {s['speedup_b128_vocabulary_map']:.2f}x and "
-                            f"{s['speedup_b1_vocabulary_map']:.2f}x")
-            goals.append({"goal": GOALS["speed"], "met": s["speedup_b128"] >= 2.0 and s["speedup_b1"] >= 1.5,
-                          "figures": figures})
+        met, figures = _quality_goal(s, s)
+        goals.append({"goal": GOALS["quality"], "met": met, "figures": figures})
+        speed = _speed_goal(s)
+        if speed:
+            goals.append({"goal": GOALS["speed"], "met": speed[0], "figures": speed[1]})
+        for point in s.get("operating_points", []):  # both goals at once: the same student at another beam
+            quality, speed = _quality_goal(s, point), _speed_goal(point)
+            figures = quality[1] + (f"; {speed[1]}" if speed else "; speed not measured at this beam")
+            goals.append({"goal": f"Both, the student decoded at beam {point['student_beam']} (the teacher at beam "
+                                  f"{s['student_beam']}): {GOALS['quality'][0].lower()}{GOALS['quality'][1:]}, and "
+                                  f"{GOALS['speed'][0].lower()}{GOALS['speed'][1:]}",
+                          "met": quality[0] and bool(speed and speed[0]), "figures": figures})
     for pair, p in out["pairs"].items():
         rows = {(r["model"], r["data"]): r for r in p["rows"]}
         pairs_of_runs = {m: (rows[(m, "distilled")], rows[(m, "references")])
@@ -617,6 +707,7 @@ def markdown(out: dict) -> str:
                         for student, speed in speeds.items() if (speed.get("measured") or {}).get("date")]
             if measured:
                 lines += ["", "Speed measured: " + "; ".join(measured) + "."]
+        lines += _operating_points_table(p)
         if p.get("export"):
             e = p["export"]
             lines += ["", f"The best student exported as a model folder, `{e['folder']}` (scripts/export_model.py), "
@@ -626,6 +717,33 @@ def markdown(out: dict) -> str:
     lines += ["## Goals", ""] + [f"- **{'met' if g['met'] else 'missed'}**: {g['goal']}: {g['figures']}"
                                  for g in out["goals"]]
     return "\n".join(lines) + "\n"
+
+
+def _operating_points_table(p: dict) -> List[str]:
+    """The distilled students (and the teacher) decoded at each beam of ``--student-beams``, the
+    teacher at beam 4 in every speed run: sacreBLEU and, where measured, the student's sentences/s
+    and speedup over the teacher through CTranslate2 int8 (beam 4) at batch 128 and 1."""
+    points = p.get("operating_points") or {}
+    if not points:
+        return []
+    teacher = next((r for r in p["rows"] if r["model"].startswith("teacher")), None)
+    beam4 = {r["model"]: r for r in p["rows"] if r["data"] == "distilled"}
+    lines = ["", "Decoded at other beams (the speed stage's scores, mt_tools.evaluate; speed: each student in its "
+                 "own run beside the teacher at beam 4, 1 thread, int8; beam 4 from the tables above):", "",
+             "| model | beam | test sacreBLEU | valid sacreBLEU | sent/s, batch 128 | speedup | sent/s, batch 1 "
+             "| speedup |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    speeds = p.get("speed_by_student") or {}
+    for name, entries in points.items():
+        base = teacher if name == "teacher" else beam4.get(name)
+        rows = ([{"beam": TEACHER_BEAM, "test": base["test"], "valid": base["valid"], "speed": speeds.get(name)}]
+                if base else []) + entries
+        for q in rows:
+            cells = []
+            for key in ("b128", "b1"):
+                v = (q["speed"] or {}).get(key)
+                cells += ([f"{v['student_sentences_per_second']:.1f}", f"{v['speedup']:.2f}x"] if v else ["-", "-"])
+            lines.append(f"| {name} | {q['beam']} | {q['test']:.2f} | {q['valid']:.2f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(out: dict, path: Path) -> None:
@@ -649,6 +767,11 @@ def plot(out: dict, path: Path) -> None:
         if "b128" in v and student in test:
             ax.scatter([v["b128"]["student_sentences_per_second"]], [test[student]],
                        label=f"{student}, {v['b128']['student_engine']} int8")
+    for student, points in (p.get("operating_points") or {}).items():
+        for q in points:
+            if (q["speed"] or {}).get("b128"):
+                ax.scatter([q["speed"]["b128"]["student_sentences_per_second"]], [q["test"]], marker="^",
+                           label=f"{student}, beam {q['beam']}")
     ax.set_xlabel("sentences/s, batch 128, 1 thread")
     ax.set_ylabel("test sacreBLEU")
     ax.legend(fontsize=8)
@@ -691,6 +814,11 @@ def main(argv=None) -> int:
     p.add_argument("--variant-name", action="append", default=[],
                    help="the name in the tables of the --variant-flags at the same place (one variant alone may "
                         "leave it out: 'variant')")
+    p.add_argument("--student-beams", type=int, nargs="+", default=[TEACHER_BEAM], metavar="N",
+                   help="the beams the distilled students are decoded at by the speed stage and the report, 4 among "
+                        "them (the teacher always at beam 4): add 1 for greedy decoding, which sequence-level "
+                        "distillation makes nearly as good as beam search (Kim and Rush 2016); each other beam "
+                        "scores the students and the teacher on valid and test and times every student again")
     p.add_argument("--speed-students", choices=["all", "best"], default="all",
                    help="speed: every distilled student (each in its own decoding run beside the teacher, about "
                         "13 minutes on 1 thread) or only the best by valid sacreBLEU")
@@ -732,6 +860,10 @@ def main(argv=None) -> int:
         args.variants = variants_of(args.variant_name, args.variant_flags)
     except ValueError as e:
         p.error(str(e))
+    if TEACHER_BEAM not in args.student_beams or min(args.student_beams) < 1:
+        p.error(f"--student-beams {' '.join(map(str, args.student_beams))}: beams of at least 1, "
+                f"{TEACHER_BEAM} among them (the study's operating point)")
+    args.student_beams = sorted(set(args.student_beams), key=lambda b: (b != TEACHER_BEAM, b))
     if not args.students and not args.variants:
         p.error("--students names no student and --variant-flags is empty: nothing to train")
     if args.teacher_dropout is not None and not 0 <= args.teacher_dropout < 1:

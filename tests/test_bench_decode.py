@@ -59,7 +59,7 @@ def test_quick_benchmark_has_every_row(tmp_path):
                   "--resmlp", tmp_path / "resmlp" / "checkpoint_best.pt",
                   "--transformer", tmp_path / "transformer" / "checkpoint_best.pt",
                   "--equal-length", L, "--threads", "1", "--out", out, "--work-dir", tmp_path / "work",
-                  "--vocabulary-map", vmap])
+                  "--vocabulary-map", vmap, "--resmlp-beam", "1"])  # ResMLP greedy, the Transformer at beam 4
     results = json.loads(Path(f"{out}.json").read_text())
     markdown = Path(f"{out}.md").read_text()
     assert "## Equal output length" in markdown and markdown.strip() in result.stdout
@@ -67,6 +67,7 @@ def test_quick_benchmark_has_every_row(tmp_path):
 
     settings = results["settings"]
     assert (settings["sentences"], settings["latency_sentences"], settings["rounds"]) == (16, 4, 1)
+    assert (settings["beam"], settings["resmlp_beam"]) == (4, 1) and "(ResMLP at beam 1 outside" in markdown
     assert settings["command"].startswith("python -m benchmarks.bench_decode --quick --data ")  # as rerun by hand
     assert results["checkpoints"]["resmlp"]["updates"] == results["checkpoints"]["transformer"]["updates"] == 30
     assert results["machine"]["cpu"] and results["versions"]["torch"] and results["versions"]["fairseq"]

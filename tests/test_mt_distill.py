@@ -325,7 +325,7 @@ def test_the_study_runs_every_stage_and_reports_the_goals(teacher, tmp_path):
     # a rerun trains nothing again
     again = run(command)
     assert "0 to run" in again.stdout and "translating the training sources" not in again.stdout
-    assert f"[speed] en-de {best}: cached" in again.stdout
+    assert f"[speed] en-de {best} at beam 4: cached" in again.stdout
     assert result.returncode == 0
     # the report gives every student whose speed was measured, the best first (here the other
     # student's figures are a copy of the best's)
@@ -377,25 +377,80 @@ def test_the_speed_stage_measures_every_distilled_student_or_the_best(tmp_path, 
 
     def bench(argv):
         out = argv[argv.index("--out") + 1]
-        measured.append((argv[argv.index("--resmlp") + 1], argv[argv.index("--transformer") + 1], out))
+        beams = int(argv[argv.index("--beam") + 1]), int(argv[argv.index("--resmlp-beam") + 1])
+        measured.append((argv[argv.index("--resmlp") + 1], argv[argv.index("--transformer") + 1], out, beams))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out + ".json").write_text(json.dumps({"settings": {"vocabulary_map": None}}))
+        Path(out + ".json").write_text(json.dumps({"settings": {"vocabulary_map": None, "beam": beams[0],
+                                                                "resmlp_beam": beams[1]}}))
 
     monkeypatch.setattr(bench_decode, "main", bench)
-    for choice, expected in (("best", ["b"]), ("all", ["a"])):  # b's figures of the first pass are kept
+    scored = []
+    for choice, beams, expected in (("best", [4], [("b", 4)]), ("all", [4], [("a", 4)]),  # b's first figures kept
+                                    ("best", [4, 1], [("b", 1)])):  # greedy too: b again, at beam 1
         args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results",
                                   data_root=tmp_path / "data", pairs=["en-de"], speed_students=choice,
-                                  vocabulary_map=False, quick=True, teacher_checkpoint=None)
+                                  vocabulary_map=False, quick=True, teacher_checkpoint=None, student_beams=beams,
+                                  threads=1)
         study = DistillStudy(args)
         monkeypatch.setattr(study, "distilled_students", lambda pair: students)
         monkeypatch.setattr(study, "export", lambda pair, best: None)
         monkeypatch.setattr(study, "teacher_checkpoint", lambda pair: ckpt["teacher"])
         monkeypatch.setattr(study, "data", lambda pair: tmp_path / "data")
+        monkeypatch.setattr(study, "sacrebleu", lambda pair, checkpoint, split, beam: scored.append(
+            (Path(checkpoint).stem, split, beam)) or 30.0 + beam)
         measured.clear()
         study.speed()
-        assert [Path(m[0]).stem for m in measured] == expected, choice
-        assert all(m[1] == str(ckpt["teacher"]) and m[2].endswith(f"speed/en-de.{Path(m[0]).stem}")
+        assert [(Path(m[0]).stem, m[3][1]) for m in measured] == expected, choice
+        assert all(m[1] == str(ckpt["teacher"]) and m[3][0] == 4 for m in measured)  # the teacher at beam 4
+        assert all(m[2].endswith(f"speed/en-de.{Path(m[0]).stem}" + ("" if m[3][1] == 4 else f".beam{m[3][1]}"))
                    for m in measured)
+    # at beam 1, the teacher and the measured student are scored on valid and test, once
+    assert scored == [("teacher", "valid", 1), ("teacher", "test", 1), ("b", "valid", 1), ("b", "test", 1)]
+    assert json.loads((tmp_path / "work" / "speed" / "en-de.b.beam1.scores.json").read_text())["test"] == 31.0
+    measured.clear()
+    study.speed()
+    assert len(scored) == 4 and measured == []  # cached
+
+
+def test_other_beams_of_the_students_are_their_own_operating_points_with_both_goals():
+    """--student-beams 4 1: the best student decoded greedily is reported beside beam 4 (scores and
+    speedups over the teacher at beam 4) and checked against both goals at once."""
+    from benchmarks.mt_distill import _speed_summary, assess, markdown, summary
+
+    def bench(student_speed):
+        rows = [{"group": group, "system": system, "engine": engine, "precision": "int8", "batch_size": batch,
+                 "vocabulary_map": False, "sentences_per_second": v, "rounds": [{"sentences_per_second": v}]}
+                for group, batch, (mine, theirs) in (("batch", 128, student_speed), ("latency", 1, (150.0, 100.0)))
+                for system, engine, v in (("ResMLP", "API engine=onnx", mine), ("Transformer", "CTranslate2", theirs))]
+        return {"rows": rows, "settings": {"date": "2026-12-07"}, "machine": {"git_commit": None}}
+
+    trained = {"train_minutes": 90.0, "updates": 4000, "converged": True}
+    teacher = {"model": "teacher (Transformer)", "data": "references", "test": 38.6, "valid": 38.4, **trained}
+    student = {"model": "s", "data": "distilled", "test": 38.5, "valid": 38.3, **trained}
+    greedy = {"beam": 1, "test": 38.2, "valid": 37.8, "speed": _speed_summary(bench((500.0, 200.0)))}
+    out = {"settings": {"pairs": ["en-de"], "eval_every": 250, "max_minutes": 95, "command": "python -m x",
+                        "teacher_run": "t"},
+           "machine": {"cpu": "cpu", "cores": 2},
+           "pairs": {"en-de": {"rows": [teacher, student], "speed": _speed_summary(bench((300.0, 200.0))),
+                               "speed_by_student": {"s": _speed_summary(bench((300.0, 200.0)))},
+                               "operating_points": {"teacher": [{"beam": 1, "test": 37.3, "valid": 37.8,
+                                                                 "speed": None}], "s": [greedy]}}}}
+    out["summary"] = s = summary(out)
+    assert (s["student_beam"], s["speedup_b128"], s["speedup_b1"]) == (4, 1.5, 1.5)
+    assert s["operating_points"] == [{"student_beam": 1, "student_test_bleu": 38.2, "student_valid_bleu": 37.8,
+                                      "speedup_b128": 2.5, "speedup_b1": 1.5, "speedup_b128_vocabulary_map": None,
+                                      "speedup_b1_vocabulary_map": None}]
+    out["goals"] = goals = assess(out)
+    assert [g["met"] for g in goals] == [True, False, False]  # quality; speed at beam 4; both at beam 1 (-0.6 valid)
+    assert goals[2]["goal"].startswith("Both, the student decoded at beam 1 (the teacher at beam 4)")
+    assert "valid 37.80 vs 38.40" in goals[2]["figures"] and "2.50x at batch 128" in goals[2]["figures"]
+    greedy["valid"] = 38.1  # within 0.5 of the teacher on both: met
+    out["summary"] = summary(out)
+    assert assess(out)[2]["met"]
+    text = markdown({**out, "goals": assess(out)})
+    assert "| s | 4 | 38.50 | 38.30 | 300.0 | 1.50x | 150.0 | 1.50x |" in text
+    assert "| s | 1 | 38.20 | 38.10 | 500.0 | 2.50x | 150.0 | 1.50x |" in text
+    assert "| teacher | 4 | 38.60 | 38.40 | - | - | - | - |" in text and "| teacher | 1 | 37.30 | 37.80 |" in text
 
 
 def test_the_speedup_is_the_median_of_the_rounds_ratios_and_the_page_shows_their_range():
