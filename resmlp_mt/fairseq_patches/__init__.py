@@ -25,6 +25,10 @@ prefetch thread stopped     ``data.iterators.BufferedIterator``'s       a run st
 at exit                     daemon thread (:mod:`.prefetch_threads`)    could abort at exit (SIGABRT, status 134)
                                                                         after saving: the thread was still in a
                                                                         torch operator at finalisation
+NaN report after a          ``nan_detector.NanDetector.add_hooks``      its backward hook on an encoder (a dict
+diverged update             (:mod:`.nan_detector`)                      output) crashed the report: the log of a
+                                                                        diverged training ended in a torch
+                                                                        ``StopIteration``
 root logger left alone      the import-time ``logging.basicConfig`` of  a program importing the plugin first (the
                             ``tasks/text_to_speech.py``,                Python API, the project's tools) had its
                             ``frm_text_to_speech.py`` and (at DEBUG)    root logger set to DEBUG: every library's
@@ -32,7 +36,7 @@ root logger left alone      the import-time ``logging.basicConfig`` of  a progra
 ==========================  ==========================================  ==========================================
 
 Each replacement's docstring names the function it wraps; tests: ``tests/test_drills_checkpoints.py``,
-``tests/test_drills_interactive.py``, ``tests/test_drills_prefetch.py``.
+``tests/test_drills_interactive.py``, ``tests/test_drills_prefetch.py``, ``tests/test_drills_nan.py``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import logging
 
 import torch
 
-from . import checkpoints, interactive_input, prefetch_threads
+from . import checkpoints, interactive_input, nan_detector, prefetch_threads
 
 # The class is registered twice on purpose: scoped allow-lists such as timm's checkpoint loader
 # (`with torch.serialization.safe_globals([argparse.Namespace])`) remove the plain entry when
@@ -78,6 +82,8 @@ def install() -> None:
     checkpoints.install()
     interactive_input.install()
     prefetch_threads.install()
+    nan_detector.install()
 
 
-__all__ = ["FAIRSEQ_CHECKPOINT_GLOBALS", "checkpoints", "install", "interactive_input", "prefetch_threads"]
+__all__ = ["FAIRSEQ_CHECKPOINT_GLOBALS", "checkpoints", "install", "interactive_input", "nan_detector",
+           "prefetch_threads"]
