@@ -69,7 +69,7 @@ from benchmarks.mt_token_mixers import parameters  # noqa: E402
 from benchmarks.race_mt import (  # noqa: E402
     PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json, stop_trainings_on_sigterm,
 )
-from mt_tools.distill import DistillationError, distill  # noqa: E402
+from mt_tools.distill import MAX_LENGTH_RATIO, DistillationError, distill  # noqa: E402
 
 log = logging.getLogger("mt_distill")
 
@@ -161,12 +161,14 @@ class DistillStudy(Race):
 
     def spec(self, job: Job) -> dict:
         """The race's spec (:meth:`Race.spec`) and, for a student on the distilled folder, which
-        teacher file made its targets (``prep.json``'s): a student of another teacher's targets is
-        not the same run, though the folder's path is."""
+        teacher file made its targets and which of them were left out (``prep.json``'s): a student
+        of another teacher's targets is not the same run, though the folder's path is."""
         spec = super().spec(job)
         if job.data:
             made = (read_json(Path(job.data) / "prep.json") or {}).get("distillation") or {}
             spec["distilled_by"] = {k: made.get(k) for k in ("teacher", "teacher_mtime_ns")}
+            if "max_length_ratio" in made:  # (folders from before the filter had none: their runs stay)
+                spec["distilled_by"]["max_length_ratio"] = made["max_length_ratio"]
         return spec
 
     def student_jobs(self, pair: str) -> List[Job]:
@@ -224,8 +226,9 @@ class DistillStudy(Race):
         for pair in self.args.pairs:
             out = self.distilled(pair)
             teacher = self.teacher_checkpoint(pair)
-            done = read_json(out / "prep.json")
-            if done and done.get("distillation", {}).get("teacher_mtime_ns") == teacher.stat().st_mtime_ns:
+            made = (read_json(out / "prep.json") or {}).get("distillation") or {}
+            if (made.get("teacher_mtime_ns") == teacher.stat().st_mtime_ns
+                    and made.get("max_length_ratio") == MAX_LENGTH_RATIO):
                 log.info("[distill] %s: cached (%s)", pair, out)
                 continue
             log.info("[distill] %s: translating the training sources with %s", pair, teacher)
@@ -649,12 +652,19 @@ def markdown(out: dict) -> str:
         lines += [f"## {pair}", "",
                   "| model | trained on | parameters | test sacreBLEU | valid sacreBLEU | updates | training min "
                   "| converged |", "|---|---|---:|---:|---:|---:|---:|---|"]
+        made = p.get("distillation") or {}
         for r in p["rows"]:
             params = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
             minutes = "-" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
             converged = "-" if r["converged"] is None else "yes" if r["converged"] else "no (budget)"
             lines.append(f"| {r['model']} | {r['data']} | {params} | {r['test']:.2f} | {r['valid']:.2f} | "
                          f"{r['updates']} | {minutes} | {converged} |")
+        if made.get("pairs"):
+            lines += ["", f"Distilled targets: {made['pairs']:,} of the {made['sentences']:,} training sentences; "
+                      f"left out: {made.get('left_out_empty', 0)} empty translations"
+                      + (f", {made['left_out_runaway']} longer than {made['max_length_ratio']:g} x their source + "
+                         "5 pieces (a beam search repeating itself to the length limit)"
+                         if "left_out_runaway" in made else "") + "."]
         speeds = p.get("speed_by_student") or {}
         if speeds:
             table = []

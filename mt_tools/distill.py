@@ -15,8 +15,14 @@ length penalty 1, fairseq-generate's length limit), one batch of similar-length 
 Resumable: the training set is translated in chunks of ``--chunk`` sentences, each written once
 complete (``<out>.work/chunk_<i>.tsv``, atomically); a killed run starts again at the first
 missing chunk. The folder itself is built beside ``--out`` and put in place once complete
-(:func:`resmlp_core.io.staged_folder`). A teacher hypothesis that is empty leaves its pair out
-(counted in ``prep.json``).
+(:func:`resmlp_core.io.staged_folder`). A teacher hypothesis that is empty leaves its pair out,
+and so does a runaway one, longer than ``--max-length-ratio`` R times its source plus 5 pieces
+(R = 2 by default, which leaves out no reference pair of Multi30k): a beam search that repeats a
+word or a fragment until the length limit ("- C ola - C ola - C ola ...", 128 pieces for a source
+of 27; 8 of the 29,000 translations of a Multi30k Transformer). Such targets, four times longer
+than any reference, trained the ResMLP students over positions they meet nowhere else, and two of
+them diverged (loss 1e8) or spiked (gradient norms of 1e4) where the same students trained on the
+references did not. Both counts are in ``prep.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,17 @@ from resmlp_core.io import staged_folder, write_text_atomic
 from .layout import PreparedData
 
 log = logging.getLogger("mt_tools.distill")
+
+
+#: ``--max-length-ratio``'s default, and the pieces a kept translation may have beyond that many
+#: times its source's
+MAX_LENGTH_RATIO, LENGTH_SLACK = 2.0, 5
+
+
+def runaway(source: str, hypothesis: str, max_length_ratio: float) -> bool:
+    """Whether ``hypothesis`` (SentencePiece pieces, space-separated) is longer than
+    ``max_length_ratio`` times ``source`` plus :data:`LENGTH_SLACK` pieces (0: no limit)."""
+    return bool(max_length_ratio) and len(hypothesis.split()) > max_length_ratio * len(source.split()) + LENGTH_SLACK
 
 
 class DistillationError(RuntimeError):
@@ -94,7 +111,7 @@ def translate_chunk(models, task, indices: List[int], beam: int, max_tokens: int
 
 
 def distill(teacher: Path, data: Path, out: Path, beam: int = 4, chunk: int = 2000, max_tokens: int = 4096,
-            force: bool = False, progress: bool = True) -> dict:
+            force: bool = False, progress: bool = True, max_length_ratio: float = MAX_LENGTH_RATIO) -> dict:
     """Translate the training sources of ``data`` with ``teacher`` and write the distilled
     folder ``out`` (module docstring). Returns the ``distillation`` entry of its ``prep.json``."""
     data, out, teacher = Path(data), Path(out), Path(teacher)
@@ -135,10 +152,17 @@ def distill(teacher: Path, data: Path, out: Path, beam: int = 4, chunk: int = 20
 
     pairs = [line.split("\t") for i in range(len(chunks))
              for line in (work / f"chunk_{i}.tsv").read_text().splitlines()]
-    kept = [(s, h) for _id, s, h in pairs if h.strip() and s.strip()]
+    filled = [(s, h) for _id, s, h in pairs if h.strip() and s.strip()]
+    kept = [(s, h) for s, h in filled if not runaway(s, h, max_length_ratio)]
+    if not kept:
+        raise DistillationError(
+            f"no training pair left: {len(pairs) - len(filled)} empty translations, {len(filled)} longer than "
+            f"{max_length_ratio:g} x their source + {LENGTH_SLACK} pieces (--max-length-ratio): is {teacher} a trained "
+            f"translation model of {data}? (the translations stay in {work})")
     entry = {"teacher": _shown(teacher), "teacher_mtime_ns": teacher.stat().st_mtime_ns, "beam": beam, "sentences": n,
-             "pairs": len(kept),
-             "left_out_empty": len(pairs) - len(kept), "translate_seconds_this_run": round(seconds, 1)}
+             "pairs": len(kept), "left_out_empty": len(pairs) - len(filled),
+             "max_length_ratio": max_length_ratio, "left_out_runaway": len(filled) - len(kept),
+             "translate_seconds_this_run": round(seconds, 1)}
     with staged_folder(out, replace=force) as tmp:
         text = tmp / ".text"
         text.mkdir()
@@ -156,8 +180,9 @@ def distill(teacher: Path, data: Path, out: Path, beam: int = 4, chunk: int = 20
         new_info = dict(info, distillation=entry)
         (tmp / prepared.info_file.name).write_text(json.dumps(new_info, indent=1) + "\n")
     shutil.rmtree(work)
-    log.info("wrote %s: %d training pairs from the teacher's beam-%d translations (%d left out: empty)", out,
-             len(kept), beam, entry["left_out_empty"])
+    log.info("wrote %s: %d training pairs from the teacher's beam-%d translations (left out: %d empty, %d longer "
+             "than %g x the source + %d pieces)", out, len(kept), beam, entry["left_out_empty"],
+             entry["left_out_runaway"], max_length_ratio, LENGTH_SLACK)
     return entry
 
 
@@ -206,6 +231,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--chunk", type=int, default=2000, help="sentences per resumable chunk")
     p.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch (padded)")
+    p.add_argument("--max-length-ratio", type=float, default=MAX_LENGTH_RATIO, metavar="R",
+                   help="leave out a pair whose translation has more than R times its source's pieces plus "
+                        f"{LENGTH_SLACK} (a beam search that repeats itself to the length limit); 0: keep every one")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-progress-bar", action="store_true")
     args = p.parse_args(argv)
@@ -213,9 +241,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.out or args.data.parent / f"{args.data.name}.distilled"
     if args.beam < 1 or args.chunk < 1 or args.max_tokens < 1:
         p.error("--beam, --chunk and --max-tokens must be at least 1")
+    if args.max_length_ratio < 0:
+        p.error(f"--max-length-ratio {args.max_length_ratio:g}: a ratio of at least 0 (0: no limit)")
     try:
         distill(args.teacher, args.data, out, args.beam, args.chunk, args.max_tokens, args.force,
-                progress=not args.no_progress_bar)
+                progress=not args.no_progress_bar, max_length_ratio=args.max_length_ratio)
     except (DistillationError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

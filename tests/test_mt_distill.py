@@ -50,7 +50,8 @@ def read_pieces(folder, split, lang):
 def test_distilled_folder_has_the_teachers_translations_and_the_original_evaluation_splits(teacher, tmp_path):
     out = tmp_path / "multi30k.en-de.distilled"
     entry = distill(teacher["ckpt"], teacher["data"], out, beam=2, chunk=16, progress=False)
-    assert entry["sentences"] == 60 and entry["pairs"] + entry["left_out_empty"] == 60 and entry["beam"] == 2
+    assert entry["sentences"] == 60 and entry["beam"] == 2 and entry["max_length_ratio"] == 2.0
+    assert entry["pairs"] + entry["left_out_empty"] + entry["left_out_runaway"] == 60
     info = json.loads((out / "prep.json").read_text())
     assert info["distillation"] == entry and info["src_lang"] == "en"
     for name in ("dict.en.txt", "dict.de.txt", "spm.model", "valid.en-de.en.bin", "test.en-de.de.idx", "ref/test.de"):
@@ -93,6 +94,41 @@ def test_a_killed_distillation_resumes_at_its_first_missing_chunk(teacher, tmp_p
 
     assert untimed(resumed) == untimed(reference)
     assert read_pieces(out, "train", "de") == read_pieces(tmp_path / "reference", "train", "de")
+
+
+def test_a_runaway_translation_leaves_its_pair_out(teacher, tmp_path, monkeypatch):
+    """A translation longer than --max-length-ratio times its source plus 5 pieces (a beam search
+    repeating itself to the length limit) is left out and counted; with a ratio of 0 it is kept."""
+    from mt_tools.distill import runaway
+
+    assert runaway("a b c", " ".join(["x"] * 12), 2.0) and not runaway("a b c", " ".join(["x"] * 11), 2.0)
+    assert not runaway("a", " ".join(["x"] * 500), 0)
+    translate, repeated = distill_module.translate_chunk, []
+
+    def one_runs_away(models, task, indices, beam, max_tokens):
+        """Every translation a copy of its source (this tiny teacher's own can run away), but the first
+        pair's: its source's first piece 100 times."""
+        lines = [line.split("\t") for line in translate(models, task, indices, beam, max_tokens)]
+        if indices[0] == 0:
+            repeated[:] = [" ".join([lines[0][1].split()[0]] * 100)]
+        return ["\t".join([sid, source, repeated[0] if sid == "0" else source]) for sid, source, _ in lines]
+
+    monkeypatch.setattr(distill_module, "translate_chunk", one_runs_away)
+    entries = {ratio: distill(teacher["ckpt"], teacher["data"], tmp_path / f"ratio{ratio}", beam=1, chunk=60,
+                              progress=False, max_length_ratio=ratio) for ratio in (2.0, 0)}
+    assert entries[2.0]["left_out_runaway"] == 1 and entries[0]["left_out_runaway"] == 0
+    assert entries[2.0]["pairs"] == entries[0]["pairs"] - 1 == 59
+    assert repeated[0] not in read_pieces(tmp_path / "ratio2.0", "train", "de")  # (a joined dictionary)
+    assert repeated[0] in read_pieces(tmp_path / "ratio0", "train", "de")
+    refused = run([sys.executable, "-m", "mt_tools.distill", "--teacher", teacher["ckpt"], "--data", teacher["data"],
+                   "--max-length-ratio", "-1"], check=False)
+    assert refused.returncode == 2 and "--max-length-ratio -1: a ratio of at least 0" in refused.stderr
+    # every translation left out: an error that says why, and nothing written
+    monkeypatch.setattr(distill_module, "translate_chunk", lambda models, task, indices, *a: [
+        f"{i}\tw x\t{' '.join(['y'] * 20)}" for i in indices])
+    with pytest.raises(DistillationError, match="no training pair left: 0 empty translations, 60 longer than 2 x"):
+        distill(teacher["ckpt"], teacher["data"], tmp_path / "none", beam=1, chunk=60, progress=False)
+    assert not (tmp_path / "none").exists()
 
 
 def test_bad_input_names_the_flag(tmp_path):
@@ -184,6 +220,38 @@ def test_a_distilled_students_run_counts_only_for_the_teacher_file_that_made_its
         specs.append((study.spec(distilled), study.spec(references)))
     assert specs[0][0]["distilled_by"] == {"teacher": "t.pt", "teacher_mtime_ns": 1}
     assert specs[0][0] != specs[1][0] and specs[0][1] == specs[1][1] and "distilled_by" not in specs[0][1]
+    # the same teacher's targets with the runaway translations left out: another run (a folder from
+    # before the filter, without the setting, keeps its runs)
+    prep.write_text(json.dumps({"distillation": {"teacher": "t.pt", "teacher_mtime_ns": 2, "max_length_ratio": 2.0}}))
+    assert study.spec(distilled)["distilled_by"] == {"teacher": "t.pt", "teacher_mtime_ns": 2, "max_length_ratio": 2.0}
+    assert study.spec(distilled) != specs[1][0] and study.spec(references) == specs[1][1]
+
+
+def test_the_distill_stage_translates_again_for_another_teacher_or_filter(tmp_path, monkeypatch):
+    """The distilled folder is reused only when its teacher file and its length filter are the study's."""
+    import argparse
+
+    from benchmarks import mt_distill
+    from benchmarks.mt_distill import DistillStudy
+
+    teacher = tmp_path / "t.pt"
+    teacher.write_bytes(b"")
+    args = argparse.Namespace(work_dir=tmp_path, results_dir=tmp_path, data_root=tmp_path, pairs=["en-de"],
+                              progress_bar=False, teacher_checkpoint=None)
+    study = DistillStudy(args)
+    monkeypatch.setattr(study, "teacher_checkpoint", lambda pair: teacher)
+    calls = []
+    monkeypatch.setattr(mt_distill, "distill", lambda *a, **k: calls.append(a[0]))
+    prep = study.distilled("en-de") / "prep.json"
+    prep.parent.mkdir(parents=True)
+    mtime = teacher.stat().st_mtime_ns
+    for made, translates in (({"teacher_mtime_ns": mtime}, True),  # from before the filter
+                             ({"teacher_mtime_ns": mtime, "max_length_ratio": 2.0}, False),
+                             ({"teacher_mtime_ns": mtime + 1, "max_length_ratio": 2.0}, True)):
+        prep.write_text(json.dumps({"distillation": made}))
+        calls.clear()
+        study.distill()
+        assert calls == ([teacher] if translates else []), made
 
 
 def test_a_teacher_trained_with_other_settings_is_named_with_the_settings_that_differ(tmp_path):
