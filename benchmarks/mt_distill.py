@@ -69,7 +69,7 @@ from benchmarks.mt_token_mixers import parameters  # noqa: E402
 from benchmarks.race_mt import (  # noqa: E402
     PAIRS, SEGMENT_ARGS, Job, Race, _machine_line, minutes_text, read_json, stop_trainings_on_sigterm,
 )
-from mt_tools.distill import MAX_LENGTH_RATIO, DistillationError, distill  # noqa: E402
+from mt_tools.distill import LENGTH_SLACK, MAX_LENGTH_RATIO, DistillationError, distill  # noqa: E402
 
 log = logging.getLogger("mt_distill")
 
@@ -276,8 +276,8 @@ class DistillStudy(Race):
                     self.scores_at_beam(pair, student["name"], student["checkpoint"], beam)
             for student in students:
                 for beam in a.student_beams:
-                    out = self.speed_file(pair, student["name"], beam).with_suffix("")
-                    json_file = out.with_name(out.name + ".json")
+                    json_file = self.speed_file(pair, student["name"], beam)
+                    out = json_file.with_suffix("")  # bench_decode writes OUT.json and OUT.md
                     settings = (read_json(json_file) or {}).get("settings", {})
                     if (json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
                                                                                   student["checkpoint"].stat().st_mtime)
@@ -663,7 +663,7 @@ def markdown(out: dict) -> str:
             lines += ["", f"Distilled targets: {made['pairs']:,} of the {made['sentences']:,} training sentences; "
                       f"left out: {made.get('left_out_empty', 0)} empty translations"
                       + (f", {made['left_out_runaway']} longer than {made['max_length_ratio']:g} x their source + "
-                         "5 pieces (a beam search repeating itself to the length limit)"
+                         f"{LENGTH_SLACK} pieces (a beam search repeating itself to the length limit)"
                          if "left_out_runaway" in made else "") + "."]
         speeds = p.get("speed_by_student") or {}
         if speeds:
