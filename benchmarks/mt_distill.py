@@ -831,7 +831,7 @@ def main(argv=None) -> int:
                         "scores the students and the teacher on valid and test and times every student again")
     p.add_argument("--speed-students", choices=["all", "best"], default="all",
                    help="speed: every distilled student (each in its own decoding run beside the teacher, about "
-                        "13 minutes on 1 thread) or only the best by valid sacreBLEU")
+                        "13 to 30 minutes on 1 thread, depending on the machine) or only the best by valid sacreBLEU")
     p.add_argument("--eval-every", type=int, default=250, help="updates between validations")
     p.add_argument("--max-minutes", type=training_minutes, default=120.0,
                    help="most training minutes per model (0: stop at the first evaluation)")
