@@ -84,6 +84,7 @@ import torch
 from benchmarks.common import read_checkpoint, repo_relative, write_result
 import mt_tools.evaluate as mt_evaluate
 from mt_tools.layout import PreparedData
+from resmlp_core.checkpoint import count_parameters
 import resmlp_mt  # noqa: F401  (registers the model; safe loading of fairseq checkpoints)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,23 +117,11 @@ def read_lines(path: Path) -> List[str]:
 
 
 def checkpoint_info(path: Path) -> dict:
-    """Architecture, update count, parameters (tied tensors once) of a fairseq checkpoint.
-
-    A tied tensor is one storage in a trained checkpoint but two equal copies in an averaged one
-    (:func:`mt_tools.evaluate.average_checkpoints` averages every key on its own), so equal
-    matrices of equal shape (the tied embeddings and output projection) count once too; vectors
-    are not compared (two untrained biases are equal without being tied)."""
+    """Architecture, update count, parameters (tied tensors once:
+    :func:`resmlp_core.checkpoint.count_parameters`) of a fairseq checkpoint."""
     state = read_checkpoint(path)
     model_cfg = state["cfg"]["model"]
-    seen, counted, params = set(), [], 0
-    for key, value in state["model"].items():
-        if not value.is_floating_point() or key.endswith("_float_tensor") or value.data_ptr() in seen:
-            continue
-        seen.add(value.data_ptr())
-        if value.dim() > 1 and any(other.shape == value.shape and torch.equal(other, value) for other in counted):
-            continue
-        counted.append(value)
-        params += value.numel()
+    params = count_parameters(state["model"])
     history = state.get("optimizer_history") or [{}]
     get = (lambda k: model_cfg.get(k)) if isinstance(model_cfg, dict) else (lambda k: getattr(model_cfg, k, None))
     return {

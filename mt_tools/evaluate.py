@@ -87,7 +87,11 @@ def last_checkpoints(save_dir: Path, n: int) -> List[Path]:
 
 def average_checkpoints(paths: Sequence[Path], output: Path) -> Path:
     """Average the model parameters of ``paths`` into ``output`` (the other entries of the
-    last checkpoint are kept). Loading is weights-only: no code is unpickled."""
+    last checkpoint are kept). Loading is weights-only: no code is unpickled.
+
+    Tied tensors stay tied: keys that share one storage in the last checkpoint (the shared
+    embeddings and the output projection tied to them) are averaged once and saved as one
+    tensor under all their keys, as in a trained checkpoint, not as equal copies."""
     import resmlp_mt  # noqa: F401  (allows argparse.Namespace in safe loading)
 
     total: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
@@ -101,9 +105,14 @@ def average_checkpoints(paths: Sequence[Path], output: Path) -> Path:
             elif value.is_floating_point():
                 total[key] += value
     assert state is not None
-    averaged = collections.OrderedDict(
-        (k, (v / len(paths)).to(state["model"][k].dtype) if v.is_floating_point() else v) for k, v in total.items()
-    )
+    tied_to: Dict[str, str] = {}  # key -> the first key of its storage, in the last checkpoint
+    first_of: Dict[tuple, str] = {}
+    for key, value in state["model"].items():
+        if value.numel():
+            tied_to[key] = first_of.setdefault((value.data_ptr(), value.dtype, value.shape, value.stride()), key)
+    mean = {k: (v / len(paths)).to(state["model"][k].dtype) if v.is_floating_point() else v
+            for k, v in total.items() if tied_to.get(k, k) == k}
+    averaged = collections.OrderedDict((k, mean[tied_to.get(k, k)]) for k in total)
     state["model"] = averaged
     save_atomic(state, output)
     logger.info("averaged %d checkpoints into %s: %s", len(paths), output, ", ".join(p.name for p in paths))

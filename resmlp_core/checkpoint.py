@@ -1,6 +1,7 @@
 """Comparing a checkpoint's state dict with a model's, for error messages that name what differs;
 what a weights-only ``torch.load`` refused in a file, for error messages that name it
-(:func:`load_weights_only`)."""
+(:func:`load_weights_only`); a state dict's parameter count with tied tensors counted once
+(:func:`count_parameters`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,27 @@ class StateDictDiff:
                 shown = keys[:limit] + ([f"... and {len(keys) - limit} more"] if len(keys) > limit else [])
                 out.append(f"{title} ({len(keys)}): " + ", ".join(shown))
         return out
+
+
+def count_parameters(state: Mapping[str, torch.Tensor]) -> int:
+    """The number of parameters in ``state`` (a model's state dict), each tied tensor once.
+
+    A tied tensor (shared embeddings, the output projection tied to them) is stored once under
+    several keys in a trained checkpoint (one storage), but as equal copies in a checkpoint
+    averaged key by key (fairseq's ``scripts/average_checkpoints.py``, and this project's own
+    averaging before it kept the ties), so equal matrices of equal shape count once too.
+    Vectors are not compared: two untrained biases are equal without being tied. Buffers that
+    are not floating point, and fairseq's ``_float_tensor`` placeholders, are not parameters."""
+    seen, counted, params = set(), [], 0
+    for key, value in state.items():
+        if not value.is_floating_point() or key.endswith("_float_tensor") or value.data_ptr() in seen:
+            continue
+        seen.add(value.data_ptr())
+        if value.dim() > 1 and any(other.shape == value.shape and torch.equal(other, value) for other in counted):
+            continue
+        counted.append(value)
+        params += value.numel()
+    return params
 
 
 def compare_state_dicts(

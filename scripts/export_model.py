@@ -35,9 +35,10 @@ import torch
 import resmlp_mt  # noqa: F401  (registers the model; allows fairseq's Namespace in safe loading)
 from mt_tools.evaluate import EvaluationError, average_checkpoints
 from mt_tools.layout import PreparedData
-from resmlp_core.checkpoint import load_weights_only
+from resmlp_core.checkpoint import count_parameters, load_weights_only
 from resmlp_core.io import recover_folder, staged_folder
 from resmlp_mt.hub import CARD_FILE, MODEL_FILE, SPM_FILE
+from resmlp_mt.model import TOKEN_MIXING_DEFAULTS, token_mixing_options
 
 log = logging.getLogger("export_model")
 
@@ -96,19 +97,14 @@ def model_card(state: dict, data_bin: Path, sources, evaluation) -> dict:
     prep = PreparedData(data_bin).info()
     params = sum(v.numel() for k, v in state["model"].items()
                  if v.is_floating_point() and not k.endswith("_float_tensor"))
-    # tied embeddings are stored under several names: count each tensor once
-    seen, unique = set(), 0
-    for key, value in state["model"].items():
-        if value.is_floating_point() and value.data_ptr() not in seen:
-            seen.add(value.data_ptr())
-            unique += value.numel()
     recipe = {f"{section}.{key}": _cfg_get(cfg.get(section), key)
               for section, keys in RECIPE_KEYS.items() for key in keys}
     architecture = {
         key: getattr(model_cfg, key, None)
         for key in ("arch", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "decoder_layers",
                     "decoder_attention_heads", "layerscale_init", "norm", "final_norm_init", "positional_embeddings",
-                    "max_source_positions", "max_target_positions", "dropout", "share_all_embeddings")
+                    "max_source_positions", "max_target_positions", "dropout", "share_all_embeddings",
+                    *TOKEN_MIXING_DEFAULTS, "embedding_rank")
     }
     return {
         "format": "resmlp_mt model folder 1",
@@ -118,7 +114,7 @@ def model_card(state: dict, data_bin: Path, sources, evaluation) -> dict:
         "normalization": "moses-punct",
         "bpe": {"kind": "sentencepiece", "vocab_size": prep.get("vocab_size"), "file": SPM_FILE},
         "architecture": architecture,
-        "parameters": unique,
+        "parameters": count_parameters(state["model"]),
         "parameters_counting_tied_copies": params,
         "updates": state["optimizer_history"][-1]["num_updates"],
         "checkpoints": [str(p) for p in sources],
@@ -126,6 +122,16 @@ def model_card(state: dict, data_bin: Path, sources, evaluation) -> dict:
         "recipe": recipe,
         "evaluation": evaluation,
     }
+
+
+def _away_from_the_paper(arch: dict) -> str:
+    """The architecture's token-mixing and embedding flags set away from the paper's model, as
+    ``"; --flag value ..."`` (empty for the paper's model, and for a card written before the
+    card recorded them)."""
+    flags = token_mixing_options(argparse.Namespace(**{k: v for k, v in arch.items() if v is not None}))
+    if arch.get("embedding_rank"):
+        flags["--embedding-rank"] = arch["embedding_rank"]
+    return "; " + " ".join(f"{k} {v}" for k, v in flags.items()) if flags else ""
 
 
 def card_markdown(card: dict) -> str:
@@ -138,7 +144,7 @@ def card_markdown(card: dict) -> str:
         "| | |", "|---|---|",
         f"| architecture | {arch['arch']}: {arch['encoder_layers']}+{arch['decoder_layers']} layers, "
         f"d={arch['encoder_embed_dim']}, MLP {arch['encoder_ffn_embed_dim']}, "
-        f"LayerScale init {arch['layerscale_init']}, norm {arch['norm']} |",
+        f"LayerScale init {arch['layerscale_init']}, norm {arch['norm']}{_away_from_the_paper(arch)} |",
         f"| parameters | {card['parameters']:,} |",
         f"| updates | {card['updates']:,} |",
         f"| data | {card['data'].get('corpus', '?')}, SentencePiece {card['bpe']['vocab_size']} |",

@@ -154,21 +154,41 @@ def test_quick_benchmark_has_every_row(tmp_path):
     assert "Where a batch-1 sentence's time goes" in markdown
 
 
-def test_parameters_count_tied_weights_once_also_in_an_averaged_checkpoint(tmp_path):
-    """An averaged checkpoint stores the tied embeddings and output projection as equal copies:
-    they still count once, like in the trained checkpoint (one storage)."""
+def test_averaging_keeps_tied_weights_tied_and_every_checkpoint_counts_them_once(tmp_path):
+    """Averaged checkpoints keep the tied embeddings and output projection as one tensor under
+    all their keys, as in a trained checkpoint (one storage: loaded back, the keys share it); an
+    older averaged file with equal copies still counts them once."""
     import torch
 
     from benchmarks.bench_decode import checkpoint_info
     from helpers import tiny_model
+    from mt_tools.evaluate import average_checkpoints
 
     model = tiny_model(share_all_embeddings=True)
     unique = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
     state = model.state_dict()
-    assert len({t.data_ptr() for t in state.values()}) < len(state)  # some tensors are tied
-    for name, tensors in (("trained", state), ("averaged", {k: v.clone() for k, v in state.items()})):
-        torch.save({"cfg": {"model": {"arch": "resmlp_mt_small"}}, "model": tensors}, tmp_path / f"{name}.pt")
-        assert checkpoint_info(tmp_path / f"{name}.pt")["parameters"] == unique, name
+    groups = {}
+    for key, value in state.items():
+        groups.setdefault(value.data_ptr(), []).append(key)
+    tied = [keys for keys in groups.values() if len(keys) > 1]
+    assert tied  # the embeddings and the output projection
+    shifted = {k: v for k, v in state.items()}
+    for keys in groups.values():  # a second checkpoint, tied like the first
+        moved = state[keys[0]] + 1 if state[keys[0]].is_floating_point() else state[keys[0]]
+        shifted.update({k: moved for k in keys})
+    paths = []
+    copies = {k: v.clone() for k, v in state.items()}  # what key-by-key averaging wrote before
+    for name, tensors in (("trained", state), ("shifted", shifted), ("copies", copies)):
+        paths.append(tmp_path / f"{name}.pt")
+        torch.save({"cfg": {"model": {"arch": "resmlp_mt_small"}}, "model": tensors}, paths[-1])
+    averaged = average_checkpoints(paths[:2], tmp_path / "averaged.pt")
+    result = torch.load(averaged, map_location="cpu", weights_only=True)["model"]
+    for keys in tied:
+        assert len({result[k].data_ptr() for k in keys}) == 1, keys
+    key = tied[0][0]
+    torch.testing.assert_close(result[key], state[key] + 0.5)
+    for path in (paths[0], averaged, paths[2]):
+        assert checkpoint_info(path)["parameters"] == unique, path.name
 
 
 def test_a_ratio_of_two_rows_is_taken_within_each_round():

@@ -6,6 +6,7 @@ being the paper's model, and one real ``fairseq-train`` / ``fairseq-generate`` /
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -470,6 +471,11 @@ def test_a_model_with_every_option_trains_decodes_and_translates_from_python(tmp
     from resmlp_mt import ResMLPTranslationModel
 
     translator = ResMLPTranslationModel.from_pretrained(tmp_path / "model")
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())  # the card says what the model is
+    assert card["parameters"] == sum(p.numel() for p in translator.models[0].parameters())
+    assert {k: card["architecture"][k] for k in ("token_mixer_gate", "token_mixer_kernel", "embedding_rank")} \
+        == {"token_mixer_gate": "sgu", "token_mixer_kernel": 5, "embedding_rank": 8}
+    assert " ".join(OPTIONS_FLAGS) in (tmp_path / "model" / "README.md").read_text()
     sentences = ["A man runs in the park.", "Two dogs play with a ball near the water."]
     exact = translator.translate(sentences, beam=3, engine="exact")
     assert exact == translator.translate(sentences, beam=3, engine="fairseq") and all(exact)
