@@ -278,10 +278,8 @@ class DistillStudy(Race):
                 for beam in a.student_beams:
                     json_file = self.speed_file(pair, student["name"], beam)
                     out = json_file.with_suffix("")  # bench_decode writes OUT.json and OUT.md
-                    settings = (read_json(json_file) or {}).get("settings", {})
-                    if (json_file.is_file() and json_file.stat().st_mtime > max(teacher.stat().st_mtime,
-                                                                                  student["checkpoint"].stat().st_mtime)
-                            and bool(settings.get("vocabulary_map")) == bool(vmap)
+                    settings = (self.measured(json_file, student["checkpoint"], teacher) or {}).get("settings")
+                    if (settings is not None and bool(settings.get("vocabulary_map")) == bool(vmap)
                             and settings.get("resmlp_beam", settings.get("beam")) == beam):
                         log.info("[speed] %s %s at beam %d: cached (%s)", pair, student["name"], beam, json_file)
                         continue
@@ -295,6 +293,17 @@ class DistillStudy(Race):
                         argv.append("--quick")
                     log.info("[speed] %s %s at beam %d: bench_decode %s", pair, student["name"], beam, " ".join(argv))
                     bench_decode.main(argv)
+
+    @staticmethod
+    def measured(json_file: Path, *checkpoints: Optional[Path]) -> Optional[dict]:
+        """bench_decode's JSON ``json_file`` if it was written after each of ``checkpoints`` (the
+        student's and the teacher's it timed; None: not known) last changed, else None: a
+        student trained on (its budget grown, its reported model now the average) is measured
+        again, not reported with the figures of its earlier checkpoint."""
+        times = [p.stat().st_mtime for p in checkpoints if p is not None and p.is_file()]
+        if json_file.is_file() and json_file.stat().st_mtime > max(times, default=0):
+            return read_json(json_file)
+        return None
 
     def speed_file(self, pair: str, student: str, beam: int) -> Path:
         """bench_decode's JSON of ``student`` decoded at ``beam`` beside the teacher at beam 4
@@ -313,13 +322,23 @@ class DistillStudy(Race):
     def scores_file(self, pair: str, model: str, beam: int) -> Path:
         return self.work / "speed" / f"{pair}.{model}.beam{beam}.scores.json"
 
+    def scored(self, pair: str, model: str, checkpoint: Optional[Path], beam: int) -> Optional[dict]:
+        """The scores :meth:`scores_at_beam` wrote for ``checkpoint`` as it is now (None if
+        none, or if they are of another checkpoint, or of this file before it changed)."""
+        scores = read_json(self.scores_file(pair, model, beam))
+        if (scores and checkpoint is not None and checkpoint.is_file()
+                and scores.get("checkpoint") == repo_relative(str(checkpoint))
+                and scores.get("checkpoint_mtime_ns") == checkpoint.stat().st_mtime_ns):
+            return scores
+        return None
+
     def scores_at_beam(self, pair: str, model: str, checkpoint: Path, beam: int) -> dict:
         """Valid and test sacreBLEU of ``checkpoint`` (the teacher's, or a distilled student's
         reported model) decoded at ``beam`` (mt_tools.evaluate, as every score of the study but
         the beam), once per checkpoint file."""
         path = self.scores_file(pair, model, beam)
-        scores = read_json(path)
-        if scores and scores.get("checkpoint_mtime_ns") == checkpoint.stat().st_mtime_ns:
+        scores = self.scored(pair, model, checkpoint, beam)
+        if scores:
             return scores
         scores = {"checkpoint": repo_relative(str(checkpoint)), "checkpoint_mtime_ns": checkpoint.stat().st_mtime_ns,
                   "beam": beam, **{split: self.sacrebleu(pair, checkpoint, split, beam) for split in ("valid", "test")}}
@@ -390,18 +409,21 @@ class DistillStudy(Race):
         return {"teacher_run": repo_relative(str(run)),
                 "teacher_run_recipe": {k: spec.get(k) for k in ("system", "recipe", "train_args", "cap_minutes")}}
 
-    def operating_points(self, pair: str, students: List[str]) -> dict:
-        """Per distilled student (and the teacher, scores only), what it gives decoded at each beam
-        of ``--student-beams`` but 4 (the rows' and the speed table's): ``{name: [{"beam", "valid",
-        "test", "speed"}]}``, ``speed`` (:func:`_speed_summary`, the teacher at beam 4) None where the
-        speed stage has not measured it; scores found by the speed stage only."""
+    def operating_points(self, pair: str, students: List[dict], teacher: Optional[Path]) -> dict:
+        """Per distilled student (:meth:`distilled_students`; and the teacher, whose checkpoint is
+        ``teacher``, scores only), what it gives decoded at each beam of ``--student-beams`` but 4
+        (the rows' and the speed table's): ``{name: [{"beam", "valid", "test", "speed"}]}``,
+        ``speed`` (:func:`_speed_summary`, the teacher at beam 4) None where the speed stage has
+        not measured it; scores and speed found by the speed stage only, of the checkpoint each
+        model reports now."""
         out = {}
-        for name in ["teacher", *students]:
+        for name, checkpoint in [("teacher", teacher), *((r["name"], r["checkpoint"]) for r in students)]:
             points = []
             for beam in self.args.student_beams:
-                scores = read_json(self.scores_file(pair, name, beam)) if beam != TEACHER_BEAM else None
+                scores = self.scored(pair, name, checkpoint, beam) if beam != TEACHER_BEAM else None
                 if scores:
-                    speed = None if name == "teacher" else _speed_summary(read_json(self.speed_file(pair, name, beam)))
+                    speed = None if name == "teacher" else _speed_summary(
+                        self.measured(self.speed_file(pair, name, beam), checkpoint, teacher))
                     points.append({"beam": beam, "valid": scores["valid"], "test": scores["test"], "speed": speed})
             if points:
                 out[name] = points
@@ -429,12 +451,17 @@ class DistillStudy(Race):
                     rows.append(_row(job.name.split(".")[1], targets_of(job), result, parameters(self.run_dir(job))))
             students = sorted(self.distilled_students(pair), key=lambda r: -r["valid"])  # the best first
             best = students[0]["name"] if students else None
-            by_student = {r["name"]: _speed_summary(read_json(self.speed_file(pair, r["name"], TEACHER_BEAM)))
+            try:
+                teacher_checkpoint = self.teacher_checkpoint(pair)
+            except SystemExit:  # no teacher: no speed to report either
+                teacher_checkpoint = None
+            by_student = {r["name"]: _speed_summary(self.measured(self.speed_file(pair, r["name"], TEACHER_BEAM),
+                                                                  r["checkpoint"], teacher_checkpoint))
                           for r in students}
             out["pairs"][pair] = {"rows": rows, "distillation": (read_json(self.distilled(pair) / "prep.json") or {})
                                   .get("distillation"), "speed": by_student.get(best),
                                   "speed_by_student": {k: v for k, v in by_student.items() if v},
-                                  "operating_points": self.operating_points(pair, [r["name"] for r in students]),
+                                  "operating_points": self.operating_points(pair, students, teacher_checkpoint),
                                   "export": read_json(self.work / "export" / f"{pair}.{best}.json")}
         out["summary"] = summary(out)
         out["goals"] = assess(out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import re
 import shutil
 import sys
@@ -478,6 +479,22 @@ def test_the_speed_stage_measures_every_distilled_student_or_the_best(tmp_path, 
     measured.clear()
     study.speed()
     assert len(scored) == 4 and measured == []  # cached
+    from benchmarks import mt_distill
+
+    monkeypatch.setattr(mt_distill, "_speed_summary", lambda speed: speed and "figures")
+    points = study.operating_points("en-de", students, ckpt["teacher"])
+    assert points["b"] == [{"beam": 1, "valid": 31.0, "test": 31.0, "speed": "figures"}]
+    # b trained on (a grown budget: its reported model changed): its figures are of the earlier file, so
+    # the report leaves them out and the speed stage measures and scores it again
+    later = ckpt["b"].stat().st_mtime + 10
+    os.utime(ckpt["b"], (later, later))
+    assert "b" not in study.operating_points("en-de", students, ckpt["teacher"])
+    assert "teacher" in study.operating_points("en-de", students, ckpt["teacher"])
+    assert study.measured(study.speed_file("en-de", "b", 4), ckpt["b"], ckpt["teacher"]) is None
+    measured.clear()
+    study.speed()
+    assert sorted((Path(m[0]).stem, m[3][1]) for m in measured) == [("b", 1), ("b", 4)]
+    assert scored[4:] == [("b", "valid", 1), ("b", "test", 1)]
 
 
 def test_other_beams_of_the_students_are_their_own_operating_points_with_both_goals():
