@@ -381,12 +381,12 @@ class DistillStudy(Race):
         return info
 
     def distilled_students(self, pair: str) -> List[dict]:
-        """Every trained student on the distilled data: its name, reported model, checkpoint and
-        valid sacreBLEU."""
+        """Every trained student on the distilled data that did not diverge: its name, reported
+        model, checkpoint and valid sacreBLEU."""
         found = []
         for job in self.student_jobs(pair):
             result = self.cached(job)
-            if result is not None and job.data:
+            if result is not None and job.data and not result.get("diverged"):  # not a recipe to ship
                 model, name = reported_model(result)
                 found.append({"name": job.name.split(".")[1], "model": model, "checkpoint": self.run_dir(job) / name,
                               "valid": result["eval"][model]["valid"]["sacrebleu"]})
@@ -521,7 +521,7 @@ def _row(name: str, data: str, result: dict, params: Optional[int] = None) -> di
     e = result["eval"][model]
     return {"model": name, "data": data, "parameters": params, "reported": model, "test": e["test"]["sacrebleu"],
             "valid": e["valid"]["sacrebleu"], "updates": result["updates"], "train_minutes": result["train_minutes"],
-            "converged": result["converged"],
+            "converged": result["converged"], "diverged": result.get("diverged"),
             "valid_curve": [[q["updates"], q["valid_bleu"]] for q in result.get("points", [])]}
 
 
@@ -644,6 +644,13 @@ def assess(out: dict) -> List[dict]:
         if pairs_of_runs:
             met, figures = True, []
             for m, (dist, ref) in pairs_of_runs.items():
+                broken = [f"on the {r['data']} after update {r['diverged']['after_update']}"
+                          for r in (dist, ref) if r.get("diverged")]
+                if broken:  # no gain to read: a run stopped by its divergence, not by the curve rule
+                    figures.append(f"{m} diverged {' and '.join(broken)} (its best before: test {dist['test']:.2f} "
+                                   f"distilled, {ref['test']:.2f} references)")
+                    met &= not dist.get("diverged") and dist["test"] > ref["test"]
+                    continue
                 gain = dist["test"] - ref["test"]
                 text = f"{m} {gain:+.2f} test at equal training minutes"
                 met &= gain > 0
@@ -683,7 +690,9 @@ def markdown(out: dict) -> str:
         for r in p["rows"]:
             params = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
             minutes = "-" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
-            converged = "-" if r["converged"] is None else "yes" if r["converged"] else "no (budget)"
+            converged = ("-" if r["converged"] is None else "yes" if r["converged"] else
+                         f"no (diverged after update {r['diverged']['after_update']})" if r.get("diverged") else
+                         "no (budget)")
             lines.append(f"| {r['model']} | {r['data']} | {params} | {r['test']:.2f} | {r['valid']:.2f} | "
                          f"{r['updates']} | {minutes} | {converged} |")
         if made.get("pairs"):

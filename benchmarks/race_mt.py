@@ -243,6 +243,21 @@ class LogTracker:
 # --- running jobs ---------------------------------------------------------------------------------
 
 
+#: what fairseq-train's log says when it stops because the training diverged: the gradients of an
+#: update are not finite (fp32; ``crash.pt`` is then saved), or fp16's loss scale fell to its floor
+DIVERGED_MARKS = ("FloatingPointError: gradients are Nan/Inf", "Minimum loss scale reached")
+
+
+class TrainingDiverged(RuntimeError):
+    """fairseq-train stopped because the training diverged (:data:`DIVERGED_MARKS`).
+    ``updates``: the last update its log reported (the log interval's; the divergence came at
+    that update or later); ``log``: the log file."""
+
+    def __init__(self, message: str, updates: int, log: Path):
+        super().__init__(message)
+        self.updates, self.log = updates, log
+
+
 @dataclass
 class Job:
     stage: str
@@ -434,6 +449,10 @@ class Race:
                 proc.wait()
             end_training(proc)
         text = "".join(lines)
+        if rc != 0 and any(mark in text for mark in DIVERGED_MARKS):
+            raise TrainingDiverged(f"{tag}: the training diverged (fairseq-train: "
+                                   f"{next(m for m in DIVERGED_MARKS if m in text)}) after update {tracker.updates} "
+                                   f"or later; log in {save_dir / log_name}", tracker.updates, save_dir / log_name)
         if rc != 0:
             raise RuntimeError(f"{tag}: fairseq-train failed (exit {rc}); "
                                f"log in {save_dir / log_name}:\n{text[-3000:]}")
@@ -743,7 +762,10 @@ class Race:
 
     def curve_run(self, job: Job, tag: str) -> dict:
         """One system's curve: segments of --eval-every updates, each scored on valid, until the
-        validation BLEU stops improving (if early stopping) or the training-minutes budget."""
+        validation BLEU stops improving (if early stopping) or the training-minutes budget. A run
+        that diverges (:class:`TrainingDiverged`) is finished at its last evaluated segment, its
+        result saying so (``diverged``), so that the stage's other runs go on; one that diverges
+        before its first evaluation has nothing to report, and raises."""
         save_dir = self.run_dir(job)
         spec = self.spec(job)
         remove_stale_temporaries(save_dir)  # the partial copies of a killed run
@@ -772,6 +794,7 @@ class Race:
                      prog["points"][-1]["train_minutes"])
         early = job.early_stop
         started = time.time()
+        diverged = None
         while True:
             points = prog["points"]
             reason = curve_stop_reason(points, job.cap_minutes, early, job.patience)
@@ -787,10 +810,23 @@ class Race:
                 for line in log_path.read_text(errors="replace").splitlines():
                     tracker.feed(line)
             else:
-                _, tracker = self.train(
-                    job, tag, max_update=target, fresh=fresh, log_name=log_path.name,
-                    progress=lambda tr: (f"{tr.updates}/{target} updates, {done_minutes + tr.train_minutes():.2f}/"
-                                         f"{job.cap_minutes:g} training min"))
+                try:
+                    _, tracker = self.train(
+                        job, tag, max_update=target, fresh=fresh, log_name=log_path.name,
+                        progress=lambda tr: (f"{tr.updates}/{target} updates, {done_minutes + tr.train_minutes():.2f}/"
+                                             f"{job.cap_minutes:g} training min"))
+                except TrainingDiverged as err:
+                    if not points:  # no evaluated checkpoint to report: the recipe fails from the start
+                        raise
+                    # finished, with what it reached: a rerun would diverge again (one thread, fixed seeds)
+                    after = max(err.updates, points[-1]["updates"])
+                    diverged = {"after_update": after, "segment": [points[-1]["updates"], target],
+                                "log": err.log.name}
+                    reason = f"diverged: non-finite gradients after update {after}"
+                    log.warning("%s %s (the segment to %d updates; log %s): the run is finished with its evaluations "
+                                "up to %d updates. To train it again, change its recipe or move %s away.", tag, reason,
+                                target, err.log, points[-1]["updates"], save_dir)
+                    break
                 fresh = False
             if tracker.updates != target or not tracker.points:
                 raise RuntimeError(f"{tag}: the segment to {target} updates ended at {tracker.updates}; see {log_path}")
@@ -832,7 +868,7 @@ class Race:
             log.info("%s %s model: sacreBLEU test %.2f, valid %.2f", tag, model, e["test"]["sacrebleu"],
                      e["valid"]["sacrebleu"])
         result = {"points": points, "updates": last["updates"], "train_minutes": last["train_minutes"],
-                  "stop_reason": reason, "converged": converged, "early_stopping": early,
+                  "stop_reason": reason, "converged": converged, "diverged": diverged, "early_stopping": early,
                   "cap_minutes": job.cap_minutes, "best_point": best, "eval": evals,
                   "averaged_checkpoints": [p.name for p in averaged_from],
                   "notes": "best = checkpoint of the best validation BLEU (chosen on "

@@ -569,3 +569,55 @@ def test_the_speedup_is_the_median_of_the_rounds_ratios_and_the_page_shows_their
     text = markdown(out)
     assert "| 1.50x (1.27-2.00) |" in text
     assert "speedup: the median of the rounds' ratios (their range in brackets), both systems decoding in turn" in text
+
+
+def test_a_student_that_diverged_is_on_the_page_and_fails_the_distillation_goal():
+    """A student whose run on the distilled targets diverged (the curve run is finished with its
+    evaluations before, ``diverged``) stays on the page, marked, and counts as not improved by
+    distillation, whatever its best checkpoint before the divergence scored; the others are
+    still compared."""
+    from benchmarks.mt_distill import _row, assess, markdown
+
+    def result(test, diverged=None):
+        e = {"test": {"sacrebleu": test}, "valid": {"sacrebleu": test + 0.5}}
+        return {"eval": {"best": e, "last": e}, "updates": 750, "train_minutes": 30.0, "converged": False,
+                "diverged": diverged, "points": [{"updates": 750, "valid_bleu": test + 0.5}]}
+
+    broken = {"after_update": 750, "segment": [750, 1000], "log": "train.0001000.log"}
+    rows = [_row("deep", "distilled", result(29.9, broken)), _row("deep", "references", result(28.0)),
+            _row("small", "distilled", result(31.0)), _row("small", "references", result(30.0))]
+    out = {"settings": {"pairs": ["en-de"], "eval_every": 250, "max_minutes": 150, "command": "python -m x",
+                        "teacher_run": "t"}, "machine": {"cpu": "cpu", "cores": 2},
+           "pairs": {"en-de": {"rows": rows}}, "summary": None}
+    goals = assess(out)
+    assert len(goals) == 1 and not goals[0]["met"]
+    assert goals[0]["figures"].startswith("deep diverged on the distilled after update 750 (its best before: test "
+                                          "29.90 distilled, 28.00 references); small +1.00 test")
+    rows[0]["diverged"] = None  # the same figures without the divergence: improved
+    assert assess(out)[0]["met"]
+    rows[0]["diverged"] = broken
+    text = markdown({**out, "goals": goals})
+    assert "| deep | distilled | - | 29.90 | 30.40 | 750 | 30.0 | no (diverged after update 750) |" in text
+    assert "| small | distilled | - | 31.00 | 31.50 | 750 | 30.0 | no (budget) |" in text
+
+
+def test_a_diverged_student_is_never_the_best_one_to_measure_and_ship(tmp_path, monkeypatch):
+    """The students the speed stage, the operating points and the export choose from are the distilled
+    runs that did not diverge: a diverged run's best checkpoint is not a recipe a user can repeat."""
+    import argparse
+
+    from benchmarks.mt_distill import DistillStudy
+
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              pairs=["en-de"], students=["resmlp_mt_small", "resmlp_mt_small_deep_shallow"],
+                              variants={}, max_minutes=150.0, eval_every=250, threads=1)
+    study = DistillStudy(args)
+    monkeypatch.setattr(study, "distilled", lambda pair: tmp_path / "distilled")
+
+    def cached(job):
+        e = {"test": {"sacrebleu": 30.0}, "valid": {"sacrebleu": 35.0 if "deep" in job.name else 31.0}}
+        return {"eval": {"best": e}, "diverged": {"after_update": 750} if "deep" in job.name else None}
+
+    monkeypatch.setattr(study, "cached", cached)
+    assert [s["name"] for s in study.distilled_students("en-de")] == ["resmlp_mt_small"]
+    assert study.best_student("en-de")["valid"] == 31.0

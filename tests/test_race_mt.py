@@ -546,3 +546,68 @@ def test_a_curve_run_goes_on_when_its_patience_grows_and_a_copy_continues_it(tmp
     impatient = race_mt.Job(**{**race_mt.asdict(patient), "patience": 4})
     with pytest.raises(SystemExit, match=r"early-stopping patience of 6; --patience 4 is smaller"):
         race.curve_run(impatient, "[test]")
+
+
+def test_a_curve_run_that_diverges_is_finished_with_its_evaluations_and_not_trained_again(tmp_path, monkeypatch):
+    """A segment whose fairseq-train stops with ``FloatingPointError`` (non-finite gradients) finishes
+    the run: its result says where it diverged and reports the checkpoints evaluated before, so the
+    stage's other runs go on, and a rerun of the stage takes it from the cache instead of diverging
+    again; a run that diverges before its first evaluation has nothing to report and raises."""
+    race, recipe, job = _curve_race(tmp_path, monkeypatch, "en-de", 100.0)
+    folder = race.run_dir(job)
+    folder.mkdir(parents=True)
+    points = [{"updates": 250 * (i + 1), "train_minutes": 5.0 * (i + 1), "valid_bleu": bleu,
+               "checkpoint": f"curve_{250 * (i + 1):07d}.pt"} for i, bleu in enumerate([20.0, 28.0])]
+    race_mt.write_json(folder / "progress.json", {"spec": race.spec(job), "points": points})
+    for name in ("checkpoint_last.pt", "checkpoint_best_bleu.pt", "command.txt", "curve_0000250.pt",
+                 "curve_0000500.pt"):
+        (folder / name).write_text(name)
+    trained = []
+
+    def train(job, tag, max_update=None, fresh=True, log_name="train.log", **kwargs):
+        trained.append(max_update)
+        raise race_mt.TrainingDiverged("diverged", 0, folder / log_name)  # at the segment's first update
+
+    scored = []
+    monkeypatch.setattr(race, "train", train)
+    monkeypatch.setattr(race, "score", lambda job, checkpoint, split: scored.append((checkpoint.name, split))
+                        or {"sacrebleu": 27.5})
+    result = race.curve_run(job, "[test]")
+    assert trained == [750]
+    assert result["diverged"] == {"after_update": 500, "segment": [500, 750], "log": "train.0000750.log"}
+    assert result["stop_reason"] == "diverged: non-finite gradients after update 500"
+    assert not result["converged"] and result["updates"] == 500 and result["eval"]["best"]["test"]["sacrebleu"] == 27.5
+    assert scored == [("curve_0000500.pt", "test")] and "averaged" not in result["eval"]  # the best is the last
+    assert race.cached(job) == result  # the stage's next run reports it and trains nothing
+
+    fresh = race_mt.Job(**{**race_mt.asdict(job), "seed": 2})  # diverges before its first evaluation: raised
+    with pytest.raises(race_mt.TrainingDiverged):
+        race.curve_run(fresh, "[test]")
+    assert trained == [750, 250] and race.cached(fresh) is None
+
+
+@pytest.mark.parametrize("tail, diverged", [("FloatingPointError: gradients are Nan/Inf", True),
+                                            ("RuntimeError: something else", False)])
+def test_a_training_that_stops_with_non_finite_gradients_is_told_from_other_failures(tmp_path, monkeypatch, tail,
+                                                                                      diverged):
+    """Race.train reads the failed fairseq-train's log: fairseq's ``FloatingPointError`` is a
+    divergence (:class:`race_mt.TrainingDiverged`, with the last update its log reported), any
+    other failure stays a plain error."""
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              extra_train_args="", threads=1, progress_seconds=60)
+    race = race_mt.Race(args)
+    job = race_mt.Job("curves", "en-de.resmlp", "resmlp", "en-de", 1, {"lr": 1e-3, "warmup": 300,
+                                                                         "layerscale_init": 0.5})
+    inner = json.dumps({"epoch": 4, "num_updates": "750", "loss": "1e5", "gnorm": "1e7"})
+    log_text = (f"2026-12-07 20:23:41 | INFO | fairseq.trainer | begin training epoch 4\n"
+                f"2026-12-07 20:23:42 | INFO | train_inner | {inner}\n{tail}\n")
+    real_start = race_mt.start_training
+    monkeypatch.setattr(race_mt, "start_training", lambda cmd, **kw: real_start(
+        [sys.executable, "-c", f"import sys; sys.stdout.write({log_text!r}); sys.exit(1)"], **kw))
+    monkeypatch.setattr(race, "job_data", lambda job: tmp_path / "data")
+    with pytest.raises(RuntimeError) as failed:
+        race.train(job, "[test]", max_update=1000, fresh=True, log_name="train.0001000.log")
+    assert isinstance(failed.value, race_mt.TrainingDiverged) == diverged
+    if diverged:
+        assert failed.value.updates == 750 and failed.value.log == race.run_dir(job) / "train.0001000.log"
+        assert "diverged (fairseq-train: FloatingPointError: gradients are Nan/Inf) after update 750" in str(failed.value)
