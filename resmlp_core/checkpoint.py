@@ -1,14 +1,15 @@
 """Comparing a checkpoint's state dict with a model's, for error messages that name what differs;
 what a weights-only ``torch.load`` refused in a file, for error messages that name it
 (:func:`load_weights_only`); a state dict's parameter count with tied tensors counted once
-(:func:`count_parameters`)."""
+(:func:`count_parameters`), and its equal copies of a tied tensor made one again
+(:func:`share_equal_matrices`)."""
 
 from __future__ import annotations
 
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Mapping, Optional, Tuple, Type
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type
 
 import torch
 
@@ -38,23 +39,39 @@ class StateDictDiff:
         return out
 
 
-def count_parameters(state: Mapping[str, torch.Tensor]) -> int:
-    """The number of parameters in ``state`` (a model's state dict), each tied tensor once.
+def share_equal_matrices(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` (a model's state dict) with every floating-point matrix that equals an earlier
+    one (same shape, dtype and values) replaced by that one, so that a file saved from it stores
+    them once.
 
-    A tied tensor (shared embeddings, the output projection tied to them) is stored once under
-    several keys in a trained checkpoint (one storage), but as equal copies in a checkpoint
-    averaged key by key (fairseq's ``scripts/average_checkpoints.py``, and this project's own
-    averaging before it kept the ties), so equal matrices of equal shape count once too.
-    Vectors are not compared: two untrained biases are equal without being tied. Buffers that
-    are not floating point, and fairseq's ``_float_tensor`` placeholders, are not parameters."""
-    seen, counted, params = set(), [], 0
+    A tied tensor (shared embeddings, the output projection tied to them) is one storage under
+    several keys in a trained checkpoint, but equal copies in a checkpoint averaged key by key
+    (fairseq's ``scripts/average_checkpoints.py``, and this project's own averaging before it kept
+    the ties). Loading copies values into the model's parameters, so sharing equal matrices never
+    changes what loads. Vectors are left alone: two untrained biases are equal without being tied."""
+    out: Dict[str, torch.Tensor] = {}
+    kept: List[torch.Tensor] = []
     for key, value in state.items():
+        if value.is_floating_point() and value.dim() > 1:
+            same = next((other for other in kept if other.shape == value.shape and other.dtype == value.dtype
+                         and torch.equal(other, value)), None)
+            if same is not None:
+                out[key] = same
+                continue
+            kept.append(value)
+        out[key] = value
+    return out
+
+
+def count_parameters(state: Mapping[str, torch.Tensor]) -> int:
+    """The number of parameters in ``state`` (a model's state dict), each tied tensor once: one
+    storage under several keys, or equal matrices (:func:`share_equal_matrices`). Buffers that are
+    not floating point, and fairseq's ``_float_tensor`` placeholders, are not parameters."""
+    seen, params = set(), 0
+    for key, value in share_equal_matrices(state).items():
         if not value.is_floating_point() or key.endswith("_float_tensor") or value.data_ptr() in seen:
             continue
         seen.add(value.data_ptr())
-        if value.dim() > 1 and any(other.shape == value.shape and torch.equal(other, value) for other in counted):
-            continue
-        counted.append(value)
         params += value.numel()
     return params
 

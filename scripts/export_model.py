@@ -35,7 +35,7 @@ import torch
 import resmlp_mt  # noqa: F401  (registers the model; allows fairseq's Namespace in safe loading)
 from mt_tools.evaluate import EvaluationError, average_checkpoints
 from mt_tools.layout import PreparedData
-from resmlp_core.checkpoint import count_parameters, load_weights_only
+from resmlp_core.checkpoint import count_parameters, load_weights_only, share_equal_matrices
 from resmlp_core.io import recover_folder, staged_folder
 from resmlp_mt.hub import CARD_FILE, MODEL_FILE, SPM_FILE
 from resmlp_mt.model import TOKEN_MIXING_DEFAULTS, token_mixing_options
@@ -64,8 +64,9 @@ def _cfg_get(section, key):
 
 def exported_state(state: dict, src: str, tgt: str) -> dict:
     """A copy of a fairseq checkpoint's state with what translation needs only: the weights in
-    float32, the configuration (paths of the training machine removed, languages set), the
-    update count. No optimizer state, no data-loader state."""
+    float32 (each tied matrix stored once, also where the checkpoint holds equal copies), the
+    configuration (paths of the training machine removed, languages set), the update count. No
+    optimizer state, no data-loader state."""
     cfg = state["cfg"]
     cfg["common"]["user_dir"] = None
     cfg["checkpoint"]["save_dir"] = "."
@@ -82,7 +83,8 @@ def exported_state(state: dict, src: str, tgt: str) -> dict:
     return {
         "cfg": cfg,
         "args": None,
-        "model": {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state["model"].items()},
+        "model": share_equal_matrices({k: (v.float() if v.is_floating_point() else v).contiguous()
+                                       for k, v in state["model"].items()}),
         "optimizer_history": [
             {"criterion_name": last.get("criterion_name"), "optimizer_name": last.get("optimizer_name"),
              "lr_scheduler_state": {}, "num_updates": last.get("num_updates", 0)}

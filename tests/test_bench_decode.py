@@ -191,6 +191,40 @@ def test_averaging_keeps_tied_weights_tied_and_every_checkpoint_counts_them_once
         assert checkpoint_info(path)["parameters"] == unique, path.name
 
 
+def test_equal_copies_of_a_tied_matrix_become_one_tensor_and_nothing_else_does():
+    """share_equal_matrices makes the equal copies an old averaged checkpoint holds of a tied matrix
+    one tensor again (a file saved from it stores them once); matrices that differ, and equal
+    vectors (untrained biases are equal without being tied), stay their own."""
+    import io
+
+    import torch
+
+    from helpers import tiny_model
+    from resmlp_core.checkpoint import count_parameters, share_equal_matrices
+
+    state = tiny_model(share_all_embeddings=True).state_dict()
+    copies = {k: v.clone() for k, v in state.items()}  # what key-by-key averaging wrote before
+    embeddings = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
+    assert len({copies[k].data_ptr() for k in embeddings}) == 3
+    shared = share_equal_matrices(copies)
+    assert list(shared) == list(copies) and len({shared[k].data_ptr() for k in embeddings}) == 1
+    assert all(torch.equal(shared[k], copies[k]) for k in copies)
+    matrices = [k for k, v in copies.items() if v.dim() > 1 and k not in embeddings]
+    vectors = [k for k, v in copies.items() if v.dim() == 1 and v.is_floating_point()]
+    assert len({shared[k].data_ptr() for k in matrices}) == len(matrices)  # trained apart: all differ
+    zeros = [k for k in vectors if not copies[k].any()]
+    assert len(zeros) > 1 and len({shared[k].data_ptr() for k in zeros}) == len(zeros)  # equal, not tied
+
+    def saved_bytes(tensors):
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        return buffer.tell()
+
+    table = copies[embeddings[0]].numel() * copies[embeddings[0]].element_size()
+    assert saved_bytes(copies) - saved_bytes(shared) >= 2 * table  # the two copies are gone from the file
+    assert count_parameters(copies) == count_parameters(shared) == count_parameters(state)
+
+
 def test_a_ratio_of_two_rows_is_taken_within_each_round():
     """The rows' ratio is the median of their ratios round by round (each round measures both rows
     close in time), not the ratio of their medians, which come from different rounds when the

@@ -134,6 +134,26 @@ def test_export_averages_checkpoints(exported, tmp_path):
     assert len(card["checkpoints"]) == 2 and card["parameters"] == sum(p.numel() for p in built.parameters())
 
 
+def test_export_stores_a_tied_matrix_once_when_the_checkpoint_holds_copies_of_it(exported, tmp_path):
+    """A checkpoint averaged key by key (fairseq's scripts/average_checkpoints.py) holds equal
+    copies of the tied embeddings and output projection: the exported model.pt stores them once,
+    as an export of the trained checkpoint does, and translates the same."""
+    state = torch.load(exported["ckpt"] / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    state["model"] = {k: v.clone() for k, v in state["model"].items()}  # one storage per key
+    copies = tmp_path / "checkpoint_copies.pt"
+    torch.save(state, copies)
+    out = tmp_path / "from_copies"
+    run([sys.executable, "scripts/export_model.py", copies, exported["data"], out])
+    model = torch.load(out / "model.pt", map_location="cpu", weights_only=True)["model"]
+    embeddings = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
+    assert len({model[k].data_ptr() for k in embeddings}) == 1
+    assert (out / "model.pt").stat().st_size == pytest.approx((exported["model"] / "model.pt").stat().st_size,
+                                                              rel=0.01)
+    translate = [resmlp_mt.ResMLPTranslationModel.from_pretrained(str(folder)).translate(SENTENCES)
+                 for folder in (exported["model"], out)]
+    assert translate[0] == translate[1]
+
+
 def test_export_errors_name_the_problem_and_keep_what_exists(exported, tmp_path):
     result = run([sys.executable, "scripts/export_model.py", exported["ckpt"] / "checkpoint_best.pt", tmp_path,
                   tmp_path / "m"], check=False)
