@@ -591,8 +591,10 @@ def test_a_student_that_diverged_is_on_the_page_and_fails_the_distillation_goal(
            "pairs": {"en-de": {"rows": rows}}, "summary": None}
     goals = assess(out)
     assert len(goals) == 1 and not goals[0]["met"]
-    assert goals[0]["figures"].startswith("deep diverged on the distilled after update 750 (its best before: test "
-                                          "29.90 distilled, 28.00 references); small +1.00 test")
+    assert goals[0]["figures"] == ("deep diverged on the distilled after update 750 (its best before: test 29.90 "
+                                   "distilled, 28.00 references); small +1.00 test with the same budget (30.0 vs "
+                                   "30.0 training minutes, 750 vs 750 updates); at 750 updates each, valid 31.50 vs "
+                                   "30.50 (+1.00)")
     rows[0]["diverged"] = None  # the same figures without the divergence: improved
     assert assess(out)[0]["met"]
     rows[0]["diverged"] = broken
