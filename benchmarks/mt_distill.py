@@ -245,9 +245,13 @@ class DistillStudy(Race):
             result = self.cached(job)
             if result:
                 model, name = reported_model(result)
-                log.info("[students] %s: %s (%s; sacreBLEU valid %.2f, test %.2f)", job.label,
-                         repo_relative(str(self.run_dir(job) / name)), model,
-                         result["eval"][model]["valid"]["sacrebleu"], result["eval"][model]["test"]["sacrebleu"])
+                diverged = result.get("diverged")
+                log.log(logging.WARNING if diverged else logging.INFO, "[students] %s: %s (%s; sacreBLEU valid %.2f, "
+                        "test %.2f)%s", job.label, repo_relative(str(self.run_dir(job) / name)), model,
+                        result["eval"][model]["valid"]["sacrebleu"], result["eval"][model]["test"]["sacrebleu"],
+                        f"; DIVERGED after update {diverged['after_update']}: this is its checkpoint from before, "
+                        "and the run is finished (train it again with another recipe, e.g. a variant with "
+                        "--clip-norm 1.0)" if diverged else "")
 
     def speed(self) -> None:
         from benchmarks import bench_decode

@@ -623,3 +623,37 @@ def test_a_diverged_student_is_never_the_best_one_to_measure_and_ship(tmp_path, 
     monkeypatch.setattr(study, "cached", cached)
     assert [s["name"] for s in study.distilled_students("en-de")] == ["resmlp_mt_small"]
     assert study.best_student("en-de")["valid"] == 31.0
+
+
+def test_the_students_stage_says_which_student_diverged(tmp_path, monkeypatch, caplog):
+    """Where the stage prints each trained student's checkpoint, a diverged one is a warning that
+    says so, with what to do, so that nobody ships its checkpoint from before as a converged model."""
+    import argparse
+    import logging
+
+    from benchmarks.mt_distill import DistillStudy
+
+    args = argparse.Namespace(work_dir=tmp_path / "work", results_dir=tmp_path / "results", data_root=tmp_path / "data",
+                              pairs=["en-de"], students=["resmlp_mt_small", "resmlp_mt_small_deep_shallow"],
+                              variants={}, max_minutes=150.0, eval_every=250, threads=1,
+                              student_targets=["distilled"])
+    study = DistillStudy(args)
+    (tmp_path / "distilled").mkdir()
+    (tmp_path / "distilled" / "prep.json").write_text("{}")
+    monkeypatch.setattr(study, "distilled", lambda pair: tmp_path / "distilled")
+    ran = []
+    monkeypatch.setattr(study, "run_jobs", lambda stage, slots, runner: ran.extend(j.name for s in slots for j in s))
+
+    def cached(job):
+        e = {"test": {"sacrebleu": 31.4}, "valid": {"sacrebleu": 29.9}}
+        return {"eval": {"best": e}, "diverged": {"after_update": 750} if "deep" in job.name else None}
+
+    monkeypatch.setattr(study, "cached", cached)
+    with caplog.at_level(logging.INFO, logger="mt_distill"):
+        study.students()
+    assert ran == ["en-de.resmlp_mt_small.distilled", "en-de.resmlp_mt_small_deep_shallow.distilled"]
+    said = {r.getMessage().split(":")[0]: r for r in caplog.records if r.getMessage().startswith("[students]")}
+    deep, small = said["[students] en-de resmlp_mt_small_deep_shallow on distilled"], \
+        said["[students] en-de resmlp_mt_small on distilled"]
+    assert deep.levelno == logging.WARNING and "DIVERGED after update 750" in deep.getMessage()
+    assert small.levelno == logging.INFO and "DIVERGED" not in small.getMessage()
