@@ -610,4 +610,5 @@ def test_a_training_that_stops_with_non_finite_gradients_is_told_from_other_fail
     assert isinstance(failed.value, race_mt.TrainingDiverged) == diverged
     if diverged:
         assert failed.value.updates == 750 and failed.value.log == race.run_dir(job) / "train.0001000.log"
-        assert "diverged (fairseq-train: FloatingPointError: gradients are Nan/Inf) after update 750" in str(failed.value)
+        said = str(failed.value)
+        assert "diverged (fairseq-train: FloatingPointError: gradients are Nan/Inf) after update 750" in said
