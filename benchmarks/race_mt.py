@@ -449,10 +449,11 @@ class Race:
                 proc.wait()
             end_training(proc)
         text = "".join(lines)
-        if rc != 0 and any(mark in text for mark in DIVERGED_MARKS):
-            raise TrainingDiverged(f"{tag}: the training diverged (fairseq-train: "
-                                   f"{next(m for m in DIVERGED_MARKS if m in text)}) after update {tracker.updates} "
-                                   f"or later; log in {save_dir / log_name}", tracker.updates, save_dir / log_name)
+        diverged = next((mark for mark in DIVERGED_MARKS if mark in text), None) if rc != 0 else None
+        if diverged:
+            raise TrainingDiverged(f"{tag}: the training diverged (fairseq-train: {diverged}) after update "
+                                   f"{tracker.updates} or later; log in {save_dir / log_name}", tracker.updates,
+                                   save_dir / log_name)
         if rc != 0:
             raise RuntimeError(f"{tag}: fairseq-train failed (exit {rc}); "
                                f"log in {save_dir / log_name}:\n{text[-3000:]}")
