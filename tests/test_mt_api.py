@@ -91,6 +91,22 @@ def test_translate_from_python_in_a_fresh_process_equals_fairseq_interactive(exp
     assert hyps == [out["list"][i] for i in (0, 1, 3)]
 
 
+def test_the_translators_pieces_are_fairseqs_dictionary_string(exported):
+    """``Translator.string`` (the fast engines' path from tokens to text) joins what fairseq's
+    ``Dictionary.string`` joins: special tokens, padding and unknowns included."""
+    from resmlp_mt import ResMLPTranslationModel
+
+    model = ResMLPTranslationModel.from_pretrained(str(exported["model"]))
+    d = model.tgt_dict
+    tokens = torch.tensor([d.bos(), 10, d.unk(), 11, d.pad(), d.eos(), 12, d.eos()])
+    assert model.string(tokens) == d.string(tokens) == f"{d[10]} <unk> {d[11]} <pad> {d[12]}"
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        tokens = torch.randint(len(d), (int(torch.randint(0, 30, (1,), generator=generator)),), generator=generator)
+        assert model.string(tokens) == d.string(tokens)
+    assert model.string(tokens[None].repeat(2, 1)) == d.string(tokens[None].repeat(2, 1))  # fairseq's for 2-D
+
+
 def test_a_vocabulary_map_restricts_the_onnx_engine(exported, tmp_path):
     """``use_vocabulary_map``: a map where every token is always a candidate translates as the
     whole vocabulary does; a learned one translates every line; other engines are refused while a
