@@ -69,6 +69,27 @@ def test_folded_and_onnx_decoders_give_fairseq_hypotheses(engine):
     check_against_fairseq({c: build(*c) for c in cases}, [(4, 1.0, True), (2, 0.6, False)])
 
 
+@pytest.mark.parametrize("engine", ["exact", "folded", "onnx"])
+def test_a_step_reads_only_the_history_rows_written_before_it(engine, monkeypatch):
+    """The history buffers are not zeroed beyond row 0 (``History``): with every other row and
+    the spare buffers NaN from the start, each engine still returns fairseq's hypotheses, sentences
+    finishing at different steps (the buffers shrink then) and beams reordering included."""
+    from resmlp_mt import fast_generate
+
+    allocate = fast_generate.History.__init__
+
+    def poisoned(self, *args):
+        allocate(self, *args)
+        for b, spare in zip(self.buffers, self.spare):
+            b[1:] = math.nan
+            spare.fill_(math.nan)
+
+    monkeypatch.setattr(fast_generate.History, "__init__", poisoned)
+    build = {"exact": eos_biased_model, "folded": eos_biased_folded,
+             "onnx": lambda *c: OnnxModel(eos_biased_folded(*c))}[engine]
+    check_against_fairseq({c: build(*c) for c in ((1, 1.0), (0, 2.0))}, [(4, 1.0, True), (2, 0.6, False)])
+
+
 def test_fast_and_onnx_engines_run_the_same_step(monkeypatch):
     """The folded step is written once: the ONNX step graph is a trace of
     FoldedDecoder.step_features, which the PyTorch engine's FoldedDecoder.step runs; from the same
