@@ -44,6 +44,7 @@ RENDERERS = {
     "gpu_acceptance_h100_run1": gpu_acceptance.markdown,
     "mt_curves": race_mt.curves_markdown,
     "mt_distill": mt_distill.markdown,
+    "mt_distill_decode": bench_decode.markdown,
     "mt_init_ablation": ablate_mt_init.markdown,
     "mt_length_buckets_en-de": mt_length_buckets.markdown,
     "mt_race": race_mt.race_markdown,
