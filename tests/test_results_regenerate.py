@@ -55,6 +55,7 @@ RENDERERS = {
     "mt_token_mixers_decode": bench_decode.markdown,
     "mt_token_mixers_decode_layers3+1": bench_decode.markdown,
     "mt_token_mixers_decode_layers3+1_25min": bench_decode.markdown,
+    "mt_token_mixers_decode_layers3+1_25min_rerun": bench_decode.markdown,
     "mt_token_mixers_dynamic_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_curves": mt_token_mixers.curves_markdown,
     "mt_token_mixers_layers3+1_en-fr_curves": mt_token_mixers.curves_markdown,
