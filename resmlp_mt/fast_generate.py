@@ -562,9 +562,9 @@ class History:
         for i, (b, spare) in enumerate(zip(self.buffers, self.spare)):
             # fewer hypotheses: both buffers shrink within their own memory (no allocation)
             shape = (b.size(0), rows.numel(), b.size(2))
-            out = spare.view(-1)[: math.prod(shape)].view(shape)
+            out, rest = (t.view(-1)[: math.prod(shape)].view(shape) for t in (spare, b))
             torch.index_select(b[: used + 1], 1, rows, out=out[: used + 1])
-            self.buffers[i], self.spare[i] = out, b.view(-1)[: math.prod(shape)].view(shape)
+            self.buffers[i], self.spare[i] = out, rest
         self._views()
 
     def reorder(self, flat: np.ndarray, used: int) -> None:
